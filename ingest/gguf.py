@@ -16,9 +16,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib.metadata
+from collections.abc import Collection
+from collections.abc import Set as AbstractSet
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
+import regex
 import tiktoken
 import torch
 from gguf import GGUFReader
@@ -196,13 +201,102 @@ def _byte_decoder() -> dict[str, int]:
     return decoder
 
 
+class ByteLevelEncoding(tiktoken.Encoding):
+    """A tiktoken Encoding that skips bytes its vocabulary cannot spell, as Hugging Face's BPE does.
+
+    SmolLM2's vocabulary lacks a few bytes (some ASCII control characters, and lead bytes of unassigned
+    Unicode planes). Hugging Face drops them inside each pre-tokenised piece and merges across the
+    gap; tiktoken's Rust core panics instead (a BaseException, with a backtrace on stderr), which would
+    abort ingestion of any document containing one. Text without such bytes, nearly all of it, keeps
+    tiktoken's fast path; the rest is split in Python and each piece encoded without those bytes.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        pat_str: str,
+        mergeable_ranks: dict[bytes, int],
+        special_tokens: dict[str, int],
+        explicit_n_vocab: int | None = None,
+    ) -> None:
+        super().__init__(
+            name,
+            pat_str=pat_str,
+            mergeable_ranks=mergeable_ranks,
+            special_tokens=special_tokens,
+            explicit_n_vocab=explicit_n_vocab,
+        )
+        self._unspellable = bytes(b for b in range(256) if bytes([b]) not in mergeable_ranks)
+        self._splitter = regex.compile(pat_str)
+
+    def _spellable(self, text: str) -> bool:
+        if not self._unspellable:
+            return True
+        data = text.encode("utf-8", "surrogatepass")
+        return len(data.translate(None, self._unspellable)) == len(data)
+
+    def _encode_skipping(self, text: str) -> list[int]:
+        # Same lone-surrogate repair as tiktoken's own encode.
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        ids: list[int] = []
+        for piece in self._splitter.findall(text):
+            data = piece.encode("utf-8").translate(None, self._unspellable)
+            if data:
+                ids.extend(self._core_bpe.encode_single_piece(data))
+        return ids
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        if self._spellable(text):
+            return super().encode_ordinary(text)
+        return self._encode_skipping(text)
+
+    def encode(
+        self,
+        text: str,
+        *,
+        allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
+        disallowed_special: Literal["all"] | Collection[str] = "all",
+    ) -> list[int]:
+        if self._spellable(text):
+            return super().encode(text, allowed_special=allowed_special, disallowed_special=disallowed_special)
+        allowed = self.special_tokens_set if allowed_special == "all" else set(allowed_special)
+        disallowed = self.special_tokens_set - allowed if disallowed_special == "all" else set(disallowed_special)
+        for token in sorted(disallowed):
+            if token in text:
+                raise ValueError(
+                    f"text contains special token {token!r}; pass allowed_special or disallowed_special=()"
+                )
+        if not allowed:
+            return self._encode_skipping(text)
+        specials = regex.compile("|".join(regex.escape(t) for t in sorted(allowed, key=len, reverse=True)))
+        ids: list[int] = []
+        start = 0
+        for match in specials.finditer(text):
+            ids.extend(self._encode_skipping(text[start : match.start()]))
+            ids.append(self._special_tokens[match.group()])
+            start = match.end()
+        ids.extend(self._encode_skipping(text[start:]))
+        return ids
+
+    def encode_to_numpy(
+        self,
+        text: str,
+        *,
+        allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
+        disallowed_special: Literal["all"] | Collection[str] = "all",
+    ) -> npt.NDArray[np.uint32]:
+        if self._spellable(text):
+            return super().encode_to_numpy(text, allowed_special=allowed_special, disallowed_special=disallowed_special)
+        ids = self.encode(text, allowed_special=allowed_special, disallowed_special=disallowed_special)
+        return np.asarray(ids, dtype=np.uint32)
+
+
 def load_gguf_tokenizer(path: str | Path) -> tiktoken.Encoding:
     """SmolLM2's tokenizer, rebuilt from the GGUF as a tiktoken Encoding so that ids are the model's.
 
     tiktoken merges by the rank of the merged token, which equals Hugging Face's merge order here
-    because every merge result's id grows with its merge index (checked in the tests). Bytes the
-    vocabulary lacks (a few ASCII control characters, and lead bytes of unassigned planes) cannot be
-    encoded; tiktoken raises on them rather than silently dropping them.
+    because every merge result's id grows with its merge index (checked in the tests).
     """
     reader = GGUFReader(str(path))
     model = _field(reader, "tokenizer.ggml.model")
@@ -223,7 +317,7 @@ def load_gguf_tokenizer(path: str | Path) -> tiktoken.Encoding:
     if len(ranks) + len(specials) != len(tokens):
         raise ValueError("two tokens spell the same bytes")
     name = str(_field(reader, "general.basename", "smollm2"))
-    return tiktoken.Encoding(
+    return ByteLevelEncoding(
         name,
         pat_str=SMOLLM2_PATTERN,
         mergeable_ranks=ranks,
