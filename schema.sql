@@ -107,3 +107,28 @@ CREATE TABLE IF NOT EXISTS vocab (
     token_id INTEGER NOT NULL,
     text VARCHAR NOT NULL
 );
+
+-- Weight-only factors the derived views join against, computed in SQL once per model (and once per
+-- target or distractor token) by warehouse/ at ingest, from queries/support/weight_factors.sql.
+
+-- ||W_out[l][i,:]||: the write norm of MLP neuron i per unit activation.
+CREATE TABLE IF NOT EXISTS mlp_out_norms (
+    model_id INTEGER NOT NULL,
+    layer SMALLINT NOT NULL,
+    node_index INTEGER NOT NULL,
+    value FLOAT NOT NULL
+);
+
+-- For one vocabulary token v, with u = P(gain_f * W_U[:, v]) (P removes the mean for LayerNorm models):
+-- kind 'residual' holds u itself (node_index = channel), 'mlp' W_out[l][i,:] . u, 'attn' W_O[l][h][c,:] . u,
+-- 'attn_bias' b_O[l] . u and 'mlp_bias' b_out[l] . u. Divided by the final norm's scale at the last
+-- token they give every direct effect on the logit of v, for any prompt, without a backward pass.
+CREATE TABLE IF NOT EXISTS direction_factors (
+    model_id INTEGER NOT NULL,
+    token_id INTEGER NOT NULL,
+    kind VARCHAR NOT NULL,
+    layer SMALLINT,
+    head SMALLINT,
+    node_index INTEGER NOT NULL,
+    value DOUBLE NOT NULL
+);

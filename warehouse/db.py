@@ -8,7 +8,9 @@ lock error for a bounded time before failing with one line that says what to do.
 from __future__ import annotations
 
 import re
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -18,8 +20,9 @@ from warehouse import registry
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_SQL = ROOT / "schema.sql"
 DERIVED_DIR = ROOT / "queries" / "derived"
+SUPPORT_DIR = ROOT / "queries" / "support"
 
-# Bump when schema.sql or the ENUM members change; `_migrate` must then know the way from the old one.
+# Bump when schema.sql or the ENUM members change, and add the step to MIGRATIONS below.
 SCHEMA_VERSION = 1
 # Files stay readable by DuckDB 1.4 clients (BI tools, npm and WebAssembly builds).
 STORAGE_VERSION = "v1.4.0"
@@ -118,36 +121,48 @@ def _translate(exc: Exception, path: Path) -> WarehouseError:
 
 
 def stored_version(con: duckdb.DuckDBPyConnection) -> int | None:
-    has_meta = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'").fetchone()
-    if not has_meta or not has_meta[0]:
+    """The file's schema version, None when it has no `meta` table (a new file or not a warehouse).
+
+    Results are fetched whole: DuckDB refuses `con.sql` while an `execute` result is still open.
+    """
+    has_meta = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'").fetchall()
+    if not has_meta[0][0]:
         return None
-    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    return int(row[0]) if row else None
+    rows = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
+    return int(rows[0][0]) if rows else None
+
+
+def _has_tables(con: duckdb.DuckDBPyConnection) -> bool:
+    return bool(con.execute("SELECT count(*) FROM information_schema.tables").fetchall()[0][0])
+
+
+def _newer(version: int, path: Path) -> NotAWarehouse:
+    return NotAWarehouse(
+        f"{path} has schema version {version}, newer than this actwh's {SCHEMA_VERSION}: upgrade actwh to open it"
+    )
 
 
 def check_version(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """For read-only opens, which cannot migrate: refuse any version but the current one, saying why."""
     version = stored_version(con)
     if version is None:
-        has_tables = con.execute("SELECT count(*) FROM information_schema.tables").fetchone()
-        if has_tables and has_tables[0]:
+        if _has_tables(con):
             raise NotAWarehouse(f"{path} is a DuckDB file but not an activation warehouse: pass another --db path")
         raise NotAWarehouse(f"{path} holds no warehouse yet: ingest into it first")
     if version > SCHEMA_VERSION:
-        raise NotAWarehouse(
-            f"{path} has schema version {version}, newer than this actwh's {SCHEMA_VERSION}: upgrade actwh"
-        )
+        raise _newer(version, path)
     if version < SCHEMA_VERSION:
         raise NotAWarehouse(
-            f"{path} has schema version {version}; open it once for writing to migrate it to {SCHEMA_VERSION}"
-            f" (actwh migrate --db {path})"
+            f"{path} has schema version {version}, older than this actwh's {SCHEMA_VERSION}: migrate it with "
+            f"`python -m warehouse.db migrate {path}` (any ingest into it also migrates it)"
         )
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """For read-write opens: create the schema in a new file, migrate an older one, refuse a newer one."""
     version = stored_version(con)
     if version is None:
-        has_tables = con.execute("SELECT count(*) FROM information_schema.tables").fetchone()
-        if has_tables and has_tables[0]:
+        if _has_tables(con):
             raise NotAWarehouse(f"{path} is a DuckDB file but not an activation warehouse: pass another --db path")
         con.execute("BEGIN")
         con.execute(schema_script())
@@ -155,39 +170,116 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         create_views(con)
         con.execute("COMMIT")
         return
-    check_version_for_write(version, path)
-
-
-def check_version_for_write(version: int, path: Path) -> None:
     if version > SCHEMA_VERSION:
-        raise NotAWarehouse(
-            f"{path} has schema version {version}, newer than this actwh's {SCHEMA_VERSION}: upgrade actwh"
-        )
+        raise _newer(version, path)
     if version < SCHEMA_VERSION:
-        raise NotAWarehouse(f"{path} has schema version {version} and no migration to {SCHEMA_VERSION} exists")
+        migrate(con, path, version)
+
+
+# MIGRATIONS[v] brings a file from schema version v to v + 1. It runs inside migrate()'s transaction, so
+# a failed or interrupted migration leaves the file at its old version. `schema_script()` is idempotent
+# for tables (CREATE ... IF NOT EXISTS), so a step that only adds tables can be `_reapply_schema`; ENUM
+# members and changed columns need explicit ALTER statements.
+Migration = Callable[[duckdb.DuckDBPyConnection], None]
+MIGRATIONS: dict[int, Migration] = {}
+
+
+def _reapply_schema(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(schema_script())
+
+
+def migrate(con: duckdb.DuckDBPyConnection, path: Path, version: int) -> None:
+    """Apply every step from `version` to SCHEMA_VERSION in one transaction, then rebuild the views."""
+    missing = [v for v in range(version, SCHEMA_VERSION) if v not in MIGRATIONS]
+    if missing:
+        raise NotAWarehouse(
+            f"{path} has schema version {version} and this actwh has no migration from version {missing[0]} "
+            f"to {missing[0] + 1}: open it with an older actwh, or ingest into a new --db"
+        )
+    con.execute("BEGIN")
+    try:
+        for step in range(version, SCHEMA_VERSION):
+            MIGRATIONS[step](con)
+        con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
+        create_views(con)
+        con.execute("COMMIT")
+    except duckdb.Error as exc:
+        con.execute("ROLLBACK")
+        raise WarehouseError(
+            f"migrating {path} from schema version {version} to {SCHEMA_VERSION} failed, file unchanged: "
+            + str(exc).splitlines()[0]
+        ) from None
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
 
 
 def create_views(con: duckdb.DuckDBPyConnection) -> None:
-    """(Re)create every derived view, then the `scalars` union over raw rows and all of them.
+    """(Re)create the support macros, every derived view, then `scalars`: raw rows and all derived views.
 
-    Views may read other views, so files are retried until every one binds (a dependency order without a
-    second list to maintain).
+    Support files (queries/support/*.sql, in name order) hold whole statements; derived files hold one
+    view's SELECT each, created after every view whose name they mention (views may read views; the
+    SQL itself is the dependency list).
     """
-    pending = {p.stem: p.read_text() for p in derived_view_files()}
-    while pending:
-        progressed = False
-        errors: dict[str, str] = {}
-        for name, sql in list(pending.items()):
-            try:
-                con.execute(f"CREATE OR REPLACE VIEW {name} AS\n{sql}")
-            except duckdb.Error as exc:
-                errors[name] = str(exc).splitlines()[0]
-                continue
-            del pending[name]
-            progressed = True
-        if not progressed:
-            raise WarehouseError(f"derived views do not bind: {errors}")
+    for path in sorted(SUPPORT_DIR.glob("*.sql")):
+        con.execute(path.read_text())
+    bodies = {p.stem: p.read_text() for p in derived_view_files()}
+    needs = {
+        name: {other for other in bodies if other != name and re.search(rf"\b{other}\b", sql)}
+        for name, sql in bodies.items()
+    }
+    created: set[str] = set()
+    while len(created) < len(bodies):
+        ready = sorted(name for name in bodies if name not in created and needs[name] <= created)
+        if not ready:
+            raise WarehouseError(f"derived views depend on each other in a cycle: {sorted(set(bodies) - created)}")
+        for name in ready:
+            con.execute(f"CREATE OR REPLACE VIEW {name} AS\n{bodies[name]}")
+            created.add(name)
     union = "\nUNION ALL ".join(
         ["SELECT * FROM activations"] + [f"SELECT * FROM {p.stem}" for p in derived_view_files()]
     )
     con.execute(f"CREATE OR REPLACE VIEW scalars AS\n{union}")
+
+
+def materialize_factors(con: duckdb.DuckDBPyConnection) -> None:
+    """Fill the weight-only factor tables for models and target/distractor tokens that lack them.
+
+    Run inside the writer's transaction, so a committed prompt always has its factors.
+    """
+    missing_models = con.execute(
+        "SELECT model_id FROM models WHERE model_id NOT IN (SELECT DISTINCT model_id FROM mlp_out_norms)"
+    ).fetchall()
+    for (model_id,) in missing_models:
+        con.execute("INSERT INTO mlp_out_norms SELECT * FROM mlp_out_norms_for(?)", [model_id])
+    missing_tokens = con.execute(
+        """SELECT DISTINCT model_id, token_id FROM (
+               SELECT model_id, target_id AS token_id FROM prompts
+               UNION ALL SELECT model_id, distractor_id FROM prompts)
+           WHERE token_id IS NOT NULL
+             AND (model_id, token_id) NOT IN (SELECT DISTINCT model_id, token_id FROM direction_factors)"""
+    ).fetchall()
+    for model_id, token_id in missing_tokens:
+        con.execute("INSERT INTO direction_factors SELECT * FROM direction_factors_for(?) WHERE model_id = ?",
+                    [token_id, model_id])
+
+
+def main(argv: list[str]) -> int:
+    """`python -m warehouse.db migrate PATH`: bring a file to the current schema version by opening it."""
+    if len(argv) != 2 or argv[0] != "migrate":
+        print("usage: python -m warehouse.db migrate PATH", file=sys.stderr)
+        return 2
+    if not Path(argv[1]).is_file():
+        print(f"error: {argv[1]} does not exist", file=sys.stderr)
+        return 2
+    try:
+        connect(argv[1]).close()
+    except WarehouseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{argv[1]} is at schema version {SCHEMA_VERSION}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

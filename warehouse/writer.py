@@ -8,6 +8,7 @@ or a restart after a crash, sees all of a prompt or none of it.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -43,6 +44,16 @@ class IngestLocked(db.WarehouseError):
     pass
 
 
+class DiskFull(db.WarehouseError):
+    """The disk filled during a write: DuckDB rolled the batch back, so rerunning resumes cleanly."""
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    return isinstance(exc, duckdb.Error) and any(p in str(exc) for p in ("No space left on device", "disk is full"))
+
+
 class DuckDBWriter:
     """The single-file implementation of the writer interface (append whole prompts; say what is committed)."""
 
@@ -50,9 +61,18 @@ class DuckDBWriter:
         self.path = Path(path)
         self.wait_s = wait_s
         self._lock_file = self._acquire_ingest_lock(wait)
+        try:
+            self._mark_interrupted()
+        except BaseException:
+            self.close()
+            raise
+
+    def _mark_interrupted(self) -> None:
+        """Runs left 'running' belong to a process that died (we hold the lock, so none is alive)."""
         with self.connection() as con:
             con.execute(
-                "UPDATE runs SET status = 'interrupted', message = 'the ingest process stopped before finishing'"
+                "UPDATE runs SET status = 'interrupted', message = 'the ingest process stopped before finishing',"
+                " n_prompts = (SELECT count(*) FROM prompts WHERE prompts.run_id = runs.run_id)"
                 " WHERE status = 'running'"
             )
 
@@ -89,11 +109,20 @@ class DuckDBWriter:
 
     @contextmanager
     def connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        con = db.connect(self.path, wait_s=self.wait_s)
+        """The file, open for one unit of work; a full disk becomes DiskFull wherever DuckDB notices it."""
         try:
-            yield con
-        finally:
-            con.close()
+            con = db.connect(self.path, wait_s=self.wait_s)
+            try:
+                yield con
+            finally:
+                con.close()
+        except (duckdb.Error, OSError) as exc:
+            if _is_disk_full(exc):
+                raise DiskFull(
+                    f"the disk holding {self.path} is full: free space and rerun the same command "
+                    "(committed prompts are kept and skipped)"
+                ) from None
+            raise
 
     def next_id(self, table: str, column: str) -> int:
         with self.connection() as con:
@@ -130,6 +159,7 @@ class DuckDBWriter:
                     con.execute("INSERT INTO weights BY NAME SELECT ? AS model_id, * FROM weight_rows", [model_id])
                 con.register("vocab_rows", vocab)
                 con.execute("INSERT INTO vocab SELECT ?, token_id, text FROM vocab_rows", [model_id])
+                db.materialize_factors(con)
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -171,6 +201,7 @@ class DuckDBWriter:
                 if facts is not None:
                     con.register("batch_facts", facts)
                     con.execute("INSERT INTO activations SELECT * FROM batch_facts")
+                db.materialize_factors(con)
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")

@@ -1,0 +1,57 @@
+-- Direct effects on the objective's logit difference, in closed form from forward rows and weights:
+-- with the final norm's scale s_f held constant, g[T] = (u_target - u_distractor) / s_f[T] and g is zero
+-- before the last token T, so each effect is (activation x a weight-only factor) / s_f[T].
+-- Arguments (t, d): NULL, NULL for each prompt's ingested pair; token ids for any other pair.
+
+CREATE OR REPLACE MACRO pair_join_factors(t, d, factor_kind) AS TABLE
+SELECT p.prompt_id, p.last_token, p.final_scale, f.layer, f.head, f.node_index, f.value
+FROM prompt_pairs(t, d) p
+JOIN pair_factors(t, d) f
+  ON f.model_id = p.model_id AND f.target_id = p.target_id
+ AND coalesce(f.distractor_id, -1) = coalesce(p.distractor_id, -1) AND f.kind = factor_kind;
+
+-- a[l,T,i] * (W_out[l][i,:] . g[T])
+CREATE OR REPLACE MACRO mlp_direct_effects(t, d) AS TABLE
+SELECT a.prompt_id, a.token, a.token2, a.layer, a.head, a.node_type, a.node_index,
+       'mlp_write_to_final_residual_grad'::dst_name AS dst, a.pass_type, (a.value * f.value / f.final_scale)::FLOAT AS value
+FROM pair_join_factors(t, d, 'mlp') f
+JOIN activations a
+  ON a.prompt_id = f.prompt_id AND a.token = f.last_token AND a.layer = f.layer AND a.node_index = f.node_index
+WHERE a.dst = 'mlp_post_act' AND a.pass_type = 'forward';
+
+-- p[l,T,k,h] * (v[l,k,kv(h),:] W_O[l][h]) . g[T]; query head h reads key/value head h // (H / H_kv)
+CREATE OR REPLACE MACRO attn_direct_effects(t, d) AS TABLE
+WITH f AS (
+    SELECT f.*, f.head // (m.n_heads // m.n_kv_heads) AS kv_head
+    FROM pair_join_factors(t, d, 'attn') f JOIN prompts USING (prompt_id) JOIN models m USING (model_id)
+),
+value_dot AS (
+    SELECT v.prompt_id, v.layer, v.token AS key_token, f.head, sum(v.value * f.value) / any_value(f.final_scale) AS value
+    FROM f JOIN activations v
+      ON v.prompt_id = f.prompt_id AND v.layer = f.layer AND v.head = f.kv_head AND v.node_index = f.node_index
+    WHERE v.dst = 'attn_v' AND v.pass_type = 'forward'
+    GROUP BY v.prompt_id, v.layer, v.token, f.head
+)
+SELECT a.prompt_id, a.token, a.token2, a.layer, a.head, a.node_type, a.node_index,
+       'unflattened_attn_write_to_final_residual_grad'::dst_name AS dst, a.pass_type, (a.value * vd.value)::FLOAT AS value
+FROM prompt_pairs(t, d) p
+JOIN activations a ON a.prompt_id = p.prompt_id AND a.token = p.last_token
+JOIN value_dot vd ON vd.prompt_id = a.prompt_id AND vd.layer = a.layer AND vd.key_token = a.token2 AND vd.head = a.node_index
+WHERE a.dst = 'attn_qk_probs' AND a.pass_type = 'forward';
+
+-- x[l,T,:] . g[T] for a stored residual-stream vector (source dst); one row per layer
+CREATE OR REPLACE MACRO residual_direct_effects(source, out_dst, t, d) AS TABLE
+SELECT a.prompt_id, a.token, NULL::SMALLINT AS token2, a.layer, NULL::SMALLINT AS head, 'layer'::node_type_name AS node_type,
+       0 AS node_index, out_dst::dst_name AS dst, a.pass_type, (sum(a.value * f.value) / any_value(f.final_scale))::FLOAT AS value
+FROM pair_join_factors(t, d, 'residual') f
+JOIN activations a ON a.prompt_id = f.prompt_id AND a.token = f.last_token AND a.node_index = f.node_index
+WHERE a.dst = source AND a.pass_type = 'forward'
+GROUP BY a.prompt_id, a.token, a.layer, a.pass_type, out_dst;
+
+-- Every node's direct effect for the pair (target, distractor) -- token ids of the prompts' model --
+-- whether or not that pair was ever ingested: MLP neurons, attention nodes and the embedding.
+CREATE OR REPLACE MACRO direct_effects(target, distractor := NULL) AS TABLE
+SELECT * FROM mlp_direct_effects(target, distractor)
+UNION ALL SELECT * FROM attn_direct_effects(target, distractor)
+UNION ALL SELECT * FROM residual_direct_effects('resid_post_emb', 'resid_post_embedding_proj_to_final_residual_grad',
+                                                 target, distractor);
