@@ -1,1 +1,5 @@
 """Reading the warehouse: derived-scalar views (derived/*.sql) and the Python query API."""
+
+from queries.api import DstNotAvailable, NodeStats, QueryError, UnknownDst, Warehouse, notes
+
+__all__ = ["DstNotAvailable", "NodeStats", "QueryError", "UnknownDst", "Warehouse", "notes"]
