@@ -6,6 +6,7 @@ is a ModelConfig plus standard-layout tensors, whatever it was loaded from.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -223,8 +224,13 @@ def tokenizer_for(family: str, path: Path | None) -> tiktoken.Encoding:
     )
 
 
+@functools.lru_cache(maxsize=2)
 def load_model(name: str = DEFAULT_MODEL) -> LoadedModel:
-    """Resolve a built-in name, a directory, a .gguf file or a Hugging Face id in the local cache."""
+    """Resolve a built-in name, a directory, a .gguf file or a Hugging Face id in the local cache.
+
+    Cached: loading SmolLM2 dequantises 135 M weights and hashes them, and a process (a test session,
+    a notebook) often ingests with the same model more than once.
+    """
     from ingest import gguf
     from ingest.tiny import tiny_gpt2
 
