@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
+import pyarrow as pa
 
 from ingest.capture import CaptureError
 from ingest.checkpoints import DEFAULT_MODEL, ModelNotFound
 from ingest.objective import TokenError
 from ingest.prompts import PromptInput, Skipped, read_prompt_file
 from ingest.worker import DeviceError, IngestOptions, ingest
-from queries.format import FORMATS, render
+from queries.api import NODE_COLUMNS, Warehouse, notes
+from queries.catalog import dst_catalog
+from queries.format import FILE_FORMATS, FORMATS, render, write
 from warehouse import db
 
 USER_ERRORS = (
@@ -37,8 +41,18 @@ class ActwhGroup(click.Group):
         except USER_ERRORS as exc:
             click.echo(f"error: {_one_line(exc)}", err=True)
             sys.exit(2)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+            click.echo(f"error: {_one_line_text(exc.format_message())}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt as exc:
+            why = f" ({exc})" if str(exc) else ""
+            click.echo(f"error: interrupted{why}: committed work is kept; rerun the same command to resume", err=True)
+            sys.exit(130)
         except OSError as exc:
-            if exc.errno == 28:
+            if exc.errno == errno.ENOSPC:
                 click.echo(
                     "error: the disk is full: free space or pass --db on another disk, then rerun "
                     "(committed prompts are kept and skipped)",
@@ -49,8 +63,14 @@ class ActwhGroup(click.Group):
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc.args[0]) if isinstance(exc, FileNotFoundError) and exc.args else str(exc)
-    return text.splitlines()[0] if text else type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.strerror or type(exc).__name__}: {exc.filename}"
+    return _one_line_text(str(exc)) or type(exc).__name__
+
+
+def _one_line_text(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else ""
 
 
 @click.group(cls=ActwhGroup)
@@ -146,6 +166,8 @@ def ingest_command(
         wait=wait,
         truncate=truncate,
         progress=not quiet,
+        target=target,
+        distractor=distractor,
     )
     sources = _prompt_sources(prompts, prompts_file, target, distractor)
     report = ingest(db_path, sources, options, on_skip=lambda s: click.echo(f"warning: {s.describe()}", err=True))
@@ -174,6 +196,25 @@ def sql_command(db_path: Path, query: str, fmt: str) -> None:
     click.echo(render(table, fmt), nl=False)
 
 
+@main.command("dsts")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also say which dsts this warehouse can answer and how many rows each raw one has.")
+@click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(FORMATS))
+def dsts_command(db_path: Path | None, fmt: str) -> None:
+    """Every dst, raw and derived: node type, what it needs, and what it means."""
+    entries = dst_catalog()
+    table = pa.table({field: [getattr(e, field) for e in entries] for field in ("dst", "kind", "node_type", "needs")}
+                     | {"description": [e.description for e in entries]})
+    if db_path is not None:
+        con = db.connect(db_path, read_only=True)
+        try:
+            counts = dict(con.sql("SELECT dst::VARCHAR, count(*) FROM activations GROUP BY ALL").fetchall())
+        finally:
+            con.close()
+        table = table.append_column("stored_rows", pa.array([counts.get(e.dst) for e in entries], pa.int64()))
+    click.echo(render(table, fmt), nl=False)
+
+
 @main.command("info")
 @click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 def info_command(db_path: Path) -> None:
@@ -193,6 +234,164 @@ def info_command(db_path: Path) -> None:
             click.echo(render(con.sql(query).to_arrow_table(), "table"), nl=False)
     finally:
         con.close()
+
+
+# -- reading: thin wrappers over queries.api (Warehouse) --------------------------------------------
+
+
+def _read_options(command: Any) -> Any:
+    """--db, --format, --output and --plot, shared by the reading commands."""
+    command = click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Also draw a PNG here.")(
+        command
+    )
+    command = click.option(
+        "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file (needed for parquet)."
+    )(command)
+    command = click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(FILE_FORMATS))(
+        command
+    )
+    return click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False, path_type=Path))(command)
+
+
+def _emit(table: Any, fmt: str, output: Path | None) -> None:
+    if fmt == "parquet" and output is None:
+        raise click.UsageError("--format parquet writes a file: add --output PATH")
+    for note in notes(table):
+        click.echo(f"note: {note}", err=True)
+    text = write(table, fmt, output)
+    if text is not None:
+        click.echo(text, nl=False)
+    else:
+        click.echo(f"wrote {table.num_rows} rows to {output}", err=True)
+
+
+def _plotted(path: Path) -> None:
+    click.echo(f"plot: {path}", err=True)
+
+
+@main.command("top")
+@_read_options
+@click.option("--prompt-id", required=True, type=int, help="Prompt to rank nodes in (see `actwh sql` on prompts).")
+@click.option(
+    "--by",
+    default="act_times_grad",
+    show_default=True,
+    help=f"Rank by a node-table column ({', '.join(NODE_COLUMNS)}: MLP and attention together) or any dst.",
+)
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1), help="Top k and bottom k.")
+def top_command(
+    db_path: Path, fmt: str, output: Path | None, plot: Path | None, prompt_id: int, by: str, k: int
+) -> None:
+    """The reference node table: top and bottom k nodes of a prompt, four columns side by side."""
+    table = Warehouse(db_path).top_nodes(prompt_id, by, k)
+    _emit(table, fmt, output)
+    if plot is not None:
+        from queries import plots
+
+        column = by if by in table.column_names else "value"
+        _plotted(plots.top_nodes_bars(table, column, plot, f"prompt {prompt_id}: top and bottom {k} by {by}"))
+
+
+def _node_options(command: Any) -> Any:
+    for option in reversed(
+        [
+            click.option("--dst", required=True, help="Any dst, raw (mlp_post_act) or derived (mlp_write_norm)."),
+            click.option("--layer", type=int, help="Layer (omit for dsts without one)."),
+            click.option("--node", "node_index", required=True, type=int, help="Neuron, head or channel index."),
+            click.option("--head", type=int, help="Head, for per-head channel dsts (attn_v ...)."),
+            click.option("--run", "run_id", type=int, help="Only prompts of this run."),
+            click.option(
+                "--pass", "pass_type", default="forward", show_default=True, type=click.Choice(["forward", "backward"])
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+@main.command("examples")
+@_read_options
+@_node_options
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--context", default=5, show_default=True, type=click.IntRange(0), help="Tokens shown on each side.")
+@click.option("--bottom", is_flag=True, help="The lowest values instead of the highest.")
+def examples_command(
+    db_path: Path,
+    fmt: str,
+    output: Path | None,
+    plot: Path | None,
+    dst: str,
+    layer: int | None,
+    node_index: int,
+    head: int | None,
+    run_id: int | None,
+    pass_type: str,
+    k: int,
+    context: int,
+    bottom: bool,
+) -> None:
+    """Top-k activating examples of one node across all prompts, the token [[marked]] in its context."""
+    if plot is not None:
+        raise click.UsageError("examples has no plot: use --format and a tool of your choice")
+    table = Warehouse(db_path).top_examples(dst, layer, node_index, k, context, head, run_id, pass_type, bottom)
+    if fmt == "table":
+        table = table.select(["prompt_id", "token", "value", "context_text"])
+    _emit(table, fmt, output)
+
+
+@main.command("node-stats")
+@_read_options
+@_node_options
+@click.option("--bins", default=20, show_default=True, type=click.IntRange(1))
+@click.option("--histogram", "show_histogram", is_flag=True, help="Emit the histogram rather than the summary.")
+def node_stats_command(
+    db_path: Path,
+    fmt: str,
+    output: Path | None,
+    plot: Path | None,
+    dst: str,
+    layer: int | None,
+    node_index: int,
+    head: int | None,
+    run_id: int | None,
+    pass_type: str,
+    bins: int,
+    show_histogram: bool,
+) -> None:
+    """Count, mean, max, fraction non-zero, quantiles and histogram of one node across the dataset."""
+    stats = Warehouse(db_path).node_stats(dst, layer, node_index, head, run_id, pass_type, bins)
+    if fmt == "table" and output is None and not show_histogram:
+        _emit(stats.summary, fmt, None)
+        click.echo(render(stats.histogram, "table"), nl=False)
+    else:
+        _emit(stats.histogram if show_histogram else stats.summary, fmt, output)
+    if plot is not None:
+        from queries import plots
+
+        where = f"layer {layer} " if layer is not None else ""
+        _plotted(plots.histogram(stats.histogram, plot, f"{dst} {where}node {node_index}"))
+
+
+@main.command("prompt")
+@_read_options
+@click.option("--prompt-id", required=True, type=int)
+@click.option("--dst", help="Sum this dst per token instead of the act-times-grad columns.")
+def prompt_command(
+    db_path: Path, fmt: str, output: Path | None, plot: Path | None, prompt_id: int, dst: str | None
+) -> None:
+    """Per-token view of one prompt: act-times-grad of embedding, attention and MLP summed per token."""
+    wh = Warehouse(db_path)
+    with wh.session():
+        info = wh.sql("SELECT text, target, distractor, objective FROM prompts WHERE prompt_id = ?", [prompt_id])
+        table = wh.token_attribution(prompt_id, dst)
+    if fmt == "table" and output is None and info.num_rows:
+        row = info.to_pylist()[0]
+        click.echo(f"prompt {prompt_id}: {row['text']!r}  target={row['target']!r} distractor={row['distractor']!r}")
+    _emit(table, fmt, output)
+    if plot is not None:
+        from queries import plots
+
+        _plotted(plots.token_strip(table, plot, f"prompt {prompt_id}" + (f": {dst}" if dst else "")))
 
 
 if __name__ == "__main__":
