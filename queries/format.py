@@ -1,14 +1,18 @@
-"""Printing Arrow results for people (an aligned table) and for machines (CSV, JSON lines)."""
+"""Printing Arrow results for people (an aligned table) and for machines (CSV, JSON lines, Parquet)."""
 
 from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 FORMATS = ("table", "csv", "json")
+# Parquet is binary: it goes to a file, never to the terminal.
+FILE_FORMATS = (*FORMATS, "parquet")
 
 
 def _cell(value: object) -> str:
@@ -16,7 +20,8 @@ def _cell(value: object) -> str:
         return "NULL"
     if isinstance(value, float):
         return f"{value:.6g}"
-    return str(value)
+    # token text may hold newlines and tabs: show them escaped so rows stay one line each
+    return str(value).replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
 
 
 def render(table: pa.Table, fmt: str = "table") -> str:
@@ -41,3 +46,17 @@ def render(table: pa.Table, fmt: str = "table") -> str:
     lines = [line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
     lines.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
     return "\n".join(lines) + "\n"
+
+
+def write(table: pa.Table, fmt: str, output: str | Path | None) -> str | None:
+    """Write `table` to `output` in `fmt`, or return the text for the terminal when there is no file."""
+    if fmt == "parquet":
+        if output is None:
+            raise ValueError("--format parquet writes a file: add --output PATH")
+        pq.write_table(table, str(output))
+        return None
+    text = render(table, fmt)
+    if output is None:
+        return text
+    Path(output).write_text(text)
+    return None

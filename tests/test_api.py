@@ -6,6 +6,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet  # noqa: F401 - pa.parquet in the CLI test
 import pytest
 
 from queries import DstNotAvailable, UnknownDst, Warehouse, notes
@@ -315,3 +316,48 @@ def test_unavailable_derived_dst_is_a_clear_error(hand_db: Path, tmp_path: Path)
     con.close()
     with pytest.raises(DstNotAvailable, match="no view"):
         Warehouse(copy).node_stats(derived[0], 0, 0)
+
+
+def test_cli_reading_commands(hand_db: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli import main
+
+    runner = CliRunner()
+    db_arg = ["--db", str(hand_db)]
+    top = runner.invoke(main, ["top", *db_arg, "--prompt-id", "0", "-k", "2"])
+    assert top.exit_code == 0, top.output
+    assert "act_times_grad" in top.output and " brown" in top.output
+    examples = runner.invoke(
+        main, ["examples", *db_arg, "--dst", "mlp_post_act", "--layer", "0", "--node", "1", "-k", "1", "--context", "1"]
+    )
+    assert examples.exit_code == 0 and "[[O'Brien]]" in examples.output
+    stats = runner.invoke(main, ["node-stats", *db_arg, "--dst", "mlp_post_act", "--layer", "0", "--node", "1"])
+    assert stats.exit_code == 0 and "frac_nonzero" in stats.output and "bin_low" in stats.output
+    prompt = runner.invoke(main, ["prompt", *db_arg, "--prompt-id", "1", "--format", "csv"])
+    assert prompt.exit_code == 0 and prompt.output.splitlines()[0] == '"token","token_text","embedding","attn","mlp"'
+    out = tmp_path / "top.parquet"
+    parquet = runner.invoke(main, ["top", *db_arg, "--prompt-id", "0", "--format", "parquet", "--output", str(out)])
+    assert parquet.exit_code == 0 and pa.parquet.read_table(out).num_rows == 20
+    refused = runner.invoke(main, ["top", *db_arg, "--prompt-id", "0", "--format", "parquet"])
+    assert refused.exit_code == 2 and "--output" in refused.output
+    bad = runner.invoke(main, ["examples", *db_arg, "--dst", "mlp_post_ac", "--layer", "0", "--node", "1"])
+    assert bad.exit_code == 2 and "unknown dst 'mlp_post_ac'" in bad.output
+
+
+def test_cli_plots(hand_db: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from click.testing import CliRunner
+
+    from cli import main
+
+    runner = CliRunner()
+    db_arg = ["--db", str(hand_db)]
+    for args, name in [
+        (["top", "--prompt-id", "0"], "top.png"),
+        (["node-stats", "--dst", "mlp_post_act", "--layer", "0", "--node", "1"], "hist.png"),
+        (["prompt", "--prompt-id", "1"], "strip.png"),  # token text with $ and quotes
+    ]:
+        result = runner.invoke(main, [*args, *db_arg, "--plot", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
