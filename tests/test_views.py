@@ -16,6 +16,7 @@ import pytest
 from ingest.checkpoints import LoadedModel, load_model
 from ingest.prompts import PromptInput
 from ingest.worker import IngestOptions, ingest
+from queries.catalog import view_header
 from tests.torch_scalars import expected_scalars
 from warehouse import db
 from warehouse.registry import LOCATIONS
@@ -90,6 +91,8 @@ def test_every_derived_view_matches_torch(stored: Stored) -> None:
             [stored.prompt_a],
         )
         _assert_close(got, want, 1e-5, dst)
+        node_types = stored.con.execute(f"SELECT DISTINCT node_type FROM {dst} WHERE prompt_id = ?", [stored.prompt_a])
+        assert node_types.fetchall() == [(view_header(db.DERIVED_DIR / f"{dst}.sql")["node_type"],)], dst
         through_union = stored.con.execute(
             "SELECT count(*) FROM scalars WHERE dst = ? AND prompt_id = ?", [dst, stored.prompt_a]
         ).fetchone()

@@ -1,0 +1,35 @@
+"""The dst catalogue: every view documents itself, and `actwh dsts` prints the whole list."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from cli import main
+from queries.catalog import dst_catalog, view_header
+from warehouse import db, registry
+
+
+def test_every_view_file_has_a_complete_header() -> None:
+    node_types = {n.value for n in registry.NodeType}
+    for path in db.derived_view_files():
+        head = view_header(path)
+        assert head.get("dst") == path.stem, path
+        assert head.get("node_type") in node_types, path
+        for field in ("needs", "formula", "description"):
+            assert head.get(field), f"{path.name} lacks '-- {field}:'"
+
+
+def test_catalogue_lists_raw_and_derived_dsts_once() -> None:
+    names = [e.dst for e in dst_catalog()]
+    assert len(names) == len(set(names))
+    assert set(names) == set(db.dst_names())
+    assert {e.kind for e in dst_catalog() if e.dst in registry.LOCATION_BY_DST} == {"raw"}
+
+
+def test_dsts_command_prints_every_dst() -> None:
+    result = CliRunner().invoke(main, ["dsts", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].replace('"', "").split(",")[:4] == ["dst", "kind", "node_type", "needs"]
+    assert len(lines) == 1 + len(db.dst_names())
+    assert any(line.startswith('"mlp_write_to_final_residual_grad","derived","mlp_neuron"') for line in lines)
