@@ -214,13 +214,18 @@ def hf_cache_dir(repo_id: str) -> Path | None:
 
 
 def tokenizer_for(family: str, path: Path | None) -> tiktoken.Encoding:
-    from ingest.gguf import gpt2_tokenizer
+    from ingest.tokenizers import gpt2_tokenizer, load_tokenizer_json
 
     if family == "gpt2":
         return gpt2_tokenizer()
+    if path is not None and (path / "tokenizer.json").exists():
+        try:
+            return load_tokenizer_json(path / "tokenizer.json")
+        except ValueError as exc:
+            raise ModelNotFound(f"cannot use {path / 'tokenizer.json'}: {exc}") from None
     raise ModelNotFound(
-        f"no tokenizer for this {family} checkpoint{f' at {path}' if path else ''}: "
-        "load the model from its .gguf file, which carries its tokenizer"
+        f"no tokenizer for this {family} checkpoint{f' at {path}' if path else ''}: add its tokenizer.json "
+        "(byte-level BPE) to the directory, or load the model from a .gguf file, which carries its tokenizer"
     )
 
 
@@ -231,12 +236,12 @@ def load_model(name: str = DEFAULT_MODEL) -> LoadedModel:
     Cached: loading SmolLM2 dequantises 135 M weights and hashes them, and a process (a test session,
     a notebook) often ingests with the same model more than once.
     """
-    from ingest import gguf
+    from ingest import gguf, tokenizers
     from ingest.tiny import tiny_gpt2
 
     if name == "gpt2-tiny":
         model = tiny_gpt2()
-        return LoadedModel(name, model, gguf.gpt2_tokenizer(), weights_hash(model.weights))
+        return LoadedModel(name, model, tokenizers.gpt2_tokenizer(), weights_hash(model.weights))
     path = gguf.smollm2_gguf_path() if name in ("smollm2", "smollm2-135m") else Path(name).expanduser()
     if path.suffix == ".gguf" and path.is_file():
         hf_config, sd = gguf.load_gguf(path)

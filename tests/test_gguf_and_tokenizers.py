@@ -17,7 +17,8 @@ import pytest
 import regex
 import torch
 
-from ingest.gguf import ByteLevelEncoding, gpt2_tokenizer, load_gguf, load_gguf_tokenizer, smollm2_gguf_path
+from ingest.gguf import load_gguf, load_gguf_tokenizer, smollm2_gguf_path
+from ingest.tokenizers import ByteLevelEncoding, gpt2_tokenizer
 
 # transformers is imported lazily in the fixtures below, after this: without it a hub lookup costs ~25 s.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -329,3 +330,27 @@ def test_our_model_says_paris(smol, our_model) -> None:
         logits = our_model(ids).logits
     assert int(logits[0, -1].argmax()) == PARIS
     assert our_model.lm_head.weight.data_ptr() == our_model.model.embed_tokens.weight.data_ptr()
+
+
+def test_llama_checkpoint_directory_with_tokenizer_json(tmp_path: Path, ours, hf_smollm2_tokenizer) -> None:
+    """A Hugging Face Llama directory (config.json, model.safetensors, tokenizer.json) loads with its own
+    tokenizer, and gives the GGUF's ids and logits."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from ingest.checkpoints import load_model
+
+    config, state = ours
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "model.safetensors"))
+    hf_smollm2_tokenizer.save(str(tmp_path / "tokenizer.json"))
+    from_dir = load_model(str(tmp_path))
+    from_gguf = load_model("smollm2")
+    want = [e.ids for e in hf_smollm2_tokenizer.encode_batch(CORPUS, add_special_tokens=False)]
+    assert from_dir.tokenizer.encode_batch(CORPUS, allowed_special="all") == want
+    ids = torch.tensor([from_dir.tokenizer.encode_ordinary("The capital of France is")])
+    lengths = torch.tensor([ids.shape[1]])
+    with torch.no_grad():
+        assert torch.equal(from_dir.model.forward(ids, lengths), from_gguf.model.forward(ids, lengths))

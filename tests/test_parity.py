@@ -57,10 +57,10 @@ def llama_pair(tmp_path_factory: pytest.TempPathFactory):
     hf = transformers.LlamaForCausalLM(cfg).eval()
     path = _hf_dir(tmp_path_factory.mktemp("llama"), hf)
     # a random Llama directory has no tokenizer of its own: borrow GPT-2's so the loader can run
-    from ingest import checkpoints, gguf
+    from ingest import checkpoints, tokenizers
 
     loaded = checkpoints.LoadedModel(
-        "llama-random", checkpoints.build(*checkpoints.read_hf_dir(path)), gguf.gpt2_tokenizer(), ""
+        "llama-random", checkpoints.build(*checkpoints.read_hf_dir(path)), tokenizers.gpt2_tokenizer(), ""
     )
     return hf, loaded
 

@@ -1,0 +1,222 @@
+"""Tokenisers as tiktoken Encodings, built offline from files the project can get without a model hub.
+
+Byte-level BPE vocabularies (GPT-2's, SmolLM2's, any Hugging Face tokenizer.json of that kind) map
+onto tiktoken directly: ranks are token ids, and each token's bytes are read back through GPT-2's
+byte-to-character table.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.metadata
+import json
+from collections.abc import Collection
+from collections.abc import Set as AbstractSet
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import regex
+import tiktoken
+
+WHISPER_DIST = "openai-whisper"
+WHISPER_VERSION = "20250625"
+GPT2_RANKS = "whisper/assets/gpt2.tiktoken"
+# tiktoken's own expected hash for GPT-2's rank file; a mismatch means a different vocabulary.
+GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+
+# GPT-2's split: contractions, optional space + letters / numbers / other symbols, whitespace runs that
+# leave their last space to the next word.
+R50K_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+# SmolLM2 splits every numeric character off on its own first and then runs GPT-2's split on the
+# stretches between them (llama.cpp's "smollm" pre-tokeniser; Digits + ByteLevel in Hugging Face terms).
+# Folded into one regex: a number is one character with no space in front, and a whitespace run ends
+# its stretch when a number follows, so it is taken whole there, as it would be at the end of the text.
+SMOLLM2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"""
+
+
+def installed_file(dist: str, relative: str, install_hint: str) -> Path:
+    """Find a data file of an installed distribution without importing it."""
+    try:
+        path = Path(str(importlib.metadata.distribution(dist).locate_file(relative)))
+    except importlib.metadata.PackageNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        raise FileNotFoundError(f"{relative} not found; run `{install_hint}`")
+    return path
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's printable stand-in for each byte, inverted.
+
+    Byte-level BPE vocabularies write each byte as a visible character: printable Latin-1 bytes stand
+    for themselves and the rest are shifted to code points from 256 up, in byte order.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    kept = set(printable)
+    decoder = {chr(b): b for b in printable}
+    shifted = 256
+    for b in range(256):
+        if b not in kept:
+            decoder[chr(shifted)] = b
+            shifted += 1
+    return decoder
+
+
+class ByteLevelEncoding(tiktoken.Encoding):
+    """A tiktoken Encoding that skips bytes its vocabulary cannot spell, as Hugging Face's BPE does.
+
+    SmolLM2's vocabulary lacks a few bytes (some ASCII control characters, and lead bytes of unassigned
+    Unicode planes). Hugging Face drops them inside each pre-tokenised piece and merges across the
+    gap; tiktoken's Rust core panics instead (a BaseException, with a backtrace on stderr), which would
+    abort ingestion of any document containing one. Text without such bytes, nearly all of it, keeps
+    tiktoken's fast path; the rest is split in Python and each piece encoded without those bytes.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        pat_str: str,
+        mergeable_ranks: dict[bytes, int],
+        special_tokens: dict[str, int],
+        explicit_n_vocab: int | None = None,
+    ) -> None:
+        super().__init__(
+            name,
+            pat_str=pat_str,
+            mergeable_ranks=mergeable_ranks,
+            special_tokens=special_tokens,
+            explicit_n_vocab=explicit_n_vocab,
+        )
+        self._unspellable = bytes(b for b in range(256) if bytes([b]) not in mergeable_ranks)
+        self._splitter = regex.compile(pat_str)
+
+    def _spellable(self, text: str) -> bool:
+        if not self._unspellable:
+            return True
+        data = text.encode("utf-8", "surrogatepass")
+        return len(data.translate(None, self._unspellable)) == len(data)
+
+    def _encode_skipping(self, text: str) -> list[int]:
+        # Same lone-surrogate repair as tiktoken's own encode.
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        ids: list[int] = []
+        for piece in self._splitter.findall(text):
+            data = piece.encode("utf-8").translate(None, self._unspellable)
+            if data:
+                ids.extend(self._core_bpe.encode_single_piece(data))
+        return ids
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        if self._spellable(text):
+            return super().encode_ordinary(text)
+        return self._encode_skipping(text)
+
+    def encode(
+        self,
+        text: str,
+        *,
+        allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
+        disallowed_special: Literal["all"] | Collection[str] = "all",
+    ) -> list[int]:
+        if self._spellable(text):
+            return super().encode(text, allowed_special=allowed_special, disallowed_special=disallowed_special)
+        allowed = self.special_tokens_set if allowed_special == "all" else set(allowed_special)
+        disallowed = self.special_tokens_set - allowed if disallowed_special == "all" else set(disallowed_special)
+        for token in sorted(disallowed):
+            if token in text:
+                raise ValueError(
+                    f"text contains special token {token!r}; pass allowed_special or disallowed_special=()"
+                )
+        if not allowed:
+            return self._encode_skipping(text)
+        specials = regex.compile("|".join(regex.escape(t) for t in sorted(allowed, key=len, reverse=True)))
+        ids: list[int] = []
+        start = 0
+        for match in specials.finditer(text):
+            ids.extend(self._encode_skipping(text[start : match.start()]))
+            ids.append(self._special_tokens[match.group()])
+            start = match.end()
+        ids.extend(self._encode_skipping(text[start:]))
+        return ids
+
+    def encode_to_numpy(
+        self,
+        text: str,
+        *,
+        allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
+        disallowed_special: Literal["all"] | Collection[str] = "all",
+    ) -> npt.NDArray[np.uint32]:
+        if self._spellable(text):
+            return super().encode_to_numpy(text, allowed_special=allowed_special, disallowed_special=disallowed_special)
+        ids = self.encode(text, allowed_special=allowed_special, disallowed_special=disallowed_special)
+        return np.asarray(ids, dtype=np.uint32)
+
+
+def byte_level_encoding(
+    name: str, vocab: dict[str, int], specials: dict[str, int], pattern: str, n_vocab: int | None = None
+) -> tiktoken.Encoding:
+    """An Encoding whose ranks are the token ids.
+
+    tiktoken merges by the rank of the merged token, which equals the BPE merge order whenever every
+    merge result's id grows with its merge index (true of GPT-2's and SmolLM2's vocabularies).
+    """
+    decoder = _byte_decoder()
+    ranks = {bytes(decoder[c] for c in token): index for token, index in vocab.items()}
+    if len(ranks) != len(vocab):
+        raise ValueError("two tokens spell the same bytes")
+    return ByteLevelEncoding(
+        name,
+        pat_str=pattern,
+        mergeable_ranks=ranks,
+        special_tokens=specials,
+        explicit_n_vocab=n_vocab or len(ranks) + len(specials),
+    )
+
+
+def load_tokenizer_json(path: Path) -> tiktoken.Encoding:
+    """A Hugging Face byte-level BPE tokenizer.json (as Llama-family checkpoints ship it).
+
+    The pre-tokeniser picks the split: one that isolates digits gets SmolLM2's pattern, else GPT-2's.
+    """
+    spec = json.loads(path.read_text())
+    model = spec.get("model", {})
+    if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+        raise ValueError(f"{path} is not a byte-level BPE tokenizer; only those are supported")
+    specials = {t["content"]: t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
+    vocab = {t: i for t, i in model["vocab"].items() if t not in specials}
+    pattern = SMOLLM2_PATTERN if '"Digits"' in json.dumps(spec.get("pre_tokenizer")) else R50K_PATTERN
+    return byte_level_encoding(
+        path.parent.name or "tokenizer",
+        vocab,
+        specials,
+        pattern,
+        n_vocab=max([*vocab.values(), *specials.values()]) + 1,
+    )
+
+
+def gpt2_tokenizer() -> tiktoken.Encoding:
+    """GPT-2's encoding from the copy of its ranks shipped by openai-whisper.
+
+    tiktoken's own "gpt2" encoding would download the same file on first use, which fails here.
+    """
+    path = installed_file(WHISPER_DIST, GPT2_RANKS, f"pip install --no-deps {WHISPER_DIST}=={WHISPER_VERSION}")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != GPT2_RANKS_SHA256:
+        raise ValueError(f"{path} is not GPT-2's rank file (sha256 mismatch)")
+    ranks = {}
+    for line in data.splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return tiktoken.Encoding(
+        "gpt2",
+        pat_str=R50K_PATTERN,
+        mergeable_ranks=ranks,
+        special_tokens={"<|endoftext|>": 50256},
+        explicit_n_vocab=50257,
+    )
