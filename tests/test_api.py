@@ -361,3 +361,25 @@ def test_cli_plots(hand_db: Path, tmp_path: Path) -> None:
         result = runner.invoke(main, [*args, *db_arg, "--plot", str(tmp_path / name)])
         assert result.exit_code == 0, result.output
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ingested_prompt_with_quotes_and_sql_round_trips(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli import main
+
+    path = tmp_path / "tricky.duckdb"
+    text = "Robert'); DROP TABLE prompts;-- said \"it's\" ? $1 %s"
+    result = CliRunner().invoke(
+        main, ["ingest", "--db", str(path), "--model", "gpt2-tiny", "--quiet", "--prompt", text]
+    )
+    assert result.exit_code == 0, result.output
+    wh = Warehouse(path)
+    [(prompt_id, n_tokens)] = wh.sql("SELECT prompt_id, n_tokens FROM prompts WHERE text = ?", [text], output="rows")
+    strip = wh.token_attribution(prompt_id, dst="mlp_post_act")
+    assert "".join(strip["token_text"].to_pylist()) == text and strip.num_rows == n_tokens
+    quote_token = [t for t in strip["token_text"].to_pylist() if "'" in t][0]
+    found = wh.sql("SELECT count(*) FROM tokens WHERE text = ? AND prompt_id = ?", [quote_token, prompt_id], "rows")
+    assert found[0][0] >= 1
+    examples = wh.top_examples("mlp_post_act", 0, 0, k=n_tokens, context=n_tokens)
+    assert all(row.replace("[[", "").replace("]]", "") == text for row in examples["context_text"].to_pylist())
