@@ -28,7 +28,6 @@ from warehouse import db, registry
 
 Output = Literal["arrow", "pandas", "rows"]
 NOTES_KEY = b"actwh.notes"
-DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboards"
 
 # The reference node table: the four columns per node family, each a dst.
 NODE_COLUMNS = ("activation", "write_norm", "direct_effect", "act_times_grad")
@@ -679,29 +678,3 @@ class Warehouse:
             return self._run(con, sql, params)
 
     # -- dashboards ----------------------------------------------------------------------------------
-
-    def install_dashboards(self) -> list[str]:
-        """(Re)create the dashboard views (queries/dashboards/*.sql) in the file; needs read_only=False."""
-        if self.read_only:
-            raise db.WarehouseError("install_dashboards writes views: open the Warehouse with read_only=False")
-        with self._connection() as con:
-            return install_dashboards(con)
-
-
-def dashboard_files() -> list[Path]:
-    return sorted(DASHBOARD_DIR.glob("*.sql"))
-
-
-def install_dashboards(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """Create one view per dashboards/*.sql file, named after the file, in one transaction."""
-    names = []
-    con.execute("BEGIN")
-    try:
-        for path in dashboard_files():
-            con.execute(f"CREATE OR REPLACE VIEW {path.stem} AS\n{path.read_text()}")  # file names are ours
-            names.append(path.stem)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    return names

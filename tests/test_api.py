@@ -10,7 +10,6 @@ import pyarrow.parquet  # noqa: F401 - pa.parquet in the CLI test
 import pytest
 
 from queries import DstNotAvailable, UnknownDst, Warehouse, notes
-from queries.api import install_dashboards
 from warehouse import db
 
 TRICKY = 'O\'Brien said "hi"; DROP TABLE prompts; -- ? $1 %s {x}'
@@ -94,7 +93,6 @@ def build_hand_warehouse(path: Path) -> Path:
             "INSERT INTO activations SELECT prompt_id::INTEGER, token::SMALLINT, token2::SMALLINT, layer::SMALLINT,"
             " head::SMALLINT, node_type, node_index::INTEGER, dst, pass_type, value::FLOAT FROM hand_facts"
         )
-        install_dashboards(con)
     finally:
         con.close()
     return path

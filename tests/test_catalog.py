@@ -33,3 +33,16 @@ def test_dsts_command_prints_every_dst() -> None:
     assert lines[0].replace('"', "").split(",")[:4] == ["dst", "kind", "node_type", "needs"]
     assert len(lines) == 1 + len(db.dst_names())
     assert any(line.startswith('"mlp_write_to_final_residual_grad","derived","mlp_neuron"') for line in lines)
+
+
+def test_scalars_keeps_the_fact_table_column_types(tmp_path) -> None:  # noqa: ANN001
+    """Every derived view returns the fact table's ENUM name columns, so `scalars` reads like `activations`."""
+    con = db.connect(tmp_path / "empty.duckdb")
+    try:
+        types = {r[0]: r[1] for r in con.execute("DESCRIBE scalars").fetchall()}
+        facts = {r[0]: r[1] for r in con.execute("DESCRIBE activations").fetchall()}
+    finally:
+        con.close()
+    for column in ("node_type", "dst", "pass_type", "value"):
+        assert types[column] == facts[column], column
+    assert types["dst"].startswith("ENUM(")

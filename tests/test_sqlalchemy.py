@@ -16,7 +16,6 @@ from click.testing import CliRunner
 from sqlalchemy.pool import NullPool
 
 from cli import main
-from queries import Warehouse
 from warehouse import db
 
 
@@ -29,7 +28,6 @@ def tiny_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
          " London", "--prompt", "The capital of France is", "--prompt", "Paris is in"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    Warehouse(path, read_only=False).install_dashboards()
     return path
 
 

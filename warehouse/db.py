@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_SQL = ROOT / "schema.sql"
 DERIVED_DIR = ROOT / "queries" / "derived"
 SUPPORT_DIR = ROOT / "queries" / "support"
+DASHBOARD_DIR = ROOT / "queries" / "dashboards"
 
 # Bump when schema.sql or the ENUM members change, and add the step to MIGRATIONS below.
 SCHEMA_VERSION = 1
@@ -215,7 +216,8 @@ def migrate(con: duckdb.DuckDBPyConnection, path: Path, version: int) -> None:
 
 
 def create_views(con: duckdb.DuckDBPyConnection) -> None:
-    """(Re)create the support macros, every derived view, then `scalars`: raw rows and all derived views.
+    """(Re)create the support macros, every derived view, `scalars` (raw rows and all derived views), and
+    the dashboard views (queries/dashboards/*.sql, read through `scalars` by BI tools).
 
     Support files (queries/support/*.sql, in name order) hold whole statements; derived files hold one
     view's SELECT each, created after every view whose name they mention (views may read views; the
@@ -240,6 +242,8 @@ def create_views(con: duckdb.DuckDBPyConnection) -> None:
         ["SELECT * FROM activations"] + [f"SELECT * FROM {p.stem}" for p in derived_view_files()]
     )
     con.execute(f"CREATE OR REPLACE VIEW scalars AS\n{union}")
+    for path in sorted(DASHBOARD_DIR.glob("*.sql")):
+        con.execute(f"CREATE OR REPLACE VIEW {path.stem} AS\n{path.read_text()}")
 
 
 def materialize_factors(con: duckdb.DuckDBPyConnection) -> None:
