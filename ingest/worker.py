@@ -8,12 +8,19 @@ ingest goes on; command-level problems raise before anything is written.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+import pickle
+import re
+import signal
+import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -21,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import torch
+from safetensors import SafetensorError
 
 from ingest.capture import CaptureSpec, Recorder, location_table, logits_table
-from ingest.checkpoints import DEFAULT_MODEL, LoadedModel, load_model
+from ingest.checkpoints import DEFAULT_MODEL, LoadedModel, ModelNotFound, load_model
 from ingest.objective import LOGIT_DIFF, TokenError, objective_kind, per_prompt_objective, single_token
 from ingest.prompts import PromptInput, Skipped
 from warehouse.registry import LOCATIONS, STORED_WEIGHTS, PassType
@@ -43,6 +51,8 @@ class IngestOptions:
     wait: bool = False
     truncate: bool = False
     progress: bool = True
+    target: str | None = None  # the command-wide target and distractor, checked once before anything runs
+    distractor: str | None = None
 
 
 @dataclass
@@ -75,6 +85,39 @@ class Prepared:
 
 class DeviceError(ValueError):
     pass
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so the run is recorded as interrupted before the process exits."""
+
+
+def open_model(name: str) -> LoadedModel:
+    """load_model, with the ways a checkpoint file can be unreadable turned into one ModelNotFound line."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            loaded = load_model(name)
+        except ModelNotFound:
+            raise
+        except (OSError, ValueError, RuntimeError, KeyError, SafetensorError, pickle.UnpicklingError) as exc:
+            # The first sentence only: loaders' later advice (e.g. torch's "weights_only=False") is not ours.
+            detail = re.split(r"(?<=\.) ", str(exc).strip().splitlines()[0] if str(exc).strip() else "")[0]
+            raise ModelNotFound(
+                f"cannot read the checkpoint {name!r} ({type(exc).__name__}: {detail}): "
+                "is it a complete, uncorrupted checkpoint?"
+            ) from None
+    for w in caught:  # a failed load's warnings would only add lines to its one-line error
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return loaded
+
+
+def check_command_tokens(loaded: LoadedModel, options: IngestOptions) -> None:
+    """A --target or --distractor that is not one token would skip every prompt: refuse it up front."""
+    for role, text in (("--target", options.target), ("--distractor", options.distractor)):
+        if text is not None:
+            single_token(loaded.tokenizer, text, role)
+    if options.distractor is not None and options.target is None:
+        raise TokenError("--distractor needs --target: the objective is target minus distractor")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -261,19 +304,81 @@ def batches(items: Iterable[Prepared], size: int) -> Iterator[list[Prepared]]:
         yield batch
 
 
+def out_of_memory_reason(item: Prepared, device: torch.device) -> str:
+    fallback = ", or use --device cpu" if device.type != "cpu" else ""
+    return (
+        f"out of memory on {device} even alone ({len(item.ids)} tokens): shorten it "
+        f"or store fewer --locations or --layers{fallback}"
+    )
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_splitting(
+    items: list[Prepared], run: Callable[[list[Prepared]], Captured], give_up: Callable[[Prepared], None]
+) -> Iterator[Captured]:
+    """Run a batch; on out-of-memory retry it in halves, down to one prompt, which `give_up` then skips.
+
+    Order is kept (first half first). The failed attempt's tensors are released before the retry: the
+    exception, and the frames that hold them, are dropped on leaving the except block.
+    """
+    stack = [items]
+    while stack:
+        part = stack.pop()
+        captured = None
+        with suppress(torch.OutOfMemoryError):
+            captured = run(part)
+        if captured is not None:
+            yield captured
+            continue
+        _free_memory()
+        if len(part) == 1:
+            give_up(part[0])
+            continue
+        half = (len(part) + 1) // 2
+        stack.append(part[half:])
+        stack.append(part[:half])
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Make SIGTERM stop the ingest like Ctrl-C, so the run is marked interrupted (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted("stopped by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def ingest(
     db_path: str | Path,
     prompts: Iterable[PromptInput | Skipped],
     options: IngestOptions,
     on_skip: Callable[[Skipped], None] | None = None,
 ) -> IngestReport:
+    """Store every prompt not already committed; command-level problems raise before anything is written.
+
+    Prompts stream through (read, batch, run, commit), so memory does not grow with the prompt file.
+    """
     start = time.perf_counter()
     device = resolve_device(options.device)
-    loaded = load_model(options.model)
+    loaded = open_model(options.model)
     loaded.model.to(device)
     spec = CaptureSpec.parse(options.locations, options.layers, loaded.model.config.n_layers)
+    check_command_tokens(loaded, options)
     settings = json.dumps([spec.labels(), sorted(spec.layers or []), options.backward, options.truncate])
-    with DuckDBWriter(db_path, wait=options.wait) as writer:
+    with DuckDBWriter(db_path, wait=options.wait) as writer, sigterm_interrupts():
         model_id = register_model(writer, loaded)
         run_id = writer.start_run(
             model_id=model_id,
@@ -311,31 +416,47 @@ def ingest(
                 seen.add(item.key)
                 yield item
 
+        def attempt(part: list[Prepared]) -> Captured:
+            """One model pass; prompt ids are taken only when it succeeds, so retries leave no gaps."""
+            nonlocal next_prompt_id
+            ids = np.arange(next_prompt_id, next_prompt_id + len(part))
+            captured = run_batch(device, loaded, part, ids, spec, options.backward)
+            next_prompt_id += len(part)
+            return captured
+
+        def give_up(item: Prepared) -> None:
+            skip(Skipped(item.source.line, item.source.text, out_of_memory_reason(item, device)))
+
         status, message = "failed", None
         pending: deque[Future[float]] = deque()
+        halted = threading.Event()
         try:
             with (
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="actwh-writer") as pool,
                 _progress(options.progress) as bar,
             ):
-                for items in batches(prepared(), options.batch_size):
-                    ids = np.arange(next_prompt_id, next_prompt_id + len(items))
-                    next_prompt_id += len(items)
-                    captured = run_batch(device, loaded, items, ids, spec, options.backward)
-                    if options.backward:
-                        kinds.add(items[0].kind)
-                    while len(pending) >= 2:
+                try:
+                    for items in batches(prepared(), options.batch_size):
+                        for captured in run_splitting(items, attempt, give_up):
+                            if options.backward:
+                                kinds.add(captured.items[0].kind)
+                            while len(pending) >= 2:
+                                report.write_seconds += pending.popleft().result()
+                            batch_future = pool.submit(
+                                _write, writer, captured, run_id, model_id, loaded, spec, report, halted
+                            )
+                            pending.append(batch_future)
+                            report.stored += len(captured.items)
+                            report.tokens += int(captured.lengths.sum())
+                            bar.update(len(captured.items))
+                    while pending:
                         report.write_seconds += pending.popleft().result()
-                    batch_future = pool.submit(_write, writer, captured, run_id, model_id, loaded, spec, report)
-                    pending.append(batch_future)
-                    report.stored += len(items)
-                    report.tokens += int(captured.lengths.sum())
-                    bar.update(len(items))
-                while pending:
-                    report.write_seconds += pending.popleft().result()
+                except BaseException:
+                    halted.set()  # stop now: batches still queued are not committed (a rerun stores them)
+                    raise
             status = "completed"
-        except KeyboardInterrupt:
-            status, message = "interrupted", "stopped by the user"
+        except KeyboardInterrupt as exc:
+            status, message = "interrupted", str(exc) or "stopped by the user (Ctrl-C)"
             raise
         except BaseException as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -343,15 +464,22 @@ def ingest(
         finally:
             for fut in pending:
                 fut.cancel()
-            writer.finish_run(
-                run_id,
-                status,
-                [s.as_dict() for s in report.skipped],
-                message,
-                objective=",".join(sorted(kinds)) or "none",
-            )
+            _finish(writer, run_id, status, report, message, ",".join(sorted(kinds)) or "none")
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _finish(
+    writer: DuckDBWriter, run_id: int, status: str, report: IngestReport, message: str | None, objective: str
+) -> None:
+    """Record how the run ended. If that fails too (a full disk, a dead file) while another error is on
+    its way out, that error is the one to report: the run stays 'running' and the next writer marks it
+    interrupted."""
+    try:
+        writer.finish_run(run_id, status, [s.as_dict() for s in report.skipped], message, objective=objective)
+    except Exception:
+        if status == "completed":
+            raise
 
 
 def _write(
@@ -362,10 +490,20 @@ def _write(
     loaded: LoadedModel,
     spec: CaptureSpec,
     report: IngestReport,
+    halted: threading.Event,
 ) -> float:
-    batch = to_batch(captured, run_id, model_id, loaded, spec.logits_top_k)
+    """Convert and commit one batch on the writer thread. Once anything fails (a commit, the model pass,
+    Ctrl-C), batches still queued are dropped rather than committed out of order; a rerun stores them."""
+    if halted.is_set():
+        return 0.0
+    try:
+        batch = to_batch(captured, run_id, model_id, loaded, spec.logits_top_k)
+        seconds = writer.append(batch)
+    except BaseException:
+        halted.set()
+        raise
     report.rows += batch.n_rows
-    return writer.append(batch)
+    return seconds
 
 
 class _NoBar:

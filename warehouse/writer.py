@@ -77,6 +77,8 @@ class DuckDBWriter:
             )
 
     def _acquire_ingest_lock(self, wait: bool) -> Any:
+        if not self.path.parent.is_dir():
+            raise db.WarehouseError(f"{self.path.parent} is not a directory: create it or pass another --db path")
         lock_path = self.path.with_name(self.path.name + ".ingest.lock")
         handle = open(lock_path, "a+")  # noqa: SIM115 - held for the whole ingest
         try:
