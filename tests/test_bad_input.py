@@ -1,0 +1,440 @@
+"""Bad input: each case exits with the right status and says what happened in one line, no traceback.
+
+Exit 2: the whole command cannot proceed (nothing is written). Exit 3: some prompts were skipped, each
+with a `warning:` line naming its line number, and the others were stored. Most cases run the CLI
+in-process (a subprocess costs a torch import, about 1.5 s, each), with any uncaught exception or Python
+warning counted as extra stderr lines; a few run as real subprocesses to show what a user sees.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import traceback
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import save_file
+
+import cli
+from ingest import worker
+from warehouse import db
+
+ROOT = Path(__file__).resolve().parent.parent
+LONG_PROMPT = ("one two three four five six seven eight nine ten " * 20).strip()  # 200 tokens; context is 128
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def actwh(*args: str | Path) -> Result:
+    """The CLI in-process; an escaped exception becomes a traceback on stderr, as it would for a user."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = CliRunner().invoke(cli.main, [str(a) for a in args])
+    stderr = result.stderr + "".join(f"{w.category.__name__}: {w.message}\n" for w in caught)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "Traceback (most recent call last):\n" + "".join(traceback.format_exception(result.exception))
+    return Result(result.exit_code, result.stdout, stderr)
+
+
+def actwh_process(*args: str | Path) -> Result:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), *map(str, args)], capture_output=True, text=True, timeout=120
+    )
+    return Result(done.returncode, done.stdout, done.stderr)
+
+
+def ingest(db_path: Path, *args: str | Path) -> Result:
+    return actwh("ingest", "--db", db_path, "--quiet", *args)
+
+
+def tiny(db_path: Path, *args: str | Path) -> Result:
+    return ingest(db_path, "--model", "gpt2-tiny", *args)
+
+
+def assert_one_line_error(result: Result, *fragments: str) -> str:
+    """Exit 2 and exactly one `error:` line on stderr that contains every fragment."""
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def assert_skipped(result: Result, skipped: dict[int, str], stored: int) -> None:
+    """Exit 3, one `warning: skipped line N: ...` per bad line, and the rest stored."""
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    assert result.returncode == 3, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == len(skipped), result.stderr
+    for line, (number, fragment) in zip(lines, sorted(skipped.items()), strict=True):
+        assert line.startswith(f"warning: skipped line {number}: "), line
+        assert fragment in line, line
+    assert f"stored {stored} prompts" in result.stdout
+    assert f"{len(skipped)} skipped" in result.stdout
+
+
+def prompt_texts(db_path: Path) -> list[str]:
+    con = duckdb.connect(str(db_path), read_only=True)
+    try:
+        return [r[0] for r in con.execute("SELECT text FROM prompts ORDER BY prompt_id").fetchall()]
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def warehouse_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real warehouse; tests copy it before changing anything."""
+    path = tmp_path_factory.mktemp("wh") / "base.duckdb"
+    result = tiny(path, "--prompt", "The cat sat on the mat")
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+# --- the model ---------------------------------------------------------------------------------------
+
+
+def test_unknown_model(tmp_path: Path) -> None:
+    result = actwh_process("ingest", "--db", tmp_path / "w.duckdb", "--model", "no-such-model", "--prompt", "Hi there")
+    line = assert_one_line_error(result)
+    assert "unknown model 'no-such-model'" in line and "gpt2-tiny" in line
+    assert not (tmp_path / "w.duckdb").exists()
+
+
+def _gpt2_config(path: Path) -> None:
+    config = {"model_type": "gpt2", "n_layer": 1, "n_embd": 8, "n_head": 2, "n_positions": 16, "vocab_size": 50257}
+    (path / "config.json").write_text(json.dumps(config))
+
+
+def test_checkpoint_dir_with_config_but_no_weights(tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    _gpt2_config(ckpt)
+    assert_one_line_error(
+        ingest(tmp_path / "w.duckdb", "--model", ckpt, "--prompt", "Hi there"),
+        str(ckpt),
+        "neither model.safetensors nor pytorch_model.bin",
+    )
+
+
+def test_checkpoint_with_corrupt_safetensors(tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    _gpt2_config(ckpt)
+    (ckpt / "model.safetensors").write_bytes(b"this is not a safetensors file")
+    line = assert_one_line_error(
+        ingest(tmp_path / "w.duckdb", "--model", ckpt, "--prompt", "Hi there"), "cannot read the checkpoint"
+    )
+    assert "SafetensorError" in line
+    assert not (tmp_path / "w.duckdb").exists()
+
+
+def test_checkpoint_with_corrupt_pytorch_bin(tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    _gpt2_config(ckpt)
+    (ckpt / "pytorch_model.bin").write_bytes(b"\x80\x04 truncated pickle")
+    result = actwh_process("ingest", "--db", tmp_path / "w.duckdb", "--model", ckpt, "--prompt", "Hi there")
+    line = assert_one_line_error(result, "cannot read the checkpoint", "UnpicklingError")
+    assert "weights_only" not in line  # torch's advice to load untrusted pickles is not passed on
+
+
+def test_llama_checkpoint_without_tokenizer(tmp_path: Path) -> None:
+    """A Hugging Face llama directory loads, but only GGUF files carry a llama tokenizer we can read."""
+    ckpt = tmp_path / "llama"
+    ckpt.mkdir()
+    d, mlp, vocab = 8, 16, 32
+    config = {
+        "model_type": "llama",
+        "num_hidden_layers": 1,
+        "hidden_size": d,
+        "num_attention_heads": 2,
+        "intermediate_size": mlp,
+        "vocab_size": vocab,
+        "max_position_embeddings": 16,
+    }
+    (ckpt / "config.json").write_text(json.dumps(config))
+    tensors = {
+        "model.embed_tokens.weight": torch.zeros(vocab, d),
+        "model.norm.weight": torch.ones(d),
+        "model.layers.0.input_layernorm.weight": torch.ones(d),
+        "model.layers.0.post_attention_layernorm.weight": torch.ones(d),
+        "model.layers.0.self_attn.q_proj.weight": torch.zeros(d, d),
+        "model.layers.0.self_attn.k_proj.weight": torch.zeros(d, d),
+        "model.layers.0.self_attn.v_proj.weight": torch.zeros(d, d),
+        "model.layers.0.self_attn.o_proj.weight": torch.zeros(d, d),
+        "model.layers.0.mlp.gate_proj.weight": torch.zeros(mlp, d),
+        "model.layers.0.mlp.up_proj.weight": torch.zeros(mlp, d),
+        "model.layers.0.mlp.down_proj.weight": torch.zeros(d, mlp),
+    }
+    save_file(tensors, str(ckpt / "model.safetensors"))
+    assert_one_line_error(ingest(tmp_path / "w.duckdb", "--model", ckpt, "--prompt", "Hi there"), "no tokenizer")
+
+
+# --- prompts -----------------------------------------------------------------------------------------
+
+
+def test_empty_prompt_on_the_command_line(tmp_path: Path) -> None:
+    assert_one_line_error(tiny(tmp_path / "w.duckdb", "--prompt", ""), "--prompt is empty")
+
+
+def test_empty_prompt_in_jsonl_is_skipped_with_its_line(tmp_path: Path) -> None:
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "The cat sat"}\n{"prompt": ""}\n{"prompt": "The dog ran"}\n')
+    result = tiny(tmp_path / "w.duckdb", "--prompts", prompts)
+    assert_skipped(result, {2: "empty prompt"}, stored=2)
+    assert prompt_texts(tmp_path / "w.duckdb") == ["The cat sat", "The dog ran"]
+
+
+def test_malformed_jsonl_line_is_skipped_with_its_line_number(tmp_path: Path) -> None:
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "The cat sat"}\n\n{"prompt": "The dog\n{"prompt": "A bird flew"}\n')
+    result = tiny(tmp_path / "w.duckdb", "--prompts", prompts)
+    assert_skipped(result, {3: "malformed JSON"}, stored=2)
+    assert prompt_texts(tmp_path / "w.duckdb") == ["The cat sat", "A bird flew"]
+
+
+def test_command_line_target_not_one_token_shows_its_pieces(tmp_path: Path) -> None:
+    result = tiny(tmp_path / "w.duckdb", "--prompt", "The capital of France is", "--target", " Paris is")
+    assert_one_line_error(result, "--target ' Paris is' is 2 tokens", "[' Paris', ' is']")
+    assert not (tmp_path / "w.duckdb").exists()
+
+
+def test_command_line_distractor_not_one_token(tmp_path: Path) -> None:
+    result = tiny(tmp_path / "w.duckdb", "--prompt", "The capital", "--target", " Paris", "--distractor", " New York")
+    assert_one_line_error(result, "--distractor ' New York' is 2 tokens", "[' New', ' York']")
+
+
+def test_jsonl_target_not_one_token_skips_that_line(tmp_path: Path) -> None:
+    prompts = tmp_path / "p.jsonl"
+    lines = [
+        {"prompt": "The capital of France is", "target": " Paris"},
+        {"prompt": "The capital of Italy is", "target": " Rome city"},
+    ]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    result = tiny(tmp_path / "w.duckdb", "--prompts", prompts)
+    assert_skipped(result, {2: "target ' Rome city' is 2 tokens [' Rome', ' city']"}, stored=1)
+
+
+def test_prompt_longer_than_context_is_skipped_and_the_others_stored(tmp_path: Path) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text(f"The cat sat\n{LONG_PROMPT}\nThe dog ran\n")
+    result = tiny(tmp_path / "w.duckdb", "--prompts", prompts)
+    assert_skipped(result, {2: "prompt is 200 tokens, longer than the model's context of 128"}, stored=2)
+    assert "--truncate" in result.stderr
+    assert prompt_texts(tmp_path / "w.duckdb") == ["The cat sat", "The dog ran"]
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    skipped = json.loads(con.execute("SELECT skipped FROM runs").fetchall()[0][0])
+    con.close()
+    assert [s["line"] for s in skipped] == [2]
+
+
+def test_truncate_stores_the_long_prompt_cut_to_the_context(tmp_path: Path) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text(f"The cat sat\n{LONG_PROMPT}\n")
+    result = tiny(tmp_path / "w.duckdb", "--prompts", prompts, "--truncate", "--no-backward")
+    assert result.returncode == 0, result.stderr
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    rows = con.execute(
+        "SELECT n_tokens, (SELECT max(token) FROM activations a WHERE a.prompt_id = p.prompt_id)"
+        " FROM prompts p ORDER BY prompt_id"
+    ).fetchall()
+    con.close()
+    assert rows == [(3, 2), (128, 127)]
+
+
+# --- capture settings --------------------------------------------------------------------------------
+
+
+def test_unknown_location(tmp_path: Path) -> None:
+    result = tiny(tmp_path / "w.duckdb", "--prompt", "Hi there", "--locations", "mlp.post_act,mlp.bogus")
+    assert_one_line_error(result, "unknown location 'mlp.bogus'", "mlp.post_act")
+    assert not (tmp_path / "w.duckdb").exists()
+
+
+def test_layer_out_of_range(tmp_path: Path) -> None:
+    result = tiny(tmp_path / "w.duckdb", "--prompt", "Hi there", "--layers", "0,2")
+    assert_one_line_error(result, "layer 2 is out of range", "layers 0..1")
+
+
+# --- the database file -------------------------------------------------------------------------------
+
+
+def test_text_file_as_db_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("not a database\n")
+    result = actwh_process("ingest", "--db", path, "--model", "gpt2-tiny", "--prompt", "Hi there")
+    assert_one_line_error(result, str(path), "not a valid DuckDB database")
+    assert path.read_text() == "not a database\n"
+    assert_one_line_error(actwh("sql", "--db", path, "SELECT 1"), "not a valid DuckDB database")
+
+
+def test_duckdb_file_that_is_not_a_warehouse(tmp_path: Path) -> None:
+    path = tmp_path / "other.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE sales (amount INTEGER)")
+    con.close()
+    assert_one_line_error(tiny(path, "--prompt", "Hi there"), "is a DuckDB file but not an activation warehouse")
+    con = duckdb.connect(str(path), read_only=True)
+    tables = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()]
+    con.close()
+    assert tables == ["sales"]
+    assert_one_line_error(actwh("info", "--db", path), "not an activation warehouse")
+
+
+def _set_version(path: Path, version: int) -> None:
+    con = duckdb.connect(str(path))
+    con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(version)])
+    con.close()
+
+
+def test_newer_schema_version_is_refused(tmp_path: Path, warehouse_file: Path) -> None:
+    path = tmp_path / "newer.duckdb"
+    shutil.copy(warehouse_file, path)
+    _set_version(path, 999)
+    message = f"schema version 999, newer than this actwh's {db.SCHEMA_VERSION}: upgrade actwh"
+    assert_one_line_error(tiny(path, "--prompt", "Hi there"), message)
+    assert_one_line_error(actwh("sql", "--db", path, "SELECT 1"), message)
+    assert prompt_texts(path) == ["The cat sat on the mat"]
+
+
+def test_older_schema_version_migrates_on_write_and_says_what_to_run_on_read(
+    tmp_path: Path, warehouse_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The migration hook, exercised with a pretend version 2 that adds a table."""
+    path = tmp_path / "older.duckdb"
+    shutil.copy(warehouse_file, path)
+    monkeypatch.setattr(db, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(db, "MIGRATIONS", {})
+    with pytest.raises(db.NotAWarehouse, match="no migration from version 1 to 2"):
+        db.connect(path).close()
+    with pytest.raises(db.NotAWarehouse, match=re.escape(f"python -m warehouse.db migrate {path}")):
+        db.connect(path, read_only=True).close()
+
+    monkeypatch.setattr(db, "MIGRATIONS", {1: lambda con: con.execute("CREATE TABLE added_in_v2 (x INTEGER)")})
+    db.connect(path).close()
+    con = db.connect(path, read_only=True)
+    try:
+        assert db.stored_version(con) == 2
+        assert con.execute("SELECT count(*) FROM added_in_v2").fetchall() == [(0,)]
+        assert con.execute("SELECT count(*) FROM prompts").fetchall() == [(1,)]
+    finally:
+        con.close()
+
+
+def test_failed_migration_leaves_the_file_at_its_version(
+    tmp_path: Path, warehouse_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "older.duckdb"
+    shutil.copy(warehouse_file, path)
+    monkeypatch.setattr(db, "SCHEMA_VERSION", 2)
+
+    def broken(con: duckdb.DuckDBPyConnection) -> None:
+        con.execute("CREATE TABLE half_done (x INTEGER)")
+        con.execute("SELECT * FROM no_such_table")
+
+    monkeypatch.setattr(db, "MIGRATIONS", {1: broken})
+    with pytest.raises(db.WarehouseError, match="file unchanged"):
+        db.connect(path).close()
+    monkeypatch.setattr(db, "SCHEMA_VERSION", 1)
+    con = db.connect(path, read_only=True)
+    try:
+        assert db.stored_version(con) == 1
+        assert con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'half_done'").fetchall()[
+            0
+        ] == (0,)
+    finally:
+        con.close()
+
+
+def test_missing_db_directory(tmp_path: Path) -> None:
+    path = tmp_path / "no" / "such" / "dir" / "w.duckdb"
+    assert_one_line_error(tiny(path, "--prompt", "Hi there"), str(path.parent), "is not a directory")
+
+
+# --- resources ---------------------------------------------------------------------------------------
+
+
+class _DiskFillsUp:
+    """A DuckDB connection whose second activation insert fails the way DuckDB reports ENOSPC."""
+
+    inserts = 0
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path) -> None:
+        self._con, self._path = con, path
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql.startswith("INSERT INTO activations"):
+            _DiskFillsUp.inserts += 1
+            if _DiskFillsUp.inserts == 2:
+                raise duckdb.IOException(f'IO Error: Could not write file "{self._path}.wal": No space left on device')
+        return self._con.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._con, name)
+
+
+def test_disk_full_during_a_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ingest stops with one line; the failed batch rolled back, committed ones are kept and resumed."""
+    real_connect = db.connect
+
+    def connect(path: str | Path, **kwargs: Any) -> Any:
+        return _DiskFillsUp(real_connect(path, **kwargs), Path(path))
+
+    monkeypatch.setattr(db, "connect", connect)
+    path = tmp_path / "w.duckdb"
+    args = ["--batch-size", "1", "--prompt", "The cat sat", "--prompt", "The dog ran", "--prompt", "A bird flew"]
+    assert_one_line_error(tiny(path, *args), f"the disk holding {path} is full", "rerun the same command")
+    monkeypatch.setattr(db, "connect", real_connect)
+    assert prompt_texts(path) == ["The cat sat"]
+    result = tiny(path, *args)
+    assert result.returncode == 0, result.stderr
+    assert "stored 2 prompts" in result.stdout and "1 already stored" in result.stdout
+    assert prompt_texts(path) == ["The cat sat", "The dog ran", "A bird flew"]
+
+
+def test_out_of_memory_retries_smaller_batches_then_skips_the_prompt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch holding a too-big prompt is retried in halves; alone it is skipped, the rest are stored."""
+    real_run_batch = worker.run_batch
+    sizes: list[int] = []
+
+    def run_batch(device, loaded, items, prompt_ids, spec, backward):  # type: ignore[no-untyped-def]
+        sizes.append(len(items))
+        if any("HUGE" in p.source.text for p in items):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real_run_batch(device, loaded, items, prompt_ids, spec, backward)
+
+    monkeypatch.setattr(worker, "run_batch", run_batch)
+    prompts = tmp_path / "p.txt"
+    texts = ["The cat sat", "A dog ran", "Birds fly", "HUGE prompt here", "Fish swim", "Cows moo"]
+    prompts.write_text("\n".join(texts) + "\n")
+    path = tmp_path / "w.duckdb"
+    result = tiny(path, "--batch-size", "4", "--device", "cpu", "--prompts", prompts)
+    assert_skipped(result, {4: "out of memory on cpu even alone (4 tokens)"}, stored=5)
+    assert sizes == [4, 2, 2, 1, 1, 2]  # [1-4] -> [1,2] ok, [3,4] -> [3] ok, [4] skipped; then [5,6]
+    assert prompt_texts(path) == [t for t in texts if "HUGE" not in t]
+    con = duckdb.connect(str(path), read_only=True)
+    status, skipped, ids = con.execute(
+        "SELECT status, skipped, (SELECT list(prompt_id ORDER BY prompt_id) FROM prompts) FROM runs"
+    ).fetchall()[0]
+    con.close()
+    assert status == "completed" and json.loads(skipped)[0]["line"] == 4
+    assert ids == list(range(5))  # no gaps left by the failed attempts
