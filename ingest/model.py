@@ -9,13 +9,20 @@ standard layout, which is also how the weight tables store them.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
-import torch
-import torch.nn.functional as F
+# Batch invariance, part 1: MKL's threaded sgemm splits the inner dimension across threads for some row
+# counts (and takes a gemv path for one row), so a token's values would depend on how many other tokens
+# share its matmul. Strict conditional numerical reproducibility makes every row's result independent
+# of the row count. MKL reads this once, at its first call: it must be set before any matmul runs.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
-from warehouse.registry import WEIGHTS, ModelShape
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from warehouse.registry import WEIGHTS, ModelShape  # noqa: E402
 
 Hook = Callable[[str, "int | None", torch.Tensor], torch.Tensor]
 
@@ -118,12 +125,10 @@ class HookedTransformer:
         if torch.is_grad_enabled():
             x = x.detach().requires_grad_()  # the graph starts here: weights never need gradients
         x = hook("resid.post_emb", None, x)
-        allowed = (positions[None, :] <= positions[:, None])[None, :, :, None] & (
-            positions[None, :] < lengths[:, None]
-        )[:, None, :, None]  # (batch, query, key, head)
+        causal = positions[None, :] <= positions[:, None]  # (query, key)
         group = cfg.n_heads // cfg.n_kv_heads
         for layer in range(cfg.n_layers):
-            x = self._attention(x, layer, allowed, group, hook)
+            x = self._attention(x, layer, lengths, causal, group, hook)
             x = self._mlp(x, layer, hook)
         normed, scale = self._norm(
             x, self.w("layer_norm_gain.final"), self.w("layer_norm_bias.final"), hold_scale=hold_final_scale
@@ -133,7 +138,9 @@ class HookedTransformer:
         logits = normed @ self.w("unembedding")
         return hook("logits", None, logits)
 
-    def _attention(self, x: torch.Tensor, layer: int, allowed: torch.Tensor, group: int, hook: Hook) -> torch.Tensor:
+    def _attention(
+        self, x: torch.Tensor, layer: int, lengths: torch.Tensor, causal: torch.Tensor, group: int, hook: Hook
+    ) -> torch.Tensor:
         cfg = self.config
         normed, scale = self._norm(
             x, self.w("layer_norm_gain.pre_attn", layer), self.w("layer_norm_bias.pre_attn", layer)
@@ -151,14 +158,43 @@ class HookedTransformer:
         v = hook("attn.v", layer, v)
         k_per_head = k.repeat_interleave(group, dim=2)
         v_per_head = v.repeat_interleave(group, dim=2)
-        logits = hook("attn.qk_logits", layer, torch.einsum("bqhc,bkhc->bqkh", q, k_per_head))
-        probs = torch.softmax(logits.masked_fill(~allowed, -math.inf), dim=2)
-        probs = hook("attn.qk_probs", layer, probs)
-        mixed = hook("attn.v_out", layer, torch.einsum("bqkh,bkhc->bqhc", probs, v_per_head))
+        # Batch invariance, part 2: torch's bmm picks its kernel by matrix size, so the attention core runs
+        # per prompt on its real length; padded positions stay zero and no padding enters any reduction.
+        spans = [int(n) for n in lengths.tolist()]
+        logits = hook(
+            "attn.qk_logits",
+            layer,
+            _per_prompt(spans, x.shape[1], 2, lambda b, n: torch.einsum("qhc,khc->qkh", q[b, :n], k_per_head[b, :n])),
+        )
+        probs = hook(
+            "attn.qk_probs",
+            layer,
+            _per_prompt(
+                spans,
+                x.shape[1],
+                2,
+                lambda b, n: torch.softmax(
+                    logits[b, :n, :n].contiguous().masked_fill(~causal[:n, :n, None], -math.inf), dim=1
+                ),
+            ),
+        )
+        mixed = hook(
+            "attn.v_out",
+            layer,
+            _per_prompt(
+                spans,
+                x.shape[1],
+                1,
+                lambda b, n: torch.einsum("qkh,khc->qhc", probs[b, :n, :n].contiguous(), v_per_head[b, :n]),
+            ),
+        )
         w_o = self.w("attn.to_residual", layer)
-        with torch.no_grad():
-            hook("attn.v_write_norm", layer, torch.einsum("bkhc,hcd->bkhd", v_per_head, w_o).norm(dim=-1))
-            hook("attn.v_out_write_norm", layer, torch.einsum("bqhc,hcd->bqhd", mixed, w_o).norm(dim=-1))
+        with torch.no_grad():  # per prompt too: for one token these are small enough for bmm's other kernel
+            for name, per_token in (("attn.v_write_norm", v_per_head), ("attn.v_out_write_norm", mixed)):
+                norms = _per_prompt(
+                    spans, x.shape[1], 1, lambda b, n, t=per_token: torch.einsum("khc,hcd->khd", t[b, :n], w_o)
+                ).norm(dim=-1)
+                hook(name, layer, norms)
         delta = torch.einsum("bqhc,hcd->bqd", mixed, w_o) + self.w("attn.residual_bias", layer)
         delta = hook("resid.delta_attn", layer, delta)
         return hook("resid.post_attn", layer, x + delta)
@@ -181,6 +217,35 @@ class HookedTransformer:
             "resid.delta_mlp", layer, post @ self.w("mlp.to_residual", layer) + self.w("mlp.residual_bias", layer)
         )
         return hook("resid.post_mlp", layer, x + delta)
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward hands on a contiguous gradient: the gradient reaching a per-prompt part is
+    a slice of the batch's gradient, and its memory layout (which depends on the batch) can steer the
+    backward kernels into another summation order."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
+def _per_prompt(
+    spans: list[int], n_tokens: int, token_axes: int, one: Callable[[int, int], torch.Tensor]
+) -> torch.Tensor:
+    """Stack per-prompt results `one(b, n)`, whose first `token_axes` axes have length n, zero-padded to
+    n_tokens. Padding is a copy, so the gradients that flow back to each part are exact too."""
+    parts = [_ContiguousGrad.apply(one(b, n)) for b, n in enumerate(spans)]
+    if all(n == n_tokens for n in spans):
+        return torch.stack(parts)
+    tail = parts[0].shape[token_axes:]
+    out = parts[0].new_zeros((len(parts), *(n_tokens,) * token_axes, *tail))
+    for b, (n, part) in enumerate(zip(spans, parts, strict=True)):
+        out[(b, *(slice(0, n),) * token_axes)] = part
+    return out
 
 
 def check_weights(config: ModelConfig, weights: dict[tuple[str, int | None], torch.Tensor]) -> None:
