@@ -7,5 +7,7 @@ SELECT a.prompt_id, a.token, a.token2, a.layer, a.head, a.node_type, a.node_inde
        a.pass_type, (a.value * n.value)::FLOAT AS value
 FROM activations a
 JOIN prompts p USING (prompt_id)
-JOIN mlp_out_norms n ON n.model_id = p.model_id AND n.layer = a.layer AND n.node_index = a.node_index
+-- one packed key (model, layer, neuron), so the join cannot start with prompts x norms (a row per prompt and neuron)
+JOIN (SELECT (model_id::BIGINT << 40) | (layer::BIGINT << 24) | node_index AS k, value FROM mlp_out_norms) n
+  ON n.k = (p.model_id::BIGINT << 40) | (a.layer::BIGINT << 24) | a.node_index
 WHERE a.dst = 'mlp_post_act' AND a.pass_type = 'forward'

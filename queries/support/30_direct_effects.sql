@@ -10,32 +10,38 @@ JOIN pair_factors(t, d) f
   ON f.model_id = p.model_id AND f.target_id = p.target_id
  AND coalesce(f.distractor_id, -1) = coalesce(p.distractor_id, -1) AND f.kind = factor_kind;
 
--- a[l,T,i] * (W_out[l][i,:] . g[T])
+-- a[l,T,i] * (W_out[l][i,:] . g[T]). Stored rows meet the per-prompt table first (keeping the last
+-- token only), then the pair's factors on one packed key (see keyed_pair_factors).
 CREATE OR REPLACE MACRO mlp_direct_effects(t, d) AS TABLE
 SELECT a.prompt_id, a.token, a.token2, a.layer, a.head, a.node_type, a.node_index,
-       'mlp_write_to_final_residual_grad'::dst_name AS dst, a.pass_type, (a.value * f.value / f.final_scale)::FLOAT AS value
-FROM pair_join_factors(t, d, 'mlp') f
-JOIN activations a
-  ON a.prompt_id = f.prompt_id AND a.token = f.last_token AND a.layer = f.layer AND a.node_index = f.node_index
+       'mlp_write_to_final_residual_grad'::dst_name AS dst, a.pass_type, (a.value * f.value / p.final_scale)::FLOAT AS value
+FROM activations a
+JOIN prompt_pair_ids(t, d) p ON p.prompt_id = a.prompt_id AND p.last_token = a.token
+JOIN keyed_pair_factors(t, d, 'mlp') f ON f.k = (p.pair_id << 40) | (a.layer::BIGINT << 24) | a.node_index
 WHERE a.dst = 'mlp_post_act' AND a.pass_type = 'forward';
 
--- p[l,T,k,h] * (v[l,k,kv(h),:] W_O[l][h]) . g[T]; query head h reads key/value head h // (H / H_kv)
+-- p[l,T,k,h] * (v[l,k,kv(h),:] W_O[l][h]) . g[T]; query head h reads key/value head h // (H / H_kv).
+-- value_dot joins every stored value row (all key tokens) to the factors of the query heads that read
+-- its key/value head, on one packed key (pair, layer, kv head, channel; channels < 4096).
 CREATE OR REPLACE MACRO attn_direct_effects(t, d) AS TABLE
-WITH f AS (
-    SELECT f.*, f.head // (m.n_heads // m.n_kv_heads) AS kv_head
-    FROM pair_join_factors(t, d, 'attn') f JOIN prompts USING (prompt_id) JOIN models m USING (model_id)
+WITH p AS (SELECT * FROM prompt_pair_ids(t, d)),
+f AS (
+    SELECT (f.pair_id << 40) | (f.layer::BIGINT << 24) | ((f.head // (m.n_heads // m.n_kv_heads))::BIGINT << 12)
+           | f.node_index AS k, f.head, f.value
+    FROM keyed_pair_factors(t, d, 'attn') f JOIN models m USING (model_id)
 ),
 value_dot AS (
-    SELECT v.prompt_id, v.layer, v.token AS key_token, f.head, sum(v.value * f.value) / any_value(f.final_scale) AS value
-    FROM f JOIN activations v
-      ON v.prompt_id = f.prompt_id AND v.layer = f.layer AND v.head = f.kv_head AND v.node_index = f.node_index
+    SELECT v.prompt_id, v.layer, v.token AS key_token, f.head, sum(v.value * f.value) / any_value(p.final_scale) AS value
+    FROM activations v
+    JOIN p ON p.prompt_id = v.prompt_id
+    JOIN f ON f.k = (p.pair_id << 40) | (v.layer::BIGINT << 24) | (v.head::BIGINT << 12) | v.node_index
     WHERE v.dst = 'attn_v' AND v.pass_type = 'forward'
     GROUP BY v.prompt_id, v.layer, v.token, f.head
 )
 SELECT a.prompt_id, a.token, a.token2, a.layer, a.head, a.node_type, a.node_index,
        'unflattened_attn_write_to_final_residual_grad'::dst_name AS dst, a.pass_type, (a.value * vd.value)::FLOAT AS value
-FROM prompt_pairs(t, d) p
-JOIN activations a ON a.prompt_id = p.prompt_id AND a.token = p.last_token
+FROM activations a
+JOIN p ON p.prompt_id = a.prompt_id AND p.last_token = a.token
 JOIN value_dot vd ON vd.prompt_id = a.prompt_id AND vd.layer = a.layer AND vd.key_token = a.token2 AND vd.head = a.node_index
 WHERE a.dst = 'attn_qk_probs' AND a.pass_type = 'forward';
 

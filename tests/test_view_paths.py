@@ -1,0 +1,71 @@
+"""The act-times-grad views' two plans give the same rows: the positional pairing of forward and backward
+rows (every prompt holds both passes) and the key join (some prompt holds one pass only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ingest.prompts import PromptInput
+from ingest.worker import IngestOptions, ingest
+from warehouse import db
+
+PROMPTS = [
+    PromptInput("The capital of France is", " Paris", " London"),
+    PromptInput("The capital of Italy is", " Rome"),
+]
+VIEWS = {
+    "mlp_act_times_grad": "mlp_post_act",
+    "unflattened_attn_act_times_grad": "attn_qk_probs",
+    "token_attribution": "resid_post_emb",
+}
+
+
+def _by_key(con, source: str, prompt_id: int) -> dict[tuple, float]:  # noqa: ANN001
+    """x * dx joined on the element key, written out here independently of the views."""
+    rows = con.execute(
+        """
+        SELECT f.token, f.token2, f.layer, f.head, f.node_index, f.value * b.value
+        FROM activations f JOIN activations b
+          ON b.prompt_id = f.prompt_id AND b.token = f.token AND b.token2 IS NOT DISTINCT FROM f.token2
+         AND b.layer IS NOT DISTINCT FROM f.layer AND b.head IS NOT DISTINCT FROM f.head AND b.node_index = f.node_index
+        WHERE f.prompt_id = ? AND f.dst = ? AND f.pass_type = 'forward' AND b.dst = ? AND b.pass_type = 'backward'""",
+        [prompt_id, source, source],
+    ).fetchall()
+    return {tuple(r[:-1]): r[-1] for r in rows}
+
+
+def _view(con, view: str, prompt_id: int) -> dict[tuple, float]:  # noqa: ANN001
+    rows = con.execute(
+        f"SELECT token, token2, layer, head, node_index, value FROM {view} WHERE prompt_id = ?", [prompt_id]
+    ).fetchall()
+    return {tuple(r[:-1]): r[-1] for r in rows}
+
+
+def _check(con, prompt_id: int) -> None:  # noqa: ANN001
+    for view, source in VIEWS.items():
+        got = _view(con, view, prompt_id)
+        want = _by_key(con, source, prompt_id)
+        if view == "token_attribution":  # summed over channels
+            sums: dict[tuple, float] = {}
+            for (t, t2, layer, head, _), v in want.items():
+                sums[(t, t2, layer, head, 0)] = sums.get((t, t2, layer, head, 0), 0.0) + v
+            want = sums
+        assert set(got) == set(want) and want, view
+        assert all(abs(got[k] - want[k]) <= 1e-5 * max(1.0, abs(want[k])) for k in want), view
+
+
+def test_positional_and_key_join_plans_agree(tmp_path: Path) -> None:
+    path = tmp_path / "paths.duckdb"
+    ingest(path, PROMPTS[:1], IngestOptions(model="gpt2-tiny", progress=False))
+    with db.connect(path, read_only=True) as con:
+        assert con.execute("SELECT passes_aligned('mlp.post_act')").fetchall() == [(True,)]
+        plan = "\n".join(r[1] for r in con.execute("EXPLAIN SELECT * FROM mlp_act_times_grad").fetchall())
+        assert "POSITIONAL" in plan.upper()
+        _check(con, 0)
+    # A forward-only prompt: the passes no longer pair up row by row, so the views take the key join.
+    ingest(path, PROMPTS[1:], IngestOptions(model="gpt2-tiny", progress=False, backward=False))
+    with db.connect(path, read_only=True) as con:
+        assert con.execute("SELECT passes_aligned('mlp.post_act')").fetchall() == [(False,)]
+        _check(con, 0)
+        for view in VIEWS:
+            assert con.execute(f"SELECT count(*) FROM {view} WHERE prompt_id = 1").fetchall() == [(0,)], view
