@@ -194,14 +194,23 @@ def run_batch(
     recorder = Recorder(spec, backward)
     hold = items[0].kind == LOGIT_DIFF
     objective: list[float | None] = [None] * len(items)
-    with torch.set_grad_enabled(backward):
-        logits = model.forward(ids, lengths, recorder, hold_final_scale=hold)
-        if backward:
-            values = per_prompt_objective(
-                logits, ids, lengths, [p.target_id for p in items], [p.distractor_id for p in items]
-            )
-            values.sum().backward()
-            objective = [float(v) for v in values.detach().cpu()]
+    # On the CPU the writer thread inserts the previous batch meanwhile: leave it a core, or torch's spinning
+    # threads and DuckDB's fight over the same cores (3x slower end to end on 2 cores; BENCHMARKS.md).
+    # Values do not change: MKL runs in strict reproducibility mode (ingest/model.py).
+    threads = torch.get_num_threads()
+    if model_device.type == "cpu" and threads > 1:
+        torch.set_num_threads(threads - 1)
+    try:
+        with torch.set_grad_enabled(backward):
+            logits = model.forward(ids, lengths, recorder, hold_final_scale=hold)
+            if backward:
+                values = per_prompt_objective(
+                    logits, ids, lengths, [p.target_id for p in items], [p.distractor_id for p in items]
+                )
+                values.sum().backward()
+                objective = [float(v) for v in values.detach().cpu()]
+    finally:
+        torch.set_num_threads(threads)
     last = logits.detach()[torch.arange(len(items), device=model_device), lengths - 1]
     forward = {k: v.cpu().numpy() for k, v in recorder.forward.items() if k[0] != "logits"}
     grads = {k: v.cpu().numpy() for k, v in recorder.gradients().items()}
