@@ -214,13 +214,13 @@ def test_sigint_and_sigterm_mark_the_run_interrupted_and_resume(tmp_path: Path) 
         wait_until_committed(path, proc, committed(path) + 1)
         proc.send_signal(signum)
         code, _, err = finish(proc)
-        assert code == 130, err
+        assert code == 130, f"{signum!r}: {err}"
         lines = err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: interrupted"), err
+        assert len(lines) == 1 and lines[0].startswith("error: interrupted"), f"{signum!r}: {err}"
         assert "rerun the same command to resume" in lines[0]
-        status, got = query(path, "SELECT status, message FROM runs ORDER BY run_id DESC LIMIT 1")[0]
-        assert (status, got) == ("interrupted", message)
-        assert 0 < committed(path) < n
+        runs = query(path, "SELECT run_id, status, message, n_prompts FROM runs ORDER BY run_id")
+        assert runs[-1][1:3] == ("interrupted", message), f"{signum!r}: {runs}"
+        assert 0 < committed(path) < n, f"{signum!r}: {runs}"
 
     code, out, err = finish(start(path, prompts, "--no-backward"))
     assert code == 0, err
