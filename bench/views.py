@@ -478,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="timed runs after the warm-up; the best counts")
     parser.add_argument("--slow-s", type=float, default=60.0, help="time once only when the warm-up is slower")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--memory-limit", default="16GB", help="DuckDB memory_limit for the query phase")
+    parser.add_argument("--memory-limit", default="8GB", help="DuckDB memory_limit for the query phase")
     parser.add_argument("--ingest-only", action="store_true", help="ingest the prompts and stop")
     parser.add_argument("--markdown", type=Path, help="add or replace this benchmark's section in this file")
     parser.add_argument("--only", nargs="*", help="just these dsts")
