@@ -41,7 +41,7 @@ def prompt_texts(n: int, n_tokens: int, tokenizer) -> list[str]:  # type: ignore
     """Deterministic prompts of exactly n_tokens tokens."""
     out = []
     for i in range(n):
-        words, k = [], i
+        words, k = [f"{i}."], i  # the number keeps every prompt distinct (a repeat would be skipped as stored)
         while len(tokenizer.encode_ordinary(" ".join(words))) < n_tokens:
             words.append(WORDS[(k * 7 + len(words) * 13) % len(WORDS)])
             k += 1
@@ -256,7 +256,14 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=20, help="tokens per prompt")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--locations", nargs="*", default=None, help="default: the default capture")
+    parser.add_argument(
+        "--baseline-prompts",
+        type=int,
+        default=None,
+        help="prompts for the baseline (default 16, all with --quick): it is slow, and rows/s is a rate",
+    )
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--layouts", action="store_true", help="insert one real batch into other table layouts")
     parser.add_argument("--child", choices=["actwh", "baseline"], help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -269,14 +276,19 @@ def main() -> None:
             args.locations = list(LOCATIONS)
     args.model = args.model or "smollm2"
     args.prompts = args.prompts or 64
+    args.baseline_prompts = args.baseline_prompts or (args.prompts if args.quick else min(16, args.prompts))
     if args.child:
         child(args)
+        return
+    if args.layouts:
+        layouts(args)
         return
     results = {}
     with tempfile.TemporaryDirectory(prefix="actwh-bench-") as tmp:
         for path in ["actwh"] + ([] if args.skip_baseline else ["baseline"]):
             command = [sys.executable, "-m", "bench.ingest", "--child", path, "--db", f"{tmp}/{path}.duckdb"]
-            command += ["--model", args.model, "--prompts", str(args.prompts), "--tokens", str(args.tokens)]
+            n_prompts = args.prompts if path == "actwh" else args.baseline_prompts
+            command += ["--model", args.model, "--prompts", str(n_prompts), "--tokens", str(args.tokens)]
             command += ["--batch-size", str(args.batch_size)]
             if args.locations:
                 command += ["--locations", *args.locations]
@@ -306,6 +318,76 @@ def report(args: argparse.Namespace, results: dict[str, dict]) -> None:
     if "baseline" in results:
         a, b = results["actwh"], results["baseline"]
         print(f"actwh is {b['prompt_s'] / a['prompt_s'] * a['rows'] / b['rows']:.2f}x the baseline's rows/s")
+
+
+def layouts(args: argparse.Namespace) -> None:
+    """Insert one real captured batch into fresh tables of other physical layouts (best of 2 each)."""
+    import duckdb
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import torch
+
+    from ingest import worker
+    from ingest.capture import CaptureSpec
+    from ingest.prompts import PromptInput
+    from warehouse import db as wdb
+    from warehouse.facts import FACT_SCHEMA
+
+    loaded = worker.load_model(args.model)
+    spec = CaptureSpec.parse(args.locations, None, loaded.model.config.n_layers)
+    texts = prompt_texts(args.batch_size, args.tokens, loaded.tokenizer)
+    items = [worker.prepare(loaded, PromptInput(t), "", False, True) for t in texts]
+    captured = worker.run_batch(torch.device("cpu"), loaded, items, np.arange(len(items)), spec, True)
+    facts = pa.concat_tables(
+        [t.cast(FACT_SCHEMA) for t in worker.to_batch(captured, 0, 0, loaded, spec.logits_top_k).activations]
+    )
+    codes = facts
+    for name in ("node_type", "dst", "pass_type"):
+        i = codes.schema.get_field_index(name)
+        codes = codes.set_column(i, name, pc.dictionary_encode(codes[name]).combine_chunks().indices.cast(pa.uint8()))
+    variants = {
+        "ENUM columns from Arrow dictionaries (as stored)": (facts, "SELECT * FROM activations"),
+        "UTINYINT codes instead of ENUM": (
+            codes,
+            "node_type UTINYINT, node_index INTEGER, dst UTINYINT, pass_type UTINYINT",
+        ),
+        "no token2/head columns (8 columns)": (
+            facts.drop_columns(["token2", "head"]),
+            "SELECT * EXCLUDE (token2, head) FROM activations",
+        ),
+        "value first (column order)": (
+            facts.select(["value", *facts.column_names[:-1]]),
+            "SELECT value, * EXCLUDE (value) FROM activations",
+        ),
+        "two batches in one insert": (pa.concat_tables([facts, facts]), "SELECT * FROM activations"),
+    }
+    print(f"one real batch: {facts.num_rows:,} rows ({args.model}, {args.batch_size} prompts x {args.tokens} tokens)")
+    with tempfile.TemporaryDirectory(prefix="actwh-layouts-") as tmp:
+        for label, (table, change) in variants.items():
+            best = float("inf")
+            for rep in range(2):
+                path = Path(tmp) / f"{abs(hash(label))}-{rep}.duckdb"
+                wdb.connect(path).close()
+                con = duckdb.connect(str(path))
+                con.execute(
+                    f"CREATE TABLE t2 AS {change} LIMIT 0"
+                    if change.startswith("SELECT")
+                    else f"CREATE TABLE t2 ({_columns(change)})"
+                )
+                con.register("batch", table)
+                start = time.perf_counter()
+                con.execute("BEGIN")
+                con.execute("INSERT INTO t2 SELECT * FROM batch")
+                con.execute("COMMIT")
+                best = min(best, time.perf_counter() - start)
+                con.close()
+            print(f"  {label:50s} {table.num_rows / best / 1e6:6.2f} M rows/s")
+
+
+def _columns(change: str) -> str:
+    head = "prompt_id INTEGER, token SMALLINT, token2 SMALLINT, layer SMALLINT, head SMALLINT"
+    return f"{head}, {change}, value FLOAT"
 
 
 if __name__ == "__main__":
