@@ -40,10 +40,26 @@ def dst_catalog() -> list[DstInfo]:
     entries = []
     for loc in registry.LOCATIONS.values():
         passes = "forward and backward" if loc.has_backward else "forward"
-        entries.append(DstInfo(loc.dst, "raw", loc.node_type.value, f"{loc.name} ({passes})",
-                               " x ".join(d.value for d in loc.shape), loc.description))
+        entries.append(
+            DstInfo(
+                loc.dst,
+                "raw",
+                loc.node_type.value,
+                f"{loc.name} ({passes})",
+                " x ".join(d.value for d in loc.shape),
+                loc.description,
+            )
+        )
     for path in db.derived_view_files():
         head = view_header(path)
-        entries.append(DstInfo(path.stem, "derived", head.get("node_type", ""), head.get("needs", ""),
-                               head.get("formula", ""), head.get("description", "")))
+        entries.append(
+            DstInfo(
+                path.stem,
+                "derived",
+                head.get("node_type", ""),
+                head.get("needs", ""),
+                head.get("formula", ""),
+                head.get("description", ""),
+            )
+        )
     return entries

@@ -3,4 +3,4 @@
 -- needs: mlp.post_act forward and backward
 -- formula: a[l,t,i] * dL/da[l,t,i]
 -- description: estimated total effect of the neuron on the objective (first-order)
-SELECT * FROM act_times_grad('mlp_post_act', 'mlp.post_act', 'mlp_act_times_grad')
+SELECT * FROM act_times_grad('mlp_post_act', 'mlp_act_times_grad')

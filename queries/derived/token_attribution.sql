@@ -5,5 +5,5 @@
 -- description: estimated total effect of each token's embedding on the objective
 SELECT prompt_id, token, token2, layer, head, 'layer'::node_type_name AS node_type, 0 AS node_index,
        'token_attribution'::dst_name AS dst, pass_type, sum(value)::FLOAT AS value
-FROM act_times_grad('resid_post_emb', 'resid.post_emb', 'token_attribution')
+FROM act_times_grad('resid_post_emb', 'token_attribution')
 GROUP BY prompt_id, token, token2, layer, head, pass_type
