@@ -196,15 +196,29 @@ def sql_command(db_path: Path, query: str, fmt: str) -> None:
     click.echo(render(table, fmt), nl=False)
 
 
+@main.command("migrate")
+@click.option("--db", "db_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def migrate_command(db_path: Path) -> None:
+    """Bring a warehouse written by an older actwh to the current schema version (ingest does it too)."""
+    db.connect(db_path).close()
+    click.echo(f"{db_path} is at schema version {db.SCHEMA_VERSION}")
+
+
 @main.command("dsts")
-@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also say which dsts this warehouse can answer and how many rows each raw one has.")
+@click.option(
+    "--db",
+    "db_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also say which dsts this warehouse can answer and how many rows each raw one has.",
+)
 @click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(FORMATS))
 def dsts_command(db_path: Path | None, fmt: str) -> None:
     """Every dst, raw and derived: node type, what it needs, and what it means."""
     entries = dst_catalog()
-    table = pa.table({field: [getattr(e, field) for e in entries] for field in ("dst", "kind", "node_type", "needs")}
-                     | {"description": [e.description for e in entries]})
+    table = pa.table(
+        {field: [getattr(e, field) for e in entries] for field in ("dst", "kind", "node_type", "needs")}
+        | {"description": [e.description for e in entries]}
+    )
     if db_path is not None:
         con = db.connect(db_path, read_only=True)
         try:

@@ -324,7 +324,7 @@ def test_older_schema_version_migrates_on_write_and_says_what_to_run_on_read(
     monkeypatch.setattr(db, "MIGRATIONS", {})
     with pytest.raises(db.NotAWarehouse, match="no migration from version 1 to 2"):
         db.connect(path).close()
-    with pytest.raises(db.NotAWarehouse, match=re.escape(f"python -m warehouse.db migrate {path}")):
+    with pytest.raises(db.NotAWarehouse, match=re.escape(f"actwh migrate --db {path}")):
         db.connect(path, read_only=True).close()
 
     monkeypatch.setattr(db, "MIGRATIONS", {1: lambda con: con.execute("CREATE TABLE added_in_v2 (x INTEGER)")})

@@ -8,7 +8,6 @@ lock error for a bounded time before failing with one line that says what to do.
 from __future__ import annotations
 
 import re
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -155,7 +154,7 @@ def check_version(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     if version < SCHEMA_VERSION:
         raise NotAWarehouse(
             f"{path} has schema version {version}, older than this actwh's {SCHEMA_VERSION}: migrate it with "
-            f"`python -m warehouse.db migrate {path}` (any ingest into it also migrates it)"
+            f"`actwh migrate --db {path}` (any ingest into it also migrates it)"
         )
 
 
@@ -264,26 +263,7 @@ def materialize_factors(con: duckdb.DuckDBPyConnection) -> None:
              AND (model_id, token_id) NOT IN (SELECT DISTINCT model_id, token_id FROM direction_factors)"""
     ).fetchall()
     for model_id, token_id in missing_tokens:
-        con.execute("INSERT INTO direction_factors SELECT * FROM direction_factors_for(?) WHERE model_id = ?",
-                    [token_id, model_id])
-
-
-def main(argv: list[str]) -> int:
-    """`python -m warehouse.db migrate PATH`: bring a file to the current schema version by opening it."""
-    if len(argv) != 2 or argv[0] != "migrate":
-        print("usage: python -m warehouse.db migrate PATH", file=sys.stderr)
-        return 2
-    if not Path(argv[1]).is_file():
-        print(f"error: {argv[1]} does not exist", file=sys.stderr)
-        return 2
-    try:
-        connect(argv[1]).close()
-    except WarehouseError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{argv[1]} is at schema version {SCHEMA_VERSION}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+        con.execute(
+            "INSERT INTO direction_factors SELECT * FROM direction_factors_for(?) WHERE model_id = ?",
+            [token_id, model_id],
+        )
