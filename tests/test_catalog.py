@@ -46,3 +46,20 @@ def test_scalars_keeps_the_fact_table_column_types(tmp_path) -> None:  # noqa: A
     for column in ("node_type", "dst", "pass_type", "value"):
         assert types[column] == facts[column], column
     assert types["dst"].startswith("ENUM(")
+
+
+def test_a_writer_rebuilds_views_whose_sql_changed(tmp_path) -> None:  # noqa: ANN001
+    """A file keeps answering with the current view SQL after an upgrade: the next writer rebuilds them."""
+    path = tmp_path / "w.duckdb"
+    db.connect(path).close()
+    con = db.connect(path)
+    con.execute("CREATE OR REPLACE VIEW loss AS SELECT * FROM activations WHERE false")
+    con.execute("UPDATE meta SET value = 'stale' WHERE key = 'views'")
+    con.close()
+    con = db.connect(path)
+    try:
+        assert db.stored_views(con) == db.views_fingerprint()
+        plan = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'loss'").fetchone()
+        assert plan is not None and "objective" in plan[0]
+    finally:
+        con.close()

@@ -7,6 +7,7 @@ lock error for a bounded time before failing with one line that says what to do.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import Callable
@@ -174,6 +175,24 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         raise _newer(version, path)
     if version < SCHEMA_VERSION:
         migrate(con, path, version)
+    elif stored_views(con) != views_fingerprint():
+        con.execute("BEGIN")
+        create_views(con)
+        con.execute("COMMIT")
+
+
+def views_fingerprint() -> str:
+    """A hash of every view and macro file: a writer that finds another in the file rebuilds the views, so
+    a file always answers with the SQL of the actwh that last wrote it."""
+    digest = hashlib.sha256()
+    for path in sorted([*SUPPORT_DIR.glob("*.sql"), *DERIVED_DIR.glob("*.sql"), *DASHBOARD_DIR.glob("*.sql")]):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def stored_views(con: duckdb.DuckDBPyConnection) -> str | None:
+    row = con.execute("SELECT value FROM meta WHERE key = 'views'").fetchone()
+    return str(row[0]) if row else None
 
 
 # MIGRATIONS[v] brings a file from schema version v to v + 1. It runs inside migrate()'s transaction, so
@@ -243,6 +262,7 @@ def create_views(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"CREATE OR REPLACE VIEW scalars AS\n{union}")
     for path in sorted(DASHBOARD_DIR.glob("*.sql")):
         con.execute(f"CREATE OR REPLACE VIEW {path.stem} AS\n{path.read_text()}")
+    con.execute("INSERT OR REPLACE INTO meta VALUES ('views', ?)", [views_fingerprint()])
 
 
 def materialize_factors(con: duckdb.DuckDBPyConnection) -> None:
