@@ -136,7 +136,13 @@ def assert_same_as_reference(db_path: Path, reference: Path) -> None:
 
 
 def committed(db_path: Path) -> int:
-    return query(db_path, "SELECT count(*) FROM prompts")[0][0] if db_path.exists() else 0
+    """Prompts committed so far; a file killed before its schema committed holds none."""
+    if not db_path.exists():
+        return 0
+    try:
+        return query(db_path, "SELECT count(*) FROM prompts")[0][0]
+    except duckdb.CatalogException:
+        return 0
 
 
 def wait_until_committed(db_path: Path, proc: subprocess.Popen[str], n: int) -> None:
@@ -202,7 +208,7 @@ def test_sigkill_at_random_points_then_resume_stores_each_prompt_once_with_ident
 def test_sigint_and_sigterm_mark_the_run_interrupted_and_resume(tmp_path: Path) -> None:
     """Ctrl-C and SIGTERM stop at once (batches still queued are dropped), exit 130 with one line, and
     record the run as interrupted; the rerun stores the rest."""
-    n = 40
+    n = 200
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(prompt_lines(n)) + "\n")
     path = tmp_path / "stopped.duckdb"
@@ -212,6 +218,8 @@ def test_sigint_and_sigterm_mark_the_run_interrupted_and_resume(tmp_path: Path) 
     ):
         proc = start(path, prompts, "--no-backward")
         wait_until_committed(path, proc, committed(path) + 1)
+        if proc.poll() is not None:  # a starved poller saw nothing until the run ended: nothing to stop
+            pytest.skip("the ingest finished before a commit could be observed (machine too loaded)")
         proc.send_signal(signum)
         code, _, err = finish(proc)
         assert code == 130, f"{signum!r}: {err}"
