@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(PY) cli.py ingest --db $(DEMO_DB) --prompts examples/capitals.jsonl --quiet
-	$(PY) cli.py sql --db $(DEMO_DB) "$$(cat examples/demo_query.sql)"
+	$(PY) cli.py sql --db $(DEMO_DB) -- "$$(cat examples/demo_query.sql)"
 
 test: install
 	$(PY) -m pytest -q

@@ -1,4 +1,4 @@
--- The ten MLP neurons with the largest direct effect on target-minus-distractor, per prompt's last token.
+-- Per prompt, the four MLP neurons with the largest direct effect on target-minus-distractor at the last token.
 SELECT p.text, p.target, s.layer, s.node_index AS neuron, round(s.value, 4) AS direct_effect,
        round(a.value, 4) AS activation
 FROM mlp_write_to_final_residual_grad s

@@ -63,3 +63,16 @@ def test_a_writer_rebuilds_views_whose_sql_changed(tmp_path) -> None:  # noqa: A
         assert plan is not None and "objective" in plan[0]
     finally:
         con.close()
+
+
+def test_the_demo_query_runs_through_the_cli(tmp_path) -> None:  # noqa: ANN001
+    """`make demo` prints examples/demo_query.sql's answer; a query opening with a comment must parse."""
+    path = tmp_path / "demo.duckdb"
+    runner = CliRunner()
+    ingest = runner.invoke(main, ["ingest", "--db", str(path), "--model", "gpt2-tiny", "--quiet",
+                                  "--prompts", str(db.ROOT / "examples" / "capitals.jsonl")])  # fmt: skip
+    assert ingest.exit_code == 0, ingest.output
+    query = (db.ROOT / "examples" / "demo_query.sql").read_text()
+    result = runner.invoke(main, ["sql", "--db", str(path), "--format", "csv", "--", query])
+    assert result.exit_code == 0, result.output
+    assert len(result.output.splitlines()) == 1 + 3 * 4
