@@ -7,6 +7,7 @@ lock error for a bounded time before failing with one line that says what to do.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import time
@@ -181,9 +182,11 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         con.execute("COMMIT")
 
 
+@functools.cache
 def views_fingerprint() -> str:
     """A hash of every view and macro file: a writer that finds another in the file rebuilds the views, so
-    a file always answers with the SQL of the actwh that last wrote it."""
+    a file always answers with the SQL of the actwh that last wrote it. Computed once per process: the
+    writer opens the file for every commit, and the files do not change under a running actwh."""
     digest = hashlib.sha256()
     for path in sorted([*SUPPORT_DIR.glob("*.sql"), *DERIVED_DIR.glob("*.sql"), *DASHBOARD_DIR.glob("*.sql")]):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
