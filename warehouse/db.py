@@ -2,16 +2,20 @@
 
 DuckDB lets one process hold a file read-write and then refuses every other open, read-only included.
 Writers therefore hold the file only while they commit (see writer.py) and every open here retries a
-lock error for a bounded time before failing with one line that says what to do.
+lock error for a bounded time before failing with one line that says what to do. Opens queue through a
+small lock file beside the database, so a writer that reopens the moment it closes cannot starve readers
+(who would otherwise lose every race for the file) and a stream of readers cannot starve the writer.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -76,26 +80,39 @@ def _is_lock_error(exc: Exception) -> bool:
     return any(p in str(exc) for p in _LOCK_PATTERNS)
 
 
+@contextmanager
+def _turn(path: Path, deadline: float) -> Iterator[None]:
+    """Hold the file's queue while opening it: the holder waits for the file, everyone else for the holder.
+
+    The queue is held only for the open, not the work, so a writer committing leaves it free for the next
+    reader, which then gets the file as soon as that commit closes. Without a writable directory, or once
+    the deadline passes, the open goes ahead unqueued (and fails with the usual lock message if it must).
+    """
+    try:
+        handle = open(path.with_name(path.name + ".open.lock"), "a+")  # noqa: SIM115 - closed below
+    except OSError:
+        yield
+        return
+    with handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.002)
+        yield  # closing the handle releases the queue
+
+
 def connect(path: str | Path, read_only: bool = False, wait_s: float = DEFAULT_WAIT_S) -> duckdb.DuckDBPyConnection:
     """Open a warehouse, retrying while another process holds it, and make sure its schema is current."""
     path = Path(path)
     if read_only and not path.exists():
         raise NotAWarehouse(f"{path} does not exist: ingest into it first (actwh ingest --db {path} ...)")
     deadline = time.monotonic() + wait_s
-    delay = 0.005
-    while True:
-        try:
-            if read_only:
-                con = duckdb.connect(str(path), read_only=True)
-            else:
-                con = duckdb.connect(str(path), config={"storage_compatibility_version": STORAGE_VERSION})
-            break
-        except duckdb.Error as exc:
-            if _is_lock_error(exc) and time.monotonic() < deadline:
-                time.sleep(delay)
-                delay = min(delay * 2, 0.2)
-                continue
-            raise _translate(exc, path) from None
+    with _turn(path, deadline):
+        con = _open_when_free(path, read_only, deadline)
     try:
         if read_only:
             check_version(con, path)
@@ -105,6 +122,21 @@ def connect(path: str | Path, read_only: bool = False, wait_s: float = DEFAULT_W
         con.close()
         raise
     return con
+
+
+def _open_when_free(path: Path, read_only: bool, deadline: float) -> duckdb.DuckDBPyConnection:
+    delay = 0.002
+    while True:
+        try:
+            if read_only:
+                return duckdb.connect(str(path), read_only=True)
+            return duckdb.connect(str(path), config={"storage_compatibility_version": STORAGE_VERSION})
+        except duckdb.Error as exc:
+            if _is_lock_error(exc) and time.monotonic() < deadline:
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+                continue
+            raise _translate(exc, path) from None
 
 
 def _translate(exc: Exception, path: Path) -> WarehouseError:
