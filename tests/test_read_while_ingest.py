@@ -1,10 +1,10 @@
 """Reading while an ingest runs: one process ingests 200 prompts, another queries in a loop.
 
 The writer holds the DuckDB file only while it commits a batch and readers open it per query, queueing
-with the writer for the file and retrying a lock error for at most READER_WAIT_S. Every reader query must succeed within that bound and must see
-whole prompts only: for each committed prompt, its token rows and its raw and derived fact rows all match
-what its token count implies. The tests print reader latencies; the slow one also the ingest's
-slowdown against an ingest alone.
+with the writer for the file and retrying a lock error for at most READER_WAIT_S. Every reader query
+must succeed within that bound and must see whole prompts only: for each committed prompt, its token
+rows and its raw and derived fact rows all match what its token count implies. The tests print reader
+latencies; the slow one also the ingest's slowdown against an ingest alone.
 """
 
 from __future__ import annotations

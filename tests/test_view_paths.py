@@ -62,3 +62,40 @@ def test_act_times_grad_pairs_passes_by_element_and_skips_forward_only_prompts(t
         _check(con, 0)
         for view in VIEWS:
             assert con.execute(f"SELECT count(*) FROM {view} WHERE prompt_id = 1").fetchall() == [(0,)], view
+
+
+def test_act_times_grad_pairs_passes_whose_rows_come_out_in_different_orders(tmp_path: Path) -> None:
+    """Rows are gathered per token in scan order; backward rows stored in reverse order must still pair."""
+    path = tmp_path / "reordered.duckdb"
+    ingest(path, PROMPTS[:1], IngestOptions(model="gpt2-tiny", progress=False))
+    with db.connect(path) as con:
+        con.execute("CREATE TEMP TABLE stored AS SELECT * FROM activations")
+        con.execute("DELETE FROM activations")
+        con.execute(
+            "INSERT INTO activations SELECT * FROM stored ORDER BY pass_type, "
+            "CASE WHEN pass_type = 'backward' THEN -node_index ELSE node_index END, token2 DESC NULLS LAST"
+        )
+    with db.connect(path, read_only=True) as con:
+        con.execute("SET threads = 1")  # scan order = insertion order
+        differ = con.execute(
+            "SELECT count(*) FROM (SELECT list(node_index) FILTER (pass_type = 'forward') AS x,"
+            " list(node_index) FILTER (pass_type = 'backward') AS dx FROM activations"
+            " WHERE dst = 'mlp_post_act' GROUP BY prompt_id, layer, token) WHERE x <> dx"
+        ).fetchall()
+        assert differ[0][0] > 0  # the passes really do come out in different orders
+        _check(con, 0)
+
+
+def test_act_times_grad_leaves_out_a_token_whose_passes_hold_different_elements(tmp_path: Path) -> None:
+    path = tmp_path / "partial.duckdb"
+    ingest(path, PROMPTS[:1], IngestOptions(model="gpt2-tiny", progress=False))
+    with db.connect(path) as con:
+        con.execute(
+            "DELETE FROM activations WHERE dst = 'mlp_post_act' AND pass_type = 'backward'"
+            " AND layer = 1 AND token = 2 AND node_index = 7"
+        )
+        rows = con.execute("SELECT layer, token, count(*) FROM mlp_act_times_grad GROUP BY ALL ORDER BY ALL").fetchall()
+    n_tokens = len({t for _, t, _ in rows})
+    assert (1, 2) not in {(layer, t) for layer, t, _ in rows}
+    assert len(rows) == 2 * n_tokens - 1  # every other (layer, token), each whole
+    assert {n for *_, n in rows} == {128}
