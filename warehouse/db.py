@@ -226,8 +226,8 @@ def views_fingerprint() -> str:
 
 
 def stored_views(con: duckdb.DuckDBPyConnection) -> str | None:
-    row = con.execute("SELECT value FROM meta WHERE key = 'views'").fetchone()
-    return str(row[0]) if row else None
+    rows = con.execute("SELECT value FROM meta WHERE key = 'views'").fetchall()  # fetched whole: see above
+    return str(rows[0][0]) if rows else None
 
 
 # MIGRATIONS[v] brings a file from schema version v to v + 1. It runs inside migrate()'s transaction, so

@@ -128,8 +128,7 @@ class DuckDBWriter:
 
     def next_id(self, table: str, column: str) -> int:
         with self.connection() as con:
-            row = con.execute(f"SELECT coalesce(max({column}), -1) + 1 FROM {table}").fetchone()
-        return int(row[0]) if row else 0
+            return int(con.execute(f"SELECT coalesce(max({column}), -1) + 1 FROM {table}").fetchall()[0][0])
 
     def committed_keys(self, model_id: int) -> set[str]:
         with self.connection() as con:
@@ -141,13 +140,12 @@ class DuckDBWriter:
     ) -> int:
         """The model's id, storing its row, weight tables and vocabulary the first time it is seen."""
         with self.connection() as con:
-            row = con.execute(
+            known = con.execute(
                 "SELECT model_id FROM models WHERE name = ? AND checkpoint_hash = ?", [name, checkpoint_hash]
-            ).fetchone()
-            if row:
-                return int(row[0])
-            row = con.execute("SELECT coalesce(max(model_id), -1) + 1 FROM models").fetchone()
-            model_id = int(row[0]) if row else 0
+            ).fetchall()
+            if known:
+                return int(known[0][0])
+            model_id = int(con.execute("SELECT coalesce(max(model_id), -1) + 1 FROM models").fetchall()[0][0])
             con.execute("BEGIN")
             try:
                 columns = ["model_id", "name", "checkpoint_hash", *fields]
@@ -170,8 +168,7 @@ class DuckDBWriter:
 
     def start_run(self, **fields: Any) -> int:
         with self.connection() as con:
-            row = con.execute("SELECT coalesce(max(run_id), -1) + 1 FROM runs").fetchone()
-            run_id = int(row[0]) if row else 0
+            run_id = int(con.execute("SELECT coalesce(max(run_id), -1) + 1 FROM runs").fetchall()[0][0])
             columns = ["run_id", "started_at", "status", *fields]
             values = [run_id, _now(), "running", *fields.values()]
             marks = ", ".join("?" for _ in columns)
