@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 import duckdb
 import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
 
 from warehouse import db, registry
 
@@ -149,18 +151,24 @@ class Warehouse:
             finally:
                 self._session = None
 
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        return db.connect(self.path, read_only=self.read_only, wait_s=self.wait_s)
+
     @contextmanager
     def _open(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        con = db.connect(self.path, read_only=self.read_only, wait_s=self.wait_s)
+        con = self._connect()
         try:
-            # a fresh cursor: the opening checks may leave a result pending on `con` itself
-            cur = con.cursor()
-            try:
-                yield cur
-            finally:
-                cur.close()
+            yield con
         finally:
             con.close()
+
+    def engine(self) -> sa.Engine:
+        """A SQLAlchemy engine for Python dashboards and `pandas.read_sql` that behaves like this API.
+
+        Each connection opens the file as the API does (queued with a running ingest, a lock retried for
+        wait_s) and closes it when returned to the engine (NullPool), so the ingest is never held up.
+        """
+        return sa.create_engine("duckdb://", creator=self._connect, poolclass=NullPool)
 
     @contextmanager
     def _connection(self) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -6,6 +6,8 @@ The dialect is duckdb-sqlalchemy (docs/BI.md says why): these tests also fail if
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from click.testing import CliRunner
 from sqlalchemy.pool import NullPool
 
 from cli import main
+from queries import Warehouse
 from warehouse import db
 
 
@@ -46,11 +49,17 @@ def test_duckdb_url_uses_the_tested_dialect() -> None:
     assert type(engine.dialect).__module__.startswith("duckdb_sqlalchemy")
 
 
-@pytest.mark.parametrize("read_only", [True, False])
-def test_reflect_everything_without_warnings_and_group_by(tiny_db: Path, read_only: bool) -> None:
+def _engine(path: Path, how: str) -> sa.Engine:
+    if how == "api":
+        return Warehouse(path).engine()
+    return sa.create_engine(f"duckdb:///{path}", connect_args={"read_only": how == "read-only"}, poolclass=NullPool)
+
+
+@pytest.mark.parametrize("how", ["read-only", "read-write", "api"])
+def test_reflect_everything_without_warnings_and_group_by(tiny_db: Path, how: str) -> None:
     tables, views = _catalog(tiny_db)
     assert {"activations", "scalars", "mlp_write_norm", "dash_top_nodes", "dash_rows_per_run"} <= tables | views
-    engine = sa.create_engine(f"duckdb:///{tiny_db}", connect_args={"read_only": read_only}, poolclass=NullPool)
+    engine = _engine(tiny_db, how)
     metadata = sa.MetaData()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an unknown column type would be an SAWarning
@@ -99,3 +108,18 @@ def test_pandas_reads_dashboard_view(tiny_db: Path) -> None:
     )
     assert len(frame) == 20 and set(frame["side"]) == {"top", "bottom"}
     assert frame["write_norm"].notna().all()
+
+
+def _writer_can_open(path: Path) -> bool:
+    """Whether another process gets the file read-write at once, as an ingest's commit would."""
+    code = "import duckdb, sys\ntry:\n    duckdb.connect(sys.argv[1]).close()\nexcept duckdb.Error:\n    sys.exit(1)"
+    return subprocess.run([sys.executable, "-c", code, str(path)], check=False).returncode == 0
+
+
+def test_api_engine_releases_the_file_after_each_connection(tiny_db: Path) -> None:
+    """What lets an ingest commit between dashboard queries."""
+    engine = Warehouse(tiny_db).engine()
+    with engine.connect() as con:
+        assert con.execute(sa.text("SELECT count(*) FROM prompts")).scalar() > 0
+        assert not _writer_can_open(tiny_db)  # held while the connection is out
+    assert _writer_can_open(tiny_db)
