@@ -11,11 +11,9 @@ from typing import Any
 import click
 import pyarrow as pa
 
-from ingest.capture import CaptureError
-from ingest.checkpoints import DEFAULT_MODEL, ModelNotFound
-from ingest.objective import TokenError
+from ingest import DEFAULT_MODEL
+from ingest.errors import CaptureError, DeviceError, ModelNotFound, TokenError
 from ingest.prompts import PromptInput, Skipped, read_prompt_file
-from ingest.worker import DeviceError, IngestOptions, ingest
 from queries.api import NODE_COLUMNS, Warehouse, notes
 from queries.catalog import dst_catalog
 from queries.format import FILE_FORMATS, FORMATS, render, write
@@ -147,6 +145,8 @@ def ingest_command(
     quiet: bool,
 ) -> None:
     """Run hooked forward and backward passes over prompts and store every captured value."""
+    from ingest.worker import IngestOptions, ingest  # torch: imported by the one command that runs a model
+
     if not prompts and prompts_file is None:
         raise click.UsageError("give at least one --prompt or a --prompts FILE")
     if any(not p for p in prompts):

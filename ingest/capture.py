@@ -8,14 +8,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ingest.errors import CaptureError
 from warehouse.facts import FACT_SCHEMA, constant_int, constant_name, expand_axes
 from warehouse.registry import DEFAULT_CAPTURE, LOCATIONS, ActivationLocation, PassType
 
 LOGITS_TOP_K = 20
-
-
-class CaptureError(ValueError):
-    """A capture setting that cannot be honoured; the message says what is allowed."""
 
 
 @dataclass(frozen=True)

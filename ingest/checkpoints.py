@@ -17,15 +17,12 @@ from pathlib import Path
 import tiktoken
 import torch
 
+from ingest import DEFAULT_MODEL
+from ingest.errors import ModelNotFound
 from ingest.model import HookedTransformer, ModelConfig, check_weights
 
 Weights = dict[tuple[str, int | None], torch.Tensor]
-DEFAULT_MODEL = "smollm2"
-BUILTIN_NAMES = ("smollm2", "gpt2-tiny")
-
-
-class ModelNotFound(Exception):
-    """A model name or path that cannot be loaded; the message says what would work."""
+BUILTIN_NAMES = (DEFAULT_MODEL, "gpt2-tiny")
 
 
 @dataclass

@@ -11,12 +11,10 @@ import tiktoken
 import torch
 import torch.nn.functional as F
 
+from ingest.errors import TokenError
+
 LOGIT_DIFF = "logit_diff"
 NEXT_TOKEN_CE = "next_token_ce"
-
-
-class TokenError(ValueError):
-    """A target or distractor that is not exactly one token; the message shows how it tokenises."""
 
 
 def single_token(tokenizer: tiktoken.Encoding, text: str, role: str) -> int:

@@ -31,8 +31,9 @@ import torch
 from safetensors import SafetensorError
 
 from ingest.capture import CaptureSpec, Recorder, location_table, logits_table
-from ingest.checkpoints import DEFAULT_MODEL, LoadedModel, ModelNotFound, load_model
-from ingest.objective import LOGIT_DIFF, TokenError, objective_kind, per_prompt_objective, single_token
+from ingest.checkpoints import DEFAULT_MODEL, LoadedModel, load_model
+from ingest.errors import DeviceError, ModelNotFound, TokenError
+from ingest.objective import LOGIT_DIFF, objective_kind, per_prompt_objective, single_token
 from ingest.prompts import PromptInput, Skipped
 from warehouse.registry import LOCATIONS, STORED_WEIGHTS, PassType
 from warehouse.weights import weight_table
@@ -81,10 +82,6 @@ class Prepared:
     @property
     def kind(self) -> str:
         return objective_kind(self.target_id)
-
-
-class DeviceError(ValueError):
-    pass
 
 
 class Interrupted(KeyboardInterrupt):

@@ -19,14 +19,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import duckdb
 import pyarrow as pa
-import sqlalchemy as sa
-from sqlalchemy.pool import NullPool
 
 from warehouse import db, registry
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 Output = Literal["arrow", "pandas", "rows"]
 NOTES_KEY = b"actwh.notes"
@@ -168,6 +169,9 @@ class Warehouse:
         Each connection opens the file as the API does (queued with a running ingest, a lock retried for
         wait_s) and closes it when returned to the engine (NullPool), so the ingest is never held up.
         """
+        import sqlalchemy as sa  # dashboards only: the CLI's query commands start without it
+        from sqlalchemy.pool import NullPool
+
         return sa.create_engine("duckdb://", creator=self._connect, poolclass=NullPool)
 
     @contextmanager

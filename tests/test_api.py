@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -11,6 +13,8 @@ import pytest
 
 from queries import DstNotAvailable, UnknownDst, Warehouse, notes
 from warehouse import db
+
+ROOT = Path(__file__).resolve().parent.parent
 
 TRICKY = 'O\'Brien said "hi"; DROP TABLE prompts; -- ? $1 %s {x}'
 TOKENS = {
@@ -341,6 +345,12 @@ def test_cli_reading_commands(hand_db: Path, tmp_path: Path) -> None:
     assert refused.exit_code == 2 and "--output" in refused.output
     bad = runner.invoke(main, ["examples", *db_arg, "--dst", "mlp_post_ac", "--layer", "0", "--node", "1"])
     assert bad.exit_code == 2 and "unknown dst 'mlp_post_ac'" in bad.output
+
+
+def test_cli_reading_commands_start_without_torch() -> None:
+    """Only `actwh ingest` runs a model; importing torch would add most of a second to every query."""
+    code = "import sys, cli, queries; sys.exit(sorted({'torch', 'sqlalchemy'} & set(sys.modules)) != [])"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=False).returncode == 0
 
 
 def test_cli_plots(hand_db: Path, tmp_path: Path) -> None:
