@@ -11,10 +11,10 @@ CREATE TABLE IF NOT EXISTS meta (
     value VARCHAR NOT NULL
 );
 
-CREATE TYPE IF NOT EXISTS dst_name AS ENUM ({dst_names});
-CREATE TYPE IF NOT EXISTS node_type_name AS ENUM ({node_types});
-CREATE TYPE IF NOT EXISTS pass_type_name AS ENUM ({pass_types});
-CREATE TYPE IF NOT EXISTS weight_name AS ENUM ({weight_names});
+CREATE TYPE IF NOT EXISTS dst_name AS ENUM ({dst_name});
+CREATE TYPE IF NOT EXISTS node_type_name AS ENUM ({node_type_name});
+CREATE TYPE IF NOT EXISTS pass_type_name AS ENUM ({pass_type_name});
+CREATE TYPE IF NOT EXISTS weight_name AS ENUM ({weight_name});
 
 -- One row per checkpoint: shapes, and a hash of the weights so the same name can never mean two models.
 CREATE TABLE IF NOT EXISTS models (

@@ -28,7 +28,8 @@ DERIVED_DIR = ROOT / "queries" / "derived"
 SUPPORT_DIR = ROOT / "queries" / "support"
 DASHBOARD_DIR = ROOT / "queries" / "dashboards"
 
-# Bump when schema.sql or the ENUM members change, and add the step to MIGRATIONS below.
+# Bump when schema.sql's tables change, and add the step to MIGRATIONS below. New ENUM members (a new
+# derived view's dst, a new location) need no bump: grow_enums adds them when a writer opens the file.
 SCHEMA_VERSION = 1
 # Files stay readable by DuckDB 1.4 clients (BI tools, npm and WebAssembly builds).
 STORAGE_VERSION = "v1.4.0"
@@ -60,16 +61,20 @@ def _sql_list(names: list[str]) -> str:
     return ", ".join("'" + n.replace("'", "''") + "'" for n in names)
 
 
+def enum_members() -> dict[str, list[str]]:
+    """Each ENUM type of schema.sql with the members this actwh writes and reads."""
+    return {
+        "dst_name": dst_names(),
+        "node_type_name": [n.value for n in registry.NodeType],
+        "pass_type_name": [p.value for p in registry.PassType],
+        "weight_name": list(registry.WEIGHTS),
+    }
+
+
 def schema_script() -> str:
     script = SCHEMA_SQL.read_text()
-    members = {
-        "dst_names": dst_names(),
-        "node_types": [n.value for n in registry.NodeType],
-        "pass_types": [p.value for p in registry.PassType],
-        "weight_names": list(registry.WEIGHTS),
-    }
-    for placeholder, names in members.items():
-        script = script.replace("{" + placeholder + "}", _sql_list(names))
+    for type_name, names in enum_members().items():
+        script = script.replace("{" + type_name + "}", _sql_list(names))
     return script
 
 
@@ -210,16 +215,18 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         migrate(con, path, version)
     elif stored_views(con) != views_fingerprint():
         con.execute("BEGIN")
+        grow_enums(con)
         create_views(con)
         con.execute("COMMIT")
 
 
 @functools.cache
 def views_fingerprint() -> str:
-    """A hash of every view and macro file: a writer that finds another in the file rebuilds the views, so
-    a file always answers with the SQL of the actwh that last wrote it. Computed once per process: the
+    """A hash of every view and macro file and of the ENUM members: a writer that finds another in the file
+    grows the ENUMs and rebuilds the views, so a file always answers with the SQL of the actwh that last
+    wrote it. Computed once per process: the
     writer opens the file for every commit, and the files do not change under a running actwh."""
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(repr(enum_members()).encode())
     for path in sorted([*SUPPORT_DIR.glob("*.sql"), *DERIVED_DIR.glob("*.sql"), *DASHBOARD_DIR.glob("*.sql")]):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
@@ -232,8 +239,8 @@ def stored_views(con: duckdb.DuckDBPyConnection) -> str | None:
 
 # MIGRATIONS[v] brings a file from schema version v to v + 1. It runs inside migrate()'s transaction, so
 # a failed or interrupted migration leaves the file at its old version. `schema_script()` is idempotent
-# for tables (CREATE ... IF NOT EXISTS), so a step that only adds tables can be `_reapply_schema`; ENUM
-# members and changed columns need explicit ALTER statements.
+# for tables (CREATE ... IF NOT EXISTS), so a step that only adds tables can be `_reapply_schema`; changed
+# columns need explicit ALTER statements (ENUM members grow by themselves: grow_enums).
 Migration = Callable[[duckdb.DuckDBPyConnection], None]
 MIGRATIONS: dict[int, Migration] = {}
 
@@ -255,6 +262,7 @@ def migrate(con: duckdb.DuckDBPyConnection, path: Path, version: int) -> None:
         for step in range(version, SCHEMA_VERSION):
             MIGRATIONS[step](con)
         con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
+        grow_enums(con)
         create_views(con)
         con.execute("COMMIT")
     except duckdb.Error as exc:
@@ -266,6 +274,29 @@ def migrate(con: duckdb.DuckDBPyConnection, path: Path, version: int) -> None:
     except BaseException:
         con.execute("ROLLBACK")
         raise
+
+
+def grow_enums(con: duckdb.DuckDBPyConnection) -> None:
+    """Add to a file's ENUM types the members this actwh has and it lacks (a new derived view's dst, say).
+
+    DuckDB cannot add members to an ENUM, so each column of a grown type moves to a new type holding every
+    member, stored ones first, and back to the re-created type: two rewrites of the column, once, inside
+    the caller's transaction. Views and macros that name the type are re-created by the caller.
+    """
+    for type_name, wanted in enum_members().items():
+        stored: list[str] = con.execute(f"SELECT enum_range(NULL::{type_name})").fetchall()[0][0]
+        missing = [name for name in wanted if name not in stored]
+        if not missing:
+            continue
+        members = _sql_list([*stored, *missing])
+        columns = con.execute(
+            "SELECT table_name, column_name FROM duckdb_columns() WHERE data_type = typeof(NULL::" + type_name + ")"
+        ).fetchall()
+        for new, old in ((f"{type_name}__next", type_name), (type_name, f"{type_name}__next")):
+            con.execute(f"CREATE TYPE {new} AS ENUM ({members})")
+            for table, column in columns:
+                con.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET DATA TYPE {new}")
+            con.execute(f"DROP TYPE {old}")
 
 
 def create_views(con: duckdb.DuckDBPyConnection) -> None:
