@@ -688,5 +688,3 @@ class Warehouse:
                 sql += " LIMIT ?"
                 params.append(k)
             return self._run(con, sql, params)
-
-    # -- dashboards ----------------------------------------------------------------------------------

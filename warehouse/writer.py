@@ -128,7 +128,7 @@ class DuckDBWriter:
 
     def next_id(self, table: str, column: str) -> int:
         with self.connection() as con:
-            return int(con.execute(f"SELECT coalesce(max({column}), -1) + 1 FROM {table}").fetchall()[0][0])
+            return _next_id(con, table, column)
 
     def committed_keys(self, model_id: int) -> set[str]:
         with self.connection() as con:
@@ -145,7 +145,7 @@ class DuckDBWriter:
             ).fetchall()
             if known:
                 return int(known[0][0])
-            model_id = int(con.execute("SELECT coalesce(max(model_id), -1) + 1 FROM models").fetchall()[0][0])
+            model_id = _next_id(con, "models", "model_id")
             con.execute("BEGIN")
             try:
                 columns = ["model_id", "name", "checkpoint_hash", *fields]
@@ -168,7 +168,7 @@ class DuckDBWriter:
 
     def start_run(self, **fields: Any) -> int:
         with self.connection() as con:
-            run_id = int(con.execute("SELECT coalesce(max(run_id), -1) + 1 FROM runs").fetchall()[0][0])
+            run_id = _next_id(con, "runs", "run_id")
             columns = ["run_id", "started_at", "status", *fields]
             values = [run_id, _now(), "running", *fields.values()]
             marks = ", ".join("?" for _ in columns)
@@ -210,3 +210,8 @@ class DuckDBWriter:
 
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _next_id(con: duckdb.DuckDBPyConnection, table: str, column: str) -> int:
+    """One past the largest id in use (0 for an empty table), read inside the caller's connection."""
+    return int(con.execute(f"SELECT coalesce(max({column}), -1) + 1 FROM {table}").fetchall()[0][0])
