@@ -194,20 +194,26 @@ def test_empty_prompt_on_the_command_line(tmp_path: Path) -> None:
     assert_one_line_error(tiny(tmp_path / "w.duckdb", "--prompt", ""), "--prompt is empty")
 
 
-def test_empty_prompt_in_jsonl_is_skipped_with_its_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("lines", "skipped", "kept"),
+    [
+        ('{"prompt": "The cat sat"}\n{"prompt": ""}\n{"prompt": "The dog ran"}\n', {2: "empty prompt"}, "The dog ran"),
+        (
+            '{"prompt": "The cat sat"}\n\n{"prompt": "The dog\n{"prompt": "A bird flew"}\n',
+            {3: "malformed JSON"},
+            "A bird flew",
+        ),
+    ],
+    ids=["empty prompt", "malformed line"],
+)
+def test_bad_jsonl_line_is_skipped_with_its_line_number(
+    tmp_path: Path, lines: str, skipped: dict[int, str], kept: str
+) -> None:
     prompts = tmp_path / "p.jsonl"
-    prompts.write_text('{"prompt": "The cat sat"}\n{"prompt": ""}\n{"prompt": "The dog ran"}\n')
+    prompts.write_text(lines)
     result = tiny(tmp_path / "w.duckdb", "--prompts", prompts)
-    assert_skipped(result, {2: "empty prompt"}, stored=2)
-    assert prompt_texts(tmp_path / "w.duckdb") == ["The cat sat", "The dog ran"]
-
-
-def test_malformed_jsonl_line_is_skipped_with_its_line_number(tmp_path: Path) -> None:
-    prompts = tmp_path / "p.jsonl"
-    prompts.write_text('{"prompt": "The cat sat"}\n\n{"prompt": "The dog\n{"prompt": "A bird flew"}\n')
-    result = tiny(tmp_path / "w.duckdb", "--prompts", prompts)
-    assert_skipped(result, {3: "malformed JSON"}, stored=2)
-    assert prompt_texts(tmp_path / "w.duckdb") == ["The cat sat", "A bird flew"]
+    assert_skipped(result, skipped, stored=2)
+    assert prompt_texts(tmp_path / "w.duckdb") == ["The cat sat", kept]
 
 
 def test_command_line_target_not_one_token_shows_its_pieces(tmp_path: Path) -> None:
