@@ -90,14 +90,12 @@ def _prompt_sources(
         yield from read_prompt_file(prompts_file, target, distractor)
 
 
+def _db_option(required: bool = True, help: str = "The warehouse: a folder holding its catalog and data.") -> Any:
+    return click.option("--db", "db_path", required=required, type=click.Path(path_type=Path), help=help)
+
+
 @main.command("ingest")
-@click.option(
-    "--db",
-    "db_path",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="DuckDB file to write (created if missing).",
-)
+@_db_option(help="The warehouse folder to write (created if missing).")
 @click.option(
     "--model",
     default=DEFAULT_MODEL,
@@ -126,6 +124,21 @@ def _prompt_sources(
 @click.option("--force", is_flag=True, help="Store prompts again even if already committed.")
 @click.option("--wait", is_flag=True, help="Queue behind another ingest into the same file instead of failing.")
 @click.option("--truncate", is_flag=True, help="Cut prompts longer than the context instead of skipping them.")
+@click.option(
+    "--precision",
+    default="float32",
+    show_default=True,
+    type=click.Choice(["float32", "bfloat16"]),
+    help="Stored values: float32, or rounded to bfloat16 (half the disk; the identities need float32).",
+)
+@click.option(
+    "--unembedding",
+    default="used",
+    show_default=True,
+    type=click.Choice(["used", "all"]),
+    help="Unembedding columns to store: those of targets and distractors, or every token's "
+    "(direct_effects() for any pair; about 4 bytes x d_model x vocabulary).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def ingest_command(
     db_path: Path,
@@ -142,6 +155,8 @@ def ingest_command(
     force: bool,
     wait: bool,
     truncate: bool,
+    precision: str,
+    unembedding: str,
     quiet: bool,
 ) -> None:
     """Run hooked forward and backward passes over prompts and store every captured value."""
@@ -168,6 +183,8 @@ def ingest_command(
         progress=not quiet,
         target=target,
         distractor=distractor,
+        precision=precision,
+        unembedding=unembedding,
     )
     sources = _prompt_sources(prompts, prompts_file, target, distractor)
     report = ingest(db_path, sources, options, on_skip=lambda s: click.echo(f"warning: {s.describe()}", err=True))
@@ -180,7 +197,7 @@ def ingest_command(
 
 
 @main.command("sql")
-@click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@_db_option()
 @click.argument("query")
 @click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(FORMATS))
 def sql_command(db_path: Path, query: str, fmt: str) -> None:
@@ -196,21 +213,29 @@ def sql_command(db_path: Path, query: str, fmt: str) -> None:
     click.echo(render(table, fmt), nl=False)
 
 
-@main.command("migrate")
-@click.option("--db", "db_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def migrate_command(db_path: Path) -> None:
-    """Bring a warehouse written by an older actwh to the current schema version (ingest does it too)."""
-    db.connect(db_path).close()
-    click.echo(f"{db_path} is at schema version {db.SCHEMA_VERSION}")
+@main.command("convert")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_db_option(help="The new warehouse folder to create.")
+def convert_command(source: Path, db_path: Path) -> None:
+    """Copy a single-file warehouse written by an earlier actwh (a .duckdb file) into a new warehouse."""
+    from warehouse.convert import convert
+
+    counts = convert(source, db_path)
+    click.echo(f"{db_path}: " + ", ".join(f"{n:,} {table}" for table, n in counts.items()))
+
+
+@main.command("compact")
+@_db_option()
+def compact_command(db_path: Path) -> None:
+    """Merge small data files and delete files no snapshot needs any more (DuckLake's own maintenance)."""
+    from warehouse.maintenance import compact
+
+    before, after = compact(db_path)
+    click.echo(f"{db_path}: {before} data files before, {after} after")
 
 
 @main.command("dsts")
-@click.option(
-    "--db",
-    "db_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Also say which dsts this warehouse can answer and how many rows each raw one has.",
-)
+@_db_option(required=False, help="Also say how many rows each raw dst has in this warehouse.")
 @click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(FORMATS))
 def dsts_command(db_path: Path | None, fmt: str) -> None:
     """Every dst, raw and derived: node type, what it needs, and what it means."""
@@ -230,7 +255,7 @@ def dsts_command(db_path: Path | None, fmt: str) -> None:
 
 
 @main.command("info")
-@click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@_db_option()
 def info_command(db_path: Path) -> None:
     """Models, runs, prompt counts and rows per dst."""
     con = db.connect(db_path, read_only=True)
@@ -238,8 +263,8 @@ def info_command(db_path: Path) -> None:
         sections = {
             "models": "SELECT model_id, name, family, n_layers, d_model, n_heads, n_kv_heads, d_mlp, vocab_size, "
             "checkpoint_hash FROM models ORDER BY model_id",
-            "runs": "SELECT run_id, model_id, status, objective, n_prompts, device, started_at, finished_at, "
-            "json_array_length(skipped) AS skipped FROM runs ORDER BY run_id",
+            "runs": "SELECT run_id, model_id, status, objective, n_prompts, device, precision, started_at, "
+            "finished_at, json_array_length(skipped) AS skipped FROM runs ORDER BY run_id",
             "prompts": "SELECT count(*) AS prompts, sum(n_tokens) AS tokens FROM prompts",
             "rows per dst": "SELECT dst, pass_type, count(*) AS rows FROM activations GROUP BY ALL ORDER BY ALL",
         }
@@ -264,7 +289,7 @@ def _read_options(command: Any) -> Any:
     command = click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(FILE_FORMATS))(
         command
     )
-    return click.option("--db", "db_path", required=True, type=click.Path(dir_okay=False, path_type=Path))(command)
+    return _db_option()(command)
 
 
 def _emit(table: Any, fmt: str, output: Path | None) -> None:

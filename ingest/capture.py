@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -9,7 +10,7 @@ import pyarrow as pa
 import torch
 
 from ingest.errors import CaptureError
-from warehouse.facts import FACT_SCHEMA, constant_int, constant_name, expand_axes
+from warehouse.facts import FACT_SCHEMA, constant_int, constant_name, expand_axes, round_to_bfloat16
 from warehouse.registry import DEFAULT_CAPTURE, LOCATIONS, ActivationLocation, PassType
 
 LOGITS_TOP_K = 20
@@ -80,47 +81,116 @@ class Recorder:
         return {key: t.grad for key, t in self._grad_of.items() if t.grad is not None}
 
 
-def location_table(
+# Rows per record batch handed to the writer: large enough that per-batch overhead vanishes, small enough
+# that a 2000-token prompt's attention pattern streams through in bounded memory (~30 MB per batch).
+ROWS_PER_BATCH = 1 << 20
+
+
+def location_rows(
     loc: ActivationLocation,
     layer: int | None,
-    array: np.ndarray,
+    forward: np.ndarray | None,
+    backward: np.ndarray | None,
     lengths: np.ndarray,
     prompt_ids: np.ndarray,
-    pass_type: PassType,
-) -> pa.Table:
-    """Rows for one location and layer over a right-padded batch: real tokens only, causal pairs only."""
+    bfloat16: bool = False,
+    skip_first: bool = False,
+) -> Iterator[pa.RecordBatch]:
+    """Fact rows for one location and layer over a right-padded batch, both passes in each row.
+
+    `forward` and `backward` are the location's (batch, tokens, ...) arrays (either may be None: that
+    column is NULL). Real tokens only; token-pair locations keep causal pairs (k <= q) only. Rows come in
+    (prompt, token, node) order, in record batches of about ROWS_PER_BATCH rows, so memory stays bounded
+    whatever the prompt's length. `bfloat16` rounds values to bfloat16 precision (kept as float32).
+    `skip_first` leaves out the first row, which `first_row` gives.
+    """
+    shape = (forward if forward is not None else backward).shape  # type: ignore[union-attr]
     n_tok_axes = loc.n_token_axes
-    pos = np.arange(array.shape[1])
-    valid = pos[None, :] < lengths[:, None]
+    cells = int(np.prod(shape[1 + n_tok_axes :]))
+    for b, n in enumerate(int(x) for x in lengths):
+        per_token = cells * (n if n_tok_axes == 2 else 1)
+        step = max(1, ROWS_PER_BATCH // max(per_token, 1))
+        for t0 in range(0, n, step):
+            t1 = min(n, t0 + step)
+            rows = _token_range_rows(loc, layer, forward, backward, b, int(prompt_ids[b]), t0, t1, bfloat16)
+            yield rows.slice(1) if skip_first else rows
+            skip_first = False
+
+
+def first_row(
+    loc: ActivationLocation,
+    layer: int | None,
+    forward: np.ndarray | None,
+    backward: np.ndarray | None,
+    lengths: np.ndarray,
+    prompt_ids: np.ndarray,
+    bfloat16: bool = False,
+) -> pa.RecordBatch:
+    """The first row `location_rows` yields (first prompt, first token, first element)."""
+    return _token_range_rows(loc, layer, forward, backward, 0, int(prompt_ids[0]), 0, 1, bfloat16).slice(0, 1)
+
+
+def _token_range_rows(
+    loc: ActivationLocation,
+    layer: int | None,
+    forward: np.ndarray | None,
+    backward: np.ndarray | None,
+    b: int,
+    prompt_id: int,
+    t0: int,
+    t1: int,
+    bfloat16: bool,
+) -> pa.RecordBatch:
+    n_tok_axes = loc.n_token_axes
     if n_tok_axes == 2:
-        valid = valid[:, :, None] & (pos[None, None, :] <= pos[None, :, None])
-    selection = np.nonzero(valid)
-    block = array[valid]
-    lead, trail = expand_axes(list(selection), block.shape[1:])
-    n = block.size
+        q, k = np.nonzero(np.arange(t1)[None, :] <= np.arange(t0, t1)[:, None])
+        selection = [q + t0, k]
+
+        def cut(array: np.ndarray) -> np.ndarray:
+            return array[b, t0:t1, :t1][q, k]
+    else:
+        selection = [np.arange(t0, t1)]
+
+        def cut(array: np.ndarray) -> np.ndarray:
+            return array[b, t0:t1]
+
+    blocks = [None if a is None else cut(a) for a in (forward, backward)]
+    block_shape = next(x for x in blocks if x is not None).shape
+    lead, trail = expand_axes(selection, block_shape[1:])
+    n = int(np.prod(block_shape))
     head_axis = loc.head_axis
-    return pa.table(
-        {
-            "prompt_id": pa.array(prompt_ids[lead[0]].astype(np.int32)),
-            "token": pa.array(lead[1].astype(np.int16)),
-            "token2": pa.array(lead[2].astype(np.int16)) if n_tok_axes == 2 else pa.nulls(n, pa.int16()),
-            "layer": constant_int(layer, n, pa.int16()),
-            "head": pa.array(trail[head_axis - n_tok_axes].astype(np.int16))
+    values = [
+        pa.nulls(n, pa.float32())
+        if x is None
+        else pa.array(round_to_bfloat16(x.reshape(-1)) if bfloat16 else x.reshape(-1).astype(np.float32, copy=False))
+        for x in blocks
+    ]
+    return pa.RecordBatch.from_arrays(
+        [
+            constant_int(prompt_id, n, pa.int32()),
+            pa.array(lead[0].astype(np.int16)),
+            pa.array(lead[1].astype(np.int16)) if n_tok_axes == 2 else pa.nulls(n, pa.int16()),
+            constant_int(layer, n, pa.int16()),
+            pa.array(trail[head_axis - n_tok_axes].astype(np.int16))
             if head_axis is not None
             else pa.nulls(n, pa.int16()),
-            "node_type": constant_name(loc.node_type.value, n),
-            "node_index": pa.array(trail[-1].astype(np.int32)),
-            "dst": constant_name(loc.dst, n),
-            "pass_type": constant_name(pass_type.value, n),
-            "value": pa.array(block.reshape(-1).astype(np.float32, copy=False)),
-        },
+            constant_name(loc.node_type.value, n),
+            pa.array(trail[-1].astype(np.int32)),
+            constant_name(loc.dst, n),
+            *values,
+        ],
         schema=FACT_SCHEMA,
     )
 
 
-def logits_table(
-    last_logits: np.ndarray, last_token: np.ndarray, prompt_ids: np.ndarray, top_k: int, extra_ids: list[list[int]]
-) -> pa.Table:
+def logits_rows(
+    last_logits: np.ndarray,
+    last_token: np.ndarray,
+    prompt_ids: np.ndarray,
+    top_k: int,
+    extra_ids: list[list[int]],
+    bfloat16: bool = False,
+) -> pa.RecordBatch:
     """The last token's top-k logits plus any extra ids (the target and distractor) per prompt."""
     chosen = []
     for row, extra in zip(last_logits, extra_ids, strict=True):
@@ -130,18 +200,19 @@ def logits_table(
     ids = np.concatenate(chosen)
     n = ids.size
     loc = LOCATIONS["logits"]
-    return pa.table(
-        {
-            "prompt_id": np.repeat(prompt_ids, counts).astype(np.int32),
-            "token": np.repeat(last_token, counts).astype(np.int16),
-            "token2": pa.nulls(n, pa.int16()),
-            "layer": pa.nulls(n, pa.int16()),
-            "head": pa.nulls(n, pa.int16()),
-            "node_type": constant_name(loc.node_type.value, n),
-            "node_index": ids.astype(np.int32),
-            "dst": constant_name(loc.dst, n),
-            "pass_type": constant_name(PassType.FORWARD.value, n),
-            "value": last_logits[np.repeat(np.arange(len(chosen)), counts), ids].astype(np.float32),
-        },
+    values = last_logits[np.repeat(np.arange(len(chosen)), counts), ids].astype(np.float32)
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array(np.repeat(prompt_ids, counts).astype(np.int32)),
+            pa.array(np.repeat(last_token, counts).astype(np.int16)),
+            pa.nulls(n, pa.int16()),
+            pa.nulls(n, pa.int16()),
+            pa.nulls(n, pa.int16()),
+            constant_name(loc.node_type.value, n),
+            pa.array(ids.astype(np.int32)),
+            constant_name(loc.dst, n),
+            pa.array(round_to_bfloat16(values) if bfloat16 else values),
+            pa.nulls(n, pa.float32()),
+        ],
         schema=FACT_SCHEMA,
     )

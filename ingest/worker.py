@@ -30,14 +30,14 @@ import pyarrow as pa
 import torch
 from safetensors import SafetensorError
 
-from ingest.capture import CaptureSpec, Recorder, location_table, logits_table
+from ingest.capture import CaptureSpec, Recorder, first_row, location_rows, logits_rows
 from ingest.checkpoints import DEFAULT_MODEL, LoadedModel, load_model
 from ingest.errors import DeviceError, ModelNotFound, TokenError
+from ingest.model_rows import factor_weights, register_model, token_rows, token_text
 from ingest.objective import LOGIT_DIFF, objective_kind, per_prompt_objective, single_token
 from ingest.prompts import PromptInput, Skipped
-from warehouse.registry import LOCATIONS, STORED_WEIGHTS, PassType
-from warehouse.weights import weight_table
-from warehouse.writer import Batch, DuckDBWriter
+from warehouse.registry import LOCATIONS
+from warehouse.writer import Batch, LakeWriter
 
 
 @dataclass
@@ -54,6 +54,8 @@ class IngestOptions:
     progress: bool = True
     target: str | None = None  # the command-wide target and distractor, checked once before anything runs
     distractor: str | None = None
+    precision: str = "float32"  # stored values: float32, or bfloat16 (rounded to nearest even, kept as FLOAT)
+    unembedding: str = "used"  # unembedding columns stored: those of targets and distractors, or all
 
 
 @dataclass
@@ -173,6 +175,7 @@ class Captured:
     backward: dict[tuple[str, int | None], np.ndarray]
     last_logits: np.ndarray | None
     objective: list[float | None]
+    model_rows: list[tuple[str, pa.Table]] = field(default_factory=list)  # see Batch.model_rows
 
 
 def run_batch(
@@ -222,18 +225,43 @@ def run_batch(
     )
 
 
-def to_batch(captured: Captured, run_id: int, model_id: int, loaded: LoadedModel, top_k: int) -> Batch:
-    """Arrow tables for one captured batch, in natural (dst, layer, prompt, token, node) order."""
-    tables: list[pa.Table] = []
-    for pass_type, arrays in ((PassType.FORWARD, captured.forward), (PassType.BACKWARD, captured.backward)):
-        for (name, layer), array in arrays.items():
-            tables.append(
-                location_table(LOCATIONS[name], layer, array, captured.lengths, captured.prompt_ids, pass_type)
-            )
-    items = captured.items
+def fact_rows(captured: Captured, top_k: int, bfloat16: bool) -> Iterator[pa.RecordBatch]:
+    """One captured batch's fact rows, both passes per row, in (dst, layer, prompt, token, node) order,
+    after a primer of one row per location and layer.
+
+    The primer puts a value of every column that has any in the file's first Parquet row group: DuckLake
+    1.5.5 keeps no min/max for a column whose first row group is all NULL and then records table
+    statistics that miss the file's values, which the planner trusts (wrong join and aggregate results;
+    warehouse/maintenance.py checks for it).
+    """
+    keys = sorted(
+        {*captured.forward, *captured.backward},
+        key=lambda k: (LOCATIONS[k[0]].dst, k[1] if k[1] is not None else -1),
+    )
+    sources = [
+        (
+            LOCATIONS[name],
+            layer,
+            captured.forward.get((name, layer)),
+            captured.backward.get((name, layer)),
+            captured.lengths,
+            captured.prompt_ids,
+            bfloat16,
+        )
+        for name, layer in keys
+    ]
+    if sources:
+        yield pa.concat_batches([first_row(*source) for source in sources])
+    for source in sources:
+        yield from location_rows(*source, skip_first=True)
     if captured.last_logits is not None:
-        extra = [[i for i in (p.target_id, p.distractor_id) if i is not None] for p in items]
-        tables.append(logits_table(captured.last_logits, captured.lengths - 1, captured.prompt_ids, top_k, extra))
+        extra = [[i for i in (p.target_id, p.distractor_id) if i is not None] for p in captured.items]
+        yield logits_rows(captured.last_logits, captured.lengths - 1, captured.prompt_ids, top_k, extra, bfloat16)
+
+
+def to_batch(captured: Captured, run_id: int, model_id: int, loaded: LoadedModel, top_k: int, bfloat16: bool) -> Batch:
+    """The batch's prompt and token records, with its fact rows as a stream (converted as the commit reads them)."""
+    items = captured.items
     prompts = pa.table(
         {
             "prompt_id": captured.prompt_ids.astype(np.int32),
@@ -258,44 +286,7 @@ def to_batch(captured: Captured, run_id: int, model_id: int, loaded: LoadedModel
             "text": [token_text(loaded, int(i)) for i in token_ids],
         }
     )
-    return Batch(prompts, tokens, tables)
-
-
-def token_text(loaded: LoadedModel, token_id: int) -> str:
-    return loaded.tokenizer.decode_single_token_bytes(token_id).decode("utf-8", errors="replace")
-
-
-def vocab_table(loaded: LoadedModel) -> pa.Table:
-    ids, texts = [], []
-    for i in range(loaded.model.config.vocab_size):
-        try:
-            texts.append(token_text(loaded, i))
-        except KeyError:
-            continue
-        ids.append(i)
-    return pa.table({"token_id": pa.array(ids, pa.int32()), "text": pa.array(texts, pa.string())})
-
-
-def register_model(writer: DuckDBWriter, loaded: LoadedModel) -> int:
-    cfg = loaded.model.config
-    fields = {
-        "family": cfg.family,
-        "n_layers": cfg.n_layers,
-        "d_model": cfg.d_model,
-        "n_heads": cfg.n_heads,
-        "n_kv_heads": cfg.n_kv_heads,
-        "d_head": cfg.d_head,
-        "d_mlp": cfg.d_mlp,
-        "vocab_size": cfg.vocab_size,
-        "n_ctx": cfg.n_ctx,
-        "norm": cfg.norm,
-        "config": json.dumps(cfg.as_dict()),
-    }
-    tables = (
-        weight_table(name, layer, t.detach().cpu().numpy())
-        for name, layer, t in loaded.model.stored_weights(STORED_WEIGHTS)
-    )
-    return writer.register_model(loaded.name, loaded.checkpoint_hash, fields, tables, vocab_table(loaded))
+    return Batch(prompts, tokens, fact_rows(captured, top_k, bfloat16), captured.model_rows)
 
 
 def batches(items: Iterable[Prepared], size: int) -> Iterator[list[Prepared]]:
@@ -384,8 +375,12 @@ def ingest(
     spec = CaptureSpec.parse(options.locations, options.layers, loaded.model.config.n_layers)
     check_command_tokens(loaded, options)
     settings = json.dumps([spec.labels(), sorted(spec.layers or []), options.backward, options.truncate])
-    with DuckDBWriter(db_path, wait=options.wait) as writer, sigterm_interrupts():
-        model_id = register_model(writer, loaded)
+    with LakeWriter(db_path, wait=options.wait) as writer, sigterm_interrupts():
+        weights = factor_weights(loaded)
+        unembedding_all = options.unembedding == "all"
+        model_id = register_model(writer, loaded, weights, unembedding_all)
+        known_tokens = writer.known_tokens(model_id)
+        layernorm = loaded.model.config.norm == "layernorm"
         run_id = writer.start_run(
             model_id=model_id,
             objective="pending",
@@ -394,6 +389,7 @@ def ingest(
             software_version=software_version(),
             device=str(device),
             dtype="float32",
+            precision=options.precision,
         )
         report = IngestReport(run_id, model_id)
         committed = set() if options.force else writer.committed_keys(model_id)
@@ -446,10 +442,24 @@ def ingest(
                         for captured in run_splitting(items, attempt, give_up):
                             if options.backward:
                                 kinds.add(captured.items[0].kind)
+                            new_tokens = {
+                                i for p in captured.items for i in (p.target_id, p.distractor_id) if i is not None
+                            } - known_tokens
+                            known_tokens |= new_tokens
+                            captured.model_rows = token_rows(weights, new_tokens, layernorm, not unembedding_all)
                             while len(pending) >= 2:
                                 report.write_seconds += pending.popleft().result()
                             batch_future = pool.submit(
-                                _write, writer, captured, run_id, model_id, loaded, spec, report, halted
+                                _write,
+                                writer,
+                                captured,
+                                run_id,
+                                model_id,
+                                loaded,
+                                spec,
+                                report,
+                                halted,
+                                options.precision == "bfloat16",
                             )
                             pending.append(batch_future)
                             report.stored += len(captured.items)
@@ -476,7 +486,7 @@ def ingest(
 
 
 def _finish(
-    writer: DuckDBWriter, run_id: int, status: str, report: IngestReport, message: str | None, objective: str
+    writer: LakeWriter, run_id: int, status: str, report: IngestReport, message: str | None, objective: str
 ) -> None:
     """Record how the run ended. If that fails too (a full disk, a dead file) while another error is on
     its way out, that error is the one to report: the run stays 'running' and the next writer marks it
@@ -489,7 +499,7 @@ def _finish(
 
 
 def _write(
-    writer: DuckDBWriter,
+    writer: LakeWriter,
     captured: Captured,
     run_id: int,
     model_id: int,
@@ -497,18 +507,28 @@ def _write(
     spec: CaptureSpec,
     report: IngestReport,
     halted: threading.Event,
+    bfloat16: bool,
 ) -> float:
     """Convert and commit one batch on the writer thread. Once anything fails (a commit, the model pass,
     Ctrl-C), batches still queued are dropped rather than committed out of order; a rerun stores them."""
     if halted.is_set():
         return 0.0
     try:
-        batch = to_batch(captured, run_id, model_id, loaded, spec.logits_top_k)
-        seconds = writer.append(batch)
+        batch = to_batch(captured, run_id, model_id, loaded, spec.logits_top_k, bfloat16)
+        rows = 0
+
+        def counted(stream: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            nonlocal rows
+            for record_batch in stream:
+                rows += record_batch.num_rows
+                yield record_batch
+
+        batch.facts = counted(batch.facts)
+        seconds = writer.append(batch, run_id)
     except BaseException:
         halted.set()
         raise
-    report.rows += batch.n_rows
+    report.rows += rows
     return seconds
 
 

@@ -48,13 +48,6 @@ NODE_TABLE: dict[str, dict[str, str]] = {
         "act_times_grad": "unflattened_attn_act_times_grad",
     },
 }
-# Act-times-grad dsts that can be recomputed from a raw location stored in both passes, so the
-# attribution questions still answer on a file without the derived views.
-ACT_TIMES_GRAD_FALLBACK = {
-    "mlp_act_times_grad": "mlp_post_act",
-    "unflattened_attn_act_times_grad": "attn_qk_probs",
-    "token_attribution": "resid_post_emb",
-}
 # Per-token attribution strip: column name -> the dst summed per (query) token.
 TOKEN_ATTRIBUTION = {
     "embedding": "token_attribution",
@@ -241,29 +234,12 @@ class Warehouse:
     def _source(
         self, con: duckdb.DuckDBPyConnection, dst: str, pass_type: str = "forward", prompt_id: int | None = None
     ) -> _Source:
-        """Where the rows of `dst` come from: `scalars`, or the raw forward x backward product if absent."""
+        """Where the rows of `dst` come from: `activations` for a raw dst, else the dst's own view."""
         pass_type = _pass_type(pass_type)
         scope = " AND prompt_id = ?" if prompt_id is not None else ""
         scope_params = [prompt_id] if prompt_id is not None else []
         columns = "prompt_id, token, token2, layer, head, node_type::VARCHAR AS node_type, node_index, value"
-        try:
-            self._check_dst(con, dst)
-        except DstNotAvailable:
-            raw = ACT_TIMES_GRAD_FALLBACK.get(dst)
-            if raw is None or pass_type != "forward":
-                raise
-            f_scope = scope.replace("prompt_id", "f.prompt_id")
-            sql = (
-                "SELECT f.prompt_id, f.token, f.token2, f.layer, f.head, f.node_type::VARCHAR AS node_type,"
-                " f.node_index, f.value * b.value AS value"
-                " FROM activations f JOIN activations b"
-                " ON b.prompt_id = f.prompt_id AND b.token = f.token AND b.token2 IS NOT DISTINCT FROM f.token2"
-                " AND b.layer IS NOT DISTINCT FROM f.layer AND b.head IS NOT DISTINCT FROM f.head"
-                " AND b.node_index = f.node_index"
-                " WHERE f.dst = ? AND f.pass_type = 'forward' AND b.dst = ? AND b.pass_type = 'backward'" + f_scope
-            )
-            note = f"{dst}: no derived view in this file; computed as {raw} forward x backward"
-            return _Source(sql, [raw, raw, *scope_params], note)
+        self._check_dst(con, dst)
         # The dst's own relation rather than `scalars` (its union): the same rows, without planning all
         # ~30 branches per query (80 ms against 2 ms measured). The view name is a checked dst name.
         relation = "activations" if dst in registry.LOCATION_BY_DST else f'"{dst}"'
@@ -674,7 +650,7 @@ class Warehouse:
             sql = (
                 "SELECT e.prompt_id, e.dst::VARCHAR AS dst, e.node_type::VARCHAR AS node_type, e.layer, e.token,"
                 " t1.text AS token_text, e.token2, t2.text AS token2_text, e.node_index, e.value"
-                " FROM direct_effects(?::INTEGER, distractor := ?::INTEGER) e"
+                " FROM direct_effects(?::INTEGER, ?::INTEGER) e"
                 " JOIN prompts p ON p.prompt_id = e.prompt_id AND p.model_id = ?"
                 " LEFT JOIN tokens t1 ON t1.prompt_id = e.prompt_id AND t1.position = e.token"
                 " LEFT JOIN tokens t2 ON t2.prompt_id = e.prompt_id AND t2.position = e.token2"

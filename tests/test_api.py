@@ -66,8 +66,8 @@ def build_hand_warehouse(path: Path) -> Path:
                 facts.append(_fact(p, t, k, 0, "attention_head", 0, "attn_qk_probs", "forward", 1.0 / (t + 1)))
                 facts.append(_fact(p, t, k, 0, "attention_head", 0, "attn_qk_probs", "backward", 1.0))
             for c, (fwd, bwd) in enumerate([(float(t), 1.0), (1.0, 1.0)]):  # e . grad e = t + 1
-                facts.append(_fact(p, t, None, None, "residual_stream_channel", c, "resid_post_emb", "forward", fwd))
-                facts.append(_fact(p, t, None, None, "residual_stream_channel", c, "resid_post_emb", "backward", bwd))
+                facts.append(_fact(p, t, None, None, "residual_stream_channel", c, "resid_post_embedding", "forward", fwd))
+                facts.append(_fact(p, t, None, None, "residual_stream_channel", c, "resid_post_embedding", "backward", bwd))
     con = db.connect(path)
     try:
         con.execute(
@@ -240,7 +240,7 @@ def test_top_nodes_by_one_dst_and_small_prompts(wh: Warehouse) -> None:
     assert table["activation"].to_pylist() == pytest.approx([1.0, 0.2])
     everything = wh.top_nodes(1, "mlp_post_act", k=100)  # top and bottom overlap: each node once
     assert everything.num_rows == 8
-    other = wh.top_nodes(0, "resid_post_emb", k=1)  # outside the node table: ranked on its own
+    other = wh.top_nodes(0, "resid_post_embedding", k=1)  # outside the node table: ranked on its own
     assert other["value"].to_pylist() == [4.0, 0.0]
     with pytest.raises(UnknownDst):
         wh.top_nodes(0, "activations")

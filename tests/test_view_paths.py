@@ -16,7 +16,7 @@ PROMPTS = [
 VIEWS = {
     "mlp_act_times_grad": "mlp_post_act",
     "unflattened_attn_act_times_grad": "attn_qk_probs",
-    "token_attribution": "resid_post_emb",
+    "token_attribution": "resid_post_embedding",
 }
 
 

@@ -210,7 +210,7 @@ def test_act_times_grad_from_residual_gradients(stored: Stored) -> None:
         vwg AS (
             SELECT wg.layer, wg.q, v.token AS k, wg.head, sum(v.value * wg.value) AS value
             FROM wg JOIN m ON true
-            JOIN activations v ON v.prompt_id = ? AND v.dst = 'attn_v' AND v.pass_type = 'forward'
+            JOIN activations v ON v.prompt_id = ? AND v.dst = 'attn_value' AND v.pass_type = 'forward'
                  AND v.layer = wg.layer AND v.head = wg.head // (m.n_heads // m.n_kv_heads) AND v.node_index = wg.c
                  AND v.token <= wg.q
             GROUP BY ALL)

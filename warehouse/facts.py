@@ -1,7 +1,7 @@
-"""Long-format Arrow tables: the one place tensors become rows.
+"""Fact rows as Arrow: the one place tensors become rows.
 
 Index columns are built with repeat/tile over the tensor's axes (no Python loop per element), in the
-natural order of the tensor, which DuckDB compresses to almost nothing (RLE and bit-packing).
+natural order of the tensor, which Parquet stores in next to nothing (dictionary, RLE and delta encodings).
 """
 
 from __future__ import annotations
@@ -21,10 +21,21 @@ FACT_SCHEMA = pa.schema(
         ("node_type", _NAME),
         ("node_index", pa.int32()),
         ("dst", _NAME),
-        ("pass_type", _NAME),
-        ("value", pa.float32()),
+        ("forward", pa.float32()),
+        ("backward", pa.float32()),
     ]
 )
+
+
+def round_to_bfloat16(values: np.ndarray) -> np.ndarray:
+    """float32 values rounded to the nearest bfloat16 (ties to even), still float32: the low 16 bits of
+    each value become zero, which halves its Parquet size. NaN stays NaN; values past bfloat16's largest
+    finite round to infinity, as the format's own rounding does."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounded = ((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)).view(
+        np.float32
+    )
+    return np.where(np.isnan(values), values, rounded).astype(np.float32, copy=False)
 
 
 def constant_name(name: str, n: int) -> pa.DictionaryArray:

@@ -80,10 +80,13 @@ class ActivationLocation:
     description: str
     has_layers: bool = True
     has_backward: bool = True
+    reference_dst: str | None = None
 
     @property
     def dst(self) -> str:
-        return self.name.replace(".", "_")
+        """The `dst` of this location's rows: the reference system's DerivedScalarType name (lower case)
+        where it names the location differently, else the location with its dots replaced."""
+        return self.reference_dst or self.name.replace(".", "_")
 
     @property
     def node_type(self) -> NodeType:
@@ -104,29 +107,49 @@ class ActivationLocation:
 
 _LOCATIONS = [
     ActivationLocation(
-        "resid.post_emb", (_T, D.RESIDUAL_STREAM_CHANNELS), "token plus position embedding", has_layers=False
+        "resid.post_emb",
+        (_T, D.RESIDUAL_STREAM_CHANNELS),
+        "token plus position embedding",
+        has_layers=False,
+        reference_dst="resid_post_embedding",
     ),
     ActivationLocation(
-        "attn_ln.scale", (_T, D.SINGLETON), "scale of the norm before attention: sqrt(var + eps) (LayerNorm) or rms"
+        "attn_ln.scale",
+        (_T, D.SINGLETON),
+        "scale of the norm before attention: sqrt(var + eps) (LayerNorm) or rms",
+        reference_dst="attn_input_layer_norm_scale",
     ),
     ActivationLocation(
-        "resid.post_mlp_ln", (_T, D.RESIDUAL_STREAM_CHANNELS), "normed residual read by this layer's attention"
+        "resid.post_mlp_ln",
+        (_T, D.RESIDUAL_STREAM_CHANNELS),
+        "normed residual read by this layer's attention",
+        reference_dst="resid_post_mlp_layer_norm",
     ),
     ActivationLocation(
-        "attn.q", (_T, D.ATTN_HEADS, D.QUERY_AND_KEY_CHANNELS), "query after rotary, scaled by d_head^-1/4"
+        "attn.q",
+        (_T, D.ATTN_HEADS, D.QUERY_AND_KEY_CHANNELS),
+        "query after rotary, scaled by d_head^-1/4",
+        reference_dst="attn_query",
     ),
     ActivationLocation(
         "attn.k",
         (_K, D.KV_HEADS, D.QUERY_AND_KEY_CHANNELS),
         "key after rotary, scaled by d_head^-1/4; head is the key/value head",
+        reference_dst="attn_key",
     ),
     ActivationLocation(
-        "attn.v", (_K, D.KV_HEADS, D.VALUE_CHANNELS), "value including its bias; head is the key/value head"
+        "attn.v",
+        (_K, D.KV_HEADS, D.VALUE_CHANNELS),
+        "value including its bias; head is the key/value head",
+        reference_dst="attn_value",
     ),
     ActivationLocation("attn.qk_logits", (_T, _K, D.ATTN_HEADS), "q . k before softmax, causal pairs only"),
     ActivationLocation("attn.qk_probs", (_T, _K, D.ATTN_HEADS), "attention probabilities, causal pairs only"),
     ActivationLocation(
-        "attn.v_out", (_T, D.ATTN_HEADS, D.VALUE_CHANNELS), "sum_k p v per head, before the output projection"
+        "attn.v_out",
+        (_T, D.ATTN_HEADS, D.VALUE_CHANNELS),
+        "sum_k p v per head, before the output projection",
+        reference_dst="attn_weighted_sum_of_values",
     ),
     ActivationLocation(
         "attn.v_write_norm",
@@ -144,16 +167,36 @@ _LOCATIONS = [
         "resid.delta_attn", (_T, D.RESIDUAL_STREAM_CHANNELS), "attention block output, output bias included"
     ),
     ActivationLocation("resid.post_attn", (_T, D.RESIDUAL_STREAM_CHANNELS), "residual after attention"),
-    ActivationLocation("mlp_ln.scale", (_T, D.SINGLETON), "scale of the norm before the MLP"),
     ActivationLocation(
-        "resid.post_attn_ln", (_T, D.RESIDUAL_STREAM_CHANNELS), "normed residual read by this layer's MLP"
+        "mlp_ln.scale",
+        (_T, D.SINGLETON),
+        "scale of the norm before the MLP",
+        reference_dst="mlp_input_layer_norm_scale",
+    ),
+    ActivationLocation(
+        "resid.post_attn_ln",
+        (_T, D.RESIDUAL_STREAM_CHANNELS),
+        "normed residual read by this layer's MLP",
+        reference_dst="resid_post_attn_layer_norm",
     ),
     ActivationLocation("mlp.pre_act", (_T, D.MLP_ACTS), "MLP pre-activation (the gate projection for gated MLPs)"),
     ActivationLocation("mlp.post_act", (_T, D.MLP_ACTS), "MLP activation: the input of the output projection"),
     ActivationLocation("resid.delta_mlp", (_T, D.RESIDUAL_STREAM_CHANNELS), "MLP block output, output bias included"),
     ActivationLocation("resid.post_mlp", (_T, D.RESIDUAL_STREAM_CHANNELS), "residual after the MLP"),
-    ActivationLocation("resid.ln_f.scale", (_T, D.SINGLETON), "scale of the final norm", has_layers=False),
-    ActivationLocation("resid.post_ln_f", (_T, D.RESIDUAL_STREAM_CHANNELS), "normed final residual", has_layers=False),
+    ActivationLocation(
+        "resid.ln_f.scale",
+        (_T, D.SINGLETON),
+        "scale of the final norm",
+        has_layers=False,
+        reference_dst="resid_final_layer_norm_scale",
+    ),
+    ActivationLocation(
+        "resid.post_ln_f",
+        (_T, D.RESIDUAL_STREAM_CHANNELS),
+        "normed final residual",
+        has_layers=False,
+        reference_dst="resid_post_final_layer_norm",
+    ),
     ActivationLocation(
         "logits",
         (_T, D.VOCAB_SIZE),

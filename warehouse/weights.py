@@ -13,7 +13,12 @@ from warehouse.registry import WEIGHTS
 _COLUMN_MAJOR = frozenset({"unembedding"})
 
 
-def weight_table(name: str, layer: int | None, array: np.ndarray) -> pa.Table:
+def weight_table(name: str, layer: int | None, array: np.ndarray, col_ids: np.ndarray | None = None) -> pa.Table:
+    """Rows (location, layer, head, row_index, col_index, value) of one weight tensor in standard layout.
+
+    `col_ids` stores a selection of the output axis: the array holds those columns only, in that order
+    (the unembedding columns of chosen tokens, say), and col_index takes their ids.
+    """
     spec = WEIGHTS[name]
     if array.ndim != len(spec.shape):
         raise ValueError(f"weight {name} has {array.ndim} axes, the registry says {len(spec.shape)}")
@@ -26,6 +31,8 @@ def weight_table(name: str, layer: int | None, array: np.ndarray) -> pa.Table:
     head, row, col = (
         (axes[0], axes[1], axes[2]) if len(axes) == 3 else (None, axes[0], axes[1] if len(axes) == 2 else None)
     )
+    if col_ids is not None and col is not None:
+        col = np.asarray(col_ids)[col]
     return pa.table(
         {
             "location": constant_name(name, n),

@@ -1,9 +1,10 @@
-"""The writer: appends batches of whole prompts atomically.
+"""The writer: appends batches of whole prompts to the lake atomically.
 
-One ingest at a time holds an advisory lock beside the file (released by the OS even on SIGKILL); the
-DuckDB file itself is opened only for the length of one commit, so readers can query committed prompts
-between batches. A batch's prompt records, tokens and activation rows go in one transaction: a reader,
-or a restart after a crash, sees all of a prompt or none of it.
+One ingest at a time holds an advisory lock beside the catalog (released by the OS even on SIGKILL). A
+batch's prompt records, tokens, fact rows and run progress commit in one DuckLake transaction: a reader,
+or a restart after a crash, sees all of a prompt or none of it. Fact rows stream from the worker as
+Arrow record batches into DuckDB's Parquet writer, so memory does not depend on how many rows a batch
+yields. Readers attach the lake read-only and keep querying committed snapshots meanwhile.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,18 +27,22 @@ import pyarrow as pa
 from warehouse import db
 from warehouse.facts import FACT_SCHEMA
 
+LOCK_FILE = "ingest.lock"
+# Tables holding per-model rows (a model_id column first): weights, vocabulary and weight-only factors.
+MODEL_TABLES = ("weights", "vocab", "mlp_out_norms", "direction_factors")
+
 
 @dataclass
 class Batch:
-    """Whole prompts ready to commit: Arrow tables in the shapes of `prompts`, `tokens`, `activations`."""
+    """Whole prompts ready to commit: `prompts` and `tokens` as Arrow tables in their tables' shapes, the
+    fact rows as a stream of record batches in FACT_SCHEMA (consumed once, by the commit), and rows the
+    batch adds to model-level tables (MODEL_TABLES; the factors of a new target token, say), each
+    without its model_id column."""
 
     prompts: pa.Table
     tokens: pa.Table
-    activations: list[pa.Table] = field(default_factory=list)
-
-    @property
-    def n_rows(self) -> int:
-        return sum(t.num_rows for t in self.activations)
+    facts: Iterable[pa.RecordBatch]
+    model_rows: list[tuple[str, pa.Table]] = field(default_factory=list)
 
 
 class IngestLocked(db.WarehouseError):
@@ -45,7 +50,7 @@ class IngestLocked(db.WarehouseError):
 
 
 class DiskFull(db.WarehouseError):
-    """The disk filled during a write: DuckDB rolled the batch back, so rerunning resumes cleanly."""
+    """The disk filled during a write: the transaction was rolled back, so rerunning resumes cleanly."""
 
 
 def _is_disk_full(exc: BaseException) -> bool:
@@ -54,32 +59,39 @@ def _is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, duckdb.Error) and any(p in str(exc) for p in ("No space left on device", "disk is full"))
 
 
-class DuckDBWriter:
-    """The single-file implementation of the writer interface (append whole prompts; say what is committed)."""
+class LakeWriter:
+    """The DuckLake implementation of the writer interface (append whole prompts; say what is committed)."""
 
-    def __init__(self, path: str | Path, wait: bool = False, wait_s: float = db.DEFAULT_WAIT_S) -> None:
+    def __init__(self, path: str | Path, wait: bool = False) -> None:
         self.path = Path(path)
-        self.wait_s = wait_s
-        self._lock_file = self._acquire_ingest_lock(wait)
+        config = db.config_for(self.path)
+        if not config.root.parent.is_dir():
+            raise db.WarehouseError(f"{config.root.parent} is not a directory: create it or pass another --db path")
+        if config.root.exists() and not config.root.is_dir():
+            raise db.WarehouseError(f"{self.path} is not a folder: pass another --db path")
+        config.root.mkdir(exist_ok=True)
+        self._lock_file: Any = self._acquire_ingest_lock(config.root / LOCK_FILE, wait)
+        self.con: duckdb.DuckDBPyConnection | None = None
         try:
-            self._mark_interrupted()
+            with self._translate_disk_full():
+                self.con = db.connect(self.path)
+                self._recover()
         except BaseException:
             self.close()
             raise
 
-    def _mark_interrupted(self) -> None:
-        """Runs left 'running' belong to a process that died (we hold the lock, so none is alive)."""
-        with self.connection() as con:
-            con.execute(
-                "UPDATE runs SET status = 'interrupted', message = 'the ingest process stopped before finishing',"
-                " n_prompts = (SELECT count(*) FROM prompts WHERE prompts.run_id = runs.run_id)"
-                " WHERE status = 'running'"
-            )
+    def _recover(self) -> None:
+        """Runs left 'running' belong to a process that died (we hold the lock, so none is alive); the
+        Parquet files its uncommitted transaction wrote are orphans, removed with DuckLake's own cleanup."""
+        con = self._con
+        con.execute(
+            "UPDATE runs SET status = 'interrupted', message = 'the ingest process stopped before finishing',"
+            " n_prompts = (SELECT count(*) FROM prompts WHERE prompts.run_id = runs.run_id)"
+            " WHERE status = 'running'"
+        )
+        con.execute("CALL ducklake_delete_orphaned_files(current_database(), cleanup_all => true)")
 
-    def _acquire_ingest_lock(self, wait: bool) -> Any:
-        if not self.path.parent.is_dir():
-            raise db.WarehouseError(f"{self.path.parent} is not a directory: create it or pass another --db path")
-        lock_path = self.path.with_name(self.path.name + ".ingest.lock")
+    def _acquire_ingest_lock(self, lock_path: Path, wait: bool) -> Any:
         handle = open(lock_path, "a+")  # noqa: SIM115 - held for the whole ingest
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -97,27 +109,31 @@ class DuckDBWriter:
         handle.flush()
         return handle
 
+    @property
+    def _con(self) -> duckdb.DuckDBPyConnection:
+        if self.con is None:
+            raise db.WarehouseError(f"the writer of {self.path} is closed")
+        return self.con
+
     def close(self) -> None:
+        if self.con is not None:
+            self.con.close()
+            self.con = None
         if self._lock_file is not None:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()
             self._lock_file = None
 
-    def __enter__(self) -> DuckDBWriter:
+    def __enter__(self) -> LakeWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     @contextmanager
-    def connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """The file, open for one unit of work; a full disk becomes DiskFull wherever DuckDB notices it."""
+    def _translate_disk_full(self) -> Iterator[None]:
         try:
-            con = db.connect(self.path, wait_s=self.wait_s)
-            try:
-                yield con
-            finally:
-                con.close()
+            yield
         except (duckdb.Error, OSError) as exc:
             if _is_disk_full(exc):
                 raise DiskFull(
@@ -126,51 +142,61 @@ class DuckDBWriter:
                 ) from None
             raise
 
-    def next_id(self, table: str, column: str) -> int:
-        with self.connection() as con:
-            return _next_id(con, table, column)
-
-    def committed_keys(self, model_id: int) -> set[str]:
-        with self.connection() as con:
-            rows = con.execute("SELECT prompt_key FROM prompts WHERE model_id = ?", [model_id]).fetchall()
-        return {r[0] for r in rows}
-
-    def register_model(
-        self, name: str, checkpoint_hash: str, fields: dict[str, Any], weights: Iterator[pa.Table], vocab: pa.Table
-    ) -> int:
-        """The model's id, storing its row, weight tables and vocabulary the first time it is seen."""
-        with self.connection() as con:
-            known = con.execute(
-                "SELECT model_id FROM models WHERE name = ? AND checkpoint_hash = ?", [name, checkpoint_hash]
-            ).fetchall()
-            if known:
-                return int(known[0][0])
-            model_id = _next_id(con, "models", "model_id")
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One atomic unit of work; rolled back on any error (a full disk becomes DiskFull)."""
+        con = self._con
+        with self._translate_disk_full():
             con.execute("BEGIN")
             try:
-                columns = ["model_id", "name", "checkpoint_hash", *fields]
-                marks = ", ".join("?" for _ in columns)
-                con.execute(
-                    f"INSERT INTO models ({', '.join(columns)}) VALUES ({marks})",
-                    [model_id, name, checkpoint_hash, *fields.values()],
-                )
-                for table in weights:
-                    con.register("weight_rows", table)
-                    con.execute("INSERT INTO weights BY NAME SELECT ? AS model_id, * FROM weight_rows", [model_id])
-                con.register("vocab_rows", vocab)
-                con.execute("INSERT INTO vocab SELECT ?, token_id, text FROM vocab_rows", [model_id])
-                db.materialize_factors(con)
+                yield con
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
+
+    def next_id(self, table: str, column: str) -> int:
+        return _next_id(self._con, table, column)
+
+    def committed_keys(self, model_id: int) -> set[str]:
+        rows = self._con.execute("SELECT prompt_key FROM prompts WHERE model_id = ?", [model_id]).fetchall()
+        return {r[0] for r in rows}
+
+    def register_model(
+        self, name: str, checkpoint_hash: str, fields: dict[str, Any], rows: dict[str, Iterable[pa.Table]]
+    ) -> int:
+        """The model's id, storing its row and its MODEL_TABLES rows (`rows`, by table, each table's rows
+        without model_id, streamed) the first time it is seen."""
+        known = self._con.execute(
+            "SELECT model_id FROM models WHERE name = ? AND checkpoint_hash = ?", [name, checkpoint_hash]
+        ).fetchall()
+        if known:
+            return int(known[0][0])
+        with self.transaction() as con:
+            model_id = _next_id(con, "models", "model_id")
+            columns = ["model_id", "name", "checkpoint_hash", *fields]
+            marks = ", ".join("?" for _ in columns)
+            con.execute(
+                f"INSERT INTO models ({', '.join(columns)}) VALUES ({marks})",
+                [model_id, name, checkpoint_hash, *fields.values()],
+            )
+            for table, parts in rows.items():
+                for part in parts:
+                    _insert_model_rows(con, table, model_id, part)
         return model_id
 
+    def known_tokens(self, model_id: int) -> set[int]:
+        """Tokens whose direction factors (and unembedding column) the lake already holds for the model."""
+        rows = self._con.execute(
+            "SELECT DISTINCT token_id FROM direction_factors WHERE model_id = ?", [model_id]
+        ).fetchall()
+        return {int(r[0]) for r in rows}
+
     def start_run(self, **fields: Any) -> int:
-        with self.connection() as con:
+        with self.transaction() as con:
             run_id = _next_id(con, "runs", "run_id")
-            columns = ["run_id", "started_at", "status", *fields]
-            values = [run_id, _now(), "running", *fields.values()]
+            columns = ["run_id", "started_at", "status", "n_prompts", *fields]
+            values = [run_id, _now(), "running", 0, *fields.values()]
             marks = ", ".join("?" for _ in columns)
             con.execute(f"INSERT INTO runs ({', '.join(columns)}) VALUES ({marks})", values)
         return run_id
@@ -178,7 +204,7 @@ class DuckDBWriter:
     def finish_run(
         self, run_id: int, status: str, skipped: list[dict[str, Any]], message: str | None, objective: str
     ) -> None:
-        with self.connection() as con:
+        with self.transaction() as con:
             con.execute(
                 "UPDATE runs SET status = ?, finished_at = ?, skipped = ?, message = ?, objective = ?,"
                 " n_prompts = (SELECT count(*) FROM prompts WHERE prompts.run_id = runs.run_id)"
@@ -186,26 +212,42 @@ class DuckDBWriter:
                 [status, _now(), json.dumps(skipped), message, objective, run_id],
             )
 
-    def append(self, batch: Batch) -> float:
-        """Commit one batch in one transaction; returns the seconds the file was held."""
+    def append(self, batch: Batch, run_id: int) -> float:
+        """Commit one batch and the run's progress in one transaction; returns the seconds it took."""
         start = time.perf_counter()
-        facts = pa.concat_tables([t.cast(FACT_SCHEMA) for t in batch.activations]) if batch.activations else None
-        with self.connection() as con:
-            con.execute("BEGIN")
-            try:
-                con.register("batch_prompts", batch.prompts)
-                con.execute("INSERT INTO prompts BY NAME SELECT * FROM batch_prompts")
-                con.register("batch_tokens", batch.tokens)
-                con.execute("INSERT INTO tokens BY NAME SELECT * FROM batch_tokens")
-                if facts is not None:
-                    con.register("batch_facts", facts)
-                    con.execute("INSERT INTO activations SELECT * FROM batch_facts")
-                db.materialize_factors(con)
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+        facts = pa.RecordBatchReader.from_batches(FACT_SCHEMA, iter(batch.facts))
+        with self.transaction() as con, _registered(con, batch_prompts=batch.prompts, batch_tokens=batch.tokens):
+            con.execute("INSERT INTO prompts BY NAME SELECT * FROM batch_prompts")
+            con.execute("INSERT INTO tokens BY NAME SELECT * FROM batch_tokens")
+            with _registered(con, batch_facts=facts):
+                con.execute("INSERT INTO facts SELECT * FROM batch_facts")
+            con.execute(
+                "UPDATE runs SET n_prompts = (SELECT count(*) FROM prompts WHERE prompts.run_id = ?) WHERE run_id = ?",
+                [run_id, run_id],
+            )
+            model_id = int(batch.prompts["model_id"][0].as_py()) if batch.prompts.num_rows else None
+            for table, part in batch.model_rows:
+                _insert_model_rows(con, table, model_id, part)
         return time.perf_counter() - start
+
+
+def _insert_model_rows(con: duckdb.DuckDBPyConnection, table: str, model_id: int | None, rows: pa.Table) -> None:
+    if table not in MODEL_TABLES:
+        raise ValueError(f"{table} is not a per-model table ({', '.join(MODEL_TABLES)})")
+    with _registered(con, model_rows=rows):
+        con.execute(f"INSERT INTO {table} BY NAME SELECT ? AS model_id, * FROM model_rows", [model_id])
+
+
+@contextmanager
+def _registered(con: duckdb.DuckDBPyConnection, **relations: Any) -> Iterator[None]:
+    """Arrow data visible to SQL under the given names for the length of the block."""
+    for name, data in relations.items():
+        con.register(name, data)
+    try:
+        yield
+    finally:
+        for name in relations:
+            con.unregister(name)
 
 
 def _now() -> datetime:

@@ -8,10 +8,10 @@ WITH stored AS (
     WHERE a.dst = 'resid_post_mlp' AND a.pass_type = 'backward' AND a.layer = m.n_layers - 1
 )
 SELECT prompt_id, token, token2, NULL::SMALLINT AS layer, head, node_type, node_index,
-       'final_residual_grad'::dst_name AS dst, 'backward'::pass_type_name AS pass_type, value
+       'final_residual_grad'::VARCHAR AS dst, 'backward'::VARCHAR AS pass_type, value
 FROM stored
 UNION ALL
-SELECT f.prompt_id, f.last_token, NULL, NULL, NULL, 'residual_stream_channel'::node_type_name, f.node_index,
-       'final_residual_grad'::dst_name, 'backward'::pass_type_name, (f.value / f.final_scale)::FLOAT
+SELECT f.prompt_id, f.last_token, NULL, NULL, NULL, 'residual_stream_channel'::VARCHAR, f.node_index,
+       'final_residual_grad'::VARCHAR, 'backward'::VARCHAR, (f.value / f.final_scale)::FLOAT
 FROM pair_join_factors(NULL, NULL, 'residual') f
 WHERE f.prompt_id NOT IN (SELECT prompt_id FROM stored)

@@ -4,7 +4,7 @@
 -- formula: logit[T,target] - logit[T,distractor]  (just the target's logit without a distractor)
 -- description: the backward objective of prompts with a target, recomputed from stored logits
 SELECT p.prompt_id, l.token, NULL::SMALLINT AS token2, NULL::SMALLINT AS layer, NULL::SMALLINT AS head,
-       'layer'::node_type_name AS node_type, 0 AS node_index, 'logit_diff'::dst_name AS dst, l.pass_type,
+       'layer'::VARCHAR AS node_type, 0 AS node_index, 'logit_diff'::VARCHAR AS dst, l.pass_type,
        sum(CASE WHEN l.node_index = p.target_id THEN l.value ELSE -l.value END)::FLOAT AS value
 FROM prompts p
 JOIN activations l

@@ -4,7 +4,7 @@
 -- formula: the objective the backward pass ran on (logit_diff with a target, else mean next-token cross-entropy)
 -- description: the objective value per prompt, as computed in torch at ingest
 SELECT prompt_id, (n_tokens - 1)::SMALLINT AS token, NULL::SMALLINT AS token2, NULL::SMALLINT AS layer,
-       NULL::SMALLINT AS head, 'layer'::node_type_name AS node_type, 0 AS node_index, 'loss'::dst_name AS dst,
-       'forward'::pass_type_name AS pass_type, objective::FLOAT AS value
+       NULL::SMALLINT AS head, 'layer'::VARCHAR AS node_type, 0 AS node_index, 'loss'::VARCHAR AS dst,
+       'forward'::VARCHAR AS pass_type, objective::FLOAT AS value
 FROM prompts
 WHERE objective IS NOT NULL

@@ -3,7 +3,7 @@
 -- needs: mlp.post_act forward; weights mlp.to_residual
 -- formula: a[l,t,i] * ||W_out[l][i,:]||  (signed)
 -- description: size of the neuron's write to the residual stream, signed by its activation
-SELECT a.prompt_id, a.token, a.token2, a.layer, a.head, a.node_type, a.node_index, 'mlp_write_norm'::dst_name AS dst,
+SELECT a.prompt_id, a.token, a.token2, a.layer, a.head, a.node_type, a.node_index, 'mlp_write_norm'::VARCHAR AS dst,
        a.pass_type, (a.value * n.value)::FLOAT AS value
 FROM activations a
 JOIN prompts p USING (prompt_id)

@@ -3,4 +3,4 @@
 -- needs: resid.post_emb forward
 -- formula: ||e[t,:]||
 -- description: size of the embedding (token plus position) at each token
-SELECT * FROM residual_norm('resid_post_emb', 'resid_post_embedding_norm')
+SELECT * FROM residual_norm('resid_post_embedding', 'resid_post_embedding_norm')

@@ -3,4 +3,4 @@
 -- needs: resid.post_emb forward; resid.ln_f.scale forward; a target; weights
 -- formula: e[T,:] . g[T]
 -- description: direct effect of the last token's embedding on the target-minus-distractor logit
-SELECT * FROM residual_direct_effects('resid_post_emb', 'resid_post_embedding_proj_to_final_residual_grad', NULL, NULL)
+SELECT * FROM residual_direct_effects('resid_post_embedding', 'resid_post_embedding_proj_to_final_residual_grad', NULL, NULL)

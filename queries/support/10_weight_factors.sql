@@ -1,13 +1,8 @@
--- Weight-only factors: computed once per model, and once per target or distractor token, by
--- warehouse/ at ingest into the tables mlp_out_norms and direction_factors (schema.sql). The macros are
--- also called directly for a token that was never ingested (see direct_effects in 30_direct_effects.sql).
-
--- ||W_out[l][i,:]|| per MLP neuron.
-CREATE OR REPLACE MACRO mlp_out_norms_for(m) AS TABLE
-SELECT model_id, layer, row_index AS node_index, sqrt(sum(value::DOUBLE * value))::FLOAT AS value
-FROM weights
-WHERE model_id = m AND location = 'mlp.to_residual'
-GROUP BY model_id, layer, row_index;
+-- Weight-only factors for a pair given at query time (direct_effects in 30_direct_effects.sql). The
+-- ingest computes the same factors from the model's tensors into the table direction_factors for each
+-- target and distractor it stores (ingest/factors.py); tests hold the two equal. The unembedding
+-- column of a token is stored when a prompt uses it as target or distractor (or for every token with
+-- `actwh ingest --unembedding all`): asking for another token is an error naming the fix.
 
 -- u_v = P(gain_f * W_U[:, v]) for every model: the final-residual gradient of logit v times the final
 -- norm's scale at the last token (that scale held constant). P subtracts the mean over channels for
@@ -22,6 +17,14 @@ WITH gu AS (
 SELECT gu.model_id, gu.channel,
        gu.value - CASE WHEN m.norm = 'layernorm' THEN avg(gu.value) OVER (PARTITION BY gu.model_id) ELSE 0 END AS value
 FROM gu JOIN models m USING (model_id);
+
+-- 0 when token v's unembedding column is stored (or v is NULL); otherwise an error naming the fix.
+CREATE OR REPLACE MACRO unembedding_stored(v) AS TABLE
+SELECT CASE WHEN v IS NOT NULL AND count(*) = 0
+            THEN error('token ' || v || ' has no unembedding column in this warehouse: ingest a prompt with it '
+                       || 'as --target or --distractor, or ingest with --unembedding all')
+            ELSE 0 END AS missing
+FROM weights WHERE location = 'unembedding' AND col_index = v;
 
 -- Every weight-side dot product with u_v that a direct effect needs (kinds: see direction_factors).
 CREATE OR REPLACE MACRO direction_factors_for(v) AS TABLE

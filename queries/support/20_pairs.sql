@@ -9,7 +9,7 @@ SELECT p.prompt_id, p.model_id, s.token AS last_token,
        s.value::DOUBLE AS final_scale
 FROM prompts p
 JOIN activations s
-  ON s.prompt_id = p.prompt_id AND s.dst = 'resid_ln_f_scale' AND s.pass_type = 'forward' AND s.token = p.n_tokens - 1
+  ON s.prompt_id = p.prompt_id AND s.dst = 'resid_final_layer_norm_scale' AND s.pass_type = 'forward' AND s.token = p.n_tokens - 1
 WHERE (CASE WHEN t IS NULL THEN p.target_id ELSE t END) IS NOT NULL;
 
 -- factors(target) - factors(distractor), once per distinct (model, target, distractor).

@@ -14,7 +14,7 @@ JOIN pair_factors(t, d) f
 -- token only), then the pair's factors on one packed key (see keyed_pair_factors).
 CREATE OR REPLACE MACRO mlp_direct_effects(t, d) AS TABLE
 SELECT a.prompt_id, a.token, a.token2, a.layer, a.head, a.node_type, a.node_index,
-       'mlp_write_to_final_residual_grad'::dst_name AS dst, a.pass_type, (a.value * f.value / p.final_scale)::FLOAT AS value
+       'mlp_write_to_final_residual_grad'::VARCHAR AS dst, a.pass_type, (a.value * f.value / p.final_scale)::FLOAT AS value
 FROM activations a
 JOIN prompt_pair_ids(t, d) p ON p.prompt_id = a.prompt_id AND p.last_token = a.token
 JOIN keyed_pair_factors(t, d, 'mlp') f ON f.k = (p.pair_id << 40) | (a.layer::BIGINT << 24) | a.node_index
@@ -35,11 +35,11 @@ value_dot AS (
     FROM activations v
     JOIN p ON p.prompt_id = v.prompt_id
     JOIN f ON f.k = (p.pair_id << 40) | (v.layer::BIGINT << 24) | (v.head::BIGINT << 12) | v.node_index
-    WHERE v.dst = 'attn_v' AND v.pass_type = 'forward'
+    WHERE v.dst = 'attn_value' AND v.pass_type = 'forward'
     GROUP BY v.prompt_id, v.layer, v.token, f.head
 )
 SELECT a.prompt_id, a.token, a.token2, a.layer, a.head, a.node_type, a.node_index,
-       'unflattened_attn_write_to_final_residual_grad'::dst_name AS dst, a.pass_type, (a.value * vd.value)::FLOAT AS value
+       'unflattened_attn_write_to_final_residual_grad'::VARCHAR AS dst, a.pass_type, (a.value * vd.value)::FLOAT AS value
 FROM activations a
 JOIN p ON p.prompt_id = a.prompt_id AND p.last_token = a.token
 JOIN value_dot vd ON vd.prompt_id = a.prompt_id AND vd.layer = a.layer AND vd.key_token = a.token2 AND vd.head = a.node_index
@@ -47,8 +47,8 @@ WHERE a.dst = 'attn_qk_probs' AND a.pass_type = 'forward';
 
 -- x[l,T,:] . g[T] for a stored residual-stream vector (source dst); one row per layer
 CREATE OR REPLACE MACRO residual_direct_effects(source, out_dst, t, d) AS TABLE
-SELECT a.prompt_id, a.token, NULL::SMALLINT AS token2, a.layer, NULL::SMALLINT AS head, 'layer'::node_type_name AS node_type,
-       0 AS node_index, out_dst::dst_name AS dst, a.pass_type, (sum(a.value * f.value) / any_value(f.final_scale))::FLOAT AS value
+SELECT a.prompt_id, a.token, NULL::SMALLINT AS token2, a.layer, NULL::SMALLINT AS head, 'layer'::VARCHAR AS node_type,
+       0 AS node_index, out_dst::VARCHAR AS dst, a.pass_type, (sum(a.value * f.value) / any_value(f.final_scale))::FLOAT AS value
 FROM pair_join_factors(t, d, 'residual') f
 JOIN activations a ON a.prompt_id = f.prompt_id AND a.token = f.last_token AND a.node_index = f.node_index
 WHERE a.dst = source AND a.pass_type = 'forward'
@@ -56,8 +56,12 @@ GROUP BY a.prompt_id, a.token, a.layer, a.pass_type, out_dst;
 
 -- Every node's direct effect for the pair (target, distractor) -- token ids of the prompts' model --
 -- whether or not that pair was ever ingested: MLP neurons, attention nodes and the embedding.
-CREATE OR REPLACE MACRO direct_effects(target, distractor := NULL) AS TABLE
+CREATE OR REPLACE MACRO direct_effects(target, distractor) AS TABLE
 SELECT * FROM mlp_direct_effects(target, distractor)
 UNION ALL SELECT * FROM attn_direct_effects(target, distractor)
-UNION ALL SELECT * FROM residual_direct_effects('resid_post_emb', 'resid_post_embedding_proj_to_final_residual_grad',
-                                                 target, distractor);
+UNION ALL SELECT * FROM residual_direct_effects('resid_post_embedding', 'resid_post_embedding_proj_to_final_residual_grad',
+                                                 target, distractor)
+-- No rows: raises the error for a token whose unembedding column is not stored (a silent empty answer otherwise).
+UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM (SELECT missing FROM unembedding_stored(target) UNION ALL SELECT missing FROM unembedding_stored(distractor))
+WHERE missing <> 0;

@@ -1,0 +1,82 @@
+"""What a model adds to the lake besides activations: its record, the weights the views read, its
+vocabulary, and the weight-only factors of each target and distractor token it is asked about."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from ingest.checkpoints import LoadedModel
+from ingest.factors import FACTOR_WEIGHTS, VIEW_WEIGHTS, Weights, direction_factors, mlp_out_norms
+from warehouse.weights import weight_table
+from warehouse.writer import LakeWriter
+
+
+def token_text(loaded: LoadedModel, token_id: int) -> str:
+    return loaded.tokenizer.decode_single_token_bytes(token_id).decode("utf-8", errors="replace")
+
+
+def vocab_table(loaded: LoadedModel) -> pa.Table:
+    ids, texts = [], []
+    for i in range(loaded.model.config.vocab_size):
+        try:
+            texts.append(token_text(loaded, i))
+        except KeyError:
+            continue
+        ids.append(i)
+    return pa.table({"token_id": pa.array(ids, pa.int32()), "text": pa.array(texts, pa.string())})
+
+
+def factor_weights(loaded: LoadedModel) -> Weights:
+    """The tensors the factors are computed from, by (location, layer), on the model's device."""
+    return {(name, layer): t.detach() for name, layer, t in loaded.model.stored_weights(FACTOR_WEIGHTS)}
+
+
+def _view_weight_tables(loaded: LoadedModel, unembedding_all: bool) -> Iterator[pa.Table]:
+    names = (*VIEW_WEIGHTS, "unembedding") if unembedding_all else VIEW_WEIGHTS
+    tensors = sorted(loaded.model.stored_weights(names), key=lambda item: names.index(item[0]))
+    for name, layer, t in tensors:
+        yield weight_table(name, layer, t.detach().cpu().numpy())
+
+
+def register_model(writer: LakeWriter, loaded: LoadedModel, weights: Weights, unembedding_all: bool) -> int:
+    """The model's id in the lake, storing its record, view weights, vocabulary and neuron write norms
+    the first time this checkpoint is seen."""
+    cfg = loaded.model.config
+    fields = {
+        "family": cfg.family,
+        "n_layers": cfg.n_layers,
+        "d_model": cfg.d_model,
+        "n_heads": cfg.n_heads,
+        "n_kv_heads": cfg.n_kv_heads,
+        "d_head": cfg.d_head,
+        "d_mlp": cfg.d_mlp,
+        "vocab_size": cfg.vocab_size,
+        "n_ctx": cfg.n_ctx,
+        "norm": cfg.norm,
+        "config": json.dumps(cfg.as_dict()),
+    }
+    rows: dict[str, Iterable[pa.Table]] = {
+        "weights": _view_weight_tables(loaded, unembedding_all),
+        "vocab": [vocab_table(loaded)],
+        "mlp_out_norms": [mlp_out_norms(weights)],
+    }
+    return writer.register_model(loaded.name, loaded.checkpoint_hash, fields, rows)
+
+
+def token_rows(
+    weights: Weights, token_ids: Iterable[int], layernorm: bool, unembedding: bool
+) -> list[tuple[str, pa.Table]]:
+    """Rows new target or distractor tokens add: their direction factors, and their unembedding
+    columns (`unembedding` False when the lake already holds every column)."""
+    ids = sorted(set(token_ids))
+    if not ids:
+        return []
+    rows = [("direction_factors", direction_factors(weights, v, layernorm)) for v in ids]
+    if unembedding:
+        columns = weights[("unembedding", None)][:, ids].cpu().numpy()
+        rows.append(("weights", weight_table("unembedding", None, columns, col_ids=np.asarray(ids))))
+    return rows

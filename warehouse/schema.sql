@@ -1,0 +1,140 @@
+-- The warehouse contract: the tables of the lake and its core view. Applied by warehouse/ when a new
+-- warehouse is created; read it to learn the schema.
+--
+-- The warehouse is a DuckLake (a catalog database plus Parquet data files). DuckLake has no ENUM types
+-- and no key constraints: name columns are VARCHAR (Parquet dictionary-encodes them, so a name costs
+-- next to nothing per row), and ids are unique because one writer assigns them.
+
+CREATE TABLE IF NOT EXISTS meta (
+    key VARCHAR NOT NULL,
+    value VARCHAR NOT NULL
+);
+
+-- One row per checkpoint: shapes, and a hash of the weights so the same name can never mean two models.
+CREATE TABLE IF NOT EXISTS models (
+    model_id INTEGER NOT NULL,
+    name VARCHAR NOT NULL,
+    family VARCHAR NOT NULL,          -- 'gpt2' or 'llama'
+    checkpoint_hash VARCHAR NOT NULL,
+    n_layers INTEGER NOT NULL,
+    d_model INTEGER NOT NULL,
+    n_heads INTEGER NOT NULL,
+    n_kv_heads INTEGER NOT NULL,
+    d_head INTEGER NOT NULL,
+    d_mlp INTEGER NOT NULL,
+    vocab_size INTEGER NOT NULL,
+    n_ctx INTEGER NOT NULL,
+    norm VARCHAR NOT NULL,            -- 'layernorm' (mean removed) or 'rmsnorm'
+    config JSON
+);
+
+-- Provenance of one ingest command.
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER NOT NULL,
+    model_id INTEGER NOT NULL,
+    objective VARCHAR NOT NULL,       -- 'logit_diff' (target given) or 'next_token_ce'
+    locations VARCHAR[] NOT NULL,     -- 'location:pass' pairs stored
+    layers INTEGER[],                 -- NULL: every layer
+    software_version VARCHAR NOT NULL,
+    device VARCHAR NOT NULL,
+    dtype VARCHAR NOT NULL,           -- the model pass's dtype
+    precision VARCHAR NOT NULL,       -- stored values: 'float32', or 'bfloat16' (rounded, kept in FLOAT)
+    started_at TIMESTAMP NOT NULL,
+    finished_at TIMESTAMP,
+    status VARCHAR NOT NULL,          -- running, completed, failed, interrupted
+    n_prompts INTEGER NOT NULL,
+    skipped JSON,                     -- [{line, reason}] for prompts not stored
+    message VARCHAR
+);
+
+CREATE TABLE IF NOT EXISTS prompts (
+    prompt_id INTEGER NOT NULL,
+    run_id INTEGER NOT NULL,
+    model_id INTEGER NOT NULL,
+    prompt_key VARCHAR NOT NULL,      -- hash of model, text, target, distractor and capture settings
+    text VARCHAR NOT NULL,
+    n_tokens INTEGER NOT NULL,
+    target VARCHAR,
+    distractor VARCHAR,
+    target_id INTEGER,
+    distractor_id INTEGER,
+    objective DOUBLE                  -- the backward objective's value (NULL without a backward pass)
+);
+
+CREATE TABLE IF NOT EXISTS tokens (
+    prompt_id INTEGER NOT NULL,
+    position SMALLINT NOT NULL,
+    token_id INTEGER NOT NULL,
+    text VARCHAR NOT NULL
+);
+
+-- The physical fact table: one row per captured element, both passes in it (NULL where a pass was not
+-- stored). token2 is the attended-to token of token-pair locations, head the head of per-head
+-- locations whose node is a channel (for locations whose node is the head, node_index holds it), layer
+-- is NULL for locations without one. Rows are written in (dst, layer, prompt, token, node) order, so
+-- Parquet's row-group statistics let a reader skip the dsts and layers it does not ask for.
+CREATE TABLE IF NOT EXISTS facts (
+    prompt_id INTEGER NOT NULL,
+    token SMALLINT NOT NULL,
+    token2 SMALLINT,
+    layer SMALLINT,
+    head SMALLINT,
+    node_type VARCHAR NOT NULL,
+    node_index INTEGER NOT NULL,
+    dst VARCHAR NOT NULL,
+    forward FLOAT,
+    backward FLOAT
+);
+
+-- The design card's long format: one row per stored scalar and pass. A filter on pass_type reaches the
+-- scan of one column, and views that pair passes read `facts` directly.
+CREATE OR REPLACE VIEW activations AS
+SELECT prompt_id, token, token2, layer, head, node_type, node_index, dst, 'forward' AS pass_type, forward AS value
+FROM facts WHERE forward IS NOT NULL
+UNION ALL
+SELECT prompt_id, token, token2, layer, head, node_type, node_index, dst, 'backward' AS pass_type, backward AS value
+FROM facts WHERE backward IS NOT NULL;
+
+-- Weights the views read, in the registry's standard layout: head is the privileged axis of per-head
+-- matrices, row_index the input axis, col_index the output axis (NULL for vectors).
+CREATE TABLE IF NOT EXISTS weights (
+    model_id INTEGER NOT NULL,
+    location VARCHAR NOT NULL,
+    layer SMALLINT,
+    head SMALLINT,
+    row_index INTEGER NOT NULL,
+    col_index INTEGER,
+    value FLOAT NOT NULL
+);
+
+-- The decoded text of every vocabulary id, so SQL can show and look up tokens without the tokenizer.
+CREATE TABLE IF NOT EXISTS vocab (
+    model_id INTEGER NOT NULL,
+    token_id INTEGER NOT NULL,
+    text VARCHAR NOT NULL
+);
+
+-- Weight-only factors the derived views join against, computed once per model (and once per target or
+-- distractor token) by warehouse/ at ingest, from queries/support/10_weight_factors.sql.
+
+-- ||W_out[l][i,:]||: the write norm of MLP neuron i per unit activation.
+CREATE TABLE IF NOT EXISTS mlp_out_norms (
+    model_id INTEGER NOT NULL,
+    layer SMALLINT NOT NULL,
+    node_index INTEGER NOT NULL,
+    value FLOAT NOT NULL
+);
+
+-- For one vocabulary token v, with u = P(gain_f * W_U[:, v]) (P removes the mean for LayerNorm models):
+-- kind 'residual' holds u itself (node_index = channel), 'mlp' W_out[l][i,:] . u, 'attn' W_O[l][h][c,:] . u,
+-- 'attn_bias' b_O[l] . u and 'mlp_bias' b_out[l] . u. Divided by the final norm's scale at the last
+-- token they give every direct effect on the logit of v, for any prompt, without a backward pass.
+CREATE TABLE IF NOT EXISTS direction_factors (
+    model_id INTEGER NOT NULL,
+    token_id INTEGER NOT NULL,
+    kind VARCHAR NOT NULL,
+    layer SMALLINT,
+    head SMALLINT,
+    node_index INTEGER NOT NULL,
+    value DOUBLE NOT NULL
+);
