@@ -8,15 +8,17 @@ from pathlib import Path
 from ingest.prompts import PromptInput
 from ingest.worker import IngestOptions, ingest
 from warehouse import db
+from warehouse.registry import LOCATIONS
 
 PROMPTS = [
     PromptInput("The capital of France is", " Paris", " London"),
     PromptInput("The capital of Italy is", " Rome"),
 ]
+POST_ACT = LOCATIONS["mlp.post_act"].dst
 VIEWS = {
-    "mlp_act_times_grad": "mlp_post_act",
-    "unflattened_attn_act_times_grad": "attn_qk_probs",
-    "token_attribution": "resid_post_emb",
+    "mlp_act_times_grad": POST_ACT,
+    "unflattened_attn_act_times_grad": LOCATIONS["attn.qk_probs"].dst,
+    "token_attribution": LOCATIONS["resid.post_emb"].dst,
 }
 
 
@@ -80,7 +82,8 @@ def test_act_times_grad_pairs_passes_whose_rows_come_out_in_different_orders(tmp
         differ = con.execute(
             "SELECT count(*) FROM (SELECT list(node_index) FILTER (pass_type = 'forward') AS x,"
             " list(node_index) FILTER (pass_type = 'backward') AS dx FROM activations"
-            " WHERE dst = 'mlp_post_act' GROUP BY prompt_id, layer, token) WHERE x <> dx"
+            " WHERE dst = ? GROUP BY prompt_id, layer, token) WHERE x <> dx",
+            [POST_ACT],
         ).fetchall()
         assert differ[0][0] > 0  # the passes really do come out in different orders
         _check(con, 0)
@@ -91,8 +94,9 @@ def test_act_times_grad_leaves_out_a_token_whose_passes_hold_different_elements(
     ingest(path, PROMPTS[:1], IngestOptions(model="gpt2-tiny", progress=False))
     with db.connect(path) as con:
         con.execute(
-            "DELETE FROM activations WHERE dst = 'mlp_post_act' AND pass_type = 'backward'"
-            " AND layer = 1 AND token = 2 AND node_index = 7"
+            "DELETE FROM activations WHERE dst = ? AND pass_type = 'backward'"
+            " AND layer = 1 AND token = 2 AND node_index = 7",
+            [POST_ACT],
         )
         rows = con.execute("SELECT layer, token, count(*) FROM mlp_act_times_grad GROUP BY ALL ORDER BY ALL").fetchall()
     n_tokens = len({t for _, t, _ in rows})
