@@ -205,6 +205,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         (PARITY, VIEWS),
     ),
     Mutation(
+        "attn_norm_scale_stored_squared",
+        "the stored scale of the norm before attention is the variance, not its square root",
+        replace(MODEL, 'hook("attn_ln.scale", layer, scale)', 'hook("attn_ln.scale", layer, scale**2)'),
+        (PARITY, VIEWS),
+    ),
+    Mutation(
         "wait_ignored",
         "--wait fails like a plain ingest instead of queueing",
         replace(WORKER, "DuckDBWriter(db_path, wait=options.wait)", "DuckDBWriter(db_path, wait=False)"),

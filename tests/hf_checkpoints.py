@@ -65,7 +65,6 @@ def gpt2_checkpoint(path: Path, seed: int = 1) -> Checkpoint:
     model = transformers.GPT2LMHeadModel(cfg).eval()
     randomise(model, seed)
     model.save_pretrained(path)
-    model.set_attn_implementation("eager")  # attention probabilities are returned by the eager kernel only
     return Checkpoint(path, model)
 
 
@@ -96,7 +95,6 @@ def llama_checkpoint(path: Path, seed: int = 2) -> Checkpoint:
     config["rope_theta"] = config["rope_parameters"]["rope_theta"]
     (path / "config.json").write_text(json.dumps(config, indent=2))
     tokenizer.save(str(path / "tokenizer.json"))
-    model.set_attn_implementation("eager")
     return Checkpoint(path, model)
 
 

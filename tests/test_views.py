@@ -1,5 +1,6 @@
 """Every derived view equals, prompt by prompt, an oracle computed in transformers, and DERIVED_SCALARS.md's
-identities hold through the views.
+identities hold through the views; so do the raw values actwh computes rather than reads off a module (the
+norm scales the views divide by, and the attention logits).
 
 Two random-weight checkpoints built with transformers and ingested from their directories: a GPT-2 and a
 grouped-query Llama (4 query heads over 2 key/value heads, rope theta 500). One ingest stores prompts of
@@ -24,7 +25,7 @@ from ingest.worker import IngestOptions, ingest
 from queries import Warehouse
 from queries.catalog import dst_catalog
 from tests.hf_checkpoints import Checkpoint, gpt2_checkpoint, llama_checkpoint
-from tests.oracle_scalars import Key, expected_scalars
+from tests.oracle_scalars import Key, expected_raw, expected_scalars
 from warehouse.registry import LOCATIONS
 
 transformers = pytest.importorskip("transformers")
@@ -51,6 +52,8 @@ DIRECT_EFFECT_VIEWS = (
 # A logit difference can be far smaller than the logits it is taken from, whose errors it inherits: the
 # checkpoints' logits have unit spread, so these are measured against max(|value|, 1).
 LOGIT_SCALE_VIEWS = ("logit_diff", "loss")
+# Norm scales and attention logits: worst observed 1.1e-6 of the layer's largest |value|.
+RAW_REL = 1e-5
 # Relative to the largest |value| of the view for the prompt. float32 storage against a float64 oracle:
 # the worst observed is 7e-6 (act-times-grad); 1e-4 leaves headroom for other CPUs' kernels and is still
 # far below what a wrong weight, head or token gives (1e-2 and more).
@@ -182,6 +185,30 @@ def test_every_derived_view_matches_the_oracle_prompt_by_prompt(stored: Stored) 
     for view, types in node_types.items():
         assert types == {views[view]}, f"{view}: node types {types}, header says {views[view]}"
     print("\nworst relative error per view:", {k: f"{v:.1g}" for k, v in sorted(worst.items(), key=lambda kv: -kv[1])})
+
+
+def test_norm_scales_and_attention_logits_match_transformers(stored: Stored) -> None:
+    """The raw values actwh computes rather than reads off a module, which the views divide by or build
+    on: each norm's scale as the transformers norm applied it, and q.k times the model's scaling."""
+    names = ("attn_ln.scale", "mlp_ln.scale", "resid.ln_f.scale", "attn.qk_logits")
+    rows = {
+        name: _by_prompt(
+            stored.wh,
+            "SELECT prompt_id, token, token2, layer, head, node_index, value FROM activations"
+            " WHERE dst = ? AND pass_type = 'forward'",
+            [dst(name)],
+        )
+        for name in names
+    }
+    for prompt in stored.runs["full"]:
+        expected = expected_raw(stored.checkpoint.model, prompt.ids, prompt.target_id, prompt.distractor_id)
+        assert set(expected) == set(names)
+        for name in names:
+            # per layer: a layer's logits are far larger than another's in these checkpoints
+            for layer in {key[2] for key in expected[name]}:
+                want = {k: v for k, v in expected[name].items() if k[2] == layer}
+                got = {k: v for k, v in rows[name][prompt.prompt_id].items() if k[2] == layer}
+                _assert_close(got, want, f"{name} layer {layer}, prompt {prompt.text!r}", RAW_REL)
 
 
 def _targets(stored: Stored, kind: str) -> list[Prompt]:
