@@ -119,6 +119,15 @@ def stored(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             assert [p.text for p in prompts] == [p.text for p in PROMPTS]
         lengths = {len(p.ids) for p in runs["full"]}
         assert min(lengths) == 1 and max(lengths) >= 20 and len(lengths) >= 4, lengths
+        # attention far from uniform (where a wrong key or head would hardly show): past the fourth token
+        # a uniform head's largest probability is at most 1/4
+        sharpness = wh.sql(
+            "SELECT avg(p) FROM (SELECT max(value) AS p FROM activations WHERE dst = ? AND pass_type = 'forward'"
+            " AND token >= 4 GROUP BY prompt_id, layer, token, node_index)",
+            [dst("attn.qk_probs")],
+            output="rows",
+        )[0][0]
+        assert sharpness > 0.6, sharpness
         yield Stored(checkpoint, wh, runs)
 
 
