@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 DEMO_DB ?= demo.duckdb
 
-.PHONY: install demo test lint bench bench-views clean
+.PHONY: install demo test lint mutations bench bench-views clean
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# known bugs injected into a scratch copy, each must fail a test (TESTING.md); not part of `make test`
+mutations: install
+	$(PY) bench/mutations.py --markdown TESTING.md
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

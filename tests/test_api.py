@@ -66,8 +66,12 @@ def build_hand_warehouse(path: Path) -> Path:
                 facts.append(_fact(p, t, k, 0, "attention_head", 0, "attn_qk_probs", "forward", 1.0 / (t + 1)))
                 facts.append(_fact(p, t, k, 0, "attention_head", 0, "attn_qk_probs", "backward", 1.0))
             for c, (fwd, bwd) in enumerate([(float(t), 1.0), (1.0, 1.0)]):  # e . grad e = t + 1
-                facts.append(_fact(p, t, None, None, "residual_stream_channel", c, "resid_post_embedding", "forward", fwd))
-                facts.append(_fact(p, t, None, None, "residual_stream_channel", c, "resid_post_embedding", "backward", bwd))
+                facts.append(
+                    _fact(p, t, None, None, "residual_stream_channel", c, "resid_post_embedding", "forward", fwd)
+                )
+                facts.append(
+                    _fact(p, t, None, None, "residual_stream_channel", c, "resid_post_embedding", "backward", bwd)
+                )
     con = db.connect(path)
     try:
         con.execute(

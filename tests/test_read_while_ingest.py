@@ -32,16 +32,18 @@ READER = r"""
 import json, sys, time
 from queries import Warehouse
 from warehouse import db
+from warehouse.registry import LOCATIONS
 
 path, out, wait_s, pause = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
-CHECK = '''
+POST_ACT, PROBS = LOCATIONS["mlp.post_act"].dst, LOCATIONS["attn.qk_probs"].dst
+CHECK = f'''
 SELECT p.prompt_id, p.n_tokens,
        (SELECT count(*) FROM tokens t WHERE t.prompt_id = p.prompt_id) AS tokens,
-       (SELECT count(*) FROM activations a WHERE a.prompt_id = p.prompt_id AND a.dst = 'mlp_post_act'
+       (SELECT count(*) FROM activations a WHERE a.prompt_id = p.prompt_id AND a.dst = '{POST_ACT}'
           AND a.pass_type = 'forward') AS mlp_fwd,
-       (SELECT count(*) FROM activations a WHERE a.prompt_id = p.prompt_id AND a.dst = 'mlp_post_act'
+       (SELECT count(*) FROM activations a WHERE a.prompt_id = p.prompt_id AND a.dst = '{POST_ACT}'
           AND a.pass_type = 'backward') AS mlp_bwd,
-       (SELECT count(*) FROM activations a WHERE a.prompt_id = p.prompt_id AND a.dst = 'attn_qk_probs'
+       (SELECT count(*) FROM activations a WHERE a.prompt_id = p.prompt_id AND a.dst = '{PROBS}'
           AND a.pass_type = 'forward') AS attn_fwd,
        (SELECT count(*) FROM mlp_act_times_grad g WHERE g.prompt_id = p.prompt_id) AS atg
 FROM prompts p ORDER BY p.prompt_id

@@ -13,12 +13,13 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pytest
 
+from queries import Warehouse
 from warehouse import db
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,63 +76,41 @@ def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
-def wait_for_lock(db_path: Path, proc: subprocess.Popen[str], timeout: float = 60.0) -> bool:
-    """Until `proc` holds the ingest lock (it writes its pid into the lock file); False if it exited first."""
-    lock = db_path.with_name(db_path.name + ".ingest.lock")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            if lock.read_text().strip() == str(proc.pid):
-                return True
-        except FileNotFoundError:
-            pass
-        time.sleep(0.005)
-    raise AssertionError(f"ingest {proc.pid} never took the lock")
-
-
-def query(db_path: Path, sql: str) -> list[tuple]:
-    con = duckdb.connect(str(db_path), read_only=True)
-    try:
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
+def warehouse_rows(db_path: Path, sql: str) -> list[tuple]:
+    """Through the public API, which opens the file the way every actwh reader does (queued with a writer)."""
+    return Warehouse(db_path).sql(sql, output="rows")
 
 
 def facts(db_path: Path) -> pa.Table:
     """Every stored value keyed by prompt text (prompt ids depend on commit order, values must not)."""
-    con = duckdb.connect(str(db_path), read_only=True)
-    try:
-        return con.sql(
-            f"SELECT {FACT_ORDER}, a.value FROM activations a JOIN prompts p USING (prompt_id) ORDER BY {FACT_ORDER}"
-        ).to_arrow_table()
-    finally:
-        con.close()
+    return Warehouse(db_path).sql(
+        f"SELECT {FACT_ORDER}, a.value FROM activations a JOIN prompts p USING (prompt_id) ORDER BY {FACT_ORDER}"
+    )
 
 
 def tokens(db_path: Path) -> list[tuple]:
-    return query(
+    return warehouse_rows(
         db_path,
         "SELECT p.text, t.position, t.token_id, t.text FROM tokens t JOIN prompts p USING (prompt_id) ORDER BY ALL",
     )
 
 
+def runs(db_path: Path) -> list[tuple]:
+    return warehouse_rows(db_path, "SELECT status, message, n_prompts FROM runs ORDER BY run_id")
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, prompts_file: Path) -> tuple[Path, float]:
-    """An uninterrupted run, and how long it held the lock (to spread kill points over a run)."""
+def reference(tmp_path_factory: pytest.TempPathFactory, prompts_file: Path) -> Path:
+    """An uninterrupted run."""
     path = tmp_path_factory.mktemp("reference") / "reference.duckdb"
-    proc = start(path, prompts_file)
-    assert wait_for_lock(path, proc), proc.communicate()[1]
-    locked_at = time.monotonic()
-    code, out, err = finish(proc)
+    code, out, err = finish(start(path, prompts_file))
     assert code == 0, err
     assert f"stored {N_PROMPTS} prompts" in out
-    return path, time.monotonic() - locked_at
+    return path
 
 
 def assert_same_as_reference(db_path: Path, reference: Path) -> None:
-    texts = query(db_path, "SELECT text, count(*) FROM prompts GROUP BY text ORDER BY text")
+    texts = warehouse_rows(db_path, "SELECT text, count(*) FROM prompts GROUP BY text ORDER BY text")
     assert texts == sorted((t, 1) for t in prompt_lines()), "every prompt exactly once"
     assert tokens(db_path) == tokens(reference)
     got, want = facts(db_path), facts(reference)
@@ -140,41 +119,35 @@ def assert_same_as_reference(db_path: Path, reference: Path) -> None:
 
 
 def committed(db_path: Path) -> int:
-    """Prompts committed so far; a file killed before its schema committed holds none. Opened the way
-    actwh's readers open, queued with the writer, so a poll gets in between two commits of a fast run."""
+    """Prompts committed so far; a file killed before its schema committed holds none."""
     if not db_path.exists():
         return 0
     try:
-        con = db.connect(db_path, read_only=True)
+        return warehouse_rows(db_path, "SELECT count(*) FROM prompts")[0][0]
     except db.NotAWarehouse:
         return 0
-    try:
-        return con.execute("SELECT count(*) FROM prompts").fetchall()[0][0]
-    finally:
-        con.close()
 
 
 def wait_until_committed(db_path: Path, proc: subprocess.Popen[str], n: int) -> None:
-    """Poll between the writer's commits."""
+    """Poll between the writer's commits until n prompts are in; fails if the ingest exits or stalls first."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
-        try:
+        with suppress(db.WarehouseError):
             if committed(db_path) >= n:
                 return
-        except (duckdb.Error, db.WarehouseError):
-            pass
-        time.sleep(0.1)
+        time.sleep(0.02)
     if proc.poll() is None:
         raise AssertionError(f"ingest stalled before {n} prompts were committed")
+    raise AssertionError(f"ingest exited ({proc.returncode}) before {n} prompts were committed: {proc.communicate()}")
 
 
 def test_sigkill_at_random_points_then_resume_stores_each_prompt_once_with_identical_values(
-    tmp_path: Path, prompts_file: Path, reference: tuple[Path, float]
+    tmp_path: Path, prompts_file: Path, reference: Path
 ) -> None:
-    """Each kill waits for a random number of committed prompts (polled between commits), then a random
-    part of a batch, so kills land anywhere (registering the model, running a batch, mid-commit) at any
-    machine speed; repeated until two kills landed after their run committed some prompts but not all."""
-    reference_db, _ = reference
+    """Each kill waits for a random number of committed prompts (polled between commits) and then a random
+    part of a batch, or, for none, a random time after the start (importing, loading, registering the
+    model, the first batch), so kills land anywhere at any machine speed; repeated until two kills landed
+    after their run committed some prompts but not all."""
     seed = int(os.environ.get("ACTWH_KILL_SEED", random.randrange(2**32)))
     rng = random.Random(seed)
     files = (tmp_path / f"killed{i}.duckdb" for i in range(6))
@@ -184,10 +157,13 @@ def test_sigkill_at_random_points_then_resume_stores_each_prompt_once_with_ident
     while mid_run < 2 and len(outcomes) < 8:
         before = committed(path)
         proc = start(path, prompts_file)
-        if wait_for_lock(path, proc):
-            wait_until_committed(path, proc, rng.randint(before, max(before, N_PROMPTS - 6)))
+        wanted = rng.randint(before, max(before, N_PROMPTS - 6))
+        if wanted > before:
+            wait_until_committed(path, proc, wanted)
             time.sleep(rng.uniform(0.0, 0.2))
-            proc.send_signal(signal.SIGKILL)
+        else:
+            time.sleep(rng.uniform(0.5, 3.0))
+        proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
         after = committed(path)
         assert after >= before, f"seed {seed}: a kill lost committed prompts"
@@ -202,32 +178,16 @@ def test_sigkill_at_random_points_then_resume_stores_each_prompt_once_with_ident
     assert code == 0, f"seed {seed}: {err}"
     stored = re.search(r"stored (\d+) prompts", out)
     assert stored and f"{N_PROMPTS - int(stored[1])} already stored" in out, out
-    assert_same_as_reference(path, reference_db)
+    assert_same_as_reference(path, reference)
 
-    runs = query(path, "SELECT status, message, n_prompts FROM runs ORDER BY run_id")
-    statuses = [status for status, _, _ in runs]
-    assert statuses[-1] == "completed", f"seed {seed}: {runs}"
-    assert 1 <= statuses.count("interrupted") <= outcomes.count(-signal.SIGKILL), f"seed {seed}: {runs}"
-    assert set(statuses) == {"completed", "interrupted"}, f"seed {seed}: {runs}"
-    for status, message, _ in runs:
+    history = runs(path)
+    statuses = [status for status, _, _ in history]
+    assert statuses[-1] == "completed", f"seed {seed}: {history}"
+    assert 1 <= statuses.count("interrupted") <= outcomes.count(-signal.SIGKILL), f"seed {seed}: {history}"
+    assert set(statuses) == {"completed", "interrupted"}, f"seed {seed}: {history}"
+    for status, message, _ in history:
         assert status == "completed" or message == "the ingest process stopped before finishing"
-    assert sum(n for _, _, n in runs) == N_PROMPTS, f"seed {seed}: every prompt credited to the run that stored it"
-
-
-def interrupt_mid_run(tmp_path: Path, prompts: Path, n: int, signum: signal.Signals) -> tuple[Path, int, str]:
-    """Signal an ingest between its first commit and its last. Polling the file for commits starves
-    behind a fast writer, so the signal goes a growing delay after the ingest takes its lock, and an
-    attempt that stopped before the first commit or after the last is made again on a fresh file."""
-    for attempt, delay in enumerate((0.5, 1.0, 2.0, 4.0)):
-        path = tmp_path / f"stopped-{signum.name}-{attempt}.duckdb"
-        proc = start(path, prompts, "--no-backward")
-        if wait_for_lock(path, proc):
-            time.sleep(delay)
-            proc.send_signal(signum)
-        code, _, err = finish(proc)
-        if 0 < committed(path) < n:
-            return path, code, err
-    pytest.skip("no attempt stopped the ingest between its first and last commit")
+    assert sum(n for _, _, n in history) == N_PROMPTS, f"seed {seed}: every prompt credited to the run that stored it"
 
 
 @pytest.mark.parametrize(
@@ -237,24 +197,32 @@ def interrupt_mid_run(tmp_path: Path, prompts: Path, n: int, signum: signal.Sign
 def test_sigint_and_sigterm_mark_the_run_interrupted_and_resume(
     tmp_path: Path, signum: signal.Signals, message: str
 ) -> None:
-    """Ctrl-C and SIGTERM stop at once (batches still queued are dropped), exit 130 with one line, and
-    record the run as interrupted; the rerun stores the rest."""
-    n = 200
+    """The signal goes the moment the first batch is committed, into a run of 30 more batches: it lands
+    mid-run on any machine (a run that finished first fails the test). Ctrl-C and SIGTERM stop at once
+    (batches still queued are dropped), exit 130 with one line, and record the run as interrupted; the
+    rerun stores the rest."""
+    n = 64
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(prompt_lines(n)) + "\n")
-    path, code, err = interrupt_mid_run(tmp_path, prompts, n, signum)
-    assert code == 130, f"{signum!r}: {err}"
+    path = tmp_path / "stopped.duckdb"
+    proc = start(path, prompts, "--no-backward")
+    wait_until_committed(path, proc, 1)
+    proc.send_signal(signum)
+    code, _, err = finish(proc)
+    assert 0 < committed(path) < n, f"{signum!r}: the signal did not land mid-run ({committed(path)} of {n} stored)"
+    assert code == 130, f"{signum!r}: exit {code}, {err}"
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: interrupted"), f"{signum!r}: {err}"
     assert "rerun the same command to resume" in lines[0]
-    runs = query(path, "SELECT run_id, status, message, n_prompts FROM runs ORDER BY run_id")
-    assert runs[-1][1:3] == ("interrupted", message), f"{signum!r}: {runs}"
-    assert 0 < committed(path) < n, f"{signum!r}: {runs}"
+    history = runs(path)
+    kept = committed(path)
+    assert history[-1] == ("interrupted", message, kept), f"{signum!r}: {history}"
 
     code, out, err = finish(start(path, prompts, "--no-backward"))
     assert code == 0, err
-    assert query(path, "SELECT count(*), count(DISTINCT text) FROM prompts") == [(n, n)]
-    assert [r[0] for r in query(path, "SELECT status FROM runs ORDER BY run_id")] == ["interrupted", "completed"]
+    assert f"stored {n - kept} prompts" in out and f"{kept} already stored" in out, out
+    assert warehouse_rows(path, "SELECT count(*), count(DISTINCT text) FROM prompts") == [(n, n)]
+    assert [status for status, _, _ in runs(path)] == ["interrupted", "completed"]
 
 
 LOCKED = re.compile(
@@ -263,7 +231,7 @@ LOCKED = re.compile(
 
 
 def test_two_ingests_at_once_one_succeeds_the_other_fails_cleanly(
-    tmp_path: Path, prompts_file: Path, reference: tuple[Path, float]
+    tmp_path: Path, prompts_file: Path, reference: Path
 ) -> None:
     path = tmp_path / "shared.duckdb"
     first, second = start(path, prompts_file), start(path, prompts_file)
@@ -274,19 +242,51 @@ def test_two_ingests_at_once_one_succeeds_the_other_fails_cleanly(
     assert fail_code == 2 and fail_out == ""
     assert LOCKED.match(fail_err.strip()) and len(fail_err.strip().splitlines()) == 1, fail_err
 
-    assert_same_as_reference(path, reference[0])
-    assert query(path, "SELECT status FROM runs") == [("completed",)]
+    assert_same_as_reference(path, reference)
+    assert warehouse_rows(path, "SELECT status FROM runs") == [("completed",)]
 
 
-@pytest.mark.slow
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until_idle(proc: subprocess.Popen[str], window: float = 1.0, timeout: float = 60.0) -> None:
+    """Until `proc` has started up (spent CPU) and then spends none for `window` seconds: it is blocked."""
+    deadline = time.monotonic() + timeout
+    last = cpu_seconds(proc.pid)
+    while time.monotonic() < deadline:
+        time.sleep(window)
+        assert proc.poll() is None, f"the queued ingest exited ({proc.returncode}): {proc.communicate()}"
+        now = cpu_seconds(proc.pid)
+        if now > 0.5 and now - last < 0.05 * window:
+            return
+        last = now
+    raise AssertionError("the queued ingest never went idle")
+
+
 def test_wait_queues_behind_a_running_ingest(tmp_path: Path, prompts_file: Path) -> None:
+    """The first ingest is frozen (SIGSTOP) after its first commit, holding the warehouse mid-run; a second
+    with --wait starts, and goes idle instead of failing or writing. Resumed, the first completes, then the
+    second's run starts and commits its own prompts."""
     path = tmp_path / "queued.duckdb"
+    others = tmp_path / "others.txt"
+    others.write_text("\n".join(f"Queued prompt {i}" for i in range(4)) + "\n")
     first = start(path, prompts_file)
-    assert wait_for_lock(path, first)
-    second = start(path, prompts_file, "--wait")
+    wait_until_committed(path, first, 1)
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = start(path, others, "--wait")
+        wait_until_idle(second)
+    finally:
+        first.send_signal(signal.SIGCONT)
     (code1, out1, err1), (code2, out2, err2) = finish(first), finish(second)
     assert code1 == 0, err1
     assert code2 == 0, err2
     assert f"stored {N_PROMPTS} prompts" in out1
-    assert "stored 0 prompts" in out2 and f"{N_PROMPTS} already stored" in out2
-    assert query(path, "SELECT count(*), count(DISTINCT text) FROM prompts") == [(N_PROMPTS, N_PROMPTS)]
+    assert "stored 4 prompts" in out2
+    history = warehouse_rows(path, "SELECT status, n_prompts, started_at, finished_at FROM runs ORDER BY run_id")
+    assert [(status, n) for status, n, _, _ in history] == [("completed", N_PROMPTS), ("completed", 4)], history
+    assert history[1][2] >= history[0][3], "the queued run started before the first one finished"
+    assert warehouse_rows(path, "SELECT count(*), count(DISTINCT text) FROM prompts") == [(N_PROMPTS + 4,) * 2]

@@ -4,7 +4,8 @@ Every registry location is ingested forward and backward through the CLI, each (
 tensor is rebuilt from its rows by a numpy scatter over (token, token2, head, node_index), and compared
 bit for bit with a Recorder run in-process on the prompt alone. Batch size 8 with mixed lengths must
 store the same values as batch size 1: the model computes each prompt's attention on its own length
-and MKL runs in strict reproducibility mode (ingest/model.py), so no reduction sees the batch.
+and MKL runs in strict reproducibility mode (ingest/model.py), so no reduction sees the batch. Both with
+the built-in tiny GPT-2 and with a grouped-query Llama checkpoint (value heads fewer than query heads).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from cli import main
 from ingest.capture import LOGITS_TOP_K, CaptureSpec, Recorder
 from ingest.checkpoints import LoadedModel, load_model
 from ingest.objective import per_prompt_objective
+from tests.hf_checkpoints import llama_checkpoint
 from warehouse.registry import LOCATIONS, PassType
 
-MODEL = "gpt2-tiny"
 ALL_LOCATIONS = ",".join(LOCATIONS)
 # Two objectives, each a run of prompts of mixed lengths (1 to 20 tokens): the worker splits batches where
 # the objective changes, so the first eight share one padded batch at --batch-size 8.
@@ -38,19 +39,26 @@ PROMPTS = [
     {"prompt": "SELECT * FROM activations WHERE dst = 'mlp_post_act'"},
     {"prompt": "It was the best of times, it was the worst"},
     {"prompt": "The capital of France is", "target": " Paris", "distractor": " London"},
-    {"prompt": "x", "target": " y"},
+    {"prompt": "x", "target": " Rome"},
     {"prompt": "When Mary and John went to the store, John gave a drink to", "target": " Mary"},
-    {"prompt": "A", "target": " B", "distractor": " C"},
+    {"prompt": "A", "target": " Berlin", "distractor": " John"},
 ]
 KEYS = ["prompt_id", "token", "token2", "head", "node_index", "value"]
 
 
+@pytest.fixture(scope="module", params=["gpt2-tiny", "llama-gqa"])
+def model_name(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    if request.param == "gpt2-tiny":
+        return request.param
+    return str(llama_checkpoint(tmp_path_factory.mktemp("llama") / "checkpoint").path)
+
+
 @pytest.fixture(scope="module")
-def model() -> LoadedModel:
-    return load_model(MODEL)
+def model(model_name: str) -> LoadedModel:
+    return load_model(model_name)
 
 
-def _ingest(tmp: Path, name: str, batch_size: int) -> Path:
+def _ingest(tmp: Path, name: str, model: str, batch_size: int) -> Path:
     prompts = tmp / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
     db = tmp / f"{name}.duckdb"
@@ -61,7 +69,7 @@ def _ingest(tmp: Path, name: str, batch_size: int) -> Path:
             "--db",
             str(db),
             "--model",
-            MODEL,
+            model,
             "--prompts",
             str(prompts),
             "--locations",
@@ -76,9 +84,9 @@ def _ingest(tmp: Path, name: str, batch_size: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+def stores(tmp_path_factory: pytest.TempPathFactory, model_name: str) -> dict[int, Path]:
     tmp = tmp_path_factory.mktemp("roundtrip")
-    return {size: _ingest(tmp, f"batch{size}", size) for size in (1, 8)}
+    return {size: _ingest(tmp, f"batch{size}", model_name, size) for size in (1, 8)}
 
 
 def _expected(loaded: LoadedModel, spec: dict) -> tuple[dict, dict, np.ndarray]:

@@ -1,5 +1,5 @@
-"""The act-times-grad views pair each element's forward and backward rows exactly as a join on the element
-key does, and give nothing for a prompt stored without a backward pass."""
+"""The act-times-grad views pair each element's forward and backward values exactly as a join of the
+long-format rows on the element key does, and give nothing where a backward value is not stored."""
 
 from __future__ import annotations
 
@@ -8,15 +8,17 @@ from pathlib import Path
 from ingest.prompts import PromptInput
 from ingest.worker import IngestOptions, ingest
 from warehouse import db
+from warehouse.registry import LOCATIONS
 
 PROMPTS = [
     PromptInput("The capital of France is", " Paris", " London"),
     PromptInput("The capital of Italy is", " Rome"),
 ]
+POST_ACT = LOCATIONS["mlp.post_act"].dst
 VIEWS = {
-    "mlp_act_times_grad": "mlp_post_act",
-    "unflattened_attn_act_times_grad": "attn_qk_probs",
-    "token_attribution": "resid_post_embedding",
+    "mlp_act_times_grad": POST_ACT,
+    "unflattened_attn_act_times_grad": LOCATIONS["attn.qk_probs"].dst,
+    "token_attribution": LOCATIONS["resid.post_emb"].dst,
 }
 
 
@@ -55,7 +57,7 @@ def _check(con, prompt_id: int) -> None:  # noqa: ANN001
 
 
 def test_act_times_grad_pairs_passes_by_element_and_skips_forward_only_prompts(tmp_path: Path) -> None:
-    path = tmp_path / "paths.duckdb"
+    path = tmp_path / "paths"
     ingest(path, PROMPTS[:1], IngestOptions(model="gpt2-tiny", progress=False))
     ingest(path, PROMPTS[1:], IngestOptions(model="gpt2-tiny", progress=False, backward=False))
     with db.connect(path, read_only=True) as con:
@@ -64,38 +66,17 @@ def test_act_times_grad_pairs_passes_by_element_and_skips_forward_only_prompts(t
             assert con.execute(f"SELECT count(*) FROM {view} WHERE prompt_id = 1").fetchall() == [(0,)], view
 
 
-def test_act_times_grad_pairs_passes_whose_rows_come_out_in_different_orders(tmp_path: Path) -> None:
-    """Rows are gathered per token in scan order; backward rows stored in reverse order must still pair."""
-    path = tmp_path / "reordered.duckdb"
+def test_act_times_grad_leaves_out_an_element_whose_backward_is_not_stored(tmp_path: Path) -> None:
+    path = tmp_path / "partial"
     ingest(path, PROMPTS[:1], IngestOptions(model="gpt2-tiny", progress=False))
+    with db.connect(path, read_only=True) as con:
+        before = con.execute("SELECT count(*) FROM mlp_act_times_grad").fetchall()[0][0]
     with db.connect(path) as con:
-        con.execute("CREATE TEMP TABLE stored AS SELECT * FROM activations")
-        con.execute("DELETE FROM activations")
         con.execute(
-            "INSERT INTO activations SELECT * FROM stored ORDER BY pass_type, "
-            "CASE WHEN pass_type = 'backward' THEN -node_index ELSE node_index END, token2 DESC NULLS LAST"
+            "UPDATE facts SET backward = NULL WHERE dst = ? AND layer = 1 AND token = 2 AND node_index = 7", [POST_ACT]
         )
     with db.connect(path, read_only=True) as con:
-        con.execute("SET threads = 1")  # scan order = insertion order
-        differ = con.execute(
-            "SELECT count(*) FROM (SELECT list(node_index) FILTER (pass_type = 'forward') AS x,"
-            " list(node_index) FILTER (pass_type = 'backward') AS dx FROM activations"
-            " WHERE dst = 'mlp_post_act' GROUP BY prompt_id, layer, token) WHERE x <> dx"
-        ).fetchall()
-        assert differ[0][0] > 0  # the passes really do come out in different orders
+        rows = con.execute("SELECT count(*) FROM mlp_act_times_grad WHERE layer = 1 AND token = 2 AND node_index = 7")
+        assert rows.fetchall() == [(0,)]
+        assert con.execute("SELECT count(*) FROM mlp_act_times_grad").fetchall()[0][0] == before - 1
         _check(con, 0)
-
-
-def test_act_times_grad_leaves_out_a_token_whose_passes_hold_different_elements(tmp_path: Path) -> None:
-    path = tmp_path / "partial.duckdb"
-    ingest(path, PROMPTS[:1], IngestOptions(model="gpt2-tiny", progress=False))
-    with db.connect(path) as con:
-        con.execute(
-            "DELETE FROM activations WHERE dst = 'mlp_post_act' AND pass_type = 'backward'"
-            " AND layer = 1 AND token = 2 AND node_index = 7"
-        )
-        rows = con.execute("SELECT layer, token, count(*) FROM mlp_act_times_grad GROUP BY ALL ORDER BY ALL").fetchall()
-    n_tokens = len({t for _, t, _ in rows})
-    assert (1, 2) not in {(layer, t) for layer, t, _ in rows}
-    assert len(rows) == 2 * n_tokens - 1  # every other (layer, token), each whole
-    assert {n for *_, n in rows} == {128}
