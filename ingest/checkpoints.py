@@ -118,7 +118,7 @@ def llama_config(hf: dict) -> ModelConfig:
         vocab_size=hf["vocab_size"],
         n_ctx=hf["max_position_embeddings"],
         norm_eps=hf.get("rms_norm_eps", 1e-5),
-        rope_theta=float(hf.get("rope_theta", 10000.0)),
+        rope_theta=float(hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0)),
     )
 
 

@@ -26,6 +26,10 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 PARIS = 7042
 PROMPT = "The capital of France is"
+LONG_PROMPT = (
+    "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is Rome. "
+    "The capital of Spain is"
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -322,6 +326,18 @@ def test_logits_match_transformers(smol, our_model, hf_model) -> None:
     assert got.shape == want.shape == (1, ids.shape[1], 49152)
     assert (got - want).abs().max() <= 1e-4 * want.abs().max()
     assert int(want[0, -1].argmax()) == PARIS
+
+
+def test_hooked_model_matches_transformers_on_smollm2(smol, hf_model) -> None:
+    """Our hooked model, as the ingest loads it, against transformers' own reading of the same GGUF: every
+    location, layer and pass, a 26-token prompt batched with a 5-token one (rotary positions, grouped
+    key/value heads and rope_theta 100000 all show at this length)."""
+    from ingest.checkpoints import load_model
+    from tests.parity import assert_parity
+
+    long = smol.encode(LONG_PROMPT)
+    assert len(long) >= 26
+    assert_parity(hf_model, load_model("smollm2").model, [long, smol.encode(PROMPT)], PARIS, None)
 
 
 def test_our_model_says_paris(smol, our_model) -> None:

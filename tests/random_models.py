@@ -1,0 +1,65 @@
+"""Small transformers checkpoints whose every parameter is random, so that a mapping bug shows.
+
+transformers initialises every bias to 0, every norm gain to 1 (0 where the gain is stored as 1 + w) and
+the projections so small that attention is nearly uniform: swapped biases, a dropped gain or a wrong
+head order would all pass a parity test on such a model. After init, every parameter is redrawn here:
+gains spread around their identity, biases non-zero, projections large enough that attention is peaked.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import torch
+from torch import nn
+
+VOCAB = 512  # small: the parity tests pass ids, not text
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("RMSNorm")
+
+
+@torch.no_grad()
+def randomise(model: nn.Module, seed: int = 0, projection_gain: float = 2.0) -> nn.Module:
+    """Redraw every parameter of `model` in place; returns it, in eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def normal(shape: torch.Size, std: float, mean: float = 0.0) -> torch.Tensor:
+        return torch.randn(shape, generator=gen) * std + mean
+
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if _is_norm(module) and name == "weight":
+                # around the identity gain, whichever way the family stores it (1, or 0 for 1 + w)
+                param.copy_(normal(param.shape, 0.3, float(param.mean())))
+            elif param.ndim == 1:
+                param.copy_(normal(param.shape, 0.3))
+            elif isinstance(module, nn.Embedding):
+                param.copy_(normal(param.shape, 1.0))
+            else:
+                # nn.Linear stores (out, in); GPT-2's Conv1D (in, out): either way the smaller side is d_model
+                fan_in = param.shape[1] if isinstance(module, nn.Linear) else param.shape[0]
+                param.copy_(normal(param.shape, projection_gain / math.sqrt(fan_in)))
+    return model.eval()
+
+
+def build(config: object, seed: int = 0) -> nn.Module:
+    """The causal LM for a transformers config, eager attention, every parameter random."""
+    from transformers import AutoModelForCausalLM
+
+    config._attn_implementation = "eager"  # type: ignore[attr-defined]
+    torch.manual_seed(seed)
+    return randomise(AutoModelForCausalLM.from_config(config), seed)
+
+
+def save(model: nn.Module, path: Path) -> Path:
+    model.save_pretrained(path)
+    return path
+
+
+def prompts(lengths: tuple[int, ...], vocab: int = VOCAB, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(vocab) for _ in range(n)] for n in lengths]
