@@ -8,6 +8,7 @@ gains spread around their identity, biases non-zero, projections large enough th
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from pathlib import Path
@@ -23,7 +24,7 @@ def _is_norm(module: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def randomise(model: nn.Module, seed: int = 0, projection_gain: float = 2.0) -> nn.Module:
+def randomise(model: nn.Module, seed: int = 0, projection_gain: float = 1.5) -> nn.Module:
     """Redraw every parameter of `model` in place; returns it, in eval mode."""
     gen = torch.Generator().manual_seed(seed)
 
@@ -63,3 +64,15 @@ def save(model: nn.Module, path: Path) -> Path:
 def prompts(lengths: tuple[int, ...], vocab: int = VOCAB, seed: int = 0) -> list[list[int]]:
     rng = random.Random(seed)
     return [[rng.randrange(vocab) for _ in range(n)] for n in lengths]
+
+
+def rewrite_rope_as_legacy(path: Path) -> None:
+    """Rewrite a saved config.json the way transformers 4 wrote it: `rope_theta` at the top level and the
+    scaling in `rope_scaling` under `type`."""
+    config_file = path / "config.json"
+    config = json.loads(config_file.read_text())
+    rope = dict(config.pop("rope_parameters"))
+    config["rope_theta"] = rope.pop("rope_theta")
+    kind = rope.pop("rope_type")
+    config["rope_scaling"] = None if kind == "default" else {"type": kind, **rope}
+    config_file.write_text(json.dumps(config))

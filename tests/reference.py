@@ -214,9 +214,10 @@ class _Values:
         """The norm's scale s and, as y = centred x / s * gain + bias, dL/ds = -sum_d dL/dy_d (y_d - bias_d) / s."""
         scale = norm_scale(x.detach()[0], norm, self.anatomy)
         self.fwd[key] = scale
-        if y.grad is not None:
-            bias = norm.bias.detach() if getattr(norm, "bias", None) is not None else 0.0
-            self.grad[key] = -(y.grad[0] * (y.detach()[0] - bias)).sum(-1, keepdim=True) / scale
+        if y.grad is not None:  # in float64: the sum cancels, and float32 would add its own error
+            bias = norm.bias.detach().double() if getattr(norm, "bias", None) is not None else 0.0
+            dy, y64 = y.grad[0].double(), y.detach()[0].double()
+            self.grad[key] = (-(dy * (y64 - bias)).sum(-1, keepdim=True) / scale.double()).float()
 
     def put_attention(self, layer: int, call: dict, out_proj: nn.Module, v_out: torch.Tensor) -> None:
         """One attention call's queries, keys, values and probabilities, and what follows from them."""

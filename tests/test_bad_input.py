@@ -168,6 +168,7 @@ def test_llama_checkpoint_without_tokenizer(tmp_path: Path) -> None:
         "intermediate_size": mlp,
         "vocab_size": vocab,
         "max_position_embeddings": 16,
+        "tie_word_embeddings": True,
     }
     (ckpt / "config.json").write_text(json.dumps(config))
     tensors = {

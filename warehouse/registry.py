@@ -211,8 +211,11 @@ _WEIGHTS = [
     WeightLocation("mlp.to_hidden", (D.RESIDUAL_STREAM_CHANNELS, D.MLP_ACTS)),
     WeightLocation("mlp.to_gate", (D.RESIDUAL_STREAM_CHANNELS, D.MLP_ACTS)),
     WeightLocation("mlp.hidden_bias", (D.MLP_ACTS,)),
+    WeightLocation("mlp.gate_bias", (D.MLP_ACTS,)),
     WeightLocation("mlp.to_residual", (D.MLP_ACTS, D.RESIDUAL_STREAM_CHANNELS)),
     WeightLocation("mlp.residual_bias", (D.RESIDUAL_STREAM_CHANNELS,)),
+    WeightLocation("layer_norm_gain.post_attn", (D.RESIDUAL_STREAM_CHANNELS,)),
+    WeightLocation("layer_norm_gain.post_mlp", (D.RESIDUAL_STREAM_CHANNELS,)),
     WeightLocation("layer_norm_gain.final", (D.RESIDUAL_STREAM_CHANNELS,), has_layers=False),
     WeightLocation("layer_norm_bias.final", (D.RESIDUAL_STREAM_CHANNELS,), has_layers=False),
 ]
