@@ -126,6 +126,17 @@ def _prompt_sources(
 @click.option("--force", is_flag=True, help="Store prompts again even if already committed.")
 @click.option("--wait", is_flag=True, help="Queue behind another ingest into the same file instead of failing.")
 @click.option("--truncate", is_flag=True, help="Cut prompts longer than the context instead of skipping them.")
+@click.option(
+    "--prepend-bos/--no-prepend-bos",
+    default=None,
+    help="Put the tokenizer's BOS token before every prompt (never before a target). "
+    "Default: as the tokenizer's config says; no for GPT-2.",
+)
+@click.option(
+    "--special-tokens-as-text",
+    is_flag=True,
+    help="Spell out special-token text such as <|endoftext|> instead of encoding it as that token.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def ingest_command(
     db_path: Path,
@@ -142,6 +153,8 @@ def ingest_command(
     force: bool,
     wait: bool,
     truncate: bool,
+    prepend_bos: bool | None,
+    special_tokens_as_text: bool,
     quiet: bool,
 ) -> None:
     """Run hooked forward and backward passes over prompts and store every captured value."""
@@ -168,6 +181,8 @@ def ingest_command(
         progress=not quiet,
         target=target,
         distractor=distractor,
+        prepend_bos=prepend_bos,
+        special_tokens_as_text=special_tokens_as_text,
     )
     sources = _prompt_sources(prompts, prompts_file, target, distractor)
     report = ingest(db_path, sources, options, on_skip=lambda s: click.echo(f"warning: {s.describe()}", err=True))
@@ -238,8 +253,8 @@ def info_command(db_path: Path) -> None:
         sections = {
             "models": "SELECT model_id, name, family, n_layers, d_model, n_heads, n_kv_heads, d_mlp, vocab_size, "
             "checkpoint_hash FROM models ORDER BY model_id",
-            "runs": "SELECT run_id, model_id, status, objective, n_prompts, device, started_at, finished_at, "
-            "json_array_length(skipped) AS skipped FROM runs ORDER BY run_id",
+            "runs": f"SELECT run_id, model_id, status, objective, n_prompts, device, {_tokenization_columns(con)}"
+            "started_at, finished_at, json_array_length(skipped) AS skipped FROM runs ORDER BY run_id",
             "prompts": "SELECT count(*) AS prompts, sum(n_tokens) AS tokens FROM prompts",
             "rows per dst": "SELECT dst, pass_type, count(*) AS rows FROM activations GROUP BY ALL ORDER BY ALL",
         }
@@ -248,6 +263,12 @@ def info_command(db_path: Path) -> None:
             click.echo(render(con.sql(query).to_arrow_table(), "table"), nl=False)
     finally:
         con.close()
+
+
+def _tokenization_columns(con: Any) -> str:
+    """The runs' tokenisation settings, where the file records them (newer warehouses)."""
+    columns = {row[0] for row in con.sql("SELECT column_name FROM (DESCRIBE runs)").fetchall()}
+    return "".join(f"{name}, " for name in ("prepend_bos", "special_tokens") if name in columns)
 
 
 # -- reading: thin wrappers over queries.api (Warehouse) --------------------------------------------

