@@ -32,7 +32,7 @@ from safetensors import SafetensorError
 
 from ingest.capture import CaptureSpec, Recorder, location_table, logits_table
 from ingest.checkpoints import DEFAULT_MODEL, LoadedModel, load_model
-from ingest.errors import DeviceError, ModelNotFound, TokenError
+from ingest.errors import CaptureError, DeviceError, ModelNotFound, TokenError
 from ingest.objective import LOGIT_DIFF, encode, objective_kind, per_prompt_objective, single_token
 from ingest.prompts import PromptInput, Skipped
 from warehouse.registry import LOCATIONS, STORED_WEIGHTS, PassType
@@ -141,6 +141,30 @@ def check_command_tokens(loaded: LoadedModel, options: IngestOptions, tokenizati
             single_token(loaded.tokenizer, text, role, tokenization.special_tokens)
     if options.distractor is not None and options.target is None:
         raise TokenError("--distractor needs --target: the objective is target minus distractor")
+
+
+# Architecture switches the derived views do not model yet: a warehouse of such a model would answer
+# direct effects wrongly (the views hold no post-block norm scale, and take the final-residual gradient of
+# an uncapped logit), so the ingest refuses it. The hooked model itself is exact for them.
+_VIEWS_DO_NOT_MODEL = {
+    "post_block_norms": "norms after the attention and MLP blocks",
+    "final_logit_softcap": "soft-capped final logits",
+}
+
+
+def check_model_storable(loaded: LoadedModel, spec: CaptureSpec) -> None:
+    """Refuse a model the views would misread, and locations this model does not have."""
+    cfg = loaded.model.config
+    for switch, what in _VIEWS_DO_NOT_MODEL.items():
+        if getattr(cfg, switch):
+            raise ModelNotFound(
+                f"{cfg.family} models have {what}, which the derived views do not model yet (their direct "
+                "effects would be wrong): this family is not ingested"
+            )
+    for name in spec.passes:
+        switch = LOCATIONS[name].only_with
+        if switch and not getattr(cfg, switch):
+            raise CaptureError(f"location {name} does not exist in this model (it has no {switch.replace('_', ' ')})")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -418,6 +442,7 @@ def ingest(
     loaded = open_model(options.model)
     loaded.model.to(device)
     spec = CaptureSpec.parse(options.locations, options.layers, loaded.model.config.n_layers)
+    check_model_storable(loaded, spec)
     tokenization = Tokenization.of(loaded, options)
     check_command_tokens(loaded, options, tokenization)
     settings = json.dumps(

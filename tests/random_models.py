@@ -17,6 +17,45 @@ import torch
 from torch import nn
 
 VOCAB = 512  # small: the parity tests pass ids, not text
+TEXTS = tuple(
+    f"The capital of {c} is {city}."
+    for c, city in [("France", "Paris"), ("England", "London"), ("Germany", "Berlin"), ("Italy", "Rome")]
+)
+
+
+# Small configs (2 layers, d_model 64) for the families, in transformers keyword arguments
+SMALL_GPT2 = {
+    "n_layer": 2,
+    "n_embd": 64,
+    "n_head": 4,
+    "n_positions": 128,
+    "vocab_size": VOCAB,
+    "tie_word_embeddings": False,
+    "bos_token_id": 0,
+    "eos_token_id": 0,
+}
+
+SMALL_LLAMA = {
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": VOCAB,
+    "max_position_embeddings": 1024,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": False,
+}
+
+SMALL_NEOX = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "vocab_size": VOCAB,
+    "max_position_embeddings": 1024,
+    "tie_word_embeddings": False,
+}
 
 
 def _is_norm(module: nn.Module) -> bool:
@@ -76,3 +115,35 @@ def rewrite_rope_as_legacy(path: Path) -> None:
     kind = rope.pop("rope_type")
     config["rope_scaling"] = None if kind == "default" else {"type": kind, **rope}
     config_file.write_text(json.dumps(config))
+
+
+def byte_level_tokenizer(
+    directory: Path, add_bos_token: bool | None = None, template: bool = False, texts: tuple[str, ...] = TEXTS
+) -> None:
+    """A small trained byte-level BPE tokenizer.json with <s> and </s>, and its tokenizer_config.json."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320, special_tokens=["<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(list(texts) * 20, trainer)
+    if template:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    tok.save(str(directory / "tokenizer.json"))
+    config = {"bos_token": "<s>", "eos_token": {"content": "</s>", "special": True}}
+    if add_bos_token is not None:
+        config["add_bos_token"] = add_bos_token
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+
+
+def checkpoint_with_tokenizer(config_class: str, kwargs: dict, path: Path, seed: int = 0) -> Path:
+    """A random checkpoint directory with a small byte-level tokenizer that spells ' Paris', ' London',
+    ' Rome' and ' Berlin' as one token each."""
+    import transformers
+
+    save(build(getattr(transformers, config_class)(**kwargs), seed), path)
+    byte_level_tokenizer(path)
+    return path

@@ -295,6 +295,9 @@ def hf_capture(
         on(_get(blk, anatomy.pre_mlp_norm), f"{i}.ln2_out")
         on(_get(blk, anatomy.post_attn_norm or anatomy.attention), f"{i}.attn_out")
         on(_get(blk, anatomy.post_mlp_norm or anatomy.mlp), f"{i}.mlp_out")
+        for norm in (anatomy.post_attn_norm, anatomy.post_mlp_norm):
+            if norm:
+                on(_get(blk, norm), f"{i}.{norm}_in", inputs=True)
         on(_get(blk, anatomy.out_proj), f"{i}.vout", inputs=True)
         on(_get(blk, anatomy.pre_act), f"{i}.pre")
         on(_get(blk, anatomy.mlp_out), f"{i}.post", inputs=True)
@@ -329,6 +332,12 @@ def hf_capture(
         out.put(("mlp.post_act", i), raw[f"{i}.post"])
         out.put_scale(("attn_ln.scale", i), _get(blk, anatomy.pre_attn_norm), raw[f"{i}.ln1_in"], raw[f"{i}.ln1_out"])
         out.put_scale(("mlp_ln.scale", i), _get(blk, anatomy.pre_mlp_norm), raw[f"{i}.ln2_in"], raw[f"{i}.ln2_out"])
+        for location, norm, output in (
+            ("attn_post_ln.scale", anatomy.post_attn_norm, "attn_out"),
+            ("mlp_post_ln.scale", anatomy.post_mlp_norm, "mlp_out"),
+        ):
+            if norm:
+                out.put_scale((location, i), _get(blk, norm), raw[f"{i}.{norm}_in"], raw[f"{i}.{output}"])
         # The residual between the two blocks: the MLP norm's input when the blocks run in sequence; the
         # block input plus the attention output when they run in parallel (both read the block input).
         if raw[f"{i}.ln2_in"] is raw[f"{i}.ln1_in"]:

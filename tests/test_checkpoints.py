@@ -146,3 +146,20 @@ def test_a_missing_gpt2_rank_file_names_the_file_and_the_fix(tmp_path: Path, mon
     (line,) = result.output.strip().splitlines()
     assert "whisper/assets/gpt2.tiktoken" in line and "pip install --no-deps openai-whisper==" in line
     assert "corrupt" not in line
+
+
+def test_gemma2_is_refused_until_the_views_model_its_post_block_norms(tmp_path: Path) -> None:
+    kwargs = {**random_models.SMALL_LLAMA, "head_dim": 16, "tie_word_embeddings": True}
+    ckpt = random_models.checkpoint_with_tokenizer("Gemma2Config", kwargs, tmp_path / "ckpt")
+    args = ["ingest", "--db", str(tmp_path / "w.duckdb"), "--model", str(ckpt), "--prompt", "Hi", "--quiet"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()
+    assert "gemma2 models have norms after the attention and MLP blocks" in line and "not ingested" in line
+
+
+def test_a_location_the_model_does_not_have_is_refused(tmp_path: Path) -> None:
+    args = ["ingest", "--db", str(tmp_path / "w.duckdb"), "--model", "gpt2-tiny", "--prompt", "Hi"]
+    result = CliRunner().invoke(main, [*args, "--locations", "attn_post_ln.scale"])
+    assert result.exit_code == 2
+    assert "location attn_post_ln.scale does not exist in this model" in result.output

@@ -34,59 +34,32 @@ class Case:
     legacy_layout: bool = False  # config.json rewritten as transformers 4 wrote it (rope_theta, rope_scaling)
 
 
-_SMALL_LLAMA = {
-    "hidden_size": 64,
-    "intermediate_size": 96,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": random_models.VOCAB,
-    "max_position_embeddings": 1024,
-    "rms_norm_eps": 1e-5,
-    "tie_word_embeddings": False,
-}
-
 LONG = 530  # rotary scalings differ most at positions past the original context; test past 500
 
-_SMALL_NEOX = {
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "vocab_size": random_models.VOCAB,
-    "max_position_embeddings": 1024,
-    "tie_word_embeddings": False,
-}
 
 _LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
 _YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}
 
 CASES: dict[str, Case] = {
-    "gpt2": Case(
-        "GPT2Config",
-        {
-            "n_layer": 2,
-            "n_embd": 64,
-            "n_head": 4,
-            "n_positions": 128,
-            "vocab_size": random_models.VOCAB,
-            "tie_word_embeddings": False,
-            "bos_token_id": 0,
-            "eos_token_id": 0,
-        },
-    ),
-    "llama": Case("LlamaConfig", {**_SMALL_LLAMA, "rope_theta": 500000.0}),
+    "gpt2": Case("GPT2Config", random_models.SMALL_GPT2),
+    "llama": Case("LlamaConfig", {**random_models.SMALL_LLAMA, "rope_theta": 500000.0}),
     "llama-biases-head_dim-tied": Case(
         "LlamaConfig",
-        {**_SMALL_LLAMA, "attention_bias": True, "mlp_bias": True, "head_dim": 24, "tie_word_embeddings": True},
+        {
+            **random_models.SMALL_LLAMA,
+            "attention_bias": True,
+            "mlp_bias": True,
+            "head_dim": 24,
+            "tie_word_embeddings": True,
+        },
     ),
     "llama-rope-linear": Case(
-        "LlamaConfig", {**_SMALL_LLAMA, "rope_parameters": {"rope_type": "linear", "factor": 4.0}}, LONG
+        "LlamaConfig", {**random_models.SMALL_LLAMA, "rope_parameters": {"rope_type": "linear", "factor": 4.0}}, LONG
     ),
     "llama-rope-llama3": Case(
         "LlamaConfig",
         {
-            **_SMALL_LLAMA,
+            **random_models.SMALL_LLAMA,
             "rope_parameters": {**_LLAMA3, "rope_theta": 500000.0, "original_max_position_embeddings": 64},
         },
         LONG,
@@ -94,29 +67,41 @@ CASES: dict[str, Case] = {
     "llama-rope-llama3-legacy-layout": Case(
         "LlamaConfig",
         {
-            **_SMALL_LLAMA,
+            **random_models.SMALL_LLAMA,
             "rope_parameters": {**_LLAMA3, "rope_theta": 500000.0, "original_max_position_embeddings": 64},
         },
         LONG,
         legacy_layout=True,
     ),
-    "llama-rope-yarn": Case("LlamaConfig", {**_SMALL_LLAMA, "rope_parameters": _YARN}, LONG),
-    "llama-rope-default-long": Case("LlamaConfig", {**_SMALL_LLAMA, "rope_theta": 10000.0}, LONG),
-    "mistral": Case("MistralConfig", {**_SMALL_LLAMA, "sliding_window": 16, "head_dim": 8}),
+    "llama-rope-yarn": Case("LlamaConfig", {**random_models.SMALL_LLAMA, "rope_parameters": _YARN}, LONG),
+    "llama-rope-default-long": Case("LlamaConfig", {**random_models.SMALL_LLAMA, "rope_theta": 10000.0}, LONG),
+    "mistral": Case("MistralConfig", {**random_models.SMALL_LLAMA, "sliding_window": 16, "head_dim": 8}),
     "qwen2": Case(
         "Qwen2Config",
-        {**_SMALL_LLAMA, "use_sliding_window": True, "sliding_window": 16, "max_window_layers": 1},
+        {**random_models.SMALL_LLAMA, "use_sliding_window": True, "sliding_window": 16, "max_window_layers": 1},
     ),
-    "gpt_neox": Case("GPTNeoXConfig", _SMALL_NEOX),
+    "gpt_neox": Case("GPTNeoXConfig", random_models.SMALL_NEOX),
     "gpt_neox-sequential-full-rotary": Case(
         "GPTNeoXConfig",
         {
-            **_SMALL_NEOX,
+            **random_models.SMALL_NEOX,
             "use_parallel_residual": False,
             "rope_parameters": {"rope_type": "default", "partial_rotary_factor": 1.0},
         },
     ),
-    "gemma": Case("GemmaConfig", {**_SMALL_LLAMA, "head_dim": 16, "tie_word_embeddings": True}),
+    "gemma": Case("GemmaConfig", {**random_models.SMALL_LLAMA, "head_dim": 16, "tie_word_embeddings": True}),
+    "gemma2": Case(
+        "Gemma2Config",
+        {
+            **random_models.SMALL_LLAMA,
+            "head_dim": 16,
+            "tie_word_embeddings": True,
+            "sliding_window": 16,
+            "query_pre_attn_scalar": 24,
+            "attn_logit_softcapping": 5.0,
+            "final_logit_softcapping": 3.0,
+        },
+    ),
 }
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import duckdb
@@ -57,26 +56,6 @@ def test_bos_is_prepended_on_request_never_to_the_target(tmp_path: Path) -> None
     assert target_id == gpt2_tokenizer().encode_ordinary(" Paris")[0]
 
 
-def _byte_level_tokenizer(directory: Path, add_bos_token: bool | None, template: bool) -> None:
-    """A small trained byte-level BPE tokenizer.json with <s> and </s>, and its tokenizer_config.json."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator([TEXT, "The capital of Germany is Berlin."] * 20, trainer)
-    if template:
-        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
-    tok.save(str(directory / "tokenizer.json"))
-    config = {"bos_token": "<s>", "eos_token": {"content": "</s>", "special": True}}
-    if add_bos_token is not None:
-        config["add_bos_token"] = add_bos_token
-    (directory / "tokenizer_config.json").write_text(json.dumps(config))
-
-
 @pytest.mark.parametrize(
     ("add_bos_token", "template", "expected"), [(True, False, True), (None, True, True), (False, True, False)]
 )
@@ -85,7 +64,7 @@ def test_tokenizer_config_decides_the_bos_default(
 ) -> None:
     from ingest.tokenizers import load_tokenizer_json
 
-    _byte_level_tokenizer(tmp_path, add_bos_token, template)
+    random_models.byte_level_tokenizer(tmp_path, add_bos_token, template)
     settings = tokenizer_settings(tmp_path, load_tokenizer_json(tmp_path / "tokenizer.json"))
     assert (settings.bos_id, settings.eos_id, settings.add_bos) == (0, 1, expected)
 
@@ -102,7 +81,7 @@ def test_a_checkpoint_directory_prepends_its_bos_by_default(tmp_path: Path) -> N
         max_position_embeddings=64,
     )
     ckpt = random_models.save(random_models.build(config), tmp_path / "ckpt")
-    _byte_level_tokenizer(ckpt, True, False)
+    random_models.byte_level_tokenizer(ckpt, True, False)
     db = tmp_path / "w.duckdb"
     for extra in ([], ["--no-prepend-bos"]):
         result = ingest(db, "--model", str(ckpt), "--no-backward", "--prompt", TEXT, *extra)

@@ -1,6 +1,7 @@
 """The derived views equal a direct torch computation, and DERIVED_SCALARS.md's identities hold through them.
 
-One warehouse per family (the tiny GPT-2, and SmolLM2 from its GGUF) holds the same prompt three times:
+One warehouse per model (the tiny GPT-2, SmolLM2 from its GGUF, and random checkpoints of the other
+families) holds the same prompt three times:
 A with every location forward plus the Tier-1 gradients (direct effects from the closed-form g),
 B with every location forward and backward (g stored), and C with another target/distractor pair.
 """
@@ -17,6 +18,7 @@ from ingest.checkpoints import LoadedModel, load_model
 from ingest.prompts import PromptInput
 from ingest.worker import IngestOptions, ingest
 from queries.catalog import view_header
+from tests import random_models
 from tests.torch_scalars import expected_scalars
 from warehouse import db
 from warehouse.registry import LOCATIONS
@@ -24,7 +26,8 @@ from warehouse.registry import LOCATIONS
 PROMPT = "The capital of France is"
 PAIR_A = (" Paris", " London")
 PAIR_C = (" Rome", " Berlin")
-FORWARD_ALL = [f"{name}:forward" for name in LOCATIONS]
+EVERY_MODEL = [name for name, loc in LOCATIONS.items() if not loc.only_with]  # none of these models norms block outputs
+FORWARD_ALL = [f"{name}:forward" for name in EVERY_MODEL]
 TIER1_GRADS = ["mlp.post_act:backward", "attn.qk_probs:backward", "resid.post_emb:backward"]
 
 
@@ -50,14 +53,27 @@ def _ingest(path: Path, model: str, pair: tuple[str, str], locations: list[str],
 def _build(tmp: Path, model: str) -> Stored:
     path = tmp / "views.duckdb"
     a = _ingest(path, model, PAIR_A, FORWARD_ALL + TIER1_GRADS)
-    b = _ingest(path, model, PAIR_A, list(LOCATIONS))
+    b = _ingest(path, model, PAIR_A, EVERY_MODEL)
     c = _ingest(path, model, PAIR_C, FORWARD_ALL + TIER1_GRADS)
     return Stored(load_model(model), db.connect(path, read_only=True), a, b, c)
 
 
-@pytest.fixture(scope="module", params=["gpt2-tiny", "smollm2"])
+# Random checkpoints of the other families (tests/random_models.py), each with a small tokenizer of its own
+FAMILY_CHECKPOINTS: dict[str, tuple[str, dict]] = {
+    "llama-biases-untied": ("LlamaConfig", {**random_models.SMALL_LLAMA, "attention_bias": True, "mlp_bias": True}),
+    "qwen2": ("Qwen2Config", random_models.SMALL_LLAMA),
+    "gpt_neox-parallel": ("GPTNeoXConfig", random_models.SMALL_NEOX),
+    "gemma": ("GemmaConfig", {**random_models.SMALL_LLAMA, "head_dim": 16}),
+}
+
+
+@pytest.fixture(scope="module", params=["gpt2-tiny", "smollm2", *FAMILY_CHECKPOINTS])
 def stored(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    s = _build(tmp_path_factory.mktemp(request.param), request.param)
+    model = request.param
+    if model in FAMILY_CHECKPOINTS:
+        path = random_models.checkpoint_with_tokenizer(*FAMILY_CHECKPOINTS[model], tmp_path_factory.mktemp(model))
+        model = str(path)
+    s = _build(tmp_path_factory.mktemp("views"), model)
     yield s
     s.con.close()
 

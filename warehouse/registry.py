@@ -80,6 +80,7 @@ class ActivationLocation:
     description: str
     has_layers: bool = True
     has_backward: bool = True
+    only_with: str = ""  # a model config switch this location needs (e.g. post_block_norms); "": every model
 
     @property
     def dst(self) -> str:
@@ -104,7 +105,10 @@ class ActivationLocation:
 
 _LOCATIONS = [
     ActivationLocation(
-        "resid.post_emb", (_T, D.RESIDUAL_STREAM_CHANNELS), "token plus position embedding", has_layers=False
+        "resid.post_emb",
+        (_T, D.RESIDUAL_STREAM_CHANNELS),
+        "token embedding (times the model's embedding scale) plus position embedding",
+        has_layers=False,
     ),
     ActivationLocation(
         "attn_ln.scale", (_T, D.SINGLETON), "scale of the norm before attention: sqrt(var + eps) (LayerNorm) or rms"
@@ -113,17 +117,23 @@ _LOCATIONS = [
         "resid.post_mlp_ln", (_T, D.RESIDUAL_STREAM_CHANNELS), "normed residual read by this layer's attention"
     ),
     ActivationLocation(
-        "attn.q", (_T, D.ATTN_HEADS, D.QUERY_AND_KEY_CHANNELS), "query after rotary, scaled by d_head^-1/4"
+        "attn.q",
+        (_T, D.ATTN_HEADS, D.QUERY_AND_KEY_CHANNELS),
+        "query after rotary, times the square root of the logit scaling (d_head^-1/4 by default)",
     ),
     ActivationLocation(
         "attn.k",
         (_K, D.KV_HEADS, D.QUERY_AND_KEY_CHANNELS),
-        "key after rotary, scaled by d_head^-1/4; head is the key/value head",
+        "key after rotary, scaled as the query; head is the key/value head",
     ),
     ActivationLocation(
         "attn.v", (_K, D.KV_HEADS, D.VALUE_CHANNELS), "value including its bias; head is the key/value head"
     ),
-    ActivationLocation("attn.qk_logits", (_T, _K, D.ATTN_HEADS), "q . k before softmax, causal pairs only"),
+    ActivationLocation(
+        "attn.qk_logits",
+        (_T, _K, D.ATTN_HEADS),
+        "q . k before softmax (soft-capped where the model caps it), causal pairs only",
+    ),
     ActivationLocation("attn.qk_probs", (_T, _K, D.ATTN_HEADS), "attention probabilities, causal pairs only"),
     ActivationLocation(
         "attn.v_out", (_T, D.ATTN_HEADS, D.VALUE_CHANNELS), "sum_k p v per head, before the output projection"
@@ -141,16 +151,40 @@ _LOCATIONS = [
         has_backward=False,
     ),
     ActivationLocation(
-        "resid.delta_attn", (_T, D.RESIDUAL_STREAM_CHANNELS), "attention block output, output bias included"
+        "attn_post_ln.scale",
+        (_T, D.SINGLETON),
+        "scale of the norm after the attention block (models that norm block outputs)",
+        only_with="post_block_norms",
     ),
-    ActivationLocation("resid.post_attn", (_T, D.RESIDUAL_STREAM_CHANNELS), "residual after attention"),
+    ActivationLocation(
+        "resid.delta_attn",
+        (_T, D.RESIDUAL_STREAM_CHANNELS),
+        "what the attention block adds to the residual: its output (output bias included), normed where the "
+        "model norms block outputs",
+    ),
+    ActivationLocation(
+        "resid.post_attn",
+        (_T, D.RESIDUAL_STREAM_CHANNELS),
+        "residual after attention (with a parallel MLP: the block input plus the attention output)",
+    ),
     ActivationLocation("mlp_ln.scale", (_T, D.SINGLETON), "scale of the norm before the MLP"),
     ActivationLocation(
         "resid.post_attn_ln", (_T, D.RESIDUAL_STREAM_CHANNELS), "normed residual read by this layer's MLP"
     ),
     ActivationLocation("mlp.pre_act", (_T, D.MLP_ACTS), "MLP pre-activation (the gate projection for gated MLPs)"),
     ActivationLocation("mlp.post_act", (_T, D.MLP_ACTS), "MLP activation: the input of the output projection"),
-    ActivationLocation("resid.delta_mlp", (_T, D.RESIDUAL_STREAM_CHANNELS), "MLP block output, output bias included"),
+    ActivationLocation(
+        "mlp_post_ln.scale",
+        (_T, D.SINGLETON),
+        "scale of the norm after the MLP (models that norm block outputs)",
+        only_with="post_block_norms",
+    ),
+    ActivationLocation(
+        "resid.delta_mlp",
+        (_T, D.RESIDUAL_STREAM_CHANNELS),
+        "what the MLP adds to the residual: its output (output bias included), normed where the model norms "
+        "block outputs",
+    ),
     ActivationLocation("resid.post_mlp", (_T, D.RESIDUAL_STREAM_CHANNELS), "residual after the MLP"),
     ActivationLocation("resid.ln_f.scale", (_T, D.SINGLETON), "scale of the final norm", has_layers=False),
     ActivationLocation("resid.post_ln_f", (_T, D.RESIDUAL_STREAM_CHANNELS), "normed final residual", has_layers=False),
