@@ -12,15 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from ingest.errors import TokenError
+from ingest.tokenizers import encode
 
 LOGIT_DIFF = "logit_diff"
 NEXT_TOKEN_CE = "next_token_ce"
-
-
-def encode(tokenizer: tiktoken.Encoding, text: str, special_tokens: bool) -> list[int]:
-    """Token ids of `text`; with `special_tokens`, special-token text ('<|endoftext|>') is that token, as
-    the reference system encodes prompts, else it is spelled out like any other text."""
-    return tokenizer.encode(text, allowed_special="all") if special_tokens else tokenizer.encode_ordinary(text)
 
 
 def single_token(tokenizer: tiktoken.Encoding, text: str, role: str, special_tokens: bool = True) -> int:

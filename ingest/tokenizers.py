@@ -22,7 +22,7 @@ import numpy.typing as npt
 import regex
 import tiktoken
 
-from ingest.errors import ModelNotFound
+from ingest.errors import ModelNotFound, TokenError
 
 WHISPER_DIST = "openai-whisper"
 WHISPER_VERSION = "20250625"
@@ -242,6 +242,37 @@ def gpt2_tokenizer() -> tiktoken.Encoding:
         special_tokens={"<|endoftext|>": 50256},
         explicit_n_vocab=50257,
     )
+
+
+@dataclass(frozen=True)
+class Tokenization:
+    """How prompt text becomes ids: the BOS prepended to every prompt (None: none) and whether special-
+    token text is the special token. Targets and distractors follow the second, never the first."""
+
+    bos_id: int | None
+    special_tokens: bool
+
+    @classmethod
+    def of(cls, settings: TokenizerSettings, prepend_bos: bool | None, special_tokens_as_text: bool) -> Tokenization:
+        """`prepend_bos` None: as the tokenizer's own config says."""
+        prepend = settings.add_bos if prepend_bos is None else prepend_bos
+        if prepend and settings.bos_id is None:
+            raise TokenError("--prepend-bos: this model's tokenizer declares no BOS token")
+        return cls(settings.bos_id if prepend else None, not special_tokens_as_text)
+
+    def prompt_ids(self, encoding: tiktoken.Encoding, text: str) -> list[int]:
+        ids = encode(encoding, text, self.special_tokens)
+        return ids if self.bos_id is None else [self.bos_id, *ids]
+
+    def settings(self) -> list[object]:
+        """What the prompt key depends on: the same text tokenised otherwise is another prompt."""
+        return [self.bos_id, self.special_tokens]
+
+
+def encode(encoding: tiktoken.Encoding, text: str, special_tokens: bool) -> list[int]:
+    """Token ids of `text`; with `special_tokens`, special-token text ('<|endoftext|>') is that token, as
+    the reference system encodes prompts, else it is spelled out like any other text."""
+    return encoding.encode(text, allowed_special="all") if special_tokens else encoding.encode_ordinary(text)
 
 
 def _token_text(value: object) -> str | None:

@@ -30,11 +30,12 @@ import pyarrow as pa
 import torch
 from safetensors import SafetensorError
 
-from ingest.capture import CaptureSpec, Recorder, location_table, logits_table
+from ingest.capture import CaptureSpec, Recorder, check_storable, location_table, logits_table
 from ingest.checkpoints import DEFAULT_MODEL, LoadedModel, load_model
-from ingest.errors import CaptureError, DeviceError, ModelNotFound, TokenError
-from ingest.objective import LOGIT_DIFF, encode, objective_kind, per_prompt_objective, single_token
+from ingest.errors import DeviceError, ModelNotFound, TokenError
+from ingest.objective import LOGIT_DIFF, objective_kind, per_prompt_objective, single_token
 from ingest.prompts import PromptInput, Skipped
+from ingest.tokenizers import Tokenization
 from warehouse.registry import LOCATIONS, STORED_WEIGHTS, PassType
 from warehouse.weights import weight_table
 from warehouse.writer import Batch, DuckDBWriter
@@ -56,30 +57,6 @@ class IngestOptions:
     distractor: str | None = None
     prepend_bos: bool | None = None  # None: as the tokenizer's own config says
     special_tokens_as_text: bool = False  # '<|endoftext|>' in a prompt: the special token unless this is set
-
-
-@dataclass(frozen=True)
-class Tokenization:
-    """How prompt text becomes ids: the BOS prepended to every prompt (None: none) and whether special-
-    token text is the special token. Targets and distractors follow the second, never the first."""
-
-    bos_id: int | None
-    special_tokens: bool
-
-    @classmethod
-    def of(cls, loaded: LoadedModel, options: IngestOptions) -> Tokenization:
-        prepend = loaded.special.add_bos if options.prepend_bos is None else options.prepend_bos
-        if prepend and loaded.special.bos_id is None:
-            raise TokenError("--prepend-bos: this model's tokenizer declares no BOS token")
-        return cls(loaded.special.bos_id if prepend else None, not options.special_tokens_as_text)
-
-    def prompt_ids(self, loaded: LoadedModel, text: str) -> list[int]:
-        ids = encode(loaded.tokenizer, text, self.special_tokens)
-        return ids if self.bos_id is None else [self.bos_id, *ids]
-
-    def settings(self) -> list[object]:
-        """What the prompt key depends on: the same text tokenised otherwise is another prompt."""
-        return [self.bos_id, self.special_tokens]
 
 
 @dataclass
@@ -143,30 +120,6 @@ def check_command_tokens(loaded: LoadedModel, options: IngestOptions, tokenizati
         raise TokenError("--distractor needs --target: the objective is target minus distractor")
 
 
-# Architecture switches the derived views do not model yet: a warehouse of such a model would answer
-# direct effects wrongly (the views hold no post-block norm scale, and take the final-residual gradient of
-# an uncapped logit), so the ingest refuses it. The hooked model itself is exact for them.
-_VIEWS_DO_NOT_MODEL = {
-    "post_block_norms": "norms after the attention and MLP blocks",
-    "final_logit_softcap": "soft-capped final logits",
-}
-
-
-def check_model_storable(loaded: LoadedModel, spec: CaptureSpec) -> None:
-    """Refuse a model the views would misread, and locations this model does not have."""
-    cfg = loaded.model.config
-    for switch, what in _VIEWS_DO_NOT_MODEL.items():
-        if getattr(cfg, switch):
-            raise ModelNotFound(
-                f"{cfg.family} models have {what}, which the derived views do not model yet (their direct "
-                "effects would be wrong): this family is not ingested"
-            )
-    for name in spec.passes:
-        switch = LOCATIONS[name].only_with
-        if switch and not getattr(cfg, switch):
-            raise CaptureError(f"location {name} does not exist in this model (it has no {switch.replace('_', ' ')})")
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -189,20 +142,23 @@ def prompt_key(checkpoint_hash: str, source: PromptInput, settings: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
+AS_WRITTEN = Tokenization(bos_id=None, special_tokens=True)  # no BOS added, special-token text is the token
+
+
 def prepare(
     loaded: LoadedModel,
     source: PromptInput,
     settings: str,
     truncate: bool,
     backward: bool,
-    tokenization: Tokenization = Tokenization(None, True),
+    tokenization: Tokenization = AS_WRITTEN,
 ) -> Prepared:
     """Tokenise and validate one prompt; raises ValueError with the reason it cannot be stored."""
     tok = loaded.tokenizer
     specials = tokenization.special_tokens
     if not source.text:
         raise ValueError("empty prompt")
-    ids = tokenization.prompt_ids(loaded, source.text)
+    ids = tokenization.prompt_ids(tok, source.text)
     n_ctx = loaded.model.config.n_ctx
     if len(ids) > n_ctx:
         if not truncate:
@@ -442,8 +398,8 @@ def ingest(
     loaded = open_model(options.model)
     loaded.model.to(device)
     spec = CaptureSpec.parse(options.locations, options.layers, loaded.model.config.n_layers)
-    check_model_storable(loaded, spec)
-    tokenization = Tokenization.of(loaded, options)
+    check_storable(loaded.model.config, spec)
+    tokenization = Tokenization.of(loaded.special, options.prepend_bos, options.special_tokens_as_text)
     check_command_tokens(loaded, options, tokenization)
     settings = json.dumps(
         [spec.labels(), sorted(spec.layers or []), options.backward, options.truncate, *tokenization.settings()]

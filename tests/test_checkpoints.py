@@ -18,21 +18,10 @@ from tests.parity import assert_parity
 
 transformers = pytest.importorskip("transformers")
 
-SMALL_LLAMA = {
-    "hidden_size": 64,
-    "intermediate_size": 96,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": random_models.VOCAB,
-    "max_position_embeddings": 128,
-    "tie_word_embeddings": False,
-}
-
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path]:
-    hf = random_models.build(transformers.LlamaConfig(**SMALL_LLAMA))
+    hf = random_models.build(transformers.LlamaConfig(**random_models.SMALL_LLAMA))
     return hf, random_models.save(hf, tmp_path_factory.mktemp("single"))
 
 
