@@ -7,6 +7,7 @@ forgets to declare, or declares as accepted when it is not, fails here.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +132,33 @@ def test_gpt_neox_reads_its_legacy_rotary_fields() -> None:
     rope = _rope({**base, "rotary_pct": 0.5, "rotary_emb_base": 20000})
     assert (rope.theta, rope.rotary_dim) == (20000.0, 8)
     assert _rope(base).rotary_dim == 4  # a quarter of 16 channels when nothing says otherwise
+
+
+def _gguf(path: Path, extra: dict[str, float]) -> Path:
+    """A llama GGUF holding metadata only (the config is read and checked before any tensor)."""
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    writer.add_context_length(64)
+    writer.add_embedding_length(16)
+    writer.add_feed_forward_length(32)
+    writer.add_head_count(2)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(32)
+    for key, value in extra.items():
+        writer.add_float32(key, value)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_gguf_metadata_the_reader_does_not_implement_is_refused(tmp_path: Path) -> None:
+    from ingest.gguf import load_gguf
+
+    config, _ = load_gguf(_gguf(tmp_path / "plain.gguf", {}))
+    assert config["hidden_size"] == 16
+    with pytest.raises(UnsupportedConfig, match=r"GGUF metadata llama\.rope\.scaling\.factor = 8\.0 is not supported"):
+        load_gguf(_gguf(tmp_path / "scaled.gguf", {"llama.rope.scaling.factor": 8.0}))
