@@ -152,3 +152,17 @@ def test_a_location_the_model_does_not_have_is_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, [*args, "--locations", "attn_post_ln.scale"])
     assert result.exit_code == 2
     assert "location attn_post_ln.scale does not exist in this model" in result.output
+
+
+def test_an_unsupported_config_value_is_one_line_naming_it(llama, tmp_path: Path) -> None:
+    _, single = llama
+    for file in single.iterdir():
+        (tmp_path / file.name).write_bytes(file.read_bytes())
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["rope_parameters"] = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    args = ["ingest", "--db", str(tmp_path / "w.duckdb"), "--model", str(tmp_path), "--prompt", "Hi"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()
+    assert "llama config field rope_parameters.rope_type = 'dynamic' is not supported" in line

