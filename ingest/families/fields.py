@@ -47,7 +47,10 @@ def only(*values: object) -> Rule:
 
 
 def _same(a: object, b: object) -> bool:
-    return type(a) is type(b) and a == b if isinstance(a, bool) or isinstance(b, bool) else a == b
+    """Equal, with booleans never equal to numbers (True == 1 in Python; a config's true is not its 1)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return a == b
 
 
 def is_off(value: object) -> bool:

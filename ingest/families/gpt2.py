@@ -5,6 +5,8 @@ Conv1D tensors are stored (in, out), so their columns split into heads directly.
 
 from __future__ import annotations
 
+import torch
+
 from ingest.families.common import activation, unembedding
 from ingest.families.fields import USED, ConfigReader, inert, only
 from ingest.families.spec import Family
@@ -61,7 +63,7 @@ def read_config(reader: ConfigReader) -> ModelConfig:
 def convert(cfg: ModelConfig, sd: StateDict, reader: ConfigReader) -> Weights:
     d, h, dh = cfg.d_model, cfg.n_heads, cfg.d_head
 
-    def per_head(mat: object) -> object:  # (d, h*dh) -> (h, d, dh)
+    def per_head(mat: torch.Tensor) -> torch.Tensor:  # (d, h*dh) -> (h, d, dh)
         return mat.reshape(d, h, dh).permute(1, 0, 2).contiguous()
 
     embedding = sd.take("wte.weight")

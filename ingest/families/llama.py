@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from ingest.families import rope
 from ingest.families.common import activation, unembedding
 from ingest.families.fields import USED, ConfigReader, Rule, inert
@@ -86,10 +88,10 @@ def convert_with(layout: Layout, cfg: ModelConfig, sd: StateDict, reader: Config
     """Standard-layout tensors from a Llama-style state dict; absent biases are zeros."""
     d, h, hkv, dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head
 
-    def gain(name: str) -> object:
+    def gain(name: str) -> torch.Tensor:
         return sd.take(name) + layout.gain_offset
 
-    def bias(name: str, present: bool, *shape: int) -> object:
+    def bias(name: str, present: bool, *shape: int) -> torch.Tensor:
         return sd.take(name).reshape(shape) if present else zeros(*shape)
 
     embedding = sd.take("embed_tokens.weight")
