@@ -139,6 +139,17 @@ def _db_option(required: bool = True, help: str = "The warehouse: a folder holdi
     help="Unembedding columns to store: those of targets and distractors, or every token's "
     "(direct_effects() for any pair; about 4 bytes x d_model x vocabulary).",
 )
+@click.option(
+    "--prepend-bos/--no-prepend-bos",
+    default=None,
+    help="Put the tokenizer's BOS token before every prompt (never before a target). "
+    "Default: as the tokenizer's config says; no for GPT-2.",
+)
+@click.option(
+    "--special-tokens-as-text",
+    is_flag=True,
+    help="Spell out special-token text such as <|endoftext|> instead of encoding it as that token.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def ingest_command(
     db_path: Path,
@@ -157,6 +168,8 @@ def ingest_command(
     truncate: bool,
     precision: str,
     unembedding: str,
+    prepend_bos: bool | None,
+    special_tokens_as_text: bool,
     quiet: bool,
 ) -> None:
     """Run hooked forward and backward passes over prompts and store every captured value."""
@@ -185,6 +198,8 @@ def ingest_command(
         distractor=distractor,
         precision=precision,
         unembedding=unembedding,
+        prepend_bos=prepend_bos,
+        special_tokens_as_text=special_tokens_as_text,
     )
     sources = _prompt_sources(prompts, prompts_file, target, distractor)
     report = ingest(db_path, sources, options, on_skip=lambda s: click.echo(f"warning: {s.describe()}", err=True))
@@ -263,8 +278,8 @@ def info_command(db_path: Path) -> None:
         sections = {
             "models": "SELECT model_id, name, family, n_layers, d_model, n_heads, n_kv_heads, d_mlp, vocab_size, "
             "checkpoint_hash FROM models ORDER BY model_id",
-            "runs": "SELECT run_id, model_id, status, objective, n_prompts, device, precision, started_at, "
-            "finished_at, json_array_length(skipped) AS skipped FROM runs ORDER BY run_id",
+            "runs": "SELECT run_id, model_id, status, objective, n_prompts, device, precision, prepend_bos, "
+            "special_tokens, started_at, finished_at, json_array_length(skipped) AS skipped FROM runs ORDER BY run_id",
             "prompts": "SELECT count(*) AS prompts, sum(n_tokens) AS tokens FROM prompts",
             "rows per dst": "SELECT dst, pass_type, count(*) AS rows FROM activations GROUP BY ALL ORDER BY ALL",
         }

@@ -273,7 +273,7 @@ def main() -> None:
         if args.locations is None:
             from warehouse.registry import LOCATIONS
 
-            args.locations = list(LOCATIONS)
+            args.locations = [name for name, loc in LOCATIONS.items() if not loc.only_with]
     args.model = args.model or "smollm2"
     args.prompts = args.prompts or 64
     args.baseline_prompts = args.baseline_prompts or (args.prompts if args.quick else min(16, args.prompts))

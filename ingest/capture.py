@@ -9,7 +9,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ingest.errors import CaptureError
+from ingest.errors import CaptureError, ModelNotFound
+from ingest.model import ModelConfig
 from warehouse.facts import FACT_SCHEMA, constant_int, constant_name, expand_axes, round_to_bfloat16
 from warehouse.registry import DEFAULT_CAPTURE, LOCATIONS, ActivationLocation, PassType
 
@@ -216,3 +217,27 @@ def logits_rows(
         ],
         schema=FACT_SCHEMA,
     )
+
+
+# Architecture switches the derived views do not model yet: a warehouse of such a model would answer
+# direct effects wrongly (the views hold no post-block norm scale, and take the final-residual gradient of
+# an uncapped logit), so the ingest refuses it. The hooked model itself is exact for them.
+_VIEWS_DO_NOT_MODEL = {
+    "post_block_norms": "norms after the attention and MLP blocks",
+    "final_logit_softcap": "soft-capped final logits",
+}
+
+
+def check_storable(config: ModelConfig, spec: CaptureSpec) -> None:
+    """Refuse a model the views would misread, and locations this model does not have."""
+    cfg = config
+    for switch, what in _VIEWS_DO_NOT_MODEL.items():
+        if getattr(cfg, switch):
+            raise ModelNotFound(
+                f"{cfg.family} models have {what}, which the derived views do not model yet (their direct "
+                "effects would be wrong): this family is not ingested"
+            )
+    for name in spec.passes:
+        switch = LOCATIONS[name].only_with
+        if switch and not getattr(cfg, switch):
+            raise CaptureError(f"location {name} does not exist in this model (it has no {switch.replace('_', ' ')})")

@@ -1,7 +1,8 @@
 """Loading checkpoints into the standard layout: Hugging Face directories, the HF cache, GGUF, built-ins.
 
-Each family's converter is the one place that knows its checkpoint's tensor names; after it, a model
-is a ModelConfig plus standard-layout tensors, whatever it was loaded from.
+Each family's module (ingest/families) is the one place that knows its checkpoint's config fields and
+tensor names; after it, a model is a ModelConfig plus standard-layout tensors, whatever it was loaded
+from.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Callable
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,8 @@ import torch
 
 from ingest import DEFAULT_MODEL
 from ingest.errors import ModelNotFound
-from ingest.model import HookedTransformer, ModelConfig, check_weights
+from ingest.model import HookedTransformer
+from ingest.tokenizers import TokenizerSettings
 
 Weights = dict[tuple[str, int | None], torch.Tensor]
 BUILTIN_NAMES = (DEFAULT_MODEL, "gpt2-tiny")
@@ -27,10 +29,13 @@ BUILTIN_NAMES = (DEFAULT_MODEL, "gpt2-tiny")
 
 @dataclass
 class LoadedModel:
+    """A hooked model with its tokenizer and the tokenizer's own BOS settings."""
+
     name: str
     model: HookedTransformer
     tokenizer: tiktoken.Encoding
     checkpoint_hash: str
+    special: TokenizerSettings = TokenizerSettings()
 
 
 def weights_hash(weights: Weights) -> str:
@@ -44,191 +49,85 @@ def weights_hash(weights: Weights) -> str:
     return digest.hexdigest()
 
 
-def _zeros(*shape: int) -> torch.Tensor:
-    return torch.zeros(shape, dtype=torch.float32)
-
-
-def gpt2_config(hf: dict) -> ModelConfig:
-    d_model, n_heads = hf["n_embd"], hf["n_head"]
-    return ModelConfig(
-        family="gpt2",
-        n_layers=hf["n_layer"],
-        d_model=d_model,
-        n_heads=n_heads,
-        n_kv_heads=n_heads,
-        d_head=d_model // n_heads,
-        d_mlp=hf.get("n_inner") or 4 * d_model,
-        vocab_size=hf["vocab_size"],
-        n_ctx=hf["n_positions"],
-        norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-    )
-
-
-def gpt2_weights(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> Weights:
-    """GPT-2's Conv1D tensors are stored (in, out), so columns split into heads directly."""
-    sd = {k.removeprefix("transformer."): v.to(torch.float32) for k, v in sd.items()}
-    d, h, dh = cfg.d_model, cfg.n_heads, cfg.d_head
-
-    def per_head(mat: torch.Tensor) -> torch.Tensor:  # (d, h*dh) -> (h, d, dh)
-        return mat.reshape(d, h, dh).permute(1, 0, 2).contiguous()
-
-    w: Weights = {
-        ("embedding", None): sd["wte.weight"],
-        ("position_embedding", None): sd["wpe.weight"],
-        ("unembedding", None): sd.get("lm_head.weight", sd["wte.weight"]).T.contiguous(),
-        ("layer_norm_gain.final", None): sd["ln_f.weight"],
-        ("layer_norm_bias.final", None): sd["ln_f.bias"],
-    }
-    for i in range(cfg.n_layers):
-        p = f"h.{i}."
-        qkv_w, qkv_b = sd[p + "attn.c_attn.weight"], sd[p + "attn.c_attn.bias"]
-        w.update(
-            {
-                ("layer_norm_gain.pre_attn", i): sd[p + "ln_1.weight"],
-                ("layer_norm_bias.pre_attn", i): sd[p + "ln_1.bias"],
-                ("attn.to_query", i): per_head(qkv_w[:, :d]),
-                ("attn.to_key", i): per_head(qkv_w[:, d : 2 * d]),
-                ("attn.to_value", i): per_head(qkv_w[:, 2 * d :]),
-                ("attn.query_bias", i): qkv_b[:d].reshape(h, dh),
-                ("attn.key_bias", i): qkv_b[d : 2 * d].reshape(h, dh),
-                ("attn.value_bias", i): qkv_b[2 * d :].reshape(h, dh),
-                ("attn.to_residual", i): sd[p + "attn.c_proj.weight"].reshape(h, dh, d),
-                ("attn.residual_bias", i): sd[p + "attn.c_proj.bias"],
-                ("layer_norm_gain.pre_mlp", i): sd[p + "ln_2.weight"],
-                ("layer_norm_bias.pre_mlp", i): sd[p + "ln_2.bias"],
-                ("mlp.to_hidden", i): sd[p + "mlp.c_fc.weight"],
-                ("mlp.hidden_bias", i): sd[p + "mlp.c_fc.bias"],
-                ("mlp.to_residual", i): sd[p + "mlp.c_proj.weight"],
-                ("mlp.residual_bias", i): sd[p + "mlp.c_proj.bias"],
-            }
-        )
-    return w
-
-
-def llama_config(hf: dict) -> ModelConfig:
-    d_model, n_heads = hf["hidden_size"], hf["num_attention_heads"]
-    return ModelConfig(
-        family="llama",
-        n_layers=hf["num_hidden_layers"],
-        d_model=d_model,
-        n_heads=n_heads,
-        n_kv_heads=hf.get("num_key_value_heads") or n_heads,
-        d_head=hf.get("head_dim") or d_model // n_heads,
-        d_mlp=hf["intermediate_size"],
-        vocab_size=hf["vocab_size"],
-        n_ctx=hf["max_position_embeddings"],
-        norm_eps=hf.get("rms_norm_eps", 1e-5),
-        rope_theta=float(hf.get("rope_theta", 10000.0)),
-    )
-
-
-def llama_weights(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> Weights:
-    """Llama's nn.Linear tensors are stored (out, in); the family has no biases, stored here as zeros."""
-    sd = {k.removeprefix("model."): v.to(torch.float32) for k, v in sd.items()}
-    d, h, hkv, dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head
-
-    def per_head(mat: torch.Tensor, heads: int) -> torch.Tensor:  # (heads*dh, d) -> (heads, d, dh)
-        return mat.reshape(heads, dh, d).transpose(1, 2).contiguous()
-
-    embed = sd["embed_tokens.weight"]
-    w: Weights = {
-        ("embedding", None): embed,
-        ("unembedding", None): sd.get("lm_head.weight", embed).T.contiguous(),
-        ("layer_norm_gain.final", None): sd["norm.weight"],
-        ("layer_norm_bias.final", None): _zeros(d),
-    }
-    for i in range(cfg.n_layers):
-        p = f"layers.{i}."
-        w.update(
-            {
-                ("layer_norm_gain.pre_attn", i): sd[p + "input_layernorm.weight"],
-                ("layer_norm_bias.pre_attn", i): _zeros(d),
-                ("attn.to_query", i): per_head(sd[p + "self_attn.q_proj.weight"], h),
-                ("attn.to_key", i): per_head(sd[p + "self_attn.k_proj.weight"], hkv),
-                ("attn.to_value", i): per_head(sd[p + "self_attn.v_proj.weight"], hkv),
-                ("attn.query_bias", i): _zeros(h, dh),
-                ("attn.key_bias", i): _zeros(hkv, dh),
-                ("attn.value_bias", i): _zeros(hkv, dh),
-                ("attn.to_residual", i): sd[p + "self_attn.o_proj.weight"].T.reshape(h, dh, d).contiguous(),
-                ("attn.residual_bias", i): _zeros(d),
-                ("layer_norm_gain.pre_mlp", i): sd[p + "post_attention_layernorm.weight"],
-                ("layer_norm_bias.pre_mlp", i): _zeros(d),
-                ("mlp.to_gate", i): sd[p + "mlp.gate_proj.weight"].T.contiguous(),
-                ("mlp.to_hidden", i): sd[p + "mlp.up_proj.weight"].T.contiguous(),
-                ("mlp.hidden_bias", i): _zeros(cfg.d_mlp),
-                ("mlp.to_residual", i): sd[p + "mlp.down_proj.weight"].T.contiguous(),
-                ("mlp.residual_bias", i): _zeros(d),
-            }
-        )
-    return w
-
-
-_FAMILIES: dict[str, tuple[Callable[[dict], ModelConfig], Callable[[ModelConfig, dict], Weights]]] = {
-    "gpt2": (gpt2_config, gpt2_weights),
-    "llama": (llama_config, llama_weights),
-}
-
-
 def build(hf_config: dict, state_dict: dict[str, torch.Tensor]) -> HookedTransformer:
-    family = hf_config.get("model_type")
-    if family not in _FAMILIES:
-        raise ModelNotFound(f"model_type {family!r} is not supported: use a gpt2 or llama checkpoint")
-    to_config, to_weights = _FAMILIES[family]
-    cfg = to_config(hf_config)
-    try:
-        weights = to_weights(cfg, state_dict)
-    except KeyError as exc:
-        raise ModelNotFound(f"checkpoint lacks tensor {exc.args[0]}: is it a complete {family} checkpoint?") from None
-    check_weights(cfg, weights)
-    return HookedTransformer(cfg, weights)
+    """The hooked model for a Hugging Face config and state dict (see ingest/families)."""
+    from ingest import families
+
+    return families.build(hf_config, state_dict)
+
+
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def read_hf_dir(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config.json, state dict) of a Hugging Face checkpoint directory: one weights file or shards listed
+    in an index (model.safetensors.index.json, pytorch_model.bin.index.json), safetensors preferred.
+    Tensors keep their stored dtype; the families read them as float32."""
     config = json.loads((path / "config.json").read_text())
-    if (path / "model.safetensors").exists():
-        from safetensors.torch import load_file
+    present = [name for name in WEIGHT_FILES if (path / name).exists()]
+    if not present:
+        raise ModelNotFound(f"{path} has config.json but no weights: expected one of {', '.join(WEIGHT_FILES)}")
+    chosen = path / present[0]
+    if not chosen.name.endswith(".index.json"):
+        return config, _read_weights_file(chosen)
+    weight_map = json.loads(chosen.read_text()).get("weight_map") or {}
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        if not (path / shard).is_file():
+            raise ModelNotFound(f"{path} is sharded but shard {shard} (listed in {chosen.name}) is missing")
+        state.update(_read_weights_file(path / shard))
+    missing = sorted(set(weight_map) - set(state))
+    if missing:
+        raise ModelNotFound(f"{chosen.name} lists {missing[0]} but no shard holds it: is the checkpoint complete?")
+    return config, state
 
-        return config, load_file(str(path / "model.safetensors"))
-    if (path / "pytorch_model.bin").exists():
-        return config, torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise ModelNotFound(f"{path} has config.json but neither model.safetensors nor pytorch_model.bin")
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def hf_cache_dir(repo_id: str) -> Path | None:
-    """The snapshot of `repo_id` in the local Hugging Face cache, downloading only when the hub is allowed."""
+    """The snapshot of `repo_id` ('org/name' or 'name') in the local Hugging Face cache ($HF_HUB_CACHE or
+    $HF_HOME/hub), downloading it only when the hub is allowed (HF_HUB_OFFLINE unset) and reachable."""
     from huggingface_hub import snapshot_download
 
-    patterns = ["config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json"]
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
-    except Exception:
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
-            return None
+        snapshot = Path(snapshot_download(repo_id, local_files_only=True))
+        if (snapshot / "config.json").exists():
+            return snapshot
+    except Exception:  # noqa: BLE001 - any failure here means "not in the cache"
+        pass
+    if _hub_offline():
+        return None
+    patterns = ["*.json", "*.safetensors"]
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
-    except Exception:
+        snapshot = Path(snapshot_download(repo_id, allow_patterns=patterns))
+        if not any(snapshot.glob("*.safetensors")):  # an older checkpoint with only pickled weights
+            snapshot = Path(snapshot_download(repo_id, allow_patterns=[*patterns, "pytorch_model*.bin"]))
+        return snapshot
+    except Exception:  # noqa: BLE001 - offline, unknown id or no access: reported as not found
         return None
 
 
-def tokenizer_for(family: str, path: Path | None) -> tiktoken.Encoding:
-    from ingest.tokenizers import gpt2_tokenizer, load_tokenizer_json
-
-    if family == "gpt2":
-        return gpt2_tokenizer()
-    if path is not None and (path / "tokenizer.json").exists():
-        try:
-            return load_tokenizer_json(path / "tokenizer.json")
-        except ValueError as exc:
-            raise ModelNotFound(f"cannot use {path / 'tokenizer.json'}: {exc}") from None
-    raise ModelNotFound(
-        f"no tokenizer for this {family} checkpoint{f' at {path}' if path else ''}: add its tokenizer.json "
-        "(byte-level BPE) to the directory, or load the model from a .gguf file, which carries its tokenizer"
-    )
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
 @functools.lru_cache(maxsize=2)
 def load_model(name: str = DEFAULT_MODEL) -> LoadedModel:
-    """Resolve a built-in name, a directory, a .gguf file or a Hugging Face id in the local cache.
+    """Resolve a built-in name, a directory, a .gguf file or a Hugging Face id ('org/name') in the local cache.
 
     Cached: loading SmolLM2 dequantises 135 M weights and hashes them, and a process (a test session,
     a notebook) often ingests with the same model more than once.
@@ -238,22 +137,37 @@ def load_model(name: str = DEFAULT_MODEL) -> LoadedModel:
 
     if name == "gpt2-tiny":
         model = tiny_gpt2()
-        return LoadedModel(name, model, tokenizers.gpt2_tokenizer(), weights_hash(model.weights))
+        encoding, special = tokenizers.gpt2_tokenizer(), tokenizers.GPT2_SETTINGS
+        return LoadedModel(name, model, encoding, weights_hash(model.weights), special)
     path = gguf.smollm2_gguf_path() if name in ("smollm2", "smollm2-135m") else Path(name).expanduser()
     if path.suffix == ".gguf" and path.is_file():
         hf_config, sd = gguf.load_gguf(path)
         model = build(hf_config, sd)
-        return LoadedModel(name, model, gguf.load_gguf_tokenizer(path), weights_hash(model.weights))
-    if not path.is_dir():
-        cached = None if os.sep in name or name.startswith(".") else hf_cache_dir(name)
+        encoding, special = gguf.load_gguf_tokenizer(path), gguf.load_gguf_tokenizer_settings(path)
+        return _checked(LoadedModel(name, model, encoding, weights_hash(model.weights), special))
+    if not path.exists():
+        cached = hf_cache_dir(name) if _REPO_ID.match(name) else None
         if cached is None:
             raise ModelNotFound(
-                f"unknown model {name!r}: pass a Hugging Face checkpoint directory, a .gguf file, one of "
-                f"{', '.join(BUILTIN_NAMES)}, or the id of a model in your local Hugging Face cache"
+                f"unknown model {name!r}: not a checkpoint directory, a .gguf file, one of "
+                f"{', '.join(BUILTIN_NAMES)}, nor a model in the local Hugging Face cache"
+                + ("" if _hub_offline() else " (and the hub could not provide it)")
             )
         path = cached
     if not (path / "config.json").exists():
         raise ModelNotFound(f"{path} is not a Hugging Face checkpoint directory (no config.json)")
     hf_config, sd = read_hf_dir(path)
     model = build(hf_config, sd)
-    return LoadedModel(name, model, tokenizer_for(model.config.family, path), weights_hash(model.weights))
+    encoding, special = tokenizers.tokenizer_for_dir(path, model.config.family, model.config.vocab_size)
+    return _checked(LoadedModel(name, model, encoding, weights_hash(model.weights), special))
+
+
+def _checked(loaded: LoadedModel) -> LoadedModel:
+    """A tokenizer whose ids run past the embedding would index out of range mid-ingest: refuse it here."""
+    vocab = loaded.model.config.vocab_size
+    if loaded.tokenizer.n_vocab > vocab:
+        raise ModelNotFound(
+            f"the tokenizer has {loaded.tokenizer.n_vocab} tokens but the model's vocabulary only {vocab}: "
+            "is the tokenizer this checkpoint's?"
+        )
+    return loaded

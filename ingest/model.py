@@ -1,9 +1,11 @@
-"""The hooked transformer: one torch forward for both families, every registry location a hook point.
+"""The hooked transformer: one torch forward for every family, every registry location a hook point.
 
-GPT-2 and Llama differ in four switches (norm with or without mean removal and bias, learned or rotary
-positions, GELU or gated SiLU MLP, grouped key/value heads); everything else, and every hook, is shared,
-so both families expose the same locations with the same meaning. Weights are held in the registry's
-standard layout, which is also how the weight tables store them.
+Families differ only in ModelConfig's switches (norm with or without mean removal, learned or rotary
+positions and the rotary's scaling, activation and gating of the MLP, grouped key/value heads, parallel
+attention and MLP, norms after each block, embedding scale, attention scaling, soft-capping, sliding
+windows); the forward reads those fields and never a family name, so every family exposes the same
+locations with the same meaning. Weights are held in the registry's standard layout, which is also how
+the weight tables store them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from ingest.rotary import Rope, inverse_frequencies, rotate  # noqa: E402
 from warehouse.registry import WEIGHTS, ModelShape  # noqa: E402
 
 Hook = Callable[[str, "int | None", torch.Tensor], torch.Tensor]
@@ -33,7 +36,9 @@ def no_hook(name: str, layer: int | None, tensor: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    family: str  # 'gpt2' or 'llama'
+    """The architecture, as the switches the forward reads. `family` is recorded, never branched on."""
+
+    family: str
     n_layers: int
     d_model: int
     n_heads: int
@@ -42,12 +47,26 @@ class ModelConfig:
     d_mlp: int
     vocab_size: int
     n_ctx: int
+    norm: str  # 'layernorm' (mean removed, bias) or 'rmsnorm'
     norm_eps: float
-    rope_theta: float | None = None  # None: learned absolute positions
+    activation: str  # a key of ACTIVATIONS
+    gated_mlp: bool  # post_act = act(x W_gate + b_gate) * (x W_in + b_in)
+    rope: Rope | None = None  # None: learned absolute positions
+    parallel_residual: bool = False  # attention and MLP both read the block's input
+    post_block_norms: bool = False  # each block's output normed before it joins the residual
+    embedding_scale: float = 1.0
+    attn_scale: float | None = None  # multiplies q . k before the softmax; None: d_head^-1/2
+    attn_logit_softcap: float | None = None  # pre-softmax logits become cap * tanh(logit / cap)
+    final_logit_softcap: float | None = None
+    sliding_windows: tuple[int | None, ...] = ()  # per layer: keys q - window < k <= q; empty or None: all
+
+    def window(self, layer: int) -> int | None:
+        return self.sliding_windows[layer] if self.sliding_windows else None
 
     @property
-    def norm(self) -> str:
-        return "layernorm" if self.family == "gpt2" else "rmsnorm"
+    def query_key_scale(self) -> float:
+        """The factor applied to q and to k each: the square root of the logit scaling."""
+        return math.sqrt(self.attn_scale if self.attn_scale is not None else self.d_head**-0.5)
 
     @property
     def shape(self) -> ModelShape:
@@ -66,8 +85,16 @@ class ModelConfig:
         return asdict(self)
 
 
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,
+    "silu": F.silu,
+    "relu": F.relu,
+}
+
+
 class HookedTransformer:
-    """A pre-norm decoder-only transformer over standard-layout weights.
+    """A decoder-only transformer over standard-layout weights.
 
     `weights` maps (registry weight name, layer or None) to a tensor of the registry's shape; biases a
     family lacks are zeros, so the forward (and the views) need no family cases for them.
@@ -77,10 +104,13 @@ class HookedTransformer:
         self.config = config
         self.weights = weights
         self.device = torch.device("cpu")
+        self._inv_freq = inverse_frequencies(config.rope) if config.rope is not None else None
 
     def to(self, device: torch.device | str) -> HookedTransformer:
         self.device = torch.device(device)
         self.weights = {k: v.to(self.device) for k, v in self.weights.items()}
+        if self._inv_freq is not None:
+            self._inv_freq = self._inv_freq.to(self.device)
         return self
 
     def w(self, name: str, layer: int | None = None) -> torch.Tensor:
@@ -92,24 +122,16 @@ class HookedTransformer:
                 yield name, layer, tensor
 
     def _norm(
-        self, x: torch.Tensor, gain: torch.Tensor, bias: torch.Tensor, hold_scale: bool = False
+        self, x: torch.Tensor, where: str, layer: int | None, hold_scale: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normed x, scale) for the norm `where` ('pre_attn', 'pre_mlp', 'post_attn', 'post_mlp', 'final')."""
         centred = x - x.mean(-1, keepdim=True) if self.config.norm == "layernorm" else x
         scale = torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + self.config.norm_eps)
         if hold_scale:
             scale = scale.detach()
-        return centred / scale * gain + bias, scale
-
-    def _rotary(self, x: torch.Tensor) -> torch.Tensor:
-        """Rotate-half rotary embedding over (batch, tokens, heads, channels)."""
-        assert self.config.rope_theta is not None
-        dh = self.config.d_head
-        inv_freq = 1.0 / (self.config.rope_theta ** (torch.arange(0, dh, 2, device=x.device, dtype=torch.float32) / dh))
-        angles = torch.arange(x.shape[1], device=x.device, dtype=torch.float32)[:, None] * inv_freq[None, :]
-        angles = torch.cat([angles, angles], dim=-1)[None, :, None, :]
-        half = dh // 2
-        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * angles.cos() + rotated * angles.sin()
+        normed = centred / scale * self.w(f"layer_norm_gain.{where}", layer)
+        bias = self.weights.get((f"layer_norm_bias.{where}", layer))  # post-block norms have none
+        return (normed if bias is None else normed + bias), scale
 
     def forward(
         self, ids: torch.Tensor, lengths: torch.Tensor, hook: Hook = no_hook, hold_final_scale: bool = False
@@ -120,61 +142,76 @@ class HookedTransformer:
         n_tokens = ids.shape[1]
         positions = torch.arange(n_tokens, device=ids.device)
         x = self.w("embedding")[ids]
-        if cfg.rope_theta is None:
+        if cfg.embedding_scale != 1.0:
+            x = x * torch.tensor(cfg.embedding_scale, dtype=x.dtype)  # the scale rounded to float32 first
+        if cfg.rope is None:
             x = x + self.w("position_embedding")[positions][None]
         if torch.is_grad_enabled():
             x = x.detach().requires_grad_()  # the graph starts here: weights never need gradients
         x = hook("resid.post_emb", None, x)
         causal = positions[None, :] <= positions[:, None]  # (query, key)
-        group = cfg.n_heads // cfg.n_kv_heads
+        spans = [int(n) for n in lengths.tolist()]
         for layer in range(cfg.n_layers):
-            x = self._attention(x, layer, lengths, causal, group, hook)
-            x = self._mlp(x, layer, hook)
-        normed, scale = self._norm(
-            x, self.w("layer_norm_gain.final"), self.w("layer_norm_bias.final"), hold_scale=hold_final_scale
-        )
+            allowed = causal
+            if cfg.window(layer) is not None:
+                allowed = allowed & (positions[None, :] > positions[:, None] - cfg.window(layer))
+            delta_attn = self._attention(x, layer, spans, allowed, hook)
+            x_attn = hook("resid.post_attn", layer, x + delta_attn)
+            delta_mlp = self._mlp(x if cfg.parallel_residual else x_attn, layer, hook)
+            x = hook("resid.post_mlp", layer, x_attn + delta_mlp)
+        normed, scale = self._norm(x, "final", None, hold_scale=hold_final_scale)
         hook("resid.ln_f.scale", None, scale)
         normed = hook("resid.post_ln_f", None, normed)
         logits = normed @ self.w("unembedding")
+        if cfg.final_logit_softcap is not None:
+            logits = cfg.final_logit_softcap * torch.tanh(logits / cfg.final_logit_softcap)
         return hook("logits", None, logits)
 
+    def _block_output(self, out: torch.Tensor, block: str, layer: int, hook: Hook) -> torch.Tensor:
+        """What block 'attn' or 'mlp' adds to the residual: its output, normed first where the model norms it."""
+        if self.config.post_block_norms:
+            out, scale = self._norm(out, f"post_{block}", layer)
+            hook(f"{block}_post_ln.scale", layer, scale)
+        return hook(f"resid.delta_{block}", layer, out)
+
     def _attention(
-        self, x: torch.Tensor, layer: int, lengths: torch.Tensor, causal: torch.Tensor, group: int, hook: Hook
+        self, x: torch.Tensor, layer: int, spans: list[int], allowed: torch.Tensor, hook: Hook
     ) -> torch.Tensor:
         cfg = self.config
-        normed, scale = self._norm(
-            x, self.w("layer_norm_gain.pre_attn", layer), self.w("layer_norm_bias.pre_attn", layer)
-        )
+        normed, scale = self._norm(x, "pre_attn", layer)
         hook("attn_ln.scale", layer, scale)
         normed = hook("resid.post_mlp_ln", layer, normed)
         q = torch.einsum("btd,hdc->bthc", normed, self.w("attn.to_query", layer)) + self.w("attn.query_bias", layer)
         k = torch.einsum("btd,hdc->bthc", normed, self.w("attn.to_key", layer)) + self.w("attn.key_bias", layer)
         v = torch.einsum("btd,hdc->bthc", normed, self.w("attn.to_value", layer)) + self.w("attn.value_bias", layer)
-        if cfg.rope_theta is not None:
-            q, k = self._rotary(q), self._rotary(k)
-        quarter = cfg.d_head**-0.25
-        q = hook("attn.q", layer, q * quarter)
-        k = hook("attn.k", layer, k * quarter)
+        if cfg.rope is not None:
+            q, k = rotate(q, cfg.rope, self._inv_freq), rotate(k, cfg.rope, self._inv_freq)
+        root = cfg.query_key_scale
+        q = hook("attn.q", layer, q * root)
+        k = hook("attn.k", layer, k * root)
         v = hook("attn.v", layer, v)
+        group = cfg.n_heads // cfg.n_kv_heads
         k_per_head = k.repeat_interleave(group, dim=2)
         v_per_head = v.repeat_interleave(group, dim=2)
+        n_tokens = x.shape[1]
+        cap = cfg.attn_logit_softcap
+
+        def scores(b: int, n: int) -> torch.Tensor:
+            s = torch.einsum("qhc,khc->qkh", q[b, :n], k_per_head[b, :n])
+            return cap * torch.tanh(s / cap) if cap is not None else s
+
         # Batch invariance, part 2: torch's bmm picks its kernel by matrix size, so the attention core runs
         # per prompt on its real length; padded positions stay zero and no padding enters any reduction.
-        spans = [int(n) for n in lengths.tolist()]
-        logits = hook(
-            "attn.qk_logits",
-            layer,
-            _per_prompt(spans, x.shape[1], 2, lambda b, n: torch.einsum("qhc,khc->qkh", q[b, :n], k_per_head[b, :n])),
-        )
+        logits = hook("attn.qk_logits", layer, _per_prompt(spans, n_tokens, 2, scores))
         probs = hook(
             "attn.qk_probs",
             layer,
             _per_prompt(
                 spans,
-                x.shape[1],
+                n_tokens,
                 2,
                 lambda b, n: torch.softmax(
-                    logits[b, :n, :n].contiguous().masked_fill(~causal[:n, :n, None], -math.inf), dim=1
+                    logits[b, :n, :n].contiguous().masked_fill(~allowed[:n, :n, None], -math.inf), dim=1
                 ),
             ),
         )
@@ -183,7 +220,7 @@ class HookedTransformer:
             layer,
             _per_prompt(
                 spans,
-                x.shape[1],
+                n_tokens,
                 1,
                 lambda b, n: torch.einsum("qkh,khc->qhc", probs[b, :n, :n].contiguous(), v_per_head[b, :n]),
             ),
@@ -192,31 +229,28 @@ class HookedTransformer:
         with torch.no_grad():  # per prompt too: for one token these are small enough for bmm's other kernel
             for name, per_token in (("attn.v_write_norm", v_per_head), ("attn.v_out_write_norm", mixed)):
                 norms = _per_prompt(
-                    spans, x.shape[1], 1, lambda b, n, t=per_token: torch.einsum("khc,hcd->khd", t[b, :n], w_o)
+                    spans, n_tokens, 1, lambda b, n, t=per_token: torch.einsum("khc,hcd->khd", t[b, :n], w_o)
                 ).norm(dim=-1)
                 hook(name, layer, norms)
-        delta = torch.einsum("bqhc,hcd->bqd", mixed, w_o) + self.w("attn.residual_bias", layer)
-        delta = hook("resid.delta_attn", layer, delta)
-        return hook("resid.post_attn", layer, x + delta)
+        out = torch.einsum("bqhc,hcd->bqd", mixed, w_o) + self.w("attn.residual_bias", layer)
+        return self._block_output(out, "attn", layer, hook)
 
     def _mlp(self, x: torch.Tensor, layer: int, hook: Hook) -> torch.Tensor:
-        normed, scale = self._norm(
-            x, self.w("layer_norm_gain.pre_mlp", layer), self.w("layer_norm_bias.pre_mlp", layer)
-        )
+        cfg = self.config
+        normed, scale = self._norm(x, "pre_mlp", layer)
         hook("mlp_ln.scale", layer, scale)
         normed = hook("resid.post_attn_ln", layer, normed)
         hidden = normed @ self.w("mlp.to_hidden", layer) + self.w("mlp.hidden_bias", layer)
-        if self.config.family == "gpt2":
-            pre = hook("mlp.pre_act", layer, hidden)
-            post = F.gelu(pre, approximate="tanh")
+        act = ACTIVATIONS[cfg.activation]
+        if cfg.gated_mlp:
+            pre = hook("mlp.pre_act", layer, normed @ self.w("mlp.to_gate", layer) + self.w("mlp.gate_bias", layer))
+            post = act(pre) * hidden
         else:
-            pre = hook("mlp.pre_act", layer, normed @ self.w("mlp.to_gate", layer))
-            post = F.silu(pre) * hidden
+            pre = hook("mlp.pre_act", layer, hidden)
+            post = act(pre)
         post = hook("mlp.post_act", layer, post)
-        delta = hook(
-            "resid.delta_mlp", layer, post @ self.w("mlp.to_residual", layer) + self.w("mlp.residual_bias", layer)
-        )
-        return hook("resid.post_mlp", layer, x + delta)
+        out = post @ self.w("mlp.to_residual", layer) + self.w("mlp.residual_bias", layer)
+        return self._block_output(out, "mlp", layer, hook)
 
 
 class _ContiguousGrad(torch.autograd.Function):
@@ -248,8 +282,29 @@ def _per_prompt(
     return out
 
 
+def required_weights(config: ModelConfig) -> set[tuple[str, int | None]]:
+    """Every (weight, layer) the forward reads under this config."""
+    # RMSNorm models carry zero norm biases, so the stored weights (and the views) have one shape
+    names = {"embedding", "unembedding", "layer_norm_gain.final", "layer_norm_bias.final"}
+    names |= {"position_embedding"} if config.rope is None else set()
+    per_layer = {"layer_norm_gain.pre_attn", "layer_norm_gain.pre_mlp", "layer_norm_bias.pre_attn"}
+    per_layer |= {"layer_norm_bias.pre_mlp"}
+    per_layer |= {f"attn.to_{x}" for x in ("query", "key", "value", "residual")}
+    per_layer |= {f"attn.{x}_bias" for x in ("query", "key", "value", "residual")}
+    per_layer |= {"mlp.to_hidden", "mlp.hidden_bias", "mlp.to_residual", "mlp.residual_bias"}
+    per_layer |= {"mlp.to_gate", "mlp.gate_bias"} if config.gated_mlp else set()
+    per_layer |= {"layer_norm_gain.post_attn", "layer_norm_gain.post_mlp"} if config.post_block_norms else set()
+    return {(n, None) for n in names} | {(n, i) for n in per_layer for i in range(config.n_layers)}
+
+
 def check_weights(config: ModelConfig, weights: dict[tuple[str, int | None], torch.Tensor]) -> None:
-    """Fail early, naming the tensor, when a checkpoint does not fill the registry's shapes."""
+    """Fail early, naming the tensor, when a checkpoint does not fill exactly the weights the forward reads,
+    in the registry's shapes."""
+    required = required_weights(config)
+    for missing in sorted(required - set(weights), key=str):
+        raise ValueError(f"weight {missing[0]} (layer {missing[1]}) is missing")
+    for extra in sorted(set(weights) - required, key=str):
+        raise ValueError(f"weight {extra[0]} (layer {extra[1]}) would not be used by this config")
     shape = config.shape
     for (name, layer), tensor in weights.items():
         expected = tuple(shape.size(d) for d in WEIGHTS[name].shape)

@@ -12,13 +12,15 @@ import torch
 import torch.nn.functional as F
 
 from ingest.errors import TokenError
+from ingest.tokenizers import encode
 
 LOGIT_DIFF = "logit_diff"
 NEXT_TOKEN_CE = "next_token_ce"
 
 
-def single_token(tokenizer: tiktoken.Encoding, text: str, role: str) -> int:
-    ids = tokenizer.encode_ordinary(text)
+def single_token(tokenizer: tiktoken.Encoding, text: str, role: str, special_tokens: bool = True) -> int:
+    """The one token `text` is (never with a BOS); TokenError showing how it splits otherwise."""
+    ids = encode(tokenizer, text, special_tokens)
     if len(ids) != 1:
         pieces = [tokenizer.decode([i]) for i in ids]
         raise TokenError(

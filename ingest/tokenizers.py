@@ -13,6 +13,7 @@ import importlib.metadata
 import json
 from collections.abc import Collection
 from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +21,8 @@ import numpy as np
 import numpy.typing as npt
 import regex
 import tiktoken
+
+from ingest.errors import ModelNotFound, TokenError
 
 WHISPER_DIST = "openai-whisper"
 WHISPER_VERSION = "20250625"
@@ -38,6 +41,10 @@ R50K_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+
 SMOLLM2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"""
 
 
+class MissingDataFile(ModelNotFound):
+    """A data file that comes from a package the user has not installed; the message says how to get it."""
+
+
 def installed_file(dist: str, relative: str, install_hint: str) -> Path:
     """Find a data file of an installed distribution without importing it."""
     try:
@@ -45,8 +52,23 @@ def installed_file(dist: str, relative: str, install_hint: str) -> Path:
     except importlib.metadata.PackageNotFoundError:
         path = None
     if path is None or not path.is_file():
-        raise FileNotFoundError(f"{relative} not found; run `{install_hint}`")
+        raise MissingDataFile(f"{relative} (from the {dist} package) is not installed: run `{install_hint}`")
     return path
+
+
+@dataclass(frozen=True)
+class TokenizerSettings:
+    """A tokenizer's beginning- and end-of-sequence tokens, and whether it prepends the BOS itself."""
+
+    bos_id: int | None = None
+    eos_id: int | None = None
+    add_bos: bool = False
+
+
+# GPT-2's <|endoftext|> doubles as BOS. Hugging Face's GPT-2 tokenizer does not prepend it, and neither
+# do we by default: a prompt that should start with it says so ('<|endoftext|>The capital of ...'), or
+# the ingest is run with --prepend-bos (TransformerLens's default for GPT-2).
+GPT2_SETTINGS = TokenizerSettings(bos_id=50256, eos_id=50256, add_bos=False)
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -219,4 +241,94 @@ def gpt2_tokenizer() -> tiktoken.Encoding:
         mergeable_ranks=ranks,
         special_tokens={"<|endoftext|>": 50256},
         explicit_n_vocab=50257,
+    )
+
+
+@dataclass(frozen=True)
+class Tokenization:
+    """How prompt text becomes ids: the BOS prepended to every prompt (None: none) and whether special-
+    token text is the special token. Targets and distractors follow the second, never the first."""
+
+    bos_id: int | None
+    special_tokens: bool
+
+    @classmethod
+    def of(cls, settings: TokenizerSettings, prepend_bos: bool | None, special_tokens_as_text: bool) -> Tokenization:
+        """`prepend_bos` None: as the tokenizer's own config says."""
+        prepend = settings.add_bos if prepend_bos is None else prepend_bos
+        if prepend and settings.bos_id is None:
+            raise TokenError("--prepend-bos: this model's tokenizer declares no BOS token")
+        return cls(settings.bos_id if prepend else None, not special_tokens_as_text)
+
+    def prompt_ids(self, encoding: tiktoken.Encoding, text: str) -> list[int]:
+        ids = encode(encoding, text, self.special_tokens)
+        return ids if self.bos_id is None else [self.bos_id, *ids]
+
+    def settings(self) -> list[object]:
+        """What the prompt key depends on: the same text tokenised otherwise is another prompt."""
+        return [self.bos_id, self.special_tokens]
+
+
+def encode(encoding: tiktoken.Encoding, text: str, special_tokens: bool) -> list[int]:
+    """Token ids of `text`; with `special_tokens`, special-token text ('<|endoftext|>') is that token, as
+    the reference system encodes prompts, else it is spelled out like any other text."""
+    return encoding.encode(text, allowed_special="all") if special_tokens else encoding.encode_ordinary(text)
+
+
+def _token_text(value: object) -> str | None:
+    """tokenizer_config.json writes a special token as its text or as {"content": text, ...}."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _template_bos(spec: dict) -> str | None:
+    """The special token tokenizer.json's post-processor puts before a single sequence, if any."""
+    processor = spec.get("post_processor") or {}
+    processors = processor.get("processors", []) if processor.get("type") == "Sequence" else [processor]
+    for proc in processors:
+        if proc.get("type") == "TemplateProcessing":
+            first = (proc.get("single") or [{}])[0]
+            if "SpecialToken" in first:
+                return first["SpecialToken"]["id"]
+    return None
+
+
+def tokenizer_settings(directory: Path, encoding: tiktoken.Encoding) -> TokenizerSettings:
+    """BOS, EOS and add_bos from a checkpoint directory: tokenizer_config.json's bos_token, eos_token and
+    add_bos_token, else the BOS that tokenizer.json's post-processor prepends (as Llama 3's does)."""
+
+    def token_id(text: str | None) -> int | None:
+        if text is None:
+            return None
+        if text in encoding.special_tokens_set:
+            return encoding.encode_single_token(text)
+        ids = encoding.encode_ordinary(text)
+        return ids[0] if len(ids) == 1 else None
+
+    config_file, spec_file = directory / "tokenizer_config.json", directory / "tokenizer.json"
+    config = json.loads(config_file.read_text()) if config_file.exists() else {}
+    spec = json.loads(spec_file.read_text()) if spec_file.exists() else {}
+    template_bos = _template_bos(spec)
+    bos = _token_text(config.get("bos_token")) or template_bos
+    add_bos = config.get("add_bos_token")
+    if add_bos is None:
+        add_bos = template_bos is not None
+    return TokenizerSettings(token_id(bos), token_id(_token_text(config.get("eos_token"))), bool(add_bos))
+
+
+def tokenizer_for_dir(directory: Path, family: str, vocab_size: int) -> tuple[tiktoken.Encoding, TokenizerSettings]:
+    """A checkpoint directory's own tokenizer.json (with tokenizer_config.json's settings), else GPT-2's
+    for a GPT-2 checkpoint with GPT-2's vocabulary size."""
+    if (directory / "tokenizer.json").exists():
+        try:
+            encoding = load_tokenizer_json(directory / "tokenizer.json")
+        except ValueError as exc:
+            raise ModelNotFound(f"cannot use {directory / 'tokenizer.json'}: {exc}") from None
+        return encoding, tokenizer_settings(directory, encoding)
+    if family == "gpt2" and vocab_size == 50257:
+        return gpt2_tokenizer(), GPT2_SETTINGS
+    raise ModelNotFound(
+        f"no tokenizer for the {family} checkpoint at {directory}: add its tokenizer.json "
+        "(byte-level BPE) to the directory, or load the model from a .gguf file, which carries its tokenizer"
     )

@@ -30,12 +30,13 @@ import pyarrow as pa
 import torch
 from safetensors import SafetensorError
 
-from ingest.capture import CaptureSpec, Recorder, first_row, location_rows, logits_rows
+from ingest.capture import CaptureSpec, Recorder, check_storable, first_row, location_rows, logits_rows
 from ingest.checkpoints import DEFAULT_MODEL, LoadedModel, load_model
 from ingest.errors import DeviceError, ModelNotFound, TokenError
 from ingest.model_rows import factor_weights, register_model, token_rows, token_text
 from ingest.objective import LOGIT_DIFF, objective_kind, per_prompt_objective, single_token
 from ingest.prompts import PromptInput, Skipped
+from ingest.tokenizers import Tokenization
 from warehouse.registry import LOCATIONS
 from warehouse.writer import Batch, LakeWriter
 
@@ -56,6 +57,8 @@ class IngestOptions:
     distractor: str | None = None
     precision: str = "float32"  # stored values: float32, or bfloat16 (rounded to nearest even, kept as FLOAT)
     unembedding: str = "used"  # unembedding columns stored: those of targets and distractors, or all
+    prepend_bos: bool | None = None  # None: as the tokenizer's own config says
+    special_tokens_as_text: bool = False  # '<|endoftext|>' in a prompt: the special token unless this is set
 
 
 @dataclass
@@ -110,11 +113,11 @@ def open_model(name: str) -> LoadedModel:
     return loaded
 
 
-def check_command_tokens(loaded: LoadedModel, options: IngestOptions) -> None:
+def check_command_tokens(loaded: LoadedModel, options: IngestOptions, tokenization: Tokenization) -> None:
     """A --target or --distractor that is not one token would skip every prompt: refuse it up front."""
     for role, text in (("--target", options.target), ("--distractor", options.distractor)):
         if text is not None:
-            single_token(loaded.tokenizer, text, role)
+            single_token(loaded.tokenizer, text, role, tokenization.special_tokens)
     if options.distractor is not None and options.target is None:
         raise TokenError("--distractor needs --target: the objective is target minus distractor")
 
@@ -141,12 +144,23 @@ def prompt_key(checkpoint_hash: str, source: PromptInput, settings: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
-def prepare(loaded: LoadedModel, source: PromptInput, settings: str, truncate: bool, backward: bool) -> Prepared:
+AS_WRITTEN = Tokenization(bos_id=None, special_tokens=True)  # no BOS added, special-token text is the token
+
+
+def prepare(
+    loaded: LoadedModel,
+    source: PromptInput,
+    settings: str,
+    truncate: bool,
+    backward: bool,
+    tokenization: Tokenization = AS_WRITTEN,
+) -> Prepared:
     """Tokenise and validate one prompt; raises ValueError with the reason it cannot be stored."""
     tok = loaded.tokenizer
+    specials = tokenization.special_tokens
     if not source.text:
         raise ValueError("empty prompt")
-    ids = tok.encode_ordinary(source.text)
+    ids = tokenization.prompt_ids(tok, source.text)
     n_ctx = loaded.model.config.n_ctx
     if len(ids) > n_ctx:
         if not truncate:
@@ -155,8 +169,10 @@ def prepare(loaded: LoadedModel, source: PromptInput, settings: str, truncate: b
                 "shorten it or pass --truncate"
             )
         ids = ids[:n_ctx]
-    target_id = single_token(tok, source.target, "target") if source.target is not None else None
-    distractor_id = single_token(tok, source.distractor, "distractor") if source.distractor is not None else None
+    target_id = single_token(tok, source.target, "target", specials) if source.target is not None else None
+    distractor_id = (
+        single_token(tok, source.distractor, "distractor", specials) if source.distractor is not None else None
+    )
     if distractor_id is not None and target_id is None:
         raise ValueError("a distractor needs a target")
     if backward and target_id is None and len(ids) < 2:
@@ -373,8 +389,12 @@ def ingest(
     loaded = open_model(options.model)
     loaded.model.to(device)
     spec = CaptureSpec.parse(options.locations, options.layers, loaded.model.config.n_layers)
-    check_command_tokens(loaded, options)
-    settings = json.dumps([spec.labels(), sorted(spec.layers or []), options.backward, options.truncate])
+    check_storable(loaded.model.config, spec)
+    tokenization = Tokenization.of(loaded.special, options.prepend_bos, options.special_tokens_as_text)
+    check_command_tokens(loaded, options, tokenization)
+    settings = json.dumps(
+        [spec.labels(), sorted(spec.layers or []), options.backward, options.truncate, *tokenization.settings()]
+    )
     with LakeWriter(db_path, wait=options.wait) as writer, sigterm_interrupts():
         weights = factor_weights(loaded)
         unembedding_all = options.unembedding == "all"
@@ -390,6 +410,8 @@ def ingest(
             device=str(device),
             dtype="float32",
             precision=options.precision,
+            prepend_bos=tokenization.bos_id is not None,
+            special_tokens="special" if tokenization.special_tokens else "text",
         )
         report = IngestReport(run_id, model_id)
         committed = set() if options.force else writer.committed_keys(model_id)
@@ -408,7 +430,7 @@ def ingest(
                     skip(source)
                     continue
                 try:
-                    item = prepare(loaded, source, settings, options.truncate, options.backward)
+                    item = prepare(loaded, source, settings, options.truncate, options.backward, tokenization)
                 except (ValueError, TokenError) as exc:
                     skip(Skipped(source.line, source.text, str(exc)))
                     continue

@@ -129,7 +129,7 @@ def test_checkpoint_dir_with_config_but_no_weights(tmp_path: Path) -> None:
     assert_one_line_error(
         ingest(tmp_path / "w.duckdb", "--model", ckpt, "--prompt", "Hi there"),
         str(ckpt),
-        "neither model.safetensors nor pytorch_model.bin",
+        "no weights: expected one of model.safetensors",
     )
 
 
@@ -168,6 +168,7 @@ def test_llama_checkpoint_without_tokenizer(tmp_path: Path) -> None:
         "intermediate_size": mlp,
         "vocab_size": vocab,
         "max_position_embeddings": 16,
+        "tie_word_embeddings": True,
     }
     (ckpt / "config.json").write_text(json.dumps(config))
     tensors = {

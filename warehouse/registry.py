@@ -81,6 +81,7 @@ class ActivationLocation:
     has_layers: bool = True
     has_backward: bool = True
     reference_dst: str | None = None
+    only_with: str = ""  # a model config switch this location needs (e.g. post_block_norms); "": every model
 
     @property
     def dst(self) -> str:
@@ -109,7 +110,7 @@ _LOCATIONS = [
     ActivationLocation(
         "resid.post_emb",
         (_T, D.RESIDUAL_STREAM_CHANNELS),
-        "token plus position embedding",
+        "token embedding (times the model's embedding scale) plus position embedding",
         has_layers=False,
         reference_dst="resid_post_embedding",
     ),
@@ -128,13 +129,13 @@ _LOCATIONS = [
     ActivationLocation(
         "attn.q",
         (_T, D.ATTN_HEADS, D.QUERY_AND_KEY_CHANNELS),
-        "query after rotary, scaled by d_head^-1/4",
+        "query after rotary, times the square root of the logit scaling (d_head^-1/4 by default)",
         reference_dst="attn_query",
     ),
     ActivationLocation(
         "attn.k",
         (_K, D.KV_HEADS, D.QUERY_AND_KEY_CHANNELS),
-        "key after rotary, scaled by d_head^-1/4; head is the key/value head",
+        "key after rotary, scaled as the query; head is the key/value head",
         reference_dst="attn_key",
     ),
     ActivationLocation(
@@ -143,7 +144,11 @@ _LOCATIONS = [
         "value including its bias; head is the key/value head",
         reference_dst="attn_value",
     ),
-    ActivationLocation("attn.qk_logits", (_T, _K, D.ATTN_HEADS), "q . k before softmax, causal pairs only"),
+    ActivationLocation(
+        "attn.qk_logits",
+        (_T, _K, D.ATTN_HEADS),
+        "q . k before softmax (soft-capped where the model caps it), causal pairs only",
+    ),
     ActivationLocation("attn.qk_probs", (_T, _K, D.ATTN_HEADS), "attention probabilities, causal pairs only"),
     ActivationLocation(
         "attn.v_out",
@@ -164,9 +169,22 @@ _LOCATIONS = [
         has_backward=False,
     ),
     ActivationLocation(
-        "resid.delta_attn", (_T, D.RESIDUAL_STREAM_CHANNELS), "attention block output, output bias included"
+        "attn_post_ln.scale",
+        (_T, D.SINGLETON),
+        "scale of the norm after the attention block (models that norm block outputs)",
+        only_with="post_block_norms",
     ),
-    ActivationLocation("resid.post_attn", (_T, D.RESIDUAL_STREAM_CHANNELS), "residual after attention"),
+    ActivationLocation(
+        "resid.delta_attn",
+        (_T, D.RESIDUAL_STREAM_CHANNELS),
+        "what the attention block adds to the residual: its output (output bias included), normed where the "
+        "model norms block outputs",
+    ),
+    ActivationLocation(
+        "resid.post_attn",
+        (_T, D.RESIDUAL_STREAM_CHANNELS),
+        "residual after attention (with a parallel MLP: the block input plus the attention output)",
+    ),
     ActivationLocation(
         "mlp_ln.scale",
         (_T, D.SINGLETON),
@@ -181,7 +199,18 @@ _LOCATIONS = [
     ),
     ActivationLocation("mlp.pre_act", (_T, D.MLP_ACTS), "MLP pre-activation (the gate projection for gated MLPs)"),
     ActivationLocation("mlp.post_act", (_T, D.MLP_ACTS), "MLP activation: the input of the output projection"),
-    ActivationLocation("resid.delta_mlp", (_T, D.RESIDUAL_STREAM_CHANNELS), "MLP block output, output bias included"),
+    ActivationLocation(
+        "mlp_post_ln.scale",
+        (_T, D.SINGLETON),
+        "scale of the norm after the MLP (models that norm block outputs)",
+        only_with="post_block_norms",
+    ),
+    ActivationLocation(
+        "resid.delta_mlp",
+        (_T, D.RESIDUAL_STREAM_CHANNELS),
+        "what the MLP adds to the residual: its output (output bias included), normed where the model norms "
+        "block outputs",
+    ),
     ActivationLocation("resid.post_mlp", (_T, D.RESIDUAL_STREAM_CHANNELS), "residual after the MLP"),
     ActivationLocation(
         "resid.ln_f.scale",
@@ -254,8 +283,11 @@ _WEIGHTS = [
     WeightLocation("mlp.to_hidden", (D.RESIDUAL_STREAM_CHANNELS, D.MLP_ACTS)),
     WeightLocation("mlp.to_gate", (D.RESIDUAL_STREAM_CHANNELS, D.MLP_ACTS)),
     WeightLocation("mlp.hidden_bias", (D.MLP_ACTS,)),
+    WeightLocation("mlp.gate_bias", (D.MLP_ACTS,)),
     WeightLocation("mlp.to_residual", (D.MLP_ACTS, D.RESIDUAL_STREAM_CHANNELS)),
     WeightLocation("mlp.residual_bias", (D.RESIDUAL_STREAM_CHANNELS,)),
+    WeightLocation("layer_norm_gain.post_attn", (D.RESIDUAL_STREAM_CHANNELS,)),
+    WeightLocation("layer_norm_gain.post_mlp", (D.RESIDUAL_STREAM_CHANNELS,)),
     WeightLocation("layer_norm_gain.final", (D.RESIDUAL_STREAM_CHANNELS,), has_layers=False),
     WeightLocation("layer_norm_bias.final", (D.RESIDUAL_STREAM_CHANNELS,), has_layers=False),
 ]

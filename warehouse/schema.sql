@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS runs (
     device VARCHAR NOT NULL,
     dtype VARCHAR NOT NULL,           -- the model pass's dtype
     precision VARCHAR NOT NULL,       -- stored values: 'float32', or 'bfloat16' (rounded, kept in FLOAT)
+    prepend_bos BOOLEAN NOT NULL,     -- a BOS token was put before every prompt
+    special_tokens VARCHAR NOT NULL,  -- 'special': special-token text encodes as the token; 'text': spelled out
     started_at TIMESTAMP NOT NULL,
     finished_at TIMESTAMP,
     status VARCHAR NOT NULL,          -- running, completed, failed, interrupted
