@@ -9,7 +9,6 @@ warning counted as extra stderr lines; a few run as real subprocesses to show wh
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from safetensors.torch import save_file
 
 import cli
 from ingest import worker
-from warehouse import db
+from warehouse import db, lake
 
 ROOT = Path(__file__).resolve().parent.parent
 LONG_PROMPT = ("one two three four five six seven eight nine ten " * 20).strip()  # 200 tokens; context is 128
@@ -91,7 +90,7 @@ def assert_skipped(result: Result, skipped: dict[int, str], stored: int) -> None
 
 
 def prompt_texts(db_path: Path) -> list[str]:
-    con = duckdb.connect(str(db_path), read_only=True)
+    con = db.connect(db_path, read_only=True)
     try:
         return [r[0] for r in con.execute("SELECT text FROM prompts ORDER BY prompt_id").fetchall()]
     finally:
@@ -101,7 +100,7 @@ def prompt_texts(db_path: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def warehouse_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small real warehouse; tests copy it before changing anything."""
-    path = tmp_path_factory.mktemp("wh") / "base.duckdb"
+    path = tmp_path_factory.mktemp("wh") / "base"
     result = tiny(path, "--prompt", "The cat sat on the mat")
     assert result.returncode == 0, result.stderr
     return path
@@ -246,7 +245,7 @@ def test_prompt_longer_than_context_is_skipped_and_the_others_stored(tmp_path: P
     assert_skipped(result, {2: "prompt is 200 tokens, longer than the model's context of 128"}, stored=2)
     assert "--truncate" in result.stderr
     assert prompt_texts(tmp_path / "w.duckdb") == ["The cat sat", "The dog ran"]
-    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    con = db.connect(tmp_path / "w.duckdb", read_only=True)
     skipped = json.loads(con.execute("SELECT skipped FROM runs").fetchall()[0][0])
     con.close()
     assert [s["line"] for s in skipped] == [2]
@@ -257,7 +256,7 @@ def test_truncate_stores_the_long_prompt_cut_to_the_context(tmp_path: Path) -> N
     prompts.write_text(f"The cat sat\n{LONG_PROMPT}\n")
     result = tiny(tmp_path / "w.duckdb", "--prompts", prompts, "--truncate", "--no-backward")
     assert result.returncode == 0, result.stderr
-    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    con = db.connect(tmp_path / "w.duckdb", read_only=True)
     rows = con.execute(
         "SELECT n_tokens, (SELECT max(token) FROM activations a WHERE a.prompt_id = p.prompt_id)"
         " FROM prompts p ORDER BY prompt_id"
@@ -287,9 +286,9 @@ def test_text_file_as_db_is_refused_and_left_alone(tmp_path: Path) -> None:
     path = tmp_path / "notes.txt"
     path.write_text("not a database\n")
     result = actwh_process("ingest", "--db", path, "--model", "gpt2-tiny", "--prompt", "Hi there")
-    assert_one_line_error(result, str(path), "not a valid DuckDB database")
+    assert_one_line_error(result, str(path), "is a file, not a warehouse folder")
     assert path.read_text() == "not a database\n"
-    assert_one_line_error(actwh("sql", "--db", path, "SELECT 1"), "not a valid DuckDB database")
+    assert_one_line_error(actwh("sql", "--db", path, "SELECT 1"), "is a file, not a warehouse folder")
 
 
 def test_duckdb_file_that_is_not_a_warehouse(tmp_path: Path) -> None:
@@ -297,77 +296,32 @@ def test_duckdb_file_that_is_not_a_warehouse(tmp_path: Path) -> None:
     con = duckdb.connect(str(path))
     con.execute("CREATE TABLE sales (amount INTEGER)")
     con.close()
-    assert_one_line_error(tiny(path, "--prompt", "Hi there"), "is a DuckDB file but not an activation warehouse")
+    assert_one_line_error(tiny(path, "--prompt", "Hi there"), "is a DuckDB database but not a warehouse")
     con = duckdb.connect(str(path), read_only=True)
     tables = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()]
     con.close()
     assert tables == ["sales"]
-    assert_one_line_error(actwh("info", "--db", path), "not an activation warehouse")
+    assert_one_line_error(actwh("info", "--db", path), "is a DuckDB database but not a warehouse")
 
 
 def _set_version(path: Path, version: int) -> None:
-    con = duckdb.connect(str(path))
+    con = lake.new_connection()
+    lake.attach(con, lake.LakeConfig.from_path(path), read_only=False)
     con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(version)])
     con.close()
 
 
-def test_newer_schema_version_is_refused(tmp_path: Path, warehouse_file: Path) -> None:
-    path = tmp_path / "newer.duckdb"
-    shutil.copy(warehouse_file, path)
-    _set_version(path, 999)
-    message = f"schema version 999, newer than this actwh's {db.SCHEMA_VERSION}: upgrade actwh"
-    assert_one_line_error(tiny(path, "--prompt", "Hi there"), message)
-    assert_one_line_error(actwh("sql", "--db", path, "SELECT 1"), message)
+@pytest.mark.parametrize(("version", "message"), [(999, "newer than this actwh's"), (1, "no migration from it")])
+def test_other_schema_version_is_refused_and_left_alone(
+    tmp_path: Path, warehouse_file: Path, version: int, message: str
+) -> None:
+    path = tmp_path / "other-version"
+    shutil.copytree(warehouse_file, path)
+    _set_version(path, version)
+    assert_one_line_error(tiny(path, "--prompt", "Hi there"), f"schema version {version}", message)
+    assert_one_line_error(actwh("sql", "--db", path, "SELECT 1"), f"schema version {version}")
+    _set_version(path, db.SCHEMA_VERSION)
     assert prompt_texts(path) == ["The cat sat on the mat"]
-
-
-def test_older_schema_version_migrates_on_write_and_says_what_to_run_on_read(
-    tmp_path: Path, warehouse_file: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The migration hook, exercised with a pretend version 2 that adds a table."""
-    path = tmp_path / "older.duckdb"
-    shutil.copy(warehouse_file, path)
-    monkeypatch.setattr(db, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(db, "MIGRATIONS", {})
-    with pytest.raises(db.NotAWarehouse, match="no migration from version 1 to 2"):
-        db.connect(path).close()
-    with pytest.raises(db.NotAWarehouse, match=re.escape(f"actwh migrate --db {path}")):
-        db.connect(path, read_only=True).close()
-
-    monkeypatch.setattr(db, "MIGRATIONS", {1: lambda con: con.execute("CREATE TABLE added_in_v2 (x INTEGER)")})
-    db.connect(path).close()
-    con = db.connect(path, read_only=True)
-    try:
-        assert db.stored_version(con) == 2
-        assert con.execute("SELECT count(*) FROM added_in_v2").fetchall() == [(0,)]
-        assert con.execute("SELECT count(*) FROM prompts").fetchall() == [(1,)]
-    finally:
-        con.close()
-
-
-def test_failed_migration_leaves_the_file_at_its_version(
-    tmp_path: Path, warehouse_file: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "older.duckdb"
-    shutil.copy(warehouse_file, path)
-    monkeypatch.setattr(db, "SCHEMA_VERSION", 2)
-
-    def broken(con: duckdb.DuckDBPyConnection) -> None:
-        con.execute("CREATE TABLE half_done (x INTEGER)")
-        con.execute("SELECT * FROM no_such_table")
-
-    monkeypatch.setattr(db, "MIGRATIONS", {1: broken})
-    with pytest.raises(db.WarehouseError, match="file unchanged"):
-        db.connect(path).close()
-    monkeypatch.setattr(db, "SCHEMA_VERSION", 1)
-    con = db.connect(path, read_only=True)
-    try:
-        assert db.stored_version(con) == 1
-        assert con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'half_done'").fetchall()[
-            0
-        ] == (0,)
-    finally:
-        con.close()
 
 
 def test_missing_db_directory(tmp_path: Path) -> None:
@@ -379,7 +333,7 @@ def test_missing_db_directory(tmp_path: Path) -> None:
 
 
 class _DiskFillsUp:
-    """A DuckDB connection whose second activation insert fails the way DuckDB reports ENOSPC."""
+    """A DuckDB connection whose second fact insert fails the way DuckDB reports ENOSPC."""
 
     inserts = 0
 
@@ -387,7 +341,7 @@ class _DiskFillsUp:
         self._con, self._path = con, path
 
     def execute(self, sql: str, *args: Any) -> Any:
-        if sql.startswith("INSERT INTO activations"):
+        if sql.startswith("INSERT INTO facts"):
             _DiskFillsUp.inserts += 1
             if _DiskFillsUp.inserts == 2:
                 raise duckdb.IOException(f'IO Error: Could not write file "{self._path}.wal": No space left on device')
@@ -438,7 +392,7 @@ def test_out_of_memory_retries_smaller_batches_then_skips_the_prompt(
     assert_skipped(result, {4: "out of memory on cpu even alone (4 tokens)"}, stored=5)
     assert sizes == [4, 2, 2, 1, 1, 2]  # [1-4] -> [1,2] ok, [3,4] -> [3] ok, [4] skipped; then [5,6]
     assert prompt_texts(path) == [t for t in texts if "HUGE" not in t]
-    con = duckdb.connect(str(path), read_only=True)
+    con = db.connect(path, read_only=True)
     status, skipped, ids = con.execute(
         "SELECT status, skipped, (SELECT list(prompt_id ORDER BY prompt_id) FROM prompts) FROM runs"
     ).fetchall()[0]

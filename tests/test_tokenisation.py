@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
 import pytest
 from click.testing import CliRunner
 
@@ -12,13 +11,14 @@ from cli import main
 from ingest.tokenizers import gpt2_tokenizer, tokenizer_settings
 from tests import random_models
 from tests.test_bad_input import assert_one_line_error, ingest
+from warehouse import db as warehouse_db
 
 ENDOFTEXT = 50256
 TEXT = "The capital of France is"
 
 
 def _token_ids(db: Path) -> list[list[int]]:
-    con = duckdb.connect(str(db), read_only=True)
+    con = warehouse_db.connect(db, read_only=True)
     try:
         rows = con.sql(
             "SELECT list(token_id ORDER BY position) FROM tokens GROUP BY prompt_id ORDER BY prompt_id"
@@ -48,7 +48,7 @@ def test_bos_is_prepended_on_request_never_to_the_target(tmp_path: Path) -> None
     _tiny(db, "--prompt", TEXT)  # GPT-2's default: no BOS
     _tiny(db, "--prompt", TEXT, "--prepend-bos", "--target", " Paris")
     assert _token_ids(db) == [plain, [ENDOFTEXT, *plain]]  # the same text with a BOS is another prompt
-    con = duckdb.connect(str(db), read_only=True)
+    con = warehouse_db.connect(db, read_only=True)
     try:
         (target_id,) = con.execute("SELECT target_id FROM prompts WHERE target IS NOT NULL").fetchone()
     finally:
@@ -104,13 +104,13 @@ def test_prepend_bos_without_a_bos_token_is_refused(tmp_path: Path, monkeypatch:
         checkpoints.load_model.cache_clear()
 
 
-def test_info_shows_the_tokenisation_when_the_runs_table_records_it(tmp_path: Path) -> None:
-    db = tmp_path / "w.duckdb"
+def test_info_shows_the_tokenisation_of_each_run(tmp_path: Path) -> None:
+    db = tmp_path / "w"
     _tiny(db, "--prompt", TEXT)
-    con = duckdb.connect(str(db))
-    con.execute("ALTER TABLE runs ADD COLUMN prepend_bos BOOLEAN DEFAULT false")
-    con.execute("ALTER TABLE runs ADD COLUMN special_tokens VARCHAR DEFAULT 'special'")
-    con.close()
+    _tiny(db, "--prompt", TEXT, "--prepend-bos", "--special-tokens-as-text")
     result = CliRunner().invoke(main, ["info", "--db", str(db)])
     assert result.exit_code == 0, result.output
-    assert "prepend_bos" in result.output and "special_tokens" in result.output
+    runs = result.output.split("== runs")[1].split("==")[0]
+    header, _, first, second = runs.strip().splitlines()[:4]
+    assert "prepend_bos" in header and "special_tokens" in header
+    assert "False" in first and "special" in first and "True" in second and "text" in second

@@ -61,21 +61,34 @@ def config_for(path: str | Path) -> lake.LakeConfig:
     """The lake a --db path names; a single-file warehouse of an earlier actwh gets the command that converts it."""
     path = Path(path)
     if path.is_file():
-        if _is_duckdb_file(path):
+        if _is_single_file_warehouse(path):
             target = path.with_suffix("") if path.suffix else path.with_name(path.name + ".lake")
             raise NotAWarehouse(
                 f"{path} is a single-file warehouse from an earlier actwh: convert it with "
                 f"`actwh convert {path} --db {target}` and pass --db {target}"
             )
-        raise NotAWarehouse(f"{path} is a file, not a warehouse folder: pass a folder path as --db")
+        what = "a DuckDB database but not a warehouse" if _is_duckdb_file(path) else "a file, not a warehouse folder"
+        raise NotAWarehouse(f"{path} is {what}: pass a warehouse folder (or a new path) as --db")
     return lake.LakeConfig.from_path(path)
+
+
+def _is_single_file_warehouse(path: Path) -> bool:
+    """A DuckDB file whose `meta` table says schema version 1 (what actwh wrote before the lake)."""
+    if not _is_duckdb_file(path):
+        return False
+    try:
+        with duckdb.connect(str(path), read_only=True) as con:
+            rows = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
+    except duckdb.Error:
+        return False
+    return rows == [("1",)]
 
 
 def connect(path: str | Path, read_only: bool = False, wait_s: float = DEFAULT_WAIT_S) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the warehouse attached and in use: tables and views read unqualified.
 
     Read-only opens need an existing warehouse of this actwh's schema version; read-write opens create
-    a new one, migrate an older one and refuse a newer one. `wait_s` is kept for callers' signatures:
+    a new one and refuse one of another schema version. `wait_s` is kept for callers' signatures:
     DuckLake readers never wait for a writer.
     Raises NotAWarehouse / WarehouseError with one line.
     """
@@ -123,6 +136,13 @@ def _newer(version: int, path: Path) -> NotAWarehouse:
     )
 
 
+def _older(version: int, path: Path) -> NotAWarehouse:
+    return NotAWarehouse(
+        f"{path} has schema version {version}, older than this actwh's {SCHEMA_VERSION}, and there is no migration "
+        "from it: open it with the actwh that wrote it, or ingest into a new --db"
+    )
+
+
 def check_version(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     """For read-only opens, which cannot migrate: refuse any version but the current one, saying why."""
     version = stored_version(con)
@@ -131,14 +151,11 @@ def check_version(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     if version > SCHEMA_VERSION:
         raise _newer(version, path)
     if version < SCHEMA_VERSION:
-        raise NotAWarehouse(
-            f"{path} has schema version {version}, older than this actwh's {SCHEMA_VERSION}: migrate it with "
-            f"`actwh migrate --db {path}` (any ingest into it also migrates it)"
-        )
+        raise _older(version, path)
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
-    """For read-write opens: create the schema in a new lake, migrate an older one, refuse a newer one,
+    """For read-write opens: create the schema in a new lake, refuse another schema version,
     and rebuild views whose SQL changed since the lake was last written."""
     version = stored_version(con)
     if version is None:
