@@ -157,15 +157,13 @@ class Warehouse:
             con.close()
 
     def engine(self) -> sa.Engine:
-        """A SQLAlchemy engine for Python dashboards and `pandas.read_sql` that behaves like this API.
-
-        Each connection opens the file as the API does (queued with a running ingest, a lock retried for
-        wait_s) and closes it when returned to the engine (NullPool), so the ingest is never held up.
+        """A read-only SQLAlchemy engine for Python dashboards and `pandas.read_sql`, whatever this
+        Warehouse's mode: the `duckdb+actwh` dialect (queries/bi.py), each connection opened by
+        `db.connect` and closed when returned to the engine (NullPool), so an ingest is never held up.
         """
-        import sqlalchemy as sa  # dashboards only: the CLI's query commands start without it
-        from sqlalchemy.pool import NullPool
+        from queries import bi  # dashboards only: the CLI's query commands start without SQLAlchemy
 
-        return sa.create_engine("duckdb://", creator=self._connect, poolclass=NullPool)
+        return bi.create_engine(self.path)
 
     @contextmanager
     def _connection(self) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -16,6 +16,7 @@ load by name.
 from __future__ import annotations
 
 import importlib.util
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,10 +88,26 @@ def new_connection() -> duckdb.DuckDBPyConnection:
     return con
 
 
+def _new_sqlite_catalog(config: LakeConfig) -> None:
+    """Create a new lake's SQLite catalog in WAL mode (stored in the file). In SQLite's default rollback
+    journal a reader's open transaction (any query still running, a BI connection inside a transaction)
+    holds a lock that makes a writer's COMMIT fail with "database is locked" after SQLite's busy timeout;
+    in WAL mode readers keep their snapshot and the writer commits (measured: a 12 s read-only query made a
+    concurrent ingest fail, and does not in WAL mode). WAL needs the catalog on a local file system."""
+    path = config.catalog.removeprefix("sqlite:")
+    catalog = sqlite3.connect(path)
+    try:
+        catalog.execute("PRAGMA journal_mode=WAL")
+    finally:
+        catalog.close()
+
+
 def attach(con: duckdb.DuckDBPyConnection, config: LakeConfig, read_only: bool) -> None:
     """Attach the lake as `actwh` and make it the default catalog, so tables and views read unqualified."""
     if not read_only:
         (config.root / DATA_DIR).mkdir(parents=True, exist_ok=True)
+        if config.catalog.startswith("sqlite:") and not config.exists:
+            _new_sqlite_catalog(config)
     mode = ", READ_ONLY" if read_only else ""
     con.execute(
         f"ATTACH 'ducklake:{config.catalog}' AS {ALIAS} (DATA_PATH '{config.data_path}', OVERRIDE_DATA_PATH true{mode})"
