@@ -15,7 +15,7 @@ import json
 import os
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -152,7 +152,9 @@ class LakeWriter:
                 yield con
                 con.execute("COMMIT")
             except BaseException:
-                con.execute("ROLLBACK")
+                # A failed COMMIT has already ended the transaction: its error is the one to report.
+                with suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
                 raise
 
     def next_id(self, table: str, column: str) -> int:
