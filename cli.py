@@ -150,6 +150,11 @@ def _db_option(required: bool = True, help: str = "The warehouse: a folder holdi
     is_flag=True,
     help="Spell out special-token text such as <|endoftext|> instead of encoding it as that token.",
 )
+@click.option(
+    "--max-memory",
+    help="Memory the ingest may use, e.g. 4GB (default: what the machine has available). A prompt that "
+    "would need more even alone is skipped with the estimate; batches are sized to fit.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def ingest_command(
     db_path: Path,
@@ -170,10 +175,12 @@ def ingest_command(
     unembedding: str,
     prepend_bos: bool | None,
     special_tokens_as_text: bool,
+    max_memory: str | None,
     quiet: bool,
 ) -> None:
     """Run hooked forward and backward passes over prompts and store every captured value."""
-    from ingest.worker import IngestOptions, ingest  # torch: imported by the one command that runs a model
+    from ingest.memory import parse_size  # torch: imported by the one command that runs a model
+    from ingest.worker import IngestOptions, ingest
 
     if not prompts and prompts_file is None:
         raise click.UsageError("give at least one --prompt or a --prompts FILE")
@@ -183,6 +190,10 @@ def ingest_command(
         layer_list = [int(x) for x in _split(layers)] or None
     except ValueError:
         raise click.UsageError("--layers takes integers, e.g. --layers 0,5,11") from None
+    try:
+        memory_limit = parse_size(max_memory) if max_memory is not None else None
+    except ValueError as exc:
+        raise click.UsageError(f"--max-memory: {exc}") from None
     options = IngestOptions(
         model=model,
         locations=_split(locations) or None,
@@ -198,6 +209,7 @@ def ingest_command(
         distractor=distractor,
         precision=precision,
         unembedding=unembedding,
+        max_memory=memory_limit,
         prepend_bos=prepend_bos,
         special_tokens_as_text=special_tokens_as_text,
     )

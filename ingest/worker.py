@@ -30,6 +30,7 @@ import pyarrow as pa
 import torch
 from safetensors import SafetensorError
 
+from ingest import memory
 from ingest.capture import CaptureSpec, Recorder, check_storable, first_row, location_rows, logits_rows
 from ingest.checkpoints import DEFAULT_MODEL, LoadedModel, load_model
 from ingest.errors import DeviceError, ModelNotFound, TokenError
@@ -56,6 +57,7 @@ class IngestOptions:
     target: str | None = None  # the command-wide target and distractor, checked once before anything runs
     distractor: str | None = None
     precision: str = "float32"  # stored values: float32, or bfloat16 (rounded to nearest even, kept as FLOAT)
+    max_memory: int | None = None  # bytes the ingest may use for a batch; None: what the machine has available
     unembedding: str = "used"  # unembedding columns stored: those of targets and distractors, or all
     prepend_bos: bool | None = None  # None: as the tokenizer's own config says
     special_tokens_as_text: bool = False  # '<|endoftext|>' in a prompt: the special token unless this is set
@@ -305,16 +307,28 @@ def to_batch(captured: Captured, run_id: int, model_id: int, loaded: LoadedModel
     return Batch(prompts, tokens, fact_rows(captured, top_k, bfloat16), captured.model_rows)
 
 
-def batches(items: Iterable[Prepared], size: int) -> Iterator[list[Prepared]]:
-    """Consecutive prompts, split where the objective kind changes (the final-scale hold is per pass)."""
+def batches(
+    items: Iterable[Prepared], size: int, fits: Callable[[int, int], bool] = lambda n, tokens: True
+) -> Iterator[list[Prepared]]:
+    """Consecutive prompts, split where the objective kind changes (the final-scale hold is per pass) and
+    where the padded batch would no longer `fits(n_prompts, n_tokens)` in memory."""
     batch: list[Prepared] = []
     for item in items:
-        if batch and (len(batch) == size or item.kind != batch[0].kind):
+        longest = max(len(p.ids) for p in [*batch, item])
+        if batch and (len(batch) == size or item.kind != batch[0].kind or not fits(len(batch) + 1, longest)):
             yield batch
             batch = []
         batch.append(item)
     if batch:
         yield batch
+
+
+def too_big_reason(needed: memory.Estimate, budget: int) -> str:
+    return (
+        f"needs about {needed.total / 2**30:.1f} GB to capture (largest: {needed.largest()}), more than the "
+        f"{budget / 2**30:.1f} GB this ingest may use: store fewer --locations or --layers, shorten it, "
+        "or raise --max-memory"
+    )
 
 
 def out_of_memory_reason(item: Prepared, device: torch.device) -> str:
@@ -414,6 +428,8 @@ def ingest(
             special_tokens="special" if tokenization.special_tokens else "text",
         )
         report = IngestReport(run_id, model_id)
+        config = loaded.model.config
+        budget = options.max_memory if options.max_memory is not None else memory.available_bytes()
         committed = set() if options.force else writer.committed_keys(model_id)
         next_prompt_id = writer.next_id("prompts", "prompt_id")
         kinds: set[str] = set()
@@ -437,8 +453,17 @@ def ingest(
                 if item.key in committed or item.key in seen:
                     report.already_stored += 1
                     continue
+                alone = memory.estimate(config, spec, 1, len(item.ids), options.backward)
+                if budget is not None and alone.total > budget:
+                    skip(Skipped(source.line, source.text, too_big_reason(alone, budget)))
+                    continue
                 seen.add(item.key)
                 yield item
+
+        def fits(n_prompts: int, n_tokens: int) -> bool:
+            """Room for this batch while the writer still holds the two before it (three in memory at once)."""
+            need = memory.estimate(config, spec, n_prompts, n_tokens, options.backward).total
+            return budget is None or 3 * need <= budget
 
         def attempt(part: list[Prepared]) -> Captured:
             """One model pass; prompt ids are taken only when it succeeds, so retries leave no gaps."""
@@ -460,7 +485,7 @@ def ingest(
                 _progress(options.progress) as bar,
             ):
                 try:
-                    for items in batches(prepared(), options.batch_size):
+                    for items in batches(prepared(), options.batch_size, fits):
                         for captured in run_splitting(items, attempt, give_up):
                             if options.backward:
                                 kinds.add(captured.items[0].kind)
