@@ -194,6 +194,12 @@ class Captured:
     last_logits: np.ndarray | None
     objective: list[float | None]
     model_rows: list[tuple[str, pa.Table]] = field(default_factory=list)  # see Batch.model_rows
+    copied: torch.cuda.Event | None = None  # set when the arrays are still being copied from the GPU
+
+    def wait(self) -> None:
+        """Block until the arrays hold their values (a no-op for a pass on the CPU)."""
+        if self.copied is not None:
+            self.copied.synchronize()
 
 
 def run_batch(
@@ -230,17 +236,32 @@ def run_batch(
     finally:
         torch.set_num_threads(threads)
     last = logits.detach()[torch.arange(len(items), device=model_device), lengths - 1]
-    forward = {k: v.cpu().numpy() for k, v in recorder.forward.items() if k[0] != "logits"}
-    grads = {k: v.cpu().numpy() for k, v in recorder.gradients().items()}
+    forward = {k: _to_host(v) for k, v in recorder.forward.items() if k[0] != "logits"}
+    grads = {k: _to_host(v) for k, v in recorder.gradients().items()}
+    copied = None
+    if model_device.type == "cuda":  # the copies run behind the next batch's pass; the writer waits for them
+        copied = torch.cuda.Event()
+        copied.record()
     return Captured(
         items,
         prompt_ids,
         lengths.cpu().numpy(),
         forward,
         grads,
-        last.cpu().numpy() if ("logits", None) in recorder.forward else None,
+        _to_host(last) if ("logits", None) in recorder.forward else None,
         objective,
+        copied=copied,
     )
+
+
+def _to_host(tensor: torch.Tensor) -> np.ndarray:
+    """The tensor as a NumPy array in host memory. From a GPU the copy is queued into pinned memory and not
+    waited for: read the array only after the batch's `copied` event (Captured.wait)."""
+    if tensor.device.type != "cuda":
+        return tensor.cpu().numpy()
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor, non_blocking=True)
+    return host.numpy()
 
 
 def fact_rows(captured: Captured, top_k: int, bfloat16: bool) -> Iterator[pa.RecordBatch]:
@@ -561,6 +582,7 @@ def _write(
     if halted.is_set():
         return 0.0
     try:
+        captured.wait()
         batch = to_batch(captured, run_id, model_id, loaded, spec.logits_top_k, bfloat16)
         rows = 0
 
