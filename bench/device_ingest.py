@@ -37,24 +37,8 @@ SMOLLM2_SHAPES = {
     "rms_norm_eps": 1e-5,
 }
 WORDS = [
-    "the",
-    "quick",
-    "brown",
-    "fox",
-    "jumps",
-    "over",
-    "a",
-    "lazy",
-    "dog",
-    "while",
-    "seven",
-    "bright",
-    "stars",
-    "shine",
-    "on",
-    "Paris",
-    "London",
-    "Rome",
+    *("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while"),
+    *("seven", "bright", "stars", "shine", "on", "Paris", "London", "Rome"),
 ]
 
 
