@@ -1,10 +1,11 @@
 """Ingest throughput where the model pass runs on a GPU: end to end against the model pass alone.
 
-The model is a Llama with SmolLM2-135M's shapes (30 layers, d_model 576, 9 heads over 3 key/value heads,
-d_mlp 1536, vocabulary 49152) and random weights: the SmolLM2 GGUF is not available on the GPU machine, and
-the speed depends on shapes only. Prompts of about 20 tokens (5 words of the test tokenizer), the default capture, both passes. Prints JSON:
-tokens/s end to end, tokens/s of the model pass alone (hooked forward + backward + copies to host memory,
-no rows, no writes), their ratio, and the writer's share, which says which side sets the pace.
+The model is a Llama with SmolLM2-135M's shapes (30 layers, d_model 576, 9 heads over 3 key/value
+heads, d_mlp 1536, vocabulary 49152) and random weights: the SmolLM2 GGUF is not available on the GPU
+machine, and the speed depends on shapes only. Prompts of about 20 tokens (5 words of the test
+tokenizer), the default capture, both passes. Prints JSON: tokens/s end to end (model load and
+registration included), tokens/s of the model pass alone (hooked forward + backward + copies to host
+memory, no rows, no writes), their ratio, and the writer's busy share, which says which side sets the pace.
 
     python -m bench.device_ingest --prompts 512 --batch-size 32 --device cuda
 """
