@@ -34,10 +34,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TABLE_START, TABLE_END = "<!-- mutations:start -->", "<!-- mutations:end -->"
 
+PARITY = "tests/test_parity.py::test_every_location_matches_transformers"
 VIEWS = "tests/test_views.py"
-PARITY = "tests/test_parity.py"
-ROUNDTRIP = "tests/test_roundtrip.py"
 RELIABILITY = "tests/test_reliability.py"
+LAKE = "tests/test_lake.py"
+CONFIGS = "tests/test_model_configs.py"
+ROPE_LAYOUTS = f"{CONFIGS}::test_rope_settings_read_from_either_layout"
+
+
+def parity(*cases: str, objective: str = "logit_diff") -> tuple[str, ...]:
+    """The parity test on the named checkpoint cases (tests/test_parity.py CASES) for one objective."""
+    return tuple(f"{PARITY}[{case}-{objective}]" for case in cases)
+
+
+def views(model: str, *tests: str) -> tuple[str, ...]:
+    """View tests on one of the view warehouses ('gpt2' or 'llama'); the oracle comparison by default."""
+    chosen = tests or ("test_every_derived_view_matches_the_oracle_prompt_by_prompt",)
+    return tuple(f"{VIEWS}::{test}[{model}]" for test in chosen)
 
 
 @dataclass(frozen=True)
@@ -65,73 +78,87 @@ def swap(path: str, a: str, b: str) -> tuple[Edit, ...]:
     return Edit(path, a, marker), Edit(path, b, a), Edit(path, marker, b)
 
 
-CHECKPOINTS = "ingest/checkpoints.py"
+FAMILIES = "ingest/families"
+GPT2, LLAMA, ROPE = f"{FAMILIES}/gpt2.py", f"{FAMILIES}/llama.py", f"{FAMILIES}/rope.py"
 MODEL = "ingest/model.py"
 WORKER = "ingest/worker.py"
-GPT2_STATE = 'sd = {k.removeprefix("transformer."): v.to(torch.float32) for k, v in sd.items()}'
+THETA = 'theta = float(params.get("rope_theta") or reader.get("rope_theta") or theta or DEFAULT_THETA)'
+GPT2_WEIGHTS = '    return w\n\n\nFAMILY = Family("gpt2"'
+INTERRUPT = f"{RELIABILITY}::test_sigint_and_sigterm_mark_the_run_interrupted_and_resume"
+CLOSED_FORM = "test_closed_form_final_residual_grad_equals_stored_gradient"
+DECOMPOSE = "test_direct_effects_decompose_the_objective"
+ORACLE = "test_every_derived_view_matches_the_oracle_prompt_by_prompt"
 
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "rope_theta_ignored",
         "the rotary embedding uses theta 10000 whatever the config says",
-        replace(CHECKPOINTS, 'rope_theta=float(hf.get("rope_theta", 10000.0)),', "rope_theta=10000.0,"),
-        (PARITY, VIEWS),
+        replace(ROPE, THETA, "theta = DEFAULT_THETA"),
+        (*parity("llama"), ROPE_LAYOUTS, *views("llama")),
     ),
     Mutation(
         "gpt2_biases_zeroed",
         "GPT-2's attention and MLP biases read as zeros",
         replace(
-            CHECKPOINTS,
-            GPT2_STATE,
-            'sd = {k.removeprefix("transformer."): v.to(torch.float32)'
-            ' * (0 if k.endswith("bias") and "ln_" not in k else 1) for k, v in sd.items()}',
+            GPT2,
+            GPT2_WEIGHTS,
+            '    return {k: v * 0 if k[0].startswith(("attn.", "mlp.")) and k[0].endswith("_bias") else v'
+            ' for k, v in w.items()}\n\n\nFAMILY = Family("gpt2"',
         ),
-        (PARITY, VIEWS),
+        (*parity("gpt2"), *views("gpt2")),
     ),
     Mutation(
         "gpt2_layernorm_gain_one_bias_zero",
         "GPT-2's LayerNorm gains read as 1 and biases as 0",
         replace(
-            CHECKPOINTS,
-            GPT2_STATE,
-            'sd = {k.removeprefix("transformer."): (v.to(torch.float32) if "ln_" not in k else torch.ones_like(v)'
-            ' if k.endswith("weight") else torch.zeros_like(v)) for k, v in sd.items()}',
+            GPT2,
+            GPT2_WEIGHTS,
+            '    return {k: torch.ones_like(v) if k[0].startswith("layer_norm_gain") else torch.zeros_like(v)'
+            ' if k[0].startswith("layer_norm_bias") else v for k, v in w.items()}\n\n\nFAMILY = Family("gpt2"',
         ),
-        (PARITY, VIEWS),
+        (*parity("gpt2"), *views("gpt2")),
     ),
     Mutation(
         "gpt2_query_key_biases_swapped",
         "GPT-2's query bias read from the key slice and the key bias from the query slice",
-        swap(CHECKPOINTS, "qkv_b[:d].reshape(h, dh)", "qkv_b[d : 2 * d].reshape(h, dh)"),
-        (PARITY, VIEWS),
+        swap(GPT2, "qkv_b[:d].reshape(h, dh)", "qkv_b[d : 2 * d].reshape(h, dh)"),
+        (*parity("gpt2"), *views("gpt2")),
     ),
     Mutation(
         "llama_norm_gains_swapped",
         "Llama's input and post-attention norm gains exchanged",
-        swap(CHECKPOINTS, 'sd[p + "input_layernorm.weight"]', 'sd[p + "post_attention_layernorm.weight"]'),
-        (PARITY, VIEWS),
+        swap(LLAMA, 'gain(p + "input_layernorm.weight")', 'gain(p + layout.pre_mlp_norm + ".weight")'),
+        (*parity("llama"), *views("llama")),
     ),
     Mutation(
         "llama_final_gain_one",
         "Llama's final norm gain read as 1",
         replace(
-            CHECKPOINTS,
-            '("layer_norm_gain.final", None): sd["norm.weight"],',
-            '("layer_norm_gain.final", None): torch.ones_like(sd["norm.weight"]),',
+            LLAMA,
+            '("layer_norm_gain.final", None): gain("norm.weight"),',
+            '("layer_norm_gain.final", None): torch.ones_like(gain("norm.weight")),',
         ),
-        (PARITY, VIEWS),
+        (*parity("llama"), *views("llama")),
     ),
     Mutation(
         "gpt2_unembedding_from_embedding",
         "GPT-2's unembedding taken from the embedding even when the head is untied",
-        replace(CHECKPOINTS, 'sd.get("lm_head.weight", sd["wte.weight"])', 'sd["wte.weight"]'),
-        (PARITY, VIEWS),
+        replace(
+            GPT2,
+            'unembedding(reader, sd, embedding, "lm_head.weight", tied_by_default=True)',
+            'sd.drop("lm_head.weight") or embedding.T.contiguous()',
+        ),
+        (*parity("gpt2"), *views("gpt2")),
     ),
     Mutation(
         "llama_unembedding_from_embedding",
         "Llama's unembedding taken from the embedding even when the head is untied",
-        replace(CHECKPOINTS, 'sd.get("lm_head.weight", embed)', "embed"),
-        (PARITY, VIEWS),
+        replace(
+            LLAMA,
+            'unembedding(reader, sd, embedding, "lm_head.weight", layout.tied_by_default)',
+            'sd.drop("lm_head.weight") or embedding.T.contiguous()',
+        ),
+        (*parity("llama"), *views("llama")),
     ),
     Mutation(
         "layer_not_captured",
@@ -141,7 +168,7 @@ MUTATIONS: tuple[Mutation, ...] = (
             "if self.spec.wants(name, layer, PassType.FORWARD):",
             "if self.spec.wants(name, layer, PassType.FORWARD) and layer != 1:",
         ),
-        (PARITY, ROUNDTRIP, VIEWS),
+        (*parity("gpt2", "llama"), *views("gpt2")),
     ),
     Mutation(
         "view_last_token_of_longest_prompt",
@@ -151,7 +178,7 @@ MUTATIONS: tuple[Mutation, ...] = (
             "s.token = p.n_tokens - 1",
             "s.token = (SELECT max(n_tokens) FROM prompts) - 1",
         ),
-        (VIEWS,),
+        views("gpt2", ORACLE, DECOMPOSE),
     ),
     Mutation(
         "sigterm_handler_removed",
@@ -159,7 +186,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         replace(
             WORKER, "previous = signal.signal(signal.SIGTERM, handler)", "previous = signal.getsignal(signal.SIGTERM)"
         ),
-        (f"{RELIABILITY}::test_sigint_and_sigterm_mark_the_run_interrupted_and_resume",),
+        (INTERRUPT,),
     ),
     Mutation(
         "grouped_query_heads_tiled",
@@ -168,7 +195,7 @@ MUTATIONS: tuple[Mutation, ...] = (
             Edit(MODEL, "k_per_head = k.repeat_interleave(group, dim=2)", "k_per_head = k.repeat(1, 1, group, 1)"),
             Edit(MODEL, "v_per_head = v.repeat_interleave(group, dim=2)", "v_per_head = v.repeat(1, 1, group, 1)"),
         ),
-        (PARITY, VIEWS),
+        (*parity("llama"), *views("llama")),
     ),
     Mutation(
         "view_grouped_query_heads_tiled",
@@ -178,7 +205,7 @@ MUTATIONS: tuple[Mutation, ...] = (
             "(f.head // (m.n_heads // m.n_kv_heads))::BIGINT",
             "(f.head % m.n_kv_heads)::BIGINT",
         ),
-        (VIEWS,),
+        views("llama", ORACLE, DECOMPOSE),
     ),
     Mutation(
         "view_layernorm_mean_not_removed",
@@ -186,13 +213,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         replace(
             "queries/support/10_weight_factors.sql", "CASE WHEN m.norm = 'layernorm'", "CASE WHEN m.norm = 'rmsnorm'"
         ),
-        (VIEWS,),
+        views("gpt2", ORACLE, CLOSED_FORM),
     ),
     Mutation(
         "final_scale_not_held",
         "the logit-difference backward pass lets gradient flow through the final norm's scale",
         replace(WORKER, "hold = items[0].kind == LOGIT_DIFF", "hold = False"),
-        (VIEWS,),
+        views("gpt2", ORACLE, CLOSED_FORM),
     ),
     Mutation(
         "next_token_loss_misaligned",
@@ -202,31 +229,137 @@ MUTATIONS: tuple[Mutation, ...] = (
             "F.cross_entropy(logits[b, : n - 1], ids[b, 1:n])",
             "F.cross_entropy(logits[b, 1:n], ids[b, 1:n])",
         ),
-        (PARITY, VIEWS),
+        (*parity("gpt2", objective="next_token_ce"), *views("gpt2")),
     ),
     Mutation(
         "attn_norm_scale_stored_squared",
         "the stored scale of the norm before attention is the variance, not its square root",
         replace(MODEL, 'hook("attn_ln.scale", layer, scale)', 'hook("attn_ln.scale", layer, scale**2)'),
-        (PARITY, VIEWS),
+        (*parity("gpt2"), *views("gpt2", "test_norm_scales_and_attention_logits_match_transformers")),
     ),
     Mutation(
         "wait_ignored",
         "--wait fails like a plain ingest instead of queueing",
-        replace(WORKER, "DuckDBWriter(db_path, wait=options.wait)", "DuckDBWriter(db_path, wait=False)"),
+        replace(WORKER, "LakeWriter(db_path, wait=options.wait)", "LakeWriter(db_path, wait=False)"),
         (f"{RELIABILITY}::test_wait_queues_behind_a_running_ingest",),
     ),
     Mutation(
         "resume_stores_committed_prompts_again",
         "a rerun stores again the prompts already committed",
         replace(WORKER, "committed = set() if options.force else writer.committed_keys(model_id)", "committed = set()"),
-        (RELIABILITY,),
+        (f"{RELIABILITY}::test_sigkill_at_random_points_then_resume_stores_each_prompt_once_with_identical_values",),
     ),
     Mutation(
         "interrupt_recorded_as_failure",
         "Ctrl-C or SIGTERM records the run as failed, not interrupted",
         replace(WORKER, 'status, message = "interrupted", str(exc)', 'status, message = "failed", str(exc)'),
-        (f"{RELIABILITY}::test_sigint_and_sigterm_mark_the_run_interrupted_and_resume",),
+        (INTERRUPT,),
+    ),
+    Mutation(
+        "fact_row_primer_removed",
+        "fact files start without the primer row per location, so a column's first row group can be all NULL"
+        " (DuckLake 1.5.5 then records table statistics that miss the file's values)",
+        (
+            Edit(
+                WORKER,
+                "    if sources:\n        yield pa.concat_batches([first_row(*source) for source in sources])\n",
+                "",
+            ),
+            Edit(WORKER, "location_rows(*source, skip_first=True)", "location_rows(*source)"),
+        ),
+        (
+            f"{LAKE}::test_catalog_statistics_cover_every_stored_value",
+            f"{LAKE}::test_planner_answers_from_statistics_agree_with_a_scan",
+        ),
+    ),
+    Mutation(
+        "failed_commit_masked_by_rollback",
+        "a failed COMMIT is followed by a ROLLBACK whose 'no transaction is active' error replaces the commit's",
+        replace(
+            "warehouse/writer.py",
+            'with suppress(duckdb.Error):\n                    con.execute("ROLLBACK")',
+            'con.execute("ROLLBACK")',
+        ),
+        (f"{LAKE}::test_a_failed_commit_reports_its_own_error",),
+    ),
+    Mutation(
+        "direct_effects_missing_unembedding_silent",
+        "direct_effects for a token whose unembedding column is not stored returns no rows instead of raising",
+        replace(
+            "queries/support/30_direct_effects.sql",
+            "\n-- No rows: raises the error for a token whose unembedding column is not stored (a silent empty answer"
+            " otherwise).\nUNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL\n"
+            "FROM (SELECT missing FROM unembedding_stored(target) UNION ALL SELECT missing FROM"
+            " unembedding_stored(distractor))\nWHERE missing <> 0;",
+            ";",
+        ),
+        views("gpt2", "test_direct_effects_for_a_token_without_an_unembedding_column_is_an_error"),
+    ),
+    Mutation(
+        "bfloat16_truncated",
+        "bfloat16 storage truncates the low 16 bits instead of rounding to nearest, ties to even",
+        replace(
+            "warehouse/facts.py",
+            "((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000))",
+            "(bits & np.uint32(0xFFFF0000))",
+        ),
+        (f"{LAKE}::test_bfloat16_precision_rounds_each_value_to_nearest_even",),
+    ),
+    Mutation(
+        "direction_factors_mean_not_removed",
+        "the ingest's direction factors skip the mean removal of LayerNorm models",
+        replace("ingest/factors.py", "u = u - u.mean()", "u = u"),
+        views("gpt2", ORACLE, DECOMPOSE),
+    ),
+    Mutation(
+        "act_times_grad_forward_squared",
+        "act_times_grad multiplies the forward value by itself instead of by the gradient",
+        replace("queries/support/40_shapes.sql", "(forward * backward)::FLOAT", "(forward * forward)::FLOAT"),
+        (*views("gpt2", "test_act_times_grad_from_residual_gradients"), "tests/test_view_paths.py"),
+    ),
+    Mutation(
+        "rope_theta_top_level_only",
+        "rope_theta read only from the top-level config key, not from rope_parameters (transformers 5's layout)",
+        replace(ROPE, THETA, 'theta = float(reader.get("rope_theta") or theta or DEFAULT_THETA)'),
+        (*parity("llama", "llama-rope-llama3"), ROPE_LAYOUTS),
+    ),
+    Mutation(
+        "rope_scaling_ignored",
+        "a rope scaling (linear, llama3, yarn) read as the default rotary",
+        replace(ROPE, 'if kind == "default":\n        return rope', "return Rope(theta=theta, rotary_dim=rotary_dim)"),
+        (*parity("llama-rope-linear", "llama-rope-llama3", "llama-rope-yarn"), ROPE_LAYOUTS),
+    ),
+    Mutation(
+        "partial_rotary_ignored",
+        "every channel of a head rotates, whatever partial_rotary_factor (GPT-NeoX's rotary_pct) says",
+        replace(ROPE, "rotary_dim = int(head_dim * float(partial))", "rotary_dim = head_dim"),
+        (*parity("gpt_neox"), f"{CONFIGS}::test_gpt_neox_reads_its_legacy_rotary_fields"),
+    ),
+    Mutation(
+        "parallel_residual_ignored",
+        "the MLP reads the residual after attention even in a parallel-residual model (GPT-NeoX)",
+        replace(
+            MODEL, "self._mlp(x if cfg.parallel_residual else x_attn, layer, hook)", "self._mlp(x_attn, layer, hook)"
+        ),
+        parity("gpt_neox"),
+    ),
+    Mutation(
+        "gemma_gain_offset_ignored",
+        "Gemma's norm gains applied as the stored w instead of 1 + w",
+        replace(LLAMA, "return sd.take(name) + layout.gain_offset", "return sd.take(name)"),
+        parity("gemma", "gemma2"),
+    ),
+    Mutation(
+        "embedding_scale_ignored",
+        "the embedding is not multiplied by the model's embedding scale (Gemma's sqrt(d_model))",
+        replace(MODEL, "if cfg.embedding_scale != 1.0:", "if False:"),
+        parity("gemma", "gemma2"),
+    ),
+    Mutation(
+        "sliding_window_ignored",
+        "every layer attends to all earlier tokens, whatever the sliding window (Mistral, Qwen2, Gemma 2)",
+        replace(MODEL, "if cfg.window(layer) is not None:", "if False:"),
+        parity("mistral", "qwen2", "gemma2"),
     ),
 )
 

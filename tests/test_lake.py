@@ -1,6 +1,6 @@
 """The lake itself: catalog statistics that the planner can trust, bfloat16 precision, a warehouse folder
-that keeps working when moved, compaction, conversion of a single-file warehouse, and a killed writer's
-files cleaned up without a partial prompt ever showing."""
+that keeps working when moved, compaction, conversion of a single-file warehouse, a killed writer's files
+cleaned up without a partial prompt ever showing, and a failed commit's own error reported."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from ingest.worker import IngestOptions, ingest
 from warehouse import db
 from warehouse.maintenance import compact, live_data_files, statistics_problems
 from warehouse.registry import LOCATIONS
+from warehouse.writer import LakeWriter
 
 PROMPTS = [
     PromptInput("The capital of France is", " Paris", " London"),
@@ -136,6 +137,21 @@ def test_a_killed_writer_leaves_no_partial_prompt_and_its_files_are_cleaned(tmp_
         PROMPTS[0].text,
         PROMPTS[1].text,
     ]
+
+
+def test_a_failed_commit_reports_its_own_error(tmp_path: Path) -> None:
+    """A COMMIT that fails has already ended the transaction: the writer raises the commit's error, not the
+    'no transaction is active' of a rollback attempted after it."""
+    path = tmp_path / "lake"
+    with LakeWriter(path) as writer:
+        other = db.connect(path)
+        try:
+            with pytest.raises(duckdb.Error) as failed, writer.transaction() as con:
+                con.execute("DELETE FROM meta WHERE key = 'views'")
+                other.execute("DELETE FROM meta WHERE key = 'views'")  # commits first: the writer's COMMIT fails
+        finally:
+            other.close()
+    assert "Failed to commit" in str(failed.value), failed.value
 
 
 _V1_SCHEMA = """

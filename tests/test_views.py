@@ -22,7 +22,7 @@ import pytest
 
 from ingest.prompts import PromptInput
 from ingest.worker import IngestOptions, ingest
-from queries import Warehouse
+from queries import QueryError, Warehouse
 from queries.catalog import dst_catalog
 from tests.hf_checkpoints import Checkpoint, gpt2_checkpoint, llama_checkpoint
 from tests.oracle_scalars import Key, expected_raw, expected_scalars
@@ -373,3 +373,16 @@ def test_direct_effects_for_a_pair_never_ingested_equal_a_fresh_ingest(stored: S
     )
     for tier1, other in zip(stored.runs["tier1"], stored.runs["other"], strict=True):
         _assert_close(on_the_fly[tier1.prompt_id], ingested[other.prompt_id], f"direct_effects {tier1.text!r}", 1e-5)
+
+
+def test_direct_effects_for_a_token_without_an_unembedding_column_is_an_error(stored: Stored) -> None:
+    """A pair whose target or distractor has no stored unembedding column raises, naming the fix: no rows
+    would read as 'no effect'."""
+    wh = stored.wh
+    stored_columns = wh.sql("SELECT DISTINCT col_index FROM weights WHERE location = 'unembedding'", [], "rows")
+    vocab_size = wh.sql("SELECT vocab_size FROM models", [], "rows")[0][0]
+    absent = min(set(range(vocab_size)) - {c for (c,) in stored_columns})
+    target = stored.runs["full"][0].target_id
+    for pair in ((absent, None), (target, absent)):
+        with pytest.raises(QueryError, match=f"token {absent} has no unembedding column.*--unembedding all"):
+            wh.direct_effects(*pair)
