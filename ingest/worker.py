@@ -265,18 +265,22 @@ def _to_host(tensor: torch.Tensor) -> np.ndarray:
 
 
 def fact_rows(captured: Captured, top_k: int, bfloat16: bool) -> Iterator[pa.RecordBatch]:
-    """One captured batch's fact rows, both passes per row, in (dst, layer, prompt, token, node) order,
-    after a primer of one row per location and layer.
+    """One captured batch's fact rows, both passes per row: a primer of one row per location and layer,
+    then every location's rows grouped by the columns it leaves NULL and in (dst, layer, prompt, token,
+    node) order within a group.
 
-    The primer puts a value of every column that has any in the file's first Parquet row group: DuckLake
-    1.5.5 keeps no min/max for a column whose first row group is all NULL and then records table
-    statistics that miss the file's values, which the planner trusts (wrong join and aggregate results;
-    warehouse/maintenance.py checks for it).
+    The writer stores the primer, and then each group, in files of their own, so that DuckLake 1.5.5
+    records statistics that cover every value: a value in each column in the transaction's first file,
+    and no file whose column is NULL in some row groups and not in others (see _null_runs in
+    warehouse/writer.py; warehouse/maintenance.py checks the statistics).
     """
-    keys = sorted(
-        {*captured.forward, *captured.backward},
-        key=lambda k: (LOCATIONS[k[0]].dst, k[1] if k[1] is not None else -1),
-    )
+
+    def order(key: tuple[str, int | None]) -> tuple:
+        loc, layer = LOCATIONS[key[0]], key[1]
+        valued = (loc.n_token_axes == 2, loc.head_axis is not None, layer is not None)
+        passes = (key in captured.forward, key in captured.backward)
+        return (*valued, *passes, loc.dst, layer if layer is not None else -1)
+
     sources = [
         (
             LOCATIONS[name],
@@ -287,7 +291,7 @@ def fact_rows(captured: Captured, top_k: int, bfloat16: bool) -> Iterator[pa.Rec
             captured.prompt_ids,
             bfloat16,
         )
-        for name, layer in keys
+        for name, layer in sorted({*captured.forward, *captured.backward}, key=order)
     ]
     if sources:
         yield pa.concat_batches([first_row(*source) for source in sources])

@@ -333,18 +333,19 @@ def test_missing_db_directory(tmp_path: Path) -> None:
 
 
 class _DiskFillsUp:
-    """A DuckDB connection whose second fact insert fails the way DuckDB reports ENOSPC."""
+    """A DuckDB connection whose fact inserts fail from the second batch on (a batch inserts its prompts
+    first, then its facts in several inserts) the way DuckDB reports ENOSPC."""
 
-    inserts = 0
+    batches = 0
 
     def __init__(self, con: duckdb.DuckDBPyConnection, path: Path) -> None:
         self._con, self._path = con, path
 
     def execute(self, sql: str, *args: Any) -> Any:
-        if sql.startswith("INSERT INTO facts"):
-            _DiskFillsUp.inserts += 1
-            if _DiskFillsUp.inserts == 2:
-                raise duckdb.IOException(f'IO Error: Could not write file "{self._path}.wal": No space left on device')
+        if sql.startswith("INSERT INTO prompts"):
+            _DiskFillsUp.batches += 1
+        if sql.startswith("INSERT INTO facts") and _DiskFillsUp.batches >= 2:
+            raise duckdb.IOException(f'IO Error: Could not write file "{self._path}.wal": No space left on device')
         return self._con.execute(sql, *args)
 
     def __getattr__(self, name: str) -> Any:

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from ingest.prompts import PromptInput
 from ingest.worker import IngestOptions, ingest
 from warehouse import db
+from warehouse.convert import convert
 from warehouse.maintenance import compact, live_data_files, statistics_problems
 from warehouse.registry import LOCATIONS
 from warehouse.writer import LakeWriter
@@ -27,6 +29,9 @@ PROMPTS = [
     PromptInput("Rome and Berlin"),
 ]
 ALL = [name for name, loc in LOCATIONS.items() if not loc.only_with]
+# Eight prompts of about 110 tokens: one batch of them fills several Parquet row groups.
+_WORDS = ("red", "green", "blue", "north", "south", "east", "west", "one", "two", "three", "cat", "dog", "bird")
+LONG_PROMPTS = [PromptInput(" ".join(_WORDS[(i * 7 + j * 3) % len(_WORDS)] for j in range(110))) for i in range(8)]
 
 
 def _options(**kwargs: object) -> IngestOptions:
@@ -49,20 +54,54 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _planner_disagreements(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Fact columns for which queries the optimizer answers or prunes with catalog statistics (min and max,
+    a perfect-hash GROUP BY) give other answers than a scan."""
+    wrong = []
+    for column in ("token2", "head", "layer", "backward", "forward"):
+        queries = (
+            f"SELECT min({column}), max({column}) FROM facts",
+            f"SELECT {column}, count(*) FROM facts GROUP BY 1 ORDER BY 1",
+        )
+        optimized = [con.execute(q).fetchall() for q in queries]
+        con.execute("PRAGMA disable_optimizer")
+        scanned = [con.execute(q).fetchall() for q in queries]
+        con.execute("PRAGMA enable_optimizer")
+        if optimized != scanned:
+            wrong.append(column)
+    return wrong
+
+
+def _row_groups(path: Path) -> list[int]:
+    """Parquet row groups per data file of the lake's facts table."""
+    files = _rows(path, "SELECT data_file FROM ducklake_list_files('actwh', 'facts')")
+    return [pq.ParquetFile(f).metadata.num_row_groups for (f,) in files]
+
+
 def test_catalog_statistics_cover_every_stored_value(mixed: Path) -> None:
     with db.connect(mixed, read_only=True) as con:
         assert statistics_problems(con) == []
 
 
 def test_planner_answers_from_statistics_agree_with_a_scan(mixed: Path) -> None:
-    """Queries the optimizer answers or prunes with catalog statistics give what a scan gives."""
     with db.connect(mixed, read_only=True) as con:
-        for column in ("token2", "head", "layer", "backward", "forward"):
-            grouped = con.execute(f"SELECT {column}, count(*) FROM facts GROUP BY 1 ORDER BY 1").fetchall()
-            con.execute("PRAGMA disable_optimizer")
-            scanned = con.execute(f"SELECT {column}, count(*) FROM facts GROUP BY 1 ORDER BY 1").fetchall()
-            con.execute("PRAGMA enable_optimizer")
-            assert grouped == scanned, column
+        assert _planner_disagreements(con) == []
+
+
+def test_statistics_stay_true_when_a_batch_spans_several_row_groups(tmp_path: Path) -> None:
+    """The first ingest into a new lake stores one batch of long prompts, whose locations leave different
+    columns NULL (token2 in all but the attention pattern, layer in the embedding), in files of several
+    Parquet row groups (DuckDB cuts them where it likes, about every 122,880 rows); its primer is five rows
+    (one per location and layer). A short ingest commits after it: the first batch's values must stay
+    inside the catalog's ranges, whichever row groups and files happen to hold no token2."""
+    path = tmp_path / "long"
+    locations = ["resid.post_emb", "mlp.post_act", "attn.qk_probs"]
+    ingest(path, LONG_PROMPTS, _options(locations=locations, batch_size=len(LONG_PROMPTS)))
+    ingest(path, [PromptInput("Short one")], _options(locations=locations))
+    assert max(_row_groups(path)) > 1, "no file of several row groups: the test exercises nothing"
+    with db.connect(path, read_only=True) as con:
+        assert statistics_problems(con) == []
+        assert _planner_disagreements(con) == []
 
 
 def test_bfloat16_precision_rounds_each_value_to_nearest_even(tmp_path: Path) -> None:
@@ -217,3 +256,25 @@ def test_a_single_file_warehouse_is_refused_with_the_command_that_converts_it(tm
     assert _rows(tmp_path / "new", "SELECT precision, status FROM runs") == [("float32", "completed")]
     again = CliRunner().invoke(main, ["convert", str(old), "--db", str(tmp_path / "new")])
     assert again.exit_code == 2 and "already holds a warehouse" in again.output
+
+
+def test_a_converted_warehouse_of_several_row_groups_keeps_true_statistics(tmp_path: Path) -> None:
+    """Converted facts, token2 set in a few rows and NULL in most, fill several Parquet row groups, and an
+    ingest commits after the conversion: the converted values stay inside the catalog's ranges."""
+    old, new = tmp_path / "big.duckdb", tmp_path / "new"
+    with duckdb.connect(str(old)) as con:
+        con.execute(_V1_SCHEMA)
+        con.execute(
+            "INSERT INTO activations SELECT 0, (i // 100)::SMALLINT, (i % 100)::SMALLINT, 0, 0, 'v_channel', 0,"
+            " 'attn_v', 'forward', 1.0 FROM range(20000) t(i)"
+        )
+        con.execute(
+            "INSERT INTO activations SELECT 0, (i // 1000)::SMALLINT, NULL, 0, NULL, 'mlp_neuron', i % 1000 + 2,"
+            " 'mlp_post_act', 'forward', i::FLOAT FROM range(300000) t(i)"
+        )
+    convert(old, new)
+    ingest(new, [PromptInput("Short one")], _options())
+    assert max(_row_groups(new)) > 1, "no file of several row groups: the test exercises nothing"
+    with db.connect(new, read_only=True) as con:
+        assert statistics_problems(con) == []
+        assert _planner_disagreements(con) == []

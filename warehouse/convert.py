@@ -20,14 +20,16 @@ def _renamed_dst() -> str:
     return f"CASE dst::VARCHAR {cases} ELSE dst::VARCHAR END"
 
 
-def _primed(query: str, columns: list[str], order: str) -> str:
-    """`query`'s rows in `order`, after one row of each pattern of NULL columns: every column with a value
-    then has one in the first Parquet row group (see fact_rows in ingest/worker.py for why)."""
-    pattern = ", ".join(f'"{c}" IS NULL' for c in columns)
-    return (
-        f"SELECT * EXCLUDE (primer_rank) FROM (SELECT *, row_number() OVER (PARTITION BY {pattern}) AS primer_rank"
-        f" FROM ({query})) ORDER BY primer_rank > 1, {order}"
-    )
+def _insert_by_nulls(con: duckdb.DuckDBPyConnection, table: str, query: str, columns: list[str], order: str) -> None:
+    """`query`'s rows into `table`: a primer (the first row of each pattern of NULL `columns`), then one
+    INSERT per pattern, each in `order` (see the note above _null_runs in warehouse/writer.py for why)."""
+    is_null = ", ".join(f'"{c}" IS NULL' for c in columns)
+    ranked = f"SELECT *, row_number() OVER (PARTITION BY {is_null} ORDER BY {order}) AS primer_rank FROM ({query})"
+    insert = f"INSERT INTO {table} BY NAME SELECT * EXCLUDE (primer_rank) FROM ({ranked})"
+    con.execute(f"{insert} WHERE primer_rank = 1")
+    for pattern in con.execute(f"SELECT DISTINCT {is_null} FROM ({query})").fetchall():
+        tests = (f'"{c}" IS {"NULL" if null else "NOT NULL"}' for c, null in zip(columns, pattern, strict=True))
+        con.execute(f"{insert} WHERE primer_rank > 1 AND {' AND '.join(tests)} ORDER BY {order}")
 
 
 def convert(source: Path, target: Path) -> dict[str, int]:
@@ -63,7 +65,7 @@ def _copy(writer: LakeWriter, source: Path) -> dict[str, int]:
                 ", 'float32' AS precision, false AS prepend_bos, 'text' AS special_tokens" if table == "runs" else ""
             )
             select = f"SELECT *{extra} FROM old.{table}"
-            con.execute(f"INSERT INTO {table} BY NAME " + _primed(select, columns, ", ".join(columns)))
+            _insert_by_nulls(con, table, select, columns, ", ".join(columns))
             counts[table] = int(con.execute(f"SELECT count(*) FROM old.{table}").fetchall()[0][0])
         paired = f"""SELECT prompt_id, token, token2, layer, head, any_value(node_type)::VARCHAR AS node_type,
                             node_index, {_renamed_dst()} AS dst,
@@ -71,9 +73,6 @@ def _copy(writer: LakeWriter, source: Path) -> dict[str, int]:
                             any_value(value) FILTER (pass_type = 'backward') AS backward
                      FROM old.activations GROUP BY prompt_id, token, token2, layer, head, node_index, dst"""
         nullable = ["token2", "layer", "head", "forward", "backward"]
-        con.execute(
-            "INSERT INTO facts BY NAME "
-            + _primed(paired, nullable, "dst, layer, prompt_id, token, token2, head, node_index")
-        )
+        _insert_by_nulls(con, "facts", paired, nullable, "dst, layer, prompt_id, token, token2, head, node_index")
         counts["facts"] = int(con.execute("SELECT count(*) FROM facts").fetchall()[0][0])
     return counts

@@ -165,6 +165,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
         create_views(con)
         con.execute("COMMIT")
+        lake.set_table_options(con)  # DuckLake sets no table option in the transaction creating the table
         return
     if version > SCHEMA_VERSION:
         raise _newer(version, path)
@@ -172,6 +173,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         raise NotAWarehouse(
             f"{path} has schema version {version} and this actwh has no migration from it: ingest into a new --db"
         )
+    lake.set_table_options(con)
     if stored_views(con) != views_fingerprint():
         con.execute("BEGIN")
         create_views(con)

@@ -28,6 +28,10 @@ DATA_DIR = "data"
 # DuckDB's own Parquet writer settings for the lake, kept in its catalog: zstd and format version 2
 # (BYTE_STREAM_SPLIT and delta encodings) store a float32 activation in about 3 bytes (STORAGE.md).
 LAKE_OPTIONS = {"parquet_compression": "zstd", "parquet_version": "2"}
+# Tables whose every insert is a Parquet file, never rows inlined in the catalog (DuckLake inlines an
+# insert of up to 10 rows): their writers open each transaction with a small primer file (see the note
+# above _null_runs in warehouse/writer.py), which inlining would take out of the files.
+FILE_ONLY_TABLES = ("facts", "weights", "direction_factors")
 
 _EXTENSIONS = (("sqlite_scanner", "duckdb_extension_sqlite_scanner"), ("ducklake", "duckdb_extension_ducklake"))
 _SAFE_CONFIG = {
@@ -118,3 +122,15 @@ def attach(con: duckdb.DuckDBPyConnection, config: LakeConfig, read_only: bool) 
 def set_options(con: duckdb.DuckDBPyConnection) -> None:
     for key, value in LAKE_OPTIONS.items():
         con.execute(f"CALL {ALIAS}.set_option('{key}', '{value}')")
+
+
+def set_table_options(con: duckdb.DuckDBPyConnection) -> None:
+    """Turn inlining off for FILE_ONLY_TABLES where it is not yet (a lake created before this option gets
+    it from its next read-write open); writes nothing when every table has it."""
+    done = con.execute(
+        f"SELECT scope_entry FROM ducklake_options('{ALIAS}')"
+        " WHERE option_name = 'data_inlining_row_limit' AND scope = 'TABLE' AND value = '0'"
+    ).fetchall()
+    for table in FILE_ONLY_TABLES:
+        if (f"main.{table}",) not in done:
+            con.execute(f"CALL {ALIAS}.set_option('data_inlining_row_limit', 0, table_name => '{table}')")

@@ -3,14 +3,16 @@
 One ingest at a time holds an advisory lock beside the catalog (released by the OS even on SIGKILL). A
 batch's prompt records, tokens, fact rows and run progress commit in one DuckLake transaction: a reader,
 or a restart after a crash, sees all of a prompt or none of it. Fact rows stream from the worker as
-Arrow record batches into DuckDB's Parquet writer, so memory does not depend on how many rows a batch
-yields. Readers attach the lake read-only and keep querying committed snapshots meanwhile.
+Arrow record batches into DuckDB's Parquet writer, one INSERT per run of rows with the same NULL columns
+(see _null_runs), so memory does not depend on how many rows a batch yields. Readers attach the lake
+read-only and keep querying committed snapshots meanwhile.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import json
 import os
 import time
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from warehouse import db
@@ -217,12 +220,12 @@ class LakeWriter:
     def append(self, batch: Batch, run_id: int) -> float:
         """Commit one batch and the run's progress in one transaction; returns the seconds it took."""
         start = time.perf_counter()
-        facts = pa.RecordBatchReader.from_batches(FACT_SCHEMA, iter(batch.facts))
         with self.transaction() as con, _registered(con, batch_prompts=batch.prompts, batch_tokens=batch.tokens):
             con.execute("INSERT INTO prompts BY NAME SELECT * FROM batch_prompts")
             con.execute("INSERT INTO tokens BY NAME SELECT * FROM batch_tokens")
-            with _registered(con, batch_facts=facts):
-                con.execute("INSERT INTO facts SELECT * FROM batch_facts")
+            for run in _null_runs(batch.facts):
+                with _registered(con, batch_facts=pa.RecordBatchReader.from_batches(FACT_SCHEMA, run)):
+                    con.execute("INSERT INTO facts SELECT * FROM batch_facts")
             con.execute(
                 "UPDATE runs SET n_prompts = (SELECT count(*) FROM prompts WHERE prompts.run_id = ?) WHERE run_id = ?",
                 [run_id, run_id],
@@ -236,8 +239,51 @@ class LakeWriter:
 def _insert_model_rows(con: duckdb.DuckDBPyConnection, table: str, model_id: int | None, rows: pa.Table) -> None:
     if table not in MODEL_TABLES:
         raise ValueError(f"{table} is not a per-model table ({', '.join(MODEL_TABLES)})")
-    with _registered(con, model_rows=rows):
-        con.execute(f"INSERT INTO {table} BY NAME SELECT ? AS model_id, * FROM model_rows", [model_id])
+    for part in _primed_parts(rows):
+        with _registered(con, model_rows=part):
+            con.execute(f"INSERT INTO {table} BY NAME SELECT ? AS model_id, * FROM model_rows", [model_id])
+
+
+# DuckLake 1.5.5 records table statistics (a min/max per column, which the planner trusts: min and max
+# answered from them, filters pruned, perfect-hash aggregates sized by them) that leave out stored values,
+# and queries then give wrong answers without an error, in two cases (measured; tests/test_lake.py):
+# - a Parquet file whose column is NULL in some of its row groups and not in others gets no min/max, and
+#   the next commit's table range for the column starts again from that commit's files;
+# - while a table has no range for a column yet, a transaction whose first file of that table is all
+#   NULL in the column loses the ranges of its later files too.
+# So each insert writes a primer first (one row group, a value in every column that has any; a file, not
+# rows inlined in the catalog: see lake.FILE_ONLY_TABLES), then one file per pattern of NULL columns, each
+# column wholly NULL or wholly valued wherever DuckDB cuts the row groups.
+
+
+def _null_runs(batches: Iterable[pa.RecordBatch]) -> Iterator[Iterator[pa.RecordBatch]]:
+    """Consecutive record batches grouped into runs of one pattern of NULL columns, each to be one INSERT;
+    a batch of mixed patterns (the worker's primer) is a run of its own. Lazy: consume each run in turn."""
+    keyed = ((_null_pattern(batch) or object(), batch) for batch in batches)  # object(): equals no other key
+    for _, run in itertools.groupby(keyed, key=lambda pair: pair[0]):
+        yield (batch for _, batch in run)
+
+
+def _null_pattern(batch: pa.RecordBatch | pa.Table) -> tuple[bool, ...] | None:
+    """Which columns are NULL (in every row); None when a column is NULL in some rows only."""
+    if any(0 < column.null_count < batch.num_rows for column in batch.columns):
+        return None
+    return tuple(column.null_count > 0 for column in batch.columns)
+
+
+def _primed_parts(rows: pa.Table) -> list[pa.Table]:
+    """`rows` as a primer (the first row of each pattern of NULL columns) and then one part per pattern;
+    the table itself when it has one pattern."""
+    if _null_pattern(rows) is not None:
+        return [rows]
+    codes = np.zeros(rows.num_rows, np.int64)
+    for i, column in enumerate(rows.columns):
+        codes |= column.is_null().to_numpy(zero_copy_only=False).astype(np.int64) << i
+    patterns, first = np.unique(codes, return_index=True)
+    rest = np.ones(rows.num_rows, bool)
+    rest[first] = False
+    parts = [rows.filter(pa.array((codes == code) & rest)) for code in patterns]
+    return [rows.take(np.sort(first)), *(part for part in parts if part.num_rows)]
 
 
 @contextmanager
