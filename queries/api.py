@@ -116,7 +116,7 @@ class _Source:
 
 
 class Warehouse:
-    """A warehouse, attached per call (read-only by default): each call reads the last committed snapshot.
+    """A warehouse, attached per call (read-only by default): each call reads the last committed snapshot."""
 
     def __init__(self, path: str | Path, read_only: bool = True) -> None:
         self.path = Path(path)
