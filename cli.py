@@ -16,9 +16,11 @@ from ingest.errors import CaptureError, DeviceError, ModelNotFound, TokenError
 from ingest.prompts import PromptInput, Skipped, read_prompt_file
 from queries.api import NODE_COLUMNS, Warehouse, notes
 from queries.catalog import dst_catalog
-from queries.format import FILE_FORMATS, FORMATS, render, write
+from queries.format import FILE_FORMATS, FORMATS, render, stream, write
 from warehouse import db
 
+# Rows per record batch `actwh sql` pulls from DuckDB: memory holds about one batch at a time.
+SQL_BATCH_ROWS = 65_536
 USER_ERRORS = (
     db.WarehouseError,
     ModelNotFound,
@@ -226,18 +228,25 @@ def ingest_command(
 @main.command("sql")
 @_db_option()
 @click.argument("query")
-@click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(FORMATS))
-def sql_command(db_path: Path, query: str, fmt: str) -> None:
-    """Run one SQL query (read-only) and print the result."""
+@click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(FILE_FORMATS))
+@click.option(
+    "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file (needed for parquet)."
+)
+def sql_command(db_path: Path, query: str, fmt: str, output: Path | None) -> None:
+    """Run one SQL query (read-only) and write the result as its rows arrive, in bounded memory (the table
+    format shows the first rows and counts the rest)."""
+    if fmt == "parquet" and output is None:
+        raise click.UsageError("--format parquet writes a file: add --output PATH")
     con = db.connect(db_path, read_only=True)
     try:
         try:
-            table = con.sql(query).to_arrow_table()
-        except Exception as exc:  # a DuckDB error in the user's SQL
+            stream(con.execute(query).to_arrow_reader(SQL_BATCH_ROWS), fmt, output)
+        except Exception as exc:  # a DuckDB error in the user's SQL, raised at the start or mid-stream
             raise db.WarehouseError(f"query failed: {_one_line(exc)}") from None
     finally:
         con.close()
-    click.echo(render(table, fmt), nl=False)
+    if output is not None:
+        click.echo(f"wrote {output}", err=True)
 
 
 @main.command("convert")

@@ -273,6 +273,8 @@ def _per_prompt(
     """Stack per-prompt results `one(b, n)`, whose first `token_axes` axes have length n, zero-padded to
     n_tokens. Padding is a copy, so the gradients that flow back to each part are exact too."""
     parts = [_ContiguousGrad.apply(one(b, n)) for b, n in enumerate(spans)]
+    if len(parts) == 1 and spans[0] == n_tokens:  # a view: a long prompt's token-pair tensors are not copied
+        return parts[0].unsqueeze(0)
     if all(n == n_tokens for n in spans):
         return torch.stack(parts)
     tail = parts[0].shape[token_axes:]

@@ -371,6 +371,19 @@ def test_disk_full_during_a_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert prompt_texts(path) == ["The cat sat", "The dog ran", "A bird flew"]
 
 
+def test_a_prompt_too_big_for_the_memory_budget_is_skipped_before_the_model_runs(tmp_path: Path) -> None:
+    """The estimate (captured tensors, autograd graph, logits) is checked before the pass: the prompt is
+    skipped with the estimate and what to leave out, the others are stored."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("The cat sat\n" + " cat" * 120 + "\nThe dog ran\n")
+    path = tmp_path / "w"
+    result = tiny(path, "--prompts", prompts, "--max-memory", "150MB")
+    assert_skipped(result, {2: "needs about 0.2 GB to capture"}, stored=2)
+    assert "more than the 0.1 GB this ingest may use" in result.stderr and "--locations or --layers" in result.stderr
+    assert prompt_texts(path) == ["The cat sat", "The dog ran"]
+    assert_one_line_error(tiny(path, "--prompt", "Hi", "--max-memory", "lots"), "--max-memory", "4GB")
+
+
 def test_out_of_memory_retries_smaller_batches_then_skips_the_prompt(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

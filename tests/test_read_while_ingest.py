@@ -34,7 +34,7 @@ from queries import Warehouse
 from warehouse import db
 from warehouse.registry import LOCATIONS
 
-path, out, wait_s, pause = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+path, out, pause = sys.argv[1], sys.argv[2], float(sys.argv[4])
 POST_ACT, PROBS = LOCATIONS["mlp.post_act"].dst, LOCATIONS["attn.qk_probs"].dst
 CHECK = f'''
 SELECT p.prompt_id, p.n_tokens,
@@ -56,7 +56,7 @@ while True:
     t0 = time.perf_counter()
     try:
         if wh is None:
-            wh = Warehouse(path, wait_s=wait_s)
+            wh = Warehouse(path)
         rows = wh.sql(CHECK, output="rows")
         if rows:  # the API on the newest committed prompt, too
             N_LAST = rows[-1][0]
