@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-DEMO_DB ?= demo.duckdb
+DEMO_DB ?= demo-warehouse
 
 .PHONY: install demo test lint mutations bench bench-views clean
 
@@ -32,4 +32,4 @@ lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) $(DEMO_DB) $(DEMO_DB).wal $(DEMO_DB).ingest.lock
+	rm -rf $(VENV) $(DEMO_DB)

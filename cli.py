@@ -16,9 +16,11 @@ from ingest.errors import CaptureError, DeviceError, ModelNotFound, TokenError
 from ingest.prompts import PromptInput, Skipped, read_prompt_file
 from queries.api import NODE_COLUMNS, Warehouse, notes
 from queries.catalog import dst_catalog
-from queries.format import FILE_FORMATS, FORMATS, render, write
+from queries.format import FILE_FORMATS, FORMATS, render, stream, write
 from warehouse import db
 
+# Rows per record batch `actwh sql` pulls from DuckDB: memory holds about one batch at a time.
+SQL_BATCH_ROWS = 65_536
 USER_ERRORS = (
     db.WarehouseError,
     ModelNotFound,
@@ -150,6 +152,11 @@ def _db_option(required: bool = True, help: str = "The warehouse: a folder holdi
     is_flag=True,
     help="Spell out special-token text such as <|endoftext|> instead of encoding it as that token.",
 )
+@click.option(
+    "--max-memory",
+    help="Memory the ingest may use, e.g. 4GB (default: what the machine has available). A prompt that "
+    "would need more even alone is skipped with the estimate; batches are sized to fit.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def ingest_command(
     db_path: Path,
@@ -170,10 +177,12 @@ def ingest_command(
     unembedding: str,
     prepend_bos: bool | None,
     special_tokens_as_text: bool,
+    max_memory: str | None,
     quiet: bool,
 ) -> None:
     """Run hooked forward and backward passes over prompts and store every captured value."""
-    from ingest.worker import IngestOptions, ingest  # torch: imported by the one command that runs a model
+    from ingest.memory import parse_size  # torch: imported by the one command that runs a model
+    from ingest.worker import IngestOptions, ingest
 
     if not prompts and prompts_file is None:
         raise click.UsageError("give at least one --prompt or a --prompts FILE")
@@ -183,6 +192,10 @@ def ingest_command(
         layer_list = [int(x) for x in _split(layers)] or None
     except ValueError:
         raise click.UsageError("--layers takes integers, e.g. --layers 0,5,11") from None
+    try:
+        memory_limit = parse_size(max_memory) if max_memory is not None else None
+    except ValueError as exc:
+        raise click.UsageError(f"--max-memory: {exc}") from None
     options = IngestOptions(
         model=model,
         locations=_split(locations) or None,
@@ -198,6 +211,7 @@ def ingest_command(
         distractor=distractor,
         precision=precision,
         unembedding=unembedding,
+        max_memory=memory_limit,
         prepend_bos=prepend_bos,
         special_tokens_as_text=special_tokens_as_text,
     )
@@ -214,18 +228,25 @@ def ingest_command(
 @main.command("sql")
 @_db_option()
 @click.argument("query")
-@click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(FORMATS))
-def sql_command(db_path: Path, query: str, fmt: str) -> None:
-    """Run one SQL query (read-only) and print the result."""
+@click.option("--format", "fmt", default="table", show_default=True, type=click.Choice(FILE_FORMATS))
+@click.option(
+    "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file (needed for parquet)."
+)
+def sql_command(db_path: Path, query: str, fmt: str, output: Path | None) -> None:
+    """Run one SQL query (read-only) and write the result as its rows arrive, in bounded memory (the table
+    format shows the first rows and counts the rest)."""
+    if fmt == "parquet" and output is None:
+        raise click.UsageError("--format parquet writes a file: add --output PATH")
     con = db.connect(db_path, read_only=True)
     try:
         try:
-            table = con.sql(query).to_arrow_table()
-        except Exception as exc:  # a DuckDB error in the user's SQL
+            stream(con.execute(query).to_arrow_reader(SQL_BATCH_ROWS), fmt, output)
+        except Exception as exc:  # a DuckDB error in the user's SQL, raised at the start or mid-stream
             raise db.WarehouseError(f"query failed: {_one_line(exc)}") from None
     finally:
         con.close()
-    click.echo(render(table, fmt), nl=False)
+    if output is not None:
+        click.echo(f"wrote {output}", err=True)
 
 
 @main.command("convert")

@@ -30,6 +30,7 @@ import pyarrow as pa
 import torch
 from safetensors import SafetensorError
 
+from ingest import memory
 from ingest.capture import CaptureSpec, Recorder, check_storable, first_row, location_rows, logits_rows
 from ingest.checkpoints import DEFAULT_MODEL, LoadedModel, load_model
 from ingest.errors import DeviceError, ModelNotFound, TokenError
@@ -56,6 +57,7 @@ class IngestOptions:
     target: str | None = None  # the command-wide target and distractor, checked once before anything runs
     distractor: str | None = None
     precision: str = "float32"  # stored values: float32, or bfloat16 (rounded to nearest even, kept as FLOAT)
+    max_memory: int | None = None  # bytes the ingest may use for a batch; None: what the machine has available
     unembedding: str = "used"  # unembedding columns stored: those of targets and distractors, or all
     prepend_bos: bool | None = None  # None: as the tokenizer's own config says
     special_tokens_as_text: bool = False  # '<|endoftext|>' in a prompt: the special token unless this is set
@@ -192,6 +194,12 @@ class Captured:
     last_logits: np.ndarray | None
     objective: list[float | None]
     model_rows: list[tuple[str, pa.Table]] = field(default_factory=list)  # see Batch.model_rows
+    copied: torch.cuda.Event | None = None  # set when the arrays are still being copied from the GPU
+
+    def wait(self) -> None:
+        """Block until the arrays hold their values (a no-op for a pass on the CPU)."""
+        if self.copied is not None:
+            self.copied.synchronize()
 
 
 def run_batch(
@@ -228,17 +236,32 @@ def run_batch(
     finally:
         torch.set_num_threads(threads)
     last = logits.detach()[torch.arange(len(items), device=model_device), lengths - 1]
-    forward = {k: v.cpu().numpy() for k, v in recorder.forward.items() if k[0] != "logits"}
-    grads = {k: v.cpu().numpy() for k, v in recorder.gradients().items()}
+    forward = {k: _to_host(v) for k, v in recorder.forward.items() if k[0] != "logits"}
+    grads = {k: _to_host(v) for k, v in recorder.gradients().items()}
+    copied = None
+    if model_device.type == "cuda":  # the copies run behind the next batch's pass; the writer waits for them
+        copied = torch.cuda.Event()
+        copied.record()
     return Captured(
         items,
         prompt_ids,
         lengths.cpu().numpy(),
         forward,
         grads,
-        last.cpu().numpy() if ("logits", None) in recorder.forward else None,
+        _to_host(last) if ("logits", None) in recorder.forward else None,
         objective,
+        copied=copied,
     )
+
+
+def _to_host(tensor: torch.Tensor) -> np.ndarray:
+    """The tensor as a NumPy array in host memory. From a GPU the copy is queued into pinned memory and not
+    waited for: read the array only after the batch's `copied` event (Captured.wait)."""
+    if tensor.device.type != "cuda":
+        return tensor.cpu().numpy()
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor, non_blocking=True)
+    return host.numpy()
 
 
 def fact_rows(captured: Captured, top_k: int, bfloat16: bool) -> Iterator[pa.RecordBatch]:
@@ -305,16 +328,28 @@ def to_batch(captured: Captured, run_id: int, model_id: int, loaded: LoadedModel
     return Batch(prompts, tokens, fact_rows(captured, top_k, bfloat16), captured.model_rows)
 
 
-def batches(items: Iterable[Prepared], size: int) -> Iterator[list[Prepared]]:
-    """Consecutive prompts, split where the objective kind changes (the final-scale hold is per pass)."""
+def batches(
+    items: Iterable[Prepared], size: int, fits: Callable[[int, int], bool] = lambda n, tokens: True
+) -> Iterator[list[Prepared]]:
+    """Consecutive prompts, split where the objective kind changes (the final-scale hold is per pass) and
+    where the padded batch would no longer `fits(n_prompts, n_tokens)` in memory."""
     batch: list[Prepared] = []
     for item in items:
-        if batch and (len(batch) == size or item.kind != batch[0].kind):
+        longest = max(len(p.ids) for p in [*batch, item])
+        if batch and (len(batch) == size or item.kind != batch[0].kind or not fits(len(batch) + 1, longest)):
             yield batch
             batch = []
         batch.append(item)
     if batch:
         yield batch
+
+
+def too_big_reason(needed: memory.Estimate, budget: int) -> str:
+    return (
+        f"needs about {needed.total / 2**30:.1f} GB to capture (largest: {needed.largest()}), more than the "
+        f"{budget / 2**30:.1f} GB this ingest may use: store fewer --locations or --layers, shorten it, "
+        "or raise --max-memory"
+    )
 
 
 def out_of_memory_reason(item: Prepared, device: torch.device) -> str:
@@ -414,6 +449,8 @@ def ingest(
             special_tokens="special" if tokenization.special_tokens else "text",
         )
         report = IngestReport(run_id, model_id)
+        config = loaded.model.config
+        budget = options.max_memory if options.max_memory is not None else memory.available_bytes()
         committed = set() if options.force else writer.committed_keys(model_id)
         next_prompt_id = writer.next_id("prompts", "prompt_id")
         kinds: set[str] = set()
@@ -437,8 +474,17 @@ def ingest(
                 if item.key in committed or item.key in seen:
                     report.already_stored += 1
                     continue
+                alone = memory.estimate(config, spec, 1, len(item.ids), options.backward)
+                if budget is not None and alone.total > budget:
+                    skip(Skipped(source.line, source.text, too_big_reason(alone, budget)))
+                    continue
                 seen.add(item.key)
                 yield item
+
+        def fits(n_prompts: int, n_tokens: int) -> bool:
+            """Room for this batch while the writer still holds the two before it (three in memory at once)."""
+            need = memory.estimate(config, spec, n_prompts, n_tokens, options.backward).total
+            return budget is None or 3 * need <= budget
 
         def attempt(part: list[Prepared]) -> Captured:
             """One model pass; prompt ids are taken only when it succeeds, so retries leave no gaps."""
@@ -460,7 +506,7 @@ def ingest(
                 _progress(options.progress) as bar,
             ):
                 try:
-                    for items in batches(prepared(), options.batch_size):
+                    for items in batches(prepared(), options.batch_size, fits):
                         for captured in run_splitting(items, attempt, give_up):
                             if options.backward:
                                 kinds.add(captured.items[0].kind)
@@ -536,6 +582,7 @@ def _write(
     if halted.is_set():
         return 0.0
     try:
+        captured.wait()
         batch = to_batch(captured, run_id, model_id, loaded, spec.logits_top_k, bfloat16)
         rows = 0
 

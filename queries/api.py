@@ -5,9 +5,8 @@ from `activations`, derived ones from the view of that name, which `scalars` uni
 User values always travel as bound parameters; the only names that reach SQL text are dst names checked
 against the registry and the file's catalog, and column or view names fixed in this module.
 
-A Warehouse opens the DuckDB file for each call and closes it afterwards: a DuckDB file admits no writer
-while any reader has it open, so holding it would stall a running ingest. `session()` keeps one
-connection (one consistent snapshot) for a block of calls when that matters more.
+A Warehouse attaches the lake for each call, so each call sees the latest committed snapshot while an
+ingest runs. `session()` keeps one connection (one consistent snapshot) for a block of calls.
 """
 
 from __future__ import annotations
@@ -117,12 +116,11 @@ class _Source:
 
 
 class Warehouse:
-    """A warehouse file, opened per call (read-only by default) so a concurrent ingest can commit."""
+    """A warehouse, attached per call (read-only by default): each call reads the last committed snapshot."""
 
-    def __init__(self, path: str | Path, read_only: bool = True, wait_s: float = db.DEFAULT_WAIT_S) -> None:
+    def __init__(self, path: str | Path, read_only: bool = True) -> None:
         self.path = Path(path)
         self.read_only = read_only
-        self.wait_s = wait_s
         self._session: duckdb.DuckDBPyConnection | None = None
         with self._connection():  # fail now, with a clear message, if the file is not a warehouse
             pass
@@ -134,7 +132,7 @@ class Warehouse:
 
     @contextmanager
     def session(self) -> Iterator[Warehouse]:
-        """Hold one connection for several calls: one snapshot, no reopen cost; blocks writers meanwhile."""
+        """Hold one connection for several calls: one snapshot, no reattach cost."""
         if self._session is not None:
             yield self
             return
@@ -146,7 +144,7 @@ class Warehouse:
                 self._session = None
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
-        return db.connect(self.path, read_only=self.read_only, wait_s=self.wait_s)
+        return db.connect(self.path, read_only=self.read_only)
 
     @contextmanager
     def _open(self) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -1,10 +1,16 @@
-"""Printing Arrow results for people (an aligned table) and for machines (CSV, JSON lines, Parquet)."""
+"""Printing Arrow results for people (an aligned table) and for machines (CSV, JSON lines, Parquet).
+
+`stream` writes a result as its record batches arrive, so memory stays bounded by one batch whatever the
+result's size; the table format, meant for a terminal, shows the first rows and counts the rest.
+"""
 
 from __future__ import annotations
 
 import io
 import json
+import sys
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -60,3 +66,68 @@ def write(table: pa.Table, fmt: str, output: str | Path | None) -> str | None:
         return text
     Path(output).write_text(text)
     return None
+
+
+# Rows the table format shows before it only counts the rest.
+TABLE_ROWS = 1000
+
+
+def stream(reader: pa.RecordBatchReader, fmt: str, output: str | Path | None = None) -> int:
+    """Write every row of `reader` in `fmt` to `output` (stdout when None) as batches arrive; returns the
+    row count. Raises ValueError for parquet without a file or an unknown format."""
+    if fmt == "parquet":
+        if output is None:
+            raise ValueError("--format parquet writes a file: add --output PATH")
+        rows = 0
+        with pq.ParquetWriter(str(output), reader.schema) as writer:
+            for batch in reader:
+                writer.write_batch(batch)
+                rows += batch.num_rows
+        return rows
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(FILE_FORMATS)}")
+    with _sink(output) as out:
+        if fmt == "table":
+            return _stream_table(reader, out)
+        rows = 0
+        if fmt == "csv":
+            with pacsv.CSVWriter(out, reader.schema) as writer:
+                for batch in reader:
+                    writer.write_batch(batch)
+                    rows += batch.num_rows
+            return rows
+        for batch in reader:
+            out.write("".join(json.dumps(row, default=str) + "\n" for row in batch.to_pylist()).encode())
+            rows += batch.num_rows
+        return rows
+
+
+def _stream_table(reader: pa.RecordBatchReader, out: BinaryIO) -> int:
+    shown: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in reader:
+        if rows < TABLE_ROWS:
+            shown.append(batch.slice(0, TABLE_ROWS - rows))
+        rows += batch.num_rows
+    head = pa.Table.from_batches(shown, schema=reader.schema)
+    text = render(head, "table")
+    if rows > head.num_rows:
+        text = text.rsplit("(", 1)[0] + f"(first {head.num_rows} of {rows} rows: --format csv or json gives all)\n"
+    out.write(text.encode())
+    return rows
+
+
+class _sink:
+    """The binary file to write to: `output`, or stdout's buffer (left open)."""
+
+    def __init__(self, output: str | Path | None) -> None:
+        self._file = open(output, "wb") if output is not None else None  # noqa: SIM115 - closed on exit
+
+    def __enter__(self) -> BinaryIO:
+        return self._file if self._file is not None else sys.stdout.buffer
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+        else:
+            sys.stdout.buffer.flush()

@@ -58,7 +58,10 @@ def _copy(writer: LakeWriter, source: Path) -> dict[str, int]:
         counts: dict[str, int] = {}
         for table in (*_COPIED, "runs"):
             columns = [r[0] for r in con.execute(f"SELECT column_name FROM (DESCRIBE old.{table})").fetchall()]
-            extra = ", 'float32' AS precision" if table == "runs" else ""
+            # version 1 stored float32 and encoded prompts as plain text, with no BOS added
+            extra = (
+                ", 'float32' AS precision, false AS prepend_bos, 'text' AS special_tokens" if table == "runs" else ""
+            )
             select = f"SELECT *{extra} FROM old.{table}"
             con.execute(f"INSERT INTO {table} BY NAME " + _primed(select, columns, ", ".join(columns)))
             counts[table] = int(con.execute(f"SELECT count(*) FROM old.{table}").fetchall()[0][0])

@@ -27,7 +27,6 @@ DASHBOARD_DIR = QUERIES / "dashboards"
 # Version 1 was a single DuckDB file (long rows, ENUM names); version 2 is the DuckLake. Bump when the
 # lake's tables change, and add the step to MIGRATIONS below.
 SCHEMA_VERSION = 2
-DEFAULT_WAIT_S = 30.0
 # The file magic of a DuckDB database: a warehouse written by actwh before the lake.
 _DUCKDB_MAGIC = b"DUCK"
 
@@ -84,15 +83,13 @@ def _is_single_file_warehouse(path: Path) -> bool:
     return rows == [("1",)]
 
 
-def connect(path: str | Path, read_only: bool = False, wait_s: float = DEFAULT_WAIT_S) -> duckdb.DuckDBPyConnection:
+def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the warehouse attached and in use: tables and views read unqualified.
 
     Read-only opens need an existing warehouse of this actwh's schema version; read-write opens create
-    a new one and refuse one of another schema version. `wait_s` is kept for callers' signatures:
-    DuckLake readers never wait for a writer.
-    Raises NotAWarehouse / WarehouseError with one line.
+    a new one and refuse one of another schema version. Readers never wait for a writer: they see its
+    last committed snapshot. Raises NotAWarehouse / WarehouseError with one line.
     """
-    del wait_s
     config = config_for(path)
     if read_only and not config.exists:
         raise NotAWarehouse(f"{path} holds no warehouse yet: ingest into it first (actwh ingest --db {path} ...)")
