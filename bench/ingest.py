@@ -3,6 +3,7 @@ otherwise write it, in the same run.
 
     python -m bench.ingest                # SmolLM2, default capture, 64 prompts of 20 tokens
     python -m bench.ingest --quick        # gpt2-tiny, every location, seconds
+    python -m bench.ingest --writer-split # one captured batch: conversion, DuckLake insert, pyarrow write
 
 Each path runs in its own child process (so peak RSS is its own), one after the other:
 - actwh float32 and actwh bfloat16 (`--precision`): `ingest.worker.ingest` into a fresh lake folder
@@ -311,6 +312,100 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
+def writer_split(args: argparse.Namespace) -> None:
+    """Where the writer's time goes, on one real captured batch held in memory (best of 2 each): the fact
+    rows' Arrow conversion (with its costliest functions), DuckDB's INSERT of those record batches into
+    a new lake's facts table (Parquet encoding + commit), and pyarrow's Parquet writer on the same rows
+    with the lake's settings (zstd, BYTE_STREAM_SPLIT floats), which STORAGE.md measured."""
+    import cProfile
+    import pstats
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from ingest import worker
+    from ingest.capture import CaptureSpec
+    from ingest.prompts import PromptInput
+    from warehouse import db
+    from warehouse.facts import FACT_SCHEMA
+
+    loaded, _, texts = _load(args)
+    spec = CaptureSpec.parse(args.locations, None, loaded.model.config.n_layers)
+    items = [worker.prepare(loaded, PromptInput(t), "", False, True) for t in texts[: args.batch_size]]
+    captured = worker.run_batch(torch.device("cpu"), loaded, items, np.arange(len(items)), spec, True)
+
+    def convert() -> list[pa.RecordBatch]:
+        return list(worker.fact_rows(captured, spec.logits_top_k, False))
+
+    def best(fn: Callable[[], Any]) -> float:
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    convert_s = best(convert)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    rows = convert()
+    profiler.disable()
+    n_values = sum(2 * b.num_rows - b.column("forward").null_count - b.column("backward").null_count for b in rows)
+    table = pa.Table.from_batches(rows, FACT_SCHEMA)
+    with tempfile.TemporaryDirectory(prefix="actwh-split-") as tmp:
+        counter = iter(range(100))
+
+        def lake_insert(whole: bool = False) -> None:
+            con = db.connect(Path(tmp) / f"lake{next(counter)}")
+            try:
+                stream = pa.RecordBatchReader.from_batches(FACT_SCHEMA, iter(rows))
+                con.register("batch_facts", table if whole else stream)
+                con.execute("BEGIN")
+                con.execute("INSERT INTO facts SELECT * FROM batch_facts")
+                con.execute("COMMIT")
+            finally:
+                con.close()
+
+        def lake_connect() -> None:
+            db.connect(Path(tmp) / f"lake{next(counter)}").close()
+
+        floats = ["forward", "backward"]
+        connect_s = best(lake_connect)
+        insert_s = best(lake_insert) - connect_s
+        insert_whole_s = best(lambda: lake_insert(whole=True)) - connect_s
+        pyarrow_s = best(
+            lambda: pq.write_table(
+                table, f"{tmp}/pa.parquet", compression="zstd", use_byte_stream_split=floats, use_dictionary=False
+            )
+        )
+        pyarrow_dict_s = best(
+            lambda: pq.write_table(
+                table,
+                f"{tmp}/pa.parquet",
+                compression="zstd",
+                use_byte_stream_split=floats,
+                use_dictionary=[c for c in table.column_names if c not in floats],
+            )
+        )
+        pa_bytes = Path(f"{tmp}/pa.parquet").stat().st_size
+    print(
+        f"one batch of {len(items)} x {args.tokens} tokens ({args.model}): {table.num_rows:,} rows, {n_values:,} "
+        f"stored values; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
+    )
+    for label, seconds in [
+        ("Arrow conversion (fact_rows)", convert_s),
+        ("DuckDB INSERT into the lake + commit, from the stream (as stored)", insert_s),
+        ("DuckDB INSERT into the lake + commit, from one whole Arrow table", insert_whole_s),
+        ("pyarrow write_table, zstd + BYTE_STREAM_SPLIT, no dictionary", pyarrow_s),
+        ("pyarrow write_table, as above + dictionary on the index columns", pyarrow_dict_s),
+    ]:
+        print(f"  {label:66s} {seconds:6.2f} s  {n_values / seconds / 1e6:6.1f} M values/s")
+    print(f"  (pyarrow file with dictionaries: {pa_bytes / n_values:.2f} bytes per value; lake connect {connect_s:.2f} s)")
+    pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(8)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="gpt2-tiny, every location, 32 prompts")
@@ -326,6 +421,7 @@ def main() -> None:
         help="prompts for the baseline (default 16, all with --quick): it is slow, and tokens/s is a rate",
     )
     parser.add_argument("--paths", nargs="*", choices=PATHS, default=list(PATHS), help="which paths to run")
+    parser.add_argument("--writer-split", action="store_true", help="time the writer's parts on one batch")
     parser.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
@@ -342,6 +438,9 @@ def main() -> None:
     args.baseline_prompts = args.baseline_prompts or (args.prompts if args.quick else min(16, args.prompts))
     if args.child:
         child(args)
+        return
+    if args.writer_split:
+        writer_split(args)
         return
     results = {}
     root = Path(__file__).resolve().parent.parent

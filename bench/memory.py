@@ -4,6 +4,11 @@
     python -m bench.memory --long 1500            # other lengths
     python -m bench.memory --scaling 200 2000     # gpt2-tiny, many short prompts (issue 5: within 10%)
 
+Beside each long-prompt ingest, a fresh process runs the same prompt through the worker's model pass alone
+(run_batch: hooked forward and backward, tensors copied out, nothing written), and the worker's own
+up-front estimate (ingest/memory.py) is printed, so the peak splits into the model's share and the
+writer's.
+
 Each ingest runs `cli.py ingest` in a fresh subprocess into a fresh warehouse, and its peak RSS is read
 from the kernel (os.wait4's rusage of that child: resource.getrusage(RUSAGE_CHILDREN) would report the
 maximum over all children so far). A long prompt is varied text, the repository's own prose with its
@@ -62,6 +67,31 @@ def ingest_child(args: list[str], workdir: Path, label: str) -> Run:
     return Run(usage.ru_maxrss / 1024, seconds, proc.returncode, out_path.read_text().strip())  # KiB on Linux
 
 
+def pass_only(n_tokens: int, model: str) -> None:
+    """Child: the long prompt through run_batch alone; prints its peak RSS in MiB and the estimate."""
+    import resource
+
+    import numpy as np
+    import torch
+
+    from ingest import memory, worker
+    from ingest.capture import CaptureSpec
+    from ingest.prompts import PromptInput
+
+    loaded = worker.open_model(model)
+    spec = CaptureSpec.parse(None, None, loaded.model.config.n_layers)
+    item = worker.prepare(loaded, PromptInput(long_text(n_tokens, loaded.tokenizer)), "", False, True)
+    needed = memory.estimate(loaded.model.config, spec, 1, len(item.ids), True)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    captured = worker.run_batch(torch.device("cpu"), loaded, [item], np.arange(1), spec, True)
+    kept = sum(a.nbytes for a in [*captured.forward.values(), *captured.backward.values()])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"        model pass alone: peak RSS {peak:8.1f} MiB (model loaded: {before:.0f} MiB; captured tensors kept: "
+        f"{kept / 2**20:.0f} MiB); the worker's estimate: {needed.total / 2**20:.0f} MiB (largest: {needed.largest()})"
+    )
+
+
 def stored_tokens(db: Path) -> list[int]:
     from warehouse import db as wdb
 
@@ -88,8 +118,11 @@ def long_prompts(lengths: list[int], model: str, batch_size: int) -> None:
                 f"{n:>6}-token prompt: peak RSS {run.peak_rss_mib:8.1f} MiB in {run.seconds:6.1f} s, {verdict}; "
                 f"load average {os.getloadavg()[0]:.2f}"
             )
-            if run.output:
-                print(f"        the CLI said: {run.output.splitlines()[-1]}")
+            for line in run.output.splitlines():
+                print(f"        the CLI said: {line}")
+            sys.stdout.flush()
+            child = [sys.executable, "-m", "bench.memory", "--pass-only", str(n), "--model", model]
+            subprocess.run(child, cwd=ROOT, check=False)
 
 
 def write_short_prompts(path: Path, n: int) -> None:
@@ -123,8 +156,11 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2", help="model of the long-prompt runs")
     parser.add_argument("--scaling", type=int, nargs=2, metavar=("SMALL", "LARGE"), help="gpt2-tiny prompt counts")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--pass-only", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.scaling:
+    if args.pass_only:
+        pass_only(args.pass_only, args.model)
+    elif args.scaling:
         scaling(*args.scaling, args.batch_size)
     else:
         long_prompts(args.long, args.model, args.batch_size)
