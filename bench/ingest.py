@@ -402,7 +402,7 @@ def writer_split(args: argparse.Namespace) -> None:
         ("pyarrow write_table, as above + dictionary on the index columns", pyarrow_dict_s),
     ]:
         print(f"  {label:66s} {seconds:6.2f} s  {n_values / seconds / 1e6:6.1f} M values/s")
-    print(f"  (pyarrow file with dictionaries: {pa_bytes / n_values:.2f} bytes per value; lake connect {connect_s:.2f} s)")
+    print(f"  (pyarrow file with dictionaries: {pa_bytes / n_values:.2f} bytes per value)")
     pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(8)
 
 
