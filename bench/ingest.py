@@ -1,17 +1,25 @@
-"""Benchmark: end-to-end ingest against the way a user would otherwise write it, in the same run.
+"""Benchmark: end-to-end ingest into the lake, against the model pass alone and the way a user would
+otherwise write it, in the same run.
 
-    python -m bench.ingest                # SmolLM2, default locations, 64 prompts of 20 tokens
+    python -m bench.ingest                # SmolLM2, default capture, 64 prompts of 20 tokens
     python -m bench.ingest --quick        # gpt2-tiny, every location, seconds
+    python -m bench.ingest --writer-split # one captured batch: conversion, DuckLake insert, pyarrow write
 
-Each path runs in its own child process (so peak RSS is its own) on a fresh DuckDB file:
-- actwh: `ingest.worker.ingest` (model passes on the main thread, Arrow conversion and the DuckDB commit on
-  the writer thread). Time is split by wrapping run_batch (model pass + copy to numpy), to_batch (Arrow)
-  and DuckDBWriter.append (insert + commit); the split sums CPU-thread time, which overlaps.
+Each path runs in its own child process (so peak RSS is its own), one after the other:
+- actwh float32 and actwh bfloat16 (`--precision`): `ingest.worker.ingest` into a fresh lake folder
+  (model passes on the main thread; Arrow conversion, the Parquet write and the DuckLake commit on the
+  writer thread). Time is split by wrapping run_batch (model pass + copy to numpy), the fact-row
+  generators (Arrow conversion, which runs inside the write as the Parquet writer pulls it) and
+  LakeWriter.append (convert + write + commit); the IngestReport's write_seconds is the last.
+- model alone: the same prompts, batches and hooks through the worker's own run_batch, nothing stored:
+  the ceiling the ingest can reach on this machine.
 - baseline: the same model and prompts, a plain hook that keeps every wanted tensor in a dict (and
   retain_grad for gradients), per tensor a pandas DataFrame melted to long format, concatenated per
-  batch and appended with `con.append` into the same `activations` table.
-Figures: rows/s and tokens/s over the prompt phase (after the model is loaded and its weights stored),
-stored bytes per value (file size after CHECKPOINT / rows), peak RSS, and the baseline/actwh ratio.
+  batch and appended with `con.append` to a long `activations` table in a DuckDB file (what a user
+  writes without actwh; a lake's fact table holds both passes in a row, which a melt does not give).
+Figures: values/s and tokens/s over the prompt phase (model loaded, its weights already stored), stored
+bytes per value (the facts table's live Parquet files over non-null forward + backward values; the
+baseline: its file's growth after CHECKPOINT over its rows), peak RSS, and the ratios.
 """
 
 from __future__ import annotations
@@ -25,7 +33,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # `python bench/ingest.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -35,6 +45,7 @@ _SENTENCE = (
     "king paper light water north south market village island language school theory bridge forest"
 )
 WORDS = _SENTENCE.split(" ")
+PATHS = ("actwh", "actwh-bf16", "model", "baseline")
 
 
 def prompt_texts(n: int, n_tokens: int, tokenizer) -> list[str]:  # type: ignore[no-untyped-def]
@@ -51,110 +62,156 @@ def prompt_texts(n: int, n_tokens: int, tokenizer) -> list[str]:  # type: ignore
 
 
 class Timer:
-    """Thread-safe seconds per label, for wrapped functions."""
+    """Thread-safe seconds per label, for wrapped functions and generators."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def wrap(self, label: str, fn):  # type: ignore[no-untyped-def]
-        def timed(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def _add(self, label: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[label] = self.seconds.get(label, 0.0) + seconds
+
+    def wrap(self, label: str, fn: Callable) -> Callable:
+        def timed(*args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                with self._lock:
-                    self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - start
+                self._add(label, time.perf_counter() - start)
+
+        return timed
+
+    def wrap_iter(self, label: str, fn: Callable) -> Callable:
+        """A generator function whose time inside next() counts (the consumer's time does not)."""
+
+        def timed(*args: Any, **kwargs: Any) -> Iterator:
+            start = time.perf_counter()
+            items = iter(fn(*args, **kwargs))
+            while True:
+                try:
+                    item = next(items)
+                except StopIteration:
+                    self._add(label, time.perf_counter() - start)
+                    return
+                self._add(label, time.perf_counter() - start)
+                yield item
+                start = time.perf_counter()
 
         return timed
 
 
-def _checkpointed_size(db: Path) -> int:
-    import duckdb
+def lake_facts(path: Path) -> tuple[int, int, int, int]:
+    """(fact rows, stored values (non-null forward + backward), live Parquet bytes of `facts`, files)."""
+    from warehouse import db
 
-    con = duckdb.connect(str(db))
-    try:
-        con.execute("CHECKPOINT")
-    finally:
-        con.close()
-    return db.stat().st_size
-
-
-def _stored(db: Path) -> tuple[int, int]:
-    """Activation rows, and the file's size after CHECKPOINT."""
-    import duckdb
-
-    con = duckdb.connect(str(db))
-    try:
-        rows = con.execute("SELECT count(*) FROM activations").fetchall()[0][0]
-        con.execute("CHECKPOINT")
-    finally:
-        con.close()
-    return int(rows), db.stat().st_size
+    with db.connect(path, read_only=True) as con:
+        rows, values = con.execute("SELECT count(*), count(forward) + count(backward) FROM facts").fetchall()[0]
+        size, files = con.execute(
+            "SELECT sum(f.file_size_bytes), count(*) FROM __ducklake_metadata_actwh.ducklake_data_file f "
+            "JOIN __ducklake_metadata_actwh.ducklake_table t USING (table_id) "
+            "WHERE t.table_name = 'facts' AND t.end_snapshot IS NULL AND f.end_snapshot IS NULL"
+        ).fetchall()[0]
+    return int(rows), int(values), int(size or 0), int(files)
 
 
-def run_actwh(args: argparse.Namespace, db: Path) -> dict:
+def _load(args: argparse.Namespace) -> tuple[Any, float, list[str]]:
+    from ingest.checkpoints import load_model
+
+    start = time.perf_counter()
+    loaded = load_model(args.model)
+    return loaded, time.perf_counter() - start, prompt_texts(args.prompts, args.tokens, loaded.tokenizer)
+
+
+def run_actwh(args: argparse.Namespace, path: Path) -> dict:
     from ingest import worker
+    from ingest.model_rows import factor_weights, register_model
     from ingest.prompts import PromptInput
-    from warehouse.writer import DuckDBWriter
+    from warehouse.writer import LakeWriter
 
     timer = Timer()
+    loaded, load_s, texts = _load(args)
+    worker.open_model = lambda name: loaded  # loaded once above, timed separately
+    # store the model's weights first, so the prompt phase is what the figures time
     start = time.perf_counter()
-    loaded = worker.load_model(args.model)
-    load_s = time.perf_counter() - start
-    texts = prompt_texts(args.prompts, args.tokens, loaded.tokenizer)
-    worker.load_model = lambda name: loaded  # loaded once above, timed separately
-    if hasattr(worker, "open_model"):
-        worker.open_model = lambda name: loaded
-    # register the model's weights first, so the prompt phase is what the figures time
-    start = time.perf_counter()
-    with DuckDBWriter(db) as writer:
-        worker.register_model(writer, loaded)
+    with LakeWriter(path) as writer:
+        register_model(writer, loaded, factor_weights(loaded), False)
     register_s = time.perf_counter() - start
-    before = _checkpointed_size(db)  # weights and vocabulary: not activation bytes
     worker.run_batch = timer.wrap("model pass", worker.run_batch)
-    worker.to_batch = timer.wrap("arrow", worker.to_batch)
-    DuckDBWriter.append = timer.wrap("duckdb insert", DuckDBWriter.append)
+    for name in ("location_rows", "first_row", "logits_rows"):
+        wrap = timer.wrap_iter if name == "location_rows" else timer.wrap
+        setattr(worker, name, wrap("arrow conversion", getattr(worker, name)))
     options = worker.IngestOptions(
-        model=args.model, locations=args.locations, batch_size=args.batch_size, progress=False
+        model=args.model,
+        locations=args.locations,
+        batch_size=args.batch_size,
+        progress=False,
+        precision=args.precision,
     )
     start = time.perf_counter()
-    report = worker.ingest(db, [PromptInput(t) for t in texts], options)
+    report = worker.ingest(path, [PromptInput(t) for t in texts], options)
     prompt_s = time.perf_counter() - start
-    rows, size = _stored(db)
+    rows, values, size, files = lake_facts(path)
     assert rows == report.rows, (rows, report.rows)
+    split = {**timer.seconds, "write (convert + Parquet + commit)": report.write_seconds}
     return {
         "rows": rows,
+        "values": values,
         "tokens": report.tokens,
-        "bytes": size - before,
+        "bytes": size,
+        "files": files,
         "load_s": load_s,
         "register_s": register_s,
         "prompt_s": prompt_s,
-        "split": timer.seconds,
+        "split": split,
     }
 
 
-def run_baseline(args: argparse.Namespace, db: Path) -> dict:
-    """What a user writes without actwh: dict-of-tensors hooks, pandas melt, con.append."""
+def run_model(args: argparse.Namespace) -> dict:
+    """The worker's model pass over the same batches, with the same hooks, storing nothing."""
+    import numpy as np
+    import torch
+
+    from ingest import worker
+    from ingest.capture import CaptureSpec
+    from ingest.prompts import PromptInput
+
+    loaded, load_s, texts = _load(args)
+    spec = CaptureSpec.parse(args.locations, None, loaded.model.config.n_layers)
+    items = [worker.prepare(loaded, PromptInput(t), "", False, True) for t in texts]
+    start = time.perf_counter()
+    tokens = 0
+    for batch in worker.batches(items, args.batch_size):
+        captured = worker.run_batch(torch.device("cpu"), loaded, batch, np.arange(len(batch)), spec, True)
+        tokens += int(captured.lengths.sum())
+        del captured
+    prompt_s = time.perf_counter() - start
+    return {"tokens": tokens, "load_s": load_s, "prompt_s": prompt_s, "split": {"model pass": prompt_s}}
+
+
+BASELINE_TABLE = """CREATE TABLE activations (
+    prompt_id INTEGER, token SMALLINT, token2 SMALLINT, layer SMALLINT, head SMALLINT, node_type VARCHAR,
+    node_index INTEGER, dst VARCHAR, pass_type VARCHAR, value FLOAT)"""
+
+
+def run_baseline(args: argparse.Namespace, path: Path) -> dict:
+    """What a user writes without actwh: dict-of-tensors hooks, pandas melt, con.append to a DuckDB file."""
+    import duckdb
     import numpy as np
     import pandas as pd
     import torch
 
     from ingest.capture import CaptureSpec
-    from ingest.checkpoints import load_model
     from ingest.objective import per_prompt_objective
-    from warehouse import db as wdb
     from warehouse.registry import LOCATIONS, PassType
 
-    start = time.perf_counter()
-    loaded = load_model(args.model)
-    load_s = time.perf_counter() - start
-    texts = prompt_texts(args.prompts, args.tokens, loaded.tokenizer)
+    loaded, load_s, texts = _load(args)
     model = loaded.model
     spec = CaptureSpec.parse(args.locations, None, model.config.n_layers)
-    wdb.connect(db).close()  # same schema and ENUM types as actwh's file
-    before = _checkpointed_size(db)
-    con = wdb.connect(db)
+    con = duckdb.connect(str(path))
+    con.execute(BASELINE_TABLE)
+    con.execute("CHECKPOINT")
+    before = path.stat().st_size
     start = time.perf_counter()
     rows = tokens = 0
     split = {"model pass": 0.0, "pandas": 0.0, "duckdb insert": 0.0}
@@ -189,7 +246,7 @@ def run_baseline(args: argparse.Namespace, db: Path) -> dict:
                     continue
                 array = source.detach().numpy()
                 for b, length in enumerate(lengths.tolist()):
-                    frames.append(_melt(pd, np, array[b], length, loc, first + b, layer, pass_type.value))
+                    frames.append(_melt(pd, array[b], length, loc, first + b, layer, pass_type.value))
         for b, length in enumerate(lengths.tolist()):  # logits: the last token's top 20
             last = logits[b, length - 1].detach().numpy()
             top = np.argsort(-last)[:20]
@@ -210,21 +267,23 @@ def run_baseline(args: argparse.Namespace, db: Path) -> dict:
         split["duckdb insert"] += t3 - t2
         rows += len(df)
         tokens += int(lengths.sum())
-    con.close()
     prompt_s = time.perf_counter() - start
-    stored, size = _stored(db)
+    stored = con.execute("SELECT count(*) FROM activations").fetchall()[0][0]
+    con.execute("CHECKPOINT")
+    con.close()
     assert stored == rows
     return {
         "rows": rows,
+        "values": rows,
         "tokens": tokens,
-        "bytes": size - before,
+        "bytes": path.stat().st_size - before,
         "load_s": load_s,
         "prompt_s": prompt_s,
         "split": split,
     }
 
 
-def _melt(pd, np, array, length: int, loc, prompt_id: int, layer, pass_type: str):  # type: ignore[no-untyped-def]
+def _melt(pd, array, length: int, loc, prompt_id: int, layer, pass_type: str):  # type: ignore[no-untyped-def]
     """One prompt's tensor as long rows: DataFrame over the leading axes, melt over the last."""
     real = array[:length, :length] if loc.n_token_axes == 2 else array[:length]
     names = ["token", "token2"][: loc.n_token_axes] + (["head"] if loc.head_axis is not None else [])
@@ -242,10 +301,109 @@ def _melt(pd, np, array, length: int, loc, prompt_id: int, layer, pass_type: str
 
 
 def child(args: argparse.Namespace) -> None:
-    db = Path(args.db)
-    result = run_actwh(args, db) if args.child == "actwh" else run_baseline(args, db)
+    path = Path(args.db)
+    if args.child == "model":
+        result = run_model(args)
+    elif args.child == "baseline":
+        result = run_baseline(args, path)
+    else:
+        result = run_actwh(args, path)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
+
+
+def writer_split(args: argparse.Namespace) -> None:
+    """Where the writer's time goes, on one real captured batch held in memory (best of 2 each): the fact
+    rows' Arrow conversion (with its costliest functions), DuckDB's INSERT of those record batches into
+    a new lake's facts table (Parquet encoding + commit), and pyarrow's Parquet writer on the same rows
+    with the lake's settings (zstd, BYTE_STREAM_SPLIT floats), which STORAGE.md measured."""
+    import cProfile
+    import pstats
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from ingest import worker
+    from ingest.capture import CaptureSpec
+    from ingest.prompts import PromptInput
+    from warehouse import db
+    from warehouse.facts import FACT_SCHEMA
+
+    loaded, _, texts = _load(args)
+    spec = CaptureSpec.parse(args.locations, None, loaded.model.config.n_layers)
+    items = [worker.prepare(loaded, PromptInput(t), "", False, True) for t in texts[: args.batch_size]]
+    captured = worker.run_batch(torch.device("cpu"), loaded, items, np.arange(len(items)), spec, True)
+
+    def convert() -> list[pa.RecordBatch]:
+        return list(worker.fact_rows(captured, spec.logits_top_k, False))
+
+    def best(fn: Callable[[], Any]) -> float:
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    convert_s = best(convert)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    rows = convert()
+    profiler.disable()
+    n_values = sum(2 * b.num_rows - b.column("forward").null_count - b.column("backward").null_count for b in rows)
+    table = pa.Table.from_batches(rows, FACT_SCHEMA)
+    with tempfile.TemporaryDirectory(prefix="actwh-split-") as tmp:
+        counter = iter(range(100))
+
+        def lake_insert(whole: bool = False) -> None:
+            con = db.connect(Path(tmp) / f"lake{next(counter)}")
+            try:
+                stream = pa.RecordBatchReader.from_batches(FACT_SCHEMA, iter(rows))
+                con.register("batch_facts", table if whole else stream)
+                con.execute("BEGIN")
+                con.execute("INSERT INTO facts SELECT * FROM batch_facts")
+                con.execute("COMMIT")
+            finally:
+                con.close()
+
+        def lake_connect() -> None:
+            db.connect(Path(tmp) / f"lake{next(counter)}").close()
+
+        floats = ["forward", "backward"]
+        connect_s = best(lake_connect)
+        insert_s = best(lake_insert) - connect_s
+        insert_whole_s = best(lambda: lake_insert(whole=True)) - connect_s
+        pyarrow_s = best(
+            lambda: pq.write_table(
+                table, f"{tmp}/pa.parquet", compression="zstd", use_byte_stream_split=floats, use_dictionary=False
+            )
+        )
+        pyarrow_dict_s = best(
+            lambda: pq.write_table(
+                table,
+                f"{tmp}/pa.parquet",
+                compression="zstd",
+                use_byte_stream_split=floats,
+                use_dictionary=[c for c in table.column_names if c not in floats],
+            )
+        )
+        pa_bytes = Path(f"{tmp}/pa.parquet").stat().st_size
+    print(
+        f"one batch of {len(items)} x {args.tokens} tokens ({args.model}): {table.num_rows:,} rows, {n_values:,} "
+        f"stored values; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
+    )
+    for label, seconds in [
+        ("Arrow conversion (fact_rows)", convert_s),
+        ("DuckDB INSERT into the lake + commit, from the stream (as stored)", insert_s),
+        ("DuckDB INSERT into the lake + commit, from one whole Arrow table", insert_whole_s),
+        ("pyarrow write_table, zstd + BYTE_STREAM_SPLIT, no dictionary", pyarrow_s),
+        ("pyarrow write_table, as above + dictionary on the index columns", pyarrow_dict_s),
+    ]:
+        print(f"  {label:66s} {seconds:6.2f} s  {n_values / seconds / 1e6:6.1f} M values/s")
+    print(f"  (pyarrow file with dictionaries: {pa_bytes / n_values:.2f} bytes per value)")
+    pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(8)
 
 
 def main() -> None:
@@ -260,11 +418,12 @@ def main() -> None:
         "--baseline-prompts",
         type=int,
         default=None,
-        help="prompts for the baseline (default 16, all with --quick): it is slow, and rows/s is a rate",
+        help="prompts for the baseline (default 16, all with --quick): it is slow, and tokens/s is a rate",
     )
-    parser.add_argument("--skip-baseline", action="store_true")
-    parser.add_argument("--layouts", action="store_true", help="insert one real batch into other table layouts")
-    parser.add_argument("--child", choices=["actwh", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument("--paths", nargs="*", choices=PATHS, default=list(PATHS), help="which paths to run")
+    parser.add_argument("--writer-split", action="store_true", help="time the writer's parts on one batch")
+    parser.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
@@ -280,114 +439,59 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    if args.layouts:
-        layouts(args)
+    if args.writer_split:
+        writer_split(args)
         return
     results = {}
+    root = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory(prefix="actwh-bench-") as tmp:
-        for path in ["actwh"] + ([] if args.skip_baseline else ["baseline"]):
-            command = [sys.executable, "-m", "bench.ingest", "--child", path, "--db", f"{tmp}/{path}.duckdb"]
-            n_prompts = args.prompts if path == "actwh" else args.baseline_prompts
+        for path in args.paths:
+            command = [sys.executable, "-m", "bench.ingest", "--child", path, "--db", f"{tmp}/{path}"]
+            n_prompts = args.baseline_prompts if path == "baseline" else args.prompts
             command += ["--model", args.model, "--prompts", str(n_prompts), "--tokens", str(args.tokens)]
             command += ["--batch-size", str(args.batch_size)]
+            command += ["--precision", "bfloat16" if path == "actwh-bf16" else "float32"]
             if args.locations:
                 command += ["--locations", *args.locations]
-            root = Path(__file__).resolve().parent.parent
             out = subprocess.run(command, capture_output=True, text=True, cwd=root, env=os.environ, check=False)
             if out.returncode != 0:
                 sys.exit(f"{path} failed:\n{out.stderr[-3000:]}")
             results[path] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{path}: {results[path]}", file=sys.stderr)
     report(args, results)
 
 
 def report(args: argparse.Namespace, results: dict[str, dict]) -> None:
     print(
         f"model {args.model}, {args.prompts} prompts x {args.tokens} tokens, batch {args.batch_size}, "
-        f"{os.cpu_count()} CPUs"
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end"
     )
     for path, r in results.items():
-        rows_s, tok_s = r["rows"] / r["prompt_s"], r["tokens"] / r["prompt_s"]
-        print(
-            f"{path:9s} {r['rows']:>12,} rows in {r['prompt_s']:7.1f} s: {rows_s / 1e6:6.2f} M rows/s, "
-            f"{tok_s:7.1f} tokens/s, {r['bytes'] / r['rows']:.2f} bytes/value, peak RSS {r['peak_rss_mb']:,.0f} MB "
-            f"(model load {r['load_s']:.1f} s"
-            + (f", weights stored {r['register_s']:.1f} s)" if "register_s" in r else ")")
-        )
+        tok_s = r["tokens"] / r["prompt_s"]
+        line = f"{path:10s} {r['tokens']:>7,} tokens in {r['prompt_s']:7.1f} s: {tok_s:7.1f} tokens/s"
+        if "values" in r:
+            line += (
+                f", {r['values']:,} values, {r['values'] / r['prompt_s'] / 1e6:6.2f} M values/s, "
+                f"{r['bytes'] / r['values']:.2f} bytes/value"
+            )
+        if "files" in r:
+            line += f" ({r['files']} Parquet files)"
+        line += f", peak RSS {r['peak_rss_mb']:,.0f} MB (model load {r['load_s']:.1f} s"
+        line += f", weights stored {r['register_s']:.1f} s)" if "register_s" in r else ")"
+        print(line)
         split = ", ".join(f"{k} {v:.1f} s" for k, v in r["split"].items())
-        print(f"{'':9s} time split (thread seconds, they overlap in actwh): {split}")
-    if "baseline" in results:
-        a, b = results["actwh"], results["baseline"]
-        print(f"actwh is {b['prompt_s'] / a['prompt_s'] * a['rows'] / b['rows']:.2f}x the baseline's rows/s")
-
-
-def layouts(args: argparse.Namespace) -> None:
-    """Insert one real captured batch into fresh tables of other physical layouts (best of 2 each)."""
-    import duckdb
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import torch
-
-    from ingest import worker
-    from ingest.capture import CaptureSpec
-    from ingest.prompts import PromptInput
-    from warehouse import db as wdb
-    from warehouse.facts import FACT_SCHEMA
-
-    loaded = worker.load_model(args.model)
-    spec = CaptureSpec.parse(args.locations, None, loaded.model.config.n_layers)
-    texts = prompt_texts(args.batch_size, args.tokens, loaded.tokenizer)
-    items = [worker.prepare(loaded, PromptInput(t), "", False, True) for t in texts]
-    captured = worker.run_batch(torch.device("cpu"), loaded, items, np.arange(len(items)), spec, True)
-    facts = pa.concat_tables(
-        [t.cast(FACT_SCHEMA) for t in worker.to_batch(captured, 0, 0, loaded, spec.logits_top_k).activations]
-    )
-    codes = facts
-    for name in ("node_type", "dst", "pass_type"):
-        i = codes.schema.get_field_index(name)
-        codes = codes.set_column(i, name, pc.dictionary_encode(codes[name]).combine_chunks().indices.cast(pa.uint8()))
-    variants = {
-        "ENUM columns from Arrow dictionaries (as stored)": (facts, "SELECT * FROM activations"),
-        "UTINYINT codes instead of ENUM": (
-            codes,
-            "node_type UTINYINT, node_index INTEGER, dst UTINYINT, pass_type UTINYINT",
-        ),
-        "no token2/head columns (8 columns)": (
-            facts.drop_columns(["token2", "head"]),
-            "SELECT * EXCLUDE (token2, head) FROM activations",
-        ),
-        "value first (column order)": (
-            facts.select(["value", *facts.column_names[:-1]]),
-            "SELECT value, * EXCLUDE (value) FROM activations",
-        ),
-        "two batches in one insert": (pa.concat_tables([facts, facts]), "SELECT * FROM activations"),
-    }
-    print(f"one real batch: {facts.num_rows:,} rows ({args.model}, {args.batch_size} prompts x {args.tokens} tokens)")
-    with tempfile.TemporaryDirectory(prefix="actwh-layouts-") as tmp:
-        for label, (table, change) in variants.items():
-            best = float("inf")
-            for rep in range(2):
-                path = Path(tmp) / f"{abs(hash(label))}-{rep}.duckdb"
-                wdb.connect(path).close()
-                con = duckdb.connect(str(path))
-                con.execute(
-                    f"CREATE TABLE t2 AS {change} LIMIT 0"
-                    if change.startswith("SELECT")
-                    else f"CREATE TABLE t2 ({_columns(change)})"
-                )
-                con.register("batch", table)
-                start = time.perf_counter()
-                con.execute("BEGIN")
-                con.execute("INSERT INTO t2 SELECT * FROM batch")
-                con.execute("COMMIT")
-                best = min(best, time.perf_counter() - start)
-                con.close()
-            print(f"  {label:50s} {table.num_rows / best / 1e6:6.2f} M rows/s")
-
-
-def _columns(change: str) -> str:
-    head = "prompt_id INTEGER, token SMALLINT, token2 SMALLINT, layer SMALLINT, head SMALLINT"
-    return f"{head}, {change}, value FLOAT"
+        print(f"{'':10s} time split (thread seconds; in actwh the writer overlaps the model): {split}")
+    if "actwh" not in results:
+        return
+    a = results["actwh"]
+    a_tok_s = a["tokens"] / a["prompt_s"]
+    for other in ("actwh-bf16", "model", "baseline"):
+        if other in results:
+            o = results[other]
+            print(f"actwh float32 tokens/s / {other}'s: {a_tok_s / (o['tokens'] / o['prompt_s']):.2f}")
+    model_s, write_s = a["split"].get("model pass", 0.0), a["split"]["write (convert + Parquet + commit)"]
+    side = "the model pass" if model_s >= write_s else "the writer"
+    print(f"bottleneck: {side} (model pass {model_s:.1f} s, writer {write_s:.1f} s of {a['prompt_s']:.1f} s wall)")
 
 
 if __name__ == "__main__":

@@ -1,66 +1,169 @@
-"""Peak memory of an ingest must not grow with the number of prompts (issue 5: within 10%).
+"""Peak memory of an ingest: bounded for one long prompt, and not growing with the number of prompts.
 
-Runs `cli.py ingest` with the built-in gpt2-tiny model over N short prompts, each in a fresh subprocess
-and a fresh database, and reads that child's peak RSS from the kernel (os.wait4's rusage, the per-child
-form of resource.getrusage(RUSAGE_CHILDREN), which would otherwise report the maximum over all
-children so far). Usage:
+    python -m bench.memory                        # SmolLM2, default capture: one 1000- and one 2000-token prompt
+    python -m bench.memory --long 1500            # other lengths
+    python -m bench.memory --scaling 200 2000     # gpt2-tiny, many short prompts (issue 5: within 10%)
 
-    .venv/bin/python bench/memory.py [--small 200] [--large 2000] [--batch-size 8]
+Beside each long-prompt ingest, a fresh process runs the same prompt through the worker's model pass alone
+(run_batch: hooked forward and backward, tensors copied out, nothing written), and the worker's own
+up-front estimate (ingest/memory.py) is printed, so the peak splits into the model's share and the
+writer's.
+
+Each ingest runs `cli.py ingest` in a fresh subprocess into a fresh warehouse, and its peak RSS is read
+from the kernel (os.wait4's rusage of that child: resource.getrusage(RUSAGE_CHILDREN) would report the
+maximum over all children so far). A long prompt is varied text, the repository's own prose with its
+whitespace collapsed, cut to the wanted number of tokens; the result says whether it was stored (with
+the tokens the lake holds for it) or refused (with the CLI's reason).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+if __package__ in (None, ""):  # `python bench/memory.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "bright"]
+PROSE = ("docs/*.md", "TESTING.md", "README.md")  # in this order, as far as the wanted length needs
 
 
-def write_prompts(path: Path, n: int) -> None:
+@dataclass
+class Run:
+    peak_rss_mib: float
+    seconds: float
+    returncode: int
+    output: str  # the CLI's stdout and stderr, stripped
+
+
+def long_text(n_tokens: int, tokenizer) -> str:  # type: ignore[no-untyped-def]
+    """About n_tokens tokens of the repository's prose on one line (never one token repeated)."""
+    files = [path for pattern in PROSE for path in sorted(ROOT.glob(pattern))]
+    prose = " ".join(re.sub(r"\s+", " ", p.read_text()) for p in files)
+    ids = tokenizer.encode_ordinary(prose)
+    if len(ids) < n_tokens:
+        raise SystemExit(f"the repository's prose is only {len(ids)} tokens: ask for fewer")
+    return tokenizer.decode(ids[:n_tokens]).strip()
+
+
+def ingest_child(args: list[str], workdir: Path, label: str) -> Run:
+    """Run `cli.py ingest ARGS` in a fresh process; its own peak RSS, time, exit status and output."""
+    out_path = workdir / f"out-{label}.txt"
+    command = [sys.executable, str(ROOT / "cli.py"), "ingest", *args, "--quiet"]
+    start = time.perf_counter()
+    with open(out_path, "w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)  # reaps the child itself, so Popen must not wait
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - start
+    return Run(usage.ru_maxrss / 1024, seconds, proc.returncode, out_path.read_text().strip())  # KiB on Linux
+
+
+def pass_only(n_tokens: int, model: str) -> None:
+    """Child: the long prompt through run_batch alone; prints its peak RSS in MiB and the estimate."""
+    import resource
+
+    import numpy as np
+    import torch
+
+    from ingest import memory, worker
+    from ingest.capture import CaptureSpec
+    from ingest.prompts import PromptInput
+
+    loaded = worker.open_model(model)
+    spec = CaptureSpec.parse(None, None, loaded.model.config.n_layers)
+    item = worker.prepare(loaded, PromptInput(long_text(n_tokens, loaded.tokenizer)), "", False, True)
+    needed = memory.estimate(loaded.model.config, spec, 1, len(item.ids), True)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    captured = worker.run_batch(torch.device("cpu"), loaded, [item], np.arange(1), spec, True)
+    kept = sum(a.nbytes for a in [*captured.forward.values(), *captured.backward.values()])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"        model pass alone: peak RSS {peak:8.1f} MiB (model loaded: {before:.0f} MiB; captured tensors kept: "
+        f"{kept / 2**20:.0f} MiB); the worker's estimate: {needed.total / 2**20:.0f} MiB (largest: {needed.largest()})"
+    )
+
+
+def stored_tokens(db: Path) -> list[int]:
+    from warehouse import db as wdb
+
+    if not (db / "catalog.sqlite").exists():
+        return []
+    with wdb.connect(db, read_only=True) as con:
+        return [int(r[0]) for r in con.execute("SELECT n_tokens FROM prompts ORDER BY prompt_id").fetchall()]
+
+
+def long_prompts(lengths: list[int], model: str, batch_size: int) -> None:
+    from ingest.checkpoints import load_model
+
+    tokenizer = load_model(model).tokenizer
+    with tempfile.TemporaryDirectory(prefix="actwh-memory-") as tmp:
+        workdir = Path(tmp)
+        for n in lengths:
+            prompts, db = workdir / f"long{n}.txt", workdir / f"lake{n}"
+            prompts.write_text(long_text(n, tokenizer) + "\n")
+            args = ["--db", str(db), "--model", model, "--prompts", str(prompts), "--batch-size", str(batch_size)]
+            run = ingest_child(args, workdir, str(n))
+            stored = stored_tokens(db)
+            verdict = f"stored ({stored[0]} tokens)" if stored else f"NOT stored (exit {run.returncode})"
+            print(
+                f"{n:>6}-token prompt: peak RSS {run.peak_rss_mib:8.1f} MiB in {run.seconds:6.1f} s, {verdict}; "
+                f"load average {os.getloadavg()[0]:.2f}"
+            )
+            for line in run.output.splitlines():
+                print(f"        the CLI said: {line}")
+            sys.stdout.flush()
+            child = [sys.executable, "-m", "bench.memory", "--pass-only", str(n), "--model", model]
+            subprocess.run(child, cwd=ROOT, check=False)
+
+
+def write_short_prompts(path: Path, n: int) -> None:
     """Short distinct prompts (4 to 11 tokens), written line by line as a user's file would be."""
     with open(path, "w") as handle:
         for i in range(n):
             handle.write(f"Prompt {i}: " + " ".join(WORDS[: 1 + i % 8]) + "\n")
 
 
-def peak_rss_mib(n: int, batch_size: int, workdir: Path) -> tuple[float, float, str]:
-    """(peak RSS in MiB, seconds, the CLI's summary line) of one ingest of n prompts."""
-    prompts, db = workdir / f"prompts{n}.txt", workdir / f"w{n}.duckdb"
-    write_prompts(prompts, n)
-    args = [sys.executable, str(ROOT / "cli.py"), "ingest", "--db", str(db), "--model", "gpt2-tiny"]
-    args += ["--prompts", str(prompts), "--batch-size", str(batch_size), "--quiet"]
-    out_path, err_path = workdir / f"out{n}.txt", workdir / f"err{n}.txt"
-    start = time.perf_counter()
-    with open(out_path, "w") as out, open(err_path, "w") as err:
-        proc = subprocess.Popen(args, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)  # reaps the child itself, so Popen must not wait
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"ingest of {n} prompts failed ({proc.returncode}): {err_path.read_text().strip()}")
-    return usage.ru_maxrss / 1024, seconds, out_path.read_text().strip()  # ru_maxrss is KiB on Linux
+def scaling(small: int, large: int, batch_size: int) -> None:
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="actwh-memory-") as tmp:
+        workdir = Path(tmp)
+        for n in (small, large):
+            prompts = workdir / f"prompts{n}.txt"
+            write_short_prompts(prompts, n)
+            args = ["--db", str(workdir / f"lake{n}"), "--model", "gpt2-tiny", "--prompts", str(prompts)]
+            run = ingest_child([*args, "--batch-size", str(batch_size)], workdir, str(n))
+            if run.returncode != 0:
+                raise SystemExit(f"ingest of {n} prompts failed ({run.returncode}): {run.output}")
+            results[n] = run
+            print(f"{n:>6} prompts: peak RSS {run.peak_rss_mib:7.1f} MiB in {run.seconds:6.1f} s  ({run.output})")
+    ratio = results[large].peak_rss_mib / results[small].peak_rss_mib
+    verdict = "within" if abs(ratio - 1) < 0.10 else "NOT within"
+    print(f"ratio {large}/{small}: {ratio:.3f} ({verdict} 10%)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", type=int, default=200)
-    parser.add_argument("--large", type=int, default=2000)
+    parser.add_argument("--long", type=int, nargs="*", default=[1000, 2000], help="token counts of single prompts")
+    parser.add_argument("--model", default="smollm2", help="model of the long-prompt runs")
+    parser.add_argument("--scaling", type=int, nargs=2, metavar=("SMALL", "LARGE"), help="gpt2-tiny prompt counts")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--pass-only", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        results = {n: peak_rss_mib(n, args.batch_size, Path(tmp)) for n in (args.small, args.large)}
-    for n, (rss, seconds, summary) in results.items():
-        print(f"{n:>6} prompts: peak RSS {rss:7.1f} MiB in {seconds:6.1f} s  ({summary})")
-    small, large = results[args.small][0], results[args.large][0]
-    ratio = large / small
-    verdict = "within" if abs(ratio - 1) < 0.10 else "NOT within"
-    print(f"ratio {args.large}/{args.small}: {ratio:.3f} ({verdict} 10%)")
+    if args.pass_only:
+        pass_only(args.pass_only, args.model)
+    elif args.scaling:
+        scaling(*args.scaling, args.batch_size)
+    else:
+        long_prompts(args.long, args.model, args.batch_size)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import platform
 import random
 import re
 import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from ingest.checkpoints import DEFAULT_MODEL, LoadedModel, load_model
 from ingest.objective import per_prompt_objective
 from ingest.prompts import PromptInput
 from ingest.worker import IngestOptions, ingest
+from queries.api import Warehouse
 from warehouse import db
 from warehouse.registry import PassType
 
@@ -123,9 +125,9 @@ def make_prompts(loaded: LoadedModel, n: int, seed: int = 0) -> list[PromptInput
     return prompts
 
 
-def file_size(path: Path) -> int:
-    wal = path.with_name(path.name + ".wal")
-    return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+def folder_size(path: Path) -> int:
+    """Bytes of every file under a warehouse folder (catalog and Parquet data)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def run_ingest(path: Path, prompts: list[PromptInput], batch_size: int) -> None:
@@ -134,20 +136,13 @@ def run_ingest(path: Path, prompts: list[PromptInput], batch_size: int) -> None:
     report = ingest(path, prompts, options)
     if report.skipped:
         raise SystemExit(f"ingest skipped {len(report.skipped)} prompts, e.g. {report.skipped[0].describe()}")
-    # Views and factor tables as this checkout defines them, whatever version created the file.
-    con = db.connect(path)
-    try:
-        con.execute("BEGIN")
-        db.create_views(con)
-        db.materialize_factors(con)
-        con.execute("COMMIT")
-        rows = con.execute("SELECT count(*) FROM activations").fetchall()[0][0]
-    finally:
-        con.close()
+    with db.connect(path, read_only=True) as con:
+        rows = con.execute("SELECT count(*) FROM facts").fetchall()[0][0]
     print(
-        f"ingest: {report.stored} prompts stored in {report.seconds:.1f} s ({report.rows:,} rows, "
-        f"{report.write_seconds:.1f} s writing), {report.already_stored} already stored; "
-        f"file holds {rows:,} activation rows, {file_size(path) / 2**30:.2f} GiB"
+        f"ingest: {report.stored} prompts stored in {report.seconds:.1f} s ({report.tokens:,} tokens, "
+        f"{report.tokens / report.seconds:.1f} tokens/s; {report.rows:,} fact rows, {report.write_seconds:.1f} s "
+        f"writing), {report.already_stored} already stored; the lake holds {rows:,} fact rows, "
+        f"{folder_size(path) / 2**30:.2f} GiB"
     )
 
 
@@ -396,6 +391,18 @@ def timed(fn: Callable[[], list[tuple[float, Key]]], repeat: int, slow_s: float)
     return best, runs, result
 
 
+def node_table_seconds(path: Path, prompt_id: int, repeat: int) -> tuple[float, float]:
+    """One prompt's node table (top and bottom 10 by act_times_grad, four columns): the best of `repeat`
+    calls of Warehouse.top_nodes after a warm-up (each opens and closes its own read-only connection, as
+    the API does), and `actwh top --prompt-id` as a command, process start to exit."""
+    warehouse = Warehouse(path)
+    best, _, _ = timed(lambda: warehouse.top_nodes(prompt_id).to_pylist(), repeat, math.inf)
+    cli = [sys.executable, str(Path(__file__).resolve().parent.parent / "cli.py"), "top", "--db", str(path)]
+    start = time.perf_counter()
+    subprocess.run([*cli, "--prompt-id", str(prompt_id)], check=True, capture_output=True)
+    return best, time.perf_counter() - start
+
+
 # ---------------------------------------------------------------------------------------------- compare
 
 
@@ -471,7 +478,7 @@ def write_markdown(path: Path, body: str, n_prompts: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.views", description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=1000, help="number of 20-token prompts (default 1000)")
-    parser.add_argument("--db", type=Path, help="warehouse file (default out/bench_views_<N>.duckdb)")
+    parser.add_argument("--db", type=Path, help="warehouse folder (default out/bench_views_<N>)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3, help="timed runs after the warm-up; the best counts")
     parser.add_argument("--slow-s", type=float, default=60.0, help="time once only when the warm-up is slower")
@@ -482,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", help="just these dsts")
     args = parser.parse_args(argv)
     command = "python -m bench.views " + shlex.join(sys.argv[1:] if argv is None else argv)
-    path: Path = args.db or Path("out") / f"bench_views_{args.prompts}.duckdb"
+    path: Path = args.db or Path("out") / f"bench_views_{args.prompts}"
     dsts = [d for d in TIER1 if not args.only or d in args.only]
     torch.set_num_threads(os.cpu_count() or 1)
 
@@ -524,6 +531,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(Row(dst, best, torch_s, runs, agree, same, ties, worst))
             print(f"  sql {dst}: {best:.3f} s ({runs} runs), x{best / torch_s:.1f} torch, agree={agree} {same}/{TOP}")
 
+    node_s, node_cli_s = node_table_seconds(path, by_text[prompts[len(prompts) // 2].text], args.repeat)
+    print(f"  node table of one prompt: {node_s:.3f} s (API, warm), {node_cli_s:.2f} s (`actwh top` command)")
+    load = os.getloadavg()
     cfg = loaded.model.config
     body = (
         f"Command: `{command}` (machine: {os.cpu_count()} CPU cores, {platform.machine()}, duckdb "
@@ -536,7 +546,10 @@ def main(argv: list[str] | None = None) -> int:
         f"memory as stacked float32 (full tensor of the dst, then `topk({TOP})`), best of {args.repeat}; the "
         f"capture itself ({capture_s:.0f} s) is not in the ratio. Agreement: the top-20 values equal to "
         f"{TOLERANCE:g} of the largest; 'same nodes' counts keys in both lists, 'tied values' values within "
-        f"1e-6 of another in the list, where either side may list a different node.\n\n" + table(rows, len(prompts))
+        f"1e-6 of another in the list, where either side may list a different node. One prompt's node table "
+        f"(`Warehouse.top_nodes`, top and bottom 10 by act_times_grad): {node_s:.3f} s warm; `actwh top "
+        f"--prompt-id` as a command, process start to exit: {node_cli_s:.2f} s. Load average at the end "
+        f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min).\n\n" + table(rows, len(prompts))
     )
     print()
     print(body)

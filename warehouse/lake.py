@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import sqlite3
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,8 @@ _SAFE_CONFIG = {
     "autoinstall_known_extensions": False,
     "autoload_known_extensions": False,
     "allow_unsigned_extensions": False,
+    # an in-memory connection would spill large sorts and aggregates into ./.tmp of the caller's folder
+    "temp_directory": str(Path(tempfile.gettempdir()) / "actwh-duckdb"),
 }
 
 
