@@ -12,20 +12,6 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-# Weights stored for the views, besides the unembedding columns of target and distractor tokens. The
-# first has a value in every column of `weights` (see fact_rows in ingest/worker.py for why that matters).
-VIEW_WEIGHTS: tuple[str, ...] = (
-    "attn.to_residual",
-    "attn.residual_bias",
-    "mlp.to_residual",
-    "mlp.residual_bias",
-    "layer_norm_gain.pre_attn",
-    "layer_norm_bias.pre_attn",
-    "layer_norm_gain.pre_mlp",
-    "layer_norm_bias.pre_mlp",
-    "layer_norm_gain.final",
-    "layer_norm_bias.final",
-)
 FACTOR_WEIGHTS: tuple[str, ...] = (
     "unembedding",
     "layer_norm_gain.final",

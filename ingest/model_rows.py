@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow as pa
 
 from ingest.checkpoints import LoadedModel
-from ingest.factors import FACTOR_WEIGHTS, VIEW_WEIGHTS, Weights, direction_factors, mlp_out_norms
+from ingest.factors import FACTOR_WEIGHTS, Weights, direction_factors, mlp_out_norms
+from warehouse.registry import STORED_WEIGHTS
 from warehouse.weights import weight_table
 from warehouse.writer import LakeWriter
 
@@ -36,7 +37,7 @@ def factor_weights(loaded: LoadedModel) -> Weights:
 
 
 def _view_weight_tables(loaded: LoadedModel, unembedding_all: bool) -> Iterator[pa.Table]:
-    names = (*VIEW_WEIGHTS, "unembedding") if unembedding_all else VIEW_WEIGHTS
+    names = (*STORED_WEIGHTS, "unembedding") if unembedding_all else STORED_WEIGHTS
     tensors = sorted(loaded.model.stored_weights(names), key=lambda item: names.index(item[0]))
     for name, layer, t in tensors:
         yield weight_table(name, layer, t.detach().cpu().numpy())

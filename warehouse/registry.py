@@ -294,9 +294,10 @@ _WEIGHTS = [
 
 WEIGHTS: dict[str, WeightLocation] = {w.name: w for w in _WEIGHTS}
 
-# Weights the derived views read; the large input-side matrices stay out of the file by default.
+# Weights the derived views read, stored whole; the large input-side matrices stay out of the lake, and of
+# the unembedding only the columns of target and distractor tokens are stored (ingest/model_rows.py). The
+# first has a value in every column of `weights` (see fact_rows in ingest/worker.py for why that matters).
 STORED_WEIGHTS: tuple[str, ...] = (
-    "unembedding",
     "attn.to_residual",
     "attn.residual_bias",
     "mlp.to_residual",
