@@ -132,7 +132,8 @@ class Warehouse:
 
     @contextmanager
     def session(self) -> Iterator[Warehouse]:
-        """Hold one connection for several calls: one snapshot, no reattach cost."""
+        """Hold one connection for several calls, without the reattach cost; each call still reads the last
+        committed snapshot."""
         if self._session is not None:
             yield self
             return

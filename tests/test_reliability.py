@@ -23,7 +23,7 @@ from queries import Warehouse
 from warehouse import db
 
 ROOT = Path(__file__).resolve().parent.parent
-N_PROMPTS = 16
+N_PROMPTS = 32
 FACT_ORDER = "p.text, a.dst, a.pass_type, a.layer, a.token, a.token2, a.head, a.node_index"
 
 
@@ -129,12 +129,18 @@ def committed(db_path: Path) -> int:
 
 
 def wait_until_committed(db_path: Path, proc: subprocess.Popen[str], n: int) -> None:
-    """Poll between the writer's commits until n prompts are in; fails if the ingest exits or stalls first."""
+    """Poll between the writer's commits until n prompts are in; fails if the ingest exits or stalls first.
+    Once the warehouse exists one session is held, so a poll costs milliseconds (a fresh open costs a
+    few hundred, long enough for a fast machine to commit several batches unseen)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         with suppress(db.WarehouseError):
-            if committed(db_path) >= n:
-                return
+            warehouse = Warehouse(db_path)
+            with warehouse.session():
+                while time.monotonic() < deadline and proc.poll() is None:
+                    if warehouse.sql("SELECT count(*) FROM prompts", output="rows")[0][0] >= n:
+                        return
+                    time.sleep(0.005)
         time.sleep(0.02)
     if proc.poll() is None:
         raise AssertionError(f"ingest stalled before {n} prompts were committed")
@@ -150,17 +156,17 @@ def test_sigkill_at_random_points_then_resume_stores_each_prompt_once_with_ident
     after their run committed some prompts but not all."""
     seed = int(os.environ.get("ACTWH_KILL_SEED", random.randrange(2**32)))
     rng = random.Random(seed)
-    files = (tmp_path / f"killed{i}.duckdb" for i in range(6))
-    path = next(files)
+    fresh = 0
+    path = tmp_path / "killed0"
     outcomes: list[int] = []
     mid_run = 0
     while mid_run < 2 and len(outcomes) < 8:
         before = committed(path)
         proc = start(path, prompts_file)
-        wanted = rng.randint(before, max(before, N_PROMPTS - 6))
+        wanted = rng.randint(before, max(before, N_PROMPTS // 2))
         if wanted > before:
             wait_until_committed(path, proc, wanted)
-            time.sleep(rng.uniform(0.0, 0.2))
+            time.sleep(rng.uniform(0.0, 0.05))
         else:
             time.sleep(rng.uniform(0.5, 3.0))
         proc.send_signal(signal.SIGKILL)
@@ -168,7 +174,9 @@ def test_sigkill_at_random_points_then_resume_stores_each_prompt_once_with_ident
         after = committed(path)
         assert after >= before, f"seed {seed}: a kill lost committed prompts"
         if after == N_PROMPTS:  # the run outpaced its kill: start again on a new file
-            path, outcomes, mid_run = next(files), [], 0
+            fresh += 1
+            assert fresh < 6, f"seed {seed}: six runs in a row finished before their kill landed"
+            path, outcomes, mid_run = tmp_path / f"killed{fresh}", [], 0
             continue
         outcomes.append(proc.returncode)
         mid_run += proc.returncode == -signal.SIGKILL and after > before
@@ -274,7 +282,7 @@ def test_wait_queues_behind_a_running_ingest(tmp_path: Path, prompts_file: Path)
     others = tmp_path / "others.txt"
     others.write_text("\n".join(f"Queued prompt {i}" for i in range(4)) + "\n")
     many = tmp_path / "many.txt"  # long enough that the first is still running when it is frozen
-    many.write_text("\n".join(prompt_lines(N_PROMPTS * 8)) + "\n")
+    many.write_text("\n".join(prompt_lines(N_PROMPTS * 4)) + "\n")
     first = start(path, many, "--batch-size", "1")
     wait_until_committed(path, first, 1)
     first.send_signal(signal.SIGSTOP)
@@ -286,9 +294,9 @@ def test_wait_queues_behind_a_running_ingest(tmp_path: Path, prompts_file: Path)
     (code1, out1, err1), (code2, out2, err2) = finish(first), finish(second)
     assert code1 == 0, err1
     assert code2 == 0, err2
-    assert f"stored {N_PROMPTS * 8} prompts" in out1
+    assert f"stored {N_PROMPTS * 4} prompts" in out1
     assert "stored 4 prompts" in out2
     history = warehouse_rows(path, "SELECT status, n_prompts, started_at, finished_at FROM runs ORDER BY run_id")
-    assert [(status, n) for status, n, _, _ in history] == [("completed", N_PROMPTS * 8), ("completed", 4)], history
+    assert [(status, n) for status, n, _, _ in history] == [("completed", N_PROMPTS * 4), ("completed", 4)], history
     assert history[1][2] >= history[0][3], "the queued run started before the first one finished"
-    assert warehouse_rows(path, "SELECT count(*), count(DISTINCT text) FROM prompts") == [(N_PROMPTS * 8 + 4,) * 2]
+    assert warehouse_rows(path, "SELECT count(*), count(DISTINCT text) FROM prompts") == [(N_PROMPTS * 4 + 4,) * 2]
