@@ -17,7 +17,7 @@ from ingest.prompts import PromptInput, Skipped, read_prompt_file
 from queries.api import NODE_COLUMNS, Warehouse, notes
 from queries.catalog import dst_catalog
 from queries.format import FILE_FORMATS, FORMATS, render, stream, write
-from warehouse import db
+from warehouse import db, lake
 
 # Rows per record batch `actwh sql` pulls from DuckDB: memory holds about one batch at a time.
 SQL_BATCH_ROWS = 65_536
@@ -92,12 +92,41 @@ def _prompt_sources(
         yield from read_prompt_file(prompts_file, target, distractor)
 
 
-def _db_option(required: bool = True, help: str = "The warehouse: a folder holding its catalog and data.") -> Any:
-    return click.option("--db", "db_path", required=required, type=click.Path(path_type=Path), help=help)
+class WarehouseParam(click.ParamType):
+    """A --db value: a warehouse folder (a Path) or a shared catalog, 'postgres:...' (kept as written)."""
+
+    name = "folder|postgres:..."
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path | str:
+        if isinstance(value, Path) or not lake.is_catalog_spec(value):
+            return Path(value)
+        return str(value)
+
+
+def _db_option(
+    required: bool = True,
+    help: str = "The warehouse: a folder holding its catalog and data, or a shared catalog "
+    "'postgres:dbname=NAME host=HOST port=PORT' (README, Beyond one machine).",
+) -> Any:
+    return click.option("--db", "db_path", required=required, type=WarehouseParam(), help=help)
 
 
 @main.command("ingest")
-@_db_option(help="The warehouse folder to write (created if missing).")
+@_db_option(
+    help="The warehouse to write (created if missing): a folder, or a shared catalog "
+    "'postgres:dbname=NAME host=HOST port=PORT' that many workers write at once."
+)
+@click.option(
+    "--data-path",
+    help="Where a new shared catalog's Parquet files go: a folder every worker sees, or s3://bucket/prefix/ "
+    "(DuckDB httpfs). Needed once, to create it; the catalog keeps it.",
+)
+@click.option("--shard", help="Only this worker's share of the prompts, I/N (1-based): every N-th from the I-th.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    help="Run N worker processes here on a shared catalog (one per GPU when there are GPUs), one bar for all.",
+)
 @click.option(
     "--model",
     default=DEFAULT_MODEL,
@@ -179,10 +208,14 @@ def ingest_command(
     special_tokens_as_text: bool,
     max_memory: str | None,
     quiet: bool,
+    data_path: str | None,
+    shard: str | None,
+    workers: int | None,
 ) -> None:
     """Run hooked forward and backward passes over prompts and store every captured value."""
     from ingest.memory import parse_size  # torch: imported by the one command that runs a model
     from ingest.worker import IngestOptions, ingest
+    from ingest.workers import parse_shard, run_workers, take_shard
 
     if not prompts and prompts_file is None:
         raise click.UsageError("give at least one --prompt or a --prompts FILE")
@@ -215,14 +248,59 @@ def ingest_command(
         prepend_bos=prepend_bos,
         special_tokens_as_text=special_tokens_as_text,
     )
+    if data_path is not None:
+        db.config_for(db_path, data_path)  # refuses --data-path with a warehouse folder
+        options.data_path = data_path
     sources = _prompt_sources(prompts, prompts_file, target, distractor)
+    if workers is not None:
+        if shard is not None:
+            raise click.UsageError("--workers runs every shard itself: drop --shard (or run one shard per command)")
+        if not lake.is_catalog_spec(db_path):
+            raise click.UsageError(
+                "--workers needs a warehouse many processes may write: --db 'postgres:...' (README, Beyond one machine)"
+            )
+        total = sum(1 for s in sources if isinstance(s, PromptInput))
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "ingest",
+            *_repeated_options(click.get_current_context()),
+        ]
+        summaries, warnings, status = run_workers(workers, command, str(db_path), total, device, not quiet)
+        for line in warnings:
+            click.echo(line, err=True)
+        for line in summaries:
+            click.echo(line)
+        sys.exit(status)
+    if shard is not None:
+        try:
+            index, count = parse_shard(shard)
+        except ValueError as exc:
+            raise click.UsageError(f"--shard: {exc}") from None
+        sources = take_shard(sources, index, count)
     report = ingest(db_path, sources, options, on_skip=lambda s: click.echo(f"warning: {s.describe()}", err=True))
+    retried = f"; {report.conflicts_retried} commits retried" if report.conflicts_retried else ""
     click.echo(
         f"run {report.run_id}: stored {report.stored} prompts ({report.tokens} tokens, {report.rows:,} rows) "
-        f"in {report.seconds:.1f} s; {report.already_stored} already stored; {len(report.skipped)} skipped"
+        f"in {report.seconds:.1f} s; {report.already_stored} already stored; {len(report.skipped)} skipped{retried}"
     )
     if report.skipped:
         sys.exit(3)
+
+
+def _repeated_options(ctx: click.Context) -> list[str]:
+    """The command's options as given, for a worker process to run the same (less --workers, --quiet)."""
+    args: list[str] = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if not isinstance(param, click.Option) or param.name in ("workers", "quiet") or value in (None, ()):
+            continue
+        if param.is_flag:
+            args += [param.opts[0]] if value else param.secondary_opts[:1]
+            continue
+        for item in value if param.multiple else (value,):
+            args += [param.opts[0], str(item)]
+    return args
 
 
 @main.command("sql")
@@ -309,6 +387,16 @@ def info_command(db_path: Path) -> None:
             click.echo(render(con.sql(query).to_arrow_table(), "table"), nl=False)
     finally:
         con.close()
+
+
+@main.command("files")
+@_db_option()
+@click.option("--table", default="facts", show_default=True, help="The table whose data files to list.")
+def files_command(db_path: Path | str, table: str) -> None:
+    """The Parquet files holding a table now, one per line, from the catalog: what Spark or another
+    engine reads (README, Beyond one machine). Never a glob: the data folder also holds merged-away files."""
+    for path in Warehouse(db_path).parquet_files(table):
+        click.echo(path)
 
 
 # -- reading: thin wrappers over queries.api (Warehouse) --------------------------------------------

@@ -242,7 +242,11 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "wait_ignored",
         "--wait fails like a plain ingest instead of queueing",
-        replace(WORKER, "LakeWriter(db_path, wait=options.wait)", "LakeWriter(db_path, wait=False)"),
+        replace(
+            WORKER,
+            "LakeWriter(db_path, wait=options.wait, data_path=options.data_path)",
+            "LakeWriter(db_path, wait=False, data_path=options.data_path)",
+        ),
         (f"{RELIABILITY}::test_wait_queues_behind_a_running_ingest",),
     ),
     Mutation(

@@ -61,6 +61,7 @@ class IngestOptions:
     unembedding: str = "used"  # unembedding columns stored: those of targets and distractors, or all
     prepend_bos: bool | None = None  # None: as the tokenizer's own config says
     special_tokens_as_text: bool = False  # '<|endoftext|>' in a prompt: the special token unless this is set
+    data_path: str | None = None  # a shared catalog's data folder or URL (warehouse/lake.py), to create it
 
 
 @dataclass
@@ -74,6 +75,7 @@ class IngestReport:
     tokens: int = 0
     seconds: float = 0.0
     write_seconds: float = 0.0
+    conflicts_retried: int = 0  # commits lost to another writer and run again (warehouse/concurrency.py)
 
 
 @dataclass
@@ -434,7 +436,7 @@ def ingest(
     settings = json.dumps(
         [spec.labels(), sorted(spec.layers or []), options.backward, options.truncate, *tokenization.settings()]
     )
-    with LakeWriter(db_path, wait=options.wait) as writer, sigterm_interrupts():
+    with LakeWriter(db_path, wait=options.wait, data_path=options.data_path) as writer, sigterm_interrupts():
         weights = factor_weights(loaded)
         unembedding_all = options.unembedding == "all"
         model_id = register_model(writer, loaded, weights, unembedding_all)
@@ -532,10 +534,9 @@ def ingest(
                                 report,
                                 halted,
                                 options.precision == "bfloat16",
+                                not options.force,
                             )
                             pending.append(batch_future)
-                            report.stored += len(captured.items)
-                            report.tokens += int(captured.lengths.sum())
                             bar.update(len(captured.items))
                     while pending:
                         report.write_seconds += pending.popleft().result()
@@ -553,6 +554,7 @@ def ingest(
             for fut in pending:
                 fut.cancel()
             _finish(writer, run_id, status, report, message, ",".join(sorted(kinds)) or "none")
+            report.conflicts_retried = writer.conflicts_retried
     report.seconds = time.perf_counter() - start
     return report
 
@@ -580,29 +582,28 @@ def _write(
     report: IngestReport,
     halted: threading.Event,
     bfloat16: bool,
+    unique: bool,
 ) -> float:
-    """Convert and commit one batch on the writer thread. Once anything fails (a commit, the model pass,
-    Ctrl-C), batches still queued are dropped rather than committed out of order; a rerun stores them."""
+    """Convert and commit one batch on the writer thread (converted again if the commit loses to another
+    writer's, see LakeWriter.append_retrying); counts what it stored in `report` and returns the seconds it
+    took. Once anything fails (a commit, the model pass, Ctrl-C), batches still queued are dropped rather
+    than committed out of order; a rerun stores them."""
     if halted.is_set():
         return 0.0
+    start = time.perf_counter()
     try:
         captured.wait()
-        batch = to_batch(captured, run_id, model_id, loaded, spec.logits_top_k, bfloat16)
-        rows = 0
-
-        def counted(stream: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-            nonlocal rows
-            for record_batch in stream:
-                rows += record_batch.num_rows
-                yield record_batch
-
-        batch.facts = counted(batch.facts)
-        seconds = writer.append(batch, run_id)
+        stored = writer.append_retrying(
+            lambda: to_batch(captured, run_id, model_id, loaded, spec.logits_top_k, bfloat16), run_id, unique
+        )
     except BaseException:
         halted.set()
         raise
-    report.rows += rows
-    return seconds
+    report.stored += stored.prompts
+    report.tokens += stored.tokens
+    report.rows += stored.rows
+    report.already_stored += len(captured.items) - stored.prompts  # another writer stored them first
+    return time.perf_counter() - start
 
 
 class _NoBar:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import duckdb
 import pyarrow as pa
 
-from warehouse import db, registry
+from warehouse import db, lake, registry
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -119,7 +119,7 @@ class Warehouse:
     """A warehouse, attached per call (read-only by default): each call reads the last committed snapshot."""
 
     def __init__(self, path: str | Path, read_only: bool = True) -> None:
-        self.path = Path(path)
+        self.path: str | Path = path if lake.is_catalog_spec(path) else Path(path)
         self.read_only = read_only
         self._session: duckdb.DuckDBPyConnection | None = None
         with self._connection():  # fail now, with a clear message, if the file is not a warehouse
@@ -163,6 +163,15 @@ class Warehouse:
         from queries import bi  # dashboards only: the CLI's query commands start without SQLAlchemy
 
         return bi.create_engine(self.path)
+
+    def parquet_files(self, table: str = "facts") -> list[str]:
+        """The data files (paths or URLs) holding `table` at the current snapshot, from the catalog, for an
+        engine that reads Parquet (Spark: README, Beyond one machine). Raises WarehouseError when some of its
+        rows are not in plain files (run `actwh compact` first). See queries/files.py."""
+        from queries import files
+
+        with self._connection() as con:
+            return files.parquet_files(con, table)
 
     @contextmanager
     def _connection(self) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -1,6 +1,8 @@
 """The SQLAlchemy dialect `duckdb+actwh`: BI tools open a warehouse the way actwh does.
 
     duckdb+actwh:///<warehouse folder>      e.g. duckdb+actwh:////data/runs (an absolute path: four slashes)
+    duckdb+actwh:///<shared catalog>        e.g. duckdb+actwh:///postgres%3Adbname%3Dactwh%20host%3Ddb1
+                                            (the --db value, URL-quoted: `url()` writes it)
 
 A warehouse is a DuckLake, which every new DuckDB connection must ATTACH (after loading the DuckLake and
 SQLite extensions) before it sees a table; the plain `duckdb://` dialects have no setting for that, and
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
@@ -91,8 +94,9 @@ class ActwhDialect(DuckDBDialect):  # type: ignore[misc, valid-type]
 
 
 def url(path: str | Path) -> str:
-    """The SQLAlchemy URL of the warehouse folder `path` (made absolute)."""
-    return f"duckdb+{DRIVER}:///{db.config_for(path).root}"
+    """The SQLAlchemy URL of the warehouse folder `path` (made absolute), or of the shared catalog `path`."""
+    config = db.config_for(path)
+    return f"duckdb+{DRIVER}:///{config.root if config.root is not None else quote(config.catalog, safe='')}"
 
 
 def create_engine(path: str | Path, **kwargs: Any) -> sa.Engine:

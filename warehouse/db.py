@@ -7,14 +7,16 @@ atomically (files and catalog rows together).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 
-from warehouse import lake, registry
+from warehouse import concurrency, lake, registry
 
 PACKAGE = Path(__file__).resolve().parent
 ROOT = PACKAGE.parent
@@ -56,8 +58,20 @@ def _is_duckdb_file(path: Path) -> bool:
         return False
 
 
-def config_for(path: str | Path) -> lake.LakeConfig:
-    """The lake a --db path names; a single-file warehouse of an earlier actwh gets the command that converts it."""
+def config_for(path: str | Path, data_path: str | Path | None = None) -> lake.LakeConfig:
+    """The lake a --db value names: a warehouse folder, or a shared catalog (`postgres:...`, lake.py) whose
+    data lives at `data_path` (needed once, to create it). A single-file warehouse of an earlier actwh gets
+    the command that converts it."""
+    if lake.is_catalog_spec(path):
+        try:
+            return lake.LakeConfig.shared(str(path), data_path)
+        except lake.LakeError as exc:
+            raise WarehouseError(str(exc)) from None
+    if data_path is not None:
+        raise WarehouseError(
+            f"--data-path is for a shared catalog (--db 'postgres:...'); the warehouse folder {path} keeps its "
+            "data in its own data/ folder: remove --data-path"
+        )
     path = Path(path)
     if path.is_file():
         if _is_single_file_warehouse(path):
@@ -83,30 +97,34 @@ def _is_single_file_warehouse(path: Path) -> bool:
     return rows == [("1",)]
 
 
-def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+def connect(
+    path: str | Path, read_only: bool = False, data_path: str | Path | None = None
+) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the warehouse attached and in use: tables and views read unqualified.
 
-    Read-only opens need an existing warehouse of this actwh's schema version; read-write opens create
-    a new one and refuse one of another schema version. Readers never wait for a writer: they see its
-    last committed snapshot. Raises NotAWarehouse / WarehouseError with one line.
+    `path` is a warehouse folder or a shared catalog (config_for). Read-only opens need an existing
+    warehouse of this actwh's schema version; read-write opens create a new one and refuse one of another
+    schema version. Readers never wait for a writer: they see its last committed snapshot. Raises
+    NotAWarehouse / WarehouseError with one line.
     """
-    config = config_for(path)
-    if read_only and not config.exists:
-        raise NotAWarehouse(f"{path} holds no warehouse yet: ingest into it first (actwh ingest --db {path} ...)")
-    if not read_only and config.root.exists() and not config.root.is_dir():
-        raise WarehouseError(f"{path} is not a folder: pass another --db path")
-    if not read_only and not config.root.parent.is_dir():
-        raise WarehouseError(f"{config.root.parent} is not a directory: create it or pass another --db path")
+    config = config_for(path, data_path)
+    if config.root is not None:
+        if read_only and not config.exists:
+            raise NotAWarehouse(f"{path} holds no warehouse yet: ingest into it first (actwh ingest --db {path} ...)")
+        if not read_only and config.root.exists() and not config.root.is_dir():
+            raise WarehouseError(f"{path} is not a folder: pass another --db path")
+        if not read_only and not config.root.parent.is_dir():
+            raise WarehouseError(f"{config.root.parent} is not a directory: create it or pass another --db path")
     try:
-        con = lake.new_connection()
+        con = lake.new_connection(postgres=config.is_shared)
     except lake.LakeError as exc:
         raise WarehouseError(str(exc)) from None
     try:
-        lake.attach(con, config, read_only)
+        _attach(con, config, read_only)
         if read_only:
-            check_version(con, Path(path))
+            check_version(con, path)
         else:
-            ensure_schema(con, Path(path))
+            concurrency.retry_conflicts(lambda: ensure_schema(con, path))
     except duckdb.Error as exc:
         con.close()
         raise WarehouseError(f"{path}: {str(exc).splitlines()[0]}") from None
@@ -114,6 +132,30 @@ def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnect
         con.close()
         raise
     return con
+
+
+def _attach(con: duckdb.DuckDBPyConnection, config: lake.LakeConfig, read_only: bool) -> None:
+    """lake.attach, with a shared catalog's two user mistakes (nothing there yet; a new one without a data
+    path) said in one line each."""
+    try:
+        lake.attach(con, config, read_only)
+    except duckdb.Error as exc:
+        text = str(exc)
+        if "does not exist - and creating a new DuckLake is explicitly disabled" in text:
+            raise NotAWarehouse(
+                f"{config.label} holds no warehouse yet: ingest into it first (actwh ingest --db ... --data-path DIR)"
+            ) from None
+        if "Unable to connect to Postgres" in text:
+            reason = text.rpartition("failed: ")[2].replace("FATAL:", "").split("\n")[0].strip()
+            raise WarehouseError(
+                f"cannot reach the catalog {config.label}: {reason}: check the server and the connection keywords"
+            ) from None
+        if "data_path is not set" in text:
+            raise WarehouseError(
+                f"{config.label} holds no warehouse yet: give --data-path DIR (a folder every worker sees, "
+                "or s3://...) to create it"
+            ) from None
+        raise
 
 
 def stored_version(con: duckdb.DuckDBPyConnection) -> int | None:
@@ -127,20 +169,20 @@ def stored_version(con: duckdb.DuckDBPyConnection) -> int | None:
     return int(rows[0][0]) if rows else None
 
 
-def _newer(version: int, path: Path) -> NotAWarehouse:
+def _newer(version: int, path: str | Path) -> NotAWarehouse:
     return NotAWarehouse(
         f"{path} has schema version {version}, newer than this actwh's {SCHEMA_VERSION}: upgrade actwh to open it"
     )
 
 
-def _older(version: int, path: Path) -> NotAWarehouse:
+def _older(version: int, path: str | Path) -> NotAWarehouse:
     return NotAWarehouse(
         f"{path} has schema version {version}, older than this actwh's {SCHEMA_VERSION}, and there is no migration "
         "from it: open it with the actwh that wrote it, or ingest into a new --db"
     )
 
 
-def check_version(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+def check_version(con: duckdb.DuckDBPyConnection, path: str | Path) -> None:
     """For read-only opens, which cannot migrate: refuse any version but the current one, saying why."""
     version = stored_version(con)
     if version is None:
@@ -151,17 +193,18 @@ def check_version(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         raise _older(version, path)
 
 
-def ensure_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+def ensure_schema(con: duckdb.DuckDBPyConnection, path: str | Path) -> None:
     """For read-write opens: create the schema in a new lake, refuse another schema version,
-    and rebuild views whose SQL changed since the lake was last written."""
+    and rebuild views whose SQL changed since the lake was last written. Each change is one transaction
+    that serializes with other writers (concurrency.py): run again when it loses a conflict."""
     version = stored_version(con)
     if version is None:
-        con.execute("BEGIN")
-        lake.set_options(con)
-        con.execute(SCHEMA_SQL.read_text())
-        con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
-        create_views(con)
-        con.execute("COMMIT")
+        with _transaction(con):
+            lake.set_options(con)
+            con.execute(SCHEMA_SQL.read_text())
+            con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+            concurrency.ensure_serial(con)
+            create_views(con)
         lake.set_table_options(con)  # DuckLake sets no table option in the transaction creating the table
         return
     if version > SCHEMA_VERSION:
@@ -171,10 +214,24 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
             f"{path} has schema version {version} and this actwh has no migration from it: ingest into a new --db"
         )
     lake.set_table_options(con)
-    if stored_views(con) != views_fingerprint():
-        con.execute("BEGIN")
-        create_views(con)
+    has_serial = con.execute("SELECT count(*) FROM meta WHERE key = ?", [concurrency.SERIAL_KEY]).fetchall()[0][0]
+    if stored_views(con) != views_fingerprint() or not has_serial:
+        with _transaction(con):
+            concurrency.serialize(con)
+            concurrency.ensure_serial(con)
+            create_views(con)
+
+
+@contextlib.contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    con.execute("BEGIN")
+    try:
+        yield
         con.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):  # a failed COMMIT has already ended the transaction
+            con.execute("ROLLBACK")
+        raise
 
 
 @functools.cache

@@ -6,11 +6,17 @@ keeps it working (the data path is given at every attach, never taken from the c
 configuration (`LakeConfig`): a PostgreSQL catalog with data on shared storage is another value of it,
 not another code path.
 
-The DuckLake and SQLite extensions are loaded by path from their PyPI wheels (`duckdb-extension-ducklake`,
-`duckdb-extension-sqlite-scanner`, built for the pinned DuckDB), with DuckDB's signature check on and
-automatic installation and loading off, so nothing is ever downloaded. An online user on another DuckDB
-version gets the same with DuckDB's own `INSTALL ducklake; INSTALL sqlite;` once: then the extensions
-load by name.
+A shared warehouse is named by its catalog, `--db 'postgres:dbname=NAME host=HOST port=PORT user=USER'`
+(the libpq keyword form DuckLake takes after `ducklake:`; a password is best left to ~/.pgpass or
+PGPASSWORD), and its data path (a folder every worker mounts, or `s3://bucket/prefix/` with DuckDB's
+httpfs) is given once, when the warehouse is created: DuckLake keeps it in the catalog, where every later
+reader and writer finds it. Many processes may write it at once (warehouse/concurrency.py).
+
+The DuckLake, SQLite and PostgreSQL extensions are loaded by path from their PyPI wheels
+(`duckdb-extension-ducklake`, `duckdb-extension-sqlite-scanner`, `duckdb-extension-postgres-scanner`, built
+for the pinned DuckDB), with DuckDB's signature check on and automatic installation and loading off, so
+nothing is ever downloaded. An online user on another DuckDB version gets the same with DuckDB's own
+`INSTALL ducklake; INSTALL sqlite; INSTALL postgres;` once: then the extensions load by name.
 """
 
 from __future__ import annotations
@@ -34,7 +40,11 @@ LAKE_OPTIONS = {"parquet_compression": "zstd", "parquet_version": "2"}
 # above _null_runs in warehouse/writer.py), which inlining would take out of the files.
 FILE_ONLY_TABLES = ("facts", "weights", "direction_factors")
 
-_EXTENSIONS = (("sqlite_scanner", "duckdb_extension_sqlite_scanner"), ("ducklake", "duckdb_extension_ducklake"))
+POSTGRES_PREFIX = "postgres:"
+
+_SQLITE = ("sqlite_scanner", "duckdb_extension_sqlite_scanner")
+_POSTGRES = ("postgres_scanner", "duckdb_extension_postgres_scanner")
+_DUCKLAKE = ("ducklake", "duckdb_extension_ducklake")
 _SAFE_CONFIG = {
     "autoinstall_known_extensions": False,
     "autoload_known_extensions": False,
@@ -48,22 +58,51 @@ class LakeError(Exception):
     """A problem reaching the lake, in one line a user can act on."""
 
 
+def is_catalog_spec(db: str | Path) -> bool:
+    """Whether a --db value names a shared catalog (`postgres:...`) rather than a warehouse folder."""
+    return str(db).startswith(POSTGRES_PREFIX)
+
+
 @dataclass(frozen=True)
 class LakeConfig:
-    """One warehouse: the DuckLake catalog (`sqlite:<file>` here) and the folder its Parquet files live in."""
+    """One warehouse: its DuckLake catalog (`sqlite:<file>` or `postgres:<libpq keywords>`), the folder or
+    URL its Parquet files live in (None: the one the catalog holds), and, for a warehouse folder, the folder."""
 
     catalog: str
-    data_path: str
-    root: Path
+    data_path: str | None
+    root: Path | None
 
     @classmethod
     def from_path(cls, path: str | Path) -> LakeConfig:
         root = Path(path).expanduser().resolve()
         return cls(f"sqlite:{root / CATALOG_FILE}", str(root / DATA_DIR) + "/", root)
 
+    @classmethod
+    def shared(cls, catalog: str, data_path: str | Path | None = None) -> LakeConfig:
+        """A PostgreSQL catalog; `data_path` a folder (made absolute) or an object-store URL such as s3://."""
+        if not catalog.removeprefix(POSTGRES_PREFIX).strip():
+            raise LakeError(f"{catalog!r} names no database: use 'postgres:dbname=NAME host=HOST port=PORT'")
+        if "'" in catalog or (data_path is not None and "'" in str(data_path)):
+            raise LakeError("a catalog or data path with a single quote cannot be attached: remove the quote")
+        if data_path is not None and "://" not in str(data_path):
+            data_path = str(Path(data_path).expanduser().resolve())
+        folder = None if data_path is None else str(data_path).rstrip("/") + "/"
+        return cls(catalog, folder, None)
+
+    @property
+    def is_shared(self) -> bool:
+        """Whether many processes may write the lake at once (a catalog on a database server)."""
+        return self.catalog.startswith(POSTGRES_PREFIX)
+
+    @property
+    def label(self) -> str:
+        """How messages name the warehouse: its folder, or its catalog."""
+        return str(self.root) if self.root is not None else self.catalog
+
     @property
     def exists(self) -> bool:
-        return (self.root / CATALOG_FILE).is_file()
+        """For a warehouse folder, whether its catalog file exists (a shared catalog answers at attach)."""
+        return self.root is not None and (self.root / CATALOG_FILE).is_file()
 
 
 def _extension_file(module: str, name: str) -> str | None:
@@ -78,10 +117,11 @@ def _extension_file(module: str, name: str) -> str | None:
     return None
 
 
-def new_connection() -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the DuckLake and SQLite extensions loaded (signed, no downloads)."""
+def new_connection(postgres: bool = False) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the DuckLake extension and the SQLite one, or the PostgreSQL one
+    for a shared catalog, loaded (signed, no downloads)."""
     con = duckdb.connect(config=dict(_SAFE_CONFIG))
-    for name, module in _EXTENSIONS:
+    for name, module in (_POSTGRES if postgres else _SQLITE, _DUCKLAKE):
         path = _extension_file(module, name)
         try:
             con.execute(f"LOAD '{path}'" if path else f"LOAD {name}")
@@ -110,15 +150,20 @@ def _new_sqlite_catalog(config: LakeConfig) -> None:
 
 
 def attach(con: duckdb.DuckDBPyConnection, config: LakeConfig, read_only: bool) -> None:
-    """Attach the lake as `actwh` and make it the default catalog, so tables and views read unqualified."""
-    if not read_only:
-        (config.root / DATA_DIR).mkdir(parents=True, exist_ok=True)
-        if config.catalog.startswith("sqlite:") and not config.exists:
-            _new_sqlite_catalog(config)
-    mode = ", READ_ONLY" if read_only else ""
-    con.execute(
-        f"ATTACH 'ducklake:{config.catalog}' AS {ALIAS} (DATA_PATH '{config.data_path}', OVERRIDE_DATA_PATH true{mode})"
-    )
+    """Attach the lake as `actwh` and make it the default catalog, so tables and views read unqualified.
+
+    A data path given for a shared catalog overrides the stored one for this connection (a worker that
+    mounts the shared folder elsewhere); DuckLake stores the one given when it creates the catalog.
+    """
+    if not read_only and config.data_path is not None and "://" not in config.data_path:
+        Path(config.data_path).mkdir(parents=True, exist_ok=True)
+    if not read_only and config.root is not None and not config.exists:
+        _new_sqlite_catalog(config)
+    options = [] if config.data_path is None else [f"DATA_PATH '{config.data_path}'", "OVERRIDE_DATA_PATH true"]
+    if read_only:
+        options.append("READ_ONLY")
+    listed = f" ({', '.join(options)})" if options else ""
+    con.execute(f"ATTACH 'ducklake:{config.catalog}' AS {ALIAS}{listed}")
     con.execute(f"USE {ALIAS}")
 
 

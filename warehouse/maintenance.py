@@ -5,6 +5,11 @@ small files. `compact` merges adjacent small files of each table, moves rows Duc
 catalog into Parquet, expires the snapshots older than the newest one and deletes the files no snapshot
 needs any more. Readers attached meanwhile keep their snapshot until they finish; a query that starts
 on an expired snapshot during the cleanup may need to be rerun.
+
+On a shared catalog `compact` runs while workers ingest: each step is one DuckLake transaction, run
+again when it loses a conflict to a worker's commit (and the worker's commit likewise), so no row is lost
+or stored twice; files of transactions that never committed (a killed worker's) are deleted once they are
+a day old, since younger ones may belong to a commit still in flight.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from warehouse import db
+from warehouse import concurrency, db
 from warehouse.lake import ALIAS
 
 _METADATA = f"__ducklake_metadata_{ALIAS}"
@@ -28,12 +33,17 @@ def live_data_files(con: duckdb.DuckDBPyConnection) -> int:
 
 
 def compact(path: str | Path) -> tuple[int, int]:
-    """Merge and clean up the lake at `path`; returns its live data-file count before and after."""
+    """Merge and clean up the lake at `path` (a folder or a shared catalog); returns its live data-file
+    count before and after."""
     con = db.connect(path)
+
+    def call(statement: str) -> None:
+        concurrency.retry_conflicts(lambda: con.execute(statement))
+
     try:
         before = live_data_files(con)
-        con.execute(f"CALL ducklake_flush_inlined_data('{ALIAS}')")
-        con.execute(f"CALL ducklake_merge_adjacent_files('{ALIAS}')")
+        call(f"CALL ducklake_flush_inlined_data('{ALIAS}')")
+        call(f"CALL ducklake_merge_adjacent_files('{ALIAS}')")
         # A merged file can join row groups of different NULL patterns, which DuckLake 1.5.5 records with
         # statistics that miss values (see statistics_problems): keep the older snapshots then, so that
         # the data stays readable as it was, and say so.
@@ -43,8 +53,10 @@ def compact(path: str | Path) -> tuple[int, int]:
                 f"compacting {path} left catalog statistics that miss stored values ({problems[0]}); old "
                 "snapshots were kept: query them with AT (VERSION => ...) and report this"
             )
-        con.execute(f"CALL ducklake_expire_snapshots('{ALIAS}', older_than => now())")
-        con.execute(f"CALL ducklake_cleanup_old_files('{ALIAS}', cleanup_all => true)")
+        call(f"CALL ducklake_expire_snapshots('{ALIAS}', older_than => now())")
+        call(f"CALL ducklake_cleanup_old_files('{ALIAS}', cleanup_all => true)")
+        if db.config_for(path).is_shared:
+            call(f"CALL ducklake_delete_orphaned_files('{ALIAS}', older_than => now() - INTERVAL 1 DAY)")
         return before, live_data_files(con)
     finally:
         con.close()

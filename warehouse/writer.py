@@ -1,6 +1,7 @@
 """The writer: appends batches of whole prompts to the lake atomically.
 
-One ingest at a time holds an advisory lock beside the catalog (released by the OS even on SIGKILL). A
+On a warehouse folder one ingest at a time holds an advisory lock beside the catalog (released by the OS
+even on SIGKILL); on a shared catalog many writers commit side by side (warehouse/concurrency.py). A
 batch's prompt records, tokens, fact rows and run progress commit in one DuckLake transaction: a reader,
 or a restart after a crash, sees all of a prompt or none of it. Fact rows stream from the worker as
 Arrow record batches into DuckDB's Parquet writer, one INSERT per run of rows with the same NULL columns
@@ -15,22 +16,22 @@ import fcntl
 import itertools
 import json
 import os
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
-from warehouse import db
+from warehouse import concurrency, db
 from warehouse.facts import FACT_SCHEMA
 
 LOCK_FILE = "ingest.lock"
+T = TypeVar("T")
 # Tables holding per-model rows (a model_id column first): weights, vocabulary and weight-only factors.
 MODEL_TABLES = ("weights", "vocab", "mlp_out_norms", "direction_factors")
 
@@ -46,6 +47,15 @@ class Batch:
     tokens: pa.Table
     facts: Iterable[pa.RecordBatch]
     model_rows: list[tuple[str, pa.Table]] = field(default_factory=list)
+
+
+@dataclass
+class Appended:
+    """What one committed batch stored: prompts, their tokens, and fact rows (duplicates left out)."""
+
+    prompts: int = 0
+    tokens: int = 0
+    rows: int = 0
 
 
 class IngestLocked(db.WarehouseError):
@@ -65,34 +75,55 @@ def _is_disk_full(exc: BaseException) -> bool:
 class LakeWriter:
     """The DuckLake implementation of the writer interface (append whole prompts; say what is committed)."""
 
-    def __init__(self, path: str | Path, wait: bool = False) -> None:
-        self.path = Path(path)
-        config = db.config_for(self.path)
-        if not config.root.parent.is_dir():
-            raise db.WarehouseError(f"{config.root.parent} is not a directory: create it or pass another --db path")
-        if config.root.exists() and not config.root.is_dir():
-            raise db.WarehouseError(f"{self.path} is not a folder: pass another --db path")
-        config.root.mkdir(exist_ok=True)
-        self._lock_file: Any = self._acquire_ingest_lock(config.root / LOCK_FILE, wait)
+    def __init__(self, path: str | Path, wait: bool = False, data_path: str | Path | None = None) -> None:
+        """Open `path` (a warehouse folder, or a shared catalog with `data_path`, see db.config_for) for writing."""
+        config = db.config_for(path, data_path)
+        self.path: str | Path = path if config.is_shared else Path(path)
+        self.shared = config.is_shared
+        self.conflicts_retried = 0  # commits lost to another writer and run again
+        self._lock_file: Any = None
+        if config.root is not None:
+            if not config.root.parent.is_dir():
+                raise db.WarehouseError(f"{config.root.parent} is not a directory: create it or pass another --db path")
+            if config.root.exists() and not config.root.is_dir():
+                raise db.WarehouseError(f"{self.path} is not a folder: pass another --db path")
+            config.root.mkdir(exist_ok=True)
+            self._lock_file = self._acquire_ingest_lock(config.root / LOCK_FILE, wait)
         self.con: duckdb.DuckDBPyConnection | None = None
         try:
             with self._translate_disk_full():
-                self.con = db.connect(self.path)
-                self._recover()
+                self.con = db.connect(path, data_path=data_path)
+                self._retrying(self._recover)
         except BaseException:
             self.close()
             raise
 
     def _recover(self) -> None:
-        """Runs left 'running' belong to a process that died (we hold the lock, so none is alive); the
-        Parquet files its uncommitted transaction wrote are orphans, removed with DuckLake's own cleanup."""
-        con = self._con
-        con.execute(
-            "UPDATE runs SET status = 'interrupted', message = 'the ingest process stopped before finishing',"
-            " n_prompts = (SELECT count(*) FROM prompts WHERE prompts.run_id = runs.run_id)"
-            " WHERE status = 'running'"
-        )
-        con.execute("CALL ducklake_delete_orphaned_files(current_database(), cleanup_all => true)")
+        """Runs left 'running' whose process died are marked interrupted. On a folder every one is (we hold
+        the lock, so none is alive), and the Parquet files its uncommitted transaction wrote are orphans,
+        removed with DuckLake's own cleanup; on a shared catalog only runs whose owner is gone (another
+        worker's uncommitted files are in flight there: `actwh compact` removes orphans a day old)."""
+        with self.transaction() as con:
+            running = con.execute("SELECT run_id, message FROM runs WHERE status = 'running'").fetchall()
+            gone = [run_id for run_id, message in running if not self.shared or concurrency.owner_is_gone(message)]
+            if gone:
+                concurrency.serialize(con)
+                con.execute(
+                    "UPDATE runs SET status = 'interrupted', message = 'the ingest process stopped before finishing',"
+                    " n_prompts = (SELECT count(*) FROM prompts WHERE prompts.run_id = runs.run_id)"
+                    " WHERE status = 'running' AND list_contains(?, run_id)",
+                    [gone],
+                )
+        if not self.shared:
+            self._con.execute("CALL ducklake_delete_orphaned_files(current_database(), cleanup_all => true)")
+
+    def _retrying(self, work: Callable[[], T]) -> T:
+        """`work` (whole transactions) run again while it loses commit conflicts to other writers."""
+
+        def counted() -> None:
+            self.conflicts_retried += 1
+
+        return concurrency.retry_conflicts(work, counted)
 
     def _acquire_ingest_lock(self, lock_path: Path, wait: bool) -> Any:
         handle = open(lock_path, "a+")  # noqa: SIM115 - held for the whole ingest
@@ -171,13 +202,20 @@ class LakeWriter:
         self, name: str, checkpoint_hash: str, fields: dict[str, Any], rows: dict[str, Iterable[pa.Table]]
     ) -> int:
         """The model's id, storing its row and its MODEL_TABLES rows (`rows`, by table, each table's rows
-        without model_id, streamed) the first time it is seen."""
-        known = self._con.execute(
-            "SELECT model_id FROM models WHERE name = ? AND checkpoint_hash = ?", [name, checkpoint_hash]
-        ).fetchall()
-        if known:
-            return int(known[0][0])
+        without model_id, streamed) the first time it is seen. `rows` is read only by the writer that
+        stores the model; one that loses the race to another writer finds the model stored."""
+        return self._retrying(lambda: self._register_model(name, checkpoint_hash, fields, rows))
+
+    def _register_model(
+        self, name: str, checkpoint_hash: str, fields: dict[str, Any], rows: dict[str, Iterable[pa.Table]]
+    ) -> int:
         with self.transaction() as con:
+            known = con.execute(
+                "SELECT model_id FROM models WHERE name = ? AND checkpoint_hash = ?", [name, checkpoint_hash]
+            ).fetchall()
+            if known:
+                return int(known[0][0])
+            concurrency.serialize(con)
             model_id = _next_id(con, "models", "model_id")
             columns = ["model_id", "name", "checkpoint_hash", *fields]
             marks = ", ".join("?" for _ in columns)
@@ -198,10 +236,15 @@ class LakeWriter:
         return {int(r[0]) for r in rows}
 
     def start_run(self, **fields: Any) -> int:
+        """A new run, 'running' and owned by this process (concurrency.owner), and its id."""
+        return self._retrying(lambda: self._start_run(fields))
+
+    def _start_run(self, fields: dict[str, Any]) -> int:
         with self.transaction() as con:
+            concurrency.serialize(con)
             run_id = _next_id(con, "runs", "run_id")
-            columns = ["run_id", "started_at", "status", "n_prompts", *fields]
-            values = [run_id, _now(), "running", 0, *fields.values()]
+            columns = ["run_id", "started_at", "status", "n_prompts", "message", *fields]
+            values = [run_id, _now(), "running", 0, concurrency.owner(), *fields.values()]
             marks = ", ".join("?" for _ in columns)
             con.execute(f"INSERT INTO runs ({', '.join(columns)}) VALUES ({marks})", values)
         return run_id
@@ -209,31 +252,56 @@ class LakeWriter:
     def finish_run(
         self, run_id: int, status: str, skipped: list[dict[str, Any]], message: str | None, objective: str
     ) -> None:
-        with self.transaction() as con:
-            con.execute(
-                "UPDATE runs SET status = ?, finished_at = ?, skipped = ?, message = ?, objective = ?,"
-                " n_prompts = (SELECT count(*) FROM prompts WHERE prompts.run_id = runs.run_id)"
-                " WHERE run_id = ?",
-                [status, _now(), json.dumps(skipped), message, objective, run_id],
-            )
+        def update() -> None:
+            with self.transaction() as con:
+                con.execute(
+                    "UPDATE runs SET status = ?, finished_at = ?, skipped = ?, message = ?, objective = ?,"
+                    " n_prompts = (SELECT count(*) FROM prompts WHERE prompts.run_id = runs.run_id)"
+                    " WHERE run_id = ?",
+                    [status, _now(), json.dumps(skipped), message, objective, run_id],
+                )
 
-    def append(self, batch: Batch, run_id: int) -> float:
-        """Commit one batch and the run's progress in one transaction; returns the seconds it took."""
-        start = time.perf_counter()
-        with self.transaction() as con, _registered(con, batch_prompts=batch.prompts, batch_tokens=batch.tokens):
-            con.execute("INSERT INTO prompts BY NAME SELECT * FROM batch_prompts")
-            con.execute("INSERT INTO tokens BY NAME SELECT * FROM batch_tokens")
-            for run in _null_runs(batch.facts):
-                with _registered(con, batch_facts=pa.RecordBatchReader.from_batches(FACT_SCHEMA, run)):
-                    con.execute("INSERT INTO facts SELECT * FROM batch_facts")
+        self._retrying(update)
+
+    def append(self, batch: Batch, run_id: int, unique: bool = True) -> Appended:
+        """Commit one batch and the run's progress in one transaction; returns what it stored. The batch's
+        prompt ids are provisional: the commit numbers its prompts after the largest stored id and, when
+        `unique`, leaves out prompts whose key is already stored (concurrency.claim).
+        Raises a DuckDB error that concurrency.is_conflict recognises when another writer won the commit:
+        `append_retrying` runs it again."""
+        stored = Appended()
+        with self.transaction() as con:
+            renumbering = concurrency.claim(con, batch.prompts, unique)
+            if renumbering.kept:
+                prompts, tokens = renumbering.apply(batch.prompts), renumbering.apply(batch.tokens)
+                stored.prompts, stored.tokens = prompts.num_rows, tokens.num_rows
+                with _registered(con, batch_prompts=prompts, batch_tokens=tokens):
+                    con.execute("INSERT INTO prompts BY NAME SELECT * FROM batch_prompts")
+                    con.execute("INSERT INTO tokens BY NAME SELECT * FROM batch_tokens")
+
+                def counted(facts: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+                    for part in facts:
+                        stored.rows += part.num_rows
+                        yield part
+
+                for run in _null_runs(counted(renumbering.stream(batch.facts))):
+                    with _registered(con, batch_facts=pa.RecordBatchReader.from_batches(FACT_SCHEMA, run)):
+                        con.execute("INSERT INTO facts SELECT * FROM batch_facts")
             con.execute(
                 "UPDATE runs SET n_prompts = (SELECT count(*) FROM prompts WHERE prompts.run_id = ?) WHERE run_id = ?",
                 [run_id, run_id],
             )
             model_id = int(batch.prompts["model_id"][0].as_py()) if batch.prompts.num_rows else None
             for table, part in batch.model_rows:
-                _insert_model_rows(con, table, model_id, part)
-        return time.perf_counter() - start
+                fresh = concurrency.fresh_model_rows(con, table, model_id, part)
+                if fresh.num_rows:
+                    _insert_model_rows(con, table, model_id, fresh)
+        return stored
+
+    def append_retrying(self, make_batch: Callable[[], Batch], run_id: int, unique: bool = True) -> Appended:
+        """`append` of the batch `make_batch` builds, built again and committed again while the commit loses
+        to another writer's."""
+        return self._retrying(lambda: self.append(make_batch(), run_id, unique))
 
 
 def _insert_model_rows(con: duckdb.DuckDBPyConnection, table: str, model_id: int | None, rows: pa.Table) -> None:

@@ -1,0 +1,90 @@
+"""A warehouse on a PostgreSQL catalog (`--db 'postgres:...' --data-path DIR`) answers every command, the
+API, a derived view and the BI dialect exactly as a warehouse folder holding the same ingest does; its
+file list comes from the catalog; the mistakes a user can make with it get one line each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from queries import Warehouse
+from warehouse import db
+
+PROMPTS = ["--prompt", "The capital of France is", "--prompt", "One two three four five", "--prompt", "Rome and"]
+TARGET = ["--target", " Paris", "--distractor", " London"]
+VIEW = "SELECT prompt_id, token, layer, node_index, value FROM mlp_act_times_grad ORDER BY ALL"
+
+
+def _invoke(*args: str) -> str:
+    result = CliRunner().invoke(main, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _ingest(db_arg: str, *extra: str) -> None:
+    _invoke("ingest", "--db", db_arg, "--model", "gpt2-tiny", "--quiet", *PROMPTS, *TARGET, *extra)
+
+
+def test_a_postgres_catalog_warehouse_answers_as_a_folder_does(pg_catalog: str, tmp_path: Path) -> None:
+    folder = tmp_path / "folder"
+    _ingest(str(folder))
+    _ingest(pg_catalog, "--data-path", str(tmp_path / "shared"))
+    local, shared = Warehouse(folder), Warehouse(pg_catalog)
+
+    assert shared.sql(VIEW).num_rows > 0
+    assert shared.sql(VIEW).equals(local.sql(VIEW))
+    assert shared.top_nodes(0, "act_times_grad", 5).equals(local.top_nodes(0, "act_times_grad", 5))
+    for command in (["sql", "--format", "csv", "--", VIEW], ["top", "--prompt-id", "1", "-k", "3"]):
+        assert _invoke(command[0], "--db", pg_catalog, *command[1:]) == _invoke(
+            command[0], "--db", str(folder), *command[1:]
+        )
+    counts = "== rows per dst"  # the sections above it hold the runs' times
+    assert _invoke("info", "--db", pg_catalog).split(counts)[1] == _invoke("info", "--db", str(folder)).split(counts)[1]
+    with shared.engine().connect() as bi:
+        assert (
+            bi.exec_driver_sql("SELECT count(*) FROM mlp_act_times_grad").scalar()
+            == local.sql("SELECT count(*) AS n FROM mlp_act_times_grad").column("n")[0].as_py()
+        )
+
+    # The data went to the data path, and the catalog lists exactly the files holding the facts.
+    files = shared.parquet_files("facts")
+    assert files and all(f.startswith(str(tmp_path / "shared")) for f in files)
+    assert (
+        sum(pq.read_metadata(f).num_rows for f in files)
+        == shared.sql("SELECT count(*) AS n FROM facts")["n"][0].as_py()
+    )
+    assert _invoke("files", "--db", pg_catalog).split() == files
+
+    # Rerunning stores nothing new; compaction keeps every answer.
+    _ingest(pg_catalog)
+    assert shared.sql("SELECT count(*) AS n FROM prompts")["n"][0].as_py() == 3
+    before = shared.sql(VIEW)
+    assert "data files before" in _invoke("compact", "--db", pg_catalog)
+    assert shared.sql(VIEW).equals(before)
+    assert len(shared.parquet_files("prompts")) >= 1  # compaction moved the inlined prompt rows into a file
+
+
+def test_shared_catalog_mistakes_get_one_line(pg_catalog: str, tmp_path: Path) -> None:
+    runner = CliRunner()
+
+    def error(*args: str) -> str:
+        result = runner.invoke(main, list(args))
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+        return lines[0]
+
+    assert "holds no warehouse yet" in error("info", "--db", pg_catalog)
+    assert "--data-path" in error("ingest", "--db", pg_catalog, "--model", "gpt2-tiny", "--prompt", "Hi")
+    folder = str(tmp_path / "w")
+    assert "remove --data-path" in error("ingest", "--db", folder, "--data-path", folder, "--prompt", "Hi")
+    assert "--workers needs" in error("ingest", "--db", folder, "--workers", "2", "--prompt", "Hi")
+    unreachable = pg_catalog.replace("dbname=", "dbname=missing_")
+    assert "cannot reach the catalog" in error("info", "--db", unreachable)
+    with pytest.raises(db.WarehouseError, match="compact"):
+        _ingest(pg_catalog, "--data-path", str(tmp_path / "shared"))
+        Warehouse(pg_catalog).parquet_files("prompts")  # three prompts inlined in the catalog
