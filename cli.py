@@ -266,7 +266,7 @@ def ingest_command(
             "ingest",
             *_repeated_options(click.get_current_context()),
         ]
-        summaries, warnings, status = run_workers(workers, command, str(db_path), total, device, not quiet)
+        summaries, warnings, status = run_workers(workers, command, str(db_path), data_path, total, device, not quiet)
         for line in warnings:
             click.echo(line, err=True)
         for line in summaries:

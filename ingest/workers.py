@@ -75,16 +75,18 @@ def gpu_slots() -> list[str] | None:
 
 
 def run_workers(
-    count: int, command: list[str], db_path: str, total: int, device: str, progress: bool
+    count: int, command: list[str], db_path: str, data_path: str | None, total: int, device: str, progress: bool
 ) -> tuple[list[str], list[str], int]:
     """Run `command` (an ingest command line without --shard) as `count` local workers, shard i/count each,
-    until all end. Returns each worker's summary line, every warning line they wrote, and the exit status
+    until all end; the warehouse is created first (at `data_path`) when it is new. Returns each worker's
+    summary line, every warning line they wrote, and the exit status
     to give (3 when a worker skipped prompts). Raises WorkerFailed naming the first failed worker, after
     the others have finished (what they committed is kept), and DeviceError for --device cuda without GPUs.
     """
     slots = gpu_slots() if device != "cpu" else None
     if device == "cuda" and slots is None:
         raise DeviceError("--device cuda was asked for but torch sees no CUDA GPU: use --device cpu or auto")
+    db.connect(db_path, data_path=data_path).close()  # create it here once, not in N workers at once
     before = _committed(db_path)
     workers: list[_Worker] = []
     with tempfile.TemporaryDirectory(prefix="actwh-workers-") as tmp:

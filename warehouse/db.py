@@ -11,6 +11,7 @@ import contextlib
 import functools
 import hashlib
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +32,7 @@ DASHBOARD_DIR = QUERIES / "dashboards"
 SCHEMA_VERSION = 2
 # The file magic of a DuckDB database: a warehouse written by actwh before the lake.
 _DUCKDB_MAGIC = b"DUCK"
+_INIT_ATTEMPTS = 5
 
 
 class WarehouseError(Exception):
@@ -138,7 +140,16 @@ def _attach(con: duckdb.DuckDBPyConnection, config: lake.LakeConfig, read_only: 
     """lake.attach, with a shared catalog's two user mistakes (nothing there yet; a new one without a data
     path) said in one line each."""
     try:
-        lake.attach(con, config, read_only)
+        for attempt in range(_INIT_ATTEMPTS):
+            try:
+                lake.attach(con, config, read_only)
+                break
+            except duckdb.Error as exc:
+                # Writers that attach a new shared catalog at once race to create DuckLake's tables; the
+                # losers find them made when they attach again.
+                if "Failed to initialize DuckLake" not in str(exc) or attempt == _INIT_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
     except duckdb.Error as exc:
         text = str(exc)
         if "does not exist - and creating a new DuckLake is explicitly disabled" in text:
