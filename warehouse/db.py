@@ -130,6 +130,9 @@ def connect(
     except duckdb.Error as exc:
         con.close()
         raise WarehouseError(f"{path}: {str(exc).splitlines()[0]}") from None
+    except lake.LakeError as exc:
+        con.close()
+        raise WarehouseError(str(exc)) from None
     except BaseException:
         con.close()
         raise

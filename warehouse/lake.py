@@ -22,6 +22,7 @@ nothing is ever downloaded. An online user on another DuckDB version gets the sa
 from __future__ import annotations
 
 import importlib.util
+import re
 import sqlite3
 import tempfile
 from dataclasses import dataclass
@@ -163,8 +164,32 @@ def attach(con: duckdb.DuckDBPyConnection, config: LakeConfig, read_only: bool) 
     if read_only:
         options.append("READ_ONLY")
     listed = f" ({', '.join(options)})" if options else ""
-    con.execute(f"ATTACH 'ducklake:{config.catalog}' AS {ALIAS}{listed}")
+    statement = f"ATTACH 'ducklake:{config.catalog}' AS {ALIAS}{listed}"
+    if config.data_path is not None and "://" in config.data_path:
+        _load_object_store(con, config.data_path)
+    try:
+        con.execute(statement)
+    except duckdb.Error as exc:
+        remote = re.search(r"Data path (\S+) requires the extension httpfs", str(exc))
+        if remote is None:
+            raise
+        _load_object_store(con, remote.group(1))  # the data path the catalog holds is a URL
+        con.execute(statement)
     con.execute(f"USE {ALIAS}")
+
+
+def _load_object_store(con: duckdb.DuckDBPyConnection, data_path: str) -> None:
+    """DuckDB's httpfs extension, for a lake whose data path is a URL (s3://...); its credentials come from
+    a DuckDB secret (`CREATE PERSISTENT SECRET ... (TYPE s3, ...)`, stored in ~/.duckdb). Untested here:
+    these machines are offline."""
+    path = _extension_file("duckdb_extension_httpfs", "httpfs")
+    try:
+        con.execute(f"LOAD '{path}'" if path else "LOAD httpfs")
+    except duckdb.Error:
+        raise LakeError(
+            f"the data path {data_path} needs DuckDB's httpfs extension: pip install "
+            f"duckdb-extension-httpfs=={duckdb.__version__} (or, online, run INSTALL httpfs in DuckDB)"
+        ) from None
 
 
 def set_options(con: duckdb.DuckDBPyConnection) -> None:
