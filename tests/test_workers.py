@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from cli import main
 from ingest.workers import parse_shard, take_shard
 from warehouse import db
+from warehouse.maintenance import compact, statistics_problems
 from warehouse.registry import LOCATIONS
 from warehouse.writer import LakeWriter
 
@@ -184,3 +185,30 @@ def test_a_killed_worker_rerun_beside_a_shard_started_twice_stores_every_prompt_
     assert _rows(pg_catalog, ONCE) == [(12, 12, 12)]
     assert _rows(pg_catalog, PARTIAL) == [(0,)]
     assert _rows(pg_catalog, "SELECT sum(n_prompts) FROM runs") == [(12,)]
+
+
+def test_compaction_while_workers_ingest_loses_and_repeats_no_row(pg_catalog: str, tmp_path: Path) -> None:
+    prompts = _prompt_file(tmp_path / "prompts.jsonl", 10)
+    args = _ingest_args(pg_catalog, prompts, "--batch-size", "1", "--data-path", str(tmp_path / "shared"))
+    db.connect(pg_catalog, data_path=tmp_path / "shared").close()
+    workers = [
+        subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *args, "--shard", shard], cwd=ROOT, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for shard in ("1/2", "2/2")
+    ]  # fmt: skip
+    compactions = []
+    while any(w.poll() is None for w in workers):
+        compactions.append(compact(pg_catalog))
+    for w in workers:
+        assert w.wait() == 0, w.communicate()[1]
+    compactions.append(compact(pg_catalog))
+    assert len(compactions) >= 3 and any(before > after for before, after in compactions), compactions
+
+    single = tmp_path / "single"
+    assert CliRunner().invoke(main, _ingest_args(str(single), prompts)).exit_code == 0
+    assert _rows(pg_catalog, ONCE) == [(10, 10, 10)]
+    assert _table(pg_catalog, FACTS).equals(_table(single, FACTS))
+    for table, sql in MODEL_ROWS.items():
+        assert _table(pg_catalog, sql).equals(_table(single, sql)), table
+    with db.connect(pg_catalog, read_only=True) as con:
+        assert statistics_problems(con) == []

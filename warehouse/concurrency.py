@@ -39,7 +39,12 @@ OWNER_PREFIX = "running in "
 # Whole-transaction retries before giving up; with DuckLake's own retries inside each, this is far more
 # than 8 writers committing every second need (BENCHMARKS.md).
 MAX_ATTEMPTS = 200
-_RETRIABLE = ("Transaction conflict", "maximum retry count", "for conflict resolution")
+_RETRIABLE = (
+    "Transaction conflict",
+    "maximum retry count",
+    "for conflict resolution",
+    "could not serialize access",  # PostgreSQL, under the catalog queries DuckLake runs at repeatable read
+)
 T = TypeVar("T")
 
 

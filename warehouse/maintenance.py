@@ -72,6 +72,16 @@ def statistics_problems(con: duckdb.DuckDBPyConnection) -> list[str]:
     valued (warehouse/writer.py _null_runs), and the tests hold every column to this check. The data's
     own range is computed with the optimizer off: otherwise it too would be read from the statistics.
     """
+    # One snapshot for the statistics and the data: a writer committing between the reads would otherwise
+    # show values newer than the statistics read.
+    con.execute("BEGIN TRANSACTION")
+    try:
+        return _statistics_problems(con)
+    finally:
+        con.execute("COMMIT")
+
+
+def _statistics_problems(con: duckdb.DuckDBPyConnection) -> list[str]:
     problems = []
     columns = con.execute(
         f"""SELECT t.table_name, c.column_name, c.column_type, s.min_value, s.max_value
