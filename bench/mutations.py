@@ -42,6 +42,10 @@ CONFIGS = "tests/test_model_configs.py"
 ROPE_LAYOUTS = f"{CONFIGS}::test_rope_settings_read_from_either_layout"
 CONVERT = "warehouse/convert.py"
 LAKE_ROW_GROUPS = f"{LAKE}::test_statistics_stay_true_when_a_batch_spans_several_row_groups"
+WORKERS = "tests/test_workers.py"
+WORKERS_KILLED = f"{WORKERS}::test_a_killed_worker_rerun_beside_a_shard_started_twice_stores_every_prompt_once"
+CONCURRENCY = "warehouse/concurrency.py"
+WRITER = "warehouse/writer.py"
 
 
 def parity(*cases: str, objective: str = "logit_diff") -> tuple[str, ...]:
@@ -397,6 +401,34 @@ MUTATIONS: tuple[Mutation, ...] = (
         "every layer attends to all earlier tokens, whatever the sliding window (Mistral, Qwen2, Gemma 2)",
         replace(MODEL, "if cfg.window(layer) is not None:", "if False:"),
         parity("mistral", "qwen2", "gemma2"),
+    ),
+    Mutation(
+        "commits_not_serialized",
+        "writers on a shared catalog commit side by side, each numbering its prompts from what it last saw",
+        replace(
+            CONCURRENCY,
+            '    con.execute(\n        "UPDATE meta SET value',
+            '    (lambda *_: None)(\n        "UPDATE meta SET value',
+        ),
+        (f"{WORKERS}::test_four_workers_store_every_prompt_once_with_one_workers_values", WORKERS_KILLED),
+    ),
+    Mutation(
+        "duplicate_prompts_stored",
+        "a commit does not leave out prompts another writer stored since the batch was captured",
+        replace(CONCURRENCY, "stored = stored_keys(con, keys.combine_chunks()) if unique else set()", "stored = set()"),
+        (WORKERS_KILLED,),
+    ),
+    Mutation(
+        "live_run_marked_interrupted",
+        "a writer opening a shared catalog marks every running run interrupted, live workers' too",
+        replace(WRITER, "if not self.shared or concurrency.owner_is_gone(message)", "if True"),
+        (WORKERS_KILLED,),
+    ),
+    Mutation(
+        "shards_overlap",
+        "--shard I/N takes every N-th prompt from the first, whatever I",
+        replace("ingest/workers.py", "if position % count == index - 1:", "if position % count == 0:"),
+        (f"{WORKERS}::test_shards_split_deterministically",),
     ),
 )
 

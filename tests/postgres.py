@@ -4,6 +4,7 @@ database of its own. Skipped, saying why, where PostgreSQL's initdb and pg_ctl a
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -58,15 +59,20 @@ def _as_postgres_user() -> list[str]:
         return []
     runuser = shutil.which("runuser")
     if runuser is None:
-        pytest.skip("running as root without runuser: PostgreSQL cannot be started for the shared-catalog tests")
+        raise NotAvailable("running as root without runuser: PostgreSQL cannot be started for the shared-catalog tests")
     return [runuser, "-u", "postgres", "--"]
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[Server]:
+class NotAvailable(Exception):
+    """PostgreSQL cannot be run here; the message says why."""
+
+
+@contextlib.contextmanager
+def running_server() -> Iterator[Server]:
+    """A private PostgreSQL server for the length of the block (bench/ uses it too)."""
     initdb, pg_ctl = _tool("initdb"), _tool("pg_ctl")
     if initdb is None or pg_ctl is None:
-        pytest.skip("PostgreSQL is not installed (no initdb/pg_ctl on PATH): shared-catalog tests need it")
+        raise NotAvailable("PostgreSQL is not installed (no initdb/pg_ctl on PATH): shared-catalog tests need it")
     prefix = _as_postgres_user()
     folder = Path(tempfile.mkdtemp(prefix="actwh-pg-"))
     if prefix:
@@ -80,12 +86,23 @@ def postgres_server() -> Iterator[Server]:
         subprocess.run([*prefix, pg_ctl, "-D", str(data), "-l", str(log), "-o", options, "-w", "start"], **run)  # type: ignore[call-overload]
     except subprocess.CalledProcessError as exc:
         shutil.rmtree(folder, ignore_errors=True)
-        pytest.fail(f"PostgreSQL did not start: {(exc.stderr or exc.stdout).strip().splitlines()[-1:]}")
+        raise RuntimeError(
+            f"PostgreSQL did not start: {(exc.stderr or exc.stdout).strip().splitlines()[-1:]}"
+        ) from None
     try:
         yield Server(port, folder, itertools.count())
     finally:
         subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Server]:
+    try:
+        with running_server() as server:
+            yield server
+    except NotAvailable as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture
