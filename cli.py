@@ -248,6 +248,10 @@ def ingest_command(
         prepend_bos=prepend_bos,
         special_tokens_as_text=special_tokens_as_text,
     )
+    if wait and lake.is_catalog_spec(db_path):
+        raise click.UsageError(
+            "--wait queues behind the ingest of a warehouse folder; a shared catalog takes many at once"
+        )
     if data_path is not None:
         db.config_for(db_path, data_path)  # refuses --data-path with a warehouse folder
         options.data_path = data_path

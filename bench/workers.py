@@ -1,6 +1,6 @@
 """Benchmark: `actwh ingest --workers N` into one PostgreSQL-catalog warehouse, N = 1, 2, 4.
 
-    python -m bench.workers                       # gpt2-tiny, 96 prompts of 12-30 words, N = 1 2 4
+    python -m bench.workers                       # gpt2-tiny, 256 prompts of 12-30 words, N = 1 2 4
     python -m bench.workers --model smollm2 --prompts 32 --workers 1 2
 
 Starts its own PostgreSQL on 127.0.0.1 (tests/postgres.py), and for each N a fresh database and data
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import re
 import subprocess
 import sys
@@ -55,7 +56,8 @@ _SUMMARY = re.compile(r"stored (\d+) prompts \((\d+) tokens, ([\d,]+) rows\).*?(
 
 
 def prompt_file(path: Path, count: int) -> Path:
-    lines = [" ".join(WORDS[(i * 7 + j * 5) % len(WORDS)] for j in range(12 + i % 19)) for i in range(count)]
+    """`count` different prompts of 12 to 30 words."""
+    lines = [" ".join(random.Random(i).choices(WORDS, k=12 + i % 19)) for i in range(count)]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -85,7 +87,7 @@ def run(count: int, catalog: str, data: Path, prompts: Path, model: str, batch: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gpt2-tiny")
-    parser.add_argument("--prompts", type=int, default=96)
+    parser.add_argument("--prompts", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args()

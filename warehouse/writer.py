@@ -266,12 +266,13 @@ class LakeWriter:
     def append(self, batch: Batch, run_id: int, unique: bool = True) -> Appended:
         """Commit one batch and the run's progress in one transaction; returns what it stored. The batch's
         prompt ids are provisional: the commit numbers its prompts after the largest stored id and, when
-        `unique`, leaves out prompts whose key is already stored (concurrency.claim).
+        `unique` on a shared catalog, leaves out prompts whose key is already stored (concurrency.claim).
         Raises a DuckDB error that concurrency.is_conflict recognises when another writer won the commit:
         `append_retrying` runs it again."""
         stored = Appended()
         with self.transaction() as con:
-            renumbering = concurrency.claim(con, batch.prompts, unique)
+            # on a folder the lock admits one writer, whose resume already left out stored prompts
+            renumbering = concurrency.claim(con, batch.prompts, unique and self.shared)
             if renumbering.kept:
                 prompts, tokens = renumbering.apply(batch.prompts), renumbering.apply(batch.tokens)
                 stored.prompts, stored.tokens = prompts.num_rows, tokens.num_rows
