@@ -43,7 +43,9 @@ ROPE_LAYOUTS = f"{CONFIGS}::test_rope_settings_read_from_either_layout"
 CONVERT = "warehouse/convert.py"
 LAKE_ROW_GROUPS = f"{LAKE}::test_statistics_stay_true_when_a_batch_spans_several_row_groups"
 WORKERS = "tests/test_workers.py"
-WORKERS_KILLED = f"{WORKERS}::test_a_killed_worker_rerun_beside_a_shard_started_twice_stores_every_prompt_once"
+WORKERS_KILLED = (
+    f"{WORKERS}::test_a_killed_worker_rerun_beside_a_shard_started_twice_under_compaction_stores_every_prompt_once"
+)
 CONCURRENCY = "warehouse/concurrency.py"
 WRITER = "warehouse/writer.py"
 

@@ -43,7 +43,10 @@ _RETRIABLE = (
     "Transaction conflict",
     "maximum retry count",
     "for conflict resolution",
-    "could not serialize access",  # PostgreSQL, under the catalog queries DuckLake runs at repeatable read
+    # PostgreSQL aborting one of two catalog transactions DuckLake runs at repeatable read
+    "could not serialize access",
+    "deadlock detected",
+    "Current transaction is aborted",
 )
 T = TypeVar("T")
 

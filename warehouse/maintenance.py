@@ -38,7 +38,18 @@ def compact(path: str | Path) -> tuple[int, int]:
     con = db.connect(path)
 
     def call(statement: str) -> None:
-        concurrency.retry_conflicts(lambda: con.execute(statement))
+        def step() -> None:
+            nonlocal con
+            try:
+                con.execute(statement)
+            except duckdb.Error:
+                # A step that lost to a worker's commit can leave the connection's transaction aborted
+                # (DuckLake's catalog transaction in PostgreSQL was): the next try starts on a new one.
+                con.close()
+                con = db.connect(path)
+                raise
+
+        concurrency.retry_conflicts(step)
 
     try:
         before = live_data_files(con)
@@ -76,9 +87,12 @@ def statistics_problems(con: duckdb.DuckDBPyConnection) -> list[str]:
     # show values newer than the statistics read.
     con.execute("BEGIN TRANSACTION")
     try:
-        return _statistics_problems(con)
-    finally:
-        con.execute("COMMIT")
+        problems = _statistics_problems(con)
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+    return problems
 
 
 def _statistics_problems(con: duckdb.DuckDBPyConnection) -> list[str]:
