@@ -4,7 +4,7 @@ vocabulary, and the weight-only factors of each target and distractor token it i
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -60,10 +60,10 @@ def register_model(writer: LakeWriter, loaded: LoadedModel, weights: Weights, un
         "norm": cfg.norm,
         "config": json.dumps(cfg.as_dict()),
     }
-    rows: dict[str, Iterable[pa.Table]] = {
-        "weights": _view_weight_tables(loaded, unembedding_all),
-        "vocab": [vocab_table(loaded)],
-        "mlp_out_norms": [mlp_out_norms(weights)],
+    rows: dict[str, Callable[[], Iterable[pa.Table]]] = {
+        "weights": lambda: _view_weight_tables(loaded, unembedding_all),
+        "vocab": lambda: [vocab_table(loaded)],
+        "mlp_out_norms": lambda: [mlp_out_norms(weights)],
     }
     return writer.register_model(loaded.name, loaded.checkpoint_hash, fields, rows)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -13,6 +14,7 @@ from click.testing import CliRunner
 from cli import main
 from queries import Warehouse
 from warehouse import db
+from warehouse.writer import LakeWriter
 
 PROMPTS = ["--prompt", "The capital of France is", "--prompt", "One two three four five", "--prompt", "Rome and"]
 TARGET = ["--target", " Paris", "--distractor", " London"]
@@ -23,6 +25,11 @@ def _invoke(*args: str) -> str:
     result = CliRunner().invoke(main, list(args))
     assert result.exit_code == 0, result.output
     return result.output
+
+
+def _rows(db_arg: str, sql: str) -> list[tuple]:
+    with db.connect(db_arg, read_only=True) as con:
+        return con.execute(sql).fetchall()
 
 
 def _ingest(db_arg: str, *extra: str) -> None:
@@ -88,3 +95,25 @@ def test_shared_catalog_mistakes_get_one_line(pg_catalog: str, tmp_path: Path) -
     with pytest.raises(db.WarehouseError, match="compact"):
         _ingest(pg_catalog, "--data-path", str(tmp_path / "shared"))
         Warehouse(pg_catalog).parquet_files("prompts")  # three prompts inlined in the catalog
+
+
+def test_a_model_registration_that_loses_a_conflict_is_stored_whole(pg_catalog: str, tmp_path: Path) -> None:
+    """The model's rows are streamed into its commit; when another writer commits first, the registration
+    runs again and streams them again, rather than storing the model without them."""
+    fields = {"family": "gpt2", "n_layers": 1, "d_model": 2, "n_heads": 1, "n_kv_heads": 1, "d_head": 2,
+              "d_mlp": 4, "vocab_size": 2, "n_ctx": 8, "norm": "layernorm", "config": "{}"}  # fmt: skip
+    run = {"model_id": 7, "objective": "pending", "locations": [], "software_version": "test", "device": "cpu",
+           "dtype": "float32", "precision": "float32", "prepend_bos": False, "special_tokens": "special"}  # fmt: skip
+    with LakeWriter(pg_catalog, data_path=tmp_path / "shared") as first, LakeWriter(pg_catalog) as second:
+        calls = []
+
+        def vocab() -> list[pa.Table]:
+            calls.append(len(calls))
+            if len(calls) == 1:
+                second.start_run(**run)  # commits while the registration's transaction is open
+            return [pa.table({"token_id": pa.array([0, 1], pa.int32()), "text": ["a", "b"]})]
+
+        model_id = first.register_model("m", "hash", fields, {"vocab": vocab})
+        assert len(calls) == 2 and first.conflicts_retried == 1
+    assert _rows(pg_catalog, "SELECT model_id, count(*) FROM vocab GROUP BY ALL") == [(model_id, 2)]
+    assert _rows(pg_catalog, "SELECT count(*) FROM models") == [(1,)]

@@ -32,6 +32,7 @@ from warehouse.facts import FACT_SCHEMA
 
 LOCK_FILE = "ingest.lock"
 T = TypeVar("T")
+ModelRows = Callable[[], Iterable[pa.Table]]
 # Tables holding per-model rows (a model_id column first): weights, vocabulary and weight-only factors.
 MODEL_TABLES = ("weights", "vocab", "mlp_out_norms", "direction_factors")
 
@@ -199,15 +200,15 @@ class LakeWriter:
         return {r[0] for r in rows}
 
     def register_model(
-        self, name: str, checkpoint_hash: str, fields: dict[str, Any], rows: dict[str, Iterable[pa.Table]]
+        self, name: str, checkpoint_hash: str, fields: dict[str, Any], rows: dict[str, ModelRows]
     ) -> int:
-        """The model's id, storing its row and its MODEL_TABLES rows (`rows`, by table, each table's rows
-        without model_id, streamed) the first time it is seen. `rows` is read only by the writer that
-        stores the model; one that loses the race to another writer finds the model stored."""
+        """The model's id, storing its row and its MODEL_TABLES rows the first time it is seen. `rows` gives,
+        by table, a function returning that table's rows (without model_id) as a stream of parts: called
+        again when the commit loses a conflict and the model is still not stored."""
         return self._retrying(lambda: self._register_model(name, checkpoint_hash, fields, rows))
 
     def _register_model(
-        self, name: str, checkpoint_hash: str, fields: dict[str, Any], rows: dict[str, Iterable[pa.Table]]
+        self, name: str, checkpoint_hash: str, fields: dict[str, Any], rows: dict[str, ModelRows]
     ) -> int:
         with self.transaction() as con:
             known = con.execute(
@@ -224,7 +225,7 @@ class LakeWriter:
                 [model_id, name, checkpoint_hash, *fields.values()],
             )
             for table, parts in rows.items():
-                for part in parts:
+                for part in parts():
                     _insert_model_rows(con, table, model_id, part)
         return model_id
 
