@@ -186,8 +186,7 @@ class LakeWriter:
                 [model_id, name, checkpoint_hash, *fields.values()],
             )
             for table, parts in rows.items():
-                for part in parts:
-                    _insert_model_rows(con, table, model_id, part)
+                _insert_model_rows(con, table, model_id, parts)
         return model_id
 
     def known_tokens(self, model_id: int) -> set[int]:
@@ -231,16 +230,24 @@ class LakeWriter:
                 [run_id, run_id],
             )
             model_id = int(batch.prompts["model_id"][0].as_py()) if batch.prompts.num_rows else None
-            for table, part in batch.model_rows:
-                _insert_model_rows(con, table, model_id, part)
+            for table in dict.fromkeys(table for table, _ in batch.model_rows):
+                _insert_model_rows(con, table, model_id, (part for t, part in batch.model_rows if t == table))
         return time.perf_counter() - start
 
 
-def _insert_model_rows(con: duckdb.DuckDBPyConnection, table: str, model_id: int | None, rows: pa.Table) -> None:
+def _insert_model_rows(
+    con: duckdb.DuckDBPyConnection, table: str, model_id: int | None, parts: Iterable[pa.Table]
+) -> None:
+    """Every part (of one schema) as one INSERT per run of one NULL pattern, streamed: an INSERT per part
+    wrote a file per weight tensor (242 for SmolLM2), and every query of the table opened them all."""
     if table not in MODEL_TABLES:
         raise ValueError(f"{table} is not a per-model table ({', '.join(MODEL_TABLES)})")
-    for part in _primed_parts(rows):
-        with _registered(con, model_rows=part):
+    batches = (batch for part in parts for piece in _primed_parts(part) for batch in piece.to_batches())
+    first = next(batches, None)
+    if first is None:
+        return
+    for run in _null_runs(itertools.chain([first], batches)):
+        with _registered(con, model_rows=pa.RecordBatchReader.from_batches(first.schema, run)):
             con.execute(f"INSERT INTO {table} BY NAME SELECT ? AS model_id, * FROM model_rows", [model_id])
 
 
