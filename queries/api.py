@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import duckdb
 import pyarrow as pa
 
+from queries import contexts
 from warehouse import db, registry
 
 if TYPE_CHECKING:
@@ -389,33 +390,63 @@ class Warehouse:
 
         `context_text` marks the activating token [[like this]] and, for attention nodes, the attended-to
         token <<like this>> when it falls inside the window. Windows are clipped at the sequence edges.
+        Contexts decode the window's concatenated token bytes, so a character split across tokens reads
+        whole; markers sit between characters (queries/contexts.py, warehouse/token_text.py).
         """
         if k < 1 or context < 0:
             raise db.WarehouseError("k must be at least 1 and context at least 0")
-        order = "ASC" if bottom else "DESC"
         with self._connection() as con:
-            src = self._source(con, dst, pass_type)
+            hits = self._hits(con, dst, layer, node_index, k, head, run_id, pass_type, bottom)
+            table = contexts.with_context(con, hits.sql, hits.params, context)
+        return _with_notes(table, [hits.note] if hits.note else [])
+
+    def example_windows(
+        self,
+        dst: str,
+        layer: int | None,
+        node_index: int,
+        k: int = 10,
+        context: int = 5,
+        head: int | None = None,
+        run_id: int | None = None,
+        pass_type: str = "forward",
+        bottom: bool = False,
+    ) -> pa.Table:
+        """The examples of `top_examples` (same arguments) as one row per token of each window: example
+        (1 = the first example), prompt_id, hit_token, position, token_text, is_hit, and the node's value
+        there (for a token-pair dst, of the pair (hit token, position)): what `actwh examples --plot` draws.
+        """
+        if k < 1 or context < 0:
+            raise db.WarehouseError("k must be at least 1 and context at least 0")
+        with self._connection() as con:
+            hits = self._hits(con, dst, layer, node_index, k, head, run_id, pass_type, bottom)
+            values = self._source(con, dst, pass_type)
             where, params = self._node_filter(layer, node_index, head, run_id)
-            sql = (
-                f"WITH hits AS (SELECT prompt_id, token, token2, head, value FROM ({src.sql}) WHERE true{where}"
-                f" ORDER BY value {order}, prompt_id, token, token2 LIMIT ?)"
-                " SELECT h.prompt_id, h.token, h.token2, h.head, h.value,"
-                " coalesce(string_agg(t.text, '' ORDER BY t.position) FILTER (WHERE t.position < h.token), '')"
-                " AS left_context,"
-                " any_value(t.text) FILTER (WHERE t.position = h.token) AS token_text,"
-                " coalesce(string_agg(t.text, '' ORDER BY t.position) FILTER (WHERE t.position > h.token), '')"
-                " AS right_context,"
-                " any_value(t.text) FILTER (WHERE t.position = h.token2) AS token2_text,"
-                " string_agg(CASE WHEN t.position = h.token THEN '[[' || t.text || ']]'"
-                " WHEN t.position = h.token2 THEN '<<' || t.text || '>>' ELSE t.text END, '' ORDER BY t.position)"
-                " AS context_text"
-                " FROM hits h JOIN tokens t ON t.prompt_id = h.prompt_id"
-                " AND t.position BETWEEN h.token - ? AND h.token + ?"
-                " GROUP BY h.prompt_id, h.token, h.token2, h.head, h.value"
-                f" ORDER BY h.value {order}, h.prompt_id, h.token, h.token2"
-            )
-            table = self._run(con, sql, [*src.params, *params, k, context, context])
-        return _with_notes(table, [src.note] if src.note else [])
+            values_sql = f"SELECT * FROM ({values.sql}) WHERE true{where}"
+            table = contexts.window_values(con, hits.sql, hits.params, values_sql, [*values.params, *params], context)
+        return _with_notes(table, [hits.note] if hits.note else [])
+
+    def _hits(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        dst: str,
+        layer: int | None,
+        node_index: int,
+        k: int,
+        head: int | None,
+        run_id: int | None,
+        pass_type: str,
+        bottom: bool,
+    ) -> _Source:
+        """SQL for the k highest (lowest) values of one node: rank, prompt_id, token, token2, head, value."""
+        src = self._source(con, dst, pass_type)
+        where, params = self._node_filter(layer, node_index, head, run_id)
+        order = f"value {'ASC' if bottom else 'DESC'}, prompt_id, token, token2, head"
+        sql = (
+            f"SELECT row_number() OVER (ORDER BY {order}) AS rank, * FROM (SELECT prompt_id, token, token2, head,"
+            f" value FROM ({src.sql}) WHERE true{where} ORDER BY {order} LIMIT ?)"
+        )
+        return _Source(sql, [*src.params, *params, k], src.note)
 
     def node_stats(
         self,
