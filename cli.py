@@ -14,13 +14,12 @@ import pyarrow as pa
 from ingest import DEFAULT_MODEL
 from ingest.errors import CaptureError, DeviceError, ModelNotFound, TokenError
 from ingest.prompts import PromptInput, Skipped, read_prompt_file
+from queries import streaming
 from queries.api import NODE_COLUMNS, Warehouse, notes
 from queries.catalog import dst_catalog
 from queries.format import FILE_FORMATS, FORMATS, render, stream, write
 from warehouse import db
 
-# Rows per record batch `actwh sql` pulls from DuckDB: memory holds about one batch at a time.
-SQL_BATCH_ROWS = 65_536
 USER_ERRORS = (
     db.WarehouseError,
     ModelNotFound,
@@ -239,10 +238,8 @@ def sql_command(db_path: Path, query: str, fmt: str, output: Path | None) -> Non
         raise click.UsageError("--format parquet writes a file: add --output PATH")
     con = db.connect(db_path, read_only=True)
     try:
-        try:
-            stream(con.execute(query).to_arrow_reader(SQL_BATCH_ROWS), fmt, output)
-        except Exception as exc:  # a DuckDB error in the user's SQL, raised at the start or mid-stream
-            raise db.WarehouseError(f"query failed: {_one_line(exc)}") from None
+        with streaming.reader(con, query) as reader:
+            stream(reader, fmt, output)
     finally:
         con.close()
     if output is not None:

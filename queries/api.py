@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import duckdb
 import pyarrow as pa
 
-from queries import contexts
+from queries import contexts, streaming
+from queries.streaming import QueryError
 from warehouse import db, registry
 
 if TYPE_CHECKING:
@@ -64,10 +65,6 @@ class UnknownDst(db.WarehouseError):
 
 class DstNotAvailable(db.WarehouseError):
     """A known dst this warehouse file cannot answer (view missing, or its inputs not stored)."""
-
-
-class QueryError(db.WarehouseError):
-    pass
 
 
 def notes(table: pa.Table) -> list[str]:
@@ -198,6 +195,22 @@ class Warehouse:
                 return relation.fetchall()
             except duckdb.Error as exc:
                 raise QueryError(f"query failed: {str(exc).splitlines()[0]}") from exc
+
+    @contextmanager
+    def sql_reader(
+        self,
+        query: str,
+        params: Sequence[Any] | dict[str, Any] | None = None,
+        batch_size: int = streaming.BATCH_ROWS,
+    ) -> Iterator[pa.RecordBatchReader]:
+        """Stream one statement's result: `with wh.sql_reader(query, params) as reader: for batch in
+        reader: ...`. A pyarrow.RecordBatchReader of batches of at most `batch_size` rows, produced as they
+        are read, so memory stays about one batch whatever the result's size (a sort or aggregate in the
+        query still holds its input). The connection (one snapshot) is held until the block ends; the
+        reader is closed there. Raises QueryError (one line) at the start or mid-stream.
+        """
+        with self._connection() as con, streaming.reader(con, query, params, batch_size) as reader:
+            yield reader
 
     # -- names ---------------------------------------------------------------------------------------
 
