@@ -113,7 +113,7 @@ class _Source:
     note: str | None = None
 
 
-class Warehouse:
+class Warehouse(contexts.ExampleWindows):
     """A warehouse, attached per call (read-only by default): each call reads the last committed snapshot."""
 
     def __init__(self, path: str | Path, read_only: bool = True) -> None:
@@ -409,57 +409,9 @@ class Warehouse:
         if k < 1 or context < 0:
             raise db.WarehouseError("k must be at least 1 and context at least 0")
         with self._connection() as con:
-            hits = self._hits(con, dst, layer, node_index, k, head, run_id, pass_type, bottom)
-            table = contexts.with_context(con, hits.sql, hits.params, context)
-        return _with_notes(table, [hits.note] if hits.note else [])
-
-    def example_windows(
-        self,
-        dst: str,
-        layer: int | None,
-        node_index: int,
-        k: int = 10,
-        context: int = 5,
-        head: int | None = None,
-        run_id: int | None = None,
-        pass_type: str = "forward",
-        bottom: bool = False,
-    ) -> pa.Table:
-        """The examples of `top_examples` (same arguments) as one row per token of each window: example
-        (1 = the first example), prompt_id, hit_token, position, token_text, is_hit, and the node's value
-        there (for a token-pair dst, of the pair (hit token, position)): what `actwh examples --plot` draws.
-        """
-        if k < 1 or context < 0:
-            raise db.WarehouseError("k must be at least 1 and context at least 0")
-        with self._connection() as con:
-            hits = self._hits(con, dst, layer, node_index, k, head, run_id, pass_type, bottom)
-            values = self._source(con, dst, pass_type)
-            where, params = self._node_filter(layer, node_index, head, run_id)
-            values_sql = f"SELECT * FROM ({values.sql}) WHERE true{where}"
-            table = contexts.window_values(con, hits.sql, hits.params, values_sql, [*values.params, *params], context)
-        return _with_notes(table, [hits.note] if hits.note else [])
-
-    def _hits(
-        self,
-        con: duckdb.DuckDBPyConnection,
-        dst: str,
-        layer: int | None,
-        node_index: int,
-        k: int,
-        head: int | None,
-        run_id: int | None,
-        pass_type: str,
-        bottom: bool,
-    ) -> _Source:
-        """SQL for the k highest (lowest) values of one node: rank, prompt_id, token, token2, head, value."""
-        src = self._source(con, dst, pass_type)
-        where, params = self._node_filter(layer, node_index, head, run_id)
-        order = f"value {'ASC' if bottom else 'DESC'}, prompt_id, token, token2, head"
-        sql = (
-            f"SELECT row_number() OVER (ORDER BY {order}) AS rank, * FROM (SELECT prompt_id, token, token2, head,"
-            f" value FROM ({src.sql}) WHERE true{where} ORDER BY {order} LIMIT ?)"
-        )
-        return _Source(sql, [*src.params, *params, k], src.note)
+            hits, params, note = self._hits(con, dst, layer, node_index, k, head, run_id, pass_type, bottom)
+            table = contexts.with_context(con, hits, params, context)
+        return _with_notes(table, [note] if note else [])
 
     def node_stats(
         self,

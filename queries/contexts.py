@@ -1,10 +1,11 @@
 """Token contexts of a node's examples: the text around each hit, decoded from the tokens' bytes, and the
-node's value at every position of the window (what `actwh examples --plot` shades).
+node's value at every position of the window (what `actwh examples --plot` shades). `ExampleWindows` adds
+`example_windows` to the Warehouse.
 
-Both take the hits as SQL: a query yielding (rank, prompt_id, token, token2, head, value), one row per
-example, rank 1 the one shown first. The context text decodes the concatenated bytes of the window, so a character
-split across tokens reads whole (warehouse/token_text.py); tokens converted from a single-file warehouse,
-which kept no bytes, fall back to the UTF-8 of their text.
+Both functions take the hits as SQL: a query yielding (rank, prompt_id, token, token2, head, value), one
+row per example, rank 1 the one shown first. The context text decodes the concatenated bytes of the
+window, so a character split across tokens reads whole (warehouse/token_text.py); tokens converted from
+a single-file warehouse, which kept no bytes, fall back to the UTF-8 of their text.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from queries.streaming import QueryError
 from warehouse import db
 from warehouse.token_text import window
 
@@ -25,7 +27,7 @@ def _run(con: duckdb.DuckDBPyConnection, query: str, params: Sequence[Any]) -> p
     try:
         return con.sql(query, params=list(params)).to_arrow_table()
     except duckdb.Error as exc:
-        raise db.WarehouseError(f"query failed: {str(exc).splitlines()[0]}") from exc
+        raise QueryError(f"query failed: {str(exc).splitlines()[0]}") from exc
 
 
 def with_context(con: duckdb.DuckDBPyConnection, hits_sql: str, params: Sequence[Any], context: int) -> pa.Table:
@@ -90,3 +92,57 @@ def window_values(
         " ORDER BY h.rank, t.position"
     )
     return _run(con, sql, [*hit_params, *value_params, context, context])
+
+
+class ExampleWindows:
+    """Warehouse's questions about a node's examples in context (a mixin: it uses the Warehouse's
+    `_connection`, `_source` and `_node_filter`)."""
+
+    def example_windows(
+        self,
+        dst: str,
+        layer: int | None,
+        node_index: int,
+        k: int = 10,
+        context: int = 5,
+        head: int | None = None,
+        run_id: int | None = None,
+        pass_type: str = "forward",
+        bottom: bool = False,
+    ) -> pa.Table:
+        """The examples of `top_examples` (same arguments) as one row per token of each window: example
+        (1 = the first example), prompt_id, hit_token, position, token_text, is_hit, and the node's value
+        there (for a token-pair dst, of the pair (hit token, position)): what `actwh examples --plot` draws.
+        Raises WarehouseError for k < 1, context < 0, or a dst the file cannot answer.
+        """
+        if k < 1 or context < 0:
+            raise db.WarehouseError("k must be at least 1 and context at least 0")
+        with self._connection() as con:
+            hits, hit_params, _ = self._hits(con, dst, layer, node_index, k, head, run_id, pass_type, bottom)
+            values = self._source(con, dst, pass_type)
+            where, params = self._node_filter(layer, node_index, head, run_id)
+            values_sql = f"SELECT * FROM ({values.sql}) WHERE true{where}"
+            return window_values(con, hits, hit_params, values_sql, [*values.params, *params], context)
+
+    def _hits(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        dst: str,
+        layer: int | None,
+        node_index: int,
+        k: int,
+        head: int | None,
+        run_id: int | None,
+        pass_type: str,
+        bottom: bool,
+    ) -> tuple[str, list[Any], str | None]:
+        """SQL and parameters for the k highest (lowest) values of one node (rank, prompt_id, token, token2,
+        head, value), and the source's note."""
+        src = self._source(con, dst, pass_type)
+        where, params = self._node_filter(layer, node_index, head, run_id)
+        order = f"value {'ASC' if bottom else 'DESC'}, prompt_id, token, token2, head"
+        sql = (
+            f"SELECT row_number() OVER (ORDER BY {order}) AS rank, * FROM (SELECT prompt_id, token, token2, head,"
+            f" value FROM ({src.sql}) WHERE true{where} ORDER BY {order} LIMIT ?)"
+        )
+        return sql, [*src.params, *params, k], src.note
