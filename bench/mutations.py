@@ -394,6 +394,56 @@ MUTATIONS: tuple[Mutation, ...] = (
         replace(MODEL, "if cfg.window(layer) is not None:", "if False:"),
         parity("mistral", "qwen2", "gemma2"),
     ),
+    Mutation(
+        "token_text_replacement_characters",
+        "token display texts decode each token alone, writing U+FFFD for a character split across tokens",
+        replace(
+            "warehouse/token_text.py",
+            'return [piece.decode("utf-8") for piece in pieces]',
+            'return [piece.decode("utf-8", errors="replace") for piece in pieces]',
+        ),
+        ("tests/test_token_bytes.py",),
+    ),
+    Mutation(
+        "example_context_from_token_texts",
+        "example contexts join the tokens' display texts, so split characters read as escapes",
+        replace(
+            "queries/contexts.py",
+            "list(coalesce(t.bytes, encode(t.text)) ORDER BY t.position)",
+            "list(encode(t.text) ORDER BY t.position)",
+        ),
+        ("tests/test_token_bytes.py::test_ingested_tokens_and_example_contexts",),
+    ),
+    Mutation(
+        "sql_result_materialised",
+        "actwh sql and Warehouse.sql_reader hold the whole result before the first batch is written",
+        replace(
+            "queries/streaming.py",
+            "source = con.execute(query, params).to_arrow_reader(batch_size)",
+            "source = pa.RecordBatchReader.from_batches(*(lambda t: (t.schema, t.to_batches(batch_size)))"
+            "(con.execute(query, params).to_arrow_table()))",
+        ),
+        (
+            "tests/test_sql_streaming.py::test_attention_probabilities_of_a_long_prompt_stream_in_bounded_memory",
+            "tests/test_sql_streaming.py::test_api_reader_streams_in_bounded_memory",
+        ),
+    ),
+    Mutation(
+        "duckdb_progress_bar_on_stdout",
+        "DuckDB's progress bar is left on: a query over 2 s draws it into the caller's stdout",
+        replace("warehouse/lake.py", 'con.execute("SET enable_progress_bar = false")', "pass"),
+        ("tests/test_sql_streaming.py::test_api_reader_streams_in_bounded_memory",),
+    ),
+    Mutation(
+        "example_window_pair_values_by_key",
+        "example strips of a token-pair dst shade each position by its own query row, not the example's",
+        replace(
+            "queries/contexts.py",
+            '" ELSE v.token = h.token AND v.token2 = t.position END"',
+            '" ELSE v.token = t.position AND v.token2 = h.token2 END"',
+        ),
+        ("tests/test_plots.py::test_example_windows_hold_the_stored_values",),
+    ),
 )
 
 

@@ -34,7 +34,7 @@ from ingest import memory
 from ingest.capture import CaptureSpec, Recorder, check_storable, first_row, location_rows, logits_rows
 from ingest.checkpoints import DEFAULT_MODEL, LoadedModel, load_model
 from ingest.errors import DeviceError, ModelNotFound, TokenError
-from ingest.model_rows import factor_weights, register_model, token_rows, token_text
+from ingest.model_rows import factor_weights, register_model, token_columns, token_rows
 from ingest.objective import LOGIT_DIFF, objective_kind, per_prompt_objective, single_token
 from ingest.prompts import PromptInput, Skipped
 from ingest.tokenizers import Tokenization
@@ -326,7 +326,7 @@ def to_batch(captured: Captured, run_id: int, model_id: int, loaded: LoadedModel
             "prompt_id": np.repeat(captured.prompt_ids, captured.lengths).astype(np.int32),
             "position": np.concatenate([np.arange(len(p.ids)) for p in items]).astype(np.int16),
             "token_id": token_ids,
-            "text": [token_text(loaded, int(i)) for i in token_ids],
+            **token_columns(loaded.tokenizer, [p.ids for p in items]),
         }
     )
     return Batch(prompts, tokens, fact_rows(captured, top_k, bfloat16), captured.model_rows)

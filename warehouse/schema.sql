@@ -63,11 +63,15 @@ CREATE TABLE IF NOT EXISTS prompts (
     objective DOUBLE                  -- the backward objective's value (NULL without a backward pass)
 );
 
+-- `bytes` is the token's exact bytes; `text` shows them, a UTF-8 character split across tokens on the
+-- token that completes it and the bytes before it as \xNN escapes (warehouse/token_text.py). bytes is
+-- NULL only for tokens converted from a single-file warehouse, which kept the text alone.
 CREATE TABLE IF NOT EXISTS tokens (
     prompt_id INTEGER NOT NULL,
     position SMALLINT NOT NULL,
     token_id INTEGER NOT NULL,
-    text VARCHAR NOT NULL
+    text VARCHAR NOT NULL,
+    bytes BLOB
 );
 
 -- The physical fact table: one row per captured element, both passes in it (NULL where a pass was not
@@ -109,11 +113,13 @@ CREATE TABLE IF NOT EXISTS weights (
     value FLOAT NOT NULL
 );
 
--- The decoded text of every vocabulary id, so SQL can show and look up tokens without the tokenizer.
+-- The bytes and display text of every vocabulary id, so SQL can show and look up tokens without the
+-- tokenizer (text: bytes that are not a whole UTF-8 character are \xNN escapes).
 CREATE TABLE IF NOT EXISTS vocab (
     model_id INTEGER NOT NULL,
     token_id INTEGER NOT NULL,
-    text VARCHAR NOT NULL
+    text VARCHAR NOT NULL,
+    bytes BLOB
 );
 
 -- Weight-only factors the derived views join against, computed once per model (and once per target or
