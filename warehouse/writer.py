@@ -32,7 +32,7 @@ from warehouse.facts import FACT_SCHEMA
 
 LOCK_FILE = "ingest.lock"
 # Tables holding per-model rows (a model_id column first): weights, vocabulary and weight-only factors.
-MODEL_TABLES = ("weights", "vocab", "mlp_out_norms", "direction_factors")
+MODEL_TABLES = ("weights", "vocab", "mlp_out_norms", "direction_factors", "saes")
 
 
 @dataclass
@@ -189,6 +189,13 @@ class LakeWriter:
                 for part in parts:
                     _insert_model_rows(con, table, model_id, part)
         return model_id
+
+    def add_model_rows(self, model_id: int, rows: Iterable[tuple[str, pa.Table]]) -> None:
+        """Store rows of MODEL_TABLES for a registered model (each table's rows without model_id) in one
+        transaction: all of them or none."""
+        with self.transaction() as con:
+            for table, part in rows:
+                _insert_model_rows(con, table, model_id, part)
 
     def known_tokens(self, model_id: int) -> set[int]:
         """Tokens whose direction factors (and unembedding column) the lake already holds for the model."""
