@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -22,7 +22,7 @@ from ingest.prompts import PromptInput
 from ingest.worker import IngestOptions, ingest
 from queries import Warehouse
 from tests.hf_checkpoints import Checkpoint, gpt2_checkpoint
-from tests.sae_oracle import OracleSAE, random_sae, reference_splice, site_values, write
+from tests.sae_oracle import OracleSAE, SplicedGrads, random_sae, reference_splice, site_values, write
 from warehouse.registry import LOCATIONS
 
 pytest.importorskip("transformers")
@@ -64,6 +64,15 @@ class Stored:
     saes: list[OracleSAE]
     plain: list[Prompt]  # the prompts ingested without SAEs
     spliced: list[Prompt]  # ... and with every SAE spliced in
+    splices: dict[tuple[str, int], SplicedGrads] = field(default_factory=dict)
+
+    def reference(self, sae: OracleSAE, prompt: Prompt) -> SplicedGrads:
+        """reference_splice of this SAE on this prompt (computed once)."""
+        key = (sae.name, prompt.prompt_id)
+        if key not in self.splices:
+            model = self.checkpoint.model
+            self.splices[key] = reference_splice(model, sae, prompt.ids, prompt.target_id, prompt.distractor_id)
+        return self.splices[key]
 
 
 def _prompts(wh: Warehouse, run_id: int) -> list[Prompt]:
@@ -209,7 +218,7 @@ def test_latent_and_error_gradients_equal_autograd_through_a_reference_splice(st
     reference splice reconstruction + detached error in transformers, one SAE at a time."""
     for sae in stored.saes:
         for prompt in stored.spliced:
-            ref = reference_splice(stored.checkpoint.model, sae, prompt.ids, prompt.target_id, prompt.distractor_id)
+            ref = stored.reference(sae, prompt)
             latents = _latents(stored, sae, prompt)
             _close(latents, ref.latents.numpy(), 1e-4, f"{sae.name} latents through transformers")
             grads = _latents(stored, sae, prompt, "backward")
@@ -234,3 +243,174 @@ def _error_dst(sae: OracleSAE) -> str:
         "resid.delta_attn": "online_residual_attention_autoencoder_error",
         "attn.v_out": "online_attention_autoencoder_error",
     }[sae.location]
+
+
+# -- views ------------------------------------------------------------------------------------------------
+
+
+def _write_matrix(stored: Stored, sae: OracleSAE) -> torch.Tensor | None:
+    """[d_in, d_model]: how a site value writes to the residual stream (None: it is in the residual)."""
+    block = stored.checkpoint.model.transformer.h[sae.layer]
+    if sae.location == "mlp.post_act":
+        return block.mlp.c_proj.weight.detach().double()
+    if sae.location == "attn.v_out":
+        return block.attn.c_proj.weight.detach().double()
+    return None
+
+
+def _writes(stored: Stored, sae: OracleSAE, vectors: torch.Tensor) -> torch.Tensor:
+    matrix = _write_matrix(stored, sae)
+    return vectors if matrix is None else vectors @ matrix
+
+
+def _final_grad(stored: Stored, prompt: Prompt, target: int, distractor: int) -> torch.Tensor:
+    """g = P(gain_f * (W_U[:, t] - W_U[:, d])) / s_f at the last token, from transformers."""
+    model = stored.checkpoint.model
+    kept: list[torch.Tensor] = []
+    handle = model.transformer.ln_f.register_forward_pre_hook(lambda m, args: kept.append(args[0].detach()))
+    try:
+        with torch.no_grad():
+            model(torch.tensor([prompt.ids]))
+    finally:
+        handle.remove()
+    x = kept[0][0, -1].double()
+    ln_f = model.transformer.ln_f
+    scale = ((x - x.mean()).pow(2).mean() + ln_f.eps).sqrt()
+    w_u = model.lm_head.weight.detach().double()
+    u = ln_f.weight.detach().double() * (w_u[target] - w_u[distractor])
+    return (u - u.mean()) / scale
+
+
+def _view(stored: Stored, view: str, prompt: Prompt, layer: int | None) -> dict[tuple[int, int], float]:
+    rows = stored.wh.sql(
+        f"SELECT token, node_index, value FROM {view} WHERE prompt_id = ? AND layer IS NOT DISTINCT FROM ?",
+        [prompt.prompt_id, layer],
+        output="rows",
+    )
+    return {(t, i): v for t, i, v in rows}
+
+
+def _assert_rows(got: dict, want: dict, what: str, rel: float = 1e-4) -> None:
+    assert set(got) == set(want), f"{what}: rows {sorted(set(got) ^ set(want))[:4]} differ"
+    if want:
+        _close(np.array([got[k] for k in want]), np.array(list(want.values())), rel, what)
+
+
+def _kind(sae: OracleSAE) -> str:
+    return _latent_dst(sae).removesuffix("_latent")
+
+
+def test_latent_views_equal_the_oracle(stored: Stored) -> None:
+    """write norm f ||w||, act x grad f df and the direct effect f (w . g) of every latent, w the latent's
+    write to the residual (decoder row, through W_out or W_O for mlp.post_act or attn.v_out)."""
+    for sae in stored.saes:
+        w = _writes(stored, sae, sae.decoder_rows())
+        for prompt in stored.spliced:
+            ref = stored.reference(sae, prompt)
+            f = ref.latents.double()
+            active = [tuple(map(int, ti)) for ti in torch.nonzero(f)]
+            last = len(prompt.ids) - 1
+            g = _final_grad(stored, prompt, prompt.target_id, prompt.distractor_id)
+            expected = {
+                "write_norm": {(t, i): float(f[t, i] * w[i].norm()) for t, i in active},
+                "act_times_grad": {(t, i): float(f[t, i] * ref.latent_grads[t, i]) for t, i in active},
+                "write_to_final_residual_grad": {(t, i): float(f[t, i] * (w[i] @ g)) for t, i in active if t == last},
+            }
+            for scalar, want in expected.items():
+                view = f"{_kind(sae)}_{scalar}"
+                _assert_rows(_view(stored, view, prompt, sae.site_layer), want, f"{sae.name} {view}")
+
+
+def test_error_views_equal_the_oracle(stored: Stored) -> None:
+    for sae in stored.saes:
+        for prompt in stored.spliced:
+            ref = stored.reference(sae, prompt)
+            e = ref.error.double()
+            writes = _writes(stored, sae, e)
+            g = _final_grad(stored, prompt, prompt.target_id, prompt.distractor_id)
+            tokens = range(len(prompt.ids))
+            expected = {
+                "act_times_grad": {(t, 0): float(e[t] @ ref.error_grads[t].double()) for t in tokens},
+                "write_norm": {(t, 0): float(writes[t].norm()) for t in tokens},
+                "write_to_final_residual_grad": {(tokens[-1], 0): float(writes[-1] @ g)},
+            }
+            for scalar, want in expected.items():
+                view = f"{_error_dst(sae)}_{scalar}"
+                _assert_rows(_view(stored, view, prompt, sae.site_layer), want, f"{sae.name} {view}")
+
+
+# the direct effect of each SAE's site, from the views of the model's own nodes: (view, summed over nodes)
+_SITE_EFFECTS = {
+    "resid.post_emb": "resid_post_embedding_proj_to_final_residual_grad",
+    "resid.post_mlp": "resid_post_mlp_proj_to_final_residual_grad",
+    "mlp.post_act": "mlp_write_to_final_residual_grad",
+    "resid.delta_mlp": "mlp_layer_write_to_final_residual_grad",
+    "resid.delta_attn": "attn_layer_write_to_final_residual_grad",
+    "attn.v_out": "unflattened_attn_write_to_final_residual_grad",
+}
+
+
+def test_direct_effects_add_up_with_latents_and_error_in_place_of_the_site(stored: Stored) -> None:
+    """Per prompt and SAE: sum of its latents' direct effects + its decoder bias's + its error's = the
+    direct effect of the site it reads, as the model's own nodes' views give it."""
+    wh = stored.wh
+    for sae in stored.saes:
+        kind, layer = _kind(sae), sae.site_layer
+        prefix = kind.removeprefix("online_")
+        parts = {}
+        for view in (f"{kind}_write_to_final_residual_grad", f"{_error_dst(sae)}_write_to_final_residual_grad"):
+            parts[view] = dict(
+                wh.sql(
+                    f"SELECT prompt_id, sum(value) FROM {view} WHERE layer IS NOT DISTINCT FROM ? GROUP BY prompt_id",
+                    [layer],
+                    output="rows",
+                )
+            )
+        bias = dict(
+            wh.sql(
+                """
+                SELECT f.prompt_id, sum(w.value * f.value / f.final_scale)
+                FROM pair_join_factors(NULL, NULL, 'residual') f JOIN prompts p USING (prompt_id)
+                JOIN weights w ON w.model_id = p.model_id AND w.location = ? AND w.layer IS NOT DISTINCT FROM ?
+                     AND w.row_index = f.node_index
+                GROUP BY f.prompt_id""",
+                [f"{prefix}.bias_to_residual", layer],
+                output="rows",
+            )
+        )
+        site = dict(
+            wh.sql(
+                f"SELECT prompt_id, sum(value) FROM {_SITE_EFFECTS[sae.location]} WHERE layer IS NOT DISTINCT FROM ?"
+                " GROUP BY prompt_id",
+                [layer],
+                output="rows",
+            )
+        )
+        for prompt in stored.spliced:
+            pid = prompt.prompt_id
+            terms = [parts[v].get(pid, 0.0) for v in parts] + [bias[pid]]
+            assert all(t != 0 for t in terms), f"{sae.name}: a term is missing: {terms}"
+            closed = sum(terms) - site[pid]
+            assert abs(closed) <= 1e-4 * (sum(abs(t) for t in terms) + abs(site[pid])), (
+                f"{sae.name}: off by {closed:.3g}"
+            )
+
+
+def test_latent_direct_effects_for_a_pair_given_at_query_time(stored: Stored) -> None:
+    """autoencoder_direct_effects_for(t, d) answers another pair than the ingested one, from the weights."""
+    prompt = stored.spliced[0]
+    target, distractor = stored.spliced[2].distractor_id, stored.spliced[1].distractor_id  # stored columns
+    g = _final_grad(stored, prompt, target, distractor)
+    last = len(prompt.ids) - 1
+    rows = stored.wh.sql(
+        "SELECT dst, layer, token, node_index, value FROM autoencoder_direct_effects_for(?, ?) WHERE prompt_id = ?",
+        [target, distractor, prompt.prompt_id],
+        output="rows",
+    )
+    for sae in stored.saes:
+        f = torch.from_numpy(_latents(stored, sae, prompt)).double()
+        w = _writes(stored, sae, sae.decoder_rows())
+        want = {(last, int(i)): float(f[last, i] * (w[i] @ g)) for i in torch.nonzero(f[last]).flatten()}
+        dst = f"{_kind(sae)}_write_to_final_residual_grad"
+        got = {(t, i): v for d, layer, t, i, v in rows if d == dst and layer == sae.site_layer}
+        _assert_rows(got, want, f"{sae.name} for another pair")
