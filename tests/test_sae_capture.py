@@ -165,8 +165,8 @@ def test_the_ingest_records_each_sae(stored: Stored) -> None:
     assert len(by_path) == len(stored.saes)
     for sae in stored.saes:
         fmt = "saelens" if sae.fmt == "saelens_old" else sae.fmt
-        weights = next(p for p in sorted(sae.directory.iterdir()) if p.name != "cfg.json")
-        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+        files = sorted(sae.directory.iterdir(), key=lambda p: p.name == "cfg.json")  # weights, then config
+        digest = hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()
         want = (fmt, sae.architecture, sae.location, sae.site_layer, *sae.w_enc.shape, sae.k, digest)
         assert by_path[str(sae.directory)] == want, sae.name
 

@@ -133,7 +133,7 @@ CREATE TABLE IF NOT EXISTS saes (
     d_in INTEGER NOT NULL,
     d_sae INTEGER NOT NULL,
     k INTEGER,                        -- topk only
-    sha256 VARCHAR NOT NULL,          -- of its weights file
+    sha256 VARCHAR NOT NULL,          -- of its weights file, then its config file (if any)
     path VARCHAR NOT NULL
 );
 

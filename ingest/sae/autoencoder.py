@@ -34,7 +34,7 @@ class SparseAutoencoder:
     architecture: str  # one of ARCHITECTURES
     site: Site
     path: str
-    sha256: str  # of its weights file
+    sha256: str  # of its weights file and config
     w_enc: torch.Tensor
     b_enc: torch.Tensor
     w_dec: torch.Tensor

@@ -64,7 +64,13 @@ def _load(directory: Path, override: str, config: ModelConfig) -> SparseAutoenco
     for field, size in (("d_in", fields["w_enc"].shape[0]), ("d_sae", fields["w_enc"].shape[1])):
         if declared.get(field) not in (None, size):
             raise SAEError(f"{cfg_path}: {field} {declared[field]} but W_enc is {tuple(fields['w_enc'].shape)}")
-    sae = SparseAutoencoder(fmt, site=site, path=str(directory), sha256=_sha256(weights_file), **fields)
+    sae = SparseAutoencoder(
+        fmt,
+        site=site,
+        path=str(directory),
+        sha256=_sha256([weights_file, cfg_path] if fmt != "gemma_scope" else [weights_file]),
+        **fields,
+    )
     _check_shapes(sae, directory)
     width = site.width(config)
     if sae.d_in != width:
@@ -98,11 +104,13 @@ def _check_shapes(sae: SparseAutoencoder, directory: Path) -> None:
         raise SAEError(f"{directory}: k {sae.k} is more than the SAE's {d_sae} latents")
 
 
-def _sha256(path: Path) -> str:
+def _sha256(paths: list[Path]) -> str:
+    """Of the files' bytes in order: the weights, and the config that says how to read them."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    for path in paths:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 
