@@ -181,6 +181,12 @@ def test_latents_equal_each_formats_encoder_on_the_stored_site(stored: Stored) -
             got = _latents(stored, sae, prompt)
             _close(got, want, 1e-5, f"{sae.name} latents")
             assert ((got != 0) == (want != 0)).all(), f"{sae.name}: stored rows are not the non-zero latents"
+            rows = stored.wh.sql(
+                "SELECT count(*) FROM facts WHERE dst = ? AND prompt_id = ? AND layer IS NOT DISTINCT FROM ?",
+                [_latent_dst(sae), prompt.prompt_id, sae.site_layer],
+                output="rows",
+            )[0][0]
+            assert rows == (want != 0).sum(), f"{sae.name}: {rows} rows for {(want != 0).sum()} non-zero latents"
             active, total = active + int((want != 0).sum()), total + want.size
         assert 0.005 < active / total < 0.2, f"{sae.name}: {active / total:.1%} active, not a realistic sparsity"
 
