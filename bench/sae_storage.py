@@ -31,7 +31,33 @@ from ingest.prompts import PromptInput
 from ingest.worker import IngestOptions, ingest
 from warehouse import db, lake
 
-WORDS = "the of and to in a is that for it as was with be by on not he this are or his from at which".split()
+WORDS = (
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "a",
+    "is",
+    "that",
+    "for",
+    "it",
+    "as",
+    "was",
+    "with",
+    "be",
+    "by",
+    "on",
+    "not",
+    "he",
+    "this",
+    "are",
+    "or",
+    "his",
+    "from",
+    "at",
+    "which",
+)
 
 
 def prompts(n: int, tokens: int, seed: int = 0) -> list[PromptInput]:
@@ -44,7 +70,12 @@ def write_topk_sae(directory: Path, d_model: int, d_sae: int, k: int, hook_name:
     gen = torch.Generator().manual_seed(0)
     w_dec = torch.randn(d_sae, d_model, generator=gen)
     w_dec /= w_dec.norm(dim=-1, keepdim=True)
-    tensors = {"W_enc": w_dec.T.contiguous(), "b_enc": torch.zeros(d_sae), "W_dec": w_dec, "b_dec": torch.zeros(d_model)}
+    tensors = {
+        "W_enc": w_dec.T.contiguous(),
+        "b_enc": torch.zeros(d_sae),
+        "W_dec": w_dec,
+        "b_dec": torch.zeros(d_model),
+    }
     directory.mkdir(parents=True, exist_ok=True)
     save_file(tensors, directory / "sae_weights.safetensors")
     cfg = {"architecture": "topk", "d_in": d_model, "d_sae": d_sae, "k": k, "apply_b_dec_to_input": True,
@@ -59,8 +90,11 @@ def dst_bytes(path: Path, dst: str, scratch: Path) -> tuple[int, int]:
     con = db.connect(path, read_only=True)
     try:
         rows = con.execute("SELECT count(*) FROM facts WHERE dst = ?", [dst]).fetchall()[0][0]
-        options = ", ".join(f"{k.removeprefix('parquet_')} '{v}'" for k, v in lake.LAKE_OPTIONS.items())
-        con.execute(f"COPY (SELECT * FROM facts WHERE dst = '{dst}') TO '{out}' (FORMAT parquet, {options})")
+        compression, version = lake.LAKE_OPTIONS["parquet_compression"], lake.LAKE_OPTIONS["parquet_version"]
+        con.execute(
+            f"COPY (SELECT * FROM facts WHERE dst = '{dst}') TO '{out}'"
+            f" (FORMAT parquet, COMPRESSION {compression}, PARQUET_VERSION V{version})"
+        )
     finally:
         con.close()
     return out.stat().st_size, int(rows)
@@ -74,24 +108,39 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--expansion", type=int, default=16)
+    parser.add_argument("--db", type=Path, help="warehouse to use (kept; a rerun finds the prompts stored)")
     args = parser.parse_args()
     d_model = load_model(args.model).model.config.d_model
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
         hook = f"blocks.{args.layer}.hook_resid_post"
-        sae = write_topk_sae(scratch / "sae", d_model, args.expansion * d_model, args.k, hook)
-        path = scratch / "wh"
+        sae = write_topk_sae(
+            (args.db.parent if args.db else scratch) / "sae_storage_sae",
+            d_model,
+            args.expansion * d_model,
+            args.k,
+            hook,
+        )
+        path = args.db or scratch / "wh"
         texts = prompts(args.prompts, args.tokens)
         common = {"model": args.model, "progress": False, "layers": [args.layer]}
-        dense = ingest(path, texts, IngestOptions(locations=["resid.post_mlp"], **common))
-        ingest(path, texts, IngestOptions(locations=["resid.ln_f.scale:forward"], saes=[str(sae)], sae_error=False, **common))
-        tokens = dense.tokens
+        ingest(path, texts, IngestOptions(locations=["resid.post_mlp"], **common))
+        ingest(
+            path,
+            texts,
+            IngestOptions(locations=["resid.ln_f.scale:forward"], saes=[str(sae)], sae_error=False, **common),
+        )
+        sizes = {dst: dst_bytes(path, dst, scratch) for dst in ("resid_post_mlp", "online_autoencoder_latent")}
+        tokens = sizes["resid_post_mlp"][1] // d_model
         print(f"{args.model}, residual after layer {args.layer} (d_model {d_model}); topk SAE k={args.k}, "
               f"d_sae {args.expansion * d_model}; {args.prompts} prompts, {tokens} tokens; zstd Parquet")  # fmt: skip
         print("| stored | rows per token | bytes per token | bytes per value (2 per row) |")
         print("|---|---|---|---|")
-        for label, dst in (("dense site, both passes", "resid_post_mlp"), ("SAE latents, both passes", "online_autoencoder_latent")):
-            size, rows = dst_bytes(path, dst, scratch)
+        for label, dst in (
+            ("dense site, both passes", "resid_post_mlp"),
+            ("SAE latents, both passes", "online_autoencoder_latent"),
+        ):
+            size, rows = sizes[dst]
             print(f"| {label} | {rows / tokens:.1f} | {size / tokens:.0f} | {size / rows / 2:.2f} |")
 
 

@@ -420,3 +420,24 @@ def test_latent_direct_effects_for_a_pair_given_at_query_time(stored: Stored) ->
         dst = f"{_kind(sae)}_write_to_final_residual_grad"
         got = {(t, i): v for d, layer, t, i, v in rows if d == dst and layer == sae.site_layer}
         _assert_rows(got, want, f"{sae.name} for another pair")
+
+
+def test_top_examples_and_node_stats_read_latents(stored: Stored) -> None:
+    """The node commands take latent dsts like any other."""
+    from click.testing import CliRunner
+
+    from cli import main
+
+    prompt = stored.spliced[0]
+    node = int(np.nonzero(_latents(stored, stored.saes[0], prompt)[-1])[0][0])
+    db_path = str(stored.wh.path)
+    dst = "online_autoencoder_act_times_grad"
+    commands = [
+        ["top", "--prompt-id", str(prompt.prompt_id), "--dst", dst, "-k", "3"],
+        ["examples", "--dst", dst, "--layer", "1", "--node", str(node), "-k", "2"],
+        ["node-stats", "--dst", dst, "--layer", "1", "--node", str(node)],
+    ]
+    for args in commands:
+        result = CliRunner().invoke(main, [args[0], "--db", db_path, "--format", "csv", *args[1:]])
+        assert result.exit_code == 0, (args, result.output)
+        assert len(result.output.splitlines()) >= 2, (args, result.output)
