@@ -433,7 +433,7 @@ def test_top_examples_and_node_stats_read_latents(stored: Stored) -> None:
     db_path = str(stored.wh.path)
     dst = "online_autoencoder_act_times_grad"
     commands = [
-        ["top", "--prompt-id", str(prompt.prompt_id), "--dst", dst, "-k", "3"],
+        ["top", "--prompt-id", str(prompt.prompt_id), "--by", dst, "-k", "3"],
         ["examples", "--dst", dst, "--layer", "1", "--node", str(node), "-k", "2"],
         ["node-stats", "--dst", dst, "--layer", "1", "--node", str(node)],
     ]
