@@ -115,3 +115,15 @@ def test_another_sae_at_the_same_place_is_refused_in_a_later_ingest(tmp_path: Pa
     finally:
         con.close()
     assert after == before
+
+
+def test_a_lake_without_the_saes_table_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A warehouse of this schema version written before SAEs were recorded."""
+    path = tmp_path / "wh"
+    assert tiny(path, "--prompt", "Hello world").returncode == 0
+    con = db.connect(path)
+    try:
+        con.execute("DROP TABLE saes")
+    finally:
+        con.close()
+    assert_one_line_error(tiny(path, "--prompt", "Hello again", "--sae", _sae(tmp_path, "a")), "new --db")

@@ -52,9 +52,18 @@ def write_vectors(sae: SparseAutoencoder, model: HookedTransformer) -> tuple[tor
 def record_saes(writer: LakeWriter, model_id: int, saes: Sequence[SparseAutoencoder], model: HookedTransformer) -> None:
     """Store each SAE the lake does not hold yet; SAEError when the lake holds another one for the same
     node type and layer (its latents' rows and weights would be indistinguishable)."""
+    if not saes:
+        return
+    con = writer.con
+    assert con is not None
+    has_table = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND table_name = 'saes'"
+    ).fetchall()[0][0]
+    if not has_table:  # a lake of this schema version written before the table existed
+        raise SAEError(f"{writer.path} was created before actwh stored SAEs: ingest with --sae into a new --db")
     held = {
         (row[0], row[1]): (row[2], row[3])
-        for row in writer.con.execute(  # type: ignore[union-attr]
+        for row in con.execute(
             "SELECT node_type, layer, sha256, path FROM saes WHERE model_id = ?", [model_id]
         ).fetchall()
     }
