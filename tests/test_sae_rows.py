@@ -38,3 +38,22 @@ def test_a_batch_without_an_active_latent_has_no_rows() -> None:
     forward = np.zeros((2, 3, 5), np.float32)
     assert _rows(forward) == [] and _rows(forward, skip_first=True) == []
     assert first_row(LATENTS, 2, forward, forward, np.array([3, 2]), np.array([7, 8])).num_rows == 0
+
+
+def test_no_sae_error_stores_the_latents_alone(tmp_path) -> None:  # noqa: ANN001
+    from tests.test_bad_input import tiny
+    from tests.test_sae_bad_input import _sae
+    from warehouse import db
+
+    path = tmp_path / "wh"
+    result = tiny(path, "--prompt", "Hello world, hello", "--sae", _sae(tmp_path, "a"), "--no-sae-error")
+    assert result.returncode == 0, result.stderr
+    con = db.connect(path, read_only=True)
+    try:
+        dsts = {r[0] for r in con.execute("SELECT DISTINCT dst FROM facts WHERE dst LIKE 'online%'").fetchall()}
+        labels = con.execute("SELECT locations FROM runs").fetchall()[0][0]
+    finally:
+        con.close()
+    assert dsts == {"online_autoencoder_latent"}
+    assert {"online_autoencoder_latent:forward", "online_autoencoder_latent:backward"} <= set(labels)
+    assert not any("error" in label for label in labels)
