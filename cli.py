@@ -12,7 +12,7 @@ import click
 import pyarrow as pa
 
 from ingest import DEFAULT_MODEL
-from ingest.errors import CaptureError, DeviceError, ModelNotFound, TokenError
+from ingest.errors import CaptureError, DeviceError, ModelNotFound, SAEError, TokenError
 from ingest.prompts import PromptInput, Skipped, read_prompt_file
 from queries import streaming
 from queries.api import NODE_COLUMNS, Warehouse, notes
@@ -24,6 +24,7 @@ USER_ERRORS = (
     db.WarehouseError,
     ModelNotFound,
     CaptureError,
+    SAEError,
     TokenError,
     DeviceError,
     FileNotFoundError,
@@ -156,6 +157,14 @@ def _db_option(required: bool = True, help: str = "The warehouse: a folder holdi
     help="Memory the ingest may use, e.g. 4GB (default: what the machine has available). A prompt that "
     "would need more even alone is skipped with the estimate; batches are sized to fit.",
 )
+@click.option(
+    "--sae",
+    "saes",
+    multiple=True,
+    help="A sparse autoencoder's folder (SAELens, sparsify or Gemma Scope; DIR@HOOK names the hook point where "
+    "the files do not) spliced in at its hook point: its non-zero latents are stored as nodes (repeatable).",
+)
+@click.option("--no-sae-error", is_flag=True, help="Do not store the SAEs' reconstruction errors.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def ingest_command(
     db_path: Path,
@@ -177,6 +186,8 @@ def ingest_command(
     prepend_bos: bool | None,
     special_tokens_as_text: bool,
     max_memory: str | None,
+    saes: tuple[str, ...],
+    no_sae_error: bool,
     quiet: bool,
 ) -> None:
     """Run hooked forward and backward passes over prompts and store every captured value."""
@@ -213,6 +224,8 @@ def ingest_command(
         max_memory=memory_limit,
         prepend_bos=prepend_bos,
         special_tokens_as_text=special_tokens_as_text,
+        saes=list(saes),
+        sae_error=not no_sae_error,
     )
     sources = _prompt_sources(prompts, prompts_file, target, distractor)
     report = ingest(db_path, sources, options, on_skip=lambda s: click.echo(f"warning: {s.describe()}", err=True))

@@ -42,6 +42,9 @@ CONFIGS = "tests/test_model_configs.py"
 ROPE_LAYOUTS = f"{CONFIGS}::test_rope_settings_read_from_either_layout"
 CONVERT = "warehouse/convert.py"
 LAKE_ROW_GROUPS = f"{LAKE}::test_statistics_stay_true_when_a_batch_spans_several_row_groups"
+SAE = "tests/test_sae_capture.py"
+SAE_LATENTS = f"{SAE}::test_latents_equal_each_formats_encoder_on_the_stored_site"
+SAE_GRADIENTS = f"{SAE}::test_latent_and_error_gradients_equal_autograd_through_a_reference_splice"
 
 
 def parity(*cases: str, objective: str = "logit_diff") -> tuple[str, ...]:
@@ -443,6 +446,57 @@ MUTATIONS: tuple[Mutation, ...] = (
             '" ELSE v.token = t.position AND v.token2 = h.token2 END"',
         ),
         ("tests/test_plots.py::test_example_windows_hold_the_stored_values",),
+    ),
+    Mutation(
+        "sae_hash_ignores_config",
+        "an SAE is identified by its weights file alone: the same weights with another config (architecture, k, "
+        "decoder-bias subtraction) pass for the SAE a warehouse already holds",
+        replace("ingest/sae/load.py", "[weights_file, cfg_path] if fmt", "[weights_file] if fmt"),
+        ("tests/test_sae_bad_input.py::test_another_sae_at_the_same_place_is_refused_in_a_later_ingest",),
+    ),
+    Mutation(
+        "sae_splice_gives_latents_no_gradient",
+        "the splice passes the site's gradient upstream but not to the reconstruction and error",
+        replace("ingest/sae/splice.py", "return (grad,) * (1 + ctx.n_paths)", "return (grad, *(None,) * ctx.n_paths)"),
+        (SAE_GRADIENTS,),
+    ),
+    Mutation(
+        "sae_latents_stored_dense",
+        "latent rows stored for every latent, zeros included",
+        replace("ingest/capture.py", "if loc.sparse and blocks[0] is not None:", "if False:"),
+        (SAE_LATENTS,),
+    ),
+    Mutation(
+        "sae_topk_decoder_not_renormalised",
+        "a topk SAE that rescales by decoder norms decodes with the raw decoder rows",
+        replace(
+            "ingest/sae/autoencoder.py",
+            "        if self.rescale_by_decoder_norm:\n            return",
+            "        if False:\n            return",
+        ),
+        (SAE_GRADIENTS, f"{SAE}::test_latent_views_equal_the_oracle"),
+    ),
+    Mutation(
+        "sparsify_decoder_bias_not_subtracted",
+        "sparsify SAEs encode x instead of x - b_dec",
+        replace("ingest/sae/sparsify.py", '"subtract_decoder_bias": True,', '"subtract_decoder_bias": False,'),
+        (SAE_LATENTS,),
+    ),
+    Mutation(
+        "gemma_scope_decoder_bias_subtracted",
+        "Gemma Scope SAEs encode x - b_dec (its JumpReLU SAEs read x itself)",
+        replace("ingest/sae/gemma_scope.py", '"subtract_decoder_bias": False,', '"subtract_decoder_bias": True,'),
+        (SAE_LATENTS,),
+    ),
+    Mutation(
+        "hook_z_write_channel_major",
+        "an attention-z SAE's decoder rows mapped through W_O flattened channel-major instead of head-major",
+        replace(
+            "ingest/sae/record.py",
+            "flat = w_o.reshape(-1, w_o.shape[-1])",
+            "flat = w_o.transpose(0, 1).reshape(-1, w_o.shape[-1])",
+        ),
+        (f"{SAE}::test_latent_views_equal_the_oracle",),
     ),
 )
 

@@ -60,6 +60,12 @@ class ModelConfig:
     final_logit_softcap: float | None = None
     sliding_windows: tuple[int | None, ...] = ()  # per layer: keys q - window < k <= q; empty or None: all
 
+    @property
+    def sae(self) -> bool:
+        """The switch of the locations a spliced sparse autoencoder writes (registry SAE_SWITCH): a model
+        alone never has them; `ingest --sae` adds them."""
+        return False
+
     def window(self, layer: int) -> int | None:
         return self.sliding_windows[layer] if self.sliding_windows else None
 

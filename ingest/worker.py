@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -37,6 +37,9 @@ from ingest.errors import DeviceError, ModelNotFound, TokenError
 from ingest.model_rows import factor_weights, register_model, token_columns, token_rows
 from ingest.objective import LOGIT_DIFF, objective_kind, per_prompt_objective, single_token
 from ingest.prompts import PromptInput, Skipped
+from ingest.sae.load import load_saes
+from ingest.sae.record import record_saes
+from ingest.sae.splice import spliced
 from ingest.tokenizers import Tokenization
 from warehouse.registry import LOCATIONS
 from warehouse.writer import Batch, LakeWriter
@@ -61,6 +64,8 @@ class IngestOptions:
     unembedding: str = "used"  # unembedding columns stored: those of targets and distractors, or all
     prepend_bos: bool | None = None  # None: as the tokenizer's own config says
     special_tokens_as_text: bool = False  # '<|endoftext|>' in a prompt: the special token unless this is set
+    saes: list[str] = field(default_factory=list)  # --sae DIR[@HOOK] values: SAEs spliced in, latents stored
+    sae_error: bool = True  # store each SAE's reconstruction error (--no-sae-error: not)
 
 
 @dataclass
@@ -216,6 +221,7 @@ def run_batch(
     for b, p in enumerate(items):
         ids[b, : len(p.ids)] = torch.tensor(p.ids, device=model_device)
     recorder = Recorder(spec, backward)
+    hook = spliced(recorder, spec.saes, spec.sae_error) if spec.saes else recorder
     hold = items[0].kind == LOGIT_DIFF
     objective: list[float | None] = [None] * len(items)
     # On the CPU the writer thread inserts the previous batch meanwhile: leave it a core, or torch's spinning
@@ -226,7 +232,7 @@ def run_batch(
         torch.set_num_threads(threads - 1)
     try:
         with torch.set_grad_enabled(backward):
-            logits = model.forward(ids, lengths, recorder, hold_final_scale=hold)
+            logits = model.forward(ids, lengths, hook, hold_final_scale=hold)
             if backward:
                 values = per_prompt_objective(
                     logits, ids, lengths, [p.target_id for p in items], [p.distractor_id for p in items]
@@ -429,15 +435,18 @@ def ingest(
     loaded.model.to(device)
     spec = CaptureSpec.parse(options.locations, options.layers, loaded.model.config.n_layers)
     check_storable(loaded.model.config, spec)
+    spec = replace(spec, saes=load_saes(options.saes, loaded.model.config, device), sae_error=options.sae_error)
     tokenization = Tokenization.of(loaded.special, options.prepend_bos, options.special_tokens_as_text)
     check_command_tokens(loaded, options, tokenization)
     settings = json.dumps(
         [spec.labels(), sorted(spec.layers or []), options.backward, options.truncate, *tokenization.settings()]
+        + [sae.sha256 for sae in spec.saes]
     )
     with LakeWriter(db_path, wait=options.wait) as writer, sigterm_interrupts():
         weights = factor_weights(loaded)
         unembedding_all = options.unembedding == "all"
         model_id = register_model(writer, loaded, weights, unembedding_all)
+        record_saes(writer, model_id, spec.saes, loaded.model)
         known_tokens = writer.known_tokens(model_id)
         layernorm = loaded.model.config.norm == "layernorm"
         run_id = writer.start_run(

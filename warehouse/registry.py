@@ -25,6 +25,7 @@ class Dimension(StrEnum):
     MLP_ACTS = "mlp_acts"
     LAYERS = "layers"
     SINGLETON = "singleton"
+    AUTOENCODER_LATENTS = "autoencoder_latents"  # sized by the sparse autoencoder, not the model
 
     @property
     def is_token(self) -> bool:
@@ -45,6 +46,9 @@ class NodeType(StrEnum):
     LAYER = "layer"
     RESIDUAL_STREAM_CHANNEL = "residual_stream_channel"
     VOCAB_TOKEN = "vocab_token"
+    AUTOENCODER_LATENT = "autoencoder_latent"  # a latent of an SAE on the residual stream
+    MLP_AUTOENCODER_LATENT = "mlp_autoencoder_latent"  # ... on the MLP's activations or output
+    ATTENTION_AUTOENCODER_LATENT = "attention_autoencoder_latent"  # ... on attention's z or output
 
 
 class PassType(StrEnum):
@@ -61,10 +65,13 @@ NODE_TYPE_BY_DIMENSION: dict[Dimension, NodeType] = {
     Dimension.SINGLETON: NodeType.LAYER,
     Dimension.RESIDUAL_STREAM_CHANNELS: NodeType.RESIDUAL_STREAM_CHANNEL,
     Dimension.VOCAB_SIZE: NodeType.VOCAB_TOKEN,
+    Dimension.AUTOENCODER_LATENTS: NodeType.AUTOENCODER_LATENT,
 }
 
 D = Dimension
 _T, _K = D.SEQUENCE_TOKENS, D.ATTENDED_TO_SEQUENCE_TOKENS
+# `only_with` of the locations a spliced sparse autoencoder writes (ingest --sae): no model has them alone.
+SAE_SWITCH = "sae"
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,13 @@ class ActivationLocation:
     has_backward: bool = True
     reference_dst: str | None = None
     only_with: str = ""  # a model config switch this location needs (e.g. post_block_norms); "": every model
+    node: NodeType | None = None  # the node type where the last axis alone does not tell it
+    sparse: bool = False  # stored only where the forward value is non-zero
+
+    @property
+    def from_sae(self) -> bool:
+        """Written by a sparse autoencoder spliced in with `--sae`, never asked for by --locations."""
+        return self.only_with == SAE_SWITCH
 
     @property
     def dst(self) -> str:
@@ -91,7 +105,7 @@ class ActivationLocation:
 
     @property
     def node_type(self) -> NodeType:
-        return NODE_TYPE_BY_DIMENSION[self.shape[-1]]
+        return self.node or NODE_TYPE_BY_DIMENSION[self.shape[-1]]
 
     @property
     def n_token_axes(self) -> int:
@@ -235,6 +249,41 @@ _LOCATIONS = [
     ),
 ]
 
+
+def _latents(name: str, node: NodeType, reads: str) -> ActivationLocation:
+    return ActivationLocation(
+        name,
+        (_T, D.AUTOENCODER_LATENTS),
+        f"latents of a sparse autoencoder reading {reads} (rows only where the latent is non-zero)",
+        only_with=SAE_SWITCH,
+        node=node,
+        sparse=True,
+    )
+
+
+def _error(name: str, shape: tuple[Dimension, ...], reads: str) -> ActivationLocation:
+    return ActivationLocation(
+        name, (_T, *shape), f"{reads} minus its sparse autoencoder's reconstruction", only_with=SAE_SWITCH
+    )
+
+
+# The reference system's names (its online autoencoder activations); the residual stream's and attention
+# z's errors have none there and are named alike.
+_LOCATIONS += [
+    _latents("online_autoencoder_latent", NodeType.AUTOENCODER_LATENT, "the residual stream"),
+    _latents("online_mlp_autoencoder_latent", NodeType.MLP_AUTOENCODER_LATENT, "mlp.post_act or resid.delta_mlp"),
+    _latents(
+        "online_attention_autoencoder_latent",
+        NodeType.ATTENTION_AUTOENCODER_LATENT,
+        "attn.v_out (heads x value channels flattened) or resid.delta_attn",
+    ),
+    _error("online_autoencoder_error", (D.RESIDUAL_STREAM_CHANNELS,), "the residual stream"),
+    _error("online_mlp_autoencoder_error", (D.MLP_ACTS,), "mlp.post_act"),
+    _error("online_residual_mlp_autoencoder_error", (D.RESIDUAL_STREAM_CHANNELS,), "resid.delta_mlp"),
+    _error("online_residual_attention_autoencoder_error", (D.RESIDUAL_STREAM_CHANNELS,), "resid.delta_attn"),
+    _error("online_attention_autoencoder_error", (D.ATTN_HEADS, D.VALUE_CHANNELS), "attn.v_out"),
+]
+
 LOCATIONS: dict[str, ActivationLocation] = {loc.name: loc for loc in _LOCATIONS}
 LOCATION_BY_DST: dict[str, ActivationLocation] = {loc.dst: loc for loc in _LOCATIONS}
 
@@ -290,6 +339,19 @@ _WEIGHTS = [
     WeightLocation("layer_norm_gain.post_mlp", (D.RESIDUAL_STREAM_CHANNELS,)),
     WeightLocation("layer_norm_gain.final", (D.RESIDUAL_STREAM_CHANNELS,), has_layers=False),
     WeightLocation("layer_norm_bias.final", (D.RESIDUAL_STREAM_CHANNELS,), has_layers=False),
+]
+
+# A spliced sparse autoencoder's write to the residual stream per unit latent ('to_residual': the decoder
+# row, mapped through W_out or W_O when it decodes into mlp.post_act or attn.v_out) and its decoder
+# bias's write ('bias_to_residual'), one pair per latent node type.
+AUTOENCODER_WEIGHT_PREFIXES = ("autoencoder", "mlp_autoencoder", "attention_autoencoder")
+_WEIGHTS += [
+    weight
+    for prefix in AUTOENCODER_WEIGHT_PREFIXES
+    for weight in (
+        WeightLocation(f"{prefix}.to_residual", (D.AUTOENCODER_LATENTS, D.RESIDUAL_STREAM_CHANNELS)),
+        WeightLocation(f"{prefix}.bias_to_residual", (D.RESIDUAL_STREAM_CHANNELS,)),
+    )
 ]
 
 WEIGHTS: dict[str, WeightLocation] = {w.name: w for w in _WEIGHTS}

@@ -122,6 +122,27 @@ CREATE TABLE IF NOT EXISTS vocab (
     bytes BLOB
 );
 
+-- One row per sparse autoencoder spliced into an ingest (actwh ingest --sae): a model holds one SAE per
+-- latent node type and layer, so its latents' rows (dst online_*autoencoder_latent) and its write
+-- weights (location '<prefix>.to_residual') are keyed by (model_id, node_type, layer).
+CREATE TABLE IF NOT EXISTS saes (
+    model_id INTEGER NOT NULL,
+    sae_id INTEGER NOT NULL,
+    format VARCHAR NOT NULL,          -- 'saelens', 'sparsify' or 'gemma_scope'
+    architecture VARCHAR NOT NULL,    -- 'standard', 'jumprelu', 'topk' or 'gated'
+    hook_name VARCHAR NOT NULL,       -- the hook point its files name (TransformerLens or Hugging Face)
+    location VARCHAR NOT NULL,        -- the registry location it reads
+    layer SMALLINT,                   -- that location's layer (NULL: the embedding)
+    node_type VARCHAR NOT NULL,       -- its latents' node type
+    latent_dst VARCHAR NOT NULL,
+    error_dst VARCHAR NOT NULL,
+    d_in INTEGER NOT NULL,
+    d_sae INTEGER NOT NULL,
+    k INTEGER,                        -- topk only
+    sha256 VARCHAR NOT NULL,          -- of its weights file, then its config file (if any)
+    path VARCHAR NOT NULL
+);
+
 -- Weight-only factors the derived views join against, computed once per model (and once per target or
 -- distractor token) by warehouse/ at ingest, from queries/support/10_weight_factors.sql.
 

@@ -32,7 +32,7 @@ from warehouse.facts import FACT_SCHEMA
 
 LOCK_FILE = "ingest.lock"
 # Tables holding per-model rows (a model_id column first): weights, vocabulary and weight-only factors.
-MODEL_TABLES = ("weights", "vocab", "mlp_out_norms", "direction_factors")
+MODEL_TABLES = ("weights", "vocab", "mlp_out_norms", "direction_factors", "saes")
 
 
 @dataclass
@@ -189,6 +189,12 @@ class LakeWriter:
                 _insert_model_rows(con, table, model_id, parts)
         return model_id
 
+    def add_model_rows(self, model_id: int, rows: Iterable[tuple[str, pa.Table]]) -> None:
+        """Store rows of MODEL_TABLES for a registered model (each table's rows without model_id) in one
+        transaction: all of them or none."""
+        with self.transaction() as con:
+            _insert_tagged_rows(con, model_id, list(rows))
+
     def known_tokens(self, model_id: int) -> set[int]:
         """Tokens whose direction factors (and unembedding column) the lake already holds for the model."""
         rows = self._con.execute(
@@ -230,9 +236,14 @@ class LakeWriter:
                 [run_id, run_id],
             )
             model_id = int(batch.prompts["model_id"][0].as_py()) if batch.prompts.num_rows else None
-            for table in dict.fromkeys(table for table, _ in batch.model_rows):
-                _insert_model_rows(con, table, model_id, (part for t, part in batch.model_rows if t == table))
+            _insert_tagged_rows(con, model_id, batch.model_rows)
         return time.perf_counter() - start
+
+
+def _insert_tagged_rows(con: duckdb.DuckDBPyConnection, model_id: int | None, rows: list[tuple[str, pa.Table]]) -> None:
+    """(table, rows) pairs of MODEL_TABLES, each table's parts together (one INSERT per NULL pattern)."""
+    for table in dict.fromkeys(table for table, _ in rows):
+        _insert_model_rows(con, table, model_id, (part for t, part in rows if t == table))
 
 
 def _insert_model_rows(
