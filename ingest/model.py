@@ -226,10 +226,13 @@ class HookedTransformer:
             ),
         )
         w_o = self.w("attn.to_residual", layer)
+        # A post-block norm multiplies each head's write by its gain and divides it by the scale at the token
+        # the write lands on: the gain belongs to the write, the scale (of the query token) to the views.
+        w_o_written = w_o * self.w("layer_norm_gain.post_attn", layer) if cfg.post_block_norms else w_o
         with torch.no_grad():  # per prompt too: for one token these are small enough for bmm's other kernel
             for name, per_token in (("attn.v_write_norm", v_per_head), ("attn.v_out_write_norm", mixed)):
                 norms = _per_prompt(
-                    spans, n_tokens, 1, lambda b, n, t=per_token: torch.einsum("khc,hcd->khd", t[b, :n], w_o)
+                    spans, n_tokens, 1, lambda b, n, t=per_token: torch.einsum("khc,hcd->khd", t[b, :n], w_o_written)
                 ).norm(dim=-1)
                 hook(name, layer, norms)
         out = torch.einsum("bqhc,hcd->bqd", mixed, w_o) + self.w("attn.residual_bias", layer)

@@ -427,7 +427,7 @@ def ingest(
     device = resolve_device(options.device)
     loaded = open_model(options.model)
     loaded.model.to(device)
-    spec = CaptureSpec.parse(options.locations, options.layers, loaded.model.config.n_layers)
+    spec = CaptureSpec.parse(options.locations, options.layers, loaded.model.config)
     check_storable(loaded.model.config, spec)
     tokenization = Tokenization.of(loaded.special, options.prepend_bos, options.special_tokens_as_text)
     check_command_tokens(loaded, options, tokenization)

@@ -98,6 +98,39 @@ def llama_checkpoint(path: Path, seed: int = 2) -> Checkpoint:
     return Checkpoint(path, model)
 
 
+def gemma2_checkpoint(path: Path, seed: int = 3) -> Checkpoint:
+    """Gemma 2 family on the Llama test tokenizer: norms after attention and after the MLP (every gain
+    random, stored as w and applied as 1 + w), attention and MLP biases, grouped-query attention, a
+    sliding window of 8 on the first layer, attention logits capped at 20 (about 3/4 of them past half the
+    cap, where tanh bends them, and attention still far from uniform) and final logits at 15 (the test
+    pairs' slopes 1 - (logit/cap)^2 range from 0.05 to 1), queries scaled by 24^-1/2."""
+    import transformers
+
+    tokenizer = _train_tokenizer()
+    cfg = transformers.Gemma2Config(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=tokenizer.get_vocab_size(),
+        max_position_embeddings=128,
+        rms_norm_eps=1e-6,
+        attention_bias=True,
+        query_pre_attn_scalar=24,
+        attn_logit_softcapping=20.0,
+        final_logit_softcapping=15.0,
+        sliding_window=8,
+        tie_word_embeddings=True,
+    )
+    model = transformers.Gemma2ForCausalLM(cfg).eval()
+    randomise(model, seed)
+    model.save_pretrained(path)
+    tokenizer.save(str(path / "tokenizer.json"))
+    return Checkpoint(path, model)
+
+
 def _train_tokenizer():  # noqa: ANN202
     """A byte-level BPE trained on a few sentences (deterministic), with the target words as tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

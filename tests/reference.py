@@ -181,9 +181,10 @@ def norm_scale(x: torch.Tensor, norm: nn.Module, anatomy: Anatomy) -> torch.Tens
     return torch.sqrt(x.pow(2).mean(-1, keepdim=True) + norm_eps(norm)).float()
 
 
-def _write_norms(out_proj: nn.Module, per_head: torch.Tensor) -> torch.Tensor:
-    """||x[t, h] W_O[h]|| for (t, h, c) vectors, by running transformers' output projection on each head's
-    channels alone (the other heads' zero), its bias taken off."""
+def _write_norms(out_proj: nn.Module, per_head: torch.Tensor, gain: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """||gain * (x[t, h] W_O[h])|| for (t, h, c) vectors, by running transformers' output projection on each
+    head's channels alone (the other heads' zero), its bias taken off; `gain` is that of a norm after the
+    attention block (the registry's write norms carry it, and leave that norm's scale to the views)."""
     n, heads, channels = per_head.shape
     with torch.no_grad():
         bias = out_proj(per_head.new_zeros(1, heads * channels))
@@ -191,7 +192,7 @@ def _write_norms(out_proj: nn.Module, per_head: torch.Tensor) -> torch.Tensor:
         for h in range(heads):
             only = per_head.new_zeros(n, heads, channels)
             only[:, h] = per_head[:, h]
-            norms.append((out_proj(only.reshape(n, heads * channels)) - bias).norm(dim=-1))
+            norms.append(((out_proj(only.reshape(n, heads * channels)) - bias) * gain).norm(dim=-1))
     return torch.stack(norms, dim=-1)
 
 
@@ -219,7 +220,9 @@ class _Values:
             dy, y64 = y.grad[0].double(), y.detach()[0].double()
             self.grad[key] = (-(dy * (y64 - bias)).sum(-1, keepdim=True) / scale.double()).float()
 
-    def put_attention(self, layer: int, call: dict, out_proj: nn.Module, v_out: torch.Tensor) -> None:
+    def put_attention(
+        self, layer: int, call: dict, out_proj: nn.Module, v_out: torch.Tensor, post_norm: nn.Module | None
+    ) -> None:
         """One attention call's queries, keys, values and probabilities, and what follows from them."""
         q, k, v, p = call["q"], call["k"], call["v"], call["p"]
         heads, kv_heads = q.shape[1], k.shape[1]
@@ -242,8 +245,9 @@ class _Values:
             self.grad[("attn.qk_logits", layer)] = (
                 (probs * (dp - (probs * dp).sum(-1, keepdim=True))).permute(1, 2, 0).float()
             )
-        self.fwd[("attn.v_write_norm", layer)] = _write_norms(out_proj, v_per_head.transpose(0, 1))
-        self.fwd[("attn.v_out_write_norm", layer)] = _write_norms(out_proj, self.fwd[("attn.v_out", layer)])
+        gain = norm_gain(post_norm, self.anatomy) if post_norm is not None else 1.0
+        self.fwd[("attn.v_write_norm", layer)] = _write_norms(out_proj, v_per_head.transpose(0, 1), gain)
+        self.fwd[("attn.v_out_write_norm", layer)] = _write_norms(out_proj, self.fwd[("attn.v_out", layer)], gain)
 
 
 def hf_capture(
@@ -346,7 +350,8 @@ def hf_capture(
                 out.grad[("resid.post_attn", i)] = raw[f"{i}.out"].grad[0]
         else:
             out.put(("resid.post_attn", i), raw[f"{i}.ln2_in"])
-        out.put_attention(i, calls[i], _get(blk, anatomy.out_proj), raw[f"{i}.vout"])
+        post_norm = _get(blk, anatomy.post_attn_norm) if anatomy.post_attn_norm else None
+        out.put_attention(i, calls[i], _get(blk, anatomy.out_proj), raw[f"{i}.vout"], post_norm)
     out.put_scale(("resid.ln_f.scale", None), original_norm, raw["lnf_in"], raw["lnf_out"])
     if target is not None:
         out.grad.pop(("resid.ln_f.scale", None))  # held constant: no gradient
