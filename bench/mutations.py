@@ -50,7 +50,7 @@ def parity(*cases: str, objective: str = "logit_diff") -> tuple[str, ...]:
 
 
 def views(model: str, *tests: str) -> tuple[str, ...]:
-    """View tests on one of the view warehouses ('gpt2' or 'llama'); the oracle comparison by default."""
+    """View tests on one of the view warehouses ('gpt2', 'llama' or 'gemma2'); the oracle comparison by default."""
     chosen = tests or ("test_every_derived_view_matches_the_oracle_prompt_by_prompt",)
     return tuple(f"{VIEWS}::{test}[{model}]" for test in chosen)
 
@@ -90,6 +90,9 @@ INTERRUPT = f"{RELIABILITY}::test_sigint_and_sigterm_mark_the_run_interrupted_an
 CLOSED_FORM = "test_closed_form_final_residual_grad_equals_stored_gradient"
 DECOMPOSE = "test_direct_effects_decompose_the_objective"
 ORACLE = "test_every_derived_view_matches_the_oracle_prompt_by_prompt"
+DIRECT = "queries/support/30_direct_effects.sql"
+PAIRS_WEIGHTS = "queries/support/10_weight_factors.sql"
+GEMMA2_INGEST = "tests/test_checkpoints.py::test_gemma2_ingests_storing_its_post_block_norm_scales_by_default"
 
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
@@ -393,6 +396,85 @@ MUTATIONS: tuple[Mutation, ...] = (
         "every layer attends to all earlier tokens, whatever the sliding window (Mistral, Qwen2, Gemma 2)",
         replace(MODEL, "if cfg.window(layer) is not None:", "if False:"),
         parity("mistral", "qwen2", "gemma2"),
+    ),
+    Mutation(
+        "post_norm_gain_dropped_from_direction_factors",
+        "a node's direct effect in a model with norms after the blocks ignores that norm's gain (W_out . u, not "
+        "W_out . (gain_post * u)) in the factors the ingest stores",
+        replace("ingest/factors.py", "return u if gain is None else gain * u", "return u"),
+        views("gemma2", ORACLE, DECOMPOSE),
+    ),
+    Mutation(
+        "post_norm_gain_dropped_in_query_time_factors",
+        "direction_factors_for (a pair given at query time) ignores the gain of the norms after the blocks",
+        replace(PAIRS_WEIGHTS, "u.value * coalesce(g.value, 1) AS value", "u.value AS value"),
+        views("gemma2", "test_direct_effects_for_a_pair_never_ingested_equal_a_fresh_ingest"),
+    ),
+    Mutation(
+        "post_norm_gain_dropped_from_write_norms",
+        "write norms in a model with norms after the blocks leave out that norm's gain (||W_out[i]||, ||v W_O||)",
+        (
+            *replace("ingest/factors.py", "else w.double() * gain", "else w.double()"),
+            *replace(MODEL, "w_o_written = w_o * self.w(", "w_o_written = w_o + 0 * self.w("),
+        ),
+        (*views("gemma2"), *parity("gemma2")),
+    ),
+    Mutation(
+        "post_norm_scale_ignored_in_direct_effects",
+        "node direct effects are not divided by the post-block norm's scale at the last token",
+        (
+            *replace(DIRECT, "/ (p.final_scale * coalesce(s.value, 1)))::FLOAT", "/ p.final_scale)::FLOAT"),
+            *replace(DIRECT, "(a.value * vd.value / coalesce(s.value, 1))::FLOAT", "(a.value * vd.value)::FLOAT"),
+        ),
+        views("gemma2", ORACLE, DECOMPOSE),
+    ),
+    Mutation(
+        "post_norm_scale_ignored_in_write_norms",
+        "neuron write norms are not divided by the post-block norm's scale at their token",
+        replace("queries/derived/mlp_write_norm.sql", "n.value / coalesce(s.value, 1))", "n.value)"),
+        views("gemma2"),
+    ),
+    Mutation(
+        "post_norm_scale_missing_read_as_one",
+        "a model with norms after the blocks whose scales were not stored gets undivided direct effects, not none",
+        replace(
+            DIRECT,
+            "'forward' AND (s.value IS NOT NULL OR NOT p.post_block_norms);\n\n-- p[l,T,k,h]",
+            "'forward';\n\n-- p[l,T,k,h]",
+        ),
+        (GEMMA2_INGEST,),
+    ),
+    Mutation(
+        "post_norm_scales_not_captured_by_default",
+        "the default capture leaves out the post-block norm scales the views divide by",
+        replace("warehouse/registry.py", '    "attn_post_ln.scale": (PassType.FORWARD,),\n', ""),
+        (GEMMA2_INGEST,),
+    ),
+    Mutation(
+        "final_softcap_slope_ignored",
+        "direct effects in a model with soft-capped final logits use the uncapped logit's gradient (slope 1)",
+        replace(
+            "queries/support/20_pairs.sql",
+            "CASE WHEN p.final_logit_softcap IS NULL THEN 1 ELSE 1 - tanh(zt.value / p.final_logit_softcap) ^ 2 END",
+            "1",
+        ),
+        views("gemma2", ORACLE, DECOMPOSE, "test_closed_form_final_residual_grad_equals_stored_gradient"),
+    ),
+    Mutation(
+        "final_softcap_slope_of_capped_logit",
+        "the soft cap's slope taken at the capped logit, 1 - tanh(logit / cap)^2, instead of at the uncapped one",
+        replace(
+            "queries/support/20_pairs.sql",
+            "z.value + b.value AS value",
+            "p.final_logit_softcap * tanh((z.value + b.value) / p.final_logit_softcap) AS value",
+        ),
+        views("gemma2", ORACLE, DECOMPOSE),
+    ),
+    Mutation(
+        "attention_softcap_ignored",
+        "attention logits are not soft-capped before the softmax (Gemma 2)",
+        replace(MODEL, "return cap * torch.tanh(s / cap) if cap is not None else s", "return s"),
+        (*parity("gemma2"), *views("gemma2", "test_norm_scales_and_attention_logits_match_transformers")),
     ),
 )
 

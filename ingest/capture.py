@@ -31,7 +31,9 @@ class CaptureSpec:
         gives DEFAULT_CAPTURE less the locations this model does not have."""
         n_layers = config.n_layers
         passes: dict[str, tuple[PassType, ...]] = {
-            name: p for name, p in DEFAULT_CAPTURE.items() if not (only := LOCATIONS[name].only_with) or getattr(config, only)
+            name: p
+            for name, p in DEFAULT_CAPTURE.items()
+            if not (switch := LOCATIONS[name].only_with) or getattr(config, switch)
         }
         if locations:
             passes = {}

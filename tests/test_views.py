@@ -294,7 +294,8 @@ def test_mlp_neurons_rebuild_the_mlp_output(stored: Stored) -> None:
     got = _by_prompt(
         stored.wh,
         f"""
-        SELECT r.prompt_id, r.token, r.layer, r.node_index, r.value + b.value * coalesce(g.value, 1) / coalesce(s.value, 1)
+        SELECT r.prompt_id, r.token, r.layer, r.node_index,
+               r.value + b.value * coalesce(g.value, 1) / coalesce(s.value, 1)
         FROM resid_delta_mlp_from_mlp_post_act r JOIN prompts p USING (prompt_id)
         JOIN weights b ON b.model_id = p.model_id AND b.location = 'mlp.residual_bias' AND b.layer = r.layer
              AND b.row_index = r.node_index
