@@ -471,6 +471,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         views("gemma2", ORACLE, DECOMPOSE),
     ),
     Mutation(
+        "phi3_fused_gate_up_halves_swapped",
+        "Phi-3's fused gate/up projection split with the up rows read as the gate",
+        swap("ingest/families/phi3.py", 'm + "gate_proj.weight": cfg.d_mlp', 'm + "up_proj.weight": cfg.d_mlp'),
+        parity("phi3"),
+    ),
+    Mutation(
+        "phi3_fused_key_value_swapped",
+        "Phi-3's fused query/key/value projection split with the key and value rows exchanged",
+        swap("ingest/families/phi3.py", 'a + "k_proj.weight": kv', 'a + "v_proj.weight": kv'),
+        parity("phi3"),
+    ),
+    Mutation(
         "attention_softcap_ignored",
         "attention logits are not soft-capped before the softmax (Gemma 2)",
         replace(MODEL, "return cap * torch.tanh(s / cap) if cap is not None else s", "return s"),

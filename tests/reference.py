@@ -43,6 +43,7 @@ class Anatomy:
     unit_offset: bool = False  # the norm's gain is stored as w and applied as 1 + w
     post_attn_norm: str | None = None
     post_mlp_norm: str | None = None
+    fused_gate_up: bool = False  # pre_act's module outputs the gate and the up projection, gate first
 
 
 _LLAMA = Anatomy(
@@ -77,6 +78,7 @@ ANATOMY: dict[str, Anatomy] = {
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
     "gemma": Anatomy(**{**_LLAMA.__dict__, "unit_offset": True}),
+    "phi3": Anatomy(**{**_LLAMA.__dict__, "pre_act": "mlp.gate_up_proj", "fused_gate_up": True}),
     "gemma2": Anatomy(
         **{
             **_LLAMA.__dict__,
@@ -332,7 +334,10 @@ def hf_capture(
         out.put(("resid.delta_attn", i), raw[f"{i}.attn_out"])
         out.put(("resid.delta_mlp", i), raw[f"{i}.mlp_out"])
         out.put(("resid.post_mlp", i), raw[f"{i}.out"])
-        out.put(("mlp.pre_act", i), raw[f"{i}.pre"])
+        if anatomy.fused_gate_up:  # the gate: the first half of the fused projection's output
+            out.put(("mlp.pre_act", i), raw[f"{i}.pre"], lambda z: z[..., : z.shape[-1] // 2])
+        else:
+            out.put(("mlp.pre_act", i), raw[f"{i}.pre"])
         out.put(("mlp.post_act", i), raw[f"{i}.post"])
         out.put_scale(("attn_ln.scale", i), _get(blk, anatomy.pre_attn_norm), raw[f"{i}.ln1_in"], raw[f"{i}.ln1_out"])
         out.put_scale(("mlp_ln.scale", i), _get(blk, anatomy.pre_mlp_norm), raw[f"{i}.ln2_in"], raw[f"{i}.ln2_out"])

@@ -102,6 +102,32 @@ CASES: dict[str, Case] = {
             "final_logit_softcapping": 3.0,
         },
     ),
+    "phi3": Case("Phi3Config", {**random_models.SMALL_LLAMA, "pad_token_id": 0, "eos_token_id": 0, "bos_token_id": 0}),
+    "phi3-partial-rotary-window": Case(
+        "Phi3Config",
+        {
+            **random_models.SMALL_LLAMA,
+            "pad_token_id": 0,
+            "eos_token_id": 0,
+            "bos_token_id": 0,
+            "sliding_window": 16,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5},
+        },
+    ),
+    "gemma2-biases-layer_types-caps": Case(
+        "Gemma2Config",
+        {
+            **random_models.SMALL_LLAMA,
+            "head_dim": 16,
+            "tie_word_embeddings": False,
+            "attention_bias": True,
+            "sliding_window": 4,
+            "layer_types": ["full_attention", "sliding_attention"],
+            "query_pre_attn_scalar": 16,
+            "attn_logit_softcapping": 10.0,
+            "final_logit_softcapping": 20.0,
+        },
+    ),
 }
 
 
