@@ -483,6 +483,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         parity("phi3"),
     ),
     Mutation(
+        "qwen3_qk_norm_skipped",
+        "Qwen3's queries and keys enter the rotary without their per-head RMSNorm",
+        replace(MODEL, "if cfg.qk_norm:", "if False:"),
+        parity("qwen3"),
+    ),
+    Mutation(
         "attention_softcap_ignored",
         "attention logits are not soft-capped before the softmax (Gemma 2)",
         replace(MODEL, "return cap * torch.tanh(s / cap) if cap is not None else s", "return s"),

@@ -54,6 +54,7 @@ class ModelConfig:
     rope: Rope | None = None  # None: learned absolute positions
     parallel_residual: bool = False  # attention and MLP both read the block's input
     post_block_norms: bool = False  # each block's output normed before it joins the residual
+    qk_norm: bool = False  # each head's query and key RMS-normed over its channels before the rotary (Qwen3)
     embedding_scale: float = 1.0
     attn_scale: float | None = None  # multiplies q . k before the softmax; None: d_head^-1/2
     attn_logit_softcap: float | None = None  # pre-softmax logits become cap * tanh(logit / cap)
@@ -133,6 +134,11 @@ class HookedTransformer:
         bias = self.weights.get((f"layer_norm_bias.{where}", layer))  # post-block norms have none
         return (normed if bias is None else normed + bias), scale
 
+    def _head_norm(self, x: torch.Tensor, which: str, layer: int) -> torch.Tensor:
+        """RMSNorm of each head's channels (`which` 'query' or 'key'), its gain shared by the heads."""
+        scale = torch.sqrt(x.pow(2).mean(-1, keepdim=True) + self.config.norm_eps)
+        return x / scale * self.w(f"layer_norm_gain.{which}", layer)
+
     def forward(
         self, ids: torch.Tensor, lengths: torch.Tensor, hook: Hook = no_hook, hold_final_scale: bool = False
     ) -> torch.Tensor:
@@ -184,6 +190,8 @@ class HookedTransformer:
         q = torch.einsum("btd,hdc->bthc", normed, self.w("attn.to_query", layer)) + self.w("attn.query_bias", layer)
         k = torch.einsum("btd,hdc->bthc", normed, self.w("attn.to_key", layer)) + self.w("attn.key_bias", layer)
         v = torch.einsum("btd,hdc->bthc", normed, self.w("attn.to_value", layer)) + self.w("attn.value_bias", layer)
+        if cfg.qk_norm:
+            q, k = self._head_norm(q, "query", layer), self._head_norm(k, "key", layer)
         if cfg.rope is not None:
             q, k = rotate(q, cfg.rope, self._inv_freq), rotate(k, cfg.rope, self._inv_freq)
         root = cfg.query_key_scale
@@ -299,6 +307,7 @@ def required_weights(config: ModelConfig) -> set[tuple[str, int | None]]:
     per_layer |= {"mlp.to_hidden", "mlp.hidden_bias", "mlp.to_residual", "mlp.residual_bias"}
     per_layer |= {"mlp.to_gate", "mlp.gate_bias"} if config.gated_mlp else set()
     per_layer |= {"layer_norm_gain.post_attn", "layer_norm_gain.post_mlp"} if config.post_block_norms else set()
+    per_layer |= {"layer_norm_gain.query", "layer_norm_gain.key"} if config.qk_norm else set()
     return {(n, None) for n in names} | {(n, i) for n in per_layer for i in range(config.n_layers)}
 
 

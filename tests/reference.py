@@ -78,6 +78,7 @@ ANATOMY: dict[str, Anatomy] = {
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
     "gemma": Anatomy(**{**_LLAMA.__dict__, "unit_offset": True}),
+    "qwen3": _LLAMA,
     "phi3": Anatomy(**{**_LLAMA.__dict__, "pre_act": "mlp.gate_up_proj", "fused_gate_up": True}),
     "gemma2": Anatomy(
         **{

@@ -102,6 +102,17 @@ CASES: dict[str, Case] = {
             "final_logit_softcapping": 3.0,
         },
     ),
+    "qwen3": Case(
+        "Qwen3Config",
+        {
+            **random_models.SMALL_LLAMA,
+            "head_dim": 16,
+            "attention_bias": True,
+            "use_sliding_window": True,
+            "sliding_window": 16,
+            "max_window_layers": 1,
+        },
+    ),
     "phi3": Case("Phi3Config", {**random_models.SMALL_LLAMA, "pad_token_id": 0, "eos_token_id": 0, "bos_token_id": 0}),
     "phi3-partial-rotary-window": Case(
         "Phi3Config",

@@ -82,6 +82,7 @@ class Layout:
     post_attn_norm: str | None = None
     post_mlp_norm: str | None = None
     tied_by_default: bool = False
+    qk_norm: bool = False  # q_norm and k_norm over each head's channels (Qwen3)
 
 
 def convert_with(layout: Layout, cfg: ModelConfig, sd: StateDict, reader: ConfigReader) -> Weights:
@@ -128,6 +129,9 @@ def convert_with(layout: Layout, cfg: ModelConfig, sd: StateDict, reader: Config
         if layout.post_attn_norm and layout.post_mlp_norm:
             w[("layer_norm_gain.post_attn", i)] = gain(p + layout.post_attn_norm + ".weight")
             w[("layer_norm_gain.post_mlp", i)] = gain(p + layout.post_mlp_norm + ".weight")
+        if layout.qk_norm:
+            w[("layer_norm_gain.query", i)] = gain(a + "q_norm.weight")
+            w[("layer_norm_gain.key", i)] = gain(a + "k_norm.weight")
     return w
 
 
