@@ -412,7 +412,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "post_norm_gain_dropped_from_write_norms",
-        "write norms in a model with norms after the blocks leave out that norm's gain (||W_out[i]||, ||v W_O||)",
+        "write norms of a model with norms after the blocks leave out that norm's gain (norms of W_out[i], v W_O)",
         (
             *replace("ingest/factors.py", "else w.double() * gain", "else w.double()"),
             *replace(MODEL, "w_o_written = w_o * self.w(", "w_o_written = w_o + 0 * self.w("),
