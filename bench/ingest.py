@@ -423,9 +423,9 @@ def main() -> None:
         args.model = args.model or "gpt2-tiny"
         args.prompts = args.prompts or 32
         if args.locations is None:
-            from warehouse.registry import LOCATIONS
+            from warehouse.registry import PRE_NORM_LOCATIONS
 
-            args.locations = [name for name, loc in LOCATIONS.items() if not loc.only_with]
+            args.locations = PRE_NORM_LOCATIONS
     args.model = args.model or "smollm2"
     args.prompts = args.prompts or 64
     args.baseline_prompts = args.baseline_prompts or (args.prompts if args.quick else min(16, args.prompts))

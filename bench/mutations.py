@@ -485,8 +485,20 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "qwen3_qk_norm_skipped",
         "Qwen3's queries and keys enter the rotary without their per-head RMSNorm",
-        replace(MODEL, "if cfg.qk_norm:", "if False:"),
+        replace(MODEL, "if cfg.qk_norm is not None:", "if False:"),
         parity("qwen3"),
+    ),
+    Mutation(
+        "olmo2_qk_norm_per_head",
+        "OLMo 2's queries and keys normed per head instead of over all heads' channels together",
+        replace(MODEL, 'axes = (-1,) if self.config.qk_norm == "head" else (-2, -1)', "axes = (-1,)"),
+        parity("olmo2"),
+    ),
+    Mutation(
+        "olmo2_blocks_read_a_normed_residual",
+        "a model without norms before the blocks (OLMo 2) still has its blocks read an RMS-normed residual",
+        replace(MODEL, "if not self.config.pre_block_norms:\n            return x", "if False:\n            return x"),
+        parity("olmo2"),
     ),
     Mutation(
         "attention_softcap_ignored",

@@ -12,7 +12,7 @@ import torch
 from ingest.errors import CaptureError
 from ingest.model import ModelConfig
 from warehouse.facts import FACT_SCHEMA, constant_int, constant_name, expand_axes, round_to_bfloat16
-from warehouse.registry import DEFAULT_CAPTURE, LOCATIONS, ActivationLocation, PassType
+from warehouse.registry import DEFAULT_CAPTURE, LOCATIONS, ActivationLocation, PassType, locations_of
 
 LOGITS_TOP_K = 20
 
@@ -30,11 +30,8 @@ class CaptureSpec:
         """`locations` are names, each optionally suffixed ':forward' or ':backward' (default: both); None
         gives DEFAULT_CAPTURE less the locations this model does not have."""
         n_layers = config.n_layers
-        passes: dict[str, tuple[PassType, ...]] = {
-            name: p
-            for name, p in DEFAULT_CAPTURE.items()
-            if not (switch := LOCATIONS[name].only_with) or getattr(config, switch)
-        }
+        present = set(locations_of(config))
+        passes: dict[str, tuple[PassType, ...]] = {name: p for name, p in DEFAULT_CAPTURE.items() if name in present}
         if locations:
             passes = {}
             for item in locations:

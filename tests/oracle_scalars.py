@@ -104,8 +104,8 @@ class _Parts:
 
     blocks: nn.ModuleList
     final_norm: nn.Module
-    attn_norm: list[nn.Module]
-    mlp_norm: list[nn.Module]
+    attn_norm: list[nn.Module] | None  # None: the blocks read the residual as it is (OLMo 2)
+    mlp_norm: list[nn.Module] | None
     attn_out: list[nn.Module]  # the attention output projection
     mlp: list[nn.Module]
     mlp_out: list[nn.Module]  # the MLP down projection
@@ -141,6 +141,21 @@ def _parts(model: nn.Module) -> _Parts:
             [x.mlp.down_proj for x in b],
             centred=False,
             head=model.lm_head,
+        )
+    if model.config.model_type == "olmo2":
+        b = model.model.layers
+        return _Parts(
+            b,
+            model.model.norm,
+            None,
+            None,
+            [x.self_attn.o_proj for x in b],
+            [x.mlp for x in b],
+            [x.mlp.down_proj for x in b],
+            centred=False,
+            head=model.lm_head,
+            post_attn_norm=[x.post_attention_layernorm for x in b],
+            post_mlp_norm=[x.post_feedforward_layernorm for x in b],
         )
     if model.config.model_type == "gemma2":
         b = model.model.layers
@@ -261,10 +276,15 @@ def _run(model: nn.Module, parts: _Parts, ids: list[int], target: int | None, di
         # what each block adds to the residual: its norm's output where the family norms block outputs
         attn_added = parts.post_attn_norm[layer] if parts.post_attn_norm else parts.attn_out[layer]
         mlp_added = parts.post_mlp_norm[layer] if parts.post_mlp_norm else parts.mlp[layer]
+        if parts.attn_norm and parts.mlp_norm:
+            handles += [
+                parts.attn_norm[layer].register_forward_hook(keep_norm("attn_ln.scale", layer)),
+                parts.mlp_norm[layer].register_forward_hook(keep_norm("mlp_ln.scale", layer)),
+            ]
+        # the residual between the blocks: what the MLP (or its norm) reads
+        mlp_reads = parts.mlp_norm[layer] if parts.mlp_norm else parts.mlp[layer]
         handles += [
-            parts.attn_norm[layer].register_forward_hook(keep_norm("attn_ln.scale", layer)),
-            parts.mlp_norm[layer].register_forward_hook(keep_norm("mlp_ln.scale", layer)),
-            parts.mlp_norm[layer].register_forward_pre_hook(keep_input(trace.post_attn, layer)),
+            mlp_reads.register_forward_pre_hook(keep_input(trace.post_attn, layer)),
             block.register_forward_hook(keep_output(trace.post_mlp, layer)),
             attn_added.register_forward_hook(keep_output(trace.delta_attn, layer)),
             parts.attn_out[layer].register_forward_pre_hook(keep_input(trace.head_outputs, layer)),

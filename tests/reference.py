@@ -31,8 +31,8 @@ class Anatomy:
 
     body: str
     blocks: str
-    pre_attn_norm: str
-    pre_mlp_norm: str
+    pre_attn_norm: str | None  # None: the block reads the residual as it is (OLMo 2)
+    pre_mlp_norm: str | None
     final_norm: str
     attention: str
     out_proj: str  # inside a block
@@ -79,6 +79,15 @@ ANATOMY: dict[str, Anatomy] = {
     "qwen2": _LLAMA,
     "gemma": Anatomy(**{**_LLAMA.__dict__, "unit_offset": True}),
     "qwen3": _LLAMA,
+    "olmo2": Anatomy(
+        **{
+            **_LLAMA.__dict__,
+            "pre_attn_norm": None,
+            "pre_mlp_norm": None,
+            "post_attn_norm": "post_attention_layernorm",
+            "post_mlp_norm": "post_feedforward_layernorm",
+        }
+    ),
     "phi3": Anatomy(**{**_LLAMA.__dict__, "pre_act": "mlp.gate_up_proj", "fused_gate_up": True}),
     "gemma2": Anatomy(
         **{
@@ -296,10 +305,12 @@ def hf_capture(
     for i, blk in enumerate(blocks):
         on(blk, f"{i}.in", inputs=True)
         on(blk, f"{i}.out")
-        on(_get(blk, anatomy.pre_attn_norm), f"{i}.ln1_in", inputs=True)
-        on(_get(blk, anatomy.pre_attn_norm), f"{i}.ln1_out")
-        on(_get(blk, anatomy.pre_mlp_norm), f"{i}.ln2_in", inputs=True)
-        on(_get(blk, anatomy.pre_mlp_norm), f"{i}.ln2_out")
+        # ln1_in and ln2_in: the residual each block reads (its norm's input, or the block's own)
+        on(_get(blk, anatomy.pre_attn_norm or anatomy.attention), f"{i}.ln1_in", inputs=True)
+        on(_get(blk, anatomy.pre_mlp_norm or anatomy.mlp), f"{i}.ln2_in", inputs=True)
+        if anatomy.pre_attn_norm and anatomy.pre_mlp_norm:
+            on(_get(blk, anatomy.pre_attn_norm), f"{i}.ln1_out")
+            on(_get(blk, anatomy.pre_mlp_norm), f"{i}.ln2_out")
         on(_get(blk, anatomy.post_attn_norm or anatomy.attention), f"{i}.attn_out")
         on(_get(blk, anatomy.post_mlp_norm or anatomy.mlp), f"{i}.mlp_out")
         for norm in (anatomy.post_attn_norm, anatomy.post_mlp_norm):
@@ -330,8 +341,6 @@ def hf_capture(
     out = _Values(anatomy)
     out.put(("resid.post_emb", None), raw["0.in"])
     for i, blk in enumerate(blocks):
-        out.put(("resid.post_mlp_ln", i), raw[f"{i}.ln1_out"])
-        out.put(("resid.post_attn_ln", i), raw[f"{i}.ln2_out"])
         out.put(("resid.delta_attn", i), raw[f"{i}.attn_out"])
         out.put(("resid.delta_mlp", i), raw[f"{i}.mlp_out"])
         out.put(("resid.post_mlp", i), raw[f"{i}.out"])
@@ -340,8 +349,12 @@ def hf_capture(
         else:
             out.put(("mlp.pre_act", i), raw[f"{i}.pre"])
         out.put(("mlp.post_act", i), raw[f"{i}.post"])
-        out.put_scale(("attn_ln.scale", i), _get(blk, anatomy.pre_attn_norm), raw[f"{i}.ln1_in"], raw[f"{i}.ln1_out"])
-        out.put_scale(("mlp_ln.scale", i), _get(blk, anatomy.pre_mlp_norm), raw[f"{i}.ln2_in"], raw[f"{i}.ln2_out"])
+        if anatomy.pre_attn_norm and anatomy.pre_mlp_norm:
+            out.put(("resid.post_mlp_ln", i), raw[f"{i}.ln1_out"])
+            out.put(("resid.post_attn_ln", i), raw[f"{i}.ln2_out"])
+            attn_norm, mlp_norm = _get(blk, anatomy.pre_attn_norm), _get(blk, anatomy.pre_mlp_norm)
+            out.put_scale(("attn_ln.scale", i), attn_norm, raw[f"{i}.ln1_in"], raw[f"{i}.ln1_out"])
+            out.put_scale(("mlp_ln.scale", i), mlp_norm, raw[f"{i}.ln2_in"], raw[f"{i}.ln2_out"])
         for location, norm, output in (
             ("attn_post_ln.scale", anatomy.post_attn_norm, "attn_out"),
             ("mlp_post_ln.scale", anatomy.post_mlp_norm, "mlp_out"),

@@ -2,11 +2,11 @@
 identities hold through the views; so do the raw values actwh computes rather than reads off a module (the
 norm scales the views divide by, and the attention logits).
 
-Three random-weight checkpoints built with transformers and ingested from their directories: a GPT-2, a
-grouped-query Llama (4 query heads over 2 key/value heads, rope theta 500) and a Gemma 2 (norms after
-attention and the MLP, attention and final logits soft-capped hard enough to bend them, a sliding
-window shorter than most prompts). One ingest stores prompts of
-1 to 30 tokens with a target/distractor pair, a target alone, or no target (next-token loss), batched
+Four random-weight checkpoints built with transformers and ingested from their directories: a GPT-2, a
+grouped-query Llama (4 query heads over 2 key/value heads, rope theta 500), a Gemma 2 (norms after attention
+and the MLP, attention and final logits soft-capped hard enough to bend them, a sliding window shorter than
+most prompts) and an OLMo 2 (norms after the blocks only, queries and keys normed). One ingest stores prompts
+of 1 to 30 tokens with a target/distractor pair, a target alone, or no target (next-token loss), batched
 together. Each warehouse holds the prompts three times: "full" (every location, both passes: the final
 residual's gradient is stored), "tier1" (every location forward plus the Tier-1 gradients: the final
 residual's gradient is closed-form) and "other" (tier1 with another pair for every prompt). The oracle
@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -26,9 +27,9 @@ from ingest.prompts import PromptInput
 from ingest.worker import IngestOptions, ingest
 from queries import QueryError, Warehouse
 from queries.catalog import dst_catalog
-from tests.hf_checkpoints import Checkpoint, gemma2_checkpoint, gpt2_checkpoint, llama_checkpoint
+from tests.hf_checkpoints import Checkpoint, gemma2_checkpoint, gpt2_checkpoint, llama_checkpoint, olmo2_checkpoint
 from tests.oracle_scalars import Key, expected_raw, expected_scalars, linearised_objective
-from warehouse.registry import LOCATIONS
+from warehouse.registry import LOCATIONS, locations_of
 
 transformers = pytest.importorskip("transformers")
 
@@ -44,12 +45,21 @@ PROMPTS = [
     PromptInput("Cities: Paris, London and", " Rome", " Berlin"),
 ]
 OTHER_PAIR = (" Berlin", " John")
-CHECKPOINTS = {"gpt2": gpt2_checkpoint, "llama": llama_checkpoint, "gemma2": gemma2_checkpoint}
-POST_BLOCK_NORMS = {"gemma2"}  # the checkpoints that norm block outputs (locations only_with post_block_norms)
+CHECKPOINTS = {
+    "gpt2": gpt2_checkpoint,
+    "llama": llama_checkpoint,
+    "gemma2": gemma2_checkpoint,
+    "olmo2": olmo2_checkpoint,
+}
+POST_BLOCK_NORMS = {"gemma2", "olmo2"}  # the checkpoints that norm block outputs
+NO_PRE_BLOCK_NORMS = {"olmo2"}  # the checkpoints whose blocks read the residual as it is
 
 
 def every_location(model: str) -> list[str]:
-    return [name for name, loc in LOCATIONS.items() if not loc.only_with or model in POST_BLOCK_NORMS]
+    switches = SimpleNamespace(
+        pre_block_norms=model not in NO_PRE_BLOCK_NORMS, post_block_norms=model in POST_BLOCK_NORMS
+    )
+    return locations_of(switches)
 
 
 def tier1(model: str) -> list[str]:
@@ -216,8 +226,11 @@ def test_norm_scales_and_attention_logits_match_transformers(stored: Stored) -> 
     """The raw values actwh computes rather than reads off a module, which the views divide by or build
     on: each norm's scale as the transformers norm applied it (the post-block norms' too), and q.k times
     the model's scaling, soft-capped where the model caps it."""
-    names = ("attn_ln.scale", "mlp_ln.scale", "resid.ln_f.scale", "attn.qk_logits")
-    if _post_block_norms(stored):
+    model_type = stored.checkpoint.model.config.model_type
+    names = ("resid.ln_f.scale", "attn.qk_logits")
+    if model_type not in NO_PRE_BLOCK_NORMS:
+        names += ("attn_ln.scale", "mlp_ln.scale")
+    if model_type in POST_BLOCK_NORMS:
         names += ("attn_post_ln.scale", "mlp_post_ln.scale")
     rows = {
         name: _by_prompt(
@@ -237,10 +250,6 @@ def test_norm_scales_and_attention_logits_match_transformers(stored: Stored) -> 
                 want = {k: v for k, v in expected[name].items() if k[2] == layer}
                 got = {k: v for k, v in rows[name][prompt.prompt_id].items() if k[2] == layer}
                 _assert_close(got, want, f"{name} layer {layer}, prompt {prompt.text!r}", RAW_REL)
-
-
-def _post_block_norms(stored: Stored) -> bool:
-    return stored.checkpoint.model.config.model_type in POST_BLOCK_NORMS
 
 
 def _targets(stored: Stored, kind: str) -> list[Prompt]:

@@ -119,12 +119,14 @@ _LOCATIONS = [
         (_T, D.SINGLETON),
         "scale of the norm before attention: sqrt(var + eps) (LayerNorm) or rms",
         reference_dst="attn_input_layer_norm_scale",
+        only_with="pre_block_norms",
     ),
     ActivationLocation(
         "resid.post_mlp_ln",
         (_T, D.RESIDUAL_STREAM_CHANNELS),
         "normed residual read by this layer's attention",
         reference_dst="resid_post_mlp_layer_norm",
+        only_with="pre_block_norms",
     ),
     ActivationLocation(
         "attn.q",
@@ -200,12 +202,14 @@ _LOCATIONS = [
         (_T, D.SINGLETON),
         "scale of the norm before the MLP",
         reference_dst="mlp_input_layer_norm_scale",
+        only_with="pre_block_norms",
     ),
     ActivationLocation(
         "resid.post_attn_ln",
         (_T, D.RESIDUAL_STREAM_CHANNELS),
         "normed residual read by this layer's MLP",
         reference_dst="resid_post_attn_layer_norm",
+        only_with="pre_block_norms",
     ),
     ActivationLocation("mlp.pre_act", (_T, D.MLP_ACTS), "MLP pre-activation (the gate projection for gated MLPs)"),
     ActivationLocation("mlp.post_act", (_T, D.MLP_ACTS), "MLP activation: the input of the output projection"),
@@ -247,6 +251,16 @@ _LOCATIONS = [
 ]
 
 LOCATIONS: dict[str, ActivationLocation] = {loc.name: loc for loc in _LOCATIONS}
+
+
+def locations_of(config: object) -> list[str]:
+    """The locations a model has: those whose `only_with` switch is set in its config (a ModelConfig, or
+    any object with the switches as attributes)."""
+    return [name for name, loc in LOCATIONS.items() if not loc.only_with or getattr(config, loc.only_with)]
+
+
+# The locations of a model with a norm before each block and none after (GPT-2, Llama and most families).
+PRE_NORM_LOCATIONS: list[str] = [name for name, loc in LOCATIONS.items() if loc.only_with in ("", "pre_block_norms")]
 LOCATION_BY_DST: dict[str, ActivationLocation] = {loc.dst: loc for loc in _LOCATIONS}
 
 # What a default ingest stores: the Tier-1 node-table inputs, forward and backward where the columns
@@ -302,8 +316,8 @@ _WEIGHTS = [
     WeightLocation("mlp.residual_bias", (D.RESIDUAL_STREAM_CHANNELS,)),
     WeightLocation("layer_norm_gain.post_attn", (D.RESIDUAL_STREAM_CHANNELS,)),
     WeightLocation("layer_norm_gain.post_mlp", (D.RESIDUAL_STREAM_CHANNELS,)),
-    WeightLocation("layer_norm_gain.query", (D.QUERY_AND_KEY_CHANNELS,)),
-    WeightLocation("layer_norm_gain.key", (D.QUERY_AND_KEY_CHANNELS,)),
+    WeightLocation("layer_norm_gain.query", (D.ATTN_HEADS, D.QUERY_AND_KEY_CHANNELS)),
+    WeightLocation("layer_norm_gain.key", (D.KV_HEADS, D.QUERY_AND_KEY_CHANNELS)),
     WeightLocation("layer_norm_gain.final", (D.RESIDUAL_STREAM_CHANNELS,), has_layers=False),
     WeightLocation("layer_norm_bias.final", (D.RESIDUAL_STREAM_CHANNELS,), has_layers=False),
 ]

@@ -14,12 +14,12 @@ FIELDS = {**qwen2.FIELDS, "attention_bias": USED}
 
 
 def read_config(reader: ConfigReader) -> ModelConfig:
-    return qwen2.read_config(reader, qk_norm=True)
+    return qwen2.read_config(reader, qk_norm="head")
 
 
 def convert(cfg: ModelConfig, sd: StateDict, reader: ConfigReader) -> Weights:
     biased = bool(reader.get("attention_bias", False))
-    return llama.convert_with(llama.Layout(qkv_bias=biased, out_bias=biased, qk_norm=True), cfg, sd, reader)
+    return llama.convert_with(llama.Layout(qkv_bias=biased, out_bias=biased, qk_norm="head"), cfg, sd, reader)
 
 
 FAMILY = Family("qwen3", FIELDS, read_config, convert, prefix="model.")
