@@ -239,7 +239,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "attn_norm_scale_stored_squared",
         "the stored scale of the norm before attention is the variance, not its square root",
-        replace(MODEL, 'hook("attn_ln.scale", layer, scale)', 'hook("attn_ln.scale", layer, scale**2)'),
+        replace(
+            MODEL, "hook(scale_name, layer, scale)", 'hook(scale_name, layer, scale**2 if block == "attn" else scale)'
+        ),
         (*parity("gpt2"), *views("gpt2", "test_norm_scales_and_attention_logits_match_transformers")),
     ),
     Mutation(
