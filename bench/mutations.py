@@ -53,7 +53,7 @@ def parity(*cases: str, objective: str = "logit_diff") -> tuple[str, ...]:
 
 
 def views(model: str, *tests: str) -> tuple[str, ...]:
-    """View tests on one of the view warehouses ('gpt2' or 'llama'); the oracle comparison by default."""
+    """View tests on one of the view warehouses ('gpt2', 'llama' or 'gemma2'); the oracle comparison by default."""
     chosen = tests or ("test_every_derived_view_matches_the_oracle_prompt_by_prompt",)
     return tuple(f"{VIEWS}::{test}[{model}]" for test in chosen)
 
@@ -93,6 +93,9 @@ INTERRUPT = f"{RELIABILITY}::test_sigint_and_sigterm_mark_the_run_interrupted_an
 CLOSED_FORM = "test_closed_form_final_residual_grad_equals_stored_gradient"
 DECOMPOSE = "test_direct_effects_decompose_the_objective"
 ORACLE = "test_every_derived_view_matches_the_oracle_prompt_by_prompt"
+DIRECT = "queries/support/30_direct_effects.sql"
+PAIRS_WEIGHTS = "queries/support/10_weight_factors.sql"
+GEMMA2_INGEST = "tests/test_checkpoints.py::test_gemma2_ingests_storing_its_post_block_norm_scales_by_default"
 
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
@@ -239,7 +242,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "attn_norm_scale_stored_squared",
         "the stored scale of the norm before attention is the variance, not its square root",
-        replace(MODEL, 'hook("attn_ln.scale", layer, scale)', 'hook("attn_ln.scale", layer, scale**2)'),
+        replace(
+            MODEL, "hook(scale_name, layer, scale)", 'hook(scale_name, layer, scale**2 if block == "attn" else scale)'
+        ),
         (*parity("gpt2"), *views("gpt2", "test_norm_scales_and_attention_logits_match_transformers")),
     ),
     Mutation(
@@ -497,6 +502,115 @@ MUTATIONS: tuple[Mutation, ...] = (
             "flat = w_o.transpose(0, 1).reshape(-1, w_o.shape[-1])",
         ),
         (f"{SAE}::test_latent_views_equal_the_oracle",),
+    ),
+    Mutation(
+        "post_norm_gain_dropped_from_direction_factors",
+        "a node's direct effect in a model with norms after the blocks ignores that norm's gain (W_out . u, not "
+        "W_out . (gain_post * u)) in the factors the ingest stores",
+        replace("ingest/factors.py", "return u if gain is None else gain * u", "return u"),
+        views("gemma2", ORACLE, DECOMPOSE),
+    ),
+    Mutation(
+        "post_norm_gain_dropped_in_query_time_factors",
+        "direction_factors_for (a pair given at query time) ignores the gain of the norms after the blocks",
+        replace(PAIRS_WEIGHTS, "u.value * coalesce(g.value, 1) AS value", "u.value AS value"),
+        views("gemma2", "test_direct_effects_for_a_pair_never_ingested_equal_a_fresh_ingest"),
+    ),
+    Mutation(
+        "post_norm_gain_dropped_from_write_norms",
+        "write norms of a model with norms after the blocks leave out that norm's gain (norms of W_out[i], v W_O)",
+        (
+            *replace("ingest/factors.py", "else w.double() * gain", "else w.double()"),
+            *replace(MODEL, "w_o_written = w_o * self.w(", "w_o_written = w_o + 0 * self.w("),
+        ),
+        (*views("gemma2"), *parity("gemma2")),
+    ),
+    Mutation(
+        "post_norm_scale_ignored_in_direct_effects",
+        "node direct effects are not divided by the post-block norm's scale at the last token",
+        (
+            *replace(DIRECT, "/ (p.final_scale * coalesce(s.value, 1)))::FLOAT", "/ p.final_scale)::FLOAT"),
+            *replace(DIRECT, "(a.value * vd.value / coalesce(s.value, 1))::FLOAT", "(a.value * vd.value)::FLOAT"),
+        ),
+        views("gemma2", ORACLE, DECOMPOSE),
+    ),
+    Mutation(
+        "post_norm_scale_ignored_in_write_norms",
+        "neuron write norms are not divided by the post-block norm's scale at their token",
+        replace("queries/derived/mlp_write_norm.sql", "n.value / coalesce(s.value, 1))", "n.value)"),
+        views("gemma2"),
+    ),
+    Mutation(
+        "post_norm_scale_missing_read_as_one",
+        "a model with norms after the blocks whose scales were not stored gets undivided direct effects, not none",
+        replace(
+            DIRECT,
+            "'forward' AND (s.value IS NOT NULL OR NOT p.post_block_norms);\n\n-- p[l,T,k,h]",
+            "'forward';\n\n-- p[l,T,k,h]",
+        ),
+        (GEMMA2_INGEST,),
+    ),
+    Mutation(
+        "post_norm_scales_not_captured_by_default",
+        "the default capture leaves out the post-block norm scales the views divide by",
+        replace("warehouse/registry.py", '    "attn_post_ln.scale": (PassType.FORWARD,),\n', ""),
+        (GEMMA2_INGEST,),
+    ),
+    Mutation(
+        "final_softcap_slope_ignored",
+        "direct effects in a model with soft-capped final logits use the uncapped logit's gradient (slope 1)",
+        replace(
+            "queries/support/20_pairs.sql",
+            "CASE WHEN p.final_logit_softcap IS NULL THEN 1 ELSE 1 - tanh(zt.value / p.final_logit_softcap) ^ 2 END",
+            "1",
+        ),
+        views("gemma2", ORACLE, DECOMPOSE, "test_closed_form_final_residual_grad_equals_stored_gradient"),
+    ),
+    Mutation(
+        "final_softcap_slope_of_capped_logit",
+        "the soft cap's slope taken at the capped logit, 1 - tanh(logit / cap)^2, instead of at the uncapped one",
+        replace(
+            "queries/support/20_pairs.sql",
+            "z.value + b.value AS value",
+            "p.final_logit_softcap * tanh((z.value + b.value) / p.final_logit_softcap) AS value",
+        ),
+        views("gemma2", ORACLE, DECOMPOSE),
+    ),
+    Mutation(
+        "phi3_fused_gate_up_halves_swapped",
+        "Phi-3's fused gate/up projection split with the up rows read as the gate",
+        swap("ingest/families/phi3.py", 'm + "gate_proj.weight": cfg.d_mlp', 'm + "up_proj.weight": cfg.d_mlp'),
+        parity("phi3"),
+    ),
+    Mutation(
+        "phi3_fused_key_value_swapped",
+        "Phi-3's fused query/key/value projection split with the key and value rows exchanged",
+        swap("ingest/families/phi3.py", 'a + "k_proj.weight": kv', 'a + "v_proj.weight": kv'),
+        parity("phi3"),
+    ),
+    Mutation(
+        "qwen3_qk_norm_skipped",
+        "Qwen3's queries and keys enter the rotary without their per-head RMSNorm",
+        replace(MODEL, "if cfg.qk_norm is not None:", "if False:"),
+        parity("qwen3"),
+    ),
+    Mutation(
+        "olmo2_qk_norm_per_head",
+        "OLMo 2's queries and keys normed per head instead of over all heads' channels together",
+        replace(MODEL, 'axes = (-1,) if self.config.qk_norm == "head" else (-2, -1)', "axes = (-1,)"),
+        parity("olmo2"),
+    ),
+    Mutation(
+        "olmo2_blocks_read_a_normed_residual",
+        "a model without norms before the blocks (OLMo 2) still has its blocks read an RMS-normed residual",
+        replace(MODEL, "if not self.config.pre_block_norms:\n            return x", "if False:\n            return x"),
+        parity("olmo2"),
+    ),
+    Mutation(
+        "attention_softcap_ignored",
+        "attention logits are not soft-capped before the softmax (Gemma 2)",
+        replace(MODEL, "return cap * torch.tanh(s / cap) if cap is not None else s", "return s"),
+        (*parity("gemma2"), *views("gemma2", "test_norm_scales_and_attention_logits_match_transformers")),
     ),
 )
 

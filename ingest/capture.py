@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ingest.errors import CaptureError, ModelNotFound
+from ingest.errors import CaptureError
 from ingest.model import ModelConfig
 from warehouse.facts import FACT_SCHEMA, constant_int, constant_name, expand_axes, round_to_bfloat16
-from warehouse.registry import DEFAULT_CAPTURE, LOCATIONS, ActivationLocation, PassType
+from warehouse.registry import DEFAULT_CAPTURE, LOCATIONS, ActivationLocation, PassType, locations_of
 
 LOGITS_TOP_K = 20
 
@@ -29,9 +29,12 @@ class CaptureSpec:
     sae_error: bool = True  # store each SAE's reconstruction error
 
     @classmethod
-    def parse(cls, locations: list[str] | None, layers: list[int] | None, n_layers: int) -> CaptureSpec:
-        """`locations` are names, each optionally suffixed ':forward' or ':backward' (default: both)."""
-        passes: dict[str, tuple[PassType, ...]] = dict(DEFAULT_CAPTURE)
+    def parse(cls, locations: list[str] | None, layers: list[int] | None, config: ModelConfig) -> CaptureSpec:
+        """`locations` are names, each optionally suffixed ':forward' or ':backward' (default: both); None
+        gives DEFAULT_CAPTURE less the locations this model does not have."""
+        n_layers = config.n_layers
+        present = set(locations_of(config))
+        passes: dict[str, tuple[PassType, ...]] = {name: p for name, p in DEFAULT_CAPTURE.items() if name in present}
         if locations:
             passes = {}
             for item in locations:
@@ -245,25 +248,9 @@ def logits_rows(
     )
 
 
-# Architecture switches the derived views do not model yet: a warehouse of such a model would answer
-# direct effects wrongly (the views hold no post-block norm scale, and take the final-residual gradient of
-# an uncapped logit), so the ingest refuses it. The hooked model itself is exact for them.
-_VIEWS_DO_NOT_MODEL = {
-    "post_block_norms": "norms after the attention and MLP blocks",
-    "final_logit_softcap": "soft-capped final logits",
-}
-
-
 def check_storable(config: ModelConfig, spec: CaptureSpec) -> None:
-    """Refuse a model the views would misread, and locations this model does not have."""
-    cfg = config
-    for switch, what in _VIEWS_DO_NOT_MODEL.items():
-        if getattr(cfg, switch):
-            raise ModelNotFound(
-                f"{cfg.family} models have {what}, which the derived views do not model yet (their direct "
-                "effects would be wrong): this family is not ingested"
-            )
+    """Refuse locations this model does not have."""
     for name in spec.passes:
         switch = LOCATIONS[name].only_with
-        if switch and not getattr(cfg, switch):
+        if switch and not getattr(config, switch):
             raise CaptureError(f"location {name} does not exist in this model (it has no {switch.replace('_', ' ')})")

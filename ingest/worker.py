@@ -433,7 +433,7 @@ def ingest(
     device = resolve_device(options.device)
     loaded = open_model(options.model)
     loaded.model.to(device)
-    spec = CaptureSpec.parse(options.locations, options.layers, loaded.model.config.n_layers)
+    spec = CaptureSpec.parse(options.locations, options.layers, loaded.model.config)
     check_storable(loaded.model.config, spec)
     spec = replace(spec, saes=load_saes(options.saes, loaded.model.config, device), sae_error=options.sae_error)
     tokenization = Tokenization.of(loaded.special, options.prepend_bos, options.special_tokens_as_text)

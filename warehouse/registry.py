@@ -133,12 +133,14 @@ _LOCATIONS = [
         (_T, D.SINGLETON),
         "scale of the norm before attention: sqrt(var + eps) (LayerNorm) or rms",
         reference_dst="attn_input_layer_norm_scale",
+        only_with="pre_block_norms",
     ),
     ActivationLocation(
         "resid.post_mlp_ln",
         (_T, D.RESIDUAL_STREAM_CHANNELS),
         "normed residual read by this layer's attention",
         reference_dst="resid_post_mlp_layer_norm",
+        only_with="pre_block_norms",
     ),
     ActivationLocation(
         "attn.q",
@@ -161,9 +163,15 @@ _LOCATIONS = [
     ActivationLocation(
         "attn.qk_logits",
         (_T, _K, D.ATTN_HEADS),
-        "q . k before softmax (soft-capped where the model caps it), causal pairs only",
+        "the softmax's input: q . k (times the logit scaling, which attn.q and attn.k share), soft-capped "
+        "(cap * tanh(x / cap)) where the model caps attention logits; every causal pair, keys outside a "
+        "sliding window included (their probabilities are 0)",
     ),
-    ActivationLocation("attn.qk_probs", (_T, _K, D.ATTN_HEADS), "attention probabilities, causal pairs only"),
+    ActivationLocation(
+        "attn.qk_probs",
+        (_T, _K, D.ATTN_HEADS),
+        "attention probabilities (of the capped logits where the model caps them), causal pairs only",
+    ),
     ActivationLocation(
         "attn.v_out",
         (_T, D.ATTN_HEADS, D.VALUE_CHANNELS),
@@ -173,19 +181,23 @@ _LOCATIONS = [
     ActivationLocation(
         "attn.v_write_norm",
         (_K, D.ATTN_HEADS),
-        "||v[k, kv(h)] W_O[h]||, computed at capture (the write norm per unit probability)",
+        "||v[k, kv(h)] W_O[h]||, computed at capture (the write norm per unit probability); with a norm after "
+        "the attention block ||gain_post * (v W_O[h])||, the post-norm's scale at the query token left to the "
+        "views",
         has_backward=False,
     ),
     ActivationLocation(
         "attn.v_out_write_norm",
         (_T, D.ATTN_HEADS),
-        "||v_out[q, h] W_O[h]||, computed at capture (the head's summed write norm)",
+        "||v_out[q, h] W_O[h]||, computed at capture (the head's summed write norm); with a norm after the "
+        "attention block ||gain_post * (v_out W_O[h])||, the post-norm's scale left to the views",
         has_backward=False,
     ),
     ActivationLocation(
         "attn_post_ln.scale",
         (_T, D.SINGLETON),
-        "scale of the norm after the attention block (models that norm block outputs)",
+        "scale of the norm after the attention block (models that norm block outputs): the block output's rms",
+        reference_dst="attn_output_layer_norm_scale",
         only_with="post_block_norms",
     ),
     ActivationLocation(
@@ -204,19 +216,22 @@ _LOCATIONS = [
         (_T, D.SINGLETON),
         "scale of the norm before the MLP",
         reference_dst="mlp_input_layer_norm_scale",
+        only_with="pre_block_norms",
     ),
     ActivationLocation(
         "resid.post_attn_ln",
         (_T, D.RESIDUAL_STREAM_CHANNELS),
         "normed residual read by this layer's MLP",
         reference_dst="resid_post_attn_layer_norm",
+        only_with="pre_block_norms",
     ),
     ActivationLocation("mlp.pre_act", (_T, D.MLP_ACTS), "MLP pre-activation (the gate projection for gated MLPs)"),
     ActivationLocation("mlp.post_act", (_T, D.MLP_ACTS), "MLP activation: the input of the output projection"),
     ActivationLocation(
         "mlp_post_ln.scale",
         (_T, D.SINGLETON),
-        "scale of the norm after the MLP (models that norm block outputs)",
+        "scale of the norm after the MLP (models that norm block outputs): the MLP output's rms",
+        reference_dst="mlp_output_layer_norm_scale",
         only_with="post_block_norms",
     ),
     ActivationLocation(
@@ -285,10 +300,21 @@ _LOCATIONS += [
 ]
 
 LOCATIONS: dict[str, ActivationLocation] = {loc.name: loc for loc in _LOCATIONS}
+
+
+def locations_of(config: object) -> list[str]:
+    """The locations a model has: those whose `only_with` switch is set in its config (a ModelConfig, or
+    any object with the switches as attributes)."""
+    return [name for name, loc in LOCATIONS.items() if not loc.only_with or getattr(config, loc.only_with)]
+
+
+# The locations of a model with a norm before each block and none after (GPT-2, Llama and most families).
+PRE_NORM_LOCATIONS: list[str] = [name for name, loc in LOCATIONS.items() if loc.only_with in ("", "pre_block_norms")]
 LOCATION_BY_DST: dict[str, ActivationLocation] = {loc.dst: loc for loc in _LOCATIONS}
 
 # What a default ingest stores: the Tier-1 node-table inputs, forward and backward where the columns
-# need gradients, plus the residual after each MLP and the norm scales.
+# need gradients, plus the residual after each MLP and the norm scales (the post-block norms' only in
+# models that have them: see `default_capture`).
 DEFAULT_CAPTURE: dict[str, tuple[PassType, ...]] = {
     "resid.post_emb": (PassType.FORWARD, PassType.BACKWARD),
     "mlp.post_act": (PassType.FORWARD, PassType.BACKWARD),
@@ -299,6 +325,8 @@ DEFAULT_CAPTURE: dict[str, tuple[PassType, ...]] = {
     "resid.post_mlp": (PassType.FORWARD,),
     "attn_ln.scale": (PassType.FORWARD,),
     "mlp_ln.scale": (PassType.FORWARD,),
+    "attn_post_ln.scale": (PassType.FORWARD,),
+    "mlp_post_ln.scale": (PassType.FORWARD,),
     "resid.ln_f.scale": (PassType.FORWARD,),
     "logits": (PassType.FORWARD,),
 }
@@ -337,6 +365,8 @@ _WEIGHTS = [
     WeightLocation("mlp.residual_bias", (D.RESIDUAL_STREAM_CHANNELS,)),
     WeightLocation("layer_norm_gain.post_attn", (D.RESIDUAL_STREAM_CHANNELS,)),
     WeightLocation("layer_norm_gain.post_mlp", (D.RESIDUAL_STREAM_CHANNELS,)),
+    WeightLocation("layer_norm_gain.query", (D.ATTN_HEADS, D.QUERY_AND_KEY_CHANNELS)),
+    WeightLocation("layer_norm_gain.key", (D.KV_HEADS, D.QUERY_AND_KEY_CHANNELS)),
     WeightLocation("layer_norm_gain.final", (D.RESIDUAL_STREAM_CHANNELS,), has_layers=False),
     WeightLocation("layer_norm_bias.final", (D.RESIDUAL_STREAM_CHANNELS,), has_layers=False),
 ]
@@ -370,6 +400,8 @@ STORED_WEIGHTS: tuple[str, ...] = (
     "layer_norm_bias.pre_mlp",
     "layer_norm_gain.final",
     "layer_norm_bias.final",
+    "layer_norm_gain.post_attn",
+    "layer_norm_gain.post_mlp",
 )
 
 

@@ -146,7 +146,8 @@ CREATE TABLE IF NOT EXISTS saes (
 -- Weight-only factors the derived views join against, computed once per model (and once per target or
 -- distractor token) by warehouse/ at ingest, from queries/support/10_weight_factors.sql.
 
--- ||W_out[l][i,:]||: the write norm of MLP neuron i per unit activation.
+-- ||W_out[l][i,:]||: the write norm of MLP neuron i per unit activation (||gain_post[l] * W_out[l][i,:]|| in
+-- models that norm the MLP's output, whose scale the views then divide by).
 CREATE TABLE IF NOT EXISTS mlp_out_norms (
     model_id INTEGER NOT NULL,
     layer SMALLINT NOT NULL,
@@ -156,8 +157,10 @@ CREATE TABLE IF NOT EXISTS mlp_out_norms (
 
 -- For one vocabulary token v, with u = P(gain_f * W_U[:, v]) (P removes the mean for LayerNorm models):
 -- kind 'residual' holds u itself (node_index = channel), 'mlp' W_out[l][i,:] . u, 'attn' W_O[l][h][c,:] . u,
--- 'attn_bias' b_O[l] . u and 'mlp_bias' b_out[l] . u. Divided by the final norm's scale at the last
--- token they give every direct effect on the logit of v, for any prompt, without a backward pass.
+-- 'attn_bias' b_O[l] . u, 'mlp_bias' b_out[l] . u (u times the gain of the norm after that block in models
+-- that norm block outputs) and 'final_bias' bias_f . W_U[:, v]. Divided by the final norm's scale at the
+-- last token (and any post-block norm's) they give every direct effect on the logit of v, for any
+-- prompt, without a backward pass (times the logit's slope where logits are soft-capped).
 CREATE TABLE IF NOT EXISTS direction_factors (
     model_id INTEGER NOT NULL,
     token_id INTEGER NOT NULL,
