@@ -56,8 +56,8 @@ NO_PRE_BLOCK_NORMS = {"olmo2"}  # the checkpoints whose blocks read the residual
 
 
 def every_location(model: str) -> list[str]:
-    switches = SimpleNamespace(
-        pre_block_norms=model not in NO_PRE_BLOCK_NORMS, post_block_norms=model in POST_BLOCK_NORMS
+    switches = SimpleNamespace(  # SAE locations exist only with an SAE spliced in (tests/test_sae_capture.py)
+        pre_block_norms=model not in NO_PRE_BLOCK_NORMS, post_block_norms=model in POST_BLOCK_NORMS, sae=False
     )
     return locations_of(switches)
 
