@@ -12,19 +12,19 @@ import click
 import pyarrow as pa
 
 from ingest import DEFAULT_MODEL
-from ingest.errors import CaptureError, DeviceError, ModelNotFound, TokenError
+from ingest.errors import CaptureError, DeviceError, ModelNotFound, SAEError, TokenError
 from ingest.prompts import PromptInput, Skipped, read_prompt_file
+from queries import streaming
 from queries.api import NODE_COLUMNS, Warehouse, notes
 from queries.catalog import dst_catalog
 from queries.format import FILE_FORMATS, FORMATS, render, stream, write
 from warehouse import db, lake
 
-# Rows per record batch `actwh sql` pulls from DuckDB: memory holds about one batch at a time.
-SQL_BATCH_ROWS = 65_536
 USER_ERRORS = (
     db.WarehouseError,
     ModelNotFound,
     CaptureError,
+    SAEError,
     TokenError,
     DeviceError,
     FileNotFoundError,
@@ -186,6 +186,14 @@ def _db_option(
     help="Memory the ingest may use, e.g. 4GB (default: what the machine has available). A prompt that "
     "would need more even alone is skipped with the estimate; batches are sized to fit.",
 )
+@click.option(
+    "--sae",
+    "saes",
+    multiple=True,
+    help="A sparse autoencoder's folder (SAELens, sparsify or Gemma Scope; DIR@HOOK names the hook point where "
+    "the files do not) spliced in at its hook point: its non-zero latents are stored as nodes (repeatable).",
+)
+@click.option("--no-sae-error", is_flag=True, help="Do not store the SAEs' reconstruction errors.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def ingest_command(
     db_path: Path,
@@ -207,6 +215,8 @@ def ingest_command(
     prepend_bos: bool | None,
     special_tokens_as_text: bool,
     max_memory: str | None,
+    saes: tuple[str, ...],
+    no_sae_error: bool,
     quiet: bool,
     data_path: str | None,
     shard: str | None,
@@ -247,6 +257,8 @@ def ingest_command(
         max_memory=memory_limit,
         prepend_bos=prepend_bos,
         special_tokens_as_text=special_tokens_as_text,
+        saes=list(saes),
+        sae_error=not no_sae_error,
     )
     if wait and lake.is_catalog_spec(db_path):
         raise click.UsageError(
@@ -321,10 +333,8 @@ def sql_command(db_path: Path, query: str, fmt: str, output: Path | None) -> Non
         raise click.UsageError("--format parquet writes a file: add --output PATH")
     con = db.connect(db_path, read_only=True)
     try:
-        try:
-            stream(con.execute(query).to_arrow_reader(SQL_BATCH_ROWS), fmt, output)
-        except Exception as exc:  # a DuckDB error in the user's SQL, raised at the start or mid-stream
-            raise db.WarehouseError(f"query failed: {_one_line(exc)}") from None
+        with streaming.reader(con, query) as reader:
+            stream(reader, fmt, output)
     finally:
         con.close()
     if output is not None:
@@ -476,6 +486,10 @@ def _node_options(command: Any) -> Any:
     return command
 
 
+def _node_title(dst: str, layer: int | None, node_index: int) -> str:
+    return f"{dst} " + (f"layer {layer} " if layer is not None else "") + f"node {node_index}"
+
+
 @main.command("examples")
 @_read_options
 @_node_options
@@ -497,13 +511,21 @@ def examples_command(
     context: int,
     bottom: bool,
 ) -> None:
-    """Top-k activating examples of one node across all prompts, the token [[marked]] in its context."""
-    if plot is not None:
-        raise click.UsageError("examples has no plot: use --format and a tool of your choice")
-    table = Warehouse(db_path).top_examples(dst, layer, node_index, k, context, head, run_id, pass_type, bottom)
+    """Top-k activating examples of one node across all prompts, the token [[marked]] in its context
+    (--plot: each context as a strip of tokens shaded by the node's value)."""
+    wh = Warehouse(db_path)
+    args = (dst, layer, node_index, k, context, head, run_id, pass_type, bottom)
+    with wh.session():
+        table = wh.top_examples(*args)
+        windows = wh.example_windows(*args) if plot is not None else None
     if fmt == "table":
         table = table.select(["prompt_id", "token", "value", "context_text"])
     _emit(table, fmt, output)
+    if windows is not None:
+        from queries import plots
+
+        side = "bottom" if bottom else "top"
+        _plotted(plots.example_strips(windows, plot, f"{_node_title(dst, layer, node_index)}: {side} {k} examples"))
 
 
 @main.command("node-stats")
@@ -535,8 +557,7 @@ def node_stats_command(
     if plot is not None:
         from queries import plots
 
-        where = f"layer {layer} " if layer is not None else ""
-        _plotted(plots.histogram(stats.histogram, plot, f"{dst} {where}node {node_index}"))
+        _plotted(plots.histogram(stats.histogram, plot, _node_title(dst, layer, node_index)))
 
 
 @main.command("prompt")

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import duckdb
 import pyarrow as pa
 
+from queries import contexts, streaming
+from queries.streaming import QueryError
 from warehouse import db, lake, registry
 
 if TYPE_CHECKING:
@@ -63,10 +65,6 @@ class UnknownDst(db.WarehouseError):
 
 class DstNotAvailable(db.WarehouseError):
     """A known dst this warehouse file cannot answer (view missing, or its inputs not stored)."""
-
-
-class QueryError(db.WarehouseError):
-    pass
 
 
 def notes(table: pa.Table) -> list[str]:
@@ -115,7 +113,7 @@ class _Source:
     note: str | None = None
 
 
-class Warehouse:
+class Warehouse(contexts.ExampleWindows):
     """A warehouse, attached per call (read-only by default): each call reads the last committed snapshot."""
 
     def __init__(self, path: str | Path, read_only: bool = True) -> None:
@@ -206,6 +204,22 @@ class Warehouse:
                 return relation.fetchall()
             except duckdb.Error as exc:
                 raise QueryError(f"query failed: {str(exc).splitlines()[0]}") from exc
+
+    @contextmanager
+    def sql_reader(
+        self,
+        query: str,
+        params: Sequence[Any] | dict[str, Any] | None = None,
+        batch_size: int = streaming.BATCH_ROWS,
+    ) -> Iterator[pa.RecordBatchReader]:
+        """Stream one statement's result: `with wh.sql_reader(query, params) as reader: for batch in
+        reader: ...`. A pyarrow.RecordBatchReader of batches of at most `batch_size` rows, produced as they
+        are read, so memory stays about one batch whatever the result's size (a sort or aggregate in the
+        query still holds its input). The connection (one snapshot) is held until the block ends; the
+        reader is closed there. Raises QueryError (one line) at the start or mid-stream.
+        """
+        with self._connection() as con, streaming.reader(con, query, params, batch_size) as reader:
+            yield reader
 
     # -- names ---------------------------------------------------------------------------------------
 
@@ -398,33 +412,15 @@ class Warehouse:
 
         `context_text` marks the activating token [[like this]] and, for attention nodes, the attended-to
         token <<like this>> when it falls inside the window. Windows are clipped at the sequence edges.
+        Contexts decode the window's concatenated token bytes, so a character split across tokens reads
+        whole; markers sit between characters (queries/contexts.py, warehouse/token_text.py).
         """
         if k < 1 or context < 0:
             raise db.WarehouseError("k must be at least 1 and context at least 0")
-        order = "ASC" if bottom else "DESC"
         with self._connection() as con:
-            src = self._source(con, dst, pass_type)
-            where, params = self._node_filter(layer, node_index, head, run_id)
-            sql = (
-                f"WITH hits AS (SELECT prompt_id, token, token2, head, value FROM ({src.sql}) WHERE true{where}"
-                f" ORDER BY value {order}, prompt_id, token, token2 LIMIT ?)"
-                " SELECT h.prompt_id, h.token, h.token2, h.head, h.value,"
-                " coalesce(string_agg(t.text, '' ORDER BY t.position) FILTER (WHERE t.position < h.token), '')"
-                " AS left_context,"
-                " any_value(t.text) FILTER (WHERE t.position = h.token) AS token_text,"
-                " coalesce(string_agg(t.text, '' ORDER BY t.position) FILTER (WHERE t.position > h.token), '')"
-                " AS right_context,"
-                " any_value(t.text) FILTER (WHERE t.position = h.token2) AS token2_text,"
-                " string_agg(CASE WHEN t.position = h.token THEN '[[' || t.text || ']]'"
-                " WHEN t.position = h.token2 THEN '<<' || t.text || '>>' ELSE t.text END, '' ORDER BY t.position)"
-                " AS context_text"
-                " FROM hits h JOIN tokens t ON t.prompt_id = h.prompt_id"
-                " AND t.position BETWEEN h.token - ? AND h.token + ?"
-                " GROUP BY h.prompt_id, h.token, h.token2, h.head, h.value"
-                f" ORDER BY h.value {order}, h.prompt_id, h.token, h.token2"
-            )
-            table = self._run(con, sql, [*src.params, *params, k, context, context])
-        return _with_notes(table, [src.note] if src.note else [])
+            hits, params, note = self._hits(con, dst, layer, node_index, k, head, run_id, pass_type, bottom)
+            table = contexts.with_context(con, hits, params, context)
+        return _with_notes(table, [note] if note else [])
 
     def node_stats(
         self,

@@ -14,6 +14,8 @@ from cli import main
 from queries import Warehouse
 
 pytestmark = pytest.mark.slow
+# skipped before a PostgreSQL server starts: pyspark is its own extra, not part of `make install`
+pyspark = pytest.importorskip("pyspark.sql", reason="pyspark is not installed: pip install -e '.[spark]'")
 TOP = 20
 KEY = ["prompt_id", "token", "layer", "node_index"]
 DUCKDB_TOP = f"""
@@ -23,7 +25,6 @@ ORDER BY value DESC, prompt_id, token, layer, node_index LIMIT {TOP}
 
 
 def test_spark_reads_the_catalogs_file_list_and_ranks_as_duckdb(pg_catalog: str, tmp_path: Path) -> None:
-    pyspark = pytest.importorskip("pyspark.sql", reason="pyspark is in the test extra: pip install 'actwh[test]'")
     if shutil.which("java") is None:
         pytest.skip("Spark needs a Java runtime (java on PATH)")
     base = ["ingest", "--db", pg_catalog, "--model", "gpt2-tiny", "--quiet", "--batch-size", "1"]

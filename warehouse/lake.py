@@ -122,6 +122,8 @@ def new_connection(postgres: bool = False) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the DuckLake extension and the SQLite one, or the PostgreSQL one
     for a shared catalog, loaded (signed, no downloads)."""
     con = duckdb.connect(config=dict(_SAFE_CONFIG))
+    # DuckDB draws a progress bar on stdout for queries over 2 s: it would land inside a program's output
+    con.execute("SET enable_progress_bar = false")
     for name, module in (_POSTGRES if postgres else _SQLITE, _DUCKLAKE):
         path = _extension_file(module, name)
         try:
