@@ -127,3 +127,21 @@ def test_a_lake_without_the_saes_table_is_refused_in_one_line(tmp_path: Path) ->
     finally:
         con.close()
     assert_one_line_error(tiny(path, "--prompt", "Hello again", "--sae", _sae(tmp_path, "a")), "new --db")
+
+
+@pytest.mark.parametrize(
+    "hook", ["blocks.1.hook_mlp_out", "blocks.1.attn.hook_z", "layers.1.mlp", "blocks.1.mlp.hook_post"]
+)
+def test_block_output_sites_of_a_model_that_norms_block_outputs_are_refused(hook: str) -> None:
+    """Gemma 2 and OLMo 2 norm each block's output before the residual: the views model no SAE write
+    through that norm, so only residual-stream sites are spliced there."""
+    from dataclasses import replace
+
+    from ingest.errors import SAEError
+    from ingest.sae.sites import site_of
+    from ingest.tiny import tiny_gpt2
+
+    config = replace(tiny_gpt2().config, post_block_norms=True)
+    assert site_of("blocks.1.hook_resid_post", config).location == "resid.post_mlp"
+    with pytest.raises(SAEError, match="residual stream only"):
+        site_of(hook, config)

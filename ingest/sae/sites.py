@@ -89,6 +89,13 @@ def site_of(hook_name: str, config: ModelConfig) -> Site:
             f"hook point {hook_name!r}: this model runs attention and MLP in parallel, so it has no residual "
             "between them"
         )
+    if config.post_block_norms and location not in ("resid_pre", "resid.post_attn", "resid.post_mlp"):
+        # A block's output is normed before it joins the residual here: the views do not model an SAE's
+        # writes through that norm, and module outputs (layers.L.mlp) differ from the residual deltas.
+        raise SAEError(
+            f"hook point {hook_name!r}: this model norms each block's output before the residual, and actwh "
+            "splices SAEs on its residual stream only (hook_resid_pre, hook_resid_mid, hook_resid_post)"
+        )
     if location == "resid_pre":
         return Site(hook_name, "resid.post_emb", None) if layer == 0 else Site(hook_name, "resid.post_mlp", layer - 1)
     return Site(hook_name, location, layer)

@@ -15,19 +15,26 @@ JOIN (SELECT model_id, layer, row_index, sqrt(sum(value::DOUBLE * value)) AS val
   ON n.model_id = p.model_id AND n.layer IS NOT DISTINCT FROM a.layer AND n.row_index = a.node_index
 WHERE a.dst = source AND a.pass_type = 'forward';
 
--- f[l,T,i] * (w_i . g[T]) for the pair (t, d) (NULL, NULL: each prompt's own), as mlp_direct_effects.
+-- f[l,T,i] * (w_i . g[T]) for the pair (t, d) (NULL, NULL: each prompt's own), as mlp_direct_effects
+-- (soft-capped logits' slopes c_t, c_d applied per prompt: see 30_direct_effects.sql).
 -- The latents' factors w_i . (u_t - u_d) are taken from the weights for each pair in the answer.
 CREATE OR REPLACE MACRO autoencoder_direct_effects(source, weight_location, out_dst, t, d) AS TABLE
 WITH p AS (SELECT * FROM prompt_pair_ids(t, d)),
-u AS (SELECT pair_id, model_id, node_index AS channel, value FROM keyed_pair_factors(t, d, 'residual')),
+u AS (
+    SELECT pair_id, model_id, node_index AS channel, target_value, distractor_value
+    FROM keyed_pair_factors(t, d, 'residual')
+),
 f AS (
-    SELECT u.pair_id, w.layer, w.row_index AS latent, sum(w.value * u.value) AS value
+    SELECT u.pair_id, w.layer, w.row_index AS latent, sum(w.value * u.target_value) AS target_value,
+           sum(w.value * u.distractor_value) AS distractor_value
     FROM weights w JOIN u ON u.model_id = w.model_id AND u.channel = w.col_index
     WHERE w.location = weight_location
     GROUP BY u.pair_id, w.layer, w.row_index
 )
 SELECT a.prompt_id, a.token, a.token2, a.layer, a.head, a.node_type, a.node_index, out_dst::VARCHAR AS dst,
-       a.pass_type, (a.value * f.value / p.final_scale)::FLOAT AS value
+       a.pass_type,
+       (a.value * (p.target_slope * f.target_value - p.distractor_slope * f.distractor_value) / p.final_scale)::FLOAT
+       AS value
 FROM activations a
 JOIN p ON p.prompt_id = a.prompt_id AND p.last_token = a.token
 JOIN f ON f.pair_id = p.pair_id AND f.layer IS NOT DISTINCT FROM a.layer AND f.latent = a.node_index
@@ -68,7 +75,9 @@ GROUP BY prompt_id, token, layer, out_dst;
 -- residual-stream sites, 'mlp' (W_out rows) for mlp.post_act, 'attn' (W_O[h] rows) for attn.v_out.
 CREATE OR REPLACE MACRO autoencoder_error_direct_effects(source, factor_kind, out_dst, t, d) AS TABLE
 SELECT a.prompt_id, a.token, NULL::SMALLINT AS token2, a.layer, NULL::SMALLINT AS head, 'layer'::VARCHAR AS node_type,
-       0 AS node_index, out_dst::VARCHAR AS dst, a.pass_type, (sum(a.value * f.value) / any_value(p.final_scale))::FLOAT AS value
+       0 AS node_index, out_dst::VARCHAR AS dst, a.pass_type,
+       (sum(a.value * (p.target_slope * f.target_value - p.distractor_slope * f.distractor_value))
+        / any_value(p.final_scale))::FLOAT AS value
 FROM activations a
 JOIN prompt_pair_ids(t, d) p ON p.prompt_id = a.prompt_id AND p.last_token = a.token
 JOIN keyed_pair_factors(t, d, factor_kind) f
