@@ -441,6 +441,17 @@ MUTATIONS: tuple[Mutation, ...] = (
         (f"{WORKERS}::test_shards_split_deterministically",),
     ),
     Mutation(
+        "model_rows_added_unserialized",
+        "rows added to a registered model (an SAE's) commit beside another writer's, decided on a stale read",
+        replace(
+            WRITER, "if tagged:\n                    concurrency.serialize(con)", "if tagged:\n                    pass"
+        ),
+        (
+            "tests/test_shared_catalog.py::"
+            "test_model_rows_added_after_registration_are_decided_again_after_a_lost_conflict",
+        ),
+    ),
+    Mutation(
         "token_text_replacement_characters",
         "token display texts decode each token alone, writing U+FFFD for a character split across tokens",
         replace(

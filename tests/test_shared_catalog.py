@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -19,6 +20,10 @@ from warehouse.writer import LakeWriter
 PROMPTS = ["--prompt", "The capital of France is", "--prompt", "One two three four five", "--prompt", "Rome and"]
 TARGET = ["--target", " Paris", "--distractor", " London"]
 VIEW = "SELECT prompt_id, token, layer, node_index, value FROM mlp_act_times_grad ORDER BY ALL"
+FIELDS = {"family": "gpt2", "n_layers": 1, "d_model": 2, "n_heads": 1, "n_kv_heads": 1, "d_head": 2, "d_mlp": 4,
+          "vocab_size": 4, "n_ctx": 8, "norm": "layernorm", "config": "{}"}  # fmt: skip
+RUN = {"model_id": 7, "objective": "pending", "locations": [], "software_version": "test", "device": "cpu",
+       "dtype": "float32", "precision": "float32", "prepend_bos": False, "special_tokens": "special"}  # fmt: skip
 
 
 def _invoke(*args: str) -> str:
@@ -100,20 +105,41 @@ def test_shared_catalog_mistakes_get_one_line(pg_catalog: str, tmp_path: Path) -
 def test_a_model_registration_that_loses_a_conflict_is_stored_whole(pg_catalog: str, tmp_path: Path) -> None:
     """The model's rows are streamed into its commit; when another writer commits first, the registration
     runs again and streams them again, rather than storing the model without them."""
-    fields = {"family": "gpt2", "n_layers": 1, "d_model": 2, "n_heads": 1, "n_kv_heads": 1, "d_head": 2,
-              "d_mlp": 4, "vocab_size": 2, "n_ctx": 8, "norm": "layernorm", "config": "{}"}  # fmt: skip
-    run = {"model_id": 7, "objective": "pending", "locations": [], "software_version": "test", "device": "cpu",
-           "dtype": "float32", "precision": "float32", "prepend_bos": False, "special_tokens": "special"}  # fmt: skip
     with LakeWriter(pg_catalog, data_path=tmp_path / "shared") as first, LakeWriter(pg_catalog) as second:
         calls = []
 
         def vocab() -> list[pa.Table]:
             calls.append(len(calls))
             if len(calls) == 1:
-                second.start_run(**run)  # commits while the registration's transaction is open
-            return [pa.table({"token_id": pa.array([0, 1], pa.int32()), "text": ["a", "b"]})]
+                second.start_run(**RUN)  # commits while the registration's transaction is open
+            return [_vocab(0, 1)]
 
-        model_id = first.register_model("m", "hash", fields, {"vocab": vocab})
+        model_id = first.register_model("m", "hash", FIELDS, {"vocab": vocab})
         assert len(calls) == 2 and first.conflicts_retried == 1
     assert _rows(pg_catalog, "SELECT model_id, count(*) FROM vocab GROUP BY ALL") == [(model_id, 2)]
     assert _rows(pg_catalog, "SELECT count(*) FROM models") == [(1,)]
+
+
+def test_model_rows_added_after_registration_are_decided_again_after_a_lost_conflict(
+    pg_catalog: str, tmp_path: Path
+) -> None:
+    """add_model_rows (an SAE's rows) decides what to add inside its commit; when another writer commits
+    rows first, the decision runs again and sees them, so each row is stored once."""
+    with LakeWriter(pg_catalog, data_path=tmp_path / "shared") as first, LakeWriter(pg_catalog) as second:
+        model_id = first.register_model("m", "hash", FIELDS, {"vocab": lambda: [_vocab(0, 1)]})
+        calls = []
+
+        def missing(con: duckdb.DuckDBPyConnection) -> list[tuple[str, pa.Table]]:
+            calls.append(len(calls))
+            stored = {r[0] for r in con.execute("SELECT token_id FROM vocab").fetchall()}
+            if len(calls) == 1:  # another writer adds token 2 after this transaction read what is stored
+                second.add_model_rows(model_id, lambda _: [("vocab", _vocab(2))])
+            return [("vocab", _vocab(*sorted({2, 3} - stored)))]
+
+        first.add_model_rows(model_id, missing)
+        assert len(calls) == 2 and first.conflicts_retried == 1
+    assert _rows(pg_catalog, "SELECT token_id FROM vocab ORDER BY 1") == [(0,), (1,), (2,), (3,)]
+
+
+def _vocab(*ids: int) -> pa.Table:
+    return pa.table({"token_id": pa.array(ids, pa.int32()), "text": [str(i) for i in ids]})
