@@ -10,11 +10,13 @@ rows a batch adds and the merge are defined in warehouse/summaries.py.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 
+from warehouse.facts import constant_name
 from warehouse.registry import LOCATIONS, ActivationLocation
 from warehouse.summaries import EDGES, EXAMPLES_K, N_BINS
 
@@ -26,15 +28,10 @@ NOT_SUMMARISED = frozenset({"logits"})
 
 @dataclass
 class _Parts:
-    """Columns of the summary and example rows gathered over a batch, turned into tables at the end."""
+    """The batch's summary and example rows, one Arrow table per (dst, pass, layer, first_token) chunk."""
 
-    summaries: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    examples: dict[str, list[np.ndarray]] = field(default_factory=dict)
-
-    @staticmethod
-    def add(into: dict[str, list[np.ndarray]], columns: dict[str, np.ndarray]) -> None:
-        for name, values in columns.items():
-            into.setdefault(name, []).append(values)
+    summaries: list[pa.Table] = field(default_factory=list)
+    examples: list[pa.Table] = field(default_factory=list)
 
 
 class SummaryState:
@@ -64,7 +61,7 @@ class SummaryState:
         except BaseException:
             self._best = saved
             raise
-        return _table(parts.summaries, _SUMMARY_TYPES), _table(parts.examples, _EXAMPLE_TYPES)
+        return _concat(parts.summaries, SUMMARY_SCHEMA), _concat(parts.examples, EXAMPLE_SCHEMA)
 
     def _add_all(
         self,
@@ -110,8 +107,9 @@ class SummaryState:
         pairs = loc.n_token_axes == 2
         n_second = values.shape[2] if pairs else 1
         node_shape = values.shape[1 + loc.n_token_axes :]
-        flat = values.reshape(n_batch, n_tok, n_second, -1)
         device = values.device
+        # nodes first, so that each node's values are one contiguous row to sort
+        by_node = values.reshape(n_batch * n_tok * n_second, -1).T
         token = torch.arange(n_tok, device=device)
         valid = (token[None, :] < lengths.to(device)[:, None])[:, :, None]
         if pairs:
@@ -121,58 +119,54 @@ class SummaryState:
         head, node_index = _node_columns(loc, node_shape)
         for first in (True, False):
             chosen = valid & ((token == 0) if first else (token > 0))[None, :, None]
-            where = chosen.nonzero()  # (rows, 3): batch, token, second token
-            rows = flat[chosen]  # (rows, nodes)
-            if rows.shape[0] == 0:
+            where = chosen.reshape(-1).nonzero().squeeze(1)
+            if where.numel() == 0:
                 continue
-            key = (dst, pass_type, layer, first)
-            names = _key_columns(dst, pass_type, layer, loc, head, node_index, first)
-            parts.add(parts.summaries, {**names, **_moments(rows)})
-            parts.add(parts.examples, self._candidates(key, rows, where, names, prompt_ids, pairs))
+            ordered, order = by_node.index_select(1, where).sort(dim=1)  # (nodes, rows), ascending
+            keys = _key_columns(dst, pass_type, layer, loc, head, node_index, first)
+            parts.summaries.append(_summary_table(keys, ordered))
+            positions = np.stack(np.unravel_index(where.cpu().numpy(), (n_batch, n_tok, n_second)), axis=1)
+            example = self._candidates((dst, pass_type, layer, first), ordered, order, positions, prompt_ids, pairs)
+            parts.examples.append(_example_table(keys, *example))
 
     def _candidates(
         self,
         key: tuple,
-        rows: torch.Tensor,
-        where: torch.Tensor,
-        names: dict[str, np.ndarray],
+        ordered: torch.Tensor,
+        order: torch.Tensor,
+        positions: np.ndarray,
         prompt_ids: np.ndarray,
         pairs: bool,
-    ) -> dict[str, np.ndarray]:
-        k = min(self.k, rows.shape[0])
-        top = rows.topk(k, dim=0)
-        bottom = rows.topk(k, dim=0, largest=False)
+    ) -> tuple[np.ndarray, ...]:
+        """(node, side, prompt_id, token, token2, value) columns of the batch's example candidates: its K
+        highest and lowest values of each node that reach the run's running K-th highest or lowest."""
+        k = min(self.k, ordered.shape[1])
+        top, top_at = ordered[:, -k:].flip(1), order[:, -k:].flip(1)  # (nodes, k), highest first
+        bottom, bottom_at = ordered[:, :k], order[:, :k]
         best = self._best.get(key)
-        if best is None:
-            keep_top = torch.ones_like(top.values, dtype=torch.bool)
-            keep_bottom = keep_top
-            merged_top, merged_bottom = top.values, bottom.values
-        else:
+        keep_top = keep_bottom = torch.ones_like(top, dtype=torch.bool)
+        if best is not None:
             high, low = best
             # Ties with the running K-th are kept: the K highest may be any of the tied rows.
-            keep_top = top.values >= high[-1] if high.shape[0] >= self.k else torch.ones_like(top.values, dtype=torch.bool)
-            keep_bottom = (
-                bottom.values <= low[-1] if low.shape[0] >= self.k else torch.ones_like(top.values, dtype=torch.bool)
-            )
-            merged_top = torch.cat([high, top.values]).topk(min(self.k, high.shape[0] + k), dim=0).values
-            merged_bottom = torch.cat([low, bottom.values]).topk(min(self.k, low.shape[0] + k), dim=0, largest=False).values
-        self._best[key] = (merged_top, merged_bottom)
-        out: dict[str, list[np.ndarray]] = {}
-        for side, found, keep in (("top", top, keep_top), ("bottom", bottom, keep_bottom)):
-            rank, node = keep.nonzero(as_tuple=True)
-            at = where[found.indices[rank, node]].cpu().numpy()
-            node_np = node.cpu().numpy()
-            columns = {name: column[node_np] for name, column in names.items()}
-            columns.update(
-                side=np.full(node_np.size, side, dtype=object),
-                prompt_id=prompt_ids[at[:, 0]].astype(np.int32),
-                token=at[:, 1].astype(np.int16),
-                token2=(at[:, 2] if pairs else np.full(node_np.size, -1)).astype(np.int16),
-                value=found.values[rank, node].cpu().numpy().astype(np.float32),
-            )
-            for name, column in columns.items():
-                out.setdefault(name, []).append(column)
-        return {name: np.concatenate(columns) for name, columns in out.items()}
+            if high.shape[1] >= self.k:
+                keep_top = top >= high[:, -1:]
+                keep_bottom = bottom <= low[:, -1:]
+            top_merged = torch.cat([high, top], dim=1).topk(min(self.k, high.shape[1] + k), dim=1).values
+            bottom_merged = torch.cat([low, bottom], dim=1).topk(min(self.k, low.shape[1] + k), dim=1, largest=False)
+            self._best[key] = (top_merged, bottom_merged.values)
+        else:
+            self._best[key] = (top, bottom)
+        columns = []
+        for side, values, at, keep in ((0, top, top_at, keep_top), (1, bottom, bottom_at, keep_bottom)):
+            node, rank = keep.nonzero(as_tuple=True)
+            where = positions[at[node, rank].cpu().numpy()]
+            columns.append((node.cpu().numpy(), np.full(node.numel(), side, np.int8), where, values[node, rank]))
+        node = np.concatenate([c[0] for c in columns])
+        side = np.concatenate([c[1] for c in columns])
+        where = np.concatenate([c[2] for c in columns])
+        value = torch.cat([c[3] for c in columns]).cpu().numpy()
+        token2 = where[:, 2] if pairs else np.full(node.size, -1)
+        return node, side, prompt_ids[where[:, 0]].astype(np.int32), where[:, 1], token2, value
 
 
 def _order(item: tuple[tuple[str, int | None], torch.Tensor]) -> tuple[str, int]:
@@ -187,6 +181,42 @@ def _node_columns(loc: ActivationLocation, node_shape: torch.Size) -> tuple[np.n
     return head.astype(np.int16), grid[-1].astype(np.int32)
 
 
+_NAME = pa.dictionary(pa.int8(), pa.string())
+_KEY_FIELDS = [
+    ("dst", _NAME),
+    ("pass_type", _NAME),
+    ("layer", pa.int16()),
+    ("head", pa.int16()),
+    ("node_type", _NAME),
+    ("node_index", pa.int32()),
+    ("first_token", pa.bool_()),
+]
+SUMMARY_SCHEMA = pa.schema(
+    [
+        *_KEY_FIELDS,
+        ("n", pa.int64()),
+        ("sum", pa.float64()),
+        ("sum_sq", pa.float64()),
+        ("sum_abs", pa.float64()),
+        ("min", pa.float32()),
+        ("max", pa.float32()),
+        ("n_nonzero", pa.int64()),
+        ("hist", pa.list_(pa.int32())),
+    ]
+)
+EXAMPLE_SCHEMA = pa.schema(
+    [
+        *_KEY_FIELDS,
+        ("side", _NAME),
+        ("prompt_id", pa.int32()),
+        ("token", pa.int16()),
+        ("token2", pa.int16()),
+        ("value", pa.float32()),
+    ]
+)
+_SIDES = pa.array(["top", "bottom"])
+
+
 def _key_columns(
     dst: str,
     pass_type: str,
@@ -195,81 +225,75 @@ def _key_columns(
     head: np.ndarray,
     node_index: np.ndarray,
     first: bool,
-) -> dict[str, np.ndarray]:
+) -> dict[str, Any]:
+    """The node-key columns of one chunk (per node), as Arrow arrays; names dictionary-encoded."""
     n = node_index.size
     return {
-        "dst": np.full(n, dst, dtype=object),
-        "pass_type": np.full(n, pass_type, dtype=object),
-        "layer": np.full(n, -1 if layer is None else layer, np.int16),
-        "head": head,
-        "node_type": np.full(n, loc.node_type.value, dtype=object),
-        "node_index": node_index,
-        "first_token": np.full(n, first),
+        "dst": constant_name(dst, n),
+        "pass_type": constant_name(pass_type, n),
+        "layer": pa.array(np.full(n, -1 if layer is None else layer, np.int16)),
+        "head": pa.array(head),
+        "node_type": constant_name(loc.node_type.value, n),
+        "node_index": pa.array(node_index),
+        "first_token": pa.array(np.full(n, first)),
     }
 
 
-_BOUNDARIES: dict[torch.device, torch.Tensor] = {}
+_EDGES: dict[torch.device, torch.Tensor] = {}
 
 
-def _moments(rows: torch.Tensor) -> dict[str, np.ndarray]:
-    """Count, sums, extremes, non-zeros and the fixed-edge histogram of each column of `rows` (rows, nodes)."""
-    n_rows, n_nodes = rows.shape
-    wide = rows.to(torch.float64)
-    edges = _BOUNDARIES.get(rows.device)
+def _summary_table(keys: dict[str, Any], ordered: torch.Tensor) -> pa.Table:
+    """One summary row per node from its values sorted ascending (`ordered`, (nodes, rows))."""
+    n_nodes, n_rows = ordered.shape
+    edges = _EDGES.get(ordered.device)
     if edges is None:
-        edges = _BOUNDARIES[rows.device] = torch.tensor(EDGES, dtype=torch.float32, device=rows.device)
-    bins = torch.bucketize(rows, edges, right=True)
-    offsets = torch.arange(n_nodes, device=rows.device) * N_BINS
-    hist = torch.bincount((bins + offsets).reshape(-1), minlength=n_nodes * N_BINS).reshape(n_nodes, N_BINS)
-    return {
-        "n": np.full(n_nodes, n_rows, np.int64),
-        "sum": wide.sum(0).cpu().numpy(),
-        "sum_sq": (wide * wide).sum(0).cpu().numpy(),
-        "sum_abs": wide.abs().sum(0).cpu().numpy(),
-        "min": rows.amin(0).cpu().numpy(),
-        "max": rows.amax(0).cpu().numpy(),
-        "n_nonzero": (rows != 0).sum(0).cpu().numpy().astype(np.int64),
-        "hist": hist.to(torch.int32).cpu().numpy(),
-    }
+        edges = _EDGES[ordered.device] = torch.tensor([*EDGES, 0.0], dtype=torch.float32, device=ordered.device)
+    # values below each edge (and at most 0, for the zeros), from one binary search per node and edge
+    below = torch.searchsorted(ordered, edges[:-1].expand(n_nodes, -1).contiguous())
+    not_above_zero = torch.searchsorted(ordered, edges[-1:].expand(n_nodes, 1).contiguous(), right=True)
+    counts = torch.cat([below, torch.full((n_nodes, 1), n_rows, device=ordered.device)], dim=1)
+    hist = torch.diff(counts, dim=1, prepend=torch.zeros((n_nodes, 1), dtype=counts.dtype, device=counts.device))
+    zero_at = EDGES.index(0.0)
+    zeros = not_above_zero[:, 0] - below[:, zero_at]
+    hist_flat = pa.array(hist.to(torch.int32).reshape(-1).cpu().numpy())
+    return pa.table(
+        {
+            **keys,
+            "n": pa.array(np.full(n_nodes, n_rows, np.int64)),
+            "sum": pa.array(ordered.sum(1, dtype=torch.float64).cpu().numpy()),
+            "sum_sq": pa.array((ordered * ordered).sum(1, dtype=torch.float64).cpu().numpy()),
+            "sum_abs": pa.array(ordered.abs().sum(1, dtype=torch.float64).cpu().numpy()),
+            "min": pa.array(ordered[:, 0].cpu().numpy()),
+            "max": pa.array(ordered[:, -1].cpu().numpy()),
+            "n_nonzero": pa.array((n_rows - zeros).to(torch.int64).cpu().numpy()),
+            "hist": pa.FixedSizeListArray.from_arrays(hist_flat, N_BINS).cast(pa.list_(pa.int32())),
+        },
+        schema=SUMMARY_SCHEMA,
+    )
 
 
-_KEY_TYPES = {
-    "dst": pa.string(),
-    "pass_type": pa.string(),
-    "layer": pa.int16(),
-    "head": pa.int16(),
-    "node_type": pa.string(),
-    "node_index": pa.int32(),
-    "first_token": pa.bool_(),
-}
-_SUMMARY_TYPES = {
-    **_KEY_TYPES,
-    "n": pa.int64(),
-    "sum": pa.float64(),
-    "sum_sq": pa.float64(),
-    "sum_abs": pa.float64(),
-    "min": pa.float32(),
-    "max": pa.float32(),
-    "n_nonzero": pa.int64(),
-    "hist": pa.list_(pa.int32()),
-}
-_EXAMPLE_TYPES = {
-    **_KEY_TYPES,
-    "side": pa.string(),
-    "prompt_id": pa.int32(),
-    "token": pa.int16(),
-    "token2": pa.int16(),
-    "value": pa.float32(),
-}
+def _example_table(
+    keys: dict[str, Any],
+    node: np.ndarray,
+    side: np.ndarray,
+    prompt_id: np.ndarray,
+    token: np.ndarray,
+    token2: np.ndarray,
+    value: np.ndarray,
+) -> pa.Table:
+    columns = {name: column.take(pa.array(node)) for name, column in keys.items()}
+    return pa.table(
+        {
+            **columns,
+            "side": pa.DictionaryArray.from_arrays(pa.array(side), _SIDES),
+            "prompt_id": pa.array(prompt_id, pa.int32()),
+            "token": pa.array(token.astype(np.int16)),
+            "token2": pa.array(token2.astype(np.int16)),
+            "value": pa.array(value.astype(np.float32, copy=False)),
+        },
+        schema=EXAMPLE_SCHEMA,
+    )
 
 
-def _table(columns: dict[str, list[np.ndarray]], types: dict[str, pa.DataType]) -> pa.Table:
-    arrays = {}
-    for name, kind in types.items():
-        values = np.concatenate(columns[name]) if columns.get(name) else np.zeros(0)
-        if name == "hist":
-            flat = pa.array(values.reshape(-1).astype(np.int32)) if values.size else pa.array([], pa.int32())
-            arrays[name] = pa.FixedSizeListArray.from_arrays(flat, N_BINS).cast(kind)
-        else:
-            arrays[name] = pa.array(values, kind) if values.size else pa.array([], kind)
-    return pa.table(arrays)
+def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
+    return pa.concat_tables(tables) if tables else schema.empty_table()
