@@ -14,9 +14,11 @@ import pyarrow as pa
 from ingest import DEFAULT_MODEL
 from ingest.errors import CaptureError, DeviceError, ModelNotFound, TokenError
 from ingest.prompts import PromptInput, Skipped, read_prompt_file
-from queries.api import NODE_COLUMNS, Warehouse, notes
+from queries.api import NODE_COLUMNS, Warehouse
 from queries.catalog import dst_catalog
 from queries.format import FILE_FORMATS, FORMATS, render, stream, write
+from queries.notes import notes
+from queries.summaries import DEFAULT_SKIP_FIRST, RANK_BY
 from warehouse import db
 
 # Rows per record batch `actwh sql` pulls from DuckDB: memory holds about one batch at a time.
@@ -354,17 +356,35 @@ def _plotted(path: Path) -> None:
     help=f"Rank by a node-table column ({', '.join(NODE_COLUMNS)}: MLP and attention together) or any dst.",
 )
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1), help="Top k and bottom k.")
+@click.option(
+    "--skip-first",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Leave out nodes at the prompt's first N tokens (0: every token, as the reference node table).",
+)
 def top_command(
-    db_path: Path, fmt: str, output: Path | None, plot: Path | None, prompt_id: int, by: str, k: int
+    db_path: Path, fmt: str, output: Path | None, plot: Path | None, prompt_id: int, by: str, k: int, skip_first: int
 ) -> None:
     """The reference node table: top and bottom k nodes of a prompt, four columns side by side."""
-    table = Warehouse(db_path).top_nodes(prompt_id, by, k)
+    table = Warehouse(db_path).top_nodes(prompt_id, by, k, skip_first)
     _emit(table, fmt, output)
     if plot is not None:
         from queries import plots
 
         column = by if by in table.column_names else "value"
         _plotted(plots.top_nodes_bars(table, column, plot, f"prompt {prompt_id}: top and bottom {k} by {by}"))
+
+
+def _skip_first_option() -> Any:
+    return click.option(
+        "--skip-first",
+        default=DEFAULT_SKIP_FIRST,
+        show_default=True,
+        type=int,
+        help="Leave out each prompt's first N tokens (1: the attention-sink first token, whose values dwarf "
+        "the rest; 0 keeps it). 0 and 1 read the summaries; more scans every row.",
+    )
 
 
 def _node_options(command: Any) -> Any:
@@ -378,6 +398,7 @@ def _node_options(command: Any) -> Any:
             click.option(
                 "--pass", "pass_type", default="forward", show_default=True, type=click.Choice(["forward", "backward"])
             ),
+            _skip_first_option(),
         ]
     ):
         command = option(command)
@@ -401,6 +422,7 @@ def examples_command(
     head: int | None,
     run_id: int | None,
     pass_type: str,
+    skip_first: int,
     k: int,
     context: int,
     bottom: bool,
@@ -408,7 +430,7 @@ def examples_command(
     """Top-k activating examples of one node across all prompts, the token [[marked]] in its context."""
     if plot is not None:
         raise click.UsageError("examples has no plot: use --format and a tool of your choice")
-    table = Warehouse(db_path).top_examples(dst, layer, node_index, k, context, head, run_id, pass_type, bottom)
+    table = Warehouse(db_path).examples(dst, layer, node_index, k, context, head, run_id, pass_type, bottom, skip_first)
     if fmt == "table":
         table = table.select(["prompt_id", "token", "value", "context_text"])
     _emit(table, fmt, output)
@@ -417,7 +439,12 @@ def examples_command(
 @main.command("node-stats")
 @_read_options
 @_node_options
-@click.option("--bins", default=20, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--bins",
+    type=click.IntRange(1),
+    help="Equal bins between min and max, with quantiles: a scan of every row. Default: the summaries' "
+    "fixed power-of-ten bins.",
+)
 @click.option("--histogram", "show_histogram", is_flag=True, help="Emit the histogram rather than the summary.")
 def node_stats_command(
     db_path: Path,
@@ -430,11 +457,16 @@ def node_stats_command(
     head: int | None,
     run_id: int | None,
     pass_type: str,
-    bins: int,
+    skip_first: int,
+    bins: int | None,
     show_histogram: bool,
 ) -> None:
-    """Count, mean, max, fraction non-zero, quantiles and histogram of one node across the dataset."""
-    stats = Warehouse(db_path).node_stats(dst, layer, node_index, head, run_id, pass_type, bins)
+    """Count, mean, std, min, max, fraction non-zero and histogram of one node across the dataset."""
+    wh = Warehouse(db_path)
+    if bins is None:
+        stats: Any = wh.node_summary(dst, layer, node_index, head, run_id, pass_type, skip_first)
+    else:
+        stats = wh.node_stats(dst, layer, node_index, head, run_id, pass_type, bins, skip_first)
     if fmt == "table" and output is None and not show_histogram:
         _emit(stats.summary, fmt, None)
         click.echo(render(stats.histogram, "table"), nl=False)
@@ -445,6 +477,34 @@ def node_stats_command(
 
         where = f"layer {layer} " if layer is not None else ""
         _plotted(plots.histogram(stats.histogram, plot, f"{dst} {where}node {node_index}"))
+
+
+@main.command("rank")
+@_read_options
+@click.option("--dst", required=True, help="The dst to rank nodes by (mlp_act_times_grad, mlp_post_act ...).")
+@click.option("--layer", type=int, help="Only nodes of this layer.")
+@click.option("--by", default="mean", show_default=True, help=f"The figure ranked: {', '.join(RANK_BY)}.")
+@click.option("-k", "k", default=20, show_default=True, type=int, help="Nodes listed.")
+@click.option("--run", "run_id", type=int, help="Only prompts of this run.")
+@click.option("--pass", "pass_type", default="forward", show_default=True, type=click.Choice(["forward", "backward"]))
+@_skip_first_option()
+def rank_command(
+    db_path: Path,
+    fmt: str,
+    output: Path | None,
+    plot: Path | None,
+    dst: str,
+    layer: int | None,
+    by: str,
+    k: int,
+    run_id: int | None,
+    pass_type: str,
+    skip_first: int,
+) -> None:
+    """The nodes that matter most across every prompt: the top k by mean, sum, max, abs-mean or density."""
+    if plot is not None:
+        raise click.UsageError("rank has no plot yet: use --format and a tool of your choice")
+    _emit(Warehouse(db_path).rank_nodes(dst, by, k, layer, run_id, skip_first, pass_type), fmt, output)
 
 
 @main.command("prompt")

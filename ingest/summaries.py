@@ -18,12 +18,7 @@ import torch
 
 from warehouse.facts import constant_name
 from warehouse.registry import LOCATIONS, ActivationLocation
-from warehouse.summaries import EDGES, EXAMPLES_K, N_BINS
-
-# Raw locations whose forward x backward product is a Tier-1 derived dst (the `act_times_grad` macro).
-ACT_TIMES_GRAD = {"mlp.post_act": "mlp_act_times_grad", "attn.qk_probs": "unflattened_attn_act_times_grad"}
-# logits are stored for a few vocabulary ids per prompt only: a summary of them would describe that choice.
-NOT_SUMMARISED = frozenset({"logits"})
+from warehouse.summaries import ACT_TIMES_GRAD, EDGES, EXAMPLES_K, N_BINS, NOT_SUMMARISED
 
 
 @dataclass

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import duckdb
 
+from warehouse import registry
+
 # At least K highest and K lowest examples of every node are kept per first_token group.
 EXAMPLES_K = 20
 # Histogram edges: powers of ten from 1e-5 to 1e5 on each side of zero. Bin i holds values v with
@@ -30,6 +32,22 @@ N_BINS = len(EDGES) + 1
 # Segments of one level merged into one of the next; the level a finished run's summaries end in.
 FAN_IN = 16
 FINAL_LEVEL = 99
+
+# Raw locations whose forward x backward product is a Tier-1 derived dst (the `act_times_grad` macro):
+# their summaries are computed at capture too, from the same stored values the view multiplies.
+ACT_TIMES_GRAD = {"mlp.post_act": "mlp_act_times_grad", "attn.qk_probs": "unflattened_attn_act_times_grad"}
+# logits are stored for a few vocabulary ids per prompt only: a summary of them would describe that choice.
+NOT_SUMMARISED = frozenset({"logits"})
+
+
+def summarised(dst: str) -> bool:
+    """Whether an ingest keeps summaries of `dst` (a raw dst's name, or a derived view's)."""
+    return (
+        dst in registry.LOCATION_BY_DST
+        and registry.LOCATION_BY_DST[dst].name not in NOT_SUMMARISED
+        or (dst in ACT_TIMES_GRAD.values())
+    )
+
 
 NODE_KEY = ("dst", "pass_type", "layer", "head", "node_type", "node_index", "first_token")
 SUMMARY_COLUMNS = ("n", "sum", "sum_sq", "sum_abs", "min", "max", "n_nonzero", "hist")
