@@ -35,4 +35,4 @@ def with_context(
         " GROUP BY h.prompt_id, h.token, h.token2, h.head, h.value"
         f" ORDER BY h.value {order}, h.prompt_id, h.token, h.token2"
     )
-    return con.execute(sql, [*params, context, context]).fetch_arrow_table()
+    return con.execute(sql, [*params, context, context]).to_arrow_table()

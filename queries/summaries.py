@@ -319,7 +319,7 @@ def _has_summary_tables(con: duckdb.DuckDBPyConnection) -> bool:
 
 def _fetch(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> pa.Table:
     try:
-        return con.execute(sql, params).fetch_arrow_table()
+        return con.execute(sql, params).to_arrow_table()
     except duckdb.Error as exc:
         raise db.WarehouseError(f"query failed: {str(exc).splitlines()[0]}") from exc
 
