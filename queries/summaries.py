@@ -201,6 +201,9 @@ class SummaryQueries:
             return "answered by a scan: the summaries keep position 0 apart, not later first tokens"
         if not _has_summary_tables(con):
             return "answered by a scan: this warehouse was ingested before per-node summaries"
+        missing = _runs_without_summaries(con, run_id)
+        if missing:
+            return f"answered by a scan: run {', '.join(map(str, missing))} was stored without per-node summaries"
         return None
 
     def _merged(
@@ -315,6 +318,18 @@ def _has_summary_tables(con: duckdb.DuckDBPyConnection) -> bool:
         " AND table_name IN ('node_summaries', 'node_examples')"
     ).fetchall()
     return found[0][0] == 2
+
+
+def _runs_without_summaries(con: duckdb.DuckDBPyConnection, run_id: int | None) -> list[int]:
+    """Runs with stored prompts (run `run_id` only, when given) and no summary row at all: written by
+    another path (a converted single-file warehouse, rows inserted by hand). An ingest writes a batch's
+    summaries in the batch's own transaction, so any other run's summaries cover all its prompts."""
+    scope, params = ("WHERE run_id = ?", [run_id]) if run_id is not None else ("", [])
+    rows = con.execute(
+        f"SELECT DISTINCT run_id FROM prompts {scope} EXCEPT SELECT DISTINCT run_id FROM node_summaries ORDER BY 1",
+        params,
+    ).fetchall()
+    return [int(r[0]) for r in rows]
 
 
 def _fetch(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> pa.Table:
