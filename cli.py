@@ -159,6 +159,12 @@ def _db_option(required: bool = True, help: str = "The warehouse: a folder holdi
     help="Memory the ingest may use, e.g. 4GB (default: what the machine has available). A prompt that "
     "would need more even alone is skipped with the estimate; batches are sized to fit.",
 )
+@click.option(
+    "--no-summaries",
+    is_flag=True,
+    help="Store no per-node summaries: a faster ingest on a CPU (BENCHMARKS.md), and rank, examples and "
+    "node-stats answer this run by a scan of its rows.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def ingest_command(
     db_path: Path,
@@ -180,6 +186,7 @@ def ingest_command(
     prepend_bos: bool | None,
     special_tokens_as_text: bool,
     max_memory: str | None,
+    no_summaries: bool,
     quiet: bool,
 ) -> None:
     """Run hooked forward and backward passes over prompts and store every captured value."""
@@ -216,6 +223,7 @@ def ingest_command(
         max_memory=memory_limit,
         prepend_bos=prepend_bos,
         special_tokens_as_text=special_tokens_as_text,
+        summaries=not no_summaries,
     )
     sources = _prompt_sources(prompts, prompts_file, target, distractor)
     report = ingest(db_path, sources, options, on_skip=lambda s: click.echo(f"warning: {s.describe()}", err=True))

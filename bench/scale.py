@@ -37,16 +37,6 @@ QUERIES = {
 }
 
 
-class _NoSummaries:
-    """Stands in for SummaryState: the batch is stored without summaries."""
-
-    def __init__(self, *args: Any) -> None:
-        pass
-
-    def batch_tables(self, *args: Any) -> None:
-        return None
-
-
 def ingest(db: Path, tokens: int, precision: str, summaries: bool, offset: int = 0) -> dict[str, Any]:
     from ingest import worker
     from ingest.model_rows import factor_weights, register_model
@@ -55,13 +45,11 @@ def ingest(db: Path, tokens: int, precision: str, summaries: bool, offset: int =
 
     loaded = worker.open_model(worker.IngestOptions().model)
     worker.open_model = lambda name: loaded  # loaded once, outside the timed prompt phase
-    if not summaries:
-        worker.SummaryState = _NoSummaries  # type: ignore[assignment, misc]
     with LakeWriter(db) as writer:  # the weights first, so the figure times the prompt phase
         register_model(writer, loaded, factor_weights(loaded), False)
     n_prompts = tokens // TOKENS_PER_PROMPT
     texts = prompt_texts(offset + n_prompts, TOKENS_PER_PROMPT, loaded.tokenizer)[offset:]
-    options = worker.IngestOptions(progress=False, precision=precision)
+    options = worker.IngestOptions(progress=False, precision=precision, summaries=summaries)
     start, cpu_start = time.perf_counter(), time.process_time()
     report = worker.ingest(db, [PromptInput(t) for t in texts], options)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
@@ -111,7 +99,7 @@ def main() -> None:
         print(json.dumps(queries(args.db, args.repeat)))
     else:
         results = []
-        for summaries in (False, True):  # each in its own process: the stand-in must not leak into the other
+        for summaries in (False, True):  # each in its own process, so neither warms the other's caches
             with tempfile.TemporaryDirectory() as tmp:
                 flags = [] if summaries else ["--no-summaries"]
                 command = [sys.executable, "-m", "bench.scale", "ingest", "--db", f"{tmp}/lake"]

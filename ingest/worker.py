@@ -62,6 +62,7 @@ class IngestOptions:
     unembedding: str = "used"  # unembedding columns stored: those of targets and distractors, or all
     prepend_bos: bool | None = None  # None: as the tokenizer's own config says
     special_tokens_as_text: bool = False  # '<|endoftext|>' in a prompt: the special token unless this is set
+    summaries: bool = True  # per-node summaries with every batch (warehouse/summaries.py)
 
 
 @dataclass
@@ -466,7 +467,7 @@ def ingest(
         committed = set() if options.force else writer.committed_keys(model_id)
         next_prompt_id = writer.next_id("prompts", "prompt_id")
         kinds: set[str] = set()
-        summary_state = SummaryState(options.precision == "bfloat16")
+        summary_state = SummaryState(options.precision == "bfloat16") if options.summaries else None
 
         def skip(item: Skipped) -> None:
             report.skipped.append(item)

@@ -21,7 +21,24 @@ from queries.api import Warehouse
 from queries.notes import notes
 from warehouse import db, summaries
 
-WORDS = "the river ran past old mills while seven quiet birds sang over green hills at dawn".split()
+WORDS = [
+    "the",
+    "river",
+    "ran",
+    "past",
+    "old",
+    "mills",
+    "while",
+    "seven",
+    "quiet",
+    "birds",
+    "sang",
+    "over",
+    "green",
+    "hills",
+    "at",
+    "dawn",
+]
 # Powers of ten from 1e-5 to 1e5 on both sides of zero, as documented in warehouse/schema.sql.
 EDGES = [-(10.0**e) for e in range(5, -6, -1)] + [0.0] + [10.0**e for e in range(-5, 6)]
 # Every summarised dst's rows, in the node-key shape of the summary tables (layer and head -1 for none).
@@ -200,3 +217,19 @@ def test_rank_command_lists_the_top_nodes(lake: Path) -> None:
     result = CliRunner().invoke(main, ["rank", "--dst", "mlp_act_times_grad", "-k", "3", "--db", str(lake)])
     assert result.exit_code == 0, result.output
     assert "(3 rows)" in result.output
+
+
+def test_a_run_stored_without_summaries_is_answered_by_a_scan(tmp_path: Path) -> None:
+    path = tmp_path / "lake"
+    ingest(path, _prompts(3, 2), IngestOptions(model="gpt2-tiny", progress=False, summaries=False))
+    wh = Warehouse(path)
+    assert wh.sql("SELECT count(*) AS n FROM node_summaries")["n"].to_pylist() == [0]
+    ranked = wh.rank_nodes("mlp_post_act", by="sum", k=3, skip_first=1)
+    assert any("stored without per-node summaries" in n for n in notes(ranked))
+    oracle = wh.sql(
+        "SELECT sum(value::DOUBLE) AS v FROM activations WHERE dst = 'mlp_post_act' AND pass_type = 'forward'"
+        " AND token >= 1 GROUP BY layer, node_index ORDER BY v DESC LIMIT 3"
+    )
+    assert ranked["value"].to_pylist() == pytest.approx(oracle["v"].to_pylist(), rel=1e-9)
+    examples = wh.examples("mlp_post_act", 1, 4, k=2, skip_first=0)
+    assert examples.num_rows == 2 and any("scan" in n for n in notes(examples))
