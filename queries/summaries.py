@@ -78,7 +78,7 @@ class SummaryQueries:
             raise db.WarehouseError(f"unknown --by {by!r}: use one of {', '.join(RANK_BY)}")
         _check_k(k)
         with self._connection() as con:  # type: ignore[attr-defined]
-            merged = self._merged(con, dst, pass_type, skip_first, layer, None, None, run)
+            merged = self._merged(con, dst, pass_type, skip_first, layer, None, None, run, histogram=False)
             sql = (
                 f"WITH merged AS ({merged.sql}), figures AS (SELECT model_id, nullif(layer, -1) AS layer,"
                 " nullif(head, -1) AS head, node_type, node_index, n AS count, total / n AS mean, total AS sum,"
@@ -216,12 +216,15 @@ class SummaryQueries:
         node_index: int | None,
         head: int | None,
         run_id: int | None,
+        histogram: bool = True,
     ) -> _Merged:
+        """Merged rows; without `histogram` their hist is an empty list (adding 24 bins per node is most of
+        a ranking's time)."""
         note = self._use_summaries(con, dst, pass_type, skip_first, layer, run_id)
         key = ", ".join(_NODE)
         if note is None:
             where, params = _summary_filter(dst, pass_type, skip_first, layer, node_index, head, run_id)
-            hist = ", ".join(f"sum(hist[{i}])::BIGINT" for i in range(1, N_BINS + 1))
+            hist = ", ".join(f"sum(hist[{i}])::BIGINT" for i in range(1, N_BINS + 1)) if histogram else ""
             sql = (
                 f"SELECT {key}, sum(n)::BIGINT AS n, sum(sum) AS total, sum(sum_sq) AS total_sq,"
                 " sum(sum_abs) AS abs_total, min(min) AS min, max(max) AS max, sum(n_nonzero)::BIGINT AS n_nonzero,"
@@ -232,7 +235,7 @@ class SummaryQueries:
         src = self._source(con, dst, pass_type)  # type: ignore[attr-defined]
         where, params = _scan_filter(skip_first, layer, node_index, head, run_id)
         bins = " ".join(f"WHEN value < {edge!r} THEN {i}" for i, edge in enumerate(EDGES))
-        hist = ", ".join(f"count(*) FILTER (WHERE bin = {i})" for i in range(N_BINS))
+        hist = ", ".join(f"count(*) FILTER (WHERE bin = {i})" for i in range(N_BINS)) if histogram else ""
         sql = (
             f"SELECT {key}, count(value)::BIGINT AS n, sum(value::DOUBLE) AS total,"
             " sum(value::DOUBLE * value) AS total_sq, sum(abs(value::DOUBLE)) AS abs_total, min(value) AS min,"
