@@ -66,21 +66,22 @@ class SummaryState:
         lengths: torch.Tensor,
         prompt_ids: np.ndarray,
     ) -> None:
+        # One computation per location and pass, every layer at once (a call per layer cost more than the
+        # arithmetic): the layers become one more node axis.
         with torch.no_grad():
-            for (name, layer), fw in sorted(forward.items(), key=_order):
-                if name in NOT_SUMMARISED:
-                    continue
+            for name in sorted({name for name, _ in [*forward, *backward]} - NOT_SUMMARISED):
                 loc = LOCATIONS[name]
-                stored_fw = self._stored(fw)
-                self._summarise(parts, loc, loc.dst, "forward", layer, stored_fw, lengths, prompt_ids)
-                bw = backward.get((name, layer))
-                if bw is not None and name in ACT_TIMES_GRAD:
-                    product = stored_fw * self._stored(bw)
-                    self._summarise(parts, loc, ACT_TIMES_GRAD[name], "forward", layer, product, lengths, prompt_ids)
-            for (name, layer), bw in sorted(backward.items(), key=_order):
-                if name not in NOT_SUMMARISED:
-                    loc = LOCATIONS[name]
-                    self._summarise(parts, loc, loc.dst, "backward", layer, self._stored(bw), lengths, prompt_ids)
+                stacked = {}
+                for pass_type, tensors in (("forward", forward), ("backward", backward)):
+                    layers = sorted((layer for n, layer in tensors if n == name), key=lambda x: -1 if x is None else x)
+                    if layers:
+                        values = torch.stack([self._stored(tensors[(name, layer)]) for layer in layers], dim=-1)
+                        stacked[pass_type] = (layers, values)
+                        self._summarise(parts, loc, loc.dst, pass_type, layers, values, lengths, prompt_ids)
+                if name in ACT_TIMES_GRAD and len(stacked) == 2 and stacked["forward"][0] == stacked["backward"][0]:
+                    layers, values = stacked["forward"]
+                    product = values * stacked["backward"][1]
+                    self._summarise(parts, loc, ACT_TIMES_GRAD[name], "forward", layers, product, lengths, prompt_ids)
 
     def _stored(self, tensor: torch.Tensor) -> torch.Tensor:
         values = tensor.detach().to(torch.float32)
@@ -93,15 +94,16 @@ class SummaryState:
         loc: ActivationLocation,
         dst: str,
         pass_type: str,
-        layer: int | None,
+        layers: list[int | None],
         values: torch.Tensor,
         lengths: torch.Tensor,
         prompt_ids: np.ndarray,
     ) -> None:
+        """Summary and example rows of `values` (batch, tokens, [tokens,] node axes..., layer)."""
         n_batch, n_tok = values.shape[:2]
         pairs = loc.n_token_axes == 2
         n_second = values.shape[2] if pairs else 1
-        node_shape = values.shape[1 + loc.n_token_axes :]
+        node_shape = values.shape[1 + loc.n_token_axes : -1]
         device = values.device
         # nodes first, so that each node's values are one contiguous row to sort
         by_node = values.reshape(n_batch * n_tok * n_second, -1).T
@@ -112,6 +114,9 @@ class SummaryState:
         else:
             valid = valid.expand(n_batch, n_tok, 1)
         head, node_index = _node_columns(loc, node_shape)
+        n_layers = len(layers)
+        layer = np.tile(np.array([-1 if x is None else x for x in layers], np.int16), node_index.size)
+        head, node_index = np.repeat(head, n_layers), np.repeat(node_index, n_layers)
         for first in (True, False):
             chosen = valid & ((token == 0) if first else (token > 0))[None, :, None]
             where = chosen.reshape(-1).nonzero().squeeze(1)
@@ -121,7 +126,8 @@ class SummaryState:
             keys = _key_columns(dst, pass_type, layer, loc, head, node_index, first)
             parts.summaries.append(_summary_table(keys, ordered))
             positions = np.stack(np.unravel_index(where.cpu().numpy(), (n_batch, n_tok, n_second)), axis=1)
-            example = self._candidates((dst, pass_type, layer, first), ordered, order, positions, prompt_ids, pairs)
+            key = (dst, pass_type, tuple(layers), first)
+            example = self._candidates(key, ordered, order, positions, prompt_ids, pairs)
             parts.examples.append(_example_table(keys, *example))
 
     def _candidates(
@@ -162,11 +168,6 @@ class SummaryState:
         value = torch.cat([c[3] for c in columns]).cpu().numpy()
         token2 = where[:, 2] if pairs else np.full(node.size, -1)
         return node, side, prompt_ids[where[:, 0]].astype(np.int32), where[:, 1], token2, value
-
-
-def _order(item: tuple[tuple[str, int | None], torch.Tensor]) -> tuple[str, int]:
-    (name, layer), _ = item
-    return name, -1 if layer is None else layer
 
 
 def _node_columns(loc: ActivationLocation, node_shape: torch.Size) -> tuple[np.ndarray, np.ndarray]:
@@ -215,7 +216,7 @@ _SIDES = pa.array(["top", "bottom"])
 def _key_columns(
     dst: str,
     pass_type: str,
-    layer: int | None,
+    layer: np.ndarray,
     loc: ActivationLocation,
     head: np.ndarray,
     node_index: np.ndarray,
@@ -226,7 +227,7 @@ def _key_columns(
     return {
         "dst": constant_name(dst, n),
         "pass_type": constant_name(pass_type, n),
-        "layer": pa.array(np.full(n, -1 if layer is None else layer, np.int16)),
+        "layer": pa.array(layer),
         "head": pa.array(head),
         "node_type": constant_name(loc.node_type.value, n),
         "node_index": pa.array(node_index),
