@@ -23,7 +23,7 @@ from warehouse.summaries import ACT_TIMES_GRAD, EDGES, EXAMPLES_K, N_BINS, NOT_S
 
 @dataclass
 class _Parts:
-    """The batch's summary and example rows, one Arrow table per (dst, pass, layer, first_token) chunk."""
+    """The batch's summary and example rows, one Arrow table per (dst, pass, first_token) chunk."""
 
     summaries: list[pa.Table] = field(default_factory=list)
     examples: list[pa.Table] = field(default_factory=list)
@@ -155,8 +155,8 @@ class SummaryState:
             top_merged = torch.cat([high, top], dim=1).topk(min(self.k, high.shape[1] + k), dim=1).values
             bottom_merged = torch.cat([low, bottom], dim=1).topk(min(self.k, low.shape[1] + k), dim=1, largest=False)
             self._best[key] = (top_merged, bottom_merged.values)
-        else:
-            self._best[key] = (top, bottom)
+        else:  # a copy: a view would keep the whole sorted batch alive for the rest of the run
+            self._best[key] = (top, bottom.clone())
         columns = []
         for side, values, at, keep in ((0, top, top_at, keep_top), (1, bottom, bottom_at, keep_bottom)):
             node, rank = keep.nonzero(as_tuple=True)
