@@ -12,8 +12,9 @@ import click
 import pyarrow as pa
 
 from ingest import DEFAULT_MODEL
-from ingest.errors import CaptureError, DeviceError, ModelNotFound, TokenError
+from ingest.errors import CaptureError, DeviceError, ModelNotFound, SAEError, TokenError
 from ingest.prompts import PromptInput, Skipped, read_prompt_file
+from queries import streaming
 from queries.api import NODE_COLUMNS, Warehouse
 from queries.catalog import dst_catalog
 from queries.format import FILE_FORMATS, FORMATS, render, stream, write
@@ -21,12 +22,11 @@ from queries.notes import notes
 from queries.summaries import DEFAULT_SKIP_FIRST, RANK_BY
 from warehouse import db
 
-# Rows per record batch `actwh sql` pulls from DuckDB: memory holds about one batch at a time.
-SQL_BATCH_ROWS = 65_536
 USER_ERRORS = (
     db.WarehouseError,
     ModelNotFound,
     CaptureError,
+    SAEError,
     TokenError,
     DeviceError,
     FileNotFoundError,
@@ -160,6 +160,14 @@ def _db_option(required: bool = True, help: str = "The warehouse: a folder holdi
     "would need more even alone is skipped with the estimate; batches are sized to fit.",
 )
 @click.option(
+    "--sae",
+    "saes",
+    multiple=True,
+    help="A sparse autoencoder's folder (SAELens, sparsify or Gemma Scope; DIR@HOOK names the hook point where "
+    "the files do not) spliced in at its hook point: its non-zero latents are stored as nodes (repeatable).",
+)
+@click.option("--no-sae-error", is_flag=True, help="Do not store the SAEs' reconstruction errors.")
+@click.option(
     "--no-summaries",
     is_flag=True,
     help="Store no per-node summaries: a faster ingest on a CPU (BENCHMARKS.md), and rank, examples and "
@@ -187,6 +195,8 @@ def ingest_command(
     special_tokens_as_text: bool,
     max_memory: str | None,
     no_summaries: bool,
+    saes: tuple[str, ...],
+    no_sae_error: bool,
     quiet: bool,
 ) -> None:
     """Run hooked forward and backward passes over prompts and store every captured value."""
@@ -224,6 +234,8 @@ def ingest_command(
         prepend_bos=prepend_bos,
         special_tokens_as_text=special_tokens_as_text,
         summaries=not no_summaries,
+        saes=list(saes),
+        sae_error=not no_sae_error,
     )
     sources = _prompt_sources(prompts, prompts_file, target, distractor)
     report = ingest(db_path, sources, options, on_skip=lambda s: click.echo(f"warning: {s.describe()}", err=True))
@@ -249,10 +261,8 @@ def sql_command(db_path: Path, query: str, fmt: str, output: Path | None) -> Non
         raise click.UsageError("--format parquet writes a file: add --output PATH")
     con = db.connect(db_path, read_only=True)
     try:
-        try:
-            stream(con.execute(query).to_arrow_reader(SQL_BATCH_ROWS), fmt, output)
-        except Exception as exc:  # a DuckDB error in the user's SQL, raised at the start or mid-stream
-            raise db.WarehouseError(f"query failed: {_one_line(exc)}") from None
+        with streaming.reader(con, query) as reader:
+            stream(reader, fmt, output)
     finally:
         con.close()
     if output is not None:
@@ -413,6 +423,10 @@ def _node_options(command: Any) -> Any:
     return command
 
 
+def _node_title(dst: str, layer: int | None, node_index: int) -> str:
+    return f"{dst} " + (f"layer {layer} " if layer is not None else "") + f"node {node_index}"
+
+
 @main.command("examples")
 @_read_options
 @_node_options
@@ -435,13 +449,21 @@ def examples_command(
     context: int,
     bottom: bool,
 ) -> None:
-    """Top-k activating examples of one node across all prompts, the token [[marked]] in its context."""
-    if plot is not None:
-        raise click.UsageError("examples has no plot: use --format and a tool of your choice")
-    table = Warehouse(db_path).examples(dst, layer, node_index, k, context, head, run_id, pass_type, bottom, skip_first)
+    """Top-k activating examples of one node across all prompts, the token [[marked]] in its context
+    (--plot: each context as a strip of tokens shaded by the node's value)."""
+    wh = Warehouse(db_path)
+    args = (dst, layer, node_index, k, context, head, run_id, pass_type, bottom, skip_first)
+    with wh.session():
+        table = wh.examples(*args)
+        windows = wh.example_windows(*args) if plot is not None else None
     if fmt == "table":
         table = table.select(["prompt_id", "token", "value", "context_text"])
     _emit(table, fmt, output)
+    if windows is not None:
+        from queries import plots
+
+        side = "bottom" if bottom else "top"
+        _plotted(plots.example_strips(windows, plot, f"{_node_title(dst, layer, node_index)}: {side} {k} examples"))
 
 
 @main.command("node-stats")
@@ -483,8 +505,7 @@ def node_stats_command(
     if plot is not None:
         from queries import plots
 
-        where = f"layer {layer} " if layer is not None else ""
-        _plotted(plots.histogram(stats.histogram, plot, f"{dst} {where}node {node_index}"))
+        _plotted(plots.histogram(stats.histogram, plot, _node_title(dst, layer, node_index)))
 
 
 @main.command("rank")

@@ -177,7 +177,7 @@ def run_model(args: argparse.Namespace) -> dict:
     from ingest.prompts import PromptInput
 
     loaded, load_s, texts = _load(args)
-    spec = CaptureSpec.parse(args.locations, None, loaded.model.config.n_layers)
+    spec = CaptureSpec.parse(args.locations, None, loaded.model.config)
     items = [worker.prepare(loaded, PromptInput(t), "", False, True) for t in texts]
     start = time.perf_counter()
     tokens = 0
@@ -207,7 +207,7 @@ def run_baseline(args: argparse.Namespace, path: Path) -> dict:
 
     loaded, load_s, texts = _load(args)
     model = loaded.model
-    spec = CaptureSpec.parse(args.locations, None, model.config.n_layers)
+    spec = CaptureSpec.parse(args.locations, None, model.config)
     con = duckdb.connect(str(path))
     con.execute(BASELINE_TABLE)
     con.execute("CHECKPOINT")
@@ -333,7 +333,7 @@ def writer_split(args: argparse.Namespace) -> None:
     from warehouse.writer import LakeWriter
 
     loaded, _, texts = _load(args)
-    spec = CaptureSpec.parse(args.locations, None, loaded.model.config.n_layers)
+    spec = CaptureSpec.parse(args.locations, None, loaded.model.config)
     items = [worker.prepare(loaded, PromptInput(t), "", False, True) for t in texts[: args.batch_size]]
     captured = worker.run_batch(torch.device("cpu"), loaded, items, np.arange(len(items)), spec, True)
 
@@ -423,9 +423,9 @@ def main() -> None:
         args.model = args.model or "gpt2-tiny"
         args.prompts = args.prompts or 32
         if args.locations is None:
-            from warehouse.registry import LOCATIONS
+            from warehouse.registry import PRE_NORM_LOCATIONS
 
-            args.locations = [name for name, loc in LOCATIONS.items() if not loc.only_with]
+            args.locations = PRE_NORM_LOCATIONS
     args.model = args.model or "smollm2"
     args.prompts = args.prompts or 64
     args.baseline_prompts = args.baseline_prompts or (args.prompts if args.quick else min(16, args.prompts))

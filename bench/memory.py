@@ -79,7 +79,7 @@ def pass_only(n_tokens: int, model: str) -> None:
     from ingest.prompts import PromptInput
 
     loaded = worker.open_model(model)
-    spec = CaptureSpec.parse(None, None, loaded.model.config.n_layers)
+    spec = CaptureSpec.parse(None, None, loaded.model.config)
     item = worker.prepare(loaded, PromptInput(long_text(n_tokens, loaded.tokenizer)), "", False, True)
     needed = memory.estimate(loaded.model.config, spec, 1, len(item.ids), True)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -42,6 +42,9 @@ CONFIGS = "tests/test_model_configs.py"
 ROPE_LAYOUTS = f"{CONFIGS}::test_rope_settings_read_from_either_layout"
 CONVERT = "warehouse/convert.py"
 LAKE_ROW_GROUPS = f"{LAKE}::test_statistics_stay_true_when_a_batch_spans_several_row_groups"
+SAE = "tests/test_sae_capture.py"
+SAE_LATENTS = f"{SAE}::test_latents_equal_each_formats_encoder_on_the_stored_site"
+SAE_GRADIENTS = f"{SAE}::test_latent_and_error_gradients_equal_autograd_through_a_reference_splice"
 
 
 def parity(*cases: str, objective: str = "logit_diff") -> tuple[str, ...]:
@@ -50,7 +53,7 @@ def parity(*cases: str, objective: str = "logit_diff") -> tuple[str, ...]:
 
 
 def views(model: str, *tests: str) -> tuple[str, ...]:
-    """View tests on one of the view warehouses ('gpt2' or 'llama'); the oracle comparison by default."""
+    """View tests on one of the view warehouses ('gpt2', 'llama' or 'gemma2'); the oracle comparison by default."""
     chosen = tests or ("test_every_derived_view_matches_the_oracle_prompt_by_prompt",)
     return tuple(f"{VIEWS}::{test}[{model}]" for test in chosen)
 
@@ -92,6 +95,9 @@ INTERRUPT = f"{RELIABILITY}::test_sigint_and_sigterm_mark_the_run_interrupted_an
 CLOSED_FORM = "test_closed_form_final_residual_grad_equals_stored_gradient"
 DECOMPOSE = "test_direct_effects_decompose_the_objective"
 ORACLE = "test_every_derived_view_matches_the_oracle_prompt_by_prompt"
+DIRECT = "queries/support/30_direct_effects.sql"
+PAIRS_WEIGHTS = "queries/support/10_weight_factors.sql"
+GEMMA2_INGEST = "tests/test_checkpoints.py::test_gemma2_ingests_storing_its_post_block_norm_scales_by_default"
 
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
@@ -238,7 +244,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "attn_norm_scale_stored_squared",
         "the stored scale of the norm before attention is the variance, not its square root",
-        replace(MODEL, 'hook("attn_ln.scale", layer, scale)', 'hook("attn_ln.scale", layer, scale**2)'),
+        replace(
+            MODEL, "hook(scale_name, layer, scale)", 'hook(scale_name, layer, scale**2 if block == "attn" else scale)'
+        ),
         (*parity("gpt2"), *views("gpt2", "test_norm_scales_and_attention_logits_match_transformers")),
     ),
     Mutation(
@@ -395,6 +403,216 @@ MUTATIONS: tuple[Mutation, ...] = (
         "every layer attends to all earlier tokens, whatever the sliding window (Mistral, Qwen2, Gemma 2)",
         replace(MODEL, "if cfg.window(layer) is not None:", "if False:"),
         parity("mistral", "qwen2", "gemma2"),
+    ),
+    Mutation(
+        "token_text_replacement_characters",
+        "token display texts decode each token alone, writing U+FFFD for a character split across tokens",
+        replace(
+            "warehouse/token_text.py",
+            'return [piece.decode("utf-8") for piece in pieces]',
+            'return [piece.decode("utf-8", errors="replace") for piece in pieces]',
+        ),
+        ("tests/test_token_bytes.py",),
+    ),
+    Mutation(
+        "example_context_from_token_texts",
+        "example contexts join the tokens' display texts, so split characters read as escapes",
+        replace(
+            "queries/contexts.py",
+            "list(coalesce(t.bytes, encode(t.text)) ORDER BY t.position)",
+            "list(encode(t.text) ORDER BY t.position)",
+        ),
+        ("tests/test_token_bytes.py::test_ingested_tokens_and_example_contexts",),
+    ),
+    Mutation(
+        "sql_result_materialised",
+        "actwh sql and Warehouse.sql_reader hold the whole result before the first batch is written",
+        replace(
+            "queries/streaming.py",
+            "source = con.execute(query, params).to_arrow_reader(batch_size)",
+            "source = pa.RecordBatchReader.from_batches(*(lambda t: (t.schema, t.to_batches(batch_size)))"
+            "(con.execute(query, params).to_arrow_table()))",
+        ),
+        (
+            "tests/test_sql_streaming.py::test_attention_probabilities_of_a_long_prompt_stream_in_bounded_memory",
+            "tests/test_sql_streaming.py::test_api_reader_streams_in_bounded_memory",
+        ),
+    ),
+    Mutation(
+        "duckdb_progress_bar_on_stdout",
+        "DuckDB's progress bar is left on: a query over 2 s draws it into the caller's stdout",
+        replace("warehouse/lake.py", 'con.execute("SET enable_progress_bar = false")', "pass"),
+        ("tests/test_sql_streaming.py::test_api_reader_streams_in_bounded_memory",),
+    ),
+    Mutation(
+        "example_window_pair_values_by_key",
+        "example strips of a token-pair dst shade each position by its own query row, not the example's",
+        replace(
+            "queries/contexts.py",
+            '" ELSE v.token = h.token AND v.token2 = t.position END"',
+            '" ELSE v.token = t.position AND v.token2 = h.token2 END"',
+        ),
+        ("tests/test_plots.py::test_example_windows_hold_the_stored_values",),
+    ),
+    Mutation(
+        "sae_hash_ignores_config",
+        "an SAE is identified by its weights file alone: the same weights with another config (architecture, k, "
+        "decoder-bias subtraction) pass for the SAE a warehouse already holds",
+        replace("ingest/sae/load.py", "[weights_file, cfg_path] if fmt", "[weights_file] if fmt"),
+        ("tests/test_sae_bad_input.py::test_another_sae_at_the_same_place_is_refused_in_a_later_ingest",),
+    ),
+    Mutation(
+        "sae_splice_gives_latents_no_gradient",
+        "the splice passes the site's gradient upstream but not to the reconstruction and error",
+        replace("ingest/sae/splice.py", "return (grad,) * (1 + ctx.n_paths)", "return (grad, *(None,) * ctx.n_paths)"),
+        (SAE_GRADIENTS,),
+    ),
+    Mutation(
+        "sae_latents_stored_dense",
+        "latent rows stored for every latent, zeros included",
+        replace("ingest/capture.py", "if loc.sparse and blocks[0] is not None:", "if False:"),
+        (SAE_LATENTS,),
+    ),
+    Mutation(
+        "sae_topk_decoder_not_renormalised",
+        "a topk SAE that rescales by decoder norms decodes with the raw decoder rows",
+        replace(
+            "ingest/sae/autoencoder.py",
+            "        if self.rescale_by_decoder_norm:\n            return",
+            "        if False:\n            return",
+        ),
+        (SAE_GRADIENTS, f"{SAE}::test_latent_views_equal_the_oracle"),
+    ),
+    Mutation(
+        "sparsify_decoder_bias_not_subtracted",
+        "sparsify SAEs encode x instead of x - b_dec",
+        replace("ingest/sae/sparsify.py", '"subtract_decoder_bias": True,', '"subtract_decoder_bias": False,'),
+        (SAE_LATENTS,),
+    ),
+    Mutation(
+        "gemma_scope_decoder_bias_subtracted",
+        "Gemma Scope SAEs encode x - b_dec (its JumpReLU SAEs read x itself)",
+        replace("ingest/sae/gemma_scope.py", '"subtract_decoder_bias": False,', '"subtract_decoder_bias": True,'),
+        (SAE_LATENTS,),
+    ),
+    Mutation(
+        "hook_z_write_channel_major",
+        "an attention-z SAE's decoder rows mapped through W_O flattened channel-major instead of head-major",
+        replace(
+            "ingest/sae/record.py",
+            "flat = w_o.reshape(-1, w_o.shape[-1])",
+            "flat = w_o.transpose(0, 1).reshape(-1, w_o.shape[-1])",
+        ),
+        (f"{SAE}::test_latent_views_equal_the_oracle",),
+    ),
+    Mutation(
+        "post_norm_gain_dropped_from_direction_factors",
+        "a node's direct effect in a model with norms after the blocks ignores that norm's gain (W_out . u, not "
+        "W_out . (gain_post * u)) in the factors the ingest stores",
+        replace("ingest/factors.py", "return u if gain is None else gain * u", "return u"),
+        views("gemma2", ORACLE, DECOMPOSE),
+    ),
+    Mutation(
+        "post_norm_gain_dropped_in_query_time_factors",
+        "direction_factors_for (a pair given at query time) ignores the gain of the norms after the blocks",
+        replace(PAIRS_WEIGHTS, "u.value * coalesce(g.value, 1) AS value", "u.value AS value"),
+        views("gemma2", "test_direct_effects_for_a_pair_never_ingested_equal_a_fresh_ingest"),
+    ),
+    Mutation(
+        "post_norm_gain_dropped_from_write_norms",
+        "write norms of a model with norms after the blocks leave out that norm's gain (norms of W_out[i], v W_O)",
+        (
+            *replace("ingest/factors.py", "else w.double() * gain", "else w.double()"),
+            *replace(MODEL, "w_o_written = w_o * self.w(", "w_o_written = w_o + 0 * self.w("),
+        ),
+        (*views("gemma2"), *parity("gemma2")),
+    ),
+    Mutation(
+        "post_norm_scale_ignored_in_direct_effects",
+        "node direct effects are not divided by the post-block norm's scale at the last token",
+        (
+            *replace(DIRECT, "/ (p.final_scale * coalesce(s.value, 1)))::FLOAT", "/ p.final_scale)::FLOAT"),
+            *replace(DIRECT, "(a.value * vd.value / coalesce(s.value, 1))::FLOAT", "(a.value * vd.value)::FLOAT"),
+        ),
+        views("gemma2", ORACLE, DECOMPOSE),
+    ),
+    Mutation(
+        "post_norm_scale_ignored_in_write_norms",
+        "neuron write norms are not divided by the post-block norm's scale at their token",
+        replace("queries/derived/mlp_write_norm.sql", "n.value / coalesce(s.value, 1))", "n.value)"),
+        views("gemma2"),
+    ),
+    Mutation(
+        "post_norm_scale_missing_read_as_one",
+        "a model with norms after the blocks whose scales were not stored gets undivided direct effects, not none",
+        replace(
+            DIRECT,
+            "'forward' AND (s.value IS NOT NULL OR NOT p.post_block_norms);\n\n-- p[l,T,k,h]",
+            "'forward';\n\n-- p[l,T,k,h]",
+        ),
+        (GEMMA2_INGEST,),
+    ),
+    Mutation(
+        "post_norm_scales_not_captured_by_default",
+        "the default capture leaves out the post-block norm scales the views divide by",
+        replace("warehouse/registry.py", '    "attn_post_ln.scale": (PassType.FORWARD,),\n', ""),
+        (GEMMA2_INGEST,),
+    ),
+    Mutation(
+        "final_softcap_slope_ignored",
+        "direct effects in a model with soft-capped final logits use the uncapped logit's gradient (slope 1)",
+        replace(
+            "queries/support/20_pairs.sql",
+            "CASE WHEN p.final_logit_softcap IS NULL THEN 1 ELSE 1 - tanh(zt.value / p.final_logit_softcap) ^ 2 END",
+            "1",
+        ),
+        views("gemma2", ORACLE, DECOMPOSE, "test_closed_form_final_residual_grad_equals_stored_gradient"),
+    ),
+    Mutation(
+        "final_softcap_slope_of_capped_logit",
+        "the soft cap's slope taken at the capped logit, 1 - tanh(logit / cap)^2, instead of at the uncapped one",
+        replace(
+            "queries/support/20_pairs.sql",
+            "z.value + b.value AS value",
+            "p.final_logit_softcap * tanh((z.value + b.value) / p.final_logit_softcap) AS value",
+        ),
+        views("gemma2", ORACLE, DECOMPOSE),
+    ),
+    Mutation(
+        "phi3_fused_gate_up_halves_swapped",
+        "Phi-3's fused gate/up projection split with the up rows read as the gate",
+        swap("ingest/families/phi3.py", 'm + "gate_proj.weight": cfg.d_mlp', 'm + "up_proj.weight": cfg.d_mlp'),
+        parity("phi3"),
+    ),
+    Mutation(
+        "phi3_fused_key_value_swapped",
+        "Phi-3's fused query/key/value projection split with the key and value rows exchanged",
+        swap("ingest/families/phi3.py", 'a + "k_proj.weight": kv', 'a + "v_proj.weight": kv'),
+        parity("phi3"),
+    ),
+    Mutation(
+        "qwen3_qk_norm_skipped",
+        "Qwen3's queries and keys enter the rotary without their per-head RMSNorm",
+        replace(MODEL, "if cfg.qk_norm is not None:", "if False:"),
+        parity("qwen3"),
+    ),
+    Mutation(
+        "olmo2_qk_norm_per_head",
+        "OLMo 2's queries and keys normed per head instead of over all heads' channels together",
+        replace(MODEL, 'axes = (-1,) if self.config.qk_norm == "head" else (-2, -1)', "axes = (-1,)"),
+        parity("olmo2"),
+    ),
+    Mutation(
+        "olmo2_blocks_read_a_normed_residual",
+        "a model without norms before the blocks (OLMo 2) still has its blocks read an RMS-normed residual",
+        replace(MODEL, "if not self.config.pre_block_norms:\n            return x", "if False:\n            return x"),
+        parity("olmo2"),
+    ),
+    Mutation(
+        "attention_softcap_ignored",
+        "attention logits are not soft-capped before the softmax (Gemma 2)",
+        replace(MODEL, "return cap * torch.tanh(s / cap) if cap is not None else s", "return s"),
+        (*parity("gemma2"), *views("gemma2", "test_norm_scales_and_attention_logits_match_transformers")),
     ),
     Mutation(
         "summary_rest_keeps_first_token",

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from ingest.errors import CaptureError, ModelNotFound
+from ingest.errors import CaptureError
 from ingest.model import ModelConfig
 from warehouse.facts import FACT_SCHEMA, constant_int, constant_name, expand_axes, round_to_bfloat16
-from warehouse.registry import DEFAULT_CAPTURE, LOCATIONS, ActivationLocation, PassType
+from warehouse.registry import DEFAULT_CAPTURE, LOCATIONS, ActivationLocation, PassType, locations_of
 
 LOGITS_TOP_K = 20
 
@@ -24,11 +25,16 @@ class CaptureSpec:
     passes: dict[str, tuple[PassType, ...]] = field(default_factory=lambda: dict(DEFAULT_CAPTURE))
     layers: frozenset[int] | None = None
     logits_top_k: int = LOGITS_TOP_K
+    saes: tuple[Any, ...] = ()  # ingest.sae.SparseAutoencoder, spliced in at their sites (run_batch)
+    sae_error: bool = True  # store each SAE's reconstruction error
 
     @classmethod
-    def parse(cls, locations: list[str] | None, layers: list[int] | None, n_layers: int) -> CaptureSpec:
-        """`locations` are names, each optionally suffixed ':forward' or ':backward' (default: both)."""
-        passes: dict[str, tuple[PassType, ...]] = dict(DEFAULT_CAPTURE)
+    def parse(cls, locations: list[str] | None, layers: list[int] | None, config: ModelConfig) -> CaptureSpec:
+        """`locations` are names, each optionally suffixed ':forward' or ':backward' (default: both); None
+        gives DEFAULT_CAPTURE less the locations this model does not have."""
+        n_layers = config.n_layers
+        present = set(locations_of(config))
+        passes: dict[str, tuple[PassType, ...]] = {name: p for name, p in DEFAULT_CAPTURE.items() if name in present}
         if locations:
             passes = {}
             for item in locations:
@@ -36,6 +42,8 @@ class CaptureSpec:
                 if name not in LOCATIONS:
                     raise CaptureError(f"unknown location {name!r}: choose from {', '.join(LOCATIONS)}")
                 loc = LOCATIONS[name]
+                if loc.from_sae:
+                    raise CaptureError(f"{name} is written by a sparse autoencoder: load one with --sae DIR")
                 if which:
                     try:
                         wanted: tuple[PassType, ...] = (PassType(which),)
@@ -53,7 +61,10 @@ class CaptureSpec:
         return cls(passes, frozenset(layers) if layers else None)
 
     def labels(self) -> list[str]:
-        return [f"{name}:{p.value}" for name, ps in self.passes.items() for p in ps]
+        spliced = [name for sae in self.saes for name in (sae.site.latent, sae.site.error)[: 1 + self.sae_error]]
+        both = (PassType.FORWARD, PassType.BACKWARD)
+        passes = {**self.passes, **dict.fromkeys(spliced, both)}
+        return [f"{name}:{p.value}" for name, ps in passes.items() for p in ps]
 
     def wants(self, name: str, layer: int | None, pass_type: PassType) -> bool:
         if pass_type not in self.passes.get(name, ()):
@@ -77,6 +88,14 @@ class Recorder:
             tensor.retain_grad()
             self._grad_of[(name, layer)] = tensor
         return tensor
+
+    def keep(self, name: str, layer: int | None, tensor: torch.Tensor) -> None:
+        """Keep `tensor` as the location's forward value, and its gradient when there is a backward pass,
+        whatever the spec says (a spliced SAE's latents and error: their SAE asked for them)."""
+        self.forward[(name, layer)] = tensor.detach()
+        if self.backward and tensor.requires_grad:
+            tensor.retain_grad()
+            self._grad_of[(name, layer)] = tensor
 
     def gradients(self) -> dict[tuple[str, int | None], torch.Tensor]:
         return {key: t.grad for key, t in self._grad_of.items() if t.grad is not None}
@@ -114,8 +133,10 @@ def location_rows(
         for t0 in range(0, n, step):
             t1 = min(n, t0 + step)
             rows = _token_range_rows(loc, layer, forward, backward, b, int(prompt_ids[b]), t0, t1, bfloat16)
-            yield rows.slice(1) if skip_first else rows
-            skip_first = False
+            if skip_first and rows.num_rows:  # a sparse location's first rows may be empty
+                rows, skip_first = rows.slice(1), False
+            if rows.num_rows:
+                yield rows
 
 
 def first_row(
@@ -127,7 +148,11 @@ def first_row(
     prompt_ids: np.ndarray,
     bfloat16: bool = False,
 ) -> pa.RecordBatch:
-    """The first row `location_rows` yields (first prompt, first token, first element)."""
+    """The first row `location_rows` yields (first prompt, first token, first element; for a sparse
+    location the first non-zero one, none when all are zero)."""
+    if loc.sparse:
+        rows = location_rows(loc, layer, forward, backward, lengths, prompt_ids, bfloat16)
+        return next(rows, pa.RecordBatch.from_pylist([], schema=FACT_SCHEMA)).slice(0, 1)
     return _token_range_rows(loc, layer, forward, backward, 0, int(prompt_ids[0]), 0, 1, bfloat16).slice(0, 1)
 
 
@@ -158,7 +183,11 @@ def _token_range_rows(
     blocks = [None if a is None else cut(a) for a in (forward, backward)]
     block_shape = next(x for x in blocks if x is not None).shape
     lead, trail = expand_axes(selection, block_shape[1:])
-    n = int(np.prod(block_shape))
+    if loc.sparse and blocks[0] is not None:  # rows where the forward value is non-zero
+        keep = blocks[0].reshape(-1) != 0
+        lead, trail = [a[keep] for a in lead], [a[keep] for a in trail]
+        blocks = [None if x is None else x.reshape(-1)[keep] for x in blocks]
+    n = lead[0].size
     head_axis = loc.head_axis
     values = [
         pa.nulls(n, pa.float32())
@@ -219,25 +248,9 @@ def logits_rows(
     )
 
 
-# Architecture switches the derived views do not model yet: a warehouse of such a model would answer
-# direct effects wrongly (the views hold no post-block norm scale, and take the final-residual gradient of
-# an uncapped logit), so the ingest refuses it. The hooked model itself is exact for them.
-_VIEWS_DO_NOT_MODEL = {
-    "post_block_norms": "norms after the attention and MLP blocks",
-    "final_logit_softcap": "soft-capped final logits",
-}
-
-
 def check_storable(config: ModelConfig, spec: CaptureSpec) -> None:
-    """Refuse a model the views would misread, and locations this model does not have."""
-    cfg = config
-    for switch, what in _VIEWS_DO_NOT_MODEL.items():
-        if getattr(cfg, switch):
-            raise ModelNotFound(
-                f"{cfg.family} models have {what}, which the derived views do not model yet (their direct "
-                "effects would be wrong): this family is not ingested"
-            )
+    """Refuse locations this model does not have."""
     for name in spec.passes:
         switch = LOCATIONS[name].only_with
-        if switch and not getattr(cfg, switch):
+        if switch and not getattr(config, switch):
             raise CaptureError(f"location {name} does not exist in this model (it has no {switch.replace('_', ' ')})")

@@ -141,9 +141,10 @@ def load_model(name: str = DEFAULT_MODEL) -> LoadedModel:
         return LoadedModel(name, model, encoding, weights_hash(model.weights), special)
     path = gguf.smollm2_gguf_path() if name in ("smollm2", "smollm2-135m") else Path(name).expanduser()
     if path.suffix == ".gguf" and path.is_file():
-        hf_config, sd = gguf.load_gguf(path)
+        reader = gguf.GGUFReader(str(path))
+        hf_config, sd = gguf.load_gguf(reader)
         model = build(hf_config, sd)
-        encoding, special = gguf.load_gguf_tokenizer(path), gguf.load_gguf_tokenizer_settings(path)
+        encoding, special = gguf.load_gguf_tokenizer(reader), gguf.load_gguf_tokenizer_settings(reader)
         return _checked(LoadedModel(name, model, encoding, weights_hash(model.weights), special))
     if not path.exists():
         cached = hf_cache_dir(name) if _REPO_ID.match(name) else None

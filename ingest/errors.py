@@ -21,3 +21,7 @@ class TokenError(ValueError):
 
 class DeviceError(ValueError):
     """A --device that this machine does not have."""
+
+
+class SAEError(ValueError):
+    """A sparse autoencoder that cannot be loaded or spliced in; the message names the field and value."""

@@ -158,13 +158,22 @@ def _hf_name(name: str) -> str:
     raise KeyError(f"unexpected GGUF tensor {name!r}")
 
 
-def load_gguf(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+GgufSource = str | Path | GGUFReader
+
+
+def _reader(source: GgufSource) -> GGUFReader:
+    """Parsing a GGUF's header and tensor index takes ~1.5 s for SmolLM2: a caller reading the weights,
+    the tokenizer and its settings opens the file once and passes the reader to each."""
+    return source if isinstance(source, GGUFReader) else GGUFReader(str(source))
+
+
+def load_gguf(path: GgufSource) -> tuple[dict, dict[str, torch.Tensor]]:
     """Read a Llama GGUF as (LlamaConfig kwargs, float32 state dict in HF names and layouts).
 
     ggml lists dimensions fastest-first, but the `gguf` reader already hands back numpy arrays in
     row-major [out, in] order, which is HF's nn.Linear layout, so only Q and K need reordering.
     """
-    reader = GGUFReader(str(path))
+    reader = _reader(path)
     names = {t.name for t in reader.tensors}
     config = _hf_config(reader, tied="output.weight" not in names)
     heads = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}
@@ -184,13 +193,13 @@ def load_gguf(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return config, state
 
 
-def load_gguf_tokenizer(path: str | Path) -> tiktoken.Encoding:
+def load_gguf_tokenizer(path: GgufSource) -> tiktoken.Encoding:
     """SmolLM2's tokenizer, rebuilt from the GGUF as a tiktoken Encoding so that ids are the model's.
 
     tiktoken merges by the rank of the merged token, which equals Hugging Face's merge order here
     because every merge result's id grows with its merge index (checked in the tests).
     """
-    reader = GGUFReader(str(path))
+    reader = _reader(path)
     model = _field(reader, "tokenizer.ggml.model")
     if model != "gpt2":
         raise ValueError(f"expected a byte-level BPE ('gpt2') tokenizer, got {model!r}")
@@ -218,10 +227,10 @@ def load_gguf_tokenizer(path: str | Path) -> tiktoken.Encoding:
     return byte_level_encoding(name, vocab, specials, _PRE_TOKENIZERS[pre], n_vocab=len(tokens))
 
 
-def load_gguf_tokenizer_settings(path: str | Path) -> TokenizerSettings:
+def load_gguf_tokenizer_settings(path: GgufSource) -> TokenizerSettings:
     """BOS, EOS and whether to prepend the BOS, from the GGUF's tokenizer.ggml.* metadata (no BOS
     prepended when the file does not say)."""
-    reader = GGUFReader(str(path))
+    reader = _reader(path)
 
     def optional_int(key: str) -> int | None:
         value = _field(reader, key)

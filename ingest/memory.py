@@ -73,6 +73,8 @@ def estimate(config: ModelConfig, spec: CaptureSpec, n_prompts: int, n_tokens: i
             per_prompt = loc.n_token_axes * shape.vocab_size  # logits: the last token's row is kept
         n_passes = sum(1 for p in passes if p == PassType.FORWARD or backward)
         captured[name] = n_prompts * per_prompt * n_passes * FLOAT * (layers if loc.has_layers else 1)
+    for sae in spec.saes:  # latents, their gradient and the encoder's pre-activations; the error and its gradient
+        captured[f"SAE {sae.site.hook_name}"] = n_prompts * n_tokens * FLOAT * (3 * sae.d_sae + 2 * sae.d_in)
     t, h = n_tokens, config.n_heads
     per_layer = 2 * h * t * t + 4 * t * config.d_mlp + 8 * t * config.d_model
     graph = n_prompts * FLOAT * (config.n_layers * per_layer + 3 * t * config.vocab_size)

@@ -53,12 +53,22 @@ class ModelConfig:
     gated_mlp: bool  # post_act = act(x W_gate + b_gate) * (x W_in + b_in)
     rope: Rope | None = None  # None: learned absolute positions
     parallel_residual: bool = False  # attention and MLP both read the block's input
+    pre_block_norms: bool = True  # attention and the MLP read the residual normed (False: as it is, OLMo 2)
     post_block_norms: bool = False  # each block's output normed before it joins the residual
+    # queries and keys RMS-normed before the rotary: 'head' over each head's channels (Qwen3), 'heads' over
+    # all heads' channels together (OLMo 2); the gains are stored per head and channel either way
+    qk_norm: str | None = None
     embedding_scale: float = 1.0
     attn_scale: float | None = None  # multiplies q . k before the softmax; None: d_head^-1/2
     attn_logit_softcap: float | None = None  # pre-softmax logits become cap * tanh(logit / cap)
     final_logit_softcap: float | None = None
     sliding_windows: tuple[int | None, ...] = ()  # per layer: keys q - window < k <= q; empty or None: all
+
+    @property
+    def sae(self) -> bool:
+        """The switch of the locations a spliced sparse autoencoder writes (registry SAE_SWITCH): a model
+        alone never has them; `ingest --sae` adds them."""
+        return False
 
     def window(self, layer: int) -> int | None:
         return self.sliding_windows[layer] if self.sliding_windows else None
@@ -133,6 +143,25 @@ class HookedTransformer:
         bias = self.weights.get((f"layer_norm_bias.{where}", layer))  # post-block norms have none
         return (normed if bias is None else normed + bias), scale
 
+    def _head_norm(self, x: torch.Tensor, which: str, layer: int) -> torch.Tensor:
+        """RMSNorm of (batch, tokens, heads, channels) queries or keys (`which`), per head or over all heads."""
+        axes = (-1,) if self.config.qk_norm == "head" else (-2, -1)
+        scale = torch.sqrt(x.pow(2).mean(axes, keepdim=True) + self.config.norm_eps)
+        return x / scale * self.w(f"layer_norm_gain.{which}", layer)
+
+    def _block_input(self, x: torch.Tensor, block: str, layer: int, hook: Hook) -> torch.Tensor:
+        """What block 'attn' or 'mlp' reads: the residual normed, or the residual itself in a model without
+        norms before the blocks."""
+        if not self.config.pre_block_norms:
+            return x
+        where, scale_name, normed_name = {
+            "attn": ("pre_attn", "attn_ln.scale", "resid.post_mlp_ln"),
+            "mlp": ("pre_mlp", "mlp_ln.scale", "resid.post_attn_ln"),
+        }[block]
+        normed, scale = self._norm(x, where, layer)
+        hook(scale_name, layer, scale)
+        return hook(normed_name, layer, normed)
+
     def forward(
         self, ids: torch.Tensor, lengths: torch.Tensor, hook: Hook = no_hook, hold_final_scale: bool = False
     ) -> torch.Tensor:
@@ -178,12 +207,12 @@ class HookedTransformer:
         self, x: torch.Tensor, layer: int, spans: list[int], allowed: torch.Tensor, hook: Hook
     ) -> torch.Tensor:
         cfg = self.config
-        normed, scale = self._norm(x, "pre_attn", layer)
-        hook("attn_ln.scale", layer, scale)
-        normed = hook("resid.post_mlp_ln", layer, normed)
+        normed = self._block_input(x, "attn", layer, hook)
         q = torch.einsum("btd,hdc->bthc", normed, self.w("attn.to_query", layer)) + self.w("attn.query_bias", layer)
         k = torch.einsum("btd,hdc->bthc", normed, self.w("attn.to_key", layer)) + self.w("attn.key_bias", layer)
         v = torch.einsum("btd,hdc->bthc", normed, self.w("attn.to_value", layer)) + self.w("attn.value_bias", layer)
+        if cfg.qk_norm is not None:
+            q, k = self._head_norm(q, "query", layer), self._head_norm(k, "key", layer)
         if cfg.rope is not None:
             q, k = rotate(q, cfg.rope, self._inv_freq), rotate(k, cfg.rope, self._inv_freq)
         root = cfg.query_key_scale
@@ -226,10 +255,13 @@ class HookedTransformer:
             ),
         )
         w_o = self.w("attn.to_residual", layer)
+        # A post-block norm multiplies each head's write by its gain and divides it by the scale at the token
+        # the write lands on: the gain belongs to the write, the scale (of the query token) to the views.
+        w_o_written = w_o * self.w("layer_norm_gain.post_attn", layer) if cfg.post_block_norms else w_o
         with torch.no_grad():  # per prompt too: for one token these are small enough for bmm's other kernel
             for name, per_token in (("attn.v_write_norm", v_per_head), ("attn.v_out_write_norm", mixed)):
                 norms = _per_prompt(
-                    spans, n_tokens, 1, lambda b, n, t=per_token: torch.einsum("khc,hcd->khd", t[b, :n], w_o)
+                    spans, n_tokens, 1, lambda b, n, t=per_token: torch.einsum("khc,hcd->khd", t[b, :n], w_o_written)
                 ).norm(dim=-1)
                 hook(name, layer, norms)
         out = torch.einsum("bqhc,hcd->bqd", mixed, w_o) + self.w("attn.residual_bias", layer)
@@ -237,9 +269,7 @@ class HookedTransformer:
 
     def _mlp(self, x: torch.Tensor, layer: int, hook: Hook) -> torch.Tensor:
         cfg = self.config
-        normed, scale = self._norm(x, "pre_mlp", layer)
-        hook("mlp_ln.scale", layer, scale)
-        normed = hook("resid.post_attn_ln", layer, normed)
+        normed = self._block_input(x, "mlp", layer, hook)
         hidden = normed @ self.w("mlp.to_hidden", layer) + self.w("mlp.hidden_bias", layer)
         act = ACTIVATIONS[cfg.activation]
         if cfg.gated_mlp:
@@ -289,13 +319,15 @@ def required_weights(config: ModelConfig) -> set[tuple[str, int | None]]:
     # RMSNorm models carry zero norm biases, so the stored weights (and the views) have one shape
     names = {"embedding", "unembedding", "layer_norm_gain.final", "layer_norm_bias.final"}
     names |= {"position_embedding"} if config.rope is None else set()
-    per_layer = {"layer_norm_gain.pre_attn", "layer_norm_gain.pre_mlp", "layer_norm_bias.pre_attn"}
-    per_layer |= {"layer_norm_bias.pre_mlp"}
+    per_layer = set()
+    if config.pre_block_norms:
+        per_layer |= {f"layer_norm_{p}.pre_{b}" for p in ("gain", "bias") for b in ("attn", "mlp")}
     per_layer |= {f"attn.to_{x}" for x in ("query", "key", "value", "residual")}
     per_layer |= {f"attn.{x}_bias" for x in ("query", "key", "value", "residual")}
     per_layer |= {"mlp.to_hidden", "mlp.hidden_bias", "mlp.to_residual", "mlp.residual_bias"}
     per_layer |= {"mlp.to_gate", "mlp.gate_bias"} if config.gated_mlp else set()
     per_layer |= {"layer_norm_gain.post_attn", "layer_norm_gain.post_mlp"} if config.post_block_norms else set()
+    per_layer |= {"layer_norm_gain.query", "layer_norm_gain.key"} if config.qk_norm is not None else set()
     return {(n, None) for n in names} | {(n, i) for n in per_layer for i in range(config.n_layers)}
 
 

@@ -4,31 +4,46 @@ vocabulary, and the weight-only factors of each target and distractor token it i
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+import tiktoken
 
 from ingest.checkpoints import LoadedModel
 from ingest.factors import FACTOR_WEIGHTS, Weights, direction_factors, mlp_out_norms
 from warehouse.registry import STORED_WEIGHTS
+from warehouse.token_text import display_texts
 from warehouse.weights import weight_table
 from warehouse.writer import LakeWriter
 
 
-def token_text(loaded: LoadedModel, token_id: int) -> str:
-    return loaded.tokenizer.decode_single_token_bytes(token_id).decode("utf-8", errors="replace")
-
-
 def vocab_table(loaded: LoadedModel) -> pa.Table:
-    ids, texts = [], []
+    """Every id the tokenizer can spell: its bytes, and its display text as a token on its own."""
+    ids, pieces = [], []
     for i in range(loaded.model.config.vocab_size):
         try:
-            texts.append(token_text(loaded, i))
+            pieces.append(loaded.tokenizer.decode_single_token_bytes(i))
         except KeyError:
             continue
         ids.append(i)
-    return pa.table({"token_id": pa.array(ids, pa.int32()), "text": pa.array(texts, pa.string())})
+    return pa.table(
+        {
+            "token_id": pa.array(ids, pa.int32()),
+            "text": pa.array([display_texts([piece])[0] for piece in pieces], pa.string()),
+            "bytes": pa.array(pieces, pa.binary()),
+        }
+    )
+
+
+def token_columns(tokenizer: tiktoken.Encoding, prompts: Iterable[Sequence[int]]) -> dict[str, pa.Array]:
+    """The `tokens` table's text and bytes columns for the ids of consecutive prompts (display texts are
+    per prompt: a character split across tokens is shown on the token that completes it)."""
+    pieces = [tokenizer.decode_tokens_bytes(list(ids)) for ids in prompts]
+    return {
+        "text": pa.array([text for prompt in pieces for text in display_texts(prompt)], pa.string()),
+        "bytes": pa.array([piece for prompt in pieces for piece in prompt], pa.binary()),
+    }
 
 
 def factor_weights(loaded: LoadedModel) -> Weights:

@@ -18,7 +18,7 @@ import torch
 
 from warehouse.facts import constant_name
 from warehouse.registry import LOCATIONS, ActivationLocation
-from warehouse.summaries import ACT_TIMES_GRAD, EDGES, EXAMPLES_K, N_BINS, NOT_SUMMARISED
+from warehouse.summaries import ACT_TIMES_GRAD, EDGES, EXAMPLES_K, N_BINS, summarised_location
 
 
 @dataclass
@@ -69,7 +69,7 @@ class SummaryState:
         # One computation per location and pass, every layer at once (a call per layer cost more than the
         # arithmetic): the layers become one more node axis.
         with torch.no_grad():
-            for name in sorted({name for name, _ in [*forward, *backward]} - NOT_SUMMARISED):
+            for name in sorted({name for name, _ in [*forward, *backward] if summarised_location(LOCATIONS[name])}):
                 loc = LOCATIONS[name]
                 stacked = {}
                 for pass_type, tensors in (("forward", forward), ("backward", backward)):

@@ -209,8 +209,17 @@ def load_tokenizer_json(path: Path) -> tiktoken.Encoding:
     model = spec.get("model", {})
     if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
         raise ValueError(f"{path} is not a byte-level BPE tokenizer; only those are supported")
+    if model.get("byte_fallback"):
+        # SentencePiece-style BPE (Llama 2, Mistral, Gemma): characters, with <0xNN> tokens for the rest
+        raise ValueError(
+            f"{path} is a byte-fallback (SentencePiece-style) BPE tokenizer; only byte-level BPE is supported"
+        )
     specials = {t["content"]: t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
     vocab = {t: i for t, i in model["vocab"].items() if t not in specials}
+    alphabet = _byte_decoder()
+    foreign = next((t for t in vocab if not set(t) <= alphabet.keys()), None)
+    if foreign is not None:
+        raise ValueError(f"{path} is not a byte-level BPE tokenizer (token {foreign!r}); only those are supported")
     pattern = SMOLLM2_PATTERN if '"Digits"' in json.dumps(spec.get("pre_tokenizer")) else R50K_PATTERN
     return byte_level_encoding(
         path.parent.name or "tokenizer",

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -34,9 +34,12 @@ from ingest import memory
 from ingest.capture import CaptureSpec, Recorder, check_storable, first_row, location_rows, logits_rows
 from ingest.checkpoints import DEFAULT_MODEL, LoadedModel, load_model
 from ingest.errors import DeviceError, ModelNotFound, TokenError
-from ingest.model_rows import factor_weights, register_model, token_rows, token_text
+from ingest.model_rows import factor_weights, register_model, token_columns, token_rows
 from ingest.objective import LOGIT_DIFF, objective_kind, per_prompt_objective, single_token
 from ingest.prompts import PromptInput, Skipped
+from ingest.sae.load import load_saes
+from ingest.sae.record import record_saes
+from ingest.sae.splice import spliced
 from ingest.summaries import SummaryState
 from ingest.tokenizers import Tokenization
 from warehouse.registry import LOCATIONS
@@ -63,6 +66,8 @@ class IngestOptions:
     prepend_bos: bool | None = None  # None: as the tokenizer's own config says
     special_tokens_as_text: bool = False  # '<|endoftext|>' in a prompt: the special token unless this is set
     summaries: bool = True  # per-node summaries with every batch (warehouse/summaries.py)
+    saes: list[str] = field(default_factory=list)  # --sae DIR[@HOOK] values: SAEs spliced in, latents stored
+    sae_error: bool = True  # store each SAE's reconstruction error (--no-sae-error: not)
 
 
 @dataclass
@@ -220,6 +225,7 @@ def run_batch(
     for b, p in enumerate(items):
         ids[b, : len(p.ids)] = torch.tensor(p.ids, device=model_device)
     recorder = Recorder(spec, backward)
+    hook = spliced(recorder, spec.saes, spec.sae_error) if spec.saes else recorder
     hold = items[0].kind == LOGIT_DIFF
     objective: list[float | None] = [None] * len(items)
     # On the CPU the writer thread inserts the previous batch meanwhile: leave it a core, or torch's spinning
@@ -230,7 +236,7 @@ def run_batch(
         torch.set_num_threads(threads - 1)
     try:
         with torch.set_grad_enabled(backward):
-            logits = model.forward(ids, lengths, recorder, hold_final_scale=hold)
+            logits = model.forward(ids, lengths, hook, hold_final_scale=hold)
             if backward:
                 values = per_prompt_objective(
                     logits, ids, lengths, [p.target_id for p in items], [p.distractor_id for p in items]
@@ -335,7 +341,7 @@ def to_batch(captured: Captured, run_id: int, model_id: int, loaded: LoadedModel
             "prompt_id": np.repeat(captured.prompt_ids, captured.lengths).astype(np.int32),
             "position": np.concatenate([np.arange(len(p.ids)) for p in items]).astype(np.int16),
             "token_id": token_ids,
-            "text": [token_text(loaded, int(i)) for i in token_ids],
+            **token_columns(loaded.tokenizer, [p.ids for p in items]),
         }
     )
     return Batch(prompts, tokens, fact_rows(captured, top_k, bfloat16), captured.model_rows, captured.summaries)
@@ -436,17 +442,20 @@ def ingest(
     device = resolve_device(options.device)
     loaded = open_model(options.model)
     loaded.model.to(device)
-    spec = CaptureSpec.parse(options.locations, options.layers, loaded.model.config.n_layers)
+    spec = CaptureSpec.parse(options.locations, options.layers, loaded.model.config)
     check_storable(loaded.model.config, spec)
+    spec = replace(spec, saes=load_saes(options.saes, loaded.model.config, device), sae_error=options.sae_error)
     tokenization = Tokenization.of(loaded.special, options.prepend_bos, options.special_tokens_as_text)
     check_command_tokens(loaded, options, tokenization)
     settings = json.dumps(
         [spec.labels(), sorted(spec.layers or []), options.backward, options.truncate, *tokenization.settings()]
+        + [sae.sha256 for sae in spec.saes]
     )
     with LakeWriter(db_path, wait=options.wait) as writer, sigterm_interrupts():
         weights = factor_weights(loaded)
         unembedding_all = options.unembedding == "all"
         model_id = register_model(writer, loaded, weights, unembedding_all)
+        record_saes(writer, model_id, spec.saes, loaded.model)
         known_tokens = writer.known_tokens(model_id)
         layernorm = loaded.model.config.norm == "layernorm"
         run_id = writer.start_run(

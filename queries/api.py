@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import duckdb
 import pyarrow as pa
 
-from queries.contexts import with_context
+from queries import contexts, streaming
 from queries.notes import with_notes
+from queries.streaming import QueryError
 from queries.summaries import SummaryQueries
 from warehouse import db, registry
 
@@ -66,10 +67,6 @@ class DstNotAvailable(db.WarehouseError):
     """A known dst this warehouse file cannot answer (view missing, or its inputs not stored)."""
 
 
-class QueryError(db.WarehouseError):
-    pass
-
-
 def _check_name(dst: str) -> None:
     known = db.dst_names()
     if not isinstance(dst, str) or dst not in known:
@@ -102,7 +99,7 @@ class _Source:
     note: str | None = None
 
 
-class Warehouse(SummaryQueries):
+class Warehouse(SummaryQueries, contexts.ExampleWindows):
     """A warehouse, attached per call (read-only by default): each call reads the last committed snapshot."""
 
     def __init__(self, path: str | Path, read_only: bool = True) -> None:
@@ -184,6 +181,22 @@ class Warehouse(SummaryQueries):
                 return relation.fetchall()
             except duckdb.Error as exc:
                 raise QueryError(f"query failed: {str(exc).splitlines()[0]}") from exc
+
+    @contextmanager
+    def sql_reader(
+        self,
+        query: str,
+        params: Sequence[Any] | dict[str, Any] | None = None,
+        batch_size: int = streaming.BATCH_ROWS,
+    ) -> Iterator[pa.RecordBatchReader]:
+        """Stream one statement's result: `with wh.sql_reader(query, params) as reader: for batch in
+        reader: ...`. A pyarrow.RecordBatchReader of batches of at most `batch_size` rows, produced as they
+        are read, so memory stays about one batch whatever the result's size (a sort or aggregate in the
+        query still holds its input). The connection (one snapshot) is held until the block ends; the
+        reader is closed there. Raises QueryError (one line) at the start or mid-stream.
+        """
+        with self._connection() as con, streaming.reader(con, query, params, batch_size) as reader:
+            yield reader
 
     # -- names ---------------------------------------------------------------------------------------
 
@@ -382,23 +395,16 @@ class Warehouse(SummaryQueries):
 
         `context_text` marks the activating token [[like this]] and, for attention nodes, the attended-to
         token <<like this>> when it falls inside the window. Windows are clipped at the sequence edges.
+        Contexts decode the window's concatenated token bytes, so a character split across tokens reads
+        whole; markers sit between characters (queries/contexts.py, warehouse/token_text.py).
         `skip_first` leaves out the rows of each prompt's first N tokens.
         """
         if k < 1 or context < 0 or skip_first < 0:
             raise db.WarehouseError("k must be at least 1, context and skip_first at least 0")
-        order = "ASC" if bottom else "DESC"
         with self._connection() as con:
-            src = self._source(con, dst, pass_type)
-            where, params = self._node_filter(layer, node_index, head, run_id, skip_first)
-            hits = (
-                f"SELECT prompt_id, token, token2, head, value FROM ({src.sql}) WHERE true{where}"
-                f" ORDER BY value {order}, prompt_id, token, token2 LIMIT ?"
-            )
-            try:
-                table = with_context(con, hits, [*src.params, *params, k], not bottom, context)
-            except duckdb.Error as exc:
-                raise QueryError(f"query failed: {str(exc).splitlines()[0]}") from exc
-        return with_notes(table, [src.note] if src.note else [])
+            hits, params, note = self._hits(con, dst, layer, node_index, k, head, run_id, pass_type, bottom, skip_first)
+            table = contexts.with_context(con, hits, params, context)
+        return with_notes(table, [note] if note else [])
 
     def node_stats(
         self,

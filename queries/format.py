@@ -9,12 +9,15 @@ from __future__ import annotations
 import io
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
+from warehouse import db
 
 FORMATS = ("table", "csv", "json")
 # Parquet is binary: it goes to a file, never to the terminal.
@@ -26,6 +29,8 @@ def _cell(value: object) -> str:
         return "NULL"
     if isinstance(value, float):
         return f"{value:.6g}"
+    if isinstance(value, bytes):
+        return _blob_text(value)
     # token text may hold newlines and tabs: show them escaped so rows stay one line each
     return str(value).replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
 
@@ -86,20 +91,61 @@ def stream(reader: pa.RecordBatchReader, fmt: str, output: str | Path | None = N
         return rows
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(FILE_FORMATS)}")
+    reader = _text_blobs(reader)
     with _sink(output) as out:
         if fmt == "table":
             return _stream_table(reader, out)
         rows = 0
         if fmt == "csv":
+            _check_flat(reader.schema)
             with pacsv.CSVWriter(out, reader.schema) as writer:
                 for batch in reader:
                     writer.write_batch(batch)
                     rows += batch.num_rows
             return rows
         for batch in reader:
-            out.write("".join(json.dumps(row, default=str) + "\n" for row in batch.to_pylist()).encode())
+            out.write("".join(json.dumps(row, default=_json_default) + "\n" for row in batch.to_pylist()).encode())
             rows += batch.num_rows
         return rows
+
+
+def _blob_text(value: bytes) -> str:
+    """A BLOB as text: ASCII bytes as they are, the others as \\xNN escapes (--format parquet keeps the bytes)."""
+    return value.decode("ascii", errors="backslashreplace")
+
+
+def _json_default(value: object) -> str:
+    return _blob_text(value) if isinstance(value, bytes) else str(value)
+
+
+def _text_blobs(reader: pa.RecordBatchReader) -> pa.RecordBatchReader:
+    """`reader` with its binary columns as text (_blob_text): CSV and the terminal take text only."""
+    blobs = [i for i, f in enumerate(reader.schema) if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+    if not blobs:
+        return reader
+    schema = reader.schema
+    for i in blobs:
+        schema = schema.set(i, schema.field(i).with_type(pa.string()))
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for batch in reader:
+            columns = list(batch.columns)
+            for i in blobs:
+                columns[i] = pa.array(
+                    [None if v is None else _blob_text(v) for v in columns[i].to_pylist()], pa.string()
+                )
+            yield pa.RecordBatch.from_arrays(columns, schema=schema)
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
+
+
+def _check_flat(schema: pa.Schema) -> None:
+    """CSV holds one value per cell: refuse nested columns in one line before anything is written."""
+    nested = [f for f in schema if pa.types.is_nested(f.type)]
+    if nested:
+        raise db.WarehouseError(
+            f"column {nested[0].name!r} is {nested[0].type}, which CSV cannot hold: use --format json or parquet"
+        )
 
 
 def _stream_table(reader: pa.RecordBatchReader, out: BinaryIO) -> int:
@@ -112,7 +158,10 @@ def _stream_table(reader: pa.RecordBatchReader, out: BinaryIO) -> int:
     head = pa.Table.from_batches(shown, schema=reader.schema)
     text = render(head, "table")
     if rows > head.num_rows:
-        text = text.rsplit("(", 1)[0] + f"(first {head.num_rows} of {rows} rows: --format csv or json gives all)\n"
+        more = rows - head.num_rows
+        text = text.rsplit("(", 1)[0] + (
+            f"(first {head.num_rows} of {rows} rows, {more} more: --format csv, json or parquet gives all)\n"
+        )
     out.write(text.encode())
     return rows
 

@@ -1,4 +1,5 @@
-"""Pictures of API results: a per-token heat strip, a top-nodes bar chart, a value histogram.
+"""Pictures of API results: per-token heat strips (one prompt, or each example's context), bar charts of
+ranked nodes, a value histogram.
 
 matplotlib is optional (the `plot` extra): these are for a quick look from the command line, and the
 warehouse itself never needs it. Each function takes an API result and writes a PNG.
@@ -6,9 +7,12 @@ warehouse itself never needs it. Each function takes an API result and writes a 
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from warehouse import db
@@ -49,22 +53,72 @@ def token_strip(table: pa.Table, path: str | Path, title: str = "") -> Path:
     return _save(fig, plt, path)
 
 
+def _short(text: str, width: int = 10) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def bars(labels: Sequence[str], values: Sequence[float | None], path: str | Path, xlabel: str, title: str = "") -> Path:
+    """Horizontal bars, the first label on top: positive values red, negative blue, NULL drawn as 0.
+
+    The chart of `top --plot`, for any ranked list (nodes of one prompt, nodes across the dataset).
+    """
+    plt = _pyplot()
+    heights = [v if v is not None else 0.0 for v in values]
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(heights) + 1.2))
+    ax.barh(range(len(heights)), heights, color=["tab:red" if v >= 0 else "tab:blue" for v in heights])
+    ax.set_yticks(range(len(heights)), [_label(text) for text in labels], fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", linewidth=0.5)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    return _save(fig, plt, path)
+
+
+def node_label(row: dict[str, Any]) -> str:
+    """'MLP L3 #1021', 'attn L0 #5', 'L2 #7 h1': a node of a result row (node_type, layer, node_index, head)."""
+    node = {"mlp_neuron": "MLP ", "attention_head": "attn "}.get(row.get("node_type") or "", "")
+    layer = f"L{row['layer']} " if row.get("layer") is not None else ""
+    head = f" h{row['head']}" if row.get("head") is not None else ""
+    return f"{node}{layer}#{row['node_index']}{head}"
+
+
 def top_nodes_bars(table: pa.Table, column: str, path: str | Path, title: str = "") -> Path:
     """Horizontal bars of one column of a top_nodes result, labelled with node and token."""
-    plt = _pyplot()
     rows = table.to_pylist()
     labels = []
     for r in rows:
-        node = "MLP" if r["node_type"] == "mlp_neuron" else ("attn" if r["node_type"] == "attention_head" else "")
         where = f"t{r['token']}" + (f"<-{r['token2']}" if r.get("token2") is not None else "")
-        labels.append(f"{node} L{r['layer']} #{r['node_index']} {where} {_label(r.get('token_text') or '')!r}")
-    values = [r[column] if r[column] is not None else 0.0 for r in rows]
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.2))
-    ax.barh(range(len(rows)), values, color=["tab:red" if v >= 0 else "tab:blue" for v in values])
-    ax.set_yticks(range(len(rows)), labels, fontsize=8)
-    ax.invert_yaxis()
-    ax.axvline(0, color="black", linewidth=0.5)
-    ax.set_xlabel(column)
+        labels.append(f"{node_label(r)} {where} {r.get('token_text') or ''!r}")
+    return bars(labels, [r[column] for r in rows], path, column, title)
+
+
+def example_strips(windows: pa.Table, path: str | Path, title: str = "") -> Path:
+    """One strip per example of `Warehouse.example_windows`: its context tokens, aligned on the example's
+    token (outlined), each cell shaded by the node's value there (blank where none is stored)."""
+    plt = _pyplot()
+    rows = windows.to_pylist()
+    examples = sorted({r["example"] for r in rows})
+    offsets = [r["position"] - r["hit_token"] for r in rows]
+    left = -min(offsets, default=0)
+    width = left + max(offsets, default=0) + 1
+    grid = np.full((len(examples), width), np.nan)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * width), 0.5 * len(examples) + 1.2))
+    labels = {}
+    for r, offset in zip(rows, offsets, strict=True):
+        y, x = examples.index(r["example"]), offset + left
+        if r["value"] is not None:
+            grid[y, x] = r["value"]
+        ax.text(x, y, _short(_label(r["token_text"])), ha="center", va="center", fontsize=7,
+                fontweight="bold" if r["is_hit"] else "normal")  # fmt: skip
+        if r["is_hit"]:
+            ax.add_patch(plt.Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.5))
+            labels[y] = f"#{r['example']} prompt {r['prompt_id']} t{r['hit_token']}"
+    scale = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="RdBu_r", vmin=-(scale or 1.0), vmax=scale or 1.0, aspect="auto")
+    ax.set_yticks(range(len(examples)), [labels.get(y, "") for y in range(len(examples))], fontsize=8)
+    ax.set_xticks(range(width), [str(x - left) for x in range(width)])
+    ax.set_xlabel("position relative to the example's token")
+    fig.colorbar(image, ax=ax, fraction=0.03)
     ax.set_title(title)
     return _save(fig, plt, path)
 
@@ -83,8 +137,12 @@ def histogram(hist: pa.Table, path: str | Path, title: str = "") -> Path:
 
 
 def _save(fig: Any, plt: Any, path: str | Path) -> Path:
+    """Write `fig` in the format of `path`'s suffix (.png, .svg, .pdf ...) and close it."""
     path = Path(path)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with warnings.catch_warnings():
+        # characters the installed fonts lack (CJK, emoji with the default font) are drawn as boxes
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -165,16 +165,13 @@ class SummaryQueries:
                     note,
                 )
             where, params = _summary_filter(dst, pass_type, skip_first, layer, node_index, head, run_id)
-            order = "ASC" if bottom else "DESC"
+            order = f"value {'ASC' if bottom else 'DESC'}, prompt_id, token, token2, head"
             hits = (
-                "SELECT prompt_id, token, nullif(token2, -1) AS token2, nullif(head, -1) AS head, value"
-                f" FROM node_examples WHERE side = ?{where}"
-                f" ORDER BY value {order}, prompt_id, token, token2 LIMIT ?"
+                f"SELECT row_number() OVER (ORDER BY {order}) AS rank, * FROM (SELECT prompt_id, token,"
+                " nullif(token2, -1) AS token2, nullif(head, -1) AS head, value"
+                f" FROM node_examples WHERE side = ?{where} ORDER BY {order} LIMIT ?)"
             )
-            try:
-                return with_context(con, hits, ["bottom" if bottom else "top", *params, k], not bottom, context)
-            except duckdb.Error as exc:
-                raise db.WarehouseError(f"query failed: {str(exc).splitlines()[0]}") from exc
+            return with_context(con, hits, ["bottom" if bottom else "top", *params, k], context)
 
     # -- where the figures come from -----------------------------------------------------------------
 

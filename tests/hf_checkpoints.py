@@ -98,6 +98,71 @@ def llama_checkpoint(path: Path, seed: int = 2) -> Checkpoint:
     return Checkpoint(path, model)
 
 
+def gemma2_checkpoint(path: Path, seed: int = 3) -> Checkpoint:
+    """Gemma 2 family on the Llama test tokenizer: norms after attention and after the MLP (every gain
+    random, stored as w and applied as 1 + w), attention and MLP biases, grouped-query attention, a
+    sliding window of 8 on the first layer, attention logits capped at 20 (about 3/4 of them past half the
+    cap, where tanh bends them, and attention still far from uniform) and final logits at 15 (the test
+    pairs' slopes 1 - (logit/cap)^2 range from 0.05 to 1), queries scaled by 24^-1/2."""
+    import transformers
+
+    tokenizer = _train_tokenizer()
+    cfg = transformers.Gemma2Config(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=tokenizer.get_vocab_size(),
+        max_position_embeddings=128,
+        rms_norm_eps=1e-6,
+        attention_bias=True,
+        query_pre_attn_scalar=24,
+        attn_logit_softcapping=20.0,
+        final_logit_softcapping=15.0,
+        sliding_window=8,
+        tie_word_embeddings=True,
+    )
+    model = transformers.Gemma2ForCausalLM(cfg).eval()
+    randomise(model, seed)
+    model.save_pretrained(path)
+    tokenizer.save(str(path / "tokenizer.json"))
+    return Checkpoint(path, model)
+
+
+def olmo2_checkpoint(path: Path, seed: int = 4) -> Checkpoint:
+    """OLMo 2 family on the Llama test tokenizer: no norms before the blocks, norms after attention and
+    after the MLP, queries and keys RMS-normed over all heads together (their gains tripled: the norm
+    leaves the gains alone to make attention peaked), attention biases, grouped-query attention."""
+    import transformers
+
+    tokenizer = _train_tokenizer()
+    cfg = transformers.Olmo2Config(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=tokenizer.get_vocab_size(),
+        max_position_embeddings=128,
+        rms_norm_eps=1e-6,
+        attention_bias=True,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=0,
+    )
+    model = transformers.Olmo2ForCausalLM(cfg).eval()
+    randomise(model, seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                param.mul_(3.0)
+    model.save_pretrained(path)
+    tokenizer.save(str(path / "tokenizer.json"))
+    return Checkpoint(path, model)
+
+
 def _train_tokenizer():  # noqa: ANN202
     """A byte-level BPE trained on a few sentences (deterministic), with the target words as tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -10,6 +10,11 @@ key/value heads are shared by transformers' repeat_kv, and a norm's scale is rea
 norm module output. Self-checks tie the reading-out to the model: the logits give back its probabilities,
 the heads' values rebuild its attention output, and the held-scale final norm equals its norm.
 
+A norm's gain is read off the module's behaviour (its output for an all-ones input), never off its
+parameter, so a family storing the gain as w and applying 1 + w needs no case. Where a family norms a
+block's output before it joins the residual (Gemma 2), a node's write is what that norm makes of it with
+its scale at the token held: gain * write / s_post, as DERIVED_SCALARS.md holds the final norm's scale.
+
 Keys are (token, token2, layer, head, node_index), None where the column is NULL.
 """
 
@@ -42,6 +47,8 @@ class _Attention:
     value: torch.Tensor
     scaling: float
     probs: torch.Tensor
+    softcap: float | None  # logits became softcap * tanh(logits / softcap) before the mask
+    window: int | None  # keys k with q - window < k <= q (a sliding-window layer), None: every k <= q
 
 
 _RECORDING: dict[int, _Attention] = {}
@@ -55,7 +62,15 @@ def _recording_attention(
     out, probs = eager(module, query, key, value, attention_mask, **kwargs)
     probs.retain_grad()
     scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
-    _RECORDING[module.layer_idx] = _Attention(query[0].detach(), key[0].detach(), value[0].detach(), scaling, probs)
+    _RECORDING[module.layer_idx] = _Attention(
+        query[0].detach(),
+        key[0].detach(),
+        value[0].detach(),
+        scaling,
+        probs,
+        kwargs.get("softcap"),
+        kwargs.get("sliding_window"),
+    )
     return out, probs
 
 
@@ -71,14 +86,15 @@ class _Trace:
     emb: torch.Tensor | None = None  # (n, d), block 0's input
     post_attn: dict[int, torch.Tensor] = field(default_factory=dict)  # (n, d), the MLP norm's input
     post_mlp: dict[int, torch.Tensor] = field(default_factory=dict)  # (n, d), the block's output
-    delta_attn: dict[int, torch.Tensor] = field(default_factory=dict)  # (n, d), output projection's output
-    delta_mlp: dict[int, torch.Tensor] = field(default_factory=dict)  # (n, d), the MLP's output
+    delta_attn: dict[int, torch.Tensor] = field(default_factory=dict)  # (n, d), what attention adds to the residual
+    delta_mlp: dict[int, torch.Tensor] = field(default_factory=dict)  # (n, d), what the MLP adds to the residual
     head_outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # (n, H*dh), output projection's input
     post_act: dict[int, torch.Tensor] = field(default_factory=dict)  # (n, d_mlp), MLP down projection's input
     norms: dict[tuple[str, int | None], tuple[nn.Module, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     attention: dict[int, _Attention] = field(default_factory=dict)
     final_in: torch.Tensor | None = None  # (n, d), the final norm's input
-    logits: torch.Tensor | None = None  # (n, V)
+    logits: torch.Tensor | None = None  # (n, V), as the model outputs them (soft-capped where it caps them)
+    uncapped: torch.Tensor | None = None  # (n, V), the unembedding's output
     objective: torch.Tensor | None = None
 
 
@@ -88,12 +104,15 @@ class _Parts:
 
     blocks: nn.ModuleList
     final_norm: nn.Module
-    attn_norm: list[nn.Module]
-    mlp_norm: list[nn.Module]
+    attn_norm: list[nn.Module] | None  # None: the blocks read the residual as it is (OLMo 2)
+    mlp_norm: list[nn.Module] | None
     attn_out: list[nn.Module]  # the attention output projection
     mlp: list[nn.Module]
     mlp_out: list[nn.Module]  # the MLP down projection
     centred: bool  # LayerNorm removes the mean, RMSNorm does not
+    head: nn.Module  # the unembedding
+    post_attn_norm: list[nn.Module] | None = None  # norms of the block outputs before they join the residual
+    post_mlp_norm: list[nn.Module] | None = None
 
 
 def _parts(model: nn.Module) -> _Parts:
@@ -108,6 +127,7 @@ def _parts(model: nn.Module) -> _Parts:
             [x.mlp for x in b],
             [x.mlp.c_proj for x in b],
             centred=True,
+            head=model.lm_head,
         )
     if model.config.model_type == "llama":
         b = model.model.layers
@@ -120,6 +140,37 @@ def _parts(model: nn.Module) -> _Parts:
             [x.mlp for x in b],
             [x.mlp.down_proj for x in b],
             centred=False,
+            head=model.lm_head,
+        )
+    if model.config.model_type == "olmo2":
+        b = model.model.layers
+        return _Parts(
+            b,
+            model.model.norm,
+            None,
+            None,
+            [x.self_attn.o_proj for x in b],
+            [x.mlp for x in b],
+            [x.mlp.down_proj for x in b],
+            centred=False,
+            head=model.lm_head,
+            post_attn_norm=[x.post_attention_layernorm for x in b],
+            post_mlp_norm=[x.post_feedforward_layernorm for x in b],
+        )
+    if model.config.model_type == "gemma2":
+        b = model.model.layers
+        return _Parts(
+            b,
+            model.model.norm,
+            [x.input_layernorm for x in b],
+            [x.pre_feedforward_layernorm for x in b],
+            [x.self_attn.o_proj for x in b],
+            [x.mlp for x in b],
+            [x.mlp.down_proj for x in b],
+            centred=False,
+            head=model.lm_head,
+            post_attn_norm=[x.post_attention_layernorm for x in b],
+            post_mlp_norm=[x.post_feedforward_layernorm for x in b],
         )
     raise ValueError(f"no oracle for model_type {model.config.model_type!r}")
 
@@ -137,19 +188,37 @@ def _centre(x: torch.Tensor, centred: bool) -> torch.Tensor:
     return x - x.mean(-1, keepdim=True) if centred else x
 
 
+def _eps(module: nn.Module) -> float:
+    return getattr(module, "eps", None) or module.variance_epsilon
+
+
+def _bias(module: nn.Module) -> torch.Tensor | float:
+    return module.bias if getattr(module, "bias", None) is not None else 0.0
+
+
+def _gain(module: nn.Module, d: int, centred: bool) -> torch.Tensor:
+    """(d,): the gain the norm applies. An RMSNorm's, from its output for an all-ones input (whose scale is
+    sqrt(1 + eps)); a LayerNorm's (an all-ones input has no spread) is its weight."""
+    if centred:
+        return module.weight.detach()
+    ones = torch.ones(d, dtype=module.weight.dtype)
+    with torch.no_grad():
+        # forward, not __call__: the module's hooks (the trace's) must not see this input
+        return (module.forward(ones) - _bias(module)).double() * (1.0 + _eps(module)) ** 0.5
+
+
 def _held_scale_norm(module: nn.Module, x: torch.Tensor, centred: bool) -> torch.Tensor:
     """The final norm with its scale sqrt(mean((x - mean x)^2) + eps) detached (held constant)."""
-    eps = getattr(module, "eps", None) or module.variance_epsilon
     x = _centre(x, centred)
-    out = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps).detach() * module.weight
-    return out + module.bias if getattr(module, "bias", None) is not None else out
+    out = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + _eps(module)).detach() * _gain(module, x.shape[-1], centred)
+    return out + _bias(module)
 
 
 def _scale_read_back(module: nn.Module, x: torch.Tensor, y: torch.Tensor, centred: bool) -> torch.Tensor:
     """(n,): the s with y = centred(x) / s * gain + bias, fitted per token from the module's output."""
     with torch.no_grad():
-        c = _centre(x, centred) * module.weight
-        z = y - module.bias if getattr(module, "bias", None) is not None else y
+        c = _centre(x, centred) * _gain(module, x.shape[-1], centred)
+        z = y - _bias(module)
         return (c * c).sum(-1) / (c * z).sum(-1)
 
 
@@ -199,19 +268,36 @@ def _run(model: nn.Module, parts: _Parts, ids: list[int], target: int | None, di
         assert err < 1e-6, f"held-scale norm differs from the model's norm by {err:.2g} x max"
         return held
 
+    def keep_uncapped(_m: nn.Module, _args: tuple, out: torch.Tensor) -> None:
+        trace.uncapped = out.detach()[0]
+
     handles.append(parts.blocks[0].register_forward_pre_hook(on_block0, with_kwargs=True))
     for layer, block in enumerate(parts.blocks):
+        # what each block adds to the residual: its norm's output where the family norms block outputs
+        attn_added = parts.post_attn_norm[layer] if parts.post_attn_norm else parts.attn_out[layer]
+        mlp_added = parts.post_mlp_norm[layer] if parts.post_mlp_norm else parts.mlp[layer]
+        if parts.attn_norm and parts.mlp_norm:
+            handles += [
+                parts.attn_norm[layer].register_forward_hook(keep_norm("attn_ln.scale", layer)),
+                parts.mlp_norm[layer].register_forward_hook(keep_norm("mlp_ln.scale", layer)),
+            ]
+        # the residual between the blocks: what the MLP (or its norm) reads
+        mlp_reads = parts.mlp_norm[layer] if parts.mlp_norm else parts.mlp[layer]
         handles += [
-            parts.attn_norm[layer].register_forward_hook(keep_norm("attn_ln.scale", layer)),
-            parts.mlp_norm[layer].register_forward_hook(keep_norm("mlp_ln.scale", layer)),
-            parts.mlp_norm[layer].register_forward_pre_hook(keep_input(trace.post_attn, layer)),
+            mlp_reads.register_forward_pre_hook(keep_input(trace.post_attn, layer)),
             block.register_forward_hook(keep_output(trace.post_mlp, layer)),
-            parts.attn_out[layer].register_forward_hook(keep_output(trace.delta_attn, layer)),
+            attn_added.register_forward_hook(keep_output(trace.delta_attn, layer)),
             parts.attn_out[layer].register_forward_pre_hook(keep_input(trace.head_outputs, layer)),
-            parts.mlp[layer].register_forward_hook(keep_output(trace.delta_mlp, layer)),
+            mlp_added.register_forward_hook(keep_output(trace.delta_mlp, layer)),
             parts.mlp_out[layer].register_forward_pre_hook(keep_input(trace.post_act, layer, grad=True)),
         ]
+        if parts.post_attn_norm and parts.post_mlp_norm:
+            handles += [
+                parts.post_attn_norm[layer].register_forward_hook(keep_norm("attn_post_ln.scale", layer)),
+                parts.post_mlp_norm[layer].register_forward_hook(keep_norm("mlp_post_ln.scale", layer)),
+            ]
     handles.append(parts.final_norm.register_forward_hook(final_norm))
+    handles.append(parts.head.register_forward_hook(keep_uncapped))
     _RECORDING.clear()
     try:
         x = torch.tensor([ids])
@@ -243,14 +329,27 @@ def _per_query_head(att: _Attention, t: torch.Tensor) -> torch.Tensor:
 
 
 def _attention_logits(att: _Attention) -> torch.Tensor:
-    """(q, k, H): q.k times the model's scaling, before the causal mask."""
+    """(q, k, H): the softmax's input before the mask, q.k times the model's scaling, soft-capped where
+    the model caps it."""
     keys = _per_query_head(att, att.key)  # (k, H, dh)
-    return torch.einsum("hqc,khc->qkh", att.query, keys) * att.scaling
+    logits = torch.einsum("hqc,khc->qkh", att.query, keys) * att.scaling
+    return att.softcap * torch.tanh(logits / att.softcap) if att.softcap else logits
+
+
+def _post_norm(parts: _Parts, trace: _Trace, block: str, layer: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gain (d,), scale (n,)) of the norm after block 'attn' or 'mlp': a node's write w joins the residual
+    at token t as gain * w / scale[t] (scale held). Ones where the family norms no block output."""
+    if parts.post_attn_norm is None:
+        d = trace.post_attn[layer].shape[-1]
+        return torch.ones(d, dtype=torch.float64), torch.ones(n, dtype=torch.float64)
+    module, x, y = trace.norms[(f"{block}_post_ln.scale", layer)]
+    return _gain(module, x.shape[-1], False), _scale_read_back(module, x, y, False)
 
 
 def expected_raw(model: nn.Module, ids: list[int], target: int | None, distractor: int | None) -> Scalars:
-    """The stored rows actwh computes itself, per registry location name: the three norm scales and the
-    attention logits (causal pairs)."""
+    """The stored rows actwh computes itself, per registry location name: the norm scales (five with norms
+    after the blocks, else three) and the attention logits (causal pairs, keys outside a sliding window
+    included)."""
     parts, trace = _trace(model, ids, target, distractor)
     out: Scalars = {}
     for (name, layer), (module, x, y) in trace.norms.items():
@@ -259,7 +358,8 @@ def expected_raw(model: nn.Module, ids: list[int], target: int | None, distracto
     for layer, att in trace.attention.items():
         logits = _attention_logits(att)
         causal = torch.tril(torch.ones(logits.shape[:2], dtype=torch.bool))
-        masked = logits.masked_fill(~causal[..., None], -torch.inf)
+        allowed = causal if att.window is None else causal & ~torch.tril(causal, -att.window)
+        masked = logits.masked_fill(~allowed[..., None], -torch.inf)
         probs = att.probs.detach()[0].permute(1, 2, 0)
         assert torch.allclose(torch.softmax(masked, dim=1), probs, atol=1e-6), "logits do not give the model's probs"
         rows = out.setdefault("attn.qk_logits", {})
@@ -318,6 +418,26 @@ def expected_scalars(
     return out
 
 
+def linearised_objective(model: nn.Module, ids: list[int], target: int, distractor: int | None) -> float:
+    """sum_v coef_v c_v (z_v - bias_f . W_U[:, v]) at the last token: what the direct effects of every
+    node and bias add up to (DERIVED_SCALARS.md, identity 1), z_v the unembedding's output for token v and
+    c_v = dlogit_v / dz_v, 1 - tanh(z_v / cap)^2 under a final soft cap (else 1). Without a cap, the
+    objective less the final norm bias's share."""
+    parts, trace = _trace(model, ids, target, distractor)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    bias = _bias(parts.final_norm)
+    with torch.no_grad():
+        bias_share = parts.head(torch.as_tensor(bias, dtype=torch.float64).expand(trace.final_in.shape[-1:]))
+    total = 0.0
+    for v, coef in ((target, 1.0), (distractor, -1.0)):
+        if v is None:
+            continue
+        z = trace.uncapped[-1, v]
+        slope = 1 - torch.tanh(z / cap) ** 2 if cap else 1.0
+        total += coef * float(slope * (z - bias_share[v]))
+    return total
+
+
 def _head_writes(proj: nn.Module, per_head: torch.Tensor) -> torch.Tensor:
     """(..., H, d): what the output projection writes for each head's slot alone, bias removed."""
     *lead, h, dh = per_head.shape
@@ -335,18 +455,19 @@ def _mlp_scalars(
     da, a = a.grad[0], a.detach()[0]
     proj = parts.mlp_out[layer]
     d_mlp = a.shape[1]
+    gain, scale = _post_norm(parts, trace, "mlp", layer, n)
     with torch.no_grad():  # row i of W_out: what neuron i alone writes at unit activation
-        rows = proj(torch.eye(d_mlp, dtype=a.dtype)) - proj(torch.zeros(d_mlp, dtype=a.dtype))
+        rows = (proj(torch.eye(d_mlp, dtype=a.dtype)) - proj(torch.zeros(d_mlp, dtype=a.dtype))) * gain
     row_norm = rows.norm(dim=1)
-    rebuilt = a @ rows
+    rebuilt = (a @ rows) / scale[:, None]
     for t in range(n):
         for i in range(d_mlp):
-            put("mlp_write_norm", (t, None, layer, None, i), a[t, i] * row_norm[i])
+            put("mlp_write_norm", (t, None, layer, None, i), a[t, i] * row_norm[i] / scale[t])
             put("mlp_act_times_grad", (t, None, layer, None, i), a[t, i] * da[t, i])
         for d in range(rows.shape[1]):
             put("resid_delta_mlp_from_mlp_post_act", (t, None, layer, None, d), rebuilt[t, d])
     if direct:
-        effects = a[n - 1] * (rows @ g_last)
+        effects = a[n - 1] * (rows @ g_last) / scale[n - 1]
         for i in range(d_mlp):
             put("mlp_write_to_final_residual_grad", (n - 1, None, layer, None, i), effects[i])
 
@@ -362,11 +483,12 @@ def _attention_scalars(
     recombined = torch.einsum("qkh,khc->qhc", p, v)
     assert torch.allclose(recombined, mixed, rtol=1e-9, atol=1e-9), "head values do not rebuild the attention output"
     proj = parts.attn_out[layer]
-    value_write = _head_writes(proj, v)  # (k, H, d): per unit probability
-    summed_write = _head_writes(proj, mixed)  # (q, H, d)
+    gain, scale = _post_norm(parts, trace, "attn", layer, n)
+    value_write = _head_writes(proj, v) * gain  # (k, H, d): per unit probability, before the scale at q
+    summed_write = _head_writes(proj, mixed) * gain  # (q, H, d)
     for q in range(n):
         for h in range(n_heads):
-            put("attn_write_norm_per_sequence_token", (q, None, layer, None, h), summed_write[q, h].norm())
+            put("attn_write_norm_per_sequence_token", (q, None, layer, None, h), summed_write[q, h].norm() / scale[q])
             put(
                 "attn_act_times_grad_per_sequence_token",
                 (q, None, layer, None, h),
@@ -374,7 +496,7 @@ def _attention_scalars(
             )
             for k in range(q + 1):
                 pair = q * (q + 1) // 2 + k
-                norm = p[q, k, h] * value_write[k, h].norm()
+                norm = p[q, k, h] * value_write[k, h].norm() / scale[q]
                 atg = p[q, k, h] * dp[q, k, h]
                 put("unflattened_attn_write_norm", (q, k, layer, None, h), norm)
                 put("attn_write_norm", (pair, None, layer, None, h), norm)
@@ -384,7 +506,7 @@ def _attention_scalars(
         return
     last = n - 1
     for h in range(n_heads):
-        effects = p[last, :, h] * (value_write[:, h] @ g_last)
+        effects = p[last, :, h] * (value_write[:, h] @ g_last) / scale[last]
         put("attn_write_to_final_residual_grad_per_sequence_token", (last, None, layer, None, h), effects.sum())
         for k in range(n):
             put("unflattened_attn_write_to_final_residual_grad", (last, k, layer, None, h), effects[k])

@@ -31,8 +31,8 @@ class Anatomy:
 
     body: str
     blocks: str
-    pre_attn_norm: str
-    pre_mlp_norm: str
+    pre_attn_norm: str | None  # None: the block reads the residual as it is (OLMo 2)
+    pre_mlp_norm: str | None
     final_norm: str
     attention: str
     out_proj: str  # inside a block
@@ -43,6 +43,7 @@ class Anatomy:
     unit_offset: bool = False  # the norm's gain is stored as w and applied as 1 + w
     post_attn_norm: str | None = None
     post_mlp_norm: str | None = None
+    fused_gate_up: bool = False  # pre_act's module outputs the gate and the up projection, gate first
 
 
 _LLAMA = Anatomy(
@@ -77,6 +78,17 @@ ANATOMY: dict[str, Anatomy] = {
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
     "gemma": Anatomy(**{**_LLAMA.__dict__, "unit_offset": True}),
+    "qwen3": _LLAMA,
+    "olmo2": Anatomy(
+        **{
+            **_LLAMA.__dict__,
+            "pre_attn_norm": None,
+            "pre_mlp_norm": None,
+            "post_attn_norm": "post_attention_layernorm",
+            "post_mlp_norm": "post_feedforward_layernorm",
+        }
+    ),
+    "phi3": Anatomy(**{**_LLAMA.__dict__, "pre_act": "mlp.gate_up_proj", "fused_gate_up": True}),
     "gemma2": Anatomy(
         **{
             **_LLAMA.__dict__,
@@ -181,9 +193,10 @@ def norm_scale(x: torch.Tensor, norm: nn.Module, anatomy: Anatomy) -> torch.Tens
     return torch.sqrt(x.pow(2).mean(-1, keepdim=True) + norm_eps(norm)).float()
 
 
-def _write_norms(out_proj: nn.Module, per_head: torch.Tensor) -> torch.Tensor:
-    """||x[t, h] W_O[h]|| for (t, h, c) vectors, by running transformers' output projection on each head's
-    channels alone (the other heads' zero), its bias taken off."""
+def _write_norms(out_proj: nn.Module, per_head: torch.Tensor, gain: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """||gain * (x[t, h] W_O[h])|| for (t, h, c) vectors, by running transformers' output projection on each
+    head's channels alone (the other heads' zero), its bias taken off; `gain` is that of a norm after the
+    attention block (the registry's write norms carry it, and leave that norm's scale to the views)."""
     n, heads, channels = per_head.shape
     with torch.no_grad():
         bias = out_proj(per_head.new_zeros(1, heads * channels))
@@ -191,7 +204,7 @@ def _write_norms(out_proj: nn.Module, per_head: torch.Tensor) -> torch.Tensor:
         for h in range(heads):
             only = per_head.new_zeros(n, heads, channels)
             only[:, h] = per_head[:, h]
-            norms.append((out_proj(only.reshape(n, heads * channels)) - bias).norm(dim=-1))
+            norms.append(((out_proj(only.reshape(n, heads * channels)) - bias) * gain).norm(dim=-1))
     return torch.stack(norms, dim=-1)
 
 
@@ -219,7 +232,9 @@ class _Values:
             dy, y64 = y.grad[0].double(), y.detach()[0].double()
             self.grad[key] = (-(dy * (y64 - bias)).sum(-1, keepdim=True) / scale.double()).float()
 
-    def put_attention(self, layer: int, call: dict, out_proj: nn.Module, v_out: torch.Tensor) -> None:
+    def put_attention(
+        self, layer: int, call: dict, out_proj: nn.Module, v_out: torch.Tensor, post_norm: nn.Module | None
+    ) -> None:
         """One attention call's queries, keys, values and probabilities, and what follows from them."""
         q, k, v, p = call["q"], call["k"], call["v"], call["p"]
         heads, kv_heads = q.shape[1], k.shape[1]
@@ -242,8 +257,9 @@ class _Values:
             self.grad[("attn.qk_logits", layer)] = (
                 (probs * (dp - (probs * dp).sum(-1, keepdim=True))).permute(1, 2, 0).float()
             )
-        self.fwd[("attn.v_write_norm", layer)] = _write_norms(out_proj, v_per_head.transpose(0, 1))
-        self.fwd[("attn.v_out_write_norm", layer)] = _write_norms(out_proj, self.fwd[("attn.v_out", layer)])
+        gain = norm_gain(post_norm, self.anatomy) if post_norm is not None else 1.0
+        self.fwd[("attn.v_write_norm", layer)] = _write_norms(out_proj, v_per_head.transpose(0, 1), gain)
+        self.fwd[("attn.v_out_write_norm", layer)] = _write_norms(out_proj, self.fwd[("attn.v_out", layer)], gain)
 
 
 def hf_capture(
@@ -289,10 +305,12 @@ def hf_capture(
     for i, blk in enumerate(blocks):
         on(blk, f"{i}.in", inputs=True)
         on(blk, f"{i}.out")
-        on(_get(blk, anatomy.pre_attn_norm), f"{i}.ln1_in", inputs=True)
-        on(_get(blk, anatomy.pre_attn_norm), f"{i}.ln1_out")
-        on(_get(blk, anatomy.pre_mlp_norm), f"{i}.ln2_in", inputs=True)
-        on(_get(blk, anatomy.pre_mlp_norm), f"{i}.ln2_out")
+        # ln1_in and ln2_in: the residual each block reads (its norm's input, or the block's own)
+        on(_get(blk, anatomy.pre_attn_norm or anatomy.attention), f"{i}.ln1_in", inputs=True)
+        on(_get(blk, anatomy.pre_mlp_norm or anatomy.mlp), f"{i}.ln2_in", inputs=True)
+        if anatomy.pre_attn_norm and anatomy.pre_mlp_norm:
+            on(_get(blk, anatomy.pre_attn_norm), f"{i}.ln1_out")
+            on(_get(blk, anatomy.pre_mlp_norm), f"{i}.ln2_out")
         on(_get(blk, anatomy.post_attn_norm or anatomy.attention), f"{i}.attn_out")
         on(_get(blk, anatomy.post_mlp_norm or anatomy.mlp), f"{i}.mlp_out")
         for norm in (anatomy.post_attn_norm, anatomy.post_mlp_norm):
@@ -323,15 +341,20 @@ def hf_capture(
     out = _Values(anatomy)
     out.put(("resid.post_emb", None), raw["0.in"])
     for i, blk in enumerate(blocks):
-        out.put(("resid.post_mlp_ln", i), raw[f"{i}.ln1_out"])
-        out.put(("resid.post_attn_ln", i), raw[f"{i}.ln2_out"])
         out.put(("resid.delta_attn", i), raw[f"{i}.attn_out"])
         out.put(("resid.delta_mlp", i), raw[f"{i}.mlp_out"])
         out.put(("resid.post_mlp", i), raw[f"{i}.out"])
-        out.put(("mlp.pre_act", i), raw[f"{i}.pre"])
+        if anatomy.fused_gate_up:  # the gate: the first half of the fused projection's output
+            out.put(("mlp.pre_act", i), raw[f"{i}.pre"], lambda z: z[..., : z.shape[-1] // 2])
+        else:
+            out.put(("mlp.pre_act", i), raw[f"{i}.pre"])
         out.put(("mlp.post_act", i), raw[f"{i}.post"])
-        out.put_scale(("attn_ln.scale", i), _get(blk, anatomy.pre_attn_norm), raw[f"{i}.ln1_in"], raw[f"{i}.ln1_out"])
-        out.put_scale(("mlp_ln.scale", i), _get(blk, anatomy.pre_mlp_norm), raw[f"{i}.ln2_in"], raw[f"{i}.ln2_out"])
+        if anatomy.pre_attn_norm and anatomy.pre_mlp_norm:
+            out.put(("resid.post_mlp_ln", i), raw[f"{i}.ln1_out"])
+            out.put(("resid.post_attn_ln", i), raw[f"{i}.ln2_out"])
+            attn_norm, mlp_norm = _get(blk, anatomy.pre_attn_norm), _get(blk, anatomy.pre_mlp_norm)
+            out.put_scale(("attn_ln.scale", i), attn_norm, raw[f"{i}.ln1_in"], raw[f"{i}.ln1_out"])
+            out.put_scale(("mlp_ln.scale", i), mlp_norm, raw[f"{i}.ln2_in"], raw[f"{i}.ln2_out"])
         for location, norm, output in (
             ("attn_post_ln.scale", anatomy.post_attn_norm, "attn_out"),
             ("mlp_post_ln.scale", anatomy.post_mlp_norm, "mlp_out"),
@@ -346,7 +369,8 @@ def hf_capture(
                 out.grad[("resid.post_attn", i)] = raw[f"{i}.out"].grad[0]
         else:
             out.put(("resid.post_attn", i), raw[f"{i}.ln2_in"])
-        out.put_attention(i, calls[i], _get(blk, anatomy.out_proj), raw[f"{i}.vout"])
+        post_norm = _get(blk, anatomy.post_attn_norm) if anatomy.post_attn_norm else None
+        out.put_attention(i, calls[i], _get(blk, anatomy.out_proj), raw[f"{i}.vout"], post_norm)
     out.put_scale(("resid.ln_f.scale", None), original_norm, raw["lnf_in"], raw["lnf_out"])
     if target is not None:
         out.grad.pop(("resid.ln_f.scale", None))  # held constant: no gradient

@@ -95,7 +95,7 @@ def build_hand_warehouse(path: Path) -> Path:
                 [p, RUN_OF[p], f"key{p}", text, len(toks)],
             )
             for i, tok in enumerate(toks):
-                con.execute("INSERT INTO tokens VALUES (?, ?, ?, ?)", [p, i, i, tok])
+                con.execute("INSERT INTO tokens VALUES (?, ?, ?, ?, ?)", [p, i, i, tok, tok.encode()])
         rows = pa.Table.from_pylist(facts)
         con.register("hand_facts", rows)
         con.execute(

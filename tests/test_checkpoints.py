@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from cli import main
 from ingest import checkpoints
 from ingest.errors import ModelNotFound
+from queries import Warehouse
 from tests import random_models
 from tests.parity import assert_parity
 
@@ -137,14 +138,32 @@ def test_a_missing_gpt2_rank_file_names_the_file_and_the_fix(tmp_path: Path, mon
     assert "corrupt" not in line
 
 
-def test_gemma2_is_refused_until_the_views_model_its_post_block_norms(tmp_path: Path) -> None:
+def test_gemma2_ingests_storing_its_post_block_norm_scales_by_default(tmp_path: Path) -> None:
+    """The default capture keeps the scales the views divide a post-normed block's writes by, in models
+    that have such norms (and only there: GPT-2 and Llama ingests with the default capture elsewhere)."""
     kwargs = {**random_models.SMALL_LLAMA, "head_dim": 16, "tie_word_embeddings": True}
     ckpt = random_models.checkpoint_with_tokenizer("Gemma2Config", kwargs, tmp_path / "ckpt")
-    args = ["ingest", "--db", str(tmp_path / "w.duckdb"), "--model", str(ckpt), "--prompt", "Hi", "--quiet"]
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 2
-    (line,) = result.output.strip().splitlines()
-    assert "gemma2 models have norms after the attention and MLP blocks" in line and "not ingested" in line
+    db = tmp_path / "w.duckdb"
+    args = ["ingest", "--db", str(db), "--model", str(ckpt), "--prompt", "The capital of France is", "--quiet"]
+    result = CliRunner().invoke(main, [*args, "--target", " Paris", "--distractor", " London"])
+    assert result.exit_code == 0, result.output
+    wh = Warehouse(db)
+    with wh.session():
+        query = "SELECT locations, n_tokens FROM runs JOIN prompts USING (run_id)"
+        ((locations, n_tokens),) = wh.sql(query, output="rows")
+        counts = dict(wh.sql("SELECT dst, count(*) FROM activations GROUP BY dst", output="rows"))
+        effects = wh.sql("SELECT count(*) FROM mlp_write_to_final_residual_grad", output="rows")[0][0]
+    assert {"attn_post_ln.scale:forward", "mlp_post_ln.scale:forward"} <= set(locations)
+    assert counts["attn_output_layer_norm_scale"] == counts["mlp_output_layer_norm_scale"] == n_tokens * 2  # 2 layers
+    assert effects == 96 * 2  # d_mlp x layers, at the last token
+    # stored without them, the prompt has no direct effects rather than ones missing the scale's division
+    without = ["--locations", "mlp.post_act:forward,resid.ln_f.scale:forward,resid.post_mlp:forward"]
+    result = CliRunner().invoke(main, [*args, "--target", " Rome", *without, "--no-backward"])
+    assert result.exit_code == 0, result.output
+    with wh.session():
+        counts = wh.sql("SELECT prompt_id, count(*) FROM mlp_write_to_final_residual_grad GROUP BY ALL", output="rows")
+        stored = wh.sql("SELECT count(DISTINCT prompt_id) FROM activations WHERE dst = 'mlp_post_act'", output="rows")
+    assert [n for _, n in counts] == [96 * 2] and stored == [(2,)]
 
 
 def test_a_location_the_model_does_not_have_is_refused(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from ingest.worker import IngestOptions, ingest
 from warehouse import db
 from warehouse.convert import convert
 from warehouse.maintenance import compact, live_data_files, statistics_problems
-from warehouse.registry import LOCATIONS
+from warehouse.registry import PRE_NORM_LOCATIONS
 from warehouse.writer import LakeWriter
 
 PROMPTS = [
@@ -28,7 +28,7 @@ PROMPTS = [
     PromptInput("One two three four five six seven eight nine ten eleven", " twelve"),
     PromptInput("Rome and Berlin"),
 ]
-ALL = [name for name, loc in LOCATIONS.items() if not loc.only_with]
+ALL = PRE_NORM_LOCATIONS
 # Eight prompts of about 110 tokens: one batch of them fills several Parquet row groups.
 _WORDS = ("red", "green", "blue", "north", "south", "east", "west", "one", "two", "three", "cat", "dog", "bird")
 LONG_PROMPTS = [PromptInput(" ".join(_WORDS[(i * 7 + j * 3) % len(_WORDS)] for j in range(110))) for i in range(8)]

@@ -32,6 +32,7 @@ class Case:
     kwargs: dict = field(default_factory=dict)
     first_length: int = LENGTHS[0]
     legacy_layout: bool = False  # config.json rewritten as transformers 4 wrote it (rope_theta, rope_scaling)
+    gain_scale: dict[str, float] = field(default_factory=dict)  # parameters named ...<key>.weight, times value
 
 
 LONG = 530  # rotary scalings differ most at positions past the original context; test past 500
@@ -39,6 +40,9 @@ LONG = 530  # rotary scalings differ most at positions past the original context
 
 _LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0}
 _YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}
+
+_OLMO2 = {**random_models.SMALL_LLAMA, "pad_token_id": 0, "eos_token_id": 0}
+_OLMO2_QK = {"q_norm": 2.0, "k_norm": 2.0}
 
 CASES: dict[str, Case] = {
     "gpt2": Case("GPT2Config", random_models.SMALL_GPT2),
@@ -102,6 +106,48 @@ CASES: dict[str, Case] = {
             "final_logit_softcapping": 3.0,
         },
     ),
+    "qwen3": Case(
+        "Qwen3Config",
+        {
+            **random_models.SMALL_LLAMA,
+            "head_dim": 16,
+            "attention_bias": True,
+            "use_sliding_window": True,
+            "sliding_window": 16,
+            "max_window_layers": 1,
+        },
+    ),
+    # queries and keys are normed, so their gains alone set how peaked attention can be: scaled up
+    "olmo2": Case("Olmo2Config", _OLMO2, gain_scale=_OLMO2_QK),
+    "olmo2-attention-bias-tied": Case(
+        "Olmo2Config", {**_OLMO2, "attention_bias": True, "tie_word_embeddings": True}, gain_scale=_OLMO2_QK
+    ),
+    "phi3": Case("Phi3Config", {**random_models.SMALL_LLAMA, "pad_token_id": 0, "eos_token_id": 0, "bos_token_id": 0}),
+    "phi3-partial-rotary-window": Case(
+        "Phi3Config",
+        {
+            **random_models.SMALL_LLAMA,
+            "pad_token_id": 0,
+            "eos_token_id": 0,
+            "bos_token_id": 0,
+            "sliding_window": 16,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5},
+        },
+    ),
+    "gemma2-biases-layer_types-caps": Case(
+        "Gemma2Config",
+        {
+            **random_models.SMALL_LLAMA,
+            "head_dim": 16,
+            "tie_word_embeddings": False,
+            "attention_bias": True,
+            "sliding_window": 4,
+            "layer_types": ["full_attention", "sliding_attention"],
+            "query_pre_attn_scalar": 16,
+            "attn_logit_softcapping": 10.0,
+            "final_logit_softcapping": 20.0,
+        },
+    ),
 }
 
 
@@ -115,6 +161,11 @@ def checkpoint(cache: dict, name: str, tmp_path_factory: pytest.TempPathFactory)
     if name not in cache:
         case = CASES[name]
         hf = random_models.build(getattr(transformers, case.config)(**case.kwargs))
+        with torch.no_grad():
+            for param_name, param in hf.named_parameters():
+                for key, factor in case.gain_scale.items():
+                    if param_name.endswith(f"{key}.weight"):
+                        param.mul_(factor)
         path = random_models.save(hf, tmp_path_factory.mktemp(name))
         if case.legacy_layout:
             random_models.rewrite_rope_as_legacy(path)

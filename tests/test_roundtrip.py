@@ -25,10 +25,10 @@ from ingest.checkpoints import LoadedModel, load_model
 from ingest.objective import per_prompt_objective
 from tests.hf_checkpoints import llama_checkpoint
 from warehouse import db
-from warehouse.registry import LOCATIONS, PassType
+from warehouse.registry import LOCATIONS, PRE_NORM_LOCATIONS, PassType
 
 MODEL = "gpt2-tiny"
-GPT2_LOCATIONS = {name: loc for name, loc in LOCATIONS.items() if not loc.only_with}  # GPT-2 has them all
+GPT2_LOCATIONS = {name: LOCATIONS[name] for name in PRE_NORM_LOCATIONS}
 ALL_LOCATIONS = ",".join(GPT2_LOCATIONS)
 # Two objectives, each a run of prompts of mixed lengths (1 to 20 tokens): the worker splits batches where
 # the objective changes, so the first eight share one padded batch at --batch-size 8.

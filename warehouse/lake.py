@@ -81,6 +81,8 @@ def _extension_file(module: str, name: str) -> str | None:
 def new_connection() -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the DuckLake and SQLite extensions loaded (signed, no downloads)."""
     con = duckdb.connect(config=dict(_SAFE_CONFIG))
+    # DuckDB draws a progress bar on stdout for queries over 2 s: it would land inside a program's output
+    con.execute("SET enable_progress_bar = false")
     for name, module in _EXTENSIONS:
         path = _extension_file(module, name)
         try:

@@ -25,6 +25,7 @@ class Dimension(StrEnum):
     MLP_ACTS = "mlp_acts"
     LAYERS = "layers"
     SINGLETON = "singleton"
+    AUTOENCODER_LATENTS = "autoencoder_latents"  # sized by the sparse autoencoder, not the model
 
     @property
     def is_token(self) -> bool:
@@ -45,6 +46,9 @@ class NodeType(StrEnum):
     LAYER = "layer"
     RESIDUAL_STREAM_CHANNEL = "residual_stream_channel"
     VOCAB_TOKEN = "vocab_token"
+    AUTOENCODER_LATENT = "autoencoder_latent"  # a latent of an SAE on the residual stream
+    MLP_AUTOENCODER_LATENT = "mlp_autoencoder_latent"  # ... on the MLP's activations or output
+    ATTENTION_AUTOENCODER_LATENT = "attention_autoencoder_latent"  # ... on attention's z or output
 
 
 class PassType(StrEnum):
@@ -61,10 +65,13 @@ NODE_TYPE_BY_DIMENSION: dict[Dimension, NodeType] = {
     Dimension.SINGLETON: NodeType.LAYER,
     Dimension.RESIDUAL_STREAM_CHANNELS: NodeType.RESIDUAL_STREAM_CHANNEL,
     Dimension.VOCAB_SIZE: NodeType.VOCAB_TOKEN,
+    Dimension.AUTOENCODER_LATENTS: NodeType.AUTOENCODER_LATENT,
 }
 
 D = Dimension
 _T, _K = D.SEQUENCE_TOKENS, D.ATTENDED_TO_SEQUENCE_TOKENS
+# `only_with` of the locations a spliced sparse autoencoder writes (ingest --sae): no model has them alone.
+SAE_SWITCH = "sae"
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,13 @@ class ActivationLocation:
     has_backward: bool = True
     reference_dst: str | None = None
     only_with: str = ""  # a model config switch this location needs (e.g. post_block_norms); "": every model
+    node: NodeType | None = None  # the node type where the last axis alone does not tell it
+    sparse: bool = False  # stored only where the forward value is non-zero
+
+    @property
+    def from_sae(self) -> bool:
+        """Written by a sparse autoencoder spliced in with `--sae`, never asked for by --locations."""
+        return self.only_with == SAE_SWITCH
 
     @property
     def dst(self) -> str:
@@ -91,7 +105,7 @@ class ActivationLocation:
 
     @property
     def node_type(self) -> NodeType:
-        return NODE_TYPE_BY_DIMENSION[self.shape[-1]]
+        return self.node or NODE_TYPE_BY_DIMENSION[self.shape[-1]]
 
     @property
     def n_token_axes(self) -> int:
@@ -119,12 +133,14 @@ _LOCATIONS = [
         (_T, D.SINGLETON),
         "scale of the norm before attention: sqrt(var + eps) (LayerNorm) or rms",
         reference_dst="attn_input_layer_norm_scale",
+        only_with="pre_block_norms",
     ),
     ActivationLocation(
         "resid.post_mlp_ln",
         (_T, D.RESIDUAL_STREAM_CHANNELS),
         "normed residual read by this layer's attention",
         reference_dst="resid_post_mlp_layer_norm",
+        only_with="pre_block_norms",
     ),
     ActivationLocation(
         "attn.q",
@@ -147,9 +163,15 @@ _LOCATIONS = [
     ActivationLocation(
         "attn.qk_logits",
         (_T, _K, D.ATTN_HEADS),
-        "q . k before softmax (soft-capped where the model caps it), causal pairs only",
+        "the softmax's input: q . k (times the logit scaling, which attn.q and attn.k share), soft-capped "
+        "(cap * tanh(x / cap)) where the model caps attention logits; every causal pair, keys outside a "
+        "sliding window included (their probabilities are 0)",
     ),
-    ActivationLocation("attn.qk_probs", (_T, _K, D.ATTN_HEADS), "attention probabilities, causal pairs only"),
+    ActivationLocation(
+        "attn.qk_probs",
+        (_T, _K, D.ATTN_HEADS),
+        "attention probabilities (of the capped logits where the model caps them), causal pairs only",
+    ),
     ActivationLocation(
         "attn.v_out",
         (_T, D.ATTN_HEADS, D.VALUE_CHANNELS),
@@ -159,19 +181,23 @@ _LOCATIONS = [
     ActivationLocation(
         "attn.v_write_norm",
         (_K, D.ATTN_HEADS),
-        "||v[k, kv(h)] W_O[h]||, computed at capture (the write norm per unit probability)",
+        "||v[k, kv(h)] W_O[h]||, computed at capture (the write norm per unit probability); with a norm after "
+        "the attention block ||gain_post * (v W_O[h])||, the post-norm's scale at the query token left to the "
+        "views",
         has_backward=False,
     ),
     ActivationLocation(
         "attn.v_out_write_norm",
         (_T, D.ATTN_HEADS),
-        "||v_out[q, h] W_O[h]||, computed at capture (the head's summed write norm)",
+        "||v_out[q, h] W_O[h]||, computed at capture (the head's summed write norm); with a norm after the "
+        "attention block ||gain_post * (v_out W_O[h])||, the post-norm's scale left to the views",
         has_backward=False,
     ),
     ActivationLocation(
         "attn_post_ln.scale",
         (_T, D.SINGLETON),
-        "scale of the norm after the attention block (models that norm block outputs)",
+        "scale of the norm after the attention block (models that norm block outputs): the block output's rms",
+        reference_dst="attn_output_layer_norm_scale",
         only_with="post_block_norms",
     ),
     ActivationLocation(
@@ -190,19 +216,22 @@ _LOCATIONS = [
         (_T, D.SINGLETON),
         "scale of the norm before the MLP",
         reference_dst="mlp_input_layer_norm_scale",
+        only_with="pre_block_norms",
     ),
     ActivationLocation(
         "resid.post_attn_ln",
         (_T, D.RESIDUAL_STREAM_CHANNELS),
         "normed residual read by this layer's MLP",
         reference_dst="resid_post_attn_layer_norm",
+        only_with="pre_block_norms",
     ),
     ActivationLocation("mlp.pre_act", (_T, D.MLP_ACTS), "MLP pre-activation (the gate projection for gated MLPs)"),
     ActivationLocation("mlp.post_act", (_T, D.MLP_ACTS), "MLP activation: the input of the output projection"),
     ActivationLocation(
         "mlp_post_ln.scale",
         (_T, D.SINGLETON),
-        "scale of the norm after the MLP (models that norm block outputs)",
+        "scale of the norm after the MLP (models that norm block outputs): the MLP output's rms",
+        reference_dst="mlp_output_layer_norm_scale",
         only_with="post_block_norms",
     ),
     ActivationLocation(
@@ -235,11 +264,57 @@ _LOCATIONS = [
     ),
 ]
 
+
+def _latents(name: str, node: NodeType, reads: str) -> ActivationLocation:
+    return ActivationLocation(
+        name,
+        (_T, D.AUTOENCODER_LATENTS),
+        f"latents of a sparse autoencoder reading {reads} (rows only where the latent is non-zero)",
+        only_with=SAE_SWITCH,
+        node=node,
+        sparse=True,
+    )
+
+
+def _error(name: str, shape: tuple[Dimension, ...], reads: str) -> ActivationLocation:
+    return ActivationLocation(
+        name, (_T, *shape), f"{reads} minus its sparse autoencoder's reconstruction", only_with=SAE_SWITCH
+    )
+
+
+# The reference system's names (its online autoencoder activations); the residual stream's and attention
+# z's errors have none there and are named alike.
+_LOCATIONS += [
+    _latents("online_autoencoder_latent", NodeType.AUTOENCODER_LATENT, "the residual stream"),
+    _latents("online_mlp_autoencoder_latent", NodeType.MLP_AUTOENCODER_LATENT, "mlp.post_act or resid.delta_mlp"),
+    _latents(
+        "online_attention_autoencoder_latent",
+        NodeType.ATTENTION_AUTOENCODER_LATENT,
+        "attn.v_out (heads x value channels flattened) or resid.delta_attn",
+    ),
+    _error("online_autoencoder_error", (D.RESIDUAL_STREAM_CHANNELS,), "the residual stream"),
+    _error("online_mlp_autoencoder_error", (D.MLP_ACTS,), "mlp.post_act"),
+    _error("online_residual_mlp_autoencoder_error", (D.RESIDUAL_STREAM_CHANNELS,), "resid.delta_mlp"),
+    _error("online_residual_attention_autoencoder_error", (D.RESIDUAL_STREAM_CHANNELS,), "resid.delta_attn"),
+    _error("online_attention_autoencoder_error", (D.ATTN_HEADS, D.VALUE_CHANNELS), "attn.v_out"),
+]
+
 LOCATIONS: dict[str, ActivationLocation] = {loc.name: loc for loc in _LOCATIONS}
+
+
+def locations_of(config: object) -> list[str]:
+    """The locations a model has: those whose `only_with` switch is set in its config (a ModelConfig, or
+    any object with the switches as attributes)."""
+    return [name for name, loc in LOCATIONS.items() if not loc.only_with or getattr(config, loc.only_with)]
+
+
+# The locations of a model with a norm before each block and none after (GPT-2, Llama and most families).
+PRE_NORM_LOCATIONS: list[str] = [name for name, loc in LOCATIONS.items() if loc.only_with in ("", "pre_block_norms")]
 LOCATION_BY_DST: dict[str, ActivationLocation] = {loc.dst: loc for loc in _LOCATIONS}
 
 # What a default ingest stores: the Tier-1 node-table inputs, forward and backward where the columns
-# need gradients, plus the residual after each MLP and the norm scales.
+# need gradients, plus the residual after each MLP and the norm scales (the post-block norms' only in
+# models that have them: see `default_capture`).
 DEFAULT_CAPTURE: dict[str, tuple[PassType, ...]] = {
     "resid.post_emb": (PassType.FORWARD, PassType.BACKWARD),
     "mlp.post_act": (PassType.FORWARD, PassType.BACKWARD),
@@ -250,6 +325,8 @@ DEFAULT_CAPTURE: dict[str, tuple[PassType, ...]] = {
     "resid.post_mlp": (PassType.FORWARD,),
     "attn_ln.scale": (PassType.FORWARD,),
     "mlp_ln.scale": (PassType.FORWARD,),
+    "attn_post_ln.scale": (PassType.FORWARD,),
+    "mlp_post_ln.scale": (PassType.FORWARD,),
     "resid.ln_f.scale": (PassType.FORWARD,),
     "logits": (PassType.FORWARD,),
 }
@@ -288,8 +365,23 @@ _WEIGHTS = [
     WeightLocation("mlp.residual_bias", (D.RESIDUAL_STREAM_CHANNELS,)),
     WeightLocation("layer_norm_gain.post_attn", (D.RESIDUAL_STREAM_CHANNELS,)),
     WeightLocation("layer_norm_gain.post_mlp", (D.RESIDUAL_STREAM_CHANNELS,)),
+    WeightLocation("layer_norm_gain.query", (D.ATTN_HEADS, D.QUERY_AND_KEY_CHANNELS)),
+    WeightLocation("layer_norm_gain.key", (D.KV_HEADS, D.QUERY_AND_KEY_CHANNELS)),
     WeightLocation("layer_norm_gain.final", (D.RESIDUAL_STREAM_CHANNELS,), has_layers=False),
     WeightLocation("layer_norm_bias.final", (D.RESIDUAL_STREAM_CHANNELS,), has_layers=False),
+]
+
+# A spliced sparse autoencoder's write to the residual stream per unit latent ('to_residual': the decoder
+# row, mapped through W_out or W_O when it decodes into mlp.post_act or attn.v_out) and its decoder
+# bias's write ('bias_to_residual'), one pair per latent node type.
+AUTOENCODER_WEIGHT_PREFIXES = ("autoencoder", "mlp_autoencoder", "attention_autoencoder")
+_WEIGHTS += [
+    weight
+    for prefix in AUTOENCODER_WEIGHT_PREFIXES
+    for weight in (
+        WeightLocation(f"{prefix}.to_residual", (D.AUTOENCODER_LATENTS, D.RESIDUAL_STREAM_CHANNELS)),
+        WeightLocation(f"{prefix}.bias_to_residual", (D.RESIDUAL_STREAM_CHANNELS,)),
+    )
 ]
 
 WEIGHTS: dict[str, WeightLocation] = {w.name: w for w in _WEIGHTS}
@@ -308,6 +400,8 @@ STORED_WEIGHTS: tuple[str, ...] = (
     "layer_norm_bias.pre_mlp",
     "layer_norm_gain.final",
     "layer_norm_bias.final",
+    "layer_norm_gain.post_attn",
+    "layer_norm_gain.post_mlp",
 )
 
 

@@ -63,11 +63,15 @@ CREATE TABLE IF NOT EXISTS prompts (
     objective DOUBLE                  -- the backward objective's value (NULL without a backward pass)
 );
 
+-- `bytes` is the token's exact bytes; `text` shows them, a UTF-8 character split across tokens on the
+-- token that completes it and the bytes before it as \xNN escapes (warehouse/token_text.py). bytes is
+-- NULL only for tokens converted from a single-file warehouse, which kept the text alone.
 CREATE TABLE IF NOT EXISTS tokens (
     prompt_id INTEGER NOT NULL,
     position SMALLINT NOT NULL,
     token_id INTEGER NOT NULL,
-    text VARCHAR NOT NULL
+    text VARCHAR NOT NULL,
+    bytes BLOB
 );
 
 -- The physical fact table: one row per captured element, both passes in it (NULL where a pass was not
@@ -109,17 +113,41 @@ CREATE TABLE IF NOT EXISTS weights (
     value FLOAT NOT NULL
 );
 
--- The decoded text of every vocabulary id, so SQL can show and look up tokens without the tokenizer.
+-- The bytes and display text of every vocabulary id, so SQL can show and look up tokens without the
+-- tokenizer (text: bytes that are not a whole UTF-8 character are \xNN escapes).
 CREATE TABLE IF NOT EXISTS vocab (
     model_id INTEGER NOT NULL,
     token_id INTEGER NOT NULL,
-    text VARCHAR NOT NULL
+    text VARCHAR NOT NULL,
+    bytes BLOB
+);
+
+-- One row per sparse autoencoder spliced into an ingest (actwh ingest --sae): a model holds one SAE per
+-- latent node type and layer, so its latents' rows (dst online_*autoencoder_latent) and its write
+-- weights (location '<prefix>.to_residual') are keyed by (model_id, node_type, layer).
+CREATE TABLE IF NOT EXISTS saes (
+    model_id INTEGER NOT NULL,
+    sae_id INTEGER NOT NULL,
+    format VARCHAR NOT NULL,          -- 'saelens', 'sparsify' or 'gemma_scope'
+    architecture VARCHAR NOT NULL,    -- 'standard', 'jumprelu', 'topk' or 'gated'
+    hook_name VARCHAR NOT NULL,       -- the hook point its files name (TransformerLens or Hugging Face)
+    location VARCHAR NOT NULL,        -- the registry location it reads
+    layer SMALLINT,                   -- that location's layer (NULL: the embedding)
+    node_type VARCHAR NOT NULL,       -- its latents' node type
+    latent_dst VARCHAR NOT NULL,
+    error_dst VARCHAR NOT NULL,
+    d_in INTEGER NOT NULL,
+    d_sae INTEGER NOT NULL,
+    k INTEGER,                        -- topk only
+    sha256 VARCHAR NOT NULL,          -- of its weights file, then its config file (if any)
+    path VARCHAR NOT NULL
 );
 
 -- Weight-only factors the derived views join against, computed once per model (and once per target or
 -- distractor token) by warehouse/ at ingest, from queries/support/10_weight_factors.sql.
 
--- ||W_out[l][i,:]||: the write norm of MLP neuron i per unit activation.
+-- ||W_out[l][i,:]||: the write norm of MLP neuron i per unit activation (||gain_post[l] * W_out[l][i,:]|| in
+-- models that norm the MLP's output, whose scale the views then divide by).
 CREATE TABLE IF NOT EXISTS mlp_out_norms (
     model_id INTEGER NOT NULL,
     layer SMALLINT NOT NULL,
@@ -129,8 +157,10 @@ CREATE TABLE IF NOT EXISTS mlp_out_norms (
 
 -- For one vocabulary token v, with u = P(gain_f * W_U[:, v]) (P removes the mean for LayerNorm models):
 -- kind 'residual' holds u itself (node_index = channel), 'mlp' W_out[l][i,:] . u, 'attn' W_O[l][h][c,:] . u,
--- 'attn_bias' b_O[l] . u and 'mlp_bias' b_out[l] . u. Divided by the final norm's scale at the last
--- token they give every direct effect on the logit of v, for any prompt, without a backward pass.
+-- 'attn_bias' b_O[l] . u, 'mlp_bias' b_out[l] . u (u times the gain of the norm after that block in models
+-- that norm block outputs) and 'final_bias' bias_f . W_U[:, v]. Divided by the final norm's scale at the
+-- last token (and any post-block norm's) they give every direct effect on the logit of v, for any
+-- prompt, without a backward pass (times the logit's slope where logits are soft-capped).
 CREATE TABLE IF NOT EXISTS direction_factors (
     model_id INTEGER NOT NULL,
     token_id INTEGER NOT NULL,

@@ -40,13 +40,16 @@ ACT_TIMES_GRAD = {"mlp.post_act": "mlp_act_times_grad", "attn.qk_probs": "unflat
 NOT_SUMMARISED = frozenset({"logits"})
 
 
+def summarised_location(loc: registry.ActivationLocation) -> bool:
+    """Whether an ingest summarises a raw location: not logits, and not what a spliced SAE writes (latents
+    are stored only where non-zero; the SAEs' own views and a scan answer for them)."""
+    return loc.name not in NOT_SUMMARISED and not loc.sparse and not loc.from_sae
+
+
 def summarised(dst: str) -> bool:
     """Whether an ingest keeps summaries of `dst` (a raw dst's name, or a derived view's)."""
-    return (
-        dst in registry.LOCATION_BY_DST
-        and registry.LOCATION_BY_DST[dst].name not in NOT_SUMMARISED
-        or (dst in ACT_TIMES_GRAD.values())
-    )
+    loc = registry.LOCATION_BY_DST.get(dst)
+    return summarised_location(loc) if loc is not None else dst in ACT_TIMES_GRAD.values()
 
 
 NODE_KEY = ("dst", "pass_type", "layer", "head", "node_type", "node_index", "first_token")

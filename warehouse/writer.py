@@ -32,7 +32,7 @@ from warehouse.facts import FACT_SCHEMA
 
 LOCK_FILE = "ingest.lock"
 # Tables holding per-model rows (a model_id column first): weights, vocabulary and weight-only factors.
-MODEL_TABLES = ("weights", "vocab", "mlp_out_norms", "direction_factors")
+MODEL_TABLES = ("weights", "vocab", "mlp_out_norms", "direction_factors", "saes")
 
 
 @dataclass
@@ -190,9 +190,14 @@ class LakeWriter:
                 [model_id, name, checkpoint_hash, *fields.values()],
             )
             for table, parts in rows.items():
-                for part in parts:
-                    _insert_model_rows(con, table, model_id, part)
+                _insert_model_rows(con, table, model_id, parts)
         return model_id
+
+    def add_model_rows(self, model_id: int, rows: Iterable[tuple[str, pa.Table]]) -> None:
+        """Store rows of MODEL_TABLES for a registered model (each table's rows without model_id) in one
+        transaction: all of them or none."""
+        with self.transaction() as con:
+            _insert_tagged_rows(con, model_id, list(rows))
 
     def known_tokens(self, model_id: int) -> set[int]:
         """Tokens whose direction factors (and unembedding column) the lake already holds for the model."""
@@ -236,8 +241,7 @@ class LakeWriter:
                 [run_id, run_id],
             )
             model_id = int(batch.prompts["model_id"][0].as_py()) if batch.prompts.num_rows else None
-            for table, part in batch.model_rows:
-                _insert_model_rows(con, table, model_id, part)
+            _insert_tagged_rows(con, model_id, batch.model_rows)
             if batch.summaries is not None and batch.prompts.num_rows:
                 segment = int(batch.prompts["prompt_id"][0].as_py())
                 for table, rows in zip(summaries.TABLES, batch.summaries, strict=True):
@@ -251,11 +255,25 @@ class LakeWriter:
         return time.perf_counter() - start
 
 
-def _insert_model_rows(con: duckdb.DuckDBPyConnection, table: str, model_id: int | None, rows: pa.Table) -> None:
+def _insert_tagged_rows(con: duckdb.DuckDBPyConnection, model_id: int | None, rows: list[tuple[str, pa.Table]]) -> None:
+    """(table, rows) pairs of MODEL_TABLES, each table's parts together (one INSERT per NULL pattern)."""
+    for table in dict.fromkeys(table for table, _ in rows):
+        _insert_model_rows(con, table, model_id, (part for t, part in rows if t == table))
+
+
+def _insert_model_rows(
+    con: duckdb.DuckDBPyConnection, table: str, model_id: int | None, parts: Iterable[pa.Table]
+) -> None:
+    """Every part (of one schema) as one INSERT per run of one NULL pattern, streamed: an INSERT per part
+    wrote a file per weight tensor (242 for SmolLM2), and every query of the table opened them all."""
     if table not in MODEL_TABLES:
         raise ValueError(f"{table} is not a per-model table ({', '.join(MODEL_TABLES)})")
-    for part in _primed_parts(rows):
-        with _registered(con, model_rows=part):
+    batches = (batch for part in parts for piece in _primed_parts(part) for batch in piece.to_batches())
+    first = next(batches, None)
+    if first is None:
+        return
+    for run in _null_runs(itertools.chain([first], batches)):
+        with _registered(con, model_rows=pa.RecordBatchReader.from_batches(first.schema, run)):
             con.execute(f"INSERT INTO {table} BY NAME SELECT ? AS model_id, * FROM model_rows", [model_id])
 
 

@@ -19,9 +19,10 @@ from ingest.model import HookedTransformer, ModelConfig, check_weights
 
 
 def _families() -> dict[str, Family]:
-    from ingest.families import gemma, gemma2, gpt2, gpt_neox, llama, mistral, qwen2
+    from ingest.families import gemma, gemma2, gpt2, gpt_neox, llama, mistral, olmo2, phi3, qwen2, qwen3
 
-    return {f.model_type: f for f in (m.FAMILY for m in (gpt2, llama, mistral, qwen2, gpt_neox, gemma, gemma2))}
+    families = (gpt2, llama, mistral, qwen2, qwen3, gpt_neox, gemma, gemma2, phi3, olmo2)
+    return {f.model_type: f for f in (m.FAMILY for m in families)}
 
 
 FAMILIES: dict[str, Family] = _families()

@@ -82,6 +82,10 @@ class Layout:
     post_attn_norm: str | None = None
     post_mlp_norm: str | None = None
     tied_by_default: bool = False
+    pre_norms: bool = True  # input_layernorm and pre_mlp_norm before the blocks (OLMo 2 has none)
+    # q_norm and k_norm: over each head's channels ('head', one gain for every head: Qwen3) or over all
+    # heads' channels ('heads': OLMo 2)
+    qk_norm: str | None = None
 
 
 def convert_with(layout: Layout, cfg: ModelConfig, sd: StateDict, reader: ConfigReader) -> Weights:
@@ -103,10 +107,12 @@ def convert_with(layout: Layout, cfg: ModelConfig, sd: StateDict, reader: Config
     }
     for i in range(cfg.n_layers):
         p, a, m = f"layers.{i}.", f"layers.{i}.self_attn.", f"layers.{i}.mlp."
+        if layout.pre_norms:
+            w[("layer_norm_gain.pre_attn", i)] = gain(p + "input_layernorm.weight")
+            w[("layer_norm_gain.pre_mlp", i)] = gain(p + layout.pre_mlp_norm + ".weight")
+            w[("layer_norm_bias.pre_attn", i)] = w[("layer_norm_bias.pre_mlp", i)] = zeros(d)
         w.update(
             {
-                ("layer_norm_gain.pre_attn", i): gain(p + "input_layernorm.weight"),
-                ("layer_norm_bias.pre_attn", i): zeros(d),
                 ("attn.to_query", i): heads_from_rows(sd.take(a + "q_proj.weight"), h),
                 ("attn.to_key", i): heads_from_rows(sd.take(a + "k_proj.weight"), hkv),
                 ("attn.to_value", i): heads_from_rows(sd.take(a + "v_proj.weight"), hkv),
@@ -115,8 +121,6 @@ def convert_with(layout: Layout, cfg: ModelConfig, sd: StateDict, reader: Config
                 ("attn.value_bias", i): bias(a + "v_proj.bias", layout.qkv_bias, hkv, dh),
                 ("attn.to_residual", i): heads_from_columns(sd.take(a + "o_proj.weight"), h),
                 ("attn.residual_bias", i): bias(a + "o_proj.bias", layout.out_bias, d),
-                ("layer_norm_gain.pre_mlp", i): gain(p + layout.pre_mlp_norm + ".weight"),
-                ("layer_norm_bias.pre_mlp", i): zeros(d),
                 ("mlp.to_gate", i): sd.take(m + "gate_proj.weight").T.contiguous(),
                 ("mlp.to_hidden", i): sd.take(m + "up_proj.weight").T.contiguous(),
                 ("mlp.gate_bias", i): bias(m + "gate_proj.bias", layout.mlp_bias, cfg.d_mlp),
@@ -128,6 +132,10 @@ def convert_with(layout: Layout, cfg: ModelConfig, sd: StateDict, reader: Config
         if layout.post_attn_norm and layout.post_mlp_norm:
             w[("layer_norm_gain.post_attn", i)] = gain(p + layout.post_attn_norm + ".weight")
             w[("layer_norm_gain.post_mlp", i)] = gain(p + layout.post_mlp_norm + ".weight")
+        if layout.qk_norm is not None:
+            # stored per head and channel: a per-head gain is the same for every head
+            w[("layer_norm_gain.query", i)] = gain(a + "q_norm.weight").reshape(-1, dh).expand(h, dh).contiguous()
+            w[("layer_norm_gain.key", i)] = gain(a + "k_norm.weight").reshape(-1, dh).expand(hkv, dh).contiguous()
     return w
 
 

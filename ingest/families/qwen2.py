@@ -20,7 +20,8 @@ FIELDS = {
 }
 
 
-def read_config(reader: ConfigReader) -> ModelConfig:
+def read_config(reader: ConfigReader, **switches: object) -> ModelConfig:
+    """`switches`: more ModelConfig fields, for the families built on Qwen2's config (Qwen3)."""
     n_layers = int(reader.require("num_hidden_layers"))
     window = reader.get("sliding_window") if reader.get("use_sliding_window", False) else None
     first_sliding = int(reader.get("max_window_layers", 28))
@@ -31,6 +32,7 @@ def read_config(reader: ConfigReader) -> ModelConfig:
         reader,
         activation=activation(reader, "hidden_act", "silu"),
         sliding_windows=sliding_windows(reader, window, default_types),
+        **switches,
     )
 
 

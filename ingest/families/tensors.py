@@ -34,6 +34,19 @@ class StateDict:
     def take_optional(self, name: str) -> torch.Tensor | None:
         return self.take(name) if name in self.tensors else None
 
+    def split(self, fused: str, parts: dict[str, int]) -> None:
+        """Replace the fused tensor `fused` by its consecutive row blocks, named and sized as `parts`
+        (their sizes must add up to its rows); each block is then taken like any other tensor."""
+        tensor = self.take(fused)
+        if tensor.shape[0] != sum(parts.values()):
+            raise ModelNotFound(
+                f"checkpoint tensor {self.original[fused]} has {tensor.shape[0]} rows, not the "
+                f"{sum(parts.values())} its config implies: is it a complete {self.family} checkpoint?"
+            )
+        for name, block in zip(parts, tensor.split(list(parts.values())), strict=True):
+            self.tensors[name] = block
+            self.original[name] = f"{self.original[fused]} (rows of {name})"
+
     def drop(self, name: str) -> None:
         """A tensor the model does not read by design (an unembedding tied to the embedding)."""
         self.tensors.pop(name, None)

@@ -26,25 +26,48 @@ SELECT CASE WHEN v IS NOT NULL AND count(*) = 0
             ELSE 0 END AS missing
 FROM weights WHERE location = 'unembedding' AND col_index = v;
 
+-- u_v as block `block`'s ('attn' or 'mlp') writes see it at each layer: times the gain of the norm after
+-- the block where the model norms block outputs (that gain multiplies a write before it joins the
+-- residual; such a model's gains are stored whole, so a missing row means the model has no such norm).
+CREATE OR REPLACE MACRO block_direction(v, block) AS TABLE
+SELECT u.model_id, l.layer, u.channel, u.value * coalesce(g.value, 1) AS value
+FROM unembed_direction(v) u
+JOIN (SELECT DISTINCT model_id, layer FROM weights WHERE location = block || '.residual_bias') l ON l.model_id = u.model_id
+LEFT JOIN weights g
+  ON g.model_id = u.model_id AND g.location = 'layer_norm_gain.post_' || block AND g.layer = l.layer AND g.row_index = u.channel;
+
 -- Every weight-side dot product with u_v that a direct effect needs (kinds: see direction_factors).
 CREATE OR REPLACE MACRO direction_factors_for(v) AS TABLE
-WITH u AS (SELECT *, v::INTEGER AS token_id FROM unembed_direction(v))
+WITH u AS (SELECT *, v::INTEGER AS token_id FROM unembed_direction(v)),
+ua AS (SELECT *, v::INTEGER AS token_id FROM block_direction(v, 'attn')),
+um AS (SELECT *, v::INTEGER AS token_id FROM block_direction(v, 'mlp'))
 SELECT model_id, token_id, 'residual' AS kind, NULL::SMALLINT AS layer, NULL::SMALLINT AS head,
        channel AS node_index, value
 FROM u
 UNION ALL
 SELECT w.model_id, u.token_id, 'mlp', w.layer, NULL, w.row_index, sum(w.value * u.value)
-FROM weights w JOIN u ON u.model_id = w.model_id AND u.channel = w.col_index
+FROM weights w JOIN um u ON u.model_id = w.model_id AND u.layer = w.layer AND u.channel = w.col_index
 WHERE w.location = 'mlp.to_residual'
 GROUP BY w.model_id, u.token_id, w.layer, w.row_index
 UNION ALL
 SELECT w.model_id, u.token_id, 'attn', w.layer, w.head, w.row_index, sum(w.value * u.value)
-FROM weights w JOIN u ON u.model_id = w.model_id AND u.channel = w.col_index
+FROM weights w JOIN ua u ON u.model_id = w.model_id AND u.layer = w.layer AND u.channel = w.col_index
 WHERE w.location = 'attn.to_residual'
 GROUP BY w.model_id, u.token_id, w.layer, w.head, w.row_index
 UNION ALL
-SELECT w.model_id, u.token_id, CASE WHEN w.location = 'attn.residual_bias' THEN 'attn_bias' ELSE 'mlp_bias' END,
-       w.layer, NULL, 0, sum(w.value * u.value)
-FROM weights w JOIN u ON u.model_id = w.model_id AND u.channel = w.row_index
-WHERE w.location IN ('attn.residual_bias', 'mlp.residual_bias')
-GROUP BY w.model_id, u.token_id, w.location, w.layer;
+SELECT w.model_id, u.token_id, 'attn_bias', w.layer, NULL, 0, sum(w.value * u.value)
+FROM weights w JOIN ua u ON u.model_id = w.model_id AND u.layer = w.layer AND u.channel = w.row_index
+WHERE w.location = 'attn.residual_bias'
+GROUP BY w.model_id, u.token_id, w.layer
+UNION ALL
+SELECT w.model_id, u.token_id, 'mlp_bias', w.layer, NULL, 0, sum(w.value * u.value)
+FROM weights w JOIN um u ON u.model_id = w.model_id AND u.layer = w.layer AND u.channel = w.row_index
+WHERE w.location = 'mlp.residual_bias'
+GROUP BY w.model_id, u.token_id, w.layer
+UNION ALL
+-- bias_f . W_U[:, v]: the final norm's bias's share of the logit of v
+SELECT b.model_id, c.col_index::INTEGER, 'final_bias', NULL, NULL, 0, sum(b.value::DOUBLE * c.value)
+FROM weights b
+JOIN weights c ON c.model_id = b.model_id AND c.location = 'unembedding' AND c.col_index = v AND c.row_index = b.row_index
+WHERE b.location = 'layer_norm_bias.final'
+GROUP BY b.model_id, c.col_index;

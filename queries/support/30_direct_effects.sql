@@ -1,11 +1,16 @@
 -- Direct effects on the objective's logit difference, in closed form from forward rows and weights:
--- with the final norm's scale s_f held constant, g[T] = (u_target - u_distractor) / s_f[T] and g is zero
--- before the last token T, so each effect is (activation x a weight-only factor) / s_f[T].
+-- with the final norm's scale s_f held constant, g[T] = (c_t u_target - c_d u_distractor) / s_f[T] (c the
+-- slopes of soft-capped logits, 1 without a cap) and g is zero before the last token T, so each effect is
+-- (activation x a weight-only factor) / s_f[T]. In a model that norms block outputs a node's write is
+-- gain_post * write / s_post[l,T], the post-norm's scale held constant as s_f is: the factors carry the
+-- gain, and the effect is divided by s_post too.
 -- Arguments (t, d): NULL, NULL for each prompt's ingested pair; token ids for any other pair.
 
+-- Each prompt's factors of one kind, slopes applied: value = c_t * target factor - c_d * distractor factor.
 CREATE OR REPLACE MACRO pair_join_factors(t, d, factor_kind) AS TABLE
-SELECT p.prompt_id, p.last_token, p.final_scale, f.layer, f.head, f.node_index, f.value
-FROM prompt_pairs(t, d) p
+SELECT p.prompt_id, p.last_token, p.final_scale, p.post_block_norms, f.layer, f.head, f.node_index,
+       p.target_slope * f.target_value - p.distractor_slope * f.distractor_value AS value
+FROM prompt_objectives(t, d) p
 JOIN pair_factors(t, d) f
   ON f.model_id = p.model_id AND f.target_id = p.target_id
  AND coalesce(f.distractor_id, -1) = coalesce(p.distractor_id, -1) AND f.kind = factor_kind;
@@ -14,11 +19,14 @@ JOIN pair_factors(t, d) f
 -- token only), then the pair's factors on one packed key (see keyed_pair_factors).
 CREATE OR REPLACE MACRO mlp_direct_effects(t, d) AS TABLE
 SELECT a.prompt_id, a.token, a.token2, a.layer, a.head, a.node_type, a.node_index,
-       'mlp_write_to_final_residual_grad'::VARCHAR AS dst, a.pass_type, (a.value * f.value / p.final_scale)::FLOAT AS value
+       'mlp_write_to_final_residual_grad'::VARCHAR AS dst, a.pass_type,
+       (a.value * (p.target_slope * f.target_value - p.distractor_slope * f.distractor_value)
+        / (p.final_scale * coalesce(s.value, 1)))::FLOAT AS value
 FROM activations a
 JOIN prompt_pair_ids(t, d) p ON p.prompt_id = a.prompt_id AND p.last_token = a.token
 JOIN keyed_pair_factors(t, d, 'mlp') f ON f.k = (p.pair_id << 40) | (a.layer::BIGINT << 24) | a.node_index
-WHERE a.dst = 'mlp_post_act' AND a.pass_type = 'forward';
+LEFT JOIN post_block_scales('mlp') s ON s.prompt_id = a.prompt_id AND s.layer = a.layer AND s.token = a.token
+WHERE a.dst = 'mlp_post_act' AND a.pass_type = 'forward' AND (s.value IS NOT NULL OR NOT p.post_block_norms);
 
 -- p[l,T,k,h] * (v[l,k,kv(h),:] W_O[l][h]) . g[T]; query head h reads key/value head h // (H / H_kv).
 -- value_dot joins every stored value row (all key tokens) to the factors of the query heads that read
@@ -27,11 +35,13 @@ CREATE OR REPLACE MACRO attn_direct_effects(t, d) AS TABLE
 WITH p AS (SELECT * FROM prompt_pair_ids(t, d)),
 f AS (
     SELECT (f.pair_id << 40) | (f.layer::BIGINT << 24) | ((f.head // (m.n_heads // m.n_kv_heads))::BIGINT << 12)
-           | f.node_index AS k, f.head, f.value
+           | f.node_index AS k, f.head, f.target_value, f.distractor_value
     FROM keyed_pair_factors(t, d, 'attn') f JOIN models m USING (model_id)
 ),
 value_dot AS (
-    SELECT v.prompt_id, v.layer, v.token AS key_token, f.head, sum(v.value * f.value) / any_value(p.final_scale) AS value
+    SELECT v.prompt_id, v.layer, v.token AS key_token, f.head,
+           sum(v.value * (p.target_slope * f.target_value - p.distractor_slope * f.distractor_value))
+           / any_value(p.final_scale) AS value
     FROM activations v
     JOIN p ON p.prompt_id = v.prompt_id
     JOIN f ON f.k = (p.pair_id << 40) | (v.layer::BIGINT << 24) | (v.head::BIGINT << 12) | v.node_index
@@ -39,13 +49,25 @@ value_dot AS (
     GROUP BY v.prompt_id, v.layer, v.token, f.head
 )
 SELECT a.prompt_id, a.token, a.token2, a.layer, a.head, a.node_type, a.node_index,
-       'unflattened_attn_write_to_final_residual_grad'::VARCHAR AS dst, a.pass_type, (a.value * vd.value)::FLOAT AS value
+       'unflattened_attn_write_to_final_residual_grad'::VARCHAR AS dst, a.pass_type,
+       (a.value * vd.value / coalesce(s.value, 1))::FLOAT AS value
 FROM activations a
 JOIN p ON p.prompt_id = a.prompt_id AND p.last_token = a.token
 JOIN value_dot vd ON vd.prompt_id = a.prompt_id AND vd.layer = a.layer AND vd.key_token = a.token2 AND vd.head = a.node_index
-WHERE a.dst = 'attn_qk_probs' AND a.pass_type = 'forward';
+LEFT JOIN post_block_scales('attn') s ON s.prompt_id = a.prompt_id AND s.layer = a.layer AND s.token = a.token
+WHERE a.dst = 'attn_qk_probs' AND a.pass_type = 'forward' AND (s.value IS NOT NULL OR NOT p.post_block_norms);
 
--- x[l,T,:] . g[T] for a stored residual-stream vector (source dst); one row per layer
+-- b[l] . g[T] for the output bias of block `block` ('attn' or 'mlp'), as it joins the residual
+-- (gain_post * b / s_post[l,T] where the model norms block outputs): with the nodes' direct effects it
+-- makes up the block's (DERIVED_SCALARS.md, identities 1 and 2). One row per prompt and layer.
+CREATE OR REPLACE MACRO bias_direct_effects(block, t, d) AS TABLE
+SELECT f.prompt_id, f.last_token AS token, f.layer, (f.value / (f.final_scale * coalesce(s.value, 1))) AS value
+FROM pair_join_factors(t, d, block || '_bias') f
+LEFT JOIN post_block_scales(block) s ON s.prompt_id = f.prompt_id AND s.layer = f.layer AND s.token = f.last_token
+WHERE s.value IS NOT NULL OR NOT f.post_block_norms;
+
+-- x[l,T,:] . g[T] for a stored residual-stream vector (source dst), as stored (block outputs after any
+-- post-block norm); one row per layer
 CREATE OR REPLACE MACRO residual_direct_effects(source, out_dst, t, d) AS TABLE
 SELECT a.prompt_id, a.token, NULL::SMALLINT AS token2, a.layer, NULL::SMALLINT AS head, 'layer'::VARCHAR AS node_type,
        0 AS node_index, out_dst::VARCHAR AS dst, a.pass_type, (sum(a.value * f.value) / any_value(f.final_scale))::FLOAT AS value

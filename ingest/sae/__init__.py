@@ -1,0 +1,1 @@
+"""Sparse autoencoders spliced into the hooked pass: their latents become nodes (see README, SAE latents)."""

@@ -1,0 +1,110 @@
+"""What a spliced SAE adds to the lake: its row in `saes` and its writes to the residual stream as weights
+('<prefix>.to_residual' [d_sae, d_model], '<prefix>.bias_to_residual' [d_model])."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyarrow as pa
+import torch
+
+from ingest.errors import SAEError
+from ingest.model import HookedTransformer
+from ingest.sae.autoencoder import SparseAutoencoder
+from warehouse.registry import LOCATIONS
+from warehouse.weights import weight_table
+from warehouse.writer import LakeWriter
+
+
+def node_type(sae: SparseAutoencoder) -> str:
+    return LOCATIONS[sae.site.latent].node_type.value
+
+
+def check_distinct(saes: Sequence[SparseAutoencoder]) -> None:
+    """Latents are keyed by node type and layer: two SAEs of one ingest may not share both."""
+    seen: dict[tuple[str, int | None], str] = {}
+    for sae in saes:
+        key = (node_type(sae), sae.site.layer)
+        if key in seen:
+            raise SAEError(
+                f"--sae {sae.path} and --sae {seen[key]} both give {key[0]} nodes at layer {key[1]}: "
+                "ingest them into separate warehouses"
+            )
+        seen[key] = sae.path
+
+
+def write_vectors(sae: SparseAutoencoder, model: HookedTransformer) -> tuple[torch.Tensor, torch.Tensor]:
+    """([d_sae, d_model], [d_model]): what one unit of each latent, and the decoder bias, add to the
+    residual stream, in float64 (the decoder mapped through W_out or W_O for SAEs on mlp.post_act or
+    attn.v_out; the decoder itself on residual-stream sites)."""
+    rows, bias = sae.decoder.double(), sae.b_dec.double()
+    site = sae.site
+    if site.location == "mlp.post_act":
+        w_out = model.w("mlp.to_residual", site.layer).double()
+        return rows @ w_out, bias @ w_out
+    if site.location == "attn.v_out":
+        w_o = model.w("attn.to_residual", site.layer).double()  # [heads, d_head, d_model]
+        flat = w_o.reshape(-1, w_o.shape[-1])  # z is flattened head-major, as hook_z SAEs read it
+        return rows @ flat, bias @ flat
+    return rows, bias
+
+
+def record_saes(writer: LakeWriter, model_id: int, saes: Sequence[SparseAutoencoder], model: HookedTransformer) -> None:
+    """Store each SAE the lake does not hold yet; SAEError when the lake holds another one for the same
+    node type and layer (its latents' rows and weights would be indistinguishable)."""
+    if not saes:
+        return
+    con = writer.con
+    assert con is not None
+    has_table = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND table_name = 'saes'"
+    ).fetchall()[0][0]
+    if not has_table:  # a lake of this schema version written before the table existed
+        raise SAEError(f"{writer.path} was created before actwh stored SAEs: ingest with --sae into a new --db")
+    held = {
+        (row[0], row[1]): (row[2], row[3])
+        for row in con.execute(
+            "SELECT node_type, layer, sha256, path FROM saes WHERE model_id = ?", [model_id]
+        ).fetchall()
+    }
+    next_id = writer.next_id("saes", "sae_id")
+    rows: list[tuple[str, pa.Table]] = []
+    for sae in saes:
+        key = (node_type(sae), sae.site.layer)
+        if key in held:
+            if held[key][0] != sae.sha256:
+                raise SAEError(
+                    f"--sae {sae.path}: this warehouse already holds another SAE ({held[key][1]}) for {key[0]} nodes "
+                    f"at layer {key[1]}: ingest into another --db"
+                )
+            continue
+        rows.append(("saes", _sae_row(sae, next_id)))
+        next_id += 1
+        to_residual, bias = write_vectors(sae, model)
+        prefix, layer = sae.site.weight_prefix, sae.site.layer
+        rows.append(("weights", weight_table(f"{prefix}.to_residual", layer, to_residual.float().cpu().numpy())))
+        rows.append(("weights", weight_table(f"{prefix}.bias_to_residual", layer, bias.float().cpu().numpy())))
+    if rows:
+        writer.add_model_rows(model_id, rows)
+
+
+def _sae_row(sae: SparseAutoencoder, sae_id: int) -> pa.Table:
+    site = sae.site
+    return pa.table(
+        {
+            "sae_id": pa.array([sae_id], pa.int32()),
+            "format": [sae.format],
+            "architecture": [sae.architecture],
+            "hook_name": [site.hook_name],
+            "location": [site.location],
+            "layer": pa.array([site.layer], pa.int16()),
+            "node_type": [node_type(sae)],
+            "latent_dst": [site.latent],
+            "error_dst": [site.error],
+            "d_in": pa.array([sae.d_in], pa.int32()),
+            "d_sae": pa.array([sae.d_sae], pa.int32()),
+            "k": pa.array([sae.k], pa.int32()),
+            "sha256": [sae.sha256],
+            "path": [sae.path],
+        }
+    )

@@ -1,0 +1,6 @@
+-- dst: online_autoencoder_error_act_times_grad
+-- node_type: layer
+-- needs: online_autoencoder_error forward and backward (ingest --sae)
+-- formula: sum_c e[l,t,c] * dL/de[l,t,c],  e = x - decode(f) at the site
+-- description: estimated total effect on the objective (first-order) of the reconstruction error of a residual-stream SAE
+SELECT * FROM autoencoder_error_act_times_grad('online_autoencoder_error', 'online_autoencoder_error_act_times_grad')

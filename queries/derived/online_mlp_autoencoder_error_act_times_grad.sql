@@ -1,0 +1,6 @@
+-- dst: online_mlp_autoencoder_error_act_times_grad
+-- node_type: layer
+-- needs: online_mlp_autoencoder_error forward and backward (ingest --sae)
+-- formula: sum_c e[l,t,c] * dL/de[l,t,c],  e = x - decode(f) at the site
+-- description: estimated total effect on the objective (first-order) of the reconstruction error of an SAE on mlp.post_act
+SELECT * FROM autoencoder_error_act_times_grad('online_mlp_autoencoder_error', 'online_mlp_autoencoder_error_act_times_grad')
