@@ -27,7 +27,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from warehouse import db
+from warehouse import db, summaries
 from warehouse.facts import FACT_SCHEMA
 
 LOCK_FILE = "ingest.lock"
@@ -46,6 +46,9 @@ class Batch:
     tokens: pa.Table
     facts: Iterable[pa.RecordBatch]
     model_rows: list[tuple[str, pa.Table]] = field(default_factory=list)
+    # The batch's per-node summary and example rows (warehouse/summaries.py), without run_id, segment and
+    # level; None when the ingest computed none.
+    summaries: tuple[pa.Table, pa.Table] | None = None
 
 
 class IngestLocked(db.WarehouseError):
@@ -75,6 +78,7 @@ class LakeWriter:
         config.root.mkdir(exist_ok=True)
         self._lock_file: Any = self._acquire_ingest_lock(config.root / LOCK_FILE, wait)
         self.con: duckdb.DuckDBPyConnection | None = None
+        self._segments = summaries.SegmentCounter()
         try:
             with self._translate_disk_full():
                 self.con = db.connect(self.path)
@@ -221,6 +225,7 @@ class LakeWriter:
                 " WHERE run_id = ?",
                 [status, _now(), json.dumps(skipped), message, objective, run_id],
             )
+            self._segments.finished(con, run_id)
 
     def append(self, batch: Batch, run_id: int) -> float:
         """Commit one batch and the run's progress in one transaction; returns the seconds it took."""
@@ -237,6 +242,16 @@ class LakeWriter:
             )
             model_id = int(batch.prompts["model_id"][0].as_py()) if batch.prompts.num_rows else None
             _insert_tagged_rows(con, model_id, batch.model_rows)
+            if batch.summaries is not None and batch.prompts.num_rows:
+                segment = int(batch.prompts["prompt_id"][0].as_py())
+                for table, rows in zip(summaries.TABLES, batch.summaries, strict=True):
+                    with _registered(con, summary_rows=rows):
+                        con.execute(
+                            f"INSERT INTO {table} BY NAME SELECT ? AS run_id, ? AS segment, 0 AS level, *"
+                            " FROM summary_rows",
+                            [run_id, segment],
+                        )
+                self._segments.added(con, run_id, segment)
         return time.perf_counter() - start
 
 
