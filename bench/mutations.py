@@ -627,6 +627,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         (f"{SUMMARY_TESTS}::test_every_summary_equals_the_aggregate_of_its_rows",),
     ),
     Mutation(
+        "summary_histogram_off_by_one_edge",
+        "each value is counted in the histogram bin one edge too low",
+        replace(
+            SUMMARIES, "torch.bucketize(values, edges, right=True)", "torch.bucketize(values, edges[1:], right=True)"
+        ),
+        (f"{SUMMARY_TESTS}::test_every_summary_equals_the_aggregate_of_its_rows",),
+    ),
+    Mutation(
         "summary_examples_beat_the_running_best",
         "a batch's example candidates must beat the running highest value, not the running K-th",
         replace(SUMMARIES, "keep_top = top >= high[:, -1:]", "keep_top = top >= high[:, :1]"),
