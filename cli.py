@@ -15,9 +15,11 @@ from ingest import DEFAULT_MODEL
 from ingest.errors import CaptureError, DeviceError, ModelNotFound, SAEError, TokenError
 from ingest.prompts import PromptInput, Skipped, read_prompt_file
 from queries import streaming
-from queries.api import NODE_COLUMNS, Warehouse, notes
+from queries.api import NODE_COLUMNS, Warehouse
 from queries.catalog import dst_catalog
 from queries.format import FILE_FORMATS, FORMATS, render, stream, write
+from queries.notes import notes
+from queries.summaries import DEFAULT_SKIP_FIRST, RANK_BY
 from warehouse import db, lake
 
 USER_ERRORS = (
@@ -194,6 +196,12 @@ def _db_option(
     "the files do not) spliced in at its hook point: its non-zero latents are stored as nodes (repeatable).",
 )
 @click.option("--no-sae-error", is_flag=True, help="Do not store the SAEs' reconstruction errors.")
+@click.option(
+    "--no-summaries",
+    is_flag=True,
+    help="Store no per-node summaries: a faster ingest on a CPU (BENCHMARKS.md), and rank, examples and "
+    "node-stats answer this run by a scan of its rows.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def ingest_command(
     db_path: Path,
@@ -215,6 +223,7 @@ def ingest_command(
     prepend_bos: bool | None,
     special_tokens_as_text: bool,
     max_memory: str | None,
+    no_summaries: bool,
     saes: tuple[str, ...],
     no_sae_error: bool,
     quiet: bool,
@@ -257,6 +266,7 @@ def ingest_command(
         max_memory=memory_limit,
         prepend_bos=prepend_bos,
         special_tokens_as_text=special_tokens_as_text,
+        summaries=not no_summaries,
         saes=list(saes),
         sae_error=not no_sae_error,
     )
@@ -456,17 +466,35 @@ def _plotted(path: Path) -> None:
     help=f"Rank by a node-table column ({', '.join(NODE_COLUMNS)}: MLP and attention together) or any dst.",
 )
 @click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1), help="Top k and bottom k.")
+@click.option(
+    "--skip-first",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Leave out nodes at the prompt's first N tokens (0: every token, as the reference node table).",
+)
 def top_command(
-    db_path: Path, fmt: str, output: Path | None, plot: Path | None, prompt_id: int, by: str, k: int
+    db_path: Path, fmt: str, output: Path | None, plot: Path | None, prompt_id: int, by: str, k: int, skip_first: int
 ) -> None:
     """The reference node table: top and bottom k nodes of a prompt, four columns side by side."""
-    table = Warehouse(db_path).top_nodes(prompt_id, by, k)
+    table = Warehouse(db_path).top_nodes(prompt_id, by, k, skip_first)
     _emit(table, fmt, output)
     if plot is not None:
         from queries import plots
 
         column = by if by in table.column_names else "value"
         _plotted(plots.top_nodes_bars(table, column, plot, f"prompt {prompt_id}: top and bottom {k} by {by}"))
+
+
+def _skip_first_option() -> Any:
+    return click.option(
+        "--skip-first",
+        default=DEFAULT_SKIP_FIRST,
+        show_default=True,
+        type=int,
+        help="Leave out each prompt's first N tokens (1: the attention-sink first token, whose values dwarf "
+        "the rest; 0 keeps it). 0 and 1 read the summaries; more scans every row.",
+    )
 
 
 def _node_options(command: Any) -> Any:
@@ -480,6 +508,7 @@ def _node_options(command: Any) -> Any:
             click.option(
                 "--pass", "pass_type", default="forward", show_default=True, type=click.Choice(["forward", "backward"])
             ),
+            _skip_first_option(),
         ]
     ):
         command = option(command)
@@ -507,6 +536,7 @@ def examples_command(
     head: int | None,
     run_id: int | None,
     pass_type: str,
+    skip_first: int,
     k: int,
     context: int,
     bottom: bool,
@@ -514,9 +544,9 @@ def examples_command(
     """Top-k activating examples of one node across all prompts, the token [[marked]] in its context
     (--plot: each context as a strip of tokens shaded by the node's value)."""
     wh = Warehouse(db_path)
-    args = (dst, layer, node_index, k, context, head, run_id, pass_type, bottom)
+    args = (dst, layer, node_index, k, context, head, run_id, pass_type, bottom, skip_first)
     with wh.session():
-        table = wh.top_examples(*args)
+        table = wh.examples(*args)
         windows = wh.example_windows(*args) if plot is not None else None
     if fmt == "table":
         table = table.select(["prompt_id", "token", "value", "context_text"])
@@ -531,7 +561,12 @@ def examples_command(
 @main.command("node-stats")
 @_read_options
 @_node_options
-@click.option("--bins", default=20, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--bins",
+    type=click.IntRange(1),
+    help="Equal bins between min and max, with quantiles: a scan of every row. Default: the summaries' "
+    "fixed power-of-ten bins.",
+)
 @click.option("--histogram", "show_histogram", is_flag=True, help="Emit the histogram rather than the summary.")
 def node_stats_command(
     db_path: Path,
@@ -544,11 +579,16 @@ def node_stats_command(
     head: int | None,
     run_id: int | None,
     pass_type: str,
-    bins: int,
+    skip_first: int,
+    bins: int | None,
     show_histogram: bool,
 ) -> None:
-    """Count, mean, max, fraction non-zero, quantiles and histogram of one node across the dataset."""
-    stats = Warehouse(db_path).node_stats(dst, layer, node_index, head, run_id, pass_type, bins)
+    """Count, mean, std, min, max, fraction non-zero and histogram of one node across the dataset."""
+    wh = Warehouse(db_path)
+    if bins is None:
+        stats: Any = wh.node_summary(dst, layer, node_index, head, run_id, pass_type, skip_first)
+    else:
+        stats = wh.node_stats(dst, layer, node_index, head, run_id, pass_type, bins, skip_first)
     if fmt == "table" and output is None and not show_histogram:
         _emit(stats.summary, fmt, None)
         click.echo(render(stats.histogram, "table"), nl=False)
@@ -558,6 +598,34 @@ def node_stats_command(
         from queries import plots
 
         _plotted(plots.histogram(stats.histogram, plot, _node_title(dst, layer, node_index)))
+
+
+@main.command("rank")
+@_read_options
+@click.option("--dst", required=True, help="The dst to rank nodes by (mlp_act_times_grad, mlp_post_act ...).")
+@click.option("--layer", type=int, help="Only nodes of this layer.")
+@click.option("--by", default="mean", show_default=True, help=f"The figure ranked: {', '.join(RANK_BY)}.")
+@click.option("-k", "k", default=20, show_default=True, type=int, help="Nodes listed.")
+@click.option("--run", "run_id", type=int, help="Only prompts of this run.")
+@click.option("--pass", "pass_type", default="forward", show_default=True, type=click.Choice(["forward", "backward"]))
+@_skip_first_option()
+def rank_command(
+    db_path: Path,
+    fmt: str,
+    output: Path | None,
+    plot: Path | None,
+    dst: str,
+    layer: int | None,
+    by: str,
+    k: int,
+    run_id: int | None,
+    pass_type: str,
+    skip_first: int,
+) -> None:
+    """The nodes that matter most across every prompt: the top k by mean, sum, max, abs-mean or density."""
+    if plot is not None:
+        raise click.UsageError("rank has no plot yet: use --format and a tool of your choice")
+    _emit(Warehouse(db_path).rank_nodes(dst, by, k, layer, run_id, skip_first, pass_type), fmt, output)
 
 
 @main.command("prompt")

@@ -92,6 +92,8 @@ def swap(path: str, a: str, b: str) -> tuple[Edit, ...]:
 FAMILIES = "ingest/families"
 GPT2, LLAMA, ROPE = f"{FAMILIES}/gpt2.py", f"{FAMILIES}/llama.py", f"{FAMILIES}/rope.py"
 MODEL = "ingest/model.py"
+SUMMARIES = "ingest/summaries.py"
+SUMMARY_TESTS = "tests/test_summaries.py"
 WORKER = "ingest/worker.py"
 THETA = 'theta = float(params.get("rope_theta") or reader.get("rope_theta") or theta or DEFAULT_THETA)'
 GPT2_WEIGHTS = '    return w\n\n\nFAMILY = Family("gpt2"'
@@ -660,6 +662,50 @@ MUTATIONS: tuple[Mutation, ...] = (
         "attention logits are not soft-capped before the softmax (Gemma 2)",
         replace(MODEL, "return cap * torch.tanh(s / cap) if cap is not None else s", "return s"),
         (*parity("gemma2"), *views("gemma2", "test_norm_scales_and_attention_logits_match_transformers")),
+    ),
+    Mutation(
+        "summary_rest_keeps_first_token",
+        "the summary of the tokens after the first counts position 0 too",
+        replace(SUMMARIES, "((token == 0) if first else (token > 0))", "((token == 0) if first else (token >= 0))"),
+        (f"{SUMMARY_TESTS}::test_every_summary_equals_the_aggregate_of_its_rows",),
+    ),
+    Mutation(
+        "summary_ignores_bfloat16_rounding",
+        "summaries are taken of the float32 values when the lake stores them rounded to bfloat16",
+        replace(SUMMARIES, "if self.bfloat16 else values", "if False else values"),
+        (f"{SUMMARY_TESTS}::test_every_summary_equals_the_aggregate_of_its_rows",),
+    ),
+    Mutation(
+        "summary_histogram_off_by_one_edge",
+        "each value is counted in the histogram bin one edge too low",
+        replace(
+            SUMMARIES, "torch.bucketize(values, edges, right=True)", "torch.bucketize(values, edges[1:], right=True)"
+        ),
+        (f"{SUMMARY_TESTS}::test_every_summary_equals_the_aggregate_of_its_rows",),
+    ),
+    Mutation(
+        "summary_examples_beat_the_running_best",
+        "a batch's example candidates must beat the running highest value, not the running K-th",
+        replace(SUMMARIES, "keep_top = top >= high[:, -1:]", "keep_top = top >= high[:, :1]"),
+        (f"{SUMMARY_TESTS}::test_examples_hold_every_nodes_top_and_bottom_k",),
+    ),
+    Mutation(
+        "summary_merge_keeps_one_segment",
+        "merging a level's segments keeps the rows of one segment instead of adding them",
+        replace(
+            "warehouse/summaries.py", "sum(n)::BIGINT AS n, sum(sum) AS sum", "max(n)::BIGINT AS n, max(sum) AS sum"
+        ),
+        (f"{SUMMARY_TESTS}::test_every_summary_equals_the_aggregate_of_its_rows",),
+    ),
+    Mutation(
+        "rank_skip_first_ignored",
+        "rank, node statistics and examples from the summaries keep the first token whatever --skip-first says",
+        replace(
+            "queries/summaries.py",
+            '    if skip_first:\n        where += " AND NOT first_token"',
+            "    if False:\n        pass",
+        ),
+        (f"{SUMMARY_TESTS}::test_rank_equals_a_direct_sql_aggregate",),
     ),
 )
 

@@ -40,6 +40,7 @@ from ingest.prompts import PromptInput, Skipped
 from ingest.sae.load import load_saes
 from ingest.sae.record import record_saes
 from ingest.sae.splice import spliced
+from ingest.summaries import SummaryState
 from ingest.tokenizers import Tokenization
 from warehouse.registry import LOCATIONS
 from warehouse.writer import Batch, LakeWriter
@@ -65,6 +66,7 @@ class IngestOptions:
     prepend_bos: bool | None = None  # None: as the tokenizer's own config says
     special_tokens_as_text: bool = False  # '<|endoftext|>' in a prompt: the special token unless this is set
     data_path: str | None = None  # a shared catalog's data folder or URL (warehouse/lake.py), to create it
+    summaries: bool = True  # per-node summaries with every batch (warehouse/summaries.py)
     saes: list[str] = field(default_factory=list)  # --sae DIR[@HOOK] values: SAEs spliced in, latents stored
     sae_error: bool = True  # store each SAE's reconstruction error (--no-sae-error: not)
 
@@ -201,6 +203,7 @@ class Captured:
     last_logits: np.ndarray | None
     objective: list[float | None]
     model_rows: list[tuple[str, pa.Table]] = field(default_factory=list)  # see Batch.model_rows
+    summaries: tuple[pa.Table, pa.Table] | None = None  # see Batch.summaries
     copied: torch.cuda.Event | None = None  # set when the arrays are still being copied from the GPU
 
     def wait(self) -> None:
@@ -216,6 +219,7 @@ def run_batch(
     prompt_ids: np.ndarray,
     spec: CaptureSpec,
     backward: bool,
+    summaries: SummaryState | None = None,
 ) -> Captured:
     model = loaded.model
     lengths = torch.tensor([len(p.ids) for p in items], device=model_device)
@@ -241,6 +245,10 @@ def run_batch(
                 )
                 values.sum().backward()
                 objective = [float(v) for v in values.detach().cpu()]
+        # summarised where the tensors are (the GPU when there is one), before they are copied out
+        summary_rows = (
+            summaries.batch_tables(recorder.forward, recorder.gradients(), lengths, prompt_ids) if summaries else None
+        )
     finally:
         torch.set_num_threads(threads)
     last = logits.detach()[torch.arange(len(items), device=model_device), lengths - 1]
@@ -258,6 +266,7 @@ def run_batch(
         grads,
         _to_host(last) if ("logits", None) in recorder.forward else None,
         objective,
+        summaries=summary_rows,
         copied=copied,
     )
 
@@ -337,7 +346,7 @@ def to_batch(captured: Captured, run_id: int, model_id: int, loaded: LoadedModel
             **token_columns(loaded.tokenizer, [p.ids for p in items]),
         }
     )
-    return Batch(prompts, tokens, fact_rows(captured, top_k, bfloat16), captured.model_rows)
+    return Batch(prompts, tokens, fact_rows(captured, top_k, bfloat16), captured.model_rows, captured.summaries)
 
 
 def batches(
@@ -469,6 +478,7 @@ def ingest(
         committed = set() if options.force else writer.committed_keys(model_id)
         next_prompt_id = writer.next_id("prompts", "prompt_id")
         kinds: set[str] = set()
+        summary_state = SummaryState(options.precision == "bfloat16") if options.summaries else None
 
         def skip(item: Skipped) -> None:
             report.skipped.append(item)
@@ -505,7 +515,7 @@ def ingest(
             """One model pass; prompt ids are taken only when it succeeds, so retries leave no gaps."""
             nonlocal next_prompt_id
             ids = np.arange(next_prompt_id, next_prompt_id + len(part))
-            captured = run_batch(device, loaded, part, ids, spec, options.backward)
+            captured = run_batch(device, loaded, part, ids, spec, options.backward, summary_state)
             next_prompt_id += len(part)
             return captured
 

@@ -12,7 +12,6 @@ ingest runs. `session()` keeps one connection (one consistent snapshot) for a bl
 from __future__ import annotations
 
 import difflib
-import json
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -24,14 +23,15 @@ import duckdb
 import pyarrow as pa
 
 from queries import contexts, streaming
+from queries.notes import with_notes
 from queries.streaming import QueryError
+from queries.summaries import SummaryQueries
 from warehouse import db, lake, registry
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
 Output = Literal["arrow", "pandas", "rows"]
-NOTES_KEY = b"actwh.notes"
 
 # The reference node table: the four columns per node family, each a dst.
 NODE_COLUMNS = ("activation", "write_norm", "direct_effect", "act_times_grad")
@@ -67,20 +67,6 @@ class DstNotAvailable(db.WarehouseError):
     """A known dst this warehouse file cannot answer (view missing, or its inputs not stored)."""
 
 
-def notes(table: pa.Table) -> list[str]:
-    """The caveats an API call attached to its result (missing columns, fallbacks used)."""
-    meta = table.schema.metadata or {}
-    return json.loads(meta[NOTES_KEY]) if NOTES_KEY in meta else []
-
-
-def _with_notes(table: pa.Table, messages: list[str]) -> pa.Table:
-    if not messages:
-        return table
-    meta = dict(table.schema.metadata or {})
-    meta[NOTES_KEY] = json.dumps(messages).encode()
-    return table.replace_schema_metadata(meta)
-
-
 def _check_name(dst: str) -> None:
     known = db.dst_names()
     if not isinstance(dst, str) or dst not in known:
@@ -113,7 +99,7 @@ class _Source:
     note: str | None = None
 
 
-class Warehouse(contexts.ExampleWindows):
+class Warehouse(SummaryQueries, contexts.ExampleWindows):
     """A warehouse, attached per call (read-only by default): each call reads the last committed snapshot."""
 
     def __init__(self, path: str | Path, read_only: bool = True) -> None:
@@ -287,16 +273,17 @@ class Warehouse(contexts.ExampleWindows):
 
     # -- the reference node table --------------------------------------------------------------------
 
-    def top_nodes(self, prompt_id: int, dst: str = "act_times_grad", k: int = 10) -> pa.Table:
+    def top_nodes(self, prompt_id: int, dst: str = "act_times_grad", k: int = 10, skip_first: int = 0) -> pa.Table:
         """The top and bottom k nodes of one prompt by `dst`, with the four node-table columns beside them.
 
         `dst` is a dst name (ranks that dst's node family) or one of the column names activation,
         write_norm, direct_effect, act_times_grad (ranks MLP neurons and attention nodes together, each by
         its own dst for that column, as the reference UI does). Columns whose dst this file cannot answer
-        come back NULL, with the reason in `notes(result)`.
+        come back NULL, with the reason in `notes(result)`. `skip_first` leaves out nodes at the prompt's
+        first N tokens (default 0: the node table shows every token, as the reference system's does).
         """
-        if k < 1:
-            raise db.WarehouseError("k must be at least 1")
+        if k < 1 or skip_first < 0:
+            raise db.WarehouseError("k must be at least 1 and skip_first at least 0")
         with self._connection() as con:
             self._require_prompt(con, prompt_id)
             if dst in NODE_COLUMNS:
@@ -326,14 +313,14 @@ class Warehouse(contexts.ExampleWindows):
                 raise DstNotAvailable(f"cannot rank by {dst!r}: " + "; ".join(messages))
             key = ", ".join(NODE_KEY)
             sql = (
-                f"WITH base AS ({' UNION ALL '.join(rank_parts)}),"
+                f"WITH base AS (SELECT * FROM ({' UNION ALL '.join(rank_parts)}) WHERE token >= ?),"
                 f" ranked AS (SELECT {key}, value AS rank_value,"
                 f" row_number() OVER (ORDER BY value DESC, {key}) AS r_top,"
                 f" row_number() OVER (ORDER BY value ASC, {key}) AS r_bottom FROM base)"
                 f" SELECT {key}, rank_value, CASE WHEN r_top <= ? THEN 'top' ELSE 'bottom' END AS side"
                 " FROM ranked WHERE r_top <= ? OR r_bottom <= ?"
             )
-            params: list[Any] = [*rank_params, k, k, k]
+            params: list[Any] = [*rank_params, skip_first, k, k, k]
             join_sql = ""
             select_cols = []
             for i, col in enumerate(NODE_COLUMNS):
@@ -379,12 +366,12 @@ class Warehouse(contexts.ExampleWindows):
                 message = f"{col}: no values for these nodes (its inputs were not stored for this prompt?)"
                 if not any(m.startswith(f"{col} of") for m in messages):
                     messages.append(message)
-        return _with_notes(table, messages)
+        return with_notes(table, messages)
 
     # -- one node across the dataset -----------------------------------------------------------------
 
     def _node_filter(
-        self, layer: int | None, node_index: int, head: int | None, run_id: int | None
+        self, layer: int | None, node_index: int, head: int | None, run_id: int | None, skip_first: int = 0
     ) -> tuple[str, list[Any]]:
         where = " AND layer IS NOT DISTINCT FROM ? AND node_index = ?"
         params: list[Any] = [layer, node_index]
@@ -394,6 +381,9 @@ class Warehouse(contexts.ExampleWindows):
         if run_id is not None:
             where += " AND prompt_id IN (SELECT prompt_id FROM prompts WHERE run_id = ?)"
             params.append(run_id)
+        if skip_first:
+            where += " AND token >= ?"
+            params.append(skip_first)
         return where, params
 
     def top_examples(
@@ -407,20 +397,23 @@ class Warehouse(contexts.ExampleWindows):
         run_id: int | None = None,
         pass_type: str = "forward",
         bottom: bool = False,
+        skip_first: int = 0,
     ) -> pa.Table:
-        """The k highest (or lowest) values of one node across all prompts, with `context` tokens each side.
+        """The k highest (or lowest) values of one node across all prompts, with `context` tokens each side,
+        by a scan of every stored row (`examples` answers from the per-node summaries).
 
         `context_text` marks the activating token [[like this]] and, for attention nodes, the attended-to
         token <<like this>> when it falls inside the window. Windows are clipped at the sequence edges.
         Contexts decode the window's concatenated token bytes, so a character split across tokens reads
         whole; markers sit between characters (queries/contexts.py, warehouse/token_text.py).
+        `skip_first` leaves out the rows of each prompt's first N tokens.
         """
-        if k < 1 or context < 0:
-            raise db.WarehouseError("k must be at least 1 and context at least 0")
+        if k < 1 or context < 0 or skip_first < 0:
+            raise db.WarehouseError("k must be at least 1, context and skip_first at least 0")
         with self._connection() as con:
-            hits, params, note = self._hits(con, dst, layer, node_index, k, head, run_id, pass_type, bottom)
+            hits, params, note = self._hits(con, dst, layer, node_index, k, head, run_id, pass_type, bottom, skip_first)
             table = contexts.with_context(con, hits, params, context)
-        return _with_notes(table, [note] if note else [])
+        return with_notes(table, [note] if note else [])
 
     def node_stats(
         self,
@@ -431,13 +424,16 @@ class Warehouse(contexts.ExampleWindows):
         run_id: int | None = None,
         pass_type: str = "forward",
         bins: int = 20,
+        skip_first: int = 0,
     ) -> NodeStats:
-        """Count, mean, spread, fraction non-zero, quantiles and a histogram of one node over every token."""
-        if bins < 1:
-            raise db.WarehouseError("bins must be at least 1")
+        """Count, mean, spread, fraction non-zero, quantiles and a histogram of `bins` equal bins between
+        min and max, of one node over every token (but each prompt's first `skip_first`), by a scan of
+        every stored row (`node_summary` answers from the per-node summaries)."""
+        if bins < 1 or skip_first < 0:
+            raise db.WarehouseError("bins must be at least 1 and skip_first at least 0")
         with self._connection() as con:
             src = self._source(con, dst, pass_type)
-            where, params = self._node_filter(layer, node_index, head, run_id)
+            where, params = self._node_filter(layer, node_index, head, run_id, skip_first)
             values = f"SELECT value FROM ({src.sql}) WHERE true{where}"
             all_params = [*src.params, *params]
             quantile_cols = ", ".join(
@@ -472,7 +468,7 @@ class Warehouse(contexts.ExampleWindows):
                 "count": pa.array(counts, pa.int64()),
             }
         )
-        return NodeStats(_with_notes(summary, [src.note] if src.note else []), histogram)
+        return NodeStats(with_notes(summary, [src.note] if src.note else []), histogram)
 
     # -- per-token view ------------------------------------------------------------------------------
 
@@ -518,7 +514,7 @@ class Warehouse(contexts.ExampleWindows):
                 f"prompt {prompt_id} has no act-times-grad values: ingest it with a backward pass"
                 " (a --target, and without --no-backward)"
             )
-        return _with_notes(table, messages)
+        return with_notes(table, messages)
 
     # -- comparisons ---------------------------------------------------------------------------------
 
@@ -562,7 +558,7 @@ class Warehouse(contexts.ExampleWindows):
                 sql += " LIMIT ?"
                 params.append(k)
             table = self._run(con, sql, params)
-        return _with_notes(table, [n for n in {src_a.note} if n])
+        return with_notes(table, [n for n in {src_a.note} if n])
 
     def compare_runs(
         self, run_a: int, run_b: int, dst: str, k: int | None = 20, matched: bool = True, pass_type: str = "forward"
@@ -609,7 +605,7 @@ class Warehouse(contexts.ExampleWindows):
                 sql += " LIMIT ?"
                 params.append(k)
             table = self._run(con, sql, params)
-        return _with_notes(table, [src.note] if src.note else [])
+        return with_notes(table, [src.note] if src.note else [])
 
     # -- direct effects ------------------------------------------------------------------------------
 

@@ -109,6 +109,7 @@ class ExampleWindows:
         run_id: int | None = None,
         pass_type: str = "forward",
         bottom: bool = False,
+        skip_first: int = 0,
     ) -> pa.Table:
         """The examples of `top_examples` (same arguments) as one row per token of each window: example
         (1 = the first example), prompt_id, hit_token, position, token_text, is_hit, and the node's value
@@ -118,7 +119,9 @@ class ExampleWindows:
         if k < 1 or context < 0:
             raise db.WarehouseError("k must be at least 1 and context at least 0")
         with self._connection() as con:
-            hits, hit_params, _ = self._hits(con, dst, layer, node_index, k, head, run_id, pass_type, bottom)
+            hits, hit_params, _ = self._hits(
+                con, dst, layer, node_index, k, head, run_id, pass_type, bottom, skip_first
+            )
             values = self._source(con, dst, pass_type)
             where, params = self._node_filter(layer, node_index, head, run_id)
             values_sql = f"SELECT * FROM ({values.sql}) WHERE true{where}"
@@ -135,11 +138,12 @@ class ExampleWindows:
         run_id: int | None,
         pass_type: str,
         bottom: bool,
+        skip_first: int = 0,
     ) -> tuple[str, list[Any], str | None]:
         """SQL and parameters for the k highest (lowest) values of one node (rank, prompt_id, token, token2,
-        head, value), and the source's note."""
+        head, value), and the source's note; rows of each prompt's first `skip_first` tokens left out."""
         src = self._source(con, dst, pass_type)
-        where, params = self._node_filter(layer, node_index, head, run_id)
+        where, params = self._node_filter(layer, node_index, head, run_id, skip_first)
         order = f"value {'ASC' if bottom else 'DESC'}, prompt_id, token, token2, head"
         sql = (
             f"SELECT row_number() OVER (ORDER BY {order}) AS rank, * FROM (SELECT prompt_id, token, token2, head,"

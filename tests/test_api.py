@@ -341,7 +341,25 @@ def test_cli_reading_commands(hand_db: Path, tmp_path: Path) -> None:
     assert top.exit_code == 0, top.output
     assert "act_times_grad" in top.output and " brown" in top.output
     examples = runner.invoke(
-        main, ["examples", *db_arg, "--dst", "mlp_post_act", "--layer", "0", "--node", "1", "-k", "1", "--context", "1"]
+        main,
+        [
+            *[
+                "examples",
+                "--dst",
+                "mlp_post_act",
+                "--layer",
+                "0",
+                "--node",
+                "1",
+                "-k",
+                "1",
+                "--context",
+                "1",
+                "--skip-first",
+                "0",
+            ],
+            *db_arg,
+        ],
     )
     assert examples.exit_code == 0 and "[[O'Brien]]" in examples.output
     stats = runner.invoke(main, ["node-stats", *db_arg, "--dst", "mlp_post_act", "--layer", "0", "--node", "1"])

@@ -391,11 +391,11 @@ def test_out_of_memory_retries_smaller_batches_then_skips_the_prompt(
     real_run_batch = worker.run_batch
     sizes: list[int] = []
 
-    def run_batch(device, loaded, items, prompt_ids, spec, backward):  # type: ignore[no-untyped-def]
+    def run_batch(device, loaded, items, prompt_ids, spec, backward, *rest):  # type: ignore[no-untyped-def]
         sizes.append(len(items))
         if any("HUGE" in p.source.text for p in items):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return real_run_batch(device, loaded, items, prompt_ids, spec, backward)
+        return real_run_batch(device, loaded, items, prompt_ids, spec, backward, *rest)
 
     monkeypatch.setattr(worker, "run_batch", run_batch)
     prompts = tmp_path / "p.txt"

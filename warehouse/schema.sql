@@ -170,3 +170,50 @@ CREATE TABLE IF NOT EXISTS direction_factors (
     node_index INTEGER NOT NULL,
     value DOUBLE NOT NULL
 );
+
+-- Per-node summaries of the stored rows (warehouse/summaries.py), written by the ingest in each batch's
+-- transaction and merged as segments fill: the answer for a node is the merge of its rows (counts and sums
+-- add, min/max combine, histograms add). One row per segment and (dst, pass, layer, head, node,
+-- first_token); first_token: the rows at position 0 (true) or every later position (false). layer and
+-- head hold -1 where the dst has none. Raw dsts except logits (stored partially), and the act-times-grad
+-- dsts mlp_act_times_grad and unflattened_attn_act_times_grad (forward * backward, as their views).
+CREATE TABLE IF NOT EXISTS node_summaries (
+    run_id INTEGER NOT NULL,
+    segment INTEGER NOT NULL,         -- the first prompt id of the segment's first batch (0 once merged whole)
+    level SMALLINT NOT NULL,          -- 0: one batch; L: FAN_IN segments of level L-1; 99: a finished run
+    dst VARCHAR NOT NULL,
+    pass_type VARCHAR NOT NULL,
+    layer SMALLINT NOT NULL,
+    head SMALLINT NOT NULL,
+    node_type VARCHAR NOT NULL,
+    node_index INTEGER NOT NULL,
+    first_token BOOLEAN NOT NULL,
+    n BIGINT NOT NULL,                -- rows summarised
+    sum DOUBLE NOT NULL,
+    sum_sq DOUBLE NOT NULL,
+    sum_abs DOUBLE NOT NULL,
+    min FLOAT,                        -- NULL when n = 0
+    max FLOAT,
+    n_nonzero BIGINT NOT NULL,
+    hist INTEGER[] NOT NULL           -- counts over warehouse/summaries.py EDGES (24 bins, powers of ten)
+);
+
+-- Candidate examples per node: a superset of its EXAMPLES_K highest ('top') and lowest ('bottom') stored
+-- values in each first_token group (a batch adds the values that beat the run's running K-th so far).
+CREATE TABLE IF NOT EXISTS node_examples (
+    run_id INTEGER NOT NULL,
+    segment INTEGER NOT NULL,
+    level SMALLINT NOT NULL,
+    dst VARCHAR NOT NULL,
+    pass_type VARCHAR NOT NULL,
+    layer SMALLINT NOT NULL,
+    head SMALLINT NOT NULL,
+    node_type VARCHAR NOT NULL,
+    node_index INTEGER NOT NULL,
+    first_token BOOLEAN NOT NULL,
+    side VARCHAR NOT NULL,            -- 'top' or 'bottom'
+    prompt_id INTEGER NOT NULL,
+    token SMALLINT NOT NULL,
+    token2 SMALLINT NOT NULL,         -- the attended-to token of token-pair dsts, else -1
+    value FLOAT NOT NULL
+);

@@ -11,6 +11,7 @@ read-only and keep querying committed snapshots meanwhile.
 
 from __future__ import annotations
 
+import copy
 import errno
 import fcntl
 import itertools
@@ -27,7 +28,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from warehouse import concurrency, db
+from warehouse import concurrency, db, summaries
 from warehouse.facts import FACT_SCHEMA
 
 LOCK_FILE = "ingest.lock"
@@ -49,6 +50,9 @@ class Batch:
     tokens: pa.Table
     facts: Iterable[pa.RecordBatch]
     model_rows: list[tuple[str, pa.Table]] = field(default_factory=list)
+    # The batch's per-node summary and example rows (warehouse/summaries.py), without run_id, segment and
+    # level; None when the ingest computed none.
+    summaries: tuple[pa.Table, pa.Table] | None = None
 
 
 @dataclass
@@ -92,6 +96,8 @@ class LakeWriter:
             config.root.mkdir(exist_ok=True)
             self._lock_file = self._acquire_ingest_lock(config.root / LOCK_FILE, wait)
         self.con: duckdb.DuckDBPyConnection | None = None
+        self._segments = summaries.SegmentCounter()
+        self._unsummarised: set[int] = set()  # runs whose summaries were dropped (see _add_summaries)
         try:
             with self._translate_disk_full():
                 self.con = db.connect(path, data_path=data_path)
@@ -122,10 +128,19 @@ class LakeWriter:
     def _retrying(self, work: Callable[[], T]) -> T:
         """`work` (whole transactions) run again while it loses commit conflicts to other writers."""
 
+        def attempt() -> T:
+            # what the writer remembers of committed segments must not count a transaction rolled back
+            saved = copy.deepcopy((self._segments, self._unsummarised))
+            try:
+                return work()
+            except BaseException:
+                self._segments, self._unsummarised = saved
+                raise
+
         def counted() -> None:
             self.conflicts_retried += 1
 
-        return concurrency.retry_conflicts(work, counted)
+        return concurrency.retry_conflicts(attempt, counted)
 
     def _acquire_ingest_lock(self, lock_path: Path, wait: bool) -> Any:
         handle = open(lock_path, "a+")  # noqa: SIM115 - held for the whole ingest
@@ -276,6 +291,7 @@ class LakeWriter:
                     " WHERE run_id = ?",
                     [status, _now(), json.dumps(skipped), message, objective, run_id],
                 )
+                self._segments.finished(con, run_id)
 
         self._retrying(update)
 
@@ -313,7 +329,32 @@ class LakeWriter:
                 (table, concurrency.fresh_model_rows(con, table, model_id, rows)) for table, rows in batch.model_rows
             ]
             _insert_tagged_rows(con, model_id, [(table, rows) for table, rows in fresh if rows.num_rows])
+            if batch.summaries is not None and renumbering.kept:
+                self._add_summaries(con, run_id, batch, renumbering)
         return stored
+
+    def _add_summaries(
+        self, con: duckdb.DuckDBPyConnection, run_id: int, batch: Batch, renumbering: concurrency.Renumbering
+    ) -> None:
+        """The batch's summary rows as a new segment of the run, inside its commit. A batch that lost some of
+        its prompts to another writer (a shard run twice) has summaries counting them: the run keeps none
+        from then on, and the queries answer it by a scan, saying so (queries/summaries.py)."""
+        assert batch.summaries is not None
+        if run_id in self._unsummarised or renumbering.kept < batch.prompts.num_rows:
+            self._unsummarised.add(run_id)
+            for table in summaries.TABLES:
+                con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+            return
+        segment = int(renumbering.apply(batch.prompts)["prompt_id"][0].as_py())
+        for table, rows in zip(summaries.TABLES, batch.summaries, strict=True):
+            if "prompt_id" in rows.schema.names:
+                rows = renumbering.apply(rows)
+            with _registered(con, summary_rows=rows):
+                con.execute(
+                    f"INSERT INTO {table} BY NAME SELECT ? AS run_id, ? AS segment, 0 AS level, * FROM summary_rows",
+                    [run_id, segment],
+                )
+        self._segments.added(con, run_id, segment)
 
     def append_retrying(self, make_batch: Callable[[], Batch], run_id: int, unique: bool = True) -> Appended:
         """`append` of the batch `make_batch` builds, built again and committed again while the commit loses

@@ -1,0 +1,343 @@
+"""Dataset-scale questions answered from the per-node summaries (warehouse/summaries.py): rankings of
+nodes across prompts, one node's distribution, and its top examples, at a cost that does not grow with
+the number of stored prompts.
+
+First tokens: `skip_first` N leaves out each prompt's first N tokens. The default, 1, leaves out
+position 0: in most models the first token is an attention sink whose activations are far larger than
+any other token's (on the demo warehouse 573 of the 1000 largest |mlp_post_act| sit there), so rankings,
+statistics and examples that keep it describe that token rather than the text (SAE training and
+dashboards skip it for the same reason). The summaries keep position 0 apart, so N = 0 and N = 1 both
+come from them. N > 1, and dsts without summaries (derived views other than the act-times-grad ones,
+logits, or a lake ingested before summaries), are answered by a scan of the stored rows instead, which
+is exact but grows with the dataset; the result's notes say so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from queries.contexts import with_context
+from queries.notes import with_notes
+from warehouse import db, registry
+from warehouse.summaries import EDGES, EXAMPLES_K, N_BINS, summarised
+
+DEFAULT_SKIP_FIRST = 1
+RANK_BY = {
+    "mean": "total / n",
+    "sum": "total",
+    "max": "max",
+    "abs-mean": "abs_total / n",
+    "density": "n_nonzero / n",
+}
+_NODE = ("model_id", "layer", "head", "node_type", "node_index")
+
+
+@dataclass
+class NodeSummary:
+    """One node's distribution across the dataset, from its summaries."""
+
+    summary: pa.Table  # one row: count, mean, std, min, max, frac_nonzero
+    histogram: pa.Table  # bin_low, bin_high, count over the fixed edges (warehouse/summaries.py EDGES)
+
+
+@dataclass
+class _Merged:
+    """SQL giving one merged row per node (model_id, layer, head, node_type, node_index, n, total,
+    total_sq, abs_total, min, max, n_nonzero, hist), layer and head -1 where the dst has none."""
+
+    sql: str
+    params: list[Any]
+    note: str | None
+
+
+class SummaryQueries:
+    """Methods of queries.api.Warehouse that read the summaries (a mixin: it uses the Warehouse's
+    `_connection`, `_source` and `_check_dst`)."""
+
+    def rank_nodes(
+        self,
+        dst: str,
+        by: str = "mean",
+        k: int = 20,
+        layer: int | None = None,
+        run: int | None = None,
+        skip_first: int = DEFAULT_SKIP_FIRST,
+        pass_type: str = "forward",
+    ) -> pa.Table:
+        """The k nodes of `dst` with the highest `by` across every stored prompt (of run `run`, at layer
+        `layer`), one row per node: model_id, layer, head, node_type, node_index, count, mean, sum, min,
+        max, abs_mean, density (fraction non-zero) and value (the ranked figure). Tokens before
+        `skip_first` in each prompt are left out. Raises one-line errors for an unknown dst or `by`, k < 1,
+        a layer no stored model has, and a run that does not exist."""
+        if by not in RANK_BY:
+            raise db.WarehouseError(f"unknown --by {by!r}: use one of {', '.join(RANK_BY)}")
+        _check_k(k)
+        with self._connection() as con:  # type: ignore[attr-defined]
+            merged = self._merged(con, dst, pass_type, skip_first, layer, None, None, run, histogram=False)
+            sql = (
+                f"WITH merged AS ({merged.sql}), figures AS (SELECT model_id, nullif(layer, -1) AS layer,"
+                " nullif(head, -1) AS head, node_type, node_index, n AS count, total / n AS mean, total AS sum,"
+                " min, max, abs_total / n AS abs_mean, n_nonzero / n AS density,"
+                f" ({RANK_BY[by]})::DOUBLE AS value FROM merged WHERE n > 0)"
+                f" SELECT * FROM figures ORDER BY value DESC, {', '.join(_NODE)} LIMIT ?"
+            )
+            table = _fetch(con, sql, [*merged.params, k])
+        return _noted(table, merged.note)
+
+    def node_summary(
+        self,
+        dst: str,
+        layer: int | None,
+        node_index: int,
+        head: int | None = None,
+        run_id: int | None = None,
+        pass_type: str = "forward",
+        skip_first: int = DEFAULT_SKIP_FIRST,
+    ) -> NodeSummary:
+        """Count, mean, std (sample), min, max and fraction non-zero of one node over every stored token
+        but each prompt's first `skip_first`, and its histogram over the fixed power-of-ten edges."""
+        with self._connection() as con:  # type: ignore[attr-defined]
+            merged = self._merged(con, dst, pass_type, skip_first, layer, node_index, head, run_id)
+            rows = _fetch(
+                con,
+                f"SELECT sum(n)::BIGINT AS n, sum(total) AS total, sum(total_sq) AS total_sq, min(min) AS min,"
+                f" max(max) AS max, sum(n_nonzero)::BIGINT AS n_nonzero,"
+                f" list_value({', '.join(f'sum(hist[{i}])::BIGINT' for i in range(1, N_BINS + 1))}) AS hist"
+                f" FROM ({merged.sql})",
+                merged.params,
+            ).to_pylist()[0]
+        n = rows["n"] or 0
+        mean = rows["total"] / n if n else None
+        std = math.sqrt(max(rows["total_sq"] - n * mean * mean, 0.0) / (n - 1)) if n > 1 and mean is not None else None
+        summary = pa.table(
+            {
+                "count": pa.array([n], pa.int64()),
+                "mean": pa.array([mean], pa.float64()),
+                "std": pa.array([std], pa.float64()),
+                "min": pa.array([rows["min"]], pa.float64()),
+                "max": pa.array([rows["max"]], pa.float64()),
+                "frac_nonzero": pa.array([rows["n_nonzero"] / n if n else None], pa.float64()),
+            }
+        )
+        counts = rows["hist"] if n else [0] * N_BINS
+        bounds = [-math.inf, *EDGES, math.inf]
+        histogram = pa.table(
+            {
+                "bin_low": pa.array(bounds[:-1], pa.float64()),
+                "bin_high": pa.array(bounds[1:], pa.float64()),
+                "count": pa.array([int(c or 0) for c in counts], pa.int64()),
+            }
+        )
+        return NodeSummary(_noted(summary, merged.note), histogram)
+
+    def examples(
+        self,
+        dst: str,
+        layer: int | None,
+        node_index: int,
+        k: int = 10,
+        context: int = 5,
+        head: int | None = None,
+        run_id: int | None = None,
+        pass_type: str = "forward",
+        bottom: bool = False,
+        skip_first: int = DEFAULT_SKIP_FIRST,
+    ) -> pa.Table:
+        """The k highest (or lowest) values of one node across all prompts, leaving out each prompt's first
+        `skip_first` tokens, with `context` tokens either side, from the examples the summaries keep (up
+        to EXAMPLES_K; a larger k, N > 1 or a dst without summaries is answered by a scan)."""
+        _check_k(k)
+        if context < 0:
+            raise db.WarehouseError("context must be at least 0")
+        with self._connection() as con:  # type: ignore[attr-defined]
+            use = self._use_summaries(con, dst, pass_type, skip_first, layer, run_id)
+            if use is not None or k > EXAMPLES_K:
+                note = use or f"answered by a scan: the summaries keep the {EXAMPLES_K} highest and lowest per node"
+                return _noted(
+                    self.top_examples(  # type: ignore[attr-defined]
+                        dst, layer, node_index, k, context, head, run_id, pass_type, bottom, skip_first
+                    ),
+                    note,
+                )
+            where, params = _summary_filter(dst, pass_type, skip_first, layer, node_index, head, run_id)
+            order = f"value {'ASC' if bottom else 'DESC'}, prompt_id, token, token2, head"
+            hits = (
+                f"SELECT row_number() OVER (ORDER BY {order}) AS rank, * FROM (SELECT prompt_id, token,"
+                " nullif(token2, -1) AS token2, nullif(head, -1) AS head, value"
+                f" FROM node_examples WHERE side = ?{where} ORDER BY {order} LIMIT ?)"
+            )
+            return with_context(con, hits, ["bottom" if bottom else "top", *params, k], context)
+
+    # -- where the figures come from -----------------------------------------------------------------
+
+    def _use_summaries(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        dst: str,
+        pass_type: str,
+        skip_first: int,
+        layer: int | None,
+        run_id: int | None,
+    ) -> str | None:
+        """None when the summaries answer; else the note saying why a scan does. Checks the input first."""
+        self._check_dst(con, dst)  # type: ignore[attr-defined]
+        if pass_type not in ("forward", "backward"):
+            raise db.WarehouseError(f"unknown pass type {pass_type!r}: use forward or backward")
+        if skip_first < 0:
+            raise db.WarehouseError(f"--skip-first must be 0 or more, not {skip_first}")
+        _check_run(con, run_id)
+        _check_layer(con, dst, layer)
+        if not summarised(dst):
+            return f"answered by a scan: {dst} has no per-node summaries (its cost grows with the dataset)"
+        if skip_first > 1:
+            return "answered by a scan: the summaries keep position 0 apart, not later first tokens"
+        if not _has_summary_tables(con):
+            return "answered by a scan: this warehouse was ingested before per-node summaries"
+        missing = _runs_without_summaries(con, run_id)
+        if missing:
+            return f"answered by a scan: run {', '.join(map(str, missing))} was stored without per-node summaries"
+        return None
+
+    def _merged(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        dst: str,
+        pass_type: str,
+        skip_first: int,
+        layer: int | None,
+        node_index: int | None,
+        head: int | None,
+        run_id: int | None,
+        histogram: bool = True,
+    ) -> _Merged:
+        """Merged rows; without `histogram` their hist is an empty list (adding 24 bins per node is most of
+        a ranking's time)."""
+        note = self._use_summaries(con, dst, pass_type, skip_first, layer, run_id)
+        key = ", ".join(_NODE)
+        if note is None:
+            where, params = _summary_filter(dst, pass_type, skip_first, layer, node_index, head, run_id)
+            hist = ", ".join(f"sum(hist[{i}])::BIGINT" for i in range(1, N_BINS + 1)) if histogram else ""
+            sql = (
+                f"SELECT {key}, sum(n)::BIGINT AS n, sum(sum) AS total, sum(sum_sq) AS total_sq,"
+                " sum(sum_abs) AS abs_total, min(min) AS min, max(max) AS max, sum(n_nonzero)::BIGINT AS n_nonzero,"
+                f" list_value({hist}) AS hist FROM node_summaries JOIN runs USING (run_id) WHERE true{where}"
+                f" GROUP BY {key}"
+            )
+            return _Merged(sql, params, None)
+        src = self._source(con, dst, pass_type)  # type: ignore[attr-defined]
+        where, params = _scan_filter(skip_first, layer, node_index, head, run_id)
+        bins = " ".join(f"WHEN value < {edge!r} THEN {i}" for i, edge in enumerate(EDGES))
+        hist = ", ".join(f"count(*) FILTER (WHERE bin = {i})" for i in range(N_BINS)) if histogram else ""
+        sql = (
+            f"SELECT {key}, count(value)::BIGINT AS n, sum(value::DOUBLE) AS total,"
+            " sum(value::DOUBLE * value) AS total_sq, sum(abs(value::DOUBLE)) AS abs_total, min(value) AS min,"
+            f" max(value) AS max, count(*) FILTER (WHERE value <> 0) AS n_nonzero, list_value({hist}) AS hist"
+            f" FROM (SELECT p.model_id, coalesce(s.layer, -1) AS layer, coalesce(s.head, -1) AS head, s.node_type,"
+            f" s.node_index, s.token, p.run_id, s.value, CASE {bins} ELSE {len(EDGES)} END AS bin"
+            f" FROM ({src.sql}) s JOIN prompts p USING (prompt_id)) WHERE true{where} GROUP BY {key}"
+        )
+        return _Merged(sql, [*src.params, *params], note)
+
+
+def _summary_filter(
+    dst: str,
+    pass_type: str,
+    skip_first: int,
+    layer: int | None,
+    node_index: int | None,
+    head: int | None,
+    run_id: int | None,
+) -> tuple[str, list[Any]]:
+    where, params = " AND dst = ? AND pass_type = ?", [dst, pass_type]
+    if skip_first:
+        where += " AND NOT first_token"
+    if layer is not None or node_index is not None:  # one node: a dst without layers is stored at -1
+        where += " AND layer = ?"
+        params.append(-1 if layer is None else layer)
+    return _node_and_run(where, params, node_index, head, run_id)
+
+
+def _scan_filter(
+    skip_first: int, layer: int | None, node_index: int | None, head: int | None, run_id: int | None
+) -> tuple[str, list[Any]]:
+    where, params = " AND token >= ?", [skip_first]
+    if layer is not None or node_index is not None:
+        where += " AND layer = ?"
+        params.append(-1 if layer is None else layer)
+    return _node_and_run(where, params, node_index, head, run_id)
+
+
+def _node_and_run(
+    where: str, params: list[Any], node_index: int | None, head: int | None, run_id: int | None
+) -> tuple[str, list[Any]]:
+    if node_index is not None:
+        where += " AND node_index = ?"
+        params.append(node_index)
+    if head is not None:
+        where += " AND head = ?"
+        params.append(head)
+    if run_id is not None:
+        where += " AND run_id = ?"
+        params.append(run_id)
+    return where, params
+
+
+def _check_k(k: int) -> None:
+    if k < 1:
+        raise db.WarehouseError(f"k must be at least 1, not {k}")
+
+
+def _check_run(con: duckdb.DuckDBPyConnection, run_id: int | None) -> None:
+    if run_id is None:
+        return
+    if not con.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchall()[0][0]:
+        known = [r[0] for r in con.execute("SELECT run_id FROM runs ORDER BY run_id").fetchall()]
+        raise db.WarehouseError(f"no run {run_id} in this warehouse (runs: {', '.join(map(str, known)) or 'none'})")
+
+
+def _check_layer(con: duckdb.DuckDBPyConnection, dst: str, layer: int | None) -> None:
+    if layer is None:
+        return
+    loc = registry.LOCATION_BY_DST.get(dst)
+    if loc is not None and not loc.has_layers:
+        raise db.WarehouseError(f"{dst} has no layers: leave out --layer")
+    n_layers = con.execute("SELECT max(n_layers) FROM models").fetchall()[0][0]
+    if n_layers is None or not 0 <= layer < n_layers:
+        span = f"0..{n_layers - 1}" if n_layers else "none: nothing is stored yet"
+        raise db.WarehouseError(f"layer {layer} does not exist in the stored models (layers {span})")
+
+
+def _has_summary_tables(con: duckdb.DuckDBPyConnection) -> bool:
+    found = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database()"
+        " AND table_name IN ('node_summaries', 'node_examples')"
+    ).fetchall()
+    return found[0][0] == 2
+
+
+def _runs_without_summaries(con: duckdb.DuckDBPyConnection, run_id: int | None) -> list[int]:
+    """Runs with stored prompts (run `run_id` only, when given) and no summary row at all: written by
+    another path (a converted single-file warehouse, rows inserted by hand). An ingest writes a batch's
+    summaries in the batch's own transaction, so any other run's summaries cover all its prompts."""
+    scope, params = ("WHERE run_id = ?", [run_id]) if run_id is not None else ("", [])
+    rows = con.execute(
+        f"SELECT DISTINCT run_id FROM prompts {scope} EXCEPT SELECT DISTINCT run_id FROM node_summaries ORDER BY 1",
+        params,
+    ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def _fetch(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> pa.Table:
+    try:
+        return con.execute(sql, params).to_arrow_table()
+    except duckdb.Error as exc:
+        raise db.WarehouseError(f"query failed: {str(exc).splitlines()[0]}") from exc
+
+
+def _noted(table: pa.Table, note: str | None) -> pa.Table:
+    return with_notes(table, [note] if note else [])

@@ -1,0 +1,235 @@
+"""Per-node summaries: each equals the aggregate over the stored rows it summarises (raw and derived dsts,
+with and without the first token, over many batches, two runs, mixed prompt lengths, float32 and
+bfloat16), and the rankings, node statistics and examples read from them equal direct SQL over the rows.
+
+The oracle is SQL over `facts` and the derived views (the definition), plus NumPy for histograms; it
+shares nothing with the capture-time computation but the documented bin edges.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from ingest.prompts import PromptInput
+from ingest.worker import IngestOptions, ingest
+from queries.api import Warehouse
+from queries.notes import notes
+from warehouse import db, summaries
+
+WORDS = [
+    "the",
+    "river",
+    "ran",
+    "past",
+    "old",
+    "mills",
+    "while",
+    "seven",
+    "quiet",
+    "birds",
+    "sang",
+    "over",
+    "green",
+    "hills",
+    "at",
+    "dawn",
+]
+# Powers of ten from 1e-5 to 1e5 on both sides of zero, as documented in warehouse/schema.sql.
+EDGES = [-(10.0**e) for e in range(5, -6, -1)] + [0.0] + [10.0**e for e in range(-5, 6)]
+# Every summarised dst's rows, in the node-key shape of the summary tables (layer and head -1 for none).
+ROWS = """
+SELECT p.run_id, f.dst, f.pass_type, coalesce(f.layer, -1) AS layer, coalesce(f.head, -1) AS head, f.node_type,
+       f.node_index, f.token = 0 AS first_token, f.prompt_id, f.token, coalesce(f.token2, -1) AS token2, f.value
+FROM (SELECT prompt_id, token, token2, layer, head, node_type::VARCHAR AS node_type, node_index, dst::VARCHAR AS dst,
+             'forward' AS pass_type, forward AS value FROM facts WHERE forward IS NOT NULL AND dst <> 'logits'
+      UNION ALL
+      SELECT prompt_id, token, token2, layer, head, node_type, node_index, dst, 'backward', backward
+      FROM facts WHERE backward IS NOT NULL AND dst <> 'logits'
+      UNION ALL SELECT prompt_id, token, token2, layer, head, node_type, node_index, dst, pass_type, value
+      FROM mlp_act_times_grad
+      UNION ALL SELECT prompt_id, token, token2, layer, head, node_type, node_index, dst, pass_type, value
+      FROM unflattened_attn_act_times_grad) f
+JOIN prompts p USING (prompt_id)
+"""
+KEY = ["run_id", "dst", "pass_type", "layer", "head", "node_type", "node_index", "first_token"]
+
+
+def _prompts(n: int, seed: int) -> list[PromptInput]:
+    rng = np.random.default_rng(seed)
+    return [PromptInput(" ".join(rng.choice(WORDS, size=int(rng.integers(2, 12))))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two runs: 20 prompts in batches of one (16 batches merge into a level-1 segment mid-run, the rest
+    stay at level 0 until the run finishes) in float32, then 7 in batches of 3 in bfloat16."""
+    path = tmp_path_factory.mktemp("summaries") / "lake"
+    common = {"model": "gpt2-tiny", "progress": False}
+    ingest(path, _prompts(20, 0), IngestOptions(batch_size=1, **common))
+    ingest(path, _prompts(7, 1), IngestOptions(batch_size=3, precision="bfloat16", **common))
+    return path
+
+
+def _rows(path: Path) -> dict[tuple, np.ndarray]:
+    with db.connect(path, read_only=True) as con:
+        table = con.sql(f"SELECT {', '.join(KEY)}, value FROM ({ROWS})").fetchnumpy()
+    keys = list(zip(*(table[c] for c in KEY), strict=True))
+    grouped: dict[tuple, list[float]] = {}
+    for key, value in zip(keys, table["value"], strict=True):
+        grouped.setdefault(tuple(k.item() if hasattr(k, "item") else k for k in key), []).append(float(value))
+    return {key: np.asarray(values, np.float32) for key, values in grouped.items()}
+
+
+def test_every_summary_equals_the_aggregate_of_its_rows(lake: Path) -> None:
+    expected = _rows(lake)
+    with db.connect(lake, read_only=True) as con:
+        relation = con.sql(f"SELECT {', '.join(KEY)}, * EXCLUDE ({', '.join(KEY)}) FROM node_summaries")
+        columns, stored = relation.columns, relation.fetchall()
+        levels = {r[0] for r in con.sql("SELECT DISTINCT level FROM node_summaries").fetchall()}
+    assert levels == {summaries.FINAL_LEVEL}, "a finished run's segments are merged into one"
+    got = {tuple(row[: len(KEY)]): dict(zip(columns, row, strict=True)) for row in stored}
+    assert len(got) == len(stored), "one row per node key once the runs are merged"
+    assert set(got) == set(expected)
+    dsts = {key[1] for key in got}
+    assert {"mlp_post_act", "mlp_act_times_grad", "unflattened_attn_act_times_grad", "attn_qk_probs"} <= dsts
+    assert {key[7] for key in got} == {True, False}
+    for key, values in expected.items():
+        row = got[key]
+        wide = values.astype(np.float64)
+        scale = np.abs(wide).sum() + 1e-30
+        assert row["n"] == values.size, key
+        assert abs(row["sum"] - wide.sum()) <= 1e-6 * scale, key
+        assert abs(row["sum_abs"] - np.abs(wide).sum()) <= 1e-6 * scale, key
+        assert abs(row["sum_sq"] - (wide * wide).sum()) <= 1e-6 * ((wide * wide).sum() + 1e-30), key
+        assert row["min"] == values.min() and row["max"] == values.max(), key
+        assert row["n_nonzero"] == np.count_nonzero(values), key
+        assert row["hist"] == np.bincount(np.searchsorted(EDGES, values, side="right"), minlength=24).tolist(), key
+
+
+def test_examples_hold_every_nodes_top_and_bottom_k(lake: Path) -> None:
+    expected = _rows(lake)
+    with db.connect(lake, read_only=True) as con:
+        kept = con.sql(f"SELECT {', '.join(KEY)}, side, value FROM node_examples").fetchall()
+    by_key: dict[tuple, dict[str, list[float]]] = {}
+    for row in kept:
+        by_key.setdefault(tuple(row[: len(KEY)]), {"top": [], "bottom": []})[row[len(KEY)]].append(row[-1])
+    k = summaries.EXAMPLES_K
+    assert any(len(v) > k for v in expected.values()), "some node must have more rows than it keeps"
+    for key, values in expected.items():
+        ordered = np.sort(values)
+        assert sorted(by_key[key]["top"], reverse=True)[:k] == ordered[::-1][:k].tolist(), key
+        assert sorted(by_key[key]["bottom"])[:k] == ordered[:k].tolist(), key
+
+
+RANK_ORACLE = {
+    "mean": "avg(value::DOUBLE)",
+    "sum": "sum(value::DOUBLE)",
+    "max": "max(value)",
+    "abs-mean": "avg(abs(value::DOUBLE))",
+    "density": "avg((value <> 0)::DOUBLE)",
+}
+
+
+@pytest.mark.parametrize("skip_first", [0, 1, 2])
+@pytest.mark.parametrize("by", list(RANK_ORACLE))
+def test_rank_equals_a_direct_sql_aggregate(lake: Path, by: str, skip_first: int) -> None:
+    wh = Warehouse(lake)
+    for dst, layer, run in (("mlp_act_times_grad", None, None), ("mlp_post_act", 1, 1), ("attn_qk_probs", 0, 0)):
+        ranked = wh.rank_nodes(dst, by=by, k=7, layer=layer, run=run, skip_first=skip_first)
+        where = f" AND dst = '{dst}' AND pass_type = 'forward' AND token >= {skip_first}"
+        where += "" if layer is None else f" AND layer = {layer}"
+        where += "" if run is None else f" AND run_id = {run}"
+        oracle = wh.sql(
+            f"SELECT layer, node_index, {RANK_ORACLE[by]} AS value FROM ({ROWS}) f WHERE true{where}"
+            " GROUP BY layer, node_index ORDER BY value DESC, layer, node_index LIMIT 7"
+        ).to_pylist()
+        assert ranked["value"].to_pylist() == pytest.approx([r["value"] for r in oracle], rel=1e-6, abs=1e-12)
+        values = ranked["value"].to_pylist()
+        if len(set(values)) == len(values):  # without ties the nodes are the same too
+            got = list(zip(ranked["layer"].to_pylist(), ranked["node_index"].to_pylist(), strict=True))
+            assert got == [(r["layer"], r["node_index"]) for r in oracle]
+        scanned = any("scan" in n for n in notes(ranked))
+        assert scanned == (skip_first > 1)
+
+
+@pytest.mark.parametrize("skip_first", [0, 1, 2])
+def test_node_summary_and_examples_equal_sql_over_the_rows(lake: Path, skip_first: int) -> None:
+    wh = Warehouse(lake)
+    for dst, layer, node, pass_type in (("mlp_post_act", 1, 5, "backward"), ("attn_qk_probs", 1, 2, "forward")):
+        values = wh.sql(
+            f"SELECT value FROM ({ROWS}) f WHERE dst = ? AND pass_type = ? AND layer = ? AND node_index = ?"
+            " AND token >= ?",
+            [dst, pass_type, layer, node, skip_first],
+        )["value"].to_numpy()
+        stats = wh.node_summary(dst, layer, node, pass_type=pass_type, skip_first=skip_first)
+        row = stats.summary.to_pylist()[0]
+        assert row["count"] == values.size
+        assert row["mean"] == pytest.approx(values.astype(np.float64).mean(), rel=1e-9)
+        assert row["std"] == pytest.approx(values.astype(np.float64).std(ddof=1), rel=1e-6)
+        assert (row["min"], row["max"]) == (values.min(), values.max())
+        assert row["frac_nonzero"] == np.count_nonzero(values) / values.size
+        hist = np.bincount(np.searchsorted(EDGES, values, side="right"), minlength=24)
+        assert stats.histogram["count"].to_pylist() == hist.tolist()
+        for bottom in (False, True):
+            got = wh.examples(dst, layer, node, k=12, pass_type=pass_type, bottom=bottom, skip_first=skip_first)
+            ordered = np.sort(values) if bottom else np.sort(values)[::-1]
+            assert got["value"].to_pylist() == ordered[:12].tolist()
+            scan = wh.top_examples(dst, layer, node, k=12, pass_type=pass_type, bottom=bottom, skip_first=skip_first)
+            if len(set(ordered[:13].tolist())) == 13:  # no ties: the same rows, with the same contexts
+                assert got.to_pylist() == scan.to_pylist()
+
+
+def test_skip_first_leaves_out_position_zero_in_the_node_table(lake: Path) -> None:
+    wh = Warehouse(lake)
+    kept = wh.top_nodes(3, "mlp_act_times_grad", k=50)
+    skipped = wh.top_nodes(3, "mlp_act_times_grad", k=50, skip_first=1)
+    assert 0 in kept["token"].to_pylist()
+    assert 0 not in skipped["token"].to_pylist()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["rank", "--dst", "mlp_post_acts"], "unknown dst 'mlp_post_acts'"),
+        (["rank", "--dst", "mlp_post_act", "--layer", "9"], "layer 9 does not exist"),
+        (["rank", "--dst", "mlp_post_act", "-k", "0"], "k must be at least 1"),
+        (["rank", "--dst", "mlp_post_act", "--run", "7"], "no run 7"),
+        (["rank", "--dst", "mlp_post_act", "--by", "median"], "unknown --by 'median'"),
+        (["rank", "--dst", "resid_post_embedding", "--layer", "0"], "has no layers"),
+        (["examples", "--dst", "mlp_post_act", "--layer", "5", "--node", "1"], "layer 5 does not exist"),
+        (["node-stats", "--dst", "mlp_post_act", "--layer", "0", "--node", "1", "--run", "4"], "no run 4"),
+        (["node-stats", "--dst", "mlp_post_act", "--layer", "0", "--node", "1", "--skip-first", "-1"], "skip-first"),
+    ],
+)
+def test_bad_input_gets_one_line(lake: Path, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, [*args, "--db", str(lake)])
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.output
+
+
+def test_rank_command_lists_the_top_nodes(lake: Path) -> None:
+    result = CliRunner().invoke(main, ["rank", "--dst", "mlp_act_times_grad", "-k", "3", "--db", str(lake)])
+    assert result.exit_code == 0, result.output
+    assert "(3 rows)" in result.output
+
+
+def test_a_run_stored_without_summaries_is_answered_by_a_scan(tmp_path: Path) -> None:
+    path = tmp_path / "lake"
+    ingest(path, _prompts(3, 2), IngestOptions(model="gpt2-tiny", progress=False, summaries=False))
+    wh = Warehouse(path)
+    assert wh.sql("SELECT count(*) AS n FROM node_summaries")["n"].to_pylist() == [0]
+    ranked = wh.rank_nodes("mlp_post_act", by="sum", k=3, skip_first=1)
+    assert any("stored without per-node summaries" in n for n in notes(ranked))
+    oracle = wh.sql(
+        "SELECT sum(value::DOUBLE) AS v FROM activations WHERE dst = 'mlp_post_act' AND pass_type = 'forward'"
+        " AND token >= 1 GROUP BY layer, node_index ORDER BY v DESC LIMIT 3"
+    )
+    assert ranked["value"].to_pylist() == pytest.approx(oracle["v"].to_pylist(), rel=1e-9)
+    examples = wh.examples("mlp_post_act", 1, 4, k=2, skip_first=0)
+    assert examples.num_rows == 2 and any("scan" in n for n in notes(examples))
