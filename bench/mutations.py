@@ -454,6 +454,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
     ),
     Mutation(
+        "summaries_kept_for_dropped_prompts",
+        "a batch that lost prompts to another writer stores summaries counting them (twice, with the winner's)",
+        replace(WRITER, "if run_id in self._unsummarised or renumbering.kept < batch.prompts.num_rows:", "if False:"),
+        ("tests/test_shared_catalog.py::test_a_batch_that_loses_prompts_to_another_writer_leaves_its_run_to_a_scan",),
+    ),
+    Mutation(
         "token_text_replacement_characters",
         "token display texts decode each token alone, writing U+FFFD for a character split across tokens",
         replace(

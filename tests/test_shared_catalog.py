@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from cli import main
 from queries import Warehouse
+from queries.notes import notes
 from warehouse import db
 from warehouse.writer import LakeWriter
 
@@ -143,3 +144,25 @@ def test_model_rows_added_after_registration_are_decided_again_after_a_lost_conf
 
 def _vocab(*ids: int) -> pa.Table:
     return pa.table({"token_id": pa.array(ids, pa.int32()), "text": [str(i) for i in ids]})
+
+
+def test_a_batch_that_loses_prompts_to_another_writer_leaves_its_run_to_a_scan(
+    pg_catalog: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's summaries count every prompt it captured; when the commit leaves out one another writer
+    stored first (a shard run twice: here the resume check is made to see nothing), its run keeps no
+    summaries and the ranking is answered by a scan of what is stored, each prompt once."""
+    _invoke("ingest", "--db", pg_catalog, "--data-path", str(tmp_path / "shared"), "--model", "gpt2-tiny",
+            "--quiet", *PROMPTS[:4], *TARGET)  # fmt: skip
+    monkeypatch.setattr(LakeWriter, "committed_keys", lambda self, model_id: set())
+    _ingest(pg_catalog)  # its batch holds the two stored prompts and a new one
+    shared = Warehouse(pg_catalog)
+    assert shared.sql("SELECT count(*) AS n FROM prompts")["n"].to_pylist() == [3]
+    assert shared.sql("SELECT DISTINCT run_id FROM node_summaries")["run_id"].to_pylist() == [0]
+    ranked = shared.rank_nodes("mlp_post_act", by="sum", k=3, skip_first=1)
+    assert any("run 1 was stored without per-node summaries" in n for n in notes(ranked))
+    oracle = shared.sql(
+        "SELECT sum(value::DOUBLE) AS v FROM activations WHERE dst = 'mlp_post_act' AND pass_type = 'forward'"
+        " AND token >= 1 GROUP BY layer, node_index ORDER BY v DESC LIMIT 3"
+    )
+    assert ranked["value"].to_pylist() == pytest.approx(oracle["v"].to_pylist(), rel=1e-9)
