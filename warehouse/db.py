@@ -27,9 +27,18 @@ DERIVED_DIR = QUERIES / "derived"
 SUPPORT_DIR = QUERIES / "support"
 DASHBOARD_DIR = QUERIES / "dashboards"
 
-# Version 1 was a single DuckDB file (long rows, ENUM names); version 2 is the DuckLake. Bump when the
-# lake's tables change, and add the step to MIGRATIONS below.
-SCHEMA_VERSION = 2
+# Version 1 was a single DuckDB file (long rows, ENUM names); version 2 is the DuckLake; version 3 adds
+# token bytes, SAEs and per-node summaries. Bump when the lake's tables change, and add the step to
+# MIGRATIONS below.
+SCHEMA_VERSION = 3
+# Each version's step to the next, run in one transaction by the first read-write open (schema.sql's
+# CREATE TABLE IF NOT EXISTS adds the new tables).
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        "ALTER TABLE tokens ADD COLUMN IF NOT EXISTS bytes BLOB",
+        "ALTER TABLE vocab ADD COLUMN IF NOT EXISTS bytes BLOB",
+    ),
+}
 # The file magic of a DuckDB database: a warehouse written by actwh before the lake.
 _DUCKDB_MAGIC = b"DUCK"
 _INIT_ATTEMPTS = 5
@@ -190,6 +199,11 @@ def _newer(version: int, path: str | Path) -> NotAWarehouse:
 
 
 def _older(version: int, path: str | Path) -> NotAWarehouse:
+    if version in MIGRATIONS:
+        return NotAWarehouse(
+            f"{path} has schema version {version}, older than this actwh's {SCHEMA_VERSION}: `actwh compact --db "
+            f"{path}` (or any ingest into it) upgrades it"
+        )
     return NotAWarehouse(
         f"{path} has schema version {version}, older than this actwh's {SCHEMA_VERSION}, and there is no migration "
         "from it: open it with the actwh that wrote it, or ingest into a new --db"
@@ -224,9 +238,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, path: str | Path) -> None:
     if version > SCHEMA_VERSION:
         raise _newer(version, path)
     if version < SCHEMA_VERSION:
-        raise NotAWarehouse(
-            f"{path} has schema version {version} and this actwh has no migration from it: ingest into a new --db"
-        )
+        _migrate(con, version, path)
     lake.set_table_options(con)
     has_serial = con.execute("SELECT count(*) FROM meta WHERE key = ?", [concurrency.SERIAL_KEY]).fetchall()[0][0]
     if stored_views(con) != views_fingerprint() or not has_serial:
@@ -234,6 +246,21 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, path: str | Path) -> None:
             concurrency.serialize(con)
             concurrency.ensure_serial(con)
             create_views(con)
+
+
+def _migrate(con: duckdb.DuckDBPyConnection, version: int, path: str | Path) -> None:
+    """Upgrade a lake of an older schema version, step by step, in one transaction."""
+    if any(v not in MIGRATIONS for v in range(version, SCHEMA_VERSION)):
+        raise NotAWarehouse(
+            f"{path} has schema version {version} and this actwh has no migration from it: ingest into a new --db"
+        )
+    with _transaction(con):
+        concurrency.serialize(con)
+        for step in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[step]:
+                con.execute(statement)
+        con.execute(SCHEMA_SQL.read_text())
+        con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
 
 
 @contextlib.contextmanager
