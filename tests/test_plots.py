@@ -71,7 +71,7 @@ def test_examples_plot_shades_each_context_by_the_stored_values(
     hand_db: Path, tmp_path: Path, figures: list[Any]
 ) -> None:
     out = tmp_path / "examples.png"
-    args = ["--dst", "mlp_post_act", "--layer", "0", "--node", "1", "-k", "4", "--context", "2"]
+    args = ["--dst", "mlp_post_act", "--layer", "0", "--node", "1", "-k", "4", "--context", "2", "--skip-first", "0"]
     _invoke("examples", "--db", str(hand_db), *args, "--plot", str(out))
     assert out.read_bytes()[:4] == b"\x89PNG"
     windows = Warehouse(hand_db).example_windows("mlp_post_act", 0, 1, k=4, context=2).to_pylist()
@@ -91,7 +91,7 @@ def test_examples_plot_shades_each_context_by_the_stored_values(
 def test_node_stats_plot_draws_the_histogram(hand_db: Path, tmp_path: Path, figures: list[Any]) -> None:
     out = tmp_path / "hist.png"
     _invoke("node-stats", "--db", str(hand_db), "--dst", "mlp_post_act", "--layer", "0", "--node", "1",
-            "--bins", "5", "--plot", str(out))  # fmt: skip
+            "--bins", "5", "--skip-first", "0", "--plot", str(out))  # fmt: skip
     assert out.read_bytes()[:4] == b"\x89PNG"
     values = [v for prompt in N1_FORWARD.values() for v in prompt]
     low, high = min(values), max(values)
