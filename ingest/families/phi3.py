@@ -4,30 +4,17 @@ first), no biases, optional partial rotary and a sliding window on every layer."
 
 from __future__ import annotations
 
-from ingest.families import llama
-from ingest.families.common import activation
-from ingest.families.fields import USED, ConfigReader, inert
+from ingest.families import llama, mistral
+from ingest.families.fields import ConfigReader, inert
 from ingest.families.spec import Family
 from ingest.families.tensors import StateDict, Weights
 from ingest.model import ModelConfig
 
 FIELDS = {
-    **llama.SHAPE_FIELDS,
-    "hidden_act": USED,
-    "sliding_window": USED,
+    **mistral.FIELDS,
     "resid_pdrop": inert("dropout is off at inference"),
     "embd_pdrop": inert("dropout is off at inference"),
 }
-
-
-def read_config(reader: ConfigReader) -> ModelConfig:
-    window = reader.get("sliding_window")
-    n_layers = int(reader.require("num_hidden_layers"))
-    return llama.shape_config(
-        reader,
-        activation=activation(reader, "hidden_act", "silu"),
-        sliding_windows=(int(window),) * n_layers if window is not None else (),
-    )
 
 
 def convert(cfg: ModelConfig, sd: StateDict, reader: ConfigReader) -> Weights:
@@ -39,4 +26,5 @@ def convert(cfg: ModelConfig, sd: StateDict, reader: ConfigReader) -> Weights:
     return llama.convert_with(llama.Layout(), cfg, sd, reader)
 
 
-FAMILY = Family("phi3", FIELDS, read_config, convert, prefix="model.")
+# The config reads as Mistral's: the same shape fields, activation and sliding window.
+FAMILY = Family("phi3", FIELDS, mistral.read_config, convert, prefix="model.")
