@@ -678,30 +678,58 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "summary_ignores_bfloat16_rounding",
         "summaries are taken of the float32 values when the lake stores them rounded to bfloat16",
-        replace(SUMMARIES, "if self.bfloat16 else values", "if False else values"),
+        replace(SUMMARIES, "if self.bfloat16:  # torch rounds", "if False:  # torch rounds"),
         (f"{SUMMARY_TESTS}::test_every_summary_equals_the_aggregate_of_its_rows",),
     ),
     Mutation(
-        "summary_histogram_off_by_one_edge",
-        "each value is counted in the histogram bin one edge too low",
+        "summary_histogram_ignores_the_edge_inside_a_bit_range",
+        "a float32 value is binned by its top 16 bits alone, though an edge can fall between their values",
         replace(
-            SUMMARIES, "torch.bucketize(values, edges, right=True)", "torch.bucketize(values, edges[1:], right=True)"
+            SUMMARIES,
+            "bins = base.index_select(0, high) + (values.reshape(-1) >= step.index_select(0, high))",
+            "bins = base.index_select(0, high)",
         ),
+        (f"{SUMMARY_TESTS}::test_every_summary_equals_the_aggregate_of_its_rows",),
+    ),
+    Mutation(
+        "summary_histogram_drops_the_tiny_positives",
+        "merging the zeros' own bin back, the values in (0, 1e-5) are left out of the histogram",
+        replace(SUMMARIES, "hist[_ZERO : _ZERO + 2].sum(0, keepdim=True)", "hist[_ZERO : _ZERO + 1]"),
         (f"{SUMMARY_TESTS}::test_every_summary_equals_the_aggregate_of_its_rows",),
     ),
     Mutation(
         "summary_examples_beat_the_running_best",
         "a batch's example candidates must beat the running highest value, not the running K-th",
-        replace(SUMMARIES, "keep_top = top >= high[:, -1:]", "keep_top = top >= high[:, :1]"),
+        replace(
+            SUMMARIES,
+            "return self.value[:, -1] if self.value.shape[1]",
+            "return self.value[:, 0] if self.value.shape[1]",
+        ),
         (f"{SUMMARY_TESTS}::test_examples_hold_every_nodes_top_and_bottom_k",),
     ),
     Mutation(
-        "summary_merge_keeps_one_segment",
-        "merging a level's segments keeps the rows of one segment instead of adding them",
+        "summary_fold_keeps_the_last_batch",
+        "folding a batch into the running figures replaces them instead of adding",
+        replace(SUMMARIES, "m.figures if before is None else before.figures + m.figures", "m.figures"),
+        (f"{SUMMARY_TESTS}::test_every_summary_equals_the_aggregate_of_its_rows",),
+    ),
+    Mutation(
+        "summary_flush_appends",
+        "a flush adds the run's running figures beside the ones it flushed before instead of replacing them",
         replace(
-            "warehouse/summaries.py", "sum(n)::BIGINT AS n, sum(sum) AS sum", "max(n)::BIGINT AS n, max(sum) AS sum"
+            WRITER, 'con.execute("DELETE FROM node_summaries WHERE run_id = ?", [run_id])\n    for table', "for table"
         ),
         (f"{SUMMARY_TESTS}::test_every_summary_equals_the_aggregate_of_its_rows",),
+    ),
+    Mutation(
+        "summary_tail_not_scanned",
+        "prompts the summaries do not cover yet (a killed run's last batches) are left out of the answers",
+        replace(
+            "queries/summaries.py",
+            "        if tail.prompts:\n            scan, scan_params",
+            "        if False:\n            scan, scan_params",
+        ),
+        (f"{SUMMARY_TESTS}::test_a_run_whose_process_died_is_answered_from_its_summaries_and_a_scan_of_the_rest",),
     ),
     Mutation(
         "rank_skip_first_ignored",

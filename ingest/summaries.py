@@ -1,298 +1,370 @@
-"""Per-node summaries of a batch, computed in torch where the batch was captured (on the GPU when the pass
-ran there), before the tensors leave the device.
+"""Per-node summaries, measured in torch where the batch was captured (on the GPU when the pass ran
+there) and kept as running figures of the run until the writer flushes them (warehouse/summaries.py).
 
 The values summarised are the values stored: rounded to bfloat16 first when the ingest stores bfloat16,
 and for the act-times-grad dsts the float32 product of the stored forward and backward values, which is
-what their views compute. Only real tokens count, and causal pairs (k <= q) of token-pair locations. The
-rows a batch adds and the merge are defined in warehouse/summaries.py.
+what their views compute. Only real tokens count, and causal pairs (k <= q) of token-pair locations.
+
+A batch is measured in a few passes over its values, nodes along the columns: the sum in float64, sums
+of squares and absolute values in float32 over blocks of 8 rows then float64, min, max, a histogram bin
+per value read from tables indexed by the value's top 16 bits (zeros in a bin of their own, which counts
+the non-zeros), and the values beyond the run's running K-th highest or lowest (each node's K best while
+the run has fewer than K). Folding a batch into the running figures happens on the writer's thread inside
+its commit, and is adopted only once the commit succeeds.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from warehouse.facts import constant_name
+from ingest.summary_tables import Group, example_table, summary_table
+from warehouse import summaries
 from warehouse.registry import LOCATIONS, ActivationLocation
 from warehouse.summaries import ACT_TIMES_GRAD, EDGES, EXAMPLES_K, N_BINS, summarised_location
 
+# Rows of squares and absolute values summed in float32 before the float64 total: terms of one sign, so the
+# relative error stays under that of 8 additions (8 x 2^-24); the signed sum is taken in float64 throughout.
+_BLOCK = 8
 
-@dataclass
-class _Parts:
-    """The batch's summary and example rows, one Arrow table per (dst, pass, first_token) chunk."""
 
-    summaries: list[pa.Table] = field(default_factory=list)
-    examples: list[pa.Table] = field(default_factory=list)
+@dataclass(frozen=True)
+class Figures:
+    """One group's count (the same for every node), and per node (N,): sums, sum of squares and of
+    absolute values (float64), min and max (float32), non-zeros, and the histogram (N_BINS, N)."""
+
+    n: int
+    sum: torch.Tensor
+    sum_sq: torch.Tensor
+    sum_abs: torch.Tensor
+    min: torch.Tensor
+    max: torch.Tensor
+    n_nonzero: torch.Tensor
+    hist: torch.Tensor
+
+    def __add__(self, other: Figures) -> Figures:
+        return Figures(
+            self.n + other.n,
+            self.sum + other.sum,
+            self.sum_sq + other.sum_sq,
+            self.sum_abs + other.sum_abs,
+            torch.minimum(self.min, other.min),
+            torch.maximum(self.max, other.max),
+            self.n_nonzero + other.n_nonzero,
+            self.hist + other.hist,
+        )
+
+
+@dataclass(frozen=True)
+class Best:
+    """Every node's best values so far, best first, (N, c) with c <= K the same for all nodes: the highest
+    values, or for the bottom side the lowest negated; where they are; whether they are stored yet."""
+
+    value: torch.Tensor
+    prompt_id: torch.Tensor
+    token: torch.Tensor
+    token2: torch.Tensor
+    stored: torch.Tensor
+
+    def threshold(self) -> torch.Tensor | None:
+        """(N,) the K-th best value of each node, once every node has K."""
+        return self.value[:, -1] if self.value.shape[1] == EXAMPLES_K else None
+
+
+@dataclass(frozen=True)
+class _Candidates:
+    """A batch's values of one side that may enter the best K (negated for the bottom side): (N, c) per
+    node, best first, padded with -inf; and each entry's row into the batch's positions."""
+
+    value: torch.Tensor
+    row: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """One group of one batch: its figures, candidates, and the (batch index, token, token2) of its rows."""
+
+    group: Group
+    figures: Figures
+    top: _Candidates
+    bottom: _Candidates
+    positions: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Running:
+    """One group's figures over the run's committed batches, and its best and worst K per node."""
+
+    group: Group
+    figures: Figures
+    top: Best
+    bottom: Best
 
 
 class SummaryState:
-    """The running K-th highest and lowest value of every node seen so far in this run (per dst, pass,
-    layer and first_token group): a batch's example candidates are only the values that reach them, so
-    the stored candidates always hold every node's K highest and lowest values, at a cost that falls
-    as the run goes on (about K (1 + ln batches) rows per node and side in all)."""
+    """The running summaries of one ingest run (one per worker). `measure` runs on the model's thread;
+    the writer's thread folds each measured batch in as it commits (BatchSummary)."""
 
-    def __init__(self, bfloat16: bool, k: int = EXAMPLES_K) -> None:
+    def __init__(self, bfloat16: bool) -> None:
         self.bfloat16 = bfloat16
-        self.k = k
-        self._best: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.flush_tokens = summaries.FLUSH_TOKENS
+        self.running: dict[tuple, Running] = {}  # replaced whole on each commit, never changed in place
+        self.unflushed = 0  # tokens committed since the last flush
 
-    def batch_tables(
+    def measure(
         self,
         forward: dict[tuple[str, int | None], torch.Tensor],
         backward: dict[tuple[str, int | None], torch.Tensor],
         lengths: torch.Tensor,
-        prompt_ids: np.ndarray,
-    ) -> tuple[pa.Table, pa.Table]:
-        """The batch's summary and example rows (see warehouse/schema.sql), from its captured tensors
-        (batch, tokens, ...) right-padded to `lengths`."""
-        parts = _Parts()
-        saved = dict(self._best)  # a batch that fails (out of memory, say) is retried: leave no trace of it
-        try:
-            self._add_all(parts, forward, backward, lengths, prompt_ids)
-        except BaseException:
-            self._best = saved
-            raise
-        return _concat(parts.summaries, SUMMARY_SCHEMA), _concat(parts.examples, EXAMPLE_SCHEMA)
-
-    def _add_all(
-        self,
-        parts: _Parts,
-        forward: dict[tuple[str, int | None], torch.Tensor],
-        backward: dict[tuple[str, int | None], torch.Tensor],
-        lengths: torch.Tensor,
-        prompt_ids: np.ndarray,
-    ) -> None:
-        # One computation per location and pass, every layer at once (a call per layer cost more than the
-        # arithmetic): the layers become one more node axis.
+    ) -> BatchSummary:
+        """The batch's figures and example candidates, from its captured tensors (batch, tokens, ...)
+        right-padded to `lengths`."""
+        measured: list[_Measured] = []
         with torch.no_grad():
-            for name in sorted({name for name, _ in [*forward, *backward] if summarised_location(LOCATIONS[name])}):
+            names = {name for name, _ in [*forward, *backward] if summarised_location(LOCATIONS[name])}
+            for name in sorted(names):
                 loc = LOCATIONS[name]
-                stacked = {}
-                for pass_type, tensors in (("forward", forward), ("backward", backward)):
-                    layers = sorted((layer for n, layer in tensors if n == name), key=lambda x: -1 if x is None else x)
-                    if layers:
-                        values = torch.stack([self._stored(tensors[(name, layer)]) for layer in layers], dim=-1)
-                        stacked[pass_type] = (layers, values)
-                        self._summarise(parts, loc, loc.dst, pass_type, layers, values, lengths, prompt_ids)
-                if name in ACT_TIMES_GRAD and len(stacked) == 2 and stacked["forward"][0] == stacked["backward"][0]:
-                    layers, values = stacked["forward"]
-                    product = values * stacked["backward"][1]
-                    self._summarise(parts, loc, ACT_TIMES_GRAD[name], "forward", layers, product, lengths, prompt_ids)
+                for first in (True, False):
+                    measured += self._measure_location(loc, forward, backward, lengths, first)
+        return BatchSummary(self, measured, int(lengths.sum()))
 
-    def _stored(self, tensor: torch.Tensor) -> torch.Tensor:
-        values = tensor.detach().to(torch.float32)
-        # torch's float32 -> bfloat16 conversion rounds to nearest even, as warehouse.facts.round_to_bfloat16
-        return values.to(torch.bfloat16).to(torch.float32) if self.bfloat16 else values
+    def final(self) -> BatchSummary:
+        """A flush of whatever the running figures hold that is not stored yet (the run is ending)."""
+        return BatchSummary(self, [], 0, force=True)
 
-    def _summarise(
+    def _measure_location(
         self,
-        parts: _Parts,
         loc: ActivationLocation,
-        dst: str,
-        pass_type: str,
-        layers: list[int | None],
-        values: torch.Tensor,
+        forward: dict[tuple[str, int | None], torch.Tensor],
+        backward: dict[tuple[str, int | None], torch.Tensor],
         lengths: torch.Tensor,
-        prompt_ids: np.ndarray,
-    ) -> None:
-        """Summary and example rows of `values` (batch, tokens, [tokens,] node axes..., layer)."""
-        n_batch, n_tok = values.shape[:2]
-        pairs = loc.n_token_axes == 2
-        n_second = values.shape[2] if pairs else 1
-        node_shape = values.shape[1 + loc.n_token_axes : -1]
-        device = values.device
-        # nodes first, so that each node's values are one contiguous row to sort
-        by_node = values.reshape(n_batch * n_tok * n_second, -1).T
-        token = torch.arange(n_tok, device=device)
-        valid = (token[None, :] < lengths.to(device)[:, None])[:, :, None]
-        if pairs:
-            valid = valid & (torch.arange(n_second, device=device)[None, :] <= token[:, None])[None]
-        else:
-            valid = valid.expand(n_batch, n_tok, 1)
-        head, node_index = _node_columns(loc, node_shape)
-        n_layers = len(layers)
-        layer = np.tile(np.array([-1 if x is None else x for x in layers], np.int16), node_index.size)
-        head, node_index = np.repeat(head, n_layers), np.repeat(node_index, n_layers)
-        for first in (True, False):
-            chosen = valid & ((token == 0) if first else (token > 0))[None, :, None]
-            where = chosen.reshape(-1).nonzero().squeeze(1)
-            if where.numel() == 0:
+        first: bool,
+    ) -> list[_Measured]:
+        measured, gathered = [], {}
+        for pass_type, tensors in (("forward", forward), ("backward", backward)):
+            layers = sorted((layer for n, layer in tensors if n == loc.name), key=lambda x: -1 if x is None else x)
+            if not layers:
                 continue
-            chunk = by_node.index_select(1, where)  # (nodes, rows)
-            k = min(self.k, chunk.shape[1])
-            top, top_at = chunk.topk(k, dim=1)  # highest first
-            bottom, bottom_at = chunk.topk(k, dim=1, largest=False)  # lowest first
-            keys = _key_columns(dst, pass_type, layer, loc, head, node_index, first)
-            parts.summaries.append(_summary_table(keys, chunk, top[:, 0], bottom[:, 0]))
-            positions = np.stack(np.unravel_index(where.cpu().numpy(), (n_batch, n_tok, n_second)), axis=1)
-            key = (dst, pass_type, tuple(layers), first)
-            example = self._candidates(key, top, top_at, bottom, bottom_at, positions, prompt_ids, pairs)
-            parts.examples.append(_example_table(keys, *example))
+            sample = tensors[(loc.name, layers[0])]
+            where, positions = _rows(loc, sample.shape, lengths.to(sample.device), first)
+            if where.numel() == 0:
+                return []
+            n_grid = int(np.prod(sample.shape[: 1 + loc.n_token_axes]))
+            values = self._gather([tensors[(loc.name, layer)] for layer in layers], n_grid, where)
+            gathered[pass_type] = (layers, values)
+            node_shape = sample.shape[1 + loc.n_token_axes :]
+            group = Group.of(loc, loc.dst, pass_type, layers, node_shape, first)
+            measured.append(self._measure(group, values, where.numel(), positions, self.bfloat16))
+            if pass_type == "backward" and loc.name in ACT_TIMES_GRAD and gathered.get("forward", ([],))[0] == layers:
+                product = gathered["forward"][1] * values  # the view's forward * backward, in float32
+                group = Group.of(loc, ACT_TIMES_GRAD[loc.name], "forward", layers, node_shape, first)
+                measured.append(self._measure(group, product, where.numel(), positions, False))
+        return measured
 
-    def _candidates(
-        self,
-        key: tuple,
-        top: torch.Tensor,
-        top_at: torch.Tensor,
-        bottom: torch.Tensor,
-        bottom_at: torch.Tensor,
-        positions: np.ndarray,
-        prompt_ids: np.ndarray,
-        pairs: bool,
-    ) -> tuple[np.ndarray, ...]:
-        """(node, side, prompt_id, token, token2, value) columns of the batch's example candidates: its K
-        highest and lowest values of each node (`top`/`bottom` (nodes, k), highest/lowest first, `*_at`
-        their rows) that reach the run's running K-th highest or lowest."""
-        k = top.shape[1]
-        best = self._best.get(key)
-        keep_top = keep_bottom = torch.ones_like(top, dtype=torch.bool)
-        if best is not None:
-            high, low = best
-            # Ties with the running K-th are kept: the K highest may be any of the tied rows.
-            if high.shape[1] >= self.k:
-                keep_top = top >= high[:, -1:]
-                keep_bottom = bottom <= low[:, -1:]
-            top_merged = torch.cat([high, top], dim=1).topk(min(self.k, high.shape[1] + k), dim=1).values
-            bottom_merged = torch.cat([low, bottom], dim=1).topk(min(self.k, low.shape[1] + k), dim=1, largest=False)
-            self._best[key] = (top_merged, bottom_merged.values)
-        else:  # a copy: a view would keep the whole sorted batch alive for the rest of the run
-            self._best[key] = (top, bottom.clone())
-        columns = []
-        for side, values, at, keep in ((0, top, top_at, keep_top), (1, bottom, bottom_at, keep_bottom)):
-            node, rank = keep.nonzero(as_tuple=True)
-            where = positions[at[node, rank].cpu().numpy()]
-            columns.append((node.cpu().numpy(), np.full(node.numel(), side, np.int8), where, values[node, rank]))
-        node = np.concatenate([c[0] for c in columns])
-        side = np.concatenate([c[1] for c in columns])
-        where = np.concatenate([c[2] for c in columns])
-        value = torch.cat([c[3] for c in columns]).cpu().numpy()
-        token2 = where[:, 2] if pairs else np.full(node.size, -1)
-        return node, side, prompt_ids[where[:, 0]].astype(np.int32), where[:, 1], token2, value
+    def _gather(self, tensors: list[torch.Tensor], n_grid: int, where: torch.Tensor) -> torch.Tensor:
+        """(rows rounded up to _BLOCK, layers x nodes) float32: the chosen rows of every layer side by side
+        (each tensor seen as (n_grid, nodes)), as stored (rounded to bfloat16 when the ingest stores
+        bfloat16); the extra rows are zeros."""
+        n_rows = where.numel()
+        flat = [t.detach().reshape(n_grid, -1) for t in tensors]
+        n_nodes = flat[0].shape[1]
+        out = torch.zeros((-(-n_rows // _BLOCK) * _BLOCK, len(flat) * n_nodes), device=where.device)
+        for i, part in enumerate(flat):
+            out[:n_rows, i * n_nodes : (i + 1) * n_nodes] = part.index_select(0, where)
+        if self.bfloat16:  # torch rounds to nearest even, as warehouse.facts.round_to_bfloat16
+            out[:n_rows] = out[:n_rows].to(torch.bfloat16)
+        return out
 
-
-def _node_columns(loc: ActivationLocation, node_shape: torch.Size) -> tuple[np.ndarray, np.ndarray]:
-    """head and node_index of each flattened node, as the fact rows give them (-1: no head column)."""
-    grid = np.indices(tuple(node_shape)).reshape(len(node_shape), -1)
-    head = grid[loc.head_axis - loc.n_token_axes] if loc.head_axis is not None else np.full(grid.shape[1], -1)
-    return head.astype(np.int16), grid[-1].astype(np.int32)
+    def _measure(
+        self, group: Group, values: torch.Tensor, n_rows: int, positions: torch.Tensor, in_bfloat16: bool
+    ) -> _Measured:
+        """`in_bfloat16`: every value is a bfloat16 (the stored values, not their products)."""
+        real = values[:n_rows]
+        blocks = values.view(-1, _BLOCK, values.shape[1])
+        hist = _histogram(real, in_bfloat16)  # with zeros in a bin of their own, merged below
+        minima, maxima = real.amin(0), real.amax(0)
+        figures = Figures(
+            n_rows,
+            values.sum(0, dtype=torch.float64),
+            _total(blocks * blocks),
+            _total(blocks.abs()),
+            minima,
+            maxima,
+            n_rows - hist[_ZERO],
+            torch.cat([hist[:_ZERO], hist[_ZERO : _ZERO + 2].sum(0, keepdim=True), hist[_ZERO + 2 :]]),
+        )
+        running = self.running.get(group.key)
+        top = _candidates(real, running.top.threshold() if running else None, maxima, True)
+        bottom = _candidates(real, running.bottom.threshold() if running else None, minima, False)
+        return _Measured(group, figures, top, bottom, positions)
 
 
-_NAME = pa.dictionary(pa.int8(), pa.string())
-_KEY_FIELDS = [
-    ("dst", _NAME),
-    ("pass_type", _NAME),
-    ("layer", pa.int16()),
-    ("head", pa.int16()),
-    ("node_type", _NAME),
-    ("node_index", pa.int32()),
-    ("first_token", pa.bool_()),
-]
-SUMMARY_SCHEMA = pa.schema(
-    [
-        *_KEY_FIELDS,
-        ("n", pa.int64()),
-        ("sum", pa.float64()),
-        ("sum_sq", pa.float64()),
-        ("sum_abs", pa.float64()),
-        ("min", pa.float32()),
-        ("max", pa.float32()),
-        ("n_nonzero", pa.int64()),
-        ("hist", pa.list_(pa.int32())),
-    ]
+class BatchSummary:
+    """One batch's measured summaries, handed to the writer with the batch (warehouse.summaries.SummaryFlush)."""
+
+    def __init__(self, state: SummaryState, measured: list[_Measured], n_tokens: int, force: bool = False) -> None:
+        self._state = state
+        self._measured = measured
+        self._tokens = n_tokens
+        self._force = force
+        self._pending: tuple[dict[tuple, Running], int] | None = None
+
+    def rows(self, prompt_ids: np.ndarray) -> tuple[pa.Table, pa.Table] | None:
+        state = self._state
+        running = dict(state.running)
+        for m in self._measured:
+            ids = torch.tensor(prompt_ids, dtype=torch.int64, device=m.positions.device)
+            where = m.positions
+            before = running.get(m.group.key)
+            running[m.group.key] = Running(
+                m.group,
+                m.figures if before is None else before.figures + m.figures,
+                _fold(before.top if before else None, m.top, where, ids),
+                _fold(before.bottom if before else None, m.bottom, where, ids),
+            )
+        unflushed = state.unflushed + self._tokens
+        tables = None
+        if running and (unflushed >= state.flush_tokens or (self._force and unflushed)):
+            tables = summary_table(running.values()), example_table(running.values())
+            running = {key: _all_stored(r) for key, r in running.items()}
+            unflushed = 0
+        self._pending = running, unflushed
+        return tables
+
+    def committed(self) -> None:
+        if self._pending is not None:
+            self._state.running, self._state.unflushed = self._pending
+            self._pending = None
+
+
+def _rows(
+    loc: ActivationLocation, shape: torch.Size, lengths: torch.Tensor, first: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the summarised rows in the (batch x tokens [x tokens]) grid of a location, position 0
+    (`first`) or the later ones, and each row's (batch index, token, token2 or -1)."""
+    n_tok = shape[1]
+    n_second = shape[2] if loc.n_token_axes == 2 else 1
+    device = lengths.device
+    token = torch.arange(n_tok, device=device)
+    valid = (token[None, :] < lengths[:, None]) & ((token == 0) if first else (token > 0))[None, :]
+    valid = valid[:, :, None]
+    if loc.n_token_axes == 2:
+        valid = valid & (torch.arange(n_second, device=device)[None, None, :] <= token[None, :, None])
+    where = valid.reshape(-1).nonzero().squeeze(1)
+    second = where % n_second if loc.n_token_axes == 2 else torch.full_like(where, -1)
+    positions = torch.stack([where // (n_tok * n_second), (where // n_second) % n_tok, second], dim=1)
+    return where, positions
+
+
+def _total(blocks: torch.Tensor) -> torch.Tensor:
+    """(N,) float64 column sums of (blocks, _BLOCK, N) non-negative values."""
+    return blocks.sum(1).sum(0, dtype=torch.float64)
+
+
+# Bins as EDGES gives them, but with the bin [0, 1e-5) split at the smallest positive float32, so that
+# the zeros (and only they) fall in a bin of their own, _ZERO: their count is n - n_nonzero.
+_SPLIT_EDGES = (
+    *EDGES[: EDGES.index(0.0) + 1],
+    float(np.nextafter(np.float32(0), np.float32(1))),
+    *EDGES[EDGES.index(0.0) + 1 :],
 )
-EXAMPLE_SCHEMA = pa.schema(
-    [
-        *_KEY_FIELDS,
-        ("side", _NAME),
-        ("prompt_id", pa.int32()),
-        ("token", pa.int16()),
-        ("token2", pa.int16()),
-        ("value", pa.float32()),
-    ]
-)
-_SIDES = pa.array(["top", "bottom"])
+_ZERO = EDGES.index(0.0) + 1
+_BIN_TABLES: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
 
-def _key_columns(
-    dst: str,
-    pass_type: str,
-    layer: np.ndarray,
-    loc: ActivationLocation,
-    head: np.ndarray,
-    node_index: np.ndarray,
-    first: bool,
-) -> dict[str, Any]:
-    """The node-key columns of one chunk (per node), as Arrow arrays; names dictionary-encoded."""
-    n = node_index.size
-    return {
-        "dst": constant_name(dst, n),
-        "pass_type": constant_name(pass_type, n),
-        "layer": pa.array(layer),
-        "head": pa.array(head),
-        "node_type": constant_name(loc.node_type.value, n),
-        "node_index": pa.array(node_index),
-        "first_token": pa.array(np.full(n, first)),
+def _bin_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Indexed by a float32's top 16 bits: the bin (of _SPLIT_EDGES) of the lowest value with those bits,
+    the smallest float32 that is a bin further (+inf: none has those bits), and the bin of the value
+    whose low 16 bits are zero (every value stored in bfloat16). Each top-16-bit range holds at most one
+    edge: the edges are a power of ten apart, or the range is [0, 2^-133). Exact against the edges as
+    doubles (EDGES' documented definition)."""
+    tables = _BIN_TABLES.get(device)
+    if tables is None:
+        high = np.arange(1 << 16, dtype=np.uint32) << np.uint32(16)
+        with np.errstate(invalid="ignore"):  # the NaN patterns: their bin does not matter
+            ends = np.stack([high.view(np.float32), (high | np.uint32(0xFFFF)).view(np.float32)]).astype(np.float64)
+        low, top = ends.min(0), ends.max(0)
+        edges = np.asarray(_SPLIT_EDGES, np.float64)
+        base = np.searchsorted(edges, low, side="right")
+        inside = (edges[None, :] > low[:, None]) & (edges[None, :] <= top[:, None])
+        edge = edges[inside.argmax(1)]
+        step = edge.astype(np.float32)  # the smallest float32 >= the edge: rounded up where float32 rounds down
+        step = np.where(step.astype(np.float64) < edge, np.nextafter(step, np.float32(np.inf)), step)
+        step = np.where(inside.any(1), step, np.float32(np.inf)).astype(np.float32)
+        exact = base + (high.view(np.float32) >= step)
+        tables = _BIN_TABLES[device] = (
+            torch.as_tensor(base, dtype=torch.int64, device=device),
+            torch.as_tensor(step, device=device),
+            torch.as_tensor(exact, dtype=torch.int64, device=device),
+        )
+    return tables
+
+
+def _histogram(values: torch.Tensor, in_bfloat16: bool) -> torch.Tensor:
+    """(N_BINS + 1, N) int64 counts of (rows, N) float32 `values` over _SPLIT_EDGES, two table lookups
+    per value (a binary search per value, torch.bucketize, cost three times as much)."""
+    base, step, exact = _bin_tables(values.device)
+    high = ((values.view(torch.int32) >> 16) & 0xFFFF).reshape(-1)
+    if in_bfloat16:
+        bins = exact.index_select(0, high)
+    else:
+        bins = base.index_select(0, high) + (values.reshape(-1) >= step.index_select(0, high))
+    hist = torch.zeros((N_BINS + 1, values.shape[1]), dtype=torch.int64, device=values.device)
+    one = torch.ones((), dtype=torch.int64, device=values.device)
+    return hist.scatter_add_(0, bins.view(values.shape), one.expand(values.shape))
+
+
+def _candidates(values: torch.Tensor, threshold: torch.Tensor | None, extreme: torch.Tensor, top: bool) -> _Candidates:
+    """The values of (rows, N) `values` that may be among their node's K highest (`top`) or lowest: each
+    node's min(K, rows) best while the run has fewer than K, else those beyond the run's K-th
+    (`threshold`, negated for the lowest), looked for only in the nodes whose batch `extreme` (max or
+    min) is beyond it."""
+    n_rows, n_nodes = values.shape
+    device = values.device
+    if threshold is None:
+        best, row = values.topk(min(EXAMPLES_K, n_rows), dim=0, largest=top)
+        return _Candidates((best if top else -best).T.contiguous(), row.T.contiguous())
+    bound = threshold if top else -threshold
+    hot = ((extreme > bound) if top else (extreme < bound)).nonzero().squeeze(1)
+    if hot.numel() == 0:
+        return _Candidates(torch.empty((n_nodes, 0), device=device), torch.empty((n_nodes, 0), dtype=torch.int64))
+    part = values.index_select(1, hot)
+    bound = bound.index_select(0, hot)
+    width = int((((part > bound) if top else (part < bound)).sum(0)).max().clamp(max=EXAMPLES_K))
+    best, row = part.topk(width, dim=0, largest=top)  # (width, hot nodes), best first
+    signed = best if top else -best
+    signed = torch.where(signed > threshold.index_select(0, hot), signed, -torch.inf)  # not beyond: padding
+    matrix = torch.full((n_nodes, width), -torch.inf, device=device)
+    rows = torch.zeros((n_nodes, width), dtype=torch.int64, device=device)
+    matrix[hot] = signed.T
+    rows[hot] = row.T
+    return _Candidates(matrix, rows)
+
+
+def _fold(best: Best | None, found: _Candidates, positions: torch.Tensor, prompt_ids: torch.Tensor) -> Best:
+    """`best` with a batch's candidates folded in: each node's K highest of both."""
+    if best is not None and found.value.shape[1] == 0:
+        return best
+    where = positions[found.row]  # (N, c, 3)
+    new = {
+        "value": found.value,
+        "prompt_id": prompt_ids[where[..., 0]],
+        "token": where[..., 1],
+        "token2": where[..., 2],
+        "stored": torch.zeros_like(found.value, dtype=torch.bool),
     }
+    if best is None:  # the batch gave every node the same number of values (the run had fewer than K)
+        return Best(**new)
+    both = {name: torch.cat([getattr(best, name), matrix], dim=1) for name, matrix in new.items()}
+    kept = both["value"].topk(min(EXAMPLES_K, both["value"].shape[1]), dim=1).indices
+    return Best(**{name: matrix.gather(1, kept) for name, matrix in both.items()})
 
 
-_EDGES: dict[torch.device, torch.Tensor] = {}
+def _all_stored(running: Running) -> Running:
+    def stored(best: Best) -> Best:
+        return replace(best, stored=torch.ones_like(best.stored))
 
-
-def _summary_table(keys: dict[str, Any], values: torch.Tensor, maxima: torch.Tensor, minima: torch.Tensor) -> pa.Table:
-    """One summary row per node from its values (`values`, (nodes, rows)) and their extremes. Linear in the
-    rows (a bucket per value, sums): sorting every node's values tripled a SmolLM2 ingest's time."""
-    n_nodes, n_rows = values.shape
-    edges = _EDGES.get(values.device)
-    if edges is None:
-        edges = _EDGES[values.device] = torch.tensor(EDGES, dtype=torch.float32, device=values.device)
-    # bin j holds EDGES[j-1] <= x < EDGES[j] (the first bin everything below EDGES[0], the last the rest)
-    bins = torch.bucketize(values, edges, right=True)
-    hist = torch.zeros((n_nodes, N_BINS), dtype=torch.int32, device=values.device)
-    hist.scatter_add_(1, bins, torch.ones_like(bins, dtype=torch.int32))
-    zeros = (values == 0).sum(1)
-    hist_flat = pa.array(hist.reshape(-1).cpu().numpy())
-    return pa.table(
-        {
-            **keys,
-            "n": pa.array(np.full(n_nodes, n_rows, np.int64)),
-            "sum": pa.array(values.sum(1, dtype=torch.float64).cpu().numpy()),
-            "sum_sq": pa.array((values * values).sum(1, dtype=torch.float64).cpu().numpy()),
-            "sum_abs": pa.array(values.abs().sum(1, dtype=torch.float64).cpu().numpy()),
-            "min": pa.array(minima.cpu().numpy()),
-            "max": pa.array(maxima.cpu().numpy()),
-            "n_nonzero": pa.array((n_rows - zeros).to(torch.int64).cpu().numpy()),
-            "hist": pa.FixedSizeListArray.from_arrays(hist_flat, N_BINS).cast(pa.list_(pa.int32())),
-        },
-        schema=SUMMARY_SCHEMA,
-    )
-
-
-def _example_table(
-    keys: dict[str, Any],
-    node: np.ndarray,
-    side: np.ndarray,
-    prompt_id: np.ndarray,
-    token: np.ndarray,
-    token2: np.ndarray,
-    value: np.ndarray,
-) -> pa.Table:
-    columns = {name: column.take(pa.array(node)) for name, column in keys.items()}
-    return pa.table(
-        {
-            **columns,
-            "side": pa.DictionaryArray.from_arrays(pa.array(side), _SIDES),
-            "prompt_id": pa.array(prompt_id, pa.int32()),
-            "token": pa.array(token.astype(np.int16)),
-            "token2": pa.array(token2.astype(np.int16)),
-            "value": pa.array(value.astype(np.float32, copy=False)),
-        },
-        schema=EXAMPLE_SCHEMA,
-    )
-
-
-def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
-    return pa.concat_tables(tables) if tables else schema.empty_table()
+    return replace(running, top=stored(running.top), bottom=stored(running.bottom))

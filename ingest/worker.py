@@ -40,7 +40,7 @@ from ingest.prompts import PromptInput, Skipped
 from ingest.sae.load import load_saes
 from ingest.sae.record import record_saes
 from ingest.sae.splice import spliced
-from ingest.summaries import SummaryState
+from ingest.summaries import BatchSummary, SummaryState
 from ingest.tokenizers import Tokenization
 from warehouse.registry import LOCATIONS
 from warehouse.writer import Batch, LakeWriter
@@ -203,7 +203,7 @@ class Captured:
     last_logits: np.ndarray | None
     objective: list[float | None]
     model_rows: list[tuple[str, pa.Table]] = field(default_factory=list)  # see Batch.model_rows
-    summaries: tuple[pa.Table, pa.Table] | None = None  # see Batch.summaries
+    summaries: BatchSummary | None = None  # see Batch.summaries
     copied: torch.cuda.Event | None = None  # set when the arrays are still being copied from the GPU
 
     def wait(self) -> None:
@@ -246,9 +246,7 @@ def run_batch(
                 values.sum().backward()
                 objective = [float(v) for v in values.detach().cpu()]
         # summarised where the tensors are (the GPU when there is one), before they are copied out
-        summary_rows = (
-            summaries.batch_tables(recorder.forward, recorder.gradients(), lengths, prompt_ids) if summaries else None
-        )
+        summary_rows = summaries.measure(recorder.forward, recorder.gradients(), lengths) if summaries else None
     finally:
         torch.set_num_threads(threads)
     last = logits.detach()[torch.arange(len(items), device=model_device), lengths - 1]
@@ -572,20 +570,28 @@ def ingest(
         finally:
             for fut in pending:
                 fut.cancel()
-            _finish(writer, run_id, status, report, message, ",".join(sorted(kinds)) or "none")
+            last = summary_state.final() if summary_state is not None else None
+            _finish(writer, run_id, status, report, message, ",".join(sorted(kinds)) or "none", last)
             report.conflicts_retried = writer.conflicts_retried
     report.seconds = time.perf_counter() - start
     return report
 
 
 def _finish(
-    writer: LakeWriter, run_id: int, status: str, report: IngestReport, message: str | None, objective: str
+    writer: LakeWriter,
+    run_id: int,
+    status: str,
+    report: IngestReport,
+    message: str | None,
+    objective: str,
+    last_summaries: BatchSummary | None,
 ) -> None:
     """Record how the run ended. If that fails too (a full disk, a dead file) while another error is on
     its way out, that error is the one to report: the run stays 'running' and the next writer marks it
     interrupted."""
     try:
-        writer.finish_run(run_id, status, [s.as_dict() for s in report.skipped], message, objective=objective)
+        skipped = [s.as_dict() for s in report.skipped]
+        writer.finish_run(run_id, status, skipped, message, objective=objective, last_summaries=last_summaries)
     except Exception:
         if status == "completed":
             raise

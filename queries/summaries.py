@@ -15,7 +15,7 @@ is exact but grows with the dataset; the result's notes say so.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
@@ -165,13 +165,23 @@ class SummaryQueries:
                     note,
                 )
             where, params = _summary_filter(dst, pass_type, skip_first, layer, node_index, head, run_id)
+            rows = f"SELECT prompt_id, token, token2, head, value FROM node_examples WHERE side = ?{where}"
+            params = ["bottom" if bottom else "top", *params]
+            tail = _tail(con, run_id)
+            if tail.prompts:
+                src = self._source(con, dst, pass_type)  # type: ignore[attr-defined]
+                scan_where, scan_params = _scan_filter(skip_first, layer, node_index, head, run_id)
+                rows += (
+                    " UNION ALL SELECT prompt_id, token, token2, head, value"
+                    f" FROM ({_stored_rows(src.sql, tail.join)}) WHERE true{scan_where}"
+                )
+                params += [*src.params, *tail.params, *scan_params]
             order = f"value {'ASC' if bottom else 'DESC'}, prompt_id, token, token2, head"
             hits = (
-                f"SELECT row_number() OVER (ORDER BY {order}) AS rank, * FROM (SELECT prompt_id, token,"
-                " nullif(token2, -1) AS token2, nullif(head, -1) AS head, value"
-                f" FROM node_examples WHERE side = ?{where} ORDER BY {order} LIMIT ?)"
+                f"SELECT row_number() OVER (ORDER BY {order}) AS rank, * FROM (SELECT prompt_id, token, nullif(token2,"
+                f" -1) AS token2, nullif(head, -1) AS head, value FROM ({rows}) ORDER BY {order} LIMIT ?)"
             )
-            return with_context(con, hits, ["bottom" if bottom else "top", *params, k], context)
+            return _noted(with_context(con, hits, [*params, k], context), tail.note)
 
     # -- where the figures come from -----------------------------------------------------------------
 
@@ -198,9 +208,6 @@ class SummaryQueries:
             return "answered by a scan: the summaries keep position 0 apart, not later first tokens"
         if not _has_summary_tables(con):
             return "answered by a scan: this warehouse was ingested before per-node summaries"
-        missing = _runs_without_summaries(con, run_id)
-        if missing:
-            return f"answered by a scan: run {', '.join(map(str, missing))} was stored without per-node summaries"
         return None
 
     def _merged(
@@ -219,29 +226,107 @@ class SummaryQueries:
         a ranking's time)."""
         note = self._use_summaries(con, dst, pass_type, skip_first, layer, run_id)
         key = ", ".join(_NODE)
-        if note is None:
-            where, params = _summary_filter(dst, pass_type, skip_first, layer, node_index, head, run_id)
-            hist = ", ".join(f"sum(hist[{i}])::BIGINT" for i in range(1, N_BINS + 1)) if histogram else ""
-            sql = (
-                f"SELECT {key}, sum(n)::BIGINT AS n, sum(sum) AS total, sum(sum_sq) AS total_sq,"
-                " sum(sum_abs) AS abs_total, min(min) AS min, max(max) AS max, sum(n_nonzero)::BIGINT AS n_nonzero,"
-                f" list_value({hist}) AS hist FROM node_summaries JOIN runs USING (run_id) WHERE true{where}"
-                f" GROUP BY {key}"
-            )
-            return _Merged(sql, params, None)
         src = self._source(con, dst, pass_type)  # type: ignore[attr-defined]
-        where, params = _scan_filter(skip_first, layer, node_index, head, run_id)
-        bins = " ".join(f"WHEN value < {edge!r} THEN {i}" for i, edge in enumerate(EDGES))
-        hist = ", ".join(f"count(*) FILTER (WHERE bin = {i})" for i in range(N_BINS)) if histogram else ""
-        sql = (
-            f"SELECT {key}, count(value)::BIGINT AS n, sum(value::DOUBLE) AS total,"
-            " sum(value::DOUBLE * value) AS total_sq, sum(abs(value::DOUBLE)) AS abs_total, min(value) AS min,"
-            f" max(value) AS max, count(*) FILTER (WHERE value <> 0) AS n_nonzero, list_value({hist}) AS hist"
-            f" FROM (SELECT p.model_id, coalesce(s.layer, -1) AS layer, coalesce(s.head, -1) AS head, s.node_type,"
-            f" s.node_index, s.token, p.run_id, s.value, CASE {bins} ELSE {len(EDGES)} END AS bin"
-            f" FROM ({src.sql}) s JOIN prompts p USING (prompt_id)) WHERE true{where} GROUP BY {key}"
+        if note is not None:
+            scan, params = _scan_sql(src.sql, skip_first, layer, node_index, head, run_id, "", [], histogram)
+            return _Merged(_merge_rows(scan, histogram), [*src.params, *params], note)
+        where, params = _summary_filter(dst, pass_type, skip_first, layer, node_index, head, run_id)
+        rows = (
+            f"SELECT {key}, n, sum, sum_sq, sum_abs, min, max, n_nonzero, hist FROM node_summaries"
+            f" JOIN runs USING (run_id) WHERE true{where}"
         )
-        return _Merged(sql, [*src.params, *params], note)
+        tail = _tail(con, run_id)
+        if tail.prompts:
+            scan, scan_params = _scan_sql(
+                src.sql, skip_first, layer, node_index, head, run_id, tail.join, tail.params, histogram
+            )
+            rows += f" UNION ALL {scan}"
+            params += [*src.params, *scan_params]
+        return _Merged(_merge_rows(rows, histogram), params, tail.note)
+
+
+@dataclass
+class _Tail:
+    """The stored prompts the summaries do not cover yet (of one run, or all), and how to scan only them."""
+
+    prompts: int
+    join: str = ""
+    params: list[Any] = field(default_factory=list)
+
+    @property
+    def note(self) -> str | None:
+        if not self.prompts:
+            return None
+        return (
+            f"also scanned {self.prompts} prompt(s) the per-node summaries do not cover (stored without"
+            " summaries, or not summarised yet): that part's cost grows with them"
+        )
+
+
+def _tail(con: duckdb.DuckDBPyConnection, run_id: int | None) -> _Tail:
+    scope, params = (" AND p.run_id = ?", [run_id]) if run_id is not None else ("", [])
+    count, first = con.execute(
+        "SELECT count(*), min(p.prompt_id) FROM prompts p JOIN runs r USING (run_id)"
+        f" WHERE p.prompt_id > coalesce(r.summarised_through, -1){scope}",
+        params,
+    ).fetchall()[0]
+    if not count:
+        return _Tail(0)
+    # the constant bound lets the lake skip the files of covered prompts by their statistics
+    join = (
+        "JOIN prompts p ON p.prompt_id = s.prompt_id JOIN runs r ON r.run_id = p.run_id"
+        " AND p.prompt_id > coalesce(r.summarised_through, -1) AND s.prompt_id >= ?"
+    )
+    return _Tail(int(count), join, [int(first)])
+
+
+def _scan_sql(
+    src: str,
+    skip_first: int,
+    layer: int | None,
+    node_index: int | None,
+    head: int | None,
+    run_id: int | None,
+    join: str,
+    join_params: list[Any],
+    histogram: bool,
+) -> tuple[str, list[Any]]:
+    """Rows in node_summaries' shape (one per node) aggregated from the stored rows of `src`; only those of
+    uncovered prompts with a _Tail's `join` (else every prompt's). Parameters: `src`'s, then these."""
+    where, params = _scan_filter(skip_first, layer, node_index, head, run_id)
+    bins = " ".join(f"WHEN value < {edge!r} THEN {i}" for i, edge in enumerate(EDGES))
+    hist = ", ".join(f"count(*) FILTER (WHERE bin = {i})::INTEGER" for i in range(N_BINS)) if histogram else ""
+    sql = (
+        f"SELECT {', '.join(_NODE)}, count(value)::BIGINT AS n, sum(value::DOUBLE) AS sum,"
+        " sum(value::DOUBLE * value) AS sum_sq, sum(abs(value::DOUBLE)) AS sum_abs, min(value) AS min,"
+        f" max(value) AS max, count(*) FILTER (WHERE value <> 0) AS n_nonzero, list_value({hist}) AS hist"
+        f" FROM (SELECT *, CASE {bins} ELSE {len(EDGES)} END AS bin FROM ({_stored_rows(src, join)}))"
+        f" WHERE true{where} GROUP BY {', '.join(_NODE)}"
+    )
+    return sql, [*join_params, *params]
+
+
+def _stored_rows(src: str, join: str) -> str:
+    """The rows of `src` with their prompt's model and run, layer, head and token2 -1 where NULL; only those
+    of uncovered prompts with a _Tail's `join`."""
+    return (
+        "SELECT p.model_id, coalesce(s.layer, -1) AS layer, coalesce(s.head, -1) AS head, s.node_type,"
+        " s.node_index, s.token, coalesce(s.token2, -1) AS token2, p.run_id, s.prompt_id, s.value"
+        f" FROM ({src}) s {join or 'JOIN prompts p ON p.prompt_id = s.prompt_id'}"
+    )
+
+
+def _merge_rows(rows: str, histogram: bool) -> str:
+    """One merged row per node of `rows` (node_summaries' columns with model_id): model_id, layer, head,
+    node_type, node_index, n, total, total_sq, abs_total, min, max, n_nonzero, hist. Without `histogram`
+    its hist is an empty list (adding 24 bins per node is most of a ranking's time)."""
+    key = ", ".join(_NODE)
+    hist = ", ".join(f"sum(hist[{i}])::BIGINT" for i in range(1, N_BINS + 1)) if histogram else ""
+    return (
+        f"SELECT {key}, sum(n)::BIGINT AS n, sum(sum) AS total, sum(sum_sq) AS total_sq,"
+        " sum(sum_abs) AS abs_total, min(min) AS min, max(max) AS max, sum(n_nonzero)::BIGINT AS n_nonzero,"
+        f" list_value({hist}) AS hist FROM ({rows}) GROUP BY {key}"
+    )
 
 
 def _summary_filter(
@@ -318,18 +403,6 @@ def _has_summary_tables(con: duckdb.DuckDBPyConnection) -> bool:
         " AND table_name IN ('node_summaries', 'node_examples')"
     ).fetchall()
     return found[0][0] == 2
-
-
-def _runs_without_summaries(con: duckdb.DuckDBPyConnection, run_id: int | None) -> list[int]:
-    """Runs with stored prompts (run `run_id` only, when given) and no summary row at all: written by
-    another path (a converted single-file warehouse, rows inserted by hand). An ingest writes a batch's
-    summaries in the batch's own transaction, so any other run's summaries cover all its prompts."""
-    scope, params = ("WHERE run_id = ?", [run_id]) if run_id is not None else ("", [])
-    rows = con.execute(
-        f"SELECT DISTINCT run_id FROM prompts {scope} EXCEPT SELECT DISTINCT run_id FROM node_summaries ORDER BY 1",
-        params,
-    ).fetchall()
-    return [int(r[0]) for r in rows]
 
 
 def _fetch(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> pa.Table:

@@ -1,5 +1,5 @@
-"""A lake of the previous schema version: refused read-only with the command that upgrades it, upgraded by
-the first read-write open, and then read and extended like a new one."""
+"""Lakes of earlier schema versions: refused read-only with the command that upgrades it, upgraded by the
+first read-write open, and then read and extended like a new one."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from ingest.prompts import PromptInput
 from ingest.worker import IngestOptions, ingest
 from queries import Warehouse
+from queries.notes import notes
 from warehouse import db
 
 
@@ -22,6 +23,7 @@ def _as_version_2(path: Path) -> None:
             con.execute(f"DROP TABLE {table}")
         for table in ("tokens", "vocab"):
             con.execute(f"ALTER TABLE {table} DROP COLUMN bytes")
+        con.execute("ALTER TABLE runs DROP COLUMN summarised_through")
         con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
         con.execute("COMMIT")
     finally:
@@ -34,13 +36,13 @@ def test_a_version_2_lake_is_upgraded_by_the_first_read_write_open(tmp_path: Pat
     ingest(path, [PromptInput("An older warehouse")], options)
     _as_version_2(path)
 
-    with pytest.raises(db.NotAWarehouse, match="schema version 2, older than this actwh's 3: `actwh compact"):
+    with pytest.raises(db.NotAWarehouse, match="schema version 2, older than this actwh's 4: `actwh compact"):
         Warehouse(path)
 
     report = ingest(path, [PromptInput("A newer prompt with ünïcode")], options)
     assert report.stored == 1
     warehouse = Warehouse(path)
-    assert warehouse.sql("SELECT value FROM meta WHERE key = 'schema_version'", output="rows") == [("3",)]
+    assert warehouse.sql("SELECT value FROM meta WHERE key = 'schema_version'", output="rows") == [("4",)]
     rows = warehouse.sql("SELECT p.text, t.bytes IS NULL FROM tokens t JOIN prompts p USING (prompt_id)", output="rows")
     assert {text for text, _ in rows} == {"An older warehouse", "A newer prompt with ünïcode"}
     assert all(missing == (text == "An older warehouse") for text, missing in rows), "bytes of the new tokens only"
@@ -48,3 +50,54 @@ def test_a_version_2_lake_is_upgraded_by_the_first_read_write_open(tmp_path: Pat
         warehouse.sql(f"SELECT count(*) FROM {table}")
     ranked = warehouse.rank_nodes("mlp_post_act", k=3)
     assert ranked.num_rows == 3
+
+
+def _as_version_3(path: Path) -> None:
+    """Version 3's summaries: segment and level columns, and no summarised_through (every run that has
+    summary rows was summarised in each batch's transaction)."""
+    con = db.connect(path)
+    try:
+        con.execute("BEGIN")
+        for table in ("node_summaries", "node_examples"):
+            con.execute(f"ALTER TABLE {table} ADD COLUMN segment INTEGER DEFAULT 0")
+            con.execute(f"ALTER TABLE {table} ADD COLUMN level SMALLINT DEFAULT 99")
+        con.execute("ALTER TABLE runs DROP COLUMN summarised_through")
+        con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+        con.execute("COMMIT")
+    finally:
+        con.close()
+
+
+def test_a_version_3_lake_keeps_its_summaries_through_the_upgrade(tmp_path: Path) -> None:
+    path = tmp_path / "v3"
+    ingest(
+        path,
+        [PromptInput("Summarised before"), PromptInput("the upgrade")],
+        IngestOptions(model="gpt2-tiny", progress=False),
+    )
+    ingest(
+        path,
+        [PromptInput("Stored without summaries")],
+        IngestOptions(model="gpt2-tiny", progress=False, summaries=False),
+    )
+    before = Warehouse(path).rank_nodes("mlp_post_act", by="sum", k=5, run=0)
+    _as_version_3(path)
+    with pytest.raises(db.NotAWarehouse, match="schema version 3, older than this actwh's 4"):
+        Warehouse(path)
+
+    ingest(path, [PromptInput("After the upgrade")], IngestOptions(model="gpt2-tiny", progress=False))
+    warehouse = Warehouse(path)
+    covered = warehouse.sql("SELECT run_id, summarised_through FROM runs ORDER BY run_id", output="rows")
+    assert covered == [(0, 1), (1, None), (2, 3)], "the run with summary rows is covered, the one without is not"
+    columns = warehouse.sql(
+        "SELECT column_name FROM duckdb_columns() WHERE table_name = 'node_summaries'", output="rows"
+    )
+    assert ("segment",) not in columns and ("level",) not in columns
+    again = warehouse.rank_nodes("mlp_post_act", by="sum", k=5, run=0)
+    assert before.num_rows == 5
+    assert again["value"].to_pylist() == pytest.approx(before["value"].to_pylist(), rel=1e-12)
+    assert not notes(again), "run 0 is answered from its summaries alone"
+    assert any(
+        "scanned 1 prompt(s) the per-node summaries do not cover" in n
+        for n in notes(warehouse.rank_nodes("mlp_post_act", k=3))
+    )

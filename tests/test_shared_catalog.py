@@ -160,7 +160,7 @@ def test_a_batch_that_loses_prompts_to_another_writer_leaves_its_run_to_a_scan(
     assert shared.sql("SELECT count(*) AS n FROM prompts")["n"].to_pylist() == [3]
     assert shared.sql("SELECT DISTINCT run_id FROM node_summaries")["run_id"].to_pylist() == [0]
     ranked = shared.rank_nodes("mlp_post_act", by="sum", k=3, skip_first=1)
-    assert any("run 1 was stored without per-node summaries" in n for n in notes(ranked))
+    assert any("scanned 1 prompt(s) the per-node summaries do not cover" in n for n in notes(ranked))
     oracle = shared.sql(
         "SELECT sum(value::DOUBLE) AS v FROM activations WHERE dst = 'mlp_post_act' AND pass_type = 'forward'"
         " AND token >= 1 GROUP BY layer, node_index ORDER BY v DESC LIMIT 3"

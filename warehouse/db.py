@@ -12,7 +12,7 @@ import functools
 import hashlib
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import duckdb
@@ -28,16 +28,36 @@ SUPPORT_DIR = QUERIES / "support"
 DASHBOARD_DIR = QUERIES / "dashboards"
 
 # Version 1 was a single DuckDB file (long rows, ENUM names); version 2 is the DuckLake; version 3 adds
-# token bytes, SAEs and per-node summaries. Bump when the lake's tables change, and add the step to
-# MIGRATIONS below.
-SCHEMA_VERSION = 3
-# Each version's step to the next, run in one transaction by the first read-write open (schema.sql's
-# CREATE TABLE IF NOT EXISTS adds the new tables).
-MIGRATIONS: dict[int, tuple[str, ...]] = {
+# token bytes, SAEs and per-node summaries; version 4 keeps one summary row per run and node, rewritten
+# as the ingest flushes, and each run's summarised_through. Bump when the lake's tables change, and add
+# the step to MIGRATIONS below.
+SCHEMA_VERSION = 4
+
+
+def _summaries_per_run(con: duckdb.DuckDBPyConnection) -> None:
+    """Version 3 to 4. A version-3 ingest wrote each batch's summaries in the batch's transaction, so a run
+    with any summary row has summaries of all its prompts; the segment columns go (rows of one node from
+    several segments still add up in every query)."""
+    con.execute("ALTER TABLE runs ADD COLUMN IF NOT EXISTS summarised_through INTEGER")
+    if not _has_table(con, "node_summaries"):  # a version-2 lake: schema.sql creates the tables
+        return
+    con.execute(
+        "UPDATE runs SET summarised_through = (SELECT max(prompt_id) FROM prompts p WHERE p.run_id = runs.run_id)"
+        " WHERE run_id IN (SELECT run_id FROM node_summaries)"
+    )
+    for table in ("node_summaries", "node_examples"):
+        for column in ("segment", "level"):
+            con.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+
+
+# Each version's step to the next (SQL statements, or a function of the connection), run in one
+# transaction by the first read-write open (schema.sql's CREATE TABLE IF NOT EXISTS adds the new tables).
+MIGRATIONS: dict[int, tuple[str | Callable[[duckdb.DuckDBPyConnection], None], ...]] = {
     2: (
         "ALTER TABLE tokens ADD COLUMN IF NOT EXISTS bytes BLOB",
         "ALTER TABLE vocab ADD COLUMN IF NOT EXISTS bytes BLOB",
     ),
+    3: (_summaries_per_run,),
 }
 # The file magic of a DuckDB database: a warehouse written by actwh before the lake.
 _DUCKDB_MAGIC = b"DUCK"
@@ -181,12 +201,16 @@ def _attach(con: duckdb.DuckDBPyConnection, config: lake.LakeConfig, read_only: 
         raise
 
 
+def _has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    found = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND table_name = ?", [table]
+    ).fetchall()
+    return bool(found[0][0])
+
+
 def stored_version(con: duckdb.DuckDBPyConnection) -> int | None:
     """The lake's schema version, None when it has no `meta` table (a new lake)."""
-    has_meta = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND table_name = 'meta'"
-    ).fetchall()
-    if not has_meta[0][0]:
+    if not _has_table(con, "meta"):
         return None
     rows = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
     return int(rows[0][0]) if rows else None
@@ -258,7 +282,10 @@ def _migrate(con: duckdb.DuckDBPyConnection, version: int, path: str | Path) -> 
         concurrency.serialize(con)
         for step in range(version, SCHEMA_VERSION):
             for statement in MIGRATIONS[step]:
-                con.execute(statement)
+                if isinstance(statement, str):
+                    con.execute(statement)
+                else:
+                    statement(con)
         con.execute(SCHEMA_SQL.read_text())
         con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
 

@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS runs (
     status VARCHAR NOT NULL,          -- running, completed, failed, interrupted
     n_prompts INTEGER NOT NULL,
     skipped JSON,                     -- [{line, reason}] for prompts not stored
-    message VARCHAR
+    message VARCHAR,
+    summarised_through INTEGER        -- the run's per-node summaries cover its prompts up to this id (NULL: none)
 );
 
 CREATE TABLE IF NOT EXISTS prompts (
@@ -171,16 +172,15 @@ CREATE TABLE IF NOT EXISTS direction_factors (
     value DOUBLE NOT NULL
 );
 
--- Per-node summaries of the stored rows (warehouse/summaries.py), written by the ingest in each batch's
--- transaction and merged as segments fill: the answer for a node is the merge of its rows (counts and sums
--- add, min/max combine, histograms add). One row per segment and (dst, pass, layer, head, node,
--- first_token); first_token: the rows at position 0 (true) or every later position (false). layer and
--- head hold -1 where the dst has none. Raw dsts except logits (stored partially), and the act-times-grad
--- dsts mlp_act_times_grad and unflattened_attn_act_times_grad (forward * backward, as their views).
+-- Per-node summaries of the stored rows (warehouse/summaries.py): one row per run and (dst, pass, layer,
+-- head, node, first_token), rewritten as the ingest flushes its running figures; they cover the run's
+-- prompts up to runs.summarised_through. The answer for a node across runs is the merge of its rows
+-- (counts and sums add, min/max combine, histograms add). first_token: the rows at position 0 (true) or
+-- every later position (false). layer and head hold -1 where the dst has none. Raw dsts except logits
+-- (stored partially), and the act-times-grad dsts mlp_act_times_grad and unflattened_attn_act_times_grad
+-- (forward * backward, as their views).
 CREATE TABLE IF NOT EXISTS node_summaries (
     run_id INTEGER NOT NULL,
-    segment INTEGER NOT NULL,         -- the first prompt id of the segment's first batch (0 once merged whole)
-    level SMALLINT NOT NULL,          -- 0: one batch; L: FAN_IN segments of level L-1; 99: a finished run
     dst VARCHAR NOT NULL,
     pass_type VARCHAR NOT NULL,
     layer SMALLINT NOT NULL,
@@ -199,11 +199,10 @@ CREATE TABLE IF NOT EXISTS node_summaries (
 );
 
 -- Candidate examples per node: a superset of its EXAMPLES_K highest ('top') and lowest ('bottom') stored
--- values in each first_token group (a batch adds the values that beat the run's running K-th so far).
+-- values in each first_token group, for the prompts the summaries cover (each flush appends the values
+-- that entered the run's running K since the last one).
 CREATE TABLE IF NOT EXISTS node_examples (
     run_id INTEGER NOT NULL,
-    segment INTEGER NOT NULL,
-    level SMALLINT NOT NULL,
     dst VARCHAR NOT NULL,
     pass_type VARCHAR NOT NULL,
     layer SMALLINT NOT NULL,

@@ -11,7 +11,6 @@ read-only and keep querying committed snapshots meanwhile.
 
 from __future__ import annotations
 
-import copy
 import errno
 import fcntl
 import itertools
@@ -50,9 +49,8 @@ class Batch:
     tokens: pa.Table
     facts: Iterable[pa.RecordBatch]
     model_rows: list[tuple[str, pa.Table]] = field(default_factory=list)
-    # The batch's per-node summary and example rows (warehouse/summaries.py), without run_id, segment and
-    # level; None when the ingest computed none.
-    summaries: tuple[pa.Table, pa.Table] | None = None
+    # The batch's per-node summaries (warehouse/summaries.py); None when the ingest computes none.
+    summaries: summaries.SummaryFlush | None = None
 
 
 @dataclass
@@ -96,7 +94,6 @@ class LakeWriter:
             config.root.mkdir(exist_ok=True)
             self._lock_file = self._acquire_ingest_lock(config.root / LOCK_FILE, wait)
         self.con: duckdb.DuckDBPyConnection | None = None
-        self._segments = summaries.SegmentCounter()
         self._unsummarised: set[int] = set()  # runs whose summaries were dropped (see _add_summaries)
         try:
             with self._translate_disk_full():
@@ -129,12 +126,12 @@ class LakeWriter:
         """`work` (whole transactions) run again while it loses commit conflicts to other writers."""
 
         def attempt() -> T:
-            # what the writer remembers of committed segments must not count a transaction rolled back
-            saved = copy.deepcopy((self._segments, self._unsummarised))
+            # what the writer remembers of committed batches must not count a transaction rolled back
+            saved = set(self._unsummarised)
             try:
                 return work()
             except BaseException:
-                self._segments, self._unsummarised = saved
+                self._unsummarised = saved
                 raise
 
         def counted() -> None:
@@ -281,8 +278,16 @@ class LakeWriter:
         return run_id
 
     def finish_run(
-        self, run_id: int, status: str, skipped: list[dict[str, Any]], message: str | None, objective: str
+        self,
+        run_id: int,
+        status: str,
+        skipped: list[dict[str, Any]],
+        message: str | None,
+        objective: str,
+        last_summaries: summaries.SummaryFlush | None = None,
     ) -> None:
+        """Record how the run ended, with the flush of its running summaries (`last_summaries`)."""
+
         def update() -> None:
             with self.transaction() as con:
                 con.execute(
@@ -291,9 +296,14 @@ class LakeWriter:
                     " WHERE run_id = ?",
                     [status, _now(), json.dumps(skipped), message, objective, run_id],
                 )
-                self._segments.finished(con, run_id)
+                if last_summaries is not None and run_id not in self._unsummarised:
+                    tables = last_summaries.rows(np.empty(0, np.int64))
+                    if tables is not None:
+                        _store_summaries(con, run_id, tables)
 
         self._retrying(update)
+        if last_summaries is not None:
+            last_summaries.committed()
 
     def append(self, batch: Batch, run_id: int, unique: bool = True) -> Appended:
         """Commit one batch and the run's progress in one transaction; returns what it stored. The batch's
@@ -331,35 +341,49 @@ class LakeWriter:
             _insert_tagged_rows(con, model_id, [(table, rows) for table, rows in fresh if rows.num_rows])
             if batch.summaries is not None and renumbering.kept:
                 self._add_summaries(con, run_id, batch, renumbering)
+        if batch.summaries is not None:
+            batch.summaries.committed()
         return stored
 
     def _add_summaries(
         self, con: duckdb.DuckDBPyConnection, run_id: int, batch: Batch, renumbering: concurrency.Renumbering
     ) -> None:
-        """The batch's summary rows as a new segment of the run, inside its commit. A batch that lost some of
-        its prompts to another writer (a shard run twice) has summaries counting them: the run keeps none
-        from then on, and the queries answer it by a scan, saying so (queries/summaries.py)."""
+        """Fold the batch into the run's running summaries, storing them when a flush is due, inside its
+        commit. A batch that lost some of its prompts to another writer (a shard run twice) was measured
+        with them: the run keeps no summaries from then on, and the queries scan it, saying so
+        (queries/summaries.py)."""
         assert batch.summaries is not None
         if run_id in self._unsummarised or renumbering.kept < batch.prompts.num_rows:
-            self._unsummarised.add(run_id)
-            for table in summaries.TABLES:
-                con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+            if run_id not in self._unsummarised:
+                self._unsummarised.add(run_id)
+                for table in summaries.TABLES:
+                    con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+                con.execute("UPDATE runs SET summarised_through = NULL WHERE run_id = ?", [run_id])
             return
-        segment = int(renumbering.apply(batch.prompts)["prompt_id"][0].as_py())
-        for table, rows in zip(summaries.TABLES, batch.summaries, strict=True):
-            if "prompt_id" in rows.schema.names:
-                rows = renumbering.apply(rows)
-            with _registered(con, summary_rows=rows):
-                con.execute(
-                    f"INSERT INTO {table} BY NAME SELECT ? AS run_id, ? AS segment, 0 AS level, * FROM summary_rows",
-                    [run_id, segment],
-                )
-        self._segments.added(con, run_id, segment)
+        prompt_ids = renumbering.apply(batch.prompts)["prompt_id"].to_numpy()
+        tables = batch.summaries.rows(prompt_ids)
+        if tables is not None:
+            _store_summaries(con, run_id, tables)
 
     def append_retrying(self, make_batch: Callable[[], Batch], run_id: int, unique: bool = True) -> Appended:
         """`append` of the batch `make_batch` builds, built again and committed again while the commit loses
         to another writer's."""
         return self._retrying(lambda: self.append(make_batch(), run_id, unique))
+
+
+def _store_summaries(con: duckdb.DuckDBPyConnection, run_id: int, tables: tuple[pa.Table, pa.Table]) -> None:
+    """Replace the run's summary rows, add its new example rows, and mark every stored prompt of the run
+    as summarised, inside the caller's transaction (the run's rows are in files of their own: the DELETE
+    drops whole files)."""
+    con.execute("DELETE FROM node_summaries WHERE run_id = ?", [run_id])
+    for table, rows in zip(summaries.TABLES, tables, strict=True):
+        if rows.num_rows:
+            with _registered(con, summary_rows=rows):
+                con.execute(f"INSERT INTO {table} BY NAME SELECT ? AS run_id, * FROM summary_rows", [run_id])
+    con.execute(
+        "UPDATE runs SET summarised_through = (SELECT max(prompt_id) FROM prompts WHERE run_id = ?) WHERE run_id = ?",
+        [run_id, run_id],
+    )
 
 
 def _insert_tagged_rows(con: duckdb.DuckDBPyConnection, model_id: int | None, rows: list[tuple[str, pa.Table]]) -> None:
