@@ -622,10 +622,17 @@ def rank_command(
     pass_type: str,
     skip_first: int,
 ) -> None:
-    """The nodes that matter most across every prompt: the top k by mean, sum, max, abs-mean or density."""
+    """The nodes that matter most across every prompt: the top k by mean, sum, max, abs-mean or density
+    (--plot: the ranked figures as bars)."""
+    table = Warehouse(db_path).rank_nodes(dst, by, k, layer, run_id, skip_first, pass_type)
+    _emit(table, fmt, output)
     if plot is not None:
-        raise click.UsageError("rank has no plot yet: use --format and a tool of your choice")
-    _emit(Warehouse(db_path).rank_nodes(dst, by, k, layer, run_id, skip_first, pass_type), fmt, output)
+        from queries import plots
+
+        where = (f" layer {layer}" if layer is not None else "") + (f" run {run_id}" if run_id is not None else "")
+        where += " (backward)" if pass_type == "backward" else ""
+        title = f"{dst}{where}: top {k} nodes by {by}, --skip-first {skip_first}"
+        _plotted(plots.rank_bars(table, by, plot, title))
 
 
 @main.command("prompt")
