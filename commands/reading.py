@@ -10,9 +10,10 @@ import click
 
 from commands.options import db_option
 from queries import streaming
-from queries.api import NODE_COLUMNS, Warehouse
+from queries.api import Warehouse
 from queries.format import FILE_FORMATS, render, stream, write
 from queries.notes import notes
+from queries.one_prompt import NODE_COLUMNS
 from queries.summaries import DEFAULT_SKIP_FIRST, RANK_BY
 from warehouse import db
 
