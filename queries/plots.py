@@ -92,6 +92,15 @@ def top_nodes_bars(table: pa.Table, column: str, path: str | Path, title: str = 
     return bars(labels, [r[column] for r in rows], path, column, title)
 
 
+def rank_bars(table: pa.Table, by: str, path: str | Path, title: str = "") -> Path:
+    """Horizontal bars of a `rank_nodes` result: each node's ranked figure (its `value`, the statistic `by`),
+    highest on top, labelled with the node (and its model where several are ranked together)."""
+    rows = table.to_pylist()
+    several = len({r["model_id"] for r in rows}) > 1
+    labels = [(f"model {r['model_id']} " if several else "") + node_label(r) for r in rows]
+    return bars(labels, [r["value"] for r in rows], path, by, title)
+
+
 def example_strips(windows: pa.Table, path: str | Path, title: str = "") -> Path:
     """One strip per example of `Warehouse.example_windows`: its context tokens, aligned on the example's
     token (outlined), each cell shaded by the node's value there (blank where none is stored)."""

@@ -111,3 +111,22 @@ def test_bars_draw_the_values_in_order(tmp_path: Path, figures: list[Any]) -> No
     assert [b.get_width() for b in ax.patches] == [2.5, -1.0, 0.0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["MLP L0 #1", "attn L1 #3", r"\$x"]
     assert ax.yaxis_inverted()
+
+
+def test_rank_plot_draws_the_ranked_figures(hand_db: Path, tmp_path: Path, figures: list[Any]) -> None:
+    out = tmp_path / "rank.png"
+    _invoke("rank", "--db", str(hand_db), "--dst", "mlp_post_act", "--by", "max", "--skip-first", "0",
+            "--plot", str(out))  # fmt: skip
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    ranked = Warehouse(hand_db).rank_nodes("mlp_post_act", by="max", skip_first=0).to_pylist()
+    ax = figures[0].axes[0]
+    assert [b.get_width() for b in ax.patches] == pytest.approx([r["value"] for r in ranked])
+    # neuron 1 peaks at 5.0 (prompt 1, token 0), neuron 0 is -1 everywhere: the hand-written values
+    assert [b.get_width() for b in ax.patches] == pytest.approx([5.0, -1.0])
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["MLP L0 #1", "MLP L0 #0"]
+    assert ax.get_xlabel() == "max"
+    assert ax.get_title() == "mlp_post_act: top 20 nodes by max, --skip-first 0"
+    # leaving out the first token drops neuron 1's 5.0; its next highest value is 3.0
+    _invoke("rank", "--db", str(hand_db), "--dst", "mlp_post_act", "--by", "max", "--plot", str(out))
+    assert [b.get_width() for b in figures[1].axes[0].patches] == pytest.approx([3.0, -1.0])
+    assert figures[1].axes[0].get_title() == "mlp_post_act: top 20 nodes by max, --skip-first 1"
