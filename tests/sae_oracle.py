@@ -23,7 +23,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-# The transformers GPT-2 module whose output (or, for hook_z, whose input) each site is, per layer.
+# The transformers module whose output (or input) each site is, per layer: GPT-2's, and Gemma 2's residual
+# stream (gemma_resid_mid, the MLP norm's input, is for reading only: the residual passes beside it).
 HF_SITES: dict[str, tuple[str, str]] = {
     # site kind -> (module path with {L}, 'out' or 'in')
     "resid_pre0": ("transformer.drop", "out"),
@@ -32,6 +33,9 @@ HF_SITES: dict[str, tuple[str, str]] = {
     "mlp_out": ("transformer.h.{L}.mlp", "out"),
     "attn_out": ("transformer.h.{L}.attn", "out"),
     "z": ("transformer.h.{L}.attn.c_proj", "in"),
+    "gemma_resid_pre0": ("model.layers.0", "in"),
+    "gemma_resid_mid": ("model.layers.{L}.pre_feedforward_layernorm", "in"),
+    "gemma_resid_post": ("model.layers.{L}", "out"),
 }
 
 

@@ -295,6 +295,7 @@ def test_latent_and_error_gradients_equal_autograd_through_a_reference_splice(st
 def _error_dst(sae: OracleSAE) -> str:
     return {
         "resid.post_mlp": "online_autoencoder_error",
+        "resid.post_attn": "online_autoencoder_error",
         "resid.post_emb": "online_autoencoder_error",
         "mlp.post_act": "online_mlp_autoencoder_error",
         "resid.delta_mlp": "online_residual_mlp_autoencoder_error",
@@ -403,6 +404,7 @@ def test_error_views_equal_the_oracle(stored: Stored) -> None:
 # the direct effect of each SAE's site, from the views of the model's own nodes: (view, summed over nodes)
 _SITE_EFFECTS = {
     "resid.post_emb": "resid_post_embedding_proj_to_final_residual_grad",
+    "resid.post_attn": "resid_post_attn_proj_to_final_residual_grad",
     "resid.post_mlp": "resid_post_mlp_proj_to_final_residual_grad",
     "mlp.post_act": "mlp_write_to_final_residual_grad",
     "resid.delta_mlp": "mlp_layer_write_to_final_residual_grad",
@@ -414,49 +416,52 @@ _SITE_EFFECTS = {
 def test_direct_effects_add_up_with_latents_and_error_in_place_of_the_site(stored: Stored) -> None:
     """Per prompt and SAE: sum of its latents' direct effects + its decoder bias's + its error's = the
     direct effect of the site it reads, as the model's own nodes' views give it."""
-    wh = stored.wh
     for sae in stored.saes:
-        kind, layer = _kind(sae), sae.site_layer
-        prefix = kind.removeprefix("online_")
-        parts = {}
-        for view in (f"{kind}_write_to_final_residual_grad", f"{_error_dst(sae)}_write_to_final_residual_grad"):
-            parts[view] = dict(
-                wh.sql(
-                    f"SELECT prompt_id, sum(value) FROM {view} WHERE layer IS NOT DISTINCT FROM ? GROUP BY prompt_id",
-                    [layer],
-                    output="rows",
-                )
-            )
-        bias = dict(
+        assert_identity_closes(stored.wh, sae, [p.prompt_id for p in stored.spliced])
+
+
+def assert_identity_closes(wh: Warehouse, sae: OracleSAE, prompt_ids: list[int]) -> dict[int, float]:
+    """The direct-effect identity for one SAE on each prompt (1e-4 of its terms); returns the site's
+    direct effect per prompt as the model's own nodes' views give it."""
+    kind, layer = _kind(sae), sae.site_layer
+    prefix = kind.removeprefix("online_")
+    parts = {}
+    for view in (f"{kind}_write_to_final_residual_grad", f"{_error_dst(sae)}_write_to_final_residual_grad"):
+        parts[view] = dict(
             wh.sql(
-                """
-                SELECT f.prompt_id, sum(w.value * f.value / f.final_scale)
-                FROM pair_join_factors(NULL, NULL, 'residual') f JOIN prompts p USING (prompt_id)
-                JOIN weights w ON w.model_id = p.model_id AND w.location = ? AND w.layer IS NOT DISTINCT FROM ?
-                     AND w.row_index = f.node_index
-                GROUP BY f.prompt_id""",
-                [f"{prefix}.bias_to_residual", layer],
-                output="rows",
-            )
-        )
-        if sae.normalize:
-            bias = _un_normalised(wh, sae, bias)
-        site = dict(
-            wh.sql(
-                f"SELECT prompt_id, sum(value) FROM {_SITE_EFFECTS[sae.location]} WHERE layer IS NOT DISTINCT FROM ?"
-                " GROUP BY prompt_id",
+                f"SELECT prompt_id, sum(value) FROM {view} WHERE layer IS NOT DISTINCT FROM ? GROUP BY prompt_id",
                 [layer],
                 output="rows",
             )
         )
-        for prompt in stored.spliced:
-            pid = prompt.prompt_id
-            terms = [parts[v].get(pid, 0.0) for v in parts] + [bias[pid]]
-            assert all(t != 0 for t in terms), f"{sae.name}: a term is missing: {terms}"
-            closed = sum(terms) - site[pid]
-            assert abs(closed) <= 1e-4 * (sum(abs(t) for t in terms) + abs(site[pid])), (
-                f"{sae.name}: off by {closed:.3g}"
-            )
+    bias = dict(
+        wh.sql(
+            """
+            SELECT f.prompt_id, sum(w.value * f.value / f.final_scale)
+            FROM pair_join_factors(NULL, NULL, 'residual') f JOIN prompts p USING (prompt_id)
+            JOIN weights w ON w.model_id = p.model_id AND w.location = ? AND w.layer IS NOT DISTINCT FROM ?
+                 AND w.row_index = f.node_index
+            GROUP BY f.prompt_id""",
+            [f"{prefix}.bias_to_residual", layer],
+            output="rows",
+        )
+    )
+    if sae.normalize:
+        bias = _un_normalised(wh, sae, bias)
+    site = dict(
+        wh.sql(
+            f"SELECT prompt_id, sum(value) FROM {_SITE_EFFECTS[sae.location]} WHERE layer IS NOT DISTINCT FROM ?"
+            " GROUP BY prompt_id",
+            [layer],
+            output="rows",
+        )
+    )
+    for pid in prompt_ids:
+        terms = [parts[v].get(pid, 0.0) for v in parts] + [bias[pid]]
+        assert all(t != 0 for t in terms), f"{sae.name}: a term is missing: {terms}"
+        closed = sum(terms) - site[pid]
+        assert abs(closed) <= 1e-4 * (sum(abs(t) for t in terms) + abs(site[pid])), f"{sae.name}: off by {closed:.3g}"
+    return {pid: site[pid] for pid in prompt_ids}
 
 
 def _un_normalised(wh: Warehouse, sae: OracleSAE, bias: dict[int, float]) -> dict[int, float]:
