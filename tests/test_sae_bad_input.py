@@ -168,6 +168,10 @@ CASES = {
         lambda tmp: ["--sae", _openai(tmp, "resid_post_mlp", **{"decoder.weight": torch.ones(64, 32)})],
         ["decoder.weight has shape (64, 32)", "(32, 64)"],
     ),
+    "openai_not_a_tensor": (
+        lambda tmp: ["--sae", _openai(tmp, "resid_post_mlp", pre_bias=[0.0] * 32)],
+        ["pre_bias is a list, not a tensor"],
+    ),
     "openai_code": (
         lambda tmp: ["--sae", f"{_written(tmp / '0.pt', {'pre_bias': Path('x')})}@resid_post_mlp"],
         ["pathlib.PosixPath", "weights_only", "never runs"],

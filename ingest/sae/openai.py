@@ -70,8 +70,13 @@ def read(file: Path) -> dict[str, Any]:
     unknown = sorted(set(state) - {*_TENSORS, *_ACTIVATION, *_STATISTICS})
     if unknown:
         raise SAEError(f"{file}: key {unknown[0]!r} is not part of a sparse_autoencoder state dict actwh reads")
+    for key in (*_TENSORS, *_STATISTICS):
+        if key in state and not isinstance(state[key], torch.Tensor):
+            raise SAEError(f"{file}: {key} is a {type(state[key]).__name__}, not a tensor")
     fields = _activation(file, state)
     encoder = take(state, "encoder.weight", file)
+    if encoder.dim() != 2:
+        raise SAEError(f"{file}: encoder.weight has shape {tuple(encoder.shape)}, not [n_latents, n_inputs]")
     n_latents, n_inputs = encoder.shape
     if "decoder.linear.weight" in state:  # tied: the decoder is the encoder's weight transposed
         if "decoder.weight" in state:
