@@ -17,19 +17,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from ingest.prompts import PromptInput
-from ingest.worker import IngestOptions, ingest
 from queries import Warehouse
+from tests import test_sae_capture as capture
 from tests.hf_checkpoints import Checkpoint, gemma2_checkpoint
 from tests.oracle_scalars import expected_scalars
-from tests.sae_oracle import OracleSAE, input_stats, random_sae, site_values, write, write_openai
+from tests.sae_oracle import OracleSAE, input_stats, site_values
 from tests.test_sae_capture import (
+    _SITE_EFFECTS,
     Prompt,
     _assert_rows,
     _close,
@@ -40,35 +40,23 @@ from tests.test_sae_capture import (
     _latent_dst,
     _prompts,
     assert_identity_closes,
+    ingest_with_saes,
 )
 from warehouse import registry
 
 pytest.importorskip("transformers")
 
-PROMPTS = [
-    PromptInput("The capital of France is", " Paris", " London"),
-    PromptInput("When Mary and John went to the store, John gave a drink to", " Mary", " John"),
-    PromptInput("A", " Rome", " Berlin"),
-    PromptInput("Cities: Paris, London and", " Rome", " Berlin"),
-    PromptInput("one two three four five six seven eight nine ten eleven twelve, then", " Paris", " Rome"),
-]
+PROMPTS = [*capture.PROMPTS, PromptInput("Cities: Paris, London and", " Rome", " Berlin")]
 LOCATIONS = ["resid.post_emb", "resid.post_attn", "resid.post_mlp", "resid.ln_f.scale:forward", "logits"]
-# name, format, architecture, hook (after @ for the OpenAI file), HF site kind, layer, registry location,
-# its layer, d_sae, k
+# as tests/test_sae_capture.py's SAES: name, format, architecture, hook (after @ for the OpenAI file, whose
+# name gives the layer), HF site kind, layer, registry location, its layer, d_sae, k, rescale
 SAES = [
     ("pre0", "saelens", "jumprelu", "blocks.0.hook_resid_pre", "gemma_resid_pre0", 0, "resid.post_emb", None, 128,
-     None),
-    ("oa_mid0", "openai", "topk", "resid_post_attn", "gemma_resid_mid", 0, "resid.post_attn", 0, 128, 8),
-    ("layers.1", "sparsify", "topk", "layers.1", "gemma_resid_post", 1, "resid.post_mlp", 1, 128, 8),
+     None, False),
+    ("oa_mid0", "openai", "topk", "resid_post_attn", "gemma_resid_mid", 0, "resid.post_attn", 0, 128, 8, False),
+    ("layers.1", "sparsify", "topk", "layers.1", "gemma_resid_post", 1, "resid.post_mlp", 1, 128, 8, False),
 ]  # fmt: skip
-# The oracle's name of each site's direct effect: the view the identity compares with, by its dst
-ORACLE_SITE_EFFECTS = {
-    "resid.post_emb": "resid_post_embedding_proj_to_final_residual_grad",
-    "resid.post_attn": "resid_post_attn_proj_to_final_residual_grad",
-    "resid.post_mlp": "resid_post_mlp_proj_to_final_residual_grad",
-}
 REL = 1e-4  # of the largest |value| per view and prompt: float32 storage against a float64 oracle
-LOCATION_DSTS = {name: registry.LOCATIONS[name].dst for name in ORACLE_SITE_EFFECTS}
 
 
 @dataclass
@@ -95,7 +83,7 @@ class Capped:
 
     def site(self, sae: OracleSAE, prompt: Prompt, column: str = "forward") -> np.ndarray:
         """The stored site value [tokens, d_in] (or its gradient)."""
-        dst = LOCATION_DSTS[sae.location]
+        dst = registry.LOCATIONS[sae.location].dst
         return _dense(self.wh, dst, sae.site_layer, prompt.prompt_id, sae.w_enc.shape[0], len(prompt.ids), column)
 
     def latents(self, sae: OracleSAE, prompt: Prompt, column: str = "forward") -> np.ndarray:
@@ -108,37 +96,13 @@ class Capped:
         return input_stats(x)[1][:, 0] if sae.normalize else torch.ones(len(prompt.ids), dtype=torch.float64)
 
 
-def _write(sae: OracleSAE, folder: Path) -> None:
-    if sae.fmt == "openai":
-        file = folder / "resid_post_attn" / "autoencoders" / f"{sae.layer}.pt"
-        write_openai(sae, file, f"{file}@{sae.hook_name}")
-    else:
-        write(sae, folder / sae.name)
-
-
 @pytest.fixture(scope="module")
 def capped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Capped]:
     tmp = tmp_path_factory.mktemp("capped")
     checkpoint = gemma2_checkpoint(tmp / "checkpoint")
-    path = tmp / "wh"
-    options = IngestOptions(model=str(checkpoint.path), locations=LOCATIONS, progress=False)
-    plain_run = ingest(path, PROMPTS, options).run_id
-    with Warehouse(path).session() as wh:
-        plain = _prompts(wh, plain_run)
-    saes = []
-    for seed, row in enumerate(SAES):
-        name, fmt, arch, hook, kind, layer, location, site_layer, d_sae, k = row
-        probe = OracleSAE(*row[:8], *(torch.zeros(0),) * 4)
-        seen = torch.cat([site_values(checkpoint.model, probe, p.ids) for p in plain])
-        sae = random_sae(*row[:8], seen, d_sae, seed, k, normalize=fmt == "openai")
-        _write(sae, tmp / "saes")
-        saes.append(sae)
-    options.saes = [sae.spec for sae in saes]
-    report = ingest(path, PROMPTS, options)
-    assert report.stored == len(PROMPTS) and not report.skipped, report
-    wh = Warehouse(path)
+    _, saes, wh, run_id = ingest_with_saes(tmp, checkpoint, PROMPTS, LOCATIONS, SAES)
     with wh.session():
-        spliced = _prompts(wh, report.run_id)
+        spliced = _prompts(wh, run_id)
         # the cap bends the objective's logits (slope 1 is no cap), or the test would not exercise it
         slopes = wh.sql(
             "SELECT min(least(target_slope, distractor_slope)) FROM prompt_objectives(NULL, NULL)", output="rows"
@@ -214,7 +178,8 @@ def test_direct_effects_add_up_to_the_oracles_site_effect(capped: Capped) -> Non
         site = assert_identity_closes(capped.wh, sae, [p.prompt_id for p in capped.prompts])
         for prompt in capped.prompts:
             oracle = capped.oracle(prompt, prompt.target_id, prompt.distractor_id)
-            want = oracle[ORACLE_SITE_EFFECTS[sae.location]][(len(prompt.ids) - 1, None, sae.site_layer, None, 0)]
+            rows = oracle[_SITE_EFFECTS[sae.location]]  # the oracle names it as the views do
+            want = rows[(len(prompt.ids) - 1, None, sae.site_layer, None, 0)]
             assert abs(site[prompt.prompt_id] - want) <= REL * max(abs(want), 1.0), (sae.name, site, want)
 
 

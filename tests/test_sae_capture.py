@@ -73,6 +73,7 @@ OPENAI_FILES = {
     "oa_attn1": "resid_delta_attn/autoencoders/1.pt",
     "oa_res1": "resid_post_mlp_v5_32k/autoencoders/1.pt",
     "oa_mlp1": "topk_mlp.pt",
+    "oa_mid0": "resid_post_attn/autoencoders/0.pt",  # tests/test_sae_capped.py
 }
 GIVEN_AS_FOLDER = {"oa_res1"}  # --sae FOLDER@HOOK: actwh picks the layer's file, beside a decoy 0.pt
 TIED = {"oa_attn1"}
@@ -132,13 +133,24 @@ def _write(sae: OracleSAE, folder: Path) -> None:
 def stored(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stored]:
     tmp = tmp_path_factory.mktemp("sae")
     checkpoint = gpt2_checkpoint(tmp / "checkpoint")
+    plain, saes, wh, run_id = ingest_with_saes(tmp, checkpoint, PROMPTS, LOCATIONS_STORED, SAE_SETS[request.param])
+    with wh.session():
+        yield Stored(checkpoint, wh, saes, plain, _prompts(wh, run_id))
+
+
+def ingest_with_saes(
+    tmp: Path, checkpoint: Checkpoint, prompts: list[PromptInput], locations: list[str], rows: list[tuple]
+) -> tuple[list[Prompt], list[OracleSAE], Warehouse, int]:
+    """Ingest `prompts` into tmp/wh, make one random SAE per row of SAES's layout calibrated on its site's
+    values on them, write each in its format under tmp/saes and ingest the prompts again with every SAE
+    spliced in: (the prompts of the first ingest, the SAEs, the warehouse, the second run's id)."""
     path = tmp / "wh"
-    options = IngestOptions(model=str(checkpoint.path), locations=LOCATIONS_STORED, progress=False)
-    plain_run = ingest(path, PROMPTS, options).run_id
+    options = IngestOptions(model=str(checkpoint.path), locations=locations, progress=False)
+    plain_run = ingest(path, prompts, options).run_id
     with Warehouse(path).session() as wh:
         plain = _prompts(wh, plain_run)
     saes = []
-    for seed, row in enumerate(SAE_SETS[request.param]):
+    for seed, row in enumerate(rows):
         name, fmt, arch, hook, kind, layer, location, site_layer, d_sae, k, rescale = row
         probe = OracleSAE(name, fmt, arch, hook, kind, layer, location, site_layer, *(torch.zeros(0),) * 4)
         seen = torch.cat([site_values(checkpoint.model, probe, p.ids) for p in plain])
@@ -147,11 +159,9 @@ def stored(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         saes.append(sae)
         _write(sae, tmp / "saes")
     options.saes = [s.spec for s in saes]
-    report = ingest(path, PROMPTS, options)
-    assert report.stored == len(PROMPTS) and not report.skipped, report
-    wh = Warehouse(path)
-    with wh.session():
-        yield Stored(checkpoint, wh, saes, plain, _prompts(wh, report.run_id))
+    report = ingest(path, prompts, options)
+    assert report.stored == len(prompts) and not report.skipped, report
+    return plain, saes, Warehouse(path), report.run_id
 
 
 def _dense(
