@@ -51,6 +51,8 @@ WRITER = "warehouse/writer.py"
 SAE = "tests/test_sae_capture.py"
 SAE_LATENTS = f"{SAE}::test_latents_equal_each_formats_encoder_on_the_stored_site"
 SAE_GRADIENTS = f"{SAE}::test_latent_and_error_gradients_equal_autograd_through_a_reference_splice"
+SAE_VIEWS = "queries/support/50_autoencoders.sql"
+SAE_CAPPED = "tests/test_sae_capped.py"
 
 
 def parity(*cases: str, objective: str = "logit_diff") -> tuple[str, ...]:
@@ -559,6 +561,50 @@ MUTATIONS: tuple[Mutation, ...] = (
             "flat = w_o.transpose(0, 1).reshape(-1, w_o.shape[-1])",
         ),
         (f"{SAE}::test_latent_views_equal_the_oracle",),
+    ),
+    Mutation(
+        "openai_topk_input_not_layer_normalised",
+        "an OpenAI sparse_autoencoder TopK SAE encodes its input as it is (the package's loader layer-normalises it)",
+        replace("ingest/sae/openai.py", '"layer_norm_input": True}', '"layer_norm_input": False}'),
+        (f"{SAE_LATENTS}[reference]",),
+    ),
+    Mutation(
+        "sae_layer_norm_with_biased_std",
+        "a layer-normalising SAE divides by the biased standard deviation (sparse_autoencoder's LN uses torch's "
+        "unbiased std)",
+        replace(
+            "ingest/sae/autoencoder.py", "x.std(dim=-1, keepdim=True)", "x.std(dim=-1, keepdim=True, correction=0)"
+        ),
+        (f"{SAE_LATENTS}[reference]",),
+    ),
+    Mutation(
+        "sae_write_norm_ignores_input_std",
+        "a layer-normalising SAE's latents' write norms leave out the input's std that un-normalises their writes",
+        replace(SAE_VIEWS, "(a.value * n.value * coalesce(s.value, 1))::FLOAT", "(a.value * n.value)::FLOAT"),
+        (f"{SAE}::test_latent_views_equal_the_oracle[reference]",),
+    ),
+    Mutation(
+        "sae_direct_effects_without_cap_slopes",
+        "latents' direct effects leave out the soft-capped logits' slopes (right for uncapped models only)",
+        replace(
+            SAE_VIEWS,
+            "coalesce(s.value, 1) * (p.target_slope * f.target_value - p.distractor_slope * f.distractor_value)",
+            "coalesce(s.value, 1) * (f.target_value - f.distractor_value)",
+        ),
+        (
+            f"{SAE_CAPPED}::test_latent_direct_effects_equal_the_oracle_through_the_cap",
+            f"{SAE_CAPPED}::test_latent_direct_effects_for_another_pair_equal_the_oracle",
+        ),
+    ),
+    Mutation(
+        "sae_error_direct_effects_without_cap_slopes",
+        "an SAE error's direct effect leaves out the soft-capped logits' slopes",
+        replace(
+            SAE_VIEWS,
+            "(sum(a.value * (p.target_slope * f.target_value - p.distractor_slope * f.distractor_value))",
+            "(sum(a.value * (f.target_value - f.distractor_value))",
+        ),
+        (f"{SAE_CAPPED}::test_direct_effects_add_up_to_the_oracles_site_effect",),
     ),
     Mutation(
         "post_norm_gain_dropped_from_direction_factors",

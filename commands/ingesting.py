@@ -110,7 +110,8 @@ def _prompt_sources(
     "saes",
     multiple=True,
     help="A sparse autoencoder's folder (SAELens, sparsify or Gemma Scope; DIR@HOOK names the hook point where "
-    "the files do not) spliced in at its hook point: its non-zero latents are stored as nodes (repeatable).",
+    "the files do not; OpenAI sparse_autoencoder: FILE.pt@HOOK or DIR@HOOK) spliced in at its hook point: its "
+    "non-zero latents are stored as nodes (repeatable).",
 )
 @click.option("--no-sae-error", is_flag=True, help="Do not store the SAEs' reconstruction errors.")
 @click.option(

@@ -62,8 +62,9 @@ class CaptureSpec:
 
     def labels(self) -> list[str]:
         spliced = [name for sae in self.saes for name in (sae.site.latent, sae.site.error)[: 1 + self.sae_error]]
+        stats = [name for sae in self.saes if sae.layer_norm_input for name in sae.site.input_stats]
         both = (PassType.FORWARD, PassType.BACKWARD)
-        passes = {**self.passes, **dict.fromkeys(spliced, both)}
+        passes = {**self.passes, **dict.fromkeys(spliced, both), **dict.fromkeys(stats, (PassType.FORWARD,))}
         return [f"{name}:{p.value}" for name, ps in passes.items() for p in ps]
 
     def wants(self, name: str, layer: int | None, pass_type: PassType) -> bool:

@@ -2,6 +2,10 @@
 encoder per format written from its conventions (never actwh's code), and a reference splice into a
 transformers GPT-2 (reconstruction + detached error, as the reference system splices).
 
+The formats: SAELens (6 and older configs), sparsify, Gemma Scope, and OpenAI's sparse_autoencoder (the
+reference system's): a torch.save'd state dict per layer, whose TopK autoencoders layer-normalise their
+input (its loader's rule) and un-normalise the reconstruction.
+
 Weights are random, with biases (or thresholds) calibrated on the model's own activations at the site so
 that a few percent of latents fire per token, as trained SAEs do.
 """
@@ -19,7 +23,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-# The transformers GPT-2 module whose output (or, for hook_z, whose input) each site is, per layer.
+# The transformers module whose output (or input) each site is, per layer: GPT-2's, and Gemma 2's residual
+# stream (gemma_resid_mid, the MLP norm's input, is for reading only: the residual passes beside it).
 HF_SITES: dict[str, tuple[str, str]] = {
     # site kind -> (module path with {L}, 'out' or 'in')
     "resid_pre0": ("transformer.drop", "out"),
@@ -28,6 +33,9 @@ HF_SITES: dict[str, tuple[str, str]] = {
     "mlp_out": ("transformer.h.{L}.mlp", "out"),
     "attn_out": ("transformer.h.{L}.attn", "out"),
     "z": ("transformer.h.{L}.attn.c_proj", "in"),
+    "gemma_resid_pre0": ("model.layers.0", "in"),
+    "gemma_resid_mid": ("model.layers.{L}.pre_feedforward_layernorm", "in"),
+    "gemma_resid_post": ("model.layers.{L}", "out"),
 }
 
 
@@ -36,7 +44,7 @@ class OracleSAE:
     """One SAE as the test knows it: format, where it reads, its tensors, and how the test encodes."""
 
     name: str
-    fmt: str  # saelens, saelens_old, sparsify, gemma_scope
+    fmt: str  # saelens, saelens_old, sparsify, gemma_scope, openai
     architecture: str
     hook_name: str
     kind: str  # a key of HF_SITES
@@ -50,11 +58,17 @@ class OracleSAE:
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
     k: int | None = None
     rescale: bool = False
-    directory: Path | None = None
+    normalize: bool = False  # openai TopK: x -> (x - mean) / (std + 1e-5), reconstruction * std + mean
+    tied: bool = False  # openai: the decoder is the encoder's weight (w_dec = w_enc.T)
+    directory: Path | None = None  # the SAE's folder, or an openai SAE's file
+    spec: str = ""  # the --sae value
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Latents of x [..., d_in] (float64), by the format's conventions."""
         x = x.double()
+        if self.normalize:
+            mean, std = input_stats(x)
+            x = (x - mean) / (std + 1e-5)
         if self.fmt == "gemma_scope":  # no b_dec subtraction; JumpReLU as mask * pre
             pre = x @ self.w_enc + self.b_enc
             return (pre > self.extra["threshold"]).double() * torch.relu(pre)
@@ -80,29 +94,45 @@ class OracleSAE:
     def decoder_rows(self) -> torch.Tensor:
         return self.w_dec / self.w_dec.norm(dim=-1, keepdim=True) if self.rescale else self.w_dec
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return latents @ self.decoder_rows() + self.b_dec
+    def decode(self, latents: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The reconstruction of latents encoded from x."""
+        out = latents @ self.decoder_rows() + self.b_dec
+        if self.normalize:
+            mean, std = input_stats(x.double())
+            out = out * std + mean
+        return out
+
+
+def input_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """sparse_autoencoder's LN statistics of x [..., d]: mean and unbiased std over the last axis, [..., 1]."""
+    mean = x.mean(-1, keepdim=True)
+    return mean, (x - mean).std(-1, keepdim=True)
 
 
 def random_sae(
     name: str, fmt: str, architecture: str, hook_name: str, kind: str, layer: int, location: str,
     site_layer: int | None, activations: torch.Tensor, d_sae: int, seed: int, k: int | None = None,
-    rescale: bool = False,
+    rescale: bool = False, normalize: bool = False, tied: bool = False,
 ) -> OracleSAE:  # fmt: skip
     """Random weights, with the biases or thresholds set from `activations` [n, d_in] (the site's values
     on the test prompts) so that about 6% of latents fire on them."""
     gen = torch.Generator().manual_seed(seed)
     x = activations.double()
+    if normalize:
+        mean, std = input_stats(x)
+        x = (x - mean) / (std + 1e-5)
     d_in = x.shape[1]
     w_enc = torch.randn(d_in, d_sae, generator=gen, dtype=torch.float64) / d_in**0.5
     w_dec = torch.randn(d_sae, d_in, generator=gen, dtype=torch.float64) * 0.3 / d_sae**0.5 * 4
+    if tied:
+        w_dec = w_enc.T.clone()
     b_dec = 0.1 * torch.randn(d_in, generator=gen, dtype=torch.float64)
     centred = x if fmt == "gemma_scope" else x - b_dec
     pre = centred @ w_enc
     firing = torch.quantile(pre, 0.94, dim=0)
     noise = 0.05 * torch.randn(d_sae, generator=gen, dtype=torch.float64)
     sae = OracleSAE(name, fmt, architecture, hook_name, kind, layer, location, site_layer, w_enc, -firing + noise,
-                    w_dec, b_dec, k=k, rescale=rescale)  # fmt: skip
+                    w_dec, b_dec, k=k, rescale=rescale, normalize=normalize, tied=tied)  # fmt: skip
     if architecture == "jumprelu":
         sae.b_enc = noise.clone()
         sae.extra["threshold"] = firing + 0.05 * torch.rand(d_sae, generator=gen, dtype=torch.float64)
@@ -115,6 +145,36 @@ def random_sae(
     elif architecture == "topk":
         sae.b_enc = noise.clone()
     return sae
+
+
+def write_openai(sae: OracleSAE, file: Path, spec: str) -> Path:
+    """Save `sae` as sparse_autoencoder's Autoencoder.state_dict() saves it: its parameters and statistics
+    buffers, the activation's class name and settings (a TopK module's also under activation.*), a tied
+    decoder as decoder.linear.weight (the encoder's own weight); `spec` is the --sae value."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(len(sae.name))
+    d_sae = sae.w_enc.shape[1]
+    encoder = sae.w_enc.T.float().contiguous()
+    state: dict = {
+        "pre_bias": sae.b_dec.float(),
+        "latent_bias": sae.b_enc.float(),
+        "stats_last_nonzero": torch.randint(0, 1000, (d_sae,), generator=gen),
+        "latents_activation_frequency": torch.rand(d_sae, generator=gen),
+        "latents_mean_square": torch.rand(d_sae, generator=gen),
+        "encoder.weight": encoder,
+    }
+    if sae.tied:
+        state["decoder.linear.weight"] = encoder
+    else:
+        state["decoder.weight"] = sae.w_dec.T.float().contiguous()
+    if sae.architecture == "topk":
+        state |= {"activation.k": sae.k, "activation.postact_fn": "ReLU", "activation": "TopK"}
+        state["activation_state_dict"] = {"k": sae.k, "postact_fn": "ReLU"}
+    else:
+        state |= {"activation": "ReLU", "activation_state_dict": {}}
+    torch.save(state, file)
+    sae.directory, sae.spec = file, spec
+    return file
 
 
 def write(sae: OracleSAE, directory: Path) -> Path:
@@ -152,7 +212,7 @@ def write(sae: OracleSAE, directory: Path) -> Path:
                    "activation_fn_kwargs": {"k": sae.k} if sae.k else {}, "apply_b_dec_to_input": True,
                    "normalize_activations": "expected_average_only_in", "context_size": 128}  # fmt: skip
         (directory / "cfg.json").write_text(json.dumps(cfg))
-    sae.directory = directory
+    sae.directory, sae.spec = directory, str(directory)
     return directory
 
 
@@ -198,6 +258,8 @@ class SplicedGrads:
     latent_grads: torch.Tensor  # [T, d_sae]
     error: torch.Tensor  # [T, d_in]
     error_grads: torch.Tensor  # [T, d_in]
+    write_scale: torch.Tensor  # [T]: what a unit latent's decoder row is multiplied by (the input's std, or 1)
+    bias_write: torch.Tensor  # [T, d_in]: the reconstruction of zero latents (b_dec, un-normalised)
 
 
 def reference_splice(model: nn.Module, sae: OracleSAE, ids: list[int], target: int, distractor: int) -> SplicedGrads:
@@ -209,9 +271,11 @@ def reference_splice(model: nn.Module, sae: OracleSAE, ids: list[int], target: i
     def splice(x: torch.Tensor) -> torch.Tensor:
         latents = sae.encode(x).float()
         latents.retain_grad()
-        reconstruction = sae.decode(latents.double()).float()
+        reconstruction = sae.decode(latents.double(), x).float()
         error = (x - reconstruction).detach().requires_grad_()
-        found.update(latents=latents, error=error)
+        nothing = torch.zeros_like(latents.detach()[0]).double()
+        scale = input_stats(x.detach()[0].double())[1][:, 0] if sae.normalize else torch.ones(x.shape[1]).double()
+        found.update(latents=latents, error=error, scale=scale, bias=sae.decode(nothing, x.detach()[0]))
         return reconstruction + error
 
     ln_f = model.transformer.ln_f
@@ -231,4 +295,6 @@ def reference_splice(model: nn.Module, sae: OracleSAE, ids: list[int], target: i
         handle.remove()
     model.zero_grad()
     latents, error = found["latents"], found["error"]
-    return SplicedGrads(latents.detach()[0], latents.grad[0], error.detach()[0], error.grad[0])
+    return SplicedGrads(
+        latents.detach()[0], latents.grad[0], error.detach()[0], error.grad[0], found["scale"], found["bias"]
+    )

@@ -1,7 +1,8 @@
 """Bad SAE input: one line naming the field and value, exit 2, and nothing stored.
 
 Every case runs `actwh ingest --sae` in-process on the built-in gpt2-tiny (d_model 32, d_mlp 128, two
-layers), with SAE folders written by each format's conventions (tests/sae_oracle.py).
+layers), with SAE folders (and OpenAI sparse_autoencoder files) written by each format's conventions
+(tests/sae_oracle.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.sae_oracle import OracleSAE, write
+from tests.sae_oracle import OracleSAE, write, write_openai
 from tests.test_bad_input import Result, assert_one_line_error, tiny
 from warehouse import db
 
@@ -37,6 +38,30 @@ def _sae(tmp: Path, name: str, fmt: str = "saelens", hook: str = "blocks.0.hook_
     return folder
 
 
+def _openai(tmp: Path, hook: str, file: str = "0.pt", d_in: int = 32, k: int | None = None, **changes: object) -> str:
+    """A --sae value FILE@hook for a random sparse_autoencoder state dict; `changes` overwrite its entries
+    (None: leave the entry out)."""
+    gen = torch.Generator().manual_seed(0)
+    d_sae = 64
+    tensors = [torch.randn(*shape, generator=gen) for shape in ((d_in, d_sae), (d_sae,), (d_sae, d_in), (d_in,))]
+    sae = OracleSAE("oa", "openai", "topk" if k else "standard", hook, "resid_post", 0, "", 0, *tensors, k=k)
+    path = write_openai(sae, tmp / file, "")
+    if changes:
+        state = torch.load(path, weights_only=True) | changes
+        torch.save({key: value for key, value in state.items() if value is not None}, path)
+    return f"{path}@{hook}"
+
+
+def _written(path: Path, content: object) -> Path:
+    """`content` saved at `path` (bytes as they are, anything else with torch.save)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    return path
+
+
 def _refused(tmp: Path, *args: str | Path) -> str:
     """Ingest with `args`; the one error line, after checking that the warehouse holds nothing."""
     path = tmp / "wh"
@@ -54,7 +79,7 @@ def _refused(tmp: Path, *args: str | Path) -> str:
 
 CASES = {
     "no_format": (lambda tmp: ["--sae", (tmp / "empty").mkdir() or tmp / "empty"], ["no SAE format", "cfg.json"]),
-    "no_directory": (lambda tmp: ["--sae", tmp / "missing"], ["no such directory"]),
+    "no_directory": (lambda tmp: ["--sae", tmp / "missing"], ["no such folder or file"]),
     "d_in": (lambda tmp: ["--sae", _sae(tmp, "a", d_in=16)], ["d_in 16", "blocks.0.hook_resid_post", "32"]),
     "mlp_d_in": (lambda tmp: ["--sae", _sae(tmp, "a", hook="blocks.1.mlp.hook_post")], ["d_in 32", "128"]),
     "hook": (lambda tmp: ["--sae", _sae(tmp, "a", hook="blocks.0.attn.hook_q")], ["unknown hook point", "hook_q"]),
@@ -87,6 +112,79 @@ CASES = {
         ["autoencoder_latent", "layer 0"],
     ),
     "latent_as_location": (lambda tmp: ["--locations", "online_autoencoder_latent"], ["--sae"]),
+    "openai_without_hook": (
+        lambda tmp: ["--sae", _openai(tmp, "resid_post_mlp").partition("@")[0]],
+        ["names no hook point", "@HOOK"],
+    ),
+    "openai_location_name_without_layer": (
+        lambda tmp: ["--sae", _openai(tmp, "resid_post_mlp", file="sae.pt")],
+        ["'resid_post_mlp' names no layer"],
+    ),
+    "openai_layer_contradicts_file": (
+        lambda tmp: ["--sae", _openai(tmp, "blocks.1.hook_resid_post")],
+        ["reads layer 1", "for layer 0"],
+    ),
+    "openai_folder_without_the_layer": (
+        lambda tmp: ["--sae", _openai(tmp, "blocks.1.hook_resid_post").replace("/0.pt@", "@")],
+        ["no 1.pt", "layer 1"],
+    ),
+    "openai_d_in": (lambda tmp: ["--sae", _openai(tmp, "mlp_post_act", d_in=32)], ["d_in 32", "128"]),
+    "openai_activation": (
+        lambda tmp: ["--sae", _openai(tmp, "resid_post_mlp", activation="Identity")],
+        ["activation 'Identity'", "ReLU and TopK"],
+    ),
+    "openai_postact": (
+        lambda tmp: [
+            "--sae",
+            _openai(
+                tmp,
+                "resid_post_mlp",
+                k=4,
+                activation_state_dict={"k": 4, "postact_fn": "Identity"},
+                **{"activation.postact_fn": "Identity"},
+            ),
+        ],
+        ["postact_fn 'Identity'"],
+    ),
+    "openai_k": (
+        lambda tmp: [
+            "--sae",
+            _openai(tmp, "resid_post_mlp", k=4, **{"activation.k": None, "activation_state_dict": {}}),
+        ],
+        ["positive integer", "k", "None"],
+    ),
+    "openai_unknown_key": (
+        lambda tmp: ["--sae", _openai(tmp, "resid_post_mlp", **{"decoder.bias": torch.zeros(32)})],
+        ["key 'decoder.bias'"],
+    ),
+    "openai_tied_decoder_differs": (
+        lambda tmp: [
+            "--sae",
+            _openai(tmp, "resid_post_mlp", **{"decoder.weight": None, "decoder.linear.weight": torch.ones(64, 32)}),
+        ],
+        ["decoder.linear.weight differs"],
+    ),
+    "openai_decoder_shape": (
+        lambda tmp: ["--sae", _openai(tmp, "resid_post_mlp", **{"decoder.weight": torch.ones(64, 32)})],
+        ["decoder.weight has shape (64, 32)", "(32, 64)"],
+    ),
+    "openai_not_a_tensor": (
+        lambda tmp: ["--sae", _openai(tmp, "resid_post_mlp", pre_bias=[0.0] * 32)],
+        ["pre_bias is a list, not a tensor"],
+    ),
+    "openai_code": (
+        lambda tmp: ["--sae", f"{_written(tmp / '0.pt', {'pre_bias': Path('x')})}@resid_post_mlp"],
+        ["pathlib.PosixPath", "weights_only", "never runs"],
+    ),
+    "openai_not_torch": (
+        lambda tmp: ["--sae", f"{_written(tmp / '0.pt', b'not a zip')}@resid_post_mlp"],
+        ["not a file torch.save wrote"],
+    ),
+    "openai_not_a_dict": (
+        lambda tmp: ["--sae", f"{_written(tmp / '0.pt', torch.zeros(3))}@resid_post_mlp"],
+        ["holds a Tensor"],
+    ),
+    "not_a_pt_file": (lambda tmp: ["--sae", _written(tmp / "sae.bin", b"")], ["not a folder or a .pt file"]),
 }
 
 

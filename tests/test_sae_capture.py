@@ -2,17 +2,21 @@
 value, latent and error gradients equal autograd through a reference splice, the latents' and errors'
 views equal an oracle, and direct effects still add up with latents + error in place of their site.
 
-One random-weight transformers GPT-2 and seven SAEs in one ingest, covering the three formats, the four
-architectures, old and new SAELens configs and every site kind (the embedding, residual after a block,
-MLP activation, MLP output, attention output, attention z). The oracle (tests/sae_oracle.py) shares no
-code with actwh.
+One random-weight transformers GPT-2 and two sets of SAEs, each in one ingest: seven of the field's formats,
+covering SAELens, sparsify and Gemma Scope, the four architectures, old and new SAELens configs and every
+site kind (the embedding, residual after a block, MLP activation, MLP output, attention output, attention
+z); and four of the reference system's own (OpenAI sparse_autoencoder state dicts: ReLU, tied ReLU, and
+TopK, which layer-normalises its input, on the residual and on the MLP activation; given as a file or as a
+folder of per-layer files, with the hook as a TransformerLens name or a reference-system location name).
+The oracle (tests/sae_oracle.py) shares no code with actwh.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +26,16 @@ from ingest.prompts import PromptInput
 from ingest.worker import IngestOptions, ingest
 from queries import Warehouse
 from tests.hf_checkpoints import Checkpoint, gpt2_checkpoint
-from tests.sae_oracle import OracleSAE, SplicedGrads, random_sae, reference_splice, site_values, write
+from tests.sae_oracle import (
+    OracleSAE,
+    SplicedGrads,
+    input_stats,
+    random_sae,
+    reference_splice,
+    site_values,
+    write,
+    write_openai,
+)
 from warehouse.registry import LOCATIONS
 
 pytest.importorskip("transformers")
@@ -47,6 +60,24 @@ SAES = [
 ]  # fmt: skip
 # sparsify names the folder after the hook point; Gemma Scope's site comes from the release's folders
 FOLDERS = {"sparsify": "sparsify/{name}", "gemma_scope": "gemma-scope-2b-pt-res/layer_0/width_16k/average_l0_8"}
+# The reference system's format: the hook is what follows @ in the --sae value (a location name takes the
+# layer from the file's name); TopK ones layer-normalise their input.
+OPENAI_SAES = [
+    ("oa_mlp0", "openai", "standard", "mlp_post_act", "mlp_post", 0, "mlp.post_act", 0, 256, None, False),
+    ("oa_attn1", "openai", "standard", "RESID_DELTA_ATTN", "attn_out", 1, "resid.delta_attn", 1, 96, None, False),
+    ("oa_res1", "openai", "topk", "blocks.1.hook_resid_post", "resid_post", 1, "resid.post_mlp", 1, 128, 8, False),
+    ("oa_mlp1", "openai", "topk", "blocks.1.mlp.hook_post", "mlp_post", 1, "mlp.post_act", 1, 256, 8, False),
+]  # fmt: skip
+OPENAI_FILES = {
+    "oa_mlp0": "mlp_post_act/autoencoders/0.pt",
+    "oa_attn1": "resid_delta_attn/autoencoders/1.pt",
+    "oa_res1": "resid_post_mlp_v5_32k/autoencoders/1.pt",
+    "oa_mlp1": "topk_mlp.pt",
+    "oa_mid0": "resid_post_attn/autoencoders/0.pt",  # tests/test_sae_capped.py
+}
+GIVEN_AS_FOLDER = {"oa_res1"}  # --sae FOLDER@HOOK: actwh picks the layer's file, beside a decoy 0.pt
+TIED = {"oa_attn1"}
+SAE_SETS = {"field": SAES, "reference": OPENAI_SAES}
 
 
 @dataclass
@@ -88,28 +119,49 @@ def _prompts(wh: Warehouse, run_id: int) -> list[Prompt]:
     return out
 
 
-@pytest.fixture(scope="module")
-def stored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stored]:
+def _write(sae: OracleSAE, folder: Path) -> None:
+    if sae.fmt != "openai":
+        write(sae, folder / FOLDERS.get(sae.fmt, "{name}").format(name=sae.name))
+        return
+    file = folder / OPENAI_FILES[sae.name]
+    if sae.name in GIVEN_AS_FOLDER:
+        write_openai(replace(sae, w_enc=-sae.w_enc), file.parent / "0.pt", "")
+    write_openai(sae, file, f"{file.parent if sae.name in GIVEN_AS_FOLDER else file}@{sae.hook_name}")
+
+
+@pytest.fixture(scope="module", params=list(SAE_SETS))
+def stored(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stored]:
     tmp = tmp_path_factory.mktemp("sae")
     checkpoint = gpt2_checkpoint(tmp / "checkpoint")
+    plain, saes, wh, run_id = ingest_with_saes(tmp, checkpoint, PROMPTS, LOCATIONS_STORED, SAE_SETS[request.param])
+    with wh.session():
+        yield Stored(checkpoint, wh, saes, plain, _prompts(wh, run_id))
+
+
+def ingest_with_saes(
+    tmp: Path, checkpoint: Checkpoint, prompts: list[PromptInput], locations: list[str], rows: list[tuple]
+) -> tuple[list[Prompt], list[OracleSAE], Warehouse, int]:
+    """Ingest `prompts` into tmp/wh, make one random SAE per row of SAES's layout calibrated on its site's
+    values on them, write each in its format under tmp/saes and ingest the prompts again with every SAE
+    spliced in: (the prompts of the first ingest, the SAEs, the warehouse, the second run's id)."""
     path = tmp / "wh"
-    options = IngestOptions(model=str(checkpoint.path), locations=LOCATIONS_STORED, progress=False)
-    plain_run = ingest(path, PROMPTS, options).run_id
+    options = IngestOptions(model=str(checkpoint.path), locations=locations, progress=False)
+    plain_run = ingest(path, prompts, options).run_id
     with Warehouse(path).session() as wh:
         plain = _prompts(wh, plain_run)
     saes = []
-    for seed, (name, fmt, arch, hook, kind, layer, location, site_layer, d_sae, k, rescale) in enumerate(SAES):
+    for seed, row in enumerate(rows):
+        name, fmt, arch, hook, kind, layer, location, site_layer, d_sae, k, rescale = row
         probe = OracleSAE(name, fmt, arch, hook, kind, layer, location, site_layer, *(torch.zeros(0),) * 4)
         seen = torch.cat([site_values(checkpoint.model, probe, p.ids) for p in plain])
-        sae = random_sae(name, fmt, arch, hook, kind, layer, location, site_layer, seen, d_sae, seed, k, rescale)
+        normalize = fmt == "openai" and arch == "topk"
+        sae = random_sae(*row[:8], seen, d_sae, seed, k, rescale, normalize, name in TIED)
         saes.append(sae)
-        write(sae, tmp / "saes" / FOLDERS.get(fmt, "{name}").format(name=name))
-    options.saes = [str(s.directory) for s in saes]
-    report = ingest(path, PROMPTS, options)
-    assert report.stored == len(PROMPTS) and not report.skipped, report
-    wh = Warehouse(path)
-    with wh.session():
-        yield Stored(checkpoint, wh, saes, plain, _prompts(wh, report.run_id))
+        _write(sae, tmp / "saes")
+    options.saes = [s.spec for s in saes]
+    report = ingest(path, prompts, options)
+    assert report.stored == len(prompts) and not report.skipped, report
+    return plain, saes, Warehouse(path), report.run_id
 
 
 def _dense(
@@ -163,9 +215,10 @@ def test_the_ingest_records_each_sae(stored: Stored) -> None:
     )
     by_path = {r[0]: r[1:] for r in rows}
     assert len(by_path) == len(stored.saes)
-    for sae in stored.saes:
+    for sae in stored.saes:  # the digest of the weights, then the config
         fmt = "saelens" if sae.fmt == "saelens_old" else sae.fmt
-        files = sorted(sae.directory.iterdir(), key=lambda p: p.name == "cfg.json")  # weights, then config
+        folder = sae.directory
+        files = [folder] if folder.is_file() else sorted(folder.iterdir(), key=lambda p: p.name == "cfg.json")
         digest = hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()
         want = (fmt, sae.architecture, sae.location, sae.site_layer, *sae.w_enc.shape, sae.k, digest)
         assert by_path[str(sae.directory)] == want, sae.name
@@ -188,7 +241,16 @@ def test_latents_equal_each_formats_encoder_on_the_stored_site(stored: Stored) -
             )[0][0]
             assert rows == (want != 0).sum(), f"{sae.name}: {rows} rows for {(want != 0).sum()} non-zero latents"
             active, total = active + int((want != 0).sum()), total + want.size
+            if sae.normalize:  # the input's stats, which the views scale the latents' writes by
+                mean, std = input_stats(torch.from_numpy(_site(stored, sae, prompt)))
+                for dst, value in zip(_input_stat_dsts(sae), (mean, std), strict=True):
+                    got = _dense(stored.wh, dst, sae.site_layer, prompt.prompt_id, 1, len(prompt.ids), "forward")
+                    _close(got, value.numpy(), 1e-5, f"{sae.name} {dst}")
         assert 0.005 < active / total < 0.2, f"{sae.name}: {active / total:.1%} active, not a realistic sparsity"
+
+
+def _input_stat_dsts(sae: OracleSAE) -> list[str]:
+    return [_latent_dst(sae).replace("_latent", f"_input_{stat}") for stat in ("mean", "std")]
 
 
 def test_splicing_changes_no_stored_value(stored: Stored) -> None:
@@ -243,6 +305,7 @@ def test_latent_and_error_gradients_equal_autograd_through_a_reference_splice(st
 def _error_dst(sae: OracleSAE) -> str:
     return {
         "resid.post_mlp": "online_autoencoder_error",
+        "resid.post_attn": "online_autoencoder_error",
         "resid.post_emb": "online_autoencoder_error",
         "mlp.post_act": "online_mlp_autoencoder_error",
         "resid.delta_mlp": "online_residual_mlp_autoencoder_error",
@@ -317,10 +380,13 @@ def test_latent_views_equal_the_oracle(stored: Stored) -> None:
             active = [tuple(map(int, ti)) for ti in torch.nonzero(f)]
             last = len(prompt.ids) - 1
             g = _final_grad(stored, prompt, prompt.target_id, prompt.distractor_id)
+            s = ref.write_scale  # the input's std per token for a layer-normalising SAE, else 1
             expected = {
-                "write_norm": {(t, i): float(f[t, i] * w[i].norm()) for t, i in active},
+                "write_norm": {(t, i): float(f[t, i] * s[t] * w[i].norm()) for t, i in active},
                 "act_times_grad": {(t, i): float(f[t, i] * ref.latent_grads[t, i]) for t, i in active},
-                "write_to_final_residual_grad": {(t, i): float(f[t, i] * (w[i] @ g)) for t, i in active if t == last},
+                "write_to_final_residual_grad": {
+                    (t, i): float(f[t, i] * s[t] * (w[i] @ g)) for t, i in active if t == last
+                },
             }
             for scalar, want in expected.items():
                 view = f"{_kind(sae)}_{scalar}"
@@ -348,6 +414,7 @@ def test_error_views_equal_the_oracle(stored: Stored) -> None:
 # the direct effect of each SAE's site, from the views of the model's own nodes: (view, summed over nodes)
 _SITE_EFFECTS = {
     "resid.post_emb": "resid_post_embedding_proj_to_final_residual_grad",
+    "resid.post_attn": "resid_post_attn_proj_to_final_residual_grad",
     "resid.post_mlp": "resid_post_mlp_proj_to_final_residual_grad",
     "mlp.post_act": "mlp_write_to_final_residual_grad",
     "resid.delta_mlp": "mlp_layer_write_to_final_residual_grad",
@@ -359,47 +426,79 @@ _SITE_EFFECTS = {
 def test_direct_effects_add_up_with_latents_and_error_in_place_of_the_site(stored: Stored) -> None:
     """Per prompt and SAE: sum of its latents' direct effects + its decoder bias's + its error's = the
     direct effect of the site it reads, as the model's own nodes' views give it."""
-    wh = stored.wh
     for sae in stored.saes:
-        kind, layer = _kind(sae), sae.site_layer
-        prefix = kind.removeprefix("online_")
-        parts = {}
-        for view in (f"{kind}_write_to_final_residual_grad", f"{_error_dst(sae)}_write_to_final_residual_grad"):
-            parts[view] = dict(
-                wh.sql(
-                    f"SELECT prompt_id, sum(value) FROM {view} WHERE layer IS NOT DISTINCT FROM ? GROUP BY prompt_id",
-                    [layer],
-                    output="rows",
-                )
-            )
-        bias = dict(
+        assert_identity_closes(stored.wh, sae, [p.prompt_id for p in stored.spliced])
+
+
+def assert_identity_closes(wh: Warehouse, sae: OracleSAE, prompt_ids: list[int]) -> dict[int, float]:
+    """The direct-effect identity for one SAE on each prompt (1e-4 of its terms); returns the site's
+    direct effect per prompt as the model's own nodes' views give it."""
+    kind, layer = _kind(sae), sae.site_layer
+    prefix = kind.removeprefix("online_")
+    parts = {}
+    for view in (f"{kind}_write_to_final_residual_grad", f"{_error_dst(sae)}_write_to_final_residual_grad"):
+        parts[view] = dict(
             wh.sql(
-                """
-                SELECT f.prompt_id, sum(w.value * f.value / f.final_scale)
-                FROM pair_join_factors(NULL, NULL, 'residual') f JOIN prompts p USING (prompt_id)
-                JOIN weights w ON w.model_id = p.model_id AND w.location = ? AND w.layer IS NOT DISTINCT FROM ?
-                     AND w.row_index = f.node_index
-                GROUP BY f.prompt_id""",
-                [f"{prefix}.bias_to_residual", layer],
-                output="rows",
-            )
-        )
-        site = dict(
-            wh.sql(
-                f"SELECT prompt_id, sum(value) FROM {_SITE_EFFECTS[sae.location]} WHERE layer IS NOT DISTINCT FROM ?"
-                " GROUP BY prompt_id",
+                f"SELECT prompt_id, sum(value) FROM {view} WHERE layer IS NOT DISTINCT FROM ? GROUP BY prompt_id",
                 [layer],
                 output="rows",
             )
         )
-        for prompt in stored.spliced:
-            pid = prompt.prompt_id
-            terms = [parts[v].get(pid, 0.0) for v in parts] + [bias[pid]]
-            assert all(t != 0 for t in terms), f"{sae.name}: a term is missing: {terms}"
-            closed = sum(terms) - site[pid]
-            assert abs(closed) <= 1e-4 * (sum(abs(t) for t in terms) + abs(site[pid])), (
-                f"{sae.name}: off by {closed:.3g}"
+    bias = dict(
+        wh.sql(
+            """
+            SELECT f.prompt_id, sum(w.value * f.value / f.final_scale)
+            FROM pair_join_factors(NULL, NULL, 'residual') f JOIN prompts p USING (prompt_id)
+            JOIN weights w ON w.model_id = p.model_id AND w.location = ? AND w.layer IS NOT DISTINCT FROM ?
+                 AND w.row_index = f.node_index
+            GROUP BY f.prompt_id""",
+            [f"{prefix}.bias_to_residual", layer],
+            output="rows",
+        )
+    )
+    if sae.normalize:
+        bias = _un_normalised(wh, sae, bias)
+    site = dict(
+        wh.sql(
+            f"SELECT prompt_id, sum(value) FROM {_SITE_EFFECTS[sae.location]} WHERE layer IS NOT DISTINCT FROM ?"
+            " GROUP BY prompt_id",
+            [layer],
+            output="rows",
+        )
+    )
+    for pid in prompt_ids:
+        terms = [parts[v].get(pid, 0.0) for v in parts] + [bias[pid]]
+        assert all(t != 0 for t in terms), f"{sae.name}: a term is missing: {terms}"
+        closed = sum(terms) - site[pid]
+        assert abs(closed) <= 1e-4 * (sum(abs(t) for t in terms) + abs(site[pid])), f"{sae.name}: off by {closed:.3g}"
+    return {pid: site[pid] for pid in prompt_ids}
+
+
+def _un_normalised(wh: Warehouse, sae: OracleSAE, bias: dict[int, float]) -> dict[int, float]:
+    """A layer-normalising SAE's bias term: its reconstruction of zero latents at the last token T is
+    s[T] b_dec + m[T] (1, ..., 1), s and m the input's stored std and mean; the ones vector's direct effect
+    from the factors of the site's kind (the residual's, or W_out's rows for mlp.post_act)."""
+    factor_kind = {"mlp.post_act": "mlp", "attn.v_out": "attn"}.get(sae.location, "residual")
+    ones = dict(
+        wh.sql(
+            "SELECT prompt_id, sum(value / final_scale) FROM pair_join_factors(NULL, NULL, ?)"
+            " WHERE ? = 'residual' OR layer = ? GROUP BY prompt_id",
+            [factor_kind, factor_kind, sae.site_layer],
+            output="rows",
+        )
+    )
+    mean, std = (
+        dict(
+            wh.sql(
+                "SELECT a.prompt_id, a.value FROM activations a JOIN prompts p USING (prompt_id)"
+                " WHERE a.dst = ? AND a.layer IS NOT DISTINCT FROM ? AND a.token = p.n_tokens - 1",
+                [dst, sae.site_layer],
+                output="rows",
             )
+        )
+        for dst in _input_stat_dsts(sae)
+    )
+    return {pid: std[pid] * value + mean[pid] * ones[pid] for pid, value in bias.items() if pid in std}
 
 
 def test_latent_direct_effects_for_a_pair_given_at_query_time(stored: Stored) -> None:
@@ -416,7 +515,8 @@ def test_latent_direct_effects_for_a_pair_given_at_query_time(stored: Stored) ->
     for sae in stored.saes:
         f = torch.from_numpy(_latents(stored, sae, prompt)).double()
         w = _writes(stored, sae, sae.decoder_rows())
-        want = {(last, int(i)): float(f[last, i] * (w[i] @ g)) for i in torch.nonzero(f[last]).flatten()}
+        s = stored.reference(sae, prompt).write_scale[last]
+        want = {(last, int(i)): float(f[last, i] * s * (w[i] @ g)) for i in torch.nonzero(f[last]).flatten()}
         dst = f"{_kind(sae)}_write_to_final_residual_grad"
         got = {(t, i): v for d, layer, t, i, v in rows if d == dst and layer == sae.site_layer}
         _assert_rows(got, want, f"{sae.name} for another pair")

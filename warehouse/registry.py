@@ -298,6 +298,20 @@ _LOCATIONS += [
     _error("online_residual_attention_autoencoder_error", (D.RESIDUAL_STREAM_CHANNELS,), "resid.delta_attn"),
     _error("online_attention_autoencoder_error", (D.ATTN_HEADS, D.VALUE_CHANNELS), "attn.v_out"),
 ]
+# An SAE that layer-normalises its input (OpenAI's TopK autoencoders) un-normalises its reconstruction with
+# the input's mean and standard deviation per token: the views scale its latents' writes by the std.
+_LOCATIONS += [
+    ActivationLocation(
+        f"online_{kind}autoencoder_input_{stat}",
+        (_T, D.SINGLETON),
+        f"{what} over the channels of the site value a layer-normalising {kind}sparse autoencoder reads "
+        "(stored for such SAEs only)",
+        has_backward=False,
+        only_with=SAE_SWITCH,
+    )
+    for kind in ("", "mlp_", "attention_")
+    for stat, what in (("mean", "mean"), ("std", "standard deviation (unbiased)"))
+]
 
 LOCATIONS: dict[str, ActivationLocation] = {loc.name: loc for loc in _LOCATIONS}
 

@@ -9,6 +9,10 @@ x' = x - b_dec when `subtract_decoder_bias`, h = x' W_enc + b_enc, then by archi
   gated     f = [x' W_enc + b_gate > 0] * relu(x' (W_enc * exp(r_mag)) + b_mag)   (b_enc holds b_gate)
 Decode: f D + b_dec with D the decoder rows (W_dec, each row divided by its norm when
 `rescale_by_decoder_norm`).
+
+An SAE with `layer_norm_input` (OpenAI's TopK autoencoders) reads x normalised per token,
+(x - mean) / (std + 1e-5) with std the unbiased standard deviation over the channels, and its
+reconstruction is un-normalised, r * std + mean: latent i then writes f_i * std * D_i at that token.
 """
 
 from __future__ import annotations
@@ -24,13 +28,14 @@ from ingest.errors import SAEError
 from ingest.sae.sites import Site
 
 ARCHITECTURES = ("standard", "jumprelu", "topk", "gated")
+LAYER_NORM_EPS = 1e-5  # added to the standard deviation (sparse_autoencoder's LN)
 
 
 @dataclass(frozen=True)
 class SparseAutoencoder:
     """A loaded SAE (float32 tensors) with where it reads and where it came from."""
 
-    format: str  # 'saelens', 'sparsify' or 'gemma_scope'
+    format: str  # 'saelens', 'sparsify', 'gemma_scope' or 'openai'
     architecture: str  # one of ARCHITECTURES
     site: Site
     path: str
@@ -45,6 +50,7 @@ class SparseAutoencoder:
     rescale_by_decoder_norm: bool = False  # topk
     b_mag: torch.Tensor | None = None  # gated
     r_mag: torch.Tensor | None = None  # gated
+    layer_norm_input: bool = False  # openai TopK
 
     @property
     def d_in(self) -> int:
@@ -69,8 +75,18 @@ class SparseAutoencoder:
             return self.w_dec / self.w_dec.norm(dim=-1, keepdim=True)
         return self.w_dec
 
+    def input_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(mean, std) [..., 1] of site values x [..., d_in] over the channels, std unbiased, when the SAE
+        layer-normalises its input; None otherwise."""
+        if not self.layer_norm_input:
+            return None
+        return x.mean(dim=-1, keepdim=True), x.std(dim=-1, keepdim=True)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Latents [..., d_sae] of site values x [..., d_in]."""
+        if stats := self.input_stats(x):
+            mean, std = stats
+            x = (x - mean) / (std + LAYER_NORM_EPS)
         centred = x - self.b_dec if self.subtract_decoder_bias else x
         pre = centred @ self.w_enc + self.b_enc
         if self.architecture == "standard":
@@ -88,9 +104,15 @@ class SparseAutoencoder:
         magnitude = centred @ (self.w_enc * torch.exp(self.r_mag)) + self.b_mag
         return (pre > 0) * torch.relu(magnitude)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """The reconstruction [..., d_in] of latents [..., d_sae]."""
-        return latents @ self.decoder + self.b_dec
+    def decode(self, latents: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """The reconstruction [..., d_in] of latents [..., d_sae], un-normalised with `stats` (input_stats of
+        the site values encoded: None unless the SAE layer-normalises its input)."""
+        reconstruction = latents @ self.decoder + self.b_dec
+        if self.layer_norm_input:
+            assert stats is not None, "a layer-normalising SAE decodes with its input's stats"
+            mean, std = stats
+            return reconstruction * std + mean
+        return reconstruction
 
 
 def take(tensors: Mapping[str, Any], key: str, source: Path) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""`--sae DIR[@HOOK]`: find the format of a directory, load the SAE, map its hook point onto the model and
-check it fits, before anything is stored."""
+"""`--sae DIR[@HOOK]` (or `FILE.pt@HOOK`): find the format, load the SAE, map its hook point onto the model
+and check it fits, before anything is stored."""
 
 from __future__ import annotations
 
@@ -14,36 +14,46 @@ from safetensors import SafetensorError
 
 from ingest.errors import SAEError
 from ingest.model import ModelConfig
-from ingest.sae import gemma_scope, saelens, sparsify
+from ingest.sae import gemma_scope, openai, saelens, sparsify
 from ingest.sae.autoencoder import SparseAutoencoder
 from ingest.sae.record import check_distinct
 from ingest.sae.sites import site_of
 
 FORMATS = (
-    f"cfg.json with {saelens.WEIGHTS_FILE} (SAELens), cfg.json with {sparsify.WEIGHTS_FILE} (sparsify) "
-    f"or {gemma_scope.WEIGHTS_FILE} (Gemma Scope)"
+    f"cfg.json with {saelens.WEIGHTS_FILE} (SAELens), cfg.json with {sparsify.WEIGHTS_FILE} (sparsify), "
+    f"{gemma_scope.WEIGHTS_FILE} (Gemma Scope), or an OpenAI sparse_autoencoder L{openai.WEIGHTS_SUFFIX} "
+    "given as FILE@HOOK or DIR@HOOK"
 )
 
 
 def load_sae(spec: str, config: ModelConfig) -> SparseAutoencoder:
-    """The SAE a --sae value names (DIR, or DIR@HOOK for a format whose files name no hook point), checked
-    against the model: a known site, d_in equal to the site's width, consistent tensor shapes. Raises
-    SAEError with one line naming the field and value otherwise."""
+    """The SAE a --sae value names (DIR, DIR@HOOK for a format whose files name no hook point, or an OpenAI
+    sparse_autoencoder FILE.pt@HOOK), checked against the model: a known site, d_in equal to the site's
+    width, consistent tensor shapes. Raises SAEError with one line naming the field and value otherwise."""
     text, _, override = spec.partition("@")
-    directory = Path(text)
-    if not directory.is_dir():
-        raise SAEError(f"--sae {text}: no such directory (give the folder holding the SAE's files)")
+    path = Path(text)
+    if not path.is_dir() and not (path.is_file() and path.suffix == openai.WEIGHTS_SUFFIX):
+        what = "not a folder or a .pt file" if path.exists() else "no such folder or file"
+        raise SAEError(f"--sae {text}: {what} (give the folder holding the SAE's files, or an OpenAI FILE.pt@HOOK)")
     try:
-        return _load(directory, override, config)
+        return _load(path, override, config)
     except (OSError, SafetensorError, zipfile.BadZipFile, KeyError, RuntimeError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SAEError(f"--sae {directory}: cannot read its files ({type(exc).__name__}: {detail})") from None
+        raise SAEError(f"--sae {path}: cannot read its files ({type(exc).__name__}: {detail})") from None
 
 
 def _load(directory: Path, override: str, config: ModelConfig) -> SparseAutoencoder:
     spec = f"{directory}@{override}" if override else str(directory)
     cfg_path = directory / "cfg.json"
-    if cfg_path.is_file() and (directory / saelens.WEIGHTS_FILE).is_file():
+    layer_given = None  # the layer the file's name gives, where the format names files by layer
+    if directory.is_file() or (
+        not cfg_path.is_file()
+        and not (directory / gemma_scope.WEIGHTS_FILE).is_file()
+        and any(directory.glob(f"*{openai.WEIGHTS_SUFFIX}"))
+    ):
+        fmt, weights_file = "openai", openai.weights_file(directory, override)
+        hook_name, layer_given, fields = override, openai.file_layer(weights_file), openai.read(weights_file)
+    elif cfg_path.is_file() and (directory / saelens.WEIGHTS_FILE).is_file():
         fmt, weights_file = "saelens", directory / saelens.WEIGHTS_FILE
         hook_name, fields = saelens.read(directory, _config(cfg_path))
     elif cfg_path.is_file() and (directory / sparsify.WEIGHTS_FILE).is_file():
@@ -59,16 +69,16 @@ def _load(directory: Path, override: str, config: ModelConfig) -> SparseAutoenco
     hook_name = override or hook_name
     if not hook_name:
         raise SAEError(f"{directory}: the config names no hook point (metadata.hook_name): pass --sae DIR@HOOK")
-    site = site_of(hook_name, config)
-    declared = _config(cfg_path) if fmt != "gemma_scope" else {}
+    site = site_of(hook_name, config, layer_given)
+    declared = _config(cfg_path) if fmt in ("saelens", "sparsify") else {}
     for field, size in (("d_in", fields["w_enc"].shape[0]), ("d_sae", fields["w_enc"].shape[1])):
         if declared.get(field) not in (None, size):
             raise SAEError(f"{cfg_path}: {field} {declared[field]} but W_enc is {tuple(fields['w_enc'].shape)}")
     sae = SparseAutoencoder(
         fmt,
         site=site,
-        path=str(directory),
-        sha256=_sha256([weights_file, cfg_path] if fmt != "gemma_scope" else [weights_file]),
+        path=str(weights_file if fmt == "openai" else directory),  # a folder of openai files: the layer's
+        sha256=_sha256([weights_file, cfg_path] if fmt in ("saelens", "sparsify") else [weights_file]),
         **fields,
     )
     _check_shapes(sae, directory)

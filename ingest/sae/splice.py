@@ -4,7 +4,8 @@ gradients.
 
 Here the site's value passes on untouched (bitwise) and the splice only routes gradients: dL/dx is the
 site's gradient g as without the SAE (the error's path), dL/dlatents = g . decoder rows (the
-reconstruction's path) and dL/derror = g. The latents are computed from the site's value detached, so
+reconstruction's path; times the input's std for an SAE that layer-normalises its input, whose mean and
+std per token are kept too) and dL/derror = g. The latents are computed from the site's value detached, so
 the encoder adds no gradient path upstream: every other stored value and gradient is as without the SAE.
 """
 
@@ -48,7 +49,11 @@ def spliced(recorder: Recorder, saes: Sequence[SparseAutoencoder], store_error: 
         if track:
             latents.requires_grad_()
         recorder.keep(sae.site.latent, layer, latents)
-        paths = [sae.decode(latents).reshape(tensor.shape)]
+        stats = sae.input_stats(flat)
+        if stats is not None:
+            for name, value in zip(sae.site.input_stats, stats, strict=True):
+                recorder.keep(name, layer, value)
+        paths = [sae.decode(latents, stats).reshape(tensor.shape)]
         if store_error:
             error = (flat - paths[0].detach().reshape(flat.shape)).reshape(tensor.shape)
             if track:

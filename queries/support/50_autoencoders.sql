@@ -3,22 +3,33 @@
 -- ('<prefix>.to_residual' [latent, channel], keyed by layer), and each SAE's error x - decode(f) stored
 -- dense at its site. A model holds one SAE per latent node type and layer (table saes), so latents meet
 -- their weights on (model, layer, latent).
+-- An SAE that layer-normalises its input (OpenAI's TopK autoencoders) un-normalises its reconstruction
+-- with the input's std s[l,t] (stored as online_*autoencoder_input_std for such SAEs only): its latent i
+-- writes f[l,t,i] * s[l,t] * w_i at token t.
 
--- f[l,t,i] * ||w_i||, w_i the latent's write to the residual stream
-CREATE OR REPLACE MACRO autoencoder_write_norm(source, weight_location, out_dst) AS TABLE
+-- The std of a layer-normalising SAE's input per (prompt, layer, token); no rows for any other SAE.
+CREATE OR REPLACE MACRO autoencoder_input_std(std_dst) AS TABLE
+SELECT prompt_id, layer, token, value::DOUBLE AS value
+FROM activations
+WHERE dst = std_dst AND pass_type = 'forward';
+
+-- f[l,t,i] * ||w_i|| (times s[l,t] where stored), w_i the latent's write to the residual stream
+CREATE OR REPLACE MACRO autoencoder_write_norm(source, weight_location, std_dst, out_dst) AS TABLE
 SELECT a.prompt_id, a.token, a.token2, a.layer, a.head, a.node_type, a.node_index, out_dst::VARCHAR AS dst,
-       a.pass_type, (a.value * n.value)::FLOAT AS value
+       a.pass_type, (a.value * n.value * coalesce(s.value, 1))::FLOAT AS value
 FROM activations a
 JOIN prompts p USING (prompt_id)
 JOIN (SELECT model_id, layer, row_index, sqrt(sum(value::DOUBLE * value)) AS value
       FROM weights WHERE location = weight_location GROUP BY model_id, layer, row_index) n
   ON n.model_id = p.model_id AND n.layer IS NOT DISTINCT FROM a.layer AND n.row_index = a.node_index
+LEFT JOIN autoencoder_input_std(std_dst) s
+  ON s.prompt_id = a.prompt_id AND s.layer IS NOT DISTINCT FROM a.layer AND s.token = a.token
 WHERE a.dst = source AND a.pass_type = 'forward';
 
--- f[l,T,i] * (w_i . g[T]) for the pair (t, d) (NULL, NULL: each prompt's own), as mlp_direct_effects
--- (soft-capped logits' slopes c_t, c_d applied per prompt: see 30_direct_effects.sql).
+-- f[l,T,i] * (w_i . g[T]) (times s[l,T] where stored) for the pair (t, d) (NULL, NULL: each prompt's own),
+-- as mlp_direct_effects (soft-capped logits' slopes c_t, c_d applied per prompt: see 30_direct_effects.sql).
 -- The latents' factors w_i . (u_t - u_d) are taken from the weights for each pair in the answer.
-CREATE OR REPLACE MACRO autoencoder_direct_effects(source, weight_location, out_dst, t, d) AS TABLE
+CREATE OR REPLACE MACRO autoencoder_direct_effects(source, weight_location, std_dst, out_dst, t, d) AS TABLE
 WITH p AS (SELECT * FROM prompt_pair_ids(t, d)),
 u AS (
     SELECT pair_id, model_id, node_index AS channel, target_value, distractor_value
@@ -33,11 +44,13 @@ f AS (
 )
 SELECT a.prompt_id, a.token, a.token2, a.layer, a.head, a.node_type, a.node_index, out_dst::VARCHAR AS dst,
        a.pass_type,
-       (a.value * (p.target_slope * f.target_value - p.distractor_slope * f.distractor_value) / p.final_scale)::FLOAT
-       AS value
+       (a.value * coalesce(s.value, 1) * (p.target_slope * f.target_value - p.distractor_slope * f.distractor_value)
+        / p.final_scale)::FLOAT AS value
 FROM activations a
 JOIN p ON p.prompt_id = a.prompt_id AND p.last_token = a.token
 JOIN f ON f.pair_id = p.pair_id AND f.layer IS NOT DISTINCT FROM a.layer AND f.latent = a.node_index
+LEFT JOIN autoencoder_input_std(std_dst) s
+  ON s.prompt_id = a.prompt_id AND s.layer IS NOT DISTINCT FROM a.layer AND s.token = a.token
 WHERE a.dst = source AND a.pass_type = 'forward';
 
 -- An error's scalars are one per token and layer (node_type 'layer'): the error is one node.
@@ -90,11 +103,12 @@ GROUP BY a.prompt_id, a.token, a.layer, a.pass_type, out_dst, factor_kind;
 -- prompts' model -- whether or not that pair was ever ingested (the SAE counterpart of direct_effects).
 CREATE OR REPLACE MACRO autoencoder_direct_effects_for(target, distractor) AS TABLE
 SELECT * FROM autoencoder_direct_effects('online_autoencoder_latent', 'autoencoder.to_residual',
-    'online_autoencoder_write_to_final_residual_grad', target, distractor)
+    'online_autoencoder_input_std', 'online_autoencoder_write_to_final_residual_grad', target, distractor)
 UNION ALL SELECT * FROM autoencoder_direct_effects('online_mlp_autoencoder_latent', 'mlp_autoencoder.to_residual',
-    'online_mlp_autoencoder_write_to_final_residual_grad', target, distractor)
+    'online_mlp_autoencoder_input_std', 'online_mlp_autoencoder_write_to_final_residual_grad', target, distractor)
 UNION ALL SELECT * FROM autoencoder_direct_effects('online_attention_autoencoder_latent',
-    'attention_autoencoder.to_residual', 'online_attention_autoencoder_write_to_final_residual_grad', target, distractor)
+    'attention_autoencoder.to_residual', 'online_attention_autoencoder_input_std',
+    'online_attention_autoencoder_write_to_final_residual_grad', target, distractor)
 UNION ALL SELECT * FROM autoencoder_error_direct_effects('online_autoencoder_error', 'residual',
     'online_autoencoder_error_write_to_final_residual_grad', target, distractor)
 UNION ALL SELECT * FROM autoencoder_error_direct_effects('online_mlp_autoencoder_error', 'mlp',
