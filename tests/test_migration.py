@@ -14,20 +14,24 @@ from queries.notes import notes
 from warehouse import db
 
 
-def _as_version_2(path: Path) -> None:
-    """Take away what version 3 added: token bytes, the SAE and summary tables; record version 2."""
+def _rewrite(path: Path, statements: list[str], version: int) -> None:
+    """Run `statements` on the lake and record schema version `version`, in one transaction."""
     con = db.connect(path)
     try:
         con.execute("BEGIN")
-        for table in ("saes", "node_summaries", "node_examples"):
-            con.execute(f"DROP TABLE {table}")
-        for table in ("tokens", "vocab"):
-            con.execute(f"ALTER TABLE {table} DROP COLUMN bytes")
-        con.execute("ALTER TABLE runs DROP COLUMN summarised_through")
-        con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        for statement in statements:
+            con.execute(statement)
+        con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(version)])
         con.execute("COMMIT")
     finally:
         con.close()
+
+
+def _as_version_2(path: Path) -> None:
+    """Take away what versions 3 and 4 added: token bytes, the SAE and summary tables, summarised_through."""
+    drops = [f"DROP TABLE {table}" for table in ("saes", "node_summaries", "node_examples")]
+    columns = [f"ALTER TABLE {table} DROP COLUMN bytes" for table in ("tokens", "vocab")]
+    _rewrite(path, [*drops, *columns, "ALTER TABLE runs DROP COLUMN summarised_through"], 2)
 
 
 def test_a_version_2_lake_is_upgraded_by_the_first_read_write_open(tmp_path: Path) -> None:
@@ -55,17 +59,12 @@ def test_a_version_2_lake_is_upgraded_by_the_first_read_write_open(tmp_path: Pat
 def _as_version_3(path: Path) -> None:
     """Version 3's summaries: segment and level columns, and no summarised_through (every run that has
     summary rows was summarised in each batch's transaction)."""
-    con = db.connect(path)
-    try:
-        con.execute("BEGIN")
-        for table in ("node_summaries", "node_examples"):
-            con.execute(f"ALTER TABLE {table} ADD COLUMN segment INTEGER DEFAULT 0")
-            con.execute(f"ALTER TABLE {table} ADD COLUMN level SMALLINT DEFAULT 99")
-        con.execute("ALTER TABLE runs DROP COLUMN summarised_through")
-        con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
-        con.execute("COMMIT")
-    finally:
-        con.close()
+    added = [
+        f"ALTER TABLE {table} ADD COLUMN {column}"
+        for table in ("node_summaries", "node_examples")
+        for column in ("segment INTEGER DEFAULT 0", "level SMALLINT DEFAULT 99")
+    ]
+    _rewrite(path, [*added, "ALTER TABLE runs DROP COLUMN summarised_through"], 3)
 
 
 def test_a_version_3_lake_keeps_its_summaries_through_the_upgrade(tmp_path: Path) -> None:

@@ -179,7 +179,7 @@ def _assert_close(
 
 def _derived_views(wh: Warehouse) -> dict[str, str]:
     """Derived dst -> the node type its view file declares; the spliced SAEs' views (online_*, no SAE in
-    these warehouses) are checked in tests/test_sae_views.py."""
+    these warehouses) are checked in tests/test_sae_capture.py and tests/test_sae_capped.py."""
     table = wh.dsts()
     kinds = zip(table["dst"].to_pylist(), table["kind"].to_pylist(), strict=True)
     names = {name for name, kind in kinds if kind == "derived" and not name.startswith("online_")}
