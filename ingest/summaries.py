@@ -76,9 +76,11 @@ class Best:
 
 @dataclass(frozen=True)
 class _Candidates:
-    """A batch's values of one side that may enter the best K (negated for the bottom side): (N, c) per
-    node, best first, padded with -inf; and each entry's row into the batch's positions."""
+    """A batch's values of one side that may enter the best K (negated for the bottom side): (H, c) for
+    the H nodes `nodes` (every node when None), best first, padded with -inf; and each entry's row into
+    the batch's positions."""
 
+    nodes: torch.Tensor | None
     value: torch.Tensor
     row: torch.Tensor
 
@@ -171,7 +173,8 @@ class SummaryState:
         n_rows = where.numel()
         flat = [t.detach().reshape(n_grid, -1) for t in tensors]
         n_nodes = flat[0].shape[1]
-        out = torch.zeros((-(-n_rows // _BLOCK) * _BLOCK, len(flat) * n_nodes), device=where.device)
+        out = torch.empty((-(-n_rows // _BLOCK) * _BLOCK, len(flat) * n_nodes), device=where.device)
+        out[n_rows:] = 0
         for i, part in enumerate(flat):
             out[:n_rows, i * n_nodes : (i + 1) * n_nodes] = part.index_select(0, where)
         if self.bfloat16:  # torch rounds to nearest even, as warehouse.facts.round_to_bfloat16
@@ -307,7 +310,7 @@ def _histogram(values: torch.Tensor, in_bfloat16: bool) -> torch.Tensor:
     """(N_BINS + 1, N) int64 counts of (rows, N) float32 `values` over _SPLIT_EDGES, two table lookups
     per value (a binary search per value, torch.bucketize, cost three times as much)."""
     base, step, exact = _bin_tables(values.device)
-    high = ((values.view(torch.int32) >> 16) & 0xFFFF).reshape(-1)
+    high = values.view(torch.uint16)[:, 1::2].to(torch.int32).reshape(-1)  # the top halves (little-endian)
     if in_bfloat16:
         bins = exact.index_select(0, high)
     else:
@@ -319,36 +322,24 @@ def _histogram(values: torch.Tensor, in_bfloat16: bool) -> torch.Tensor:
 
 def _candidates(values: torch.Tensor, threshold: torch.Tensor | None, extreme: torch.Tensor, top: bool) -> _Candidates:
     """The values of (rows, N) `values` that may be among their node's K highest (`top`) or lowest: each
-    node's min(K, rows) best while the run has fewer than K, else those beyond the run's K-th
-    (`threshold`, negated for the lowest), looked for only in the nodes whose batch `extreme` (max or
-    min) is beyond it."""
-    n_rows, n_nodes = values.shape
-    device = values.device
+    node's min(K, rows) best while the run has fewer than K, else, in the nodes whose batch `extreme`
+    (max or min) is beyond the run's K-th (`threshold`, negated for the lowest), their K best that are."""
+    k = min(EXAMPLES_K, values.shape[0])
     if threshold is None:
-        best, row = values.topk(min(EXAMPLES_K, n_rows), dim=0, largest=top)
-        return _Candidates((best if top else -best).T.contiguous(), row.T.contiguous())
-    bound = threshold if top else -threshold
-    hot = ((extreme > bound) if top else (extreme < bound)).nonzero().squeeze(1)
-    if hot.numel() == 0:
-        return _Candidates(torch.empty((n_nodes, 0), device=device), torch.empty((n_nodes, 0), dtype=torch.int64))
-    part = values.index_select(1, hot)
-    bound = bound.index_select(0, hot)
-    width = int((((part > bound) if top else (part < bound)).sum(0)).max().clamp(max=EXAMPLES_K))
-    best, row = part.topk(width, dim=0, largest=top)  # (width, hot nodes), best first
-    signed = best if top else -best
-    signed = torch.where(signed > threshold.index_select(0, hot), signed, -torch.inf)  # not beyond: padding
-    matrix = torch.full((n_nodes, width), -torch.inf, device=device)
-    rows = torch.zeros((n_nodes, width), dtype=torch.int64, device=device)
-    matrix[hot] = signed.T
-    rows[hot] = row.T
-    return _Candidates(matrix, rows)
+        best, row = values.topk(k, dim=0, largest=top)
+        return _Candidates(None, (best if top else -best).T.contiguous(), row.T.contiguous())
+    hot = ((extreme > threshold) if top else (-extreme > threshold)).nonzero().squeeze(1)
+    best, row = values.index_select(1, hot).topk(k, dim=0, largest=top)  # (k, hot nodes)
+    signed = (best if top else -best).T
+    beyond = threshold.index_select(0, hot)[:, None]
+    return _Candidates(hot, torch.where(signed > beyond, signed, -torch.inf), row.T.contiguous())
 
 
 def _fold(best: Best | None, found: _Candidates, positions: torch.Tensor, prompt_ids: torch.Tensor) -> Best:
     """`best` with a batch's candidates folded in: each node's K highest of both."""
-    if best is not None and found.value.shape[1] == 0:
+    if best is not None and found.value.shape[0] == 0:
         return best
-    where = positions[found.row]  # (N, c, 3)
+    where = positions[found.row]  # (H, c, 3)
     new = {
         "value": found.value,
         "prompt_id": prompt_ids[where[..., 0]],
@@ -358,9 +349,19 @@ def _fold(best: Best | None, found: _Candidates, positions: torch.Tensor, prompt
     }
     if best is None:  # the batch gave every node the same number of values (the run had fewer than K)
         return Best(**new)
-    both = {name: torch.cat([getattr(best, name), matrix], dim=1) for name, matrix in new.items()}
+    nodes = found.nodes
+    old = {name: getattr(best, name) if nodes is None else getattr(best, name)[nodes] for name in new}
+    both = {name: torch.cat([old[name], matrix], dim=1) for name, matrix in new.items()}
     kept = both["value"].topk(min(EXAMPLES_K, both["value"].shape[1]), dim=1).indices
-    return Best(**{name: matrix.gather(1, kept) for name, matrix in both.items()})
+    merged = {name: matrix.gather(1, kept) for name, matrix in both.items()}
+    if nodes is None:
+        return Best(**merged)
+    updated = {}
+    for name, matrix in merged.items():  # a copy: the committed figures stay as they are until the commit
+        whole = getattr(best, name).clone()
+        whole[nodes] = matrix
+        updated[name] = whole
+    return Best(**updated)
 
 
 def _all_stored(running: Running) -> Running:
