@@ -9,7 +9,9 @@ statistics and examples that keep it describe that token rather than the text (S
 dashboards skip it for the same reason). The summaries keep position 0 apart, so N = 0 and N = 1 both
 come from them. N > 1, and dsts without summaries (derived views other than the act-times-grad ones,
 logits, or a lake ingested before summaries), are answered by a scan of the stored rows instead, which
-is exact but grows with the dataset; the result's notes say so.
+is exact but grows with the dataset; the result's notes say so. Prompts the summaries do not cover yet
+(runs.summarised_through: a run being written, the last batches of a killed one, a run stored without
+summaries) are scanned and merged with them, and a note says how many.
 """
 
 from __future__ import annotations
