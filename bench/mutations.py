@@ -762,10 +762,14 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "summary_flush_appends",
         "a flush adds the run's running figures beside the ones it flushed before instead of replacing them",
-        replace(
-            WRITER, 'con.execute("DELETE FROM node_summaries WHERE run_id = ?", [run_id])\n    for table', "for table"
-        ),
+        replace(WRITER, "for table in summaries.TABLES if whole else summaries.TABLES[:1]:", "for table in ():"),
         (f"{SUMMARY_TESTS}::test_every_summary_equals_the_aggregate_of_its_rows",),
+    ),
+    Mutation(
+        "summary_last_flush_keeps_superseded_examples",
+        "the run's last flush adds its examples beside the ones flushed before, some superseded since",
+        replace(WRITER, "_store_summaries(con, run_id, tables, whole=True)", "_store_summaries(con, run_id, tables)"),
+        (f"{SUMMARY_TESTS}::test_examples_hold_every_nodes_top_and_bottom_k",),
     ),
     Mutation(
         "summary_tail_not_scanned",

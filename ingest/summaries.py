@@ -134,7 +134,8 @@ class SummaryState:
         return BatchSummary(self, measured, int(lengths.sum()))
 
     def final(self) -> BatchSummary:
-        """A flush of whatever the running figures hold that is not stored yet (the run is ending)."""
+        """The run's last flush: its figures, and every node's K best and worst examples whole (the run is
+        ending; the writer replaces the examples flushed before, some superseded since)."""
         return BatchSummary(self, [], 0, force=True)
 
     def _measure_location(
@@ -230,8 +231,9 @@ class BatchSummary:
             )
         unflushed = state.unflushed + self._tokens
         tables = None
-        if running and (unflushed >= state.flush_tokens or (self._force and unflushed)):
-            tables = summary_table(running.values()), example_table(running.values())
+        if running and (unflushed >= state.flush_tokens or self._force):
+            # the run's last flush writes every node's K best whole: the writer drops the superseded ones
+            tables = summary_table(running.values()), example_table(running.values(), every=self._force)
             running = {key: _all_stored(r) for key, r in running.items()}
             unflushed = 0
         self._pending = running, unflushed

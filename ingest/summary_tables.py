@@ -141,15 +141,16 @@ def summary_table(running: Iterable[Running]) -> pa.Table:
     return pa.concat_tables(parts) if parts else SUMMARY_SCHEMA.empty_table()
 
 
-def example_table(running: Iterable[Running]) -> pa.Table:
-    """The best and worst K values of every node that are not stored yet, with where they are."""
-    parts = [_side(r, side, best) for r in running for side, best in ((0, r.top), (1, r.bottom))]
+def example_table(running: Iterable[Running], every: bool = False) -> pa.Table:
+    """The best and worst K values of every node that are not stored yet (`every`: all of them), with
+    where they are."""
+    parts = [_side(r, side, best, every) for r in running for side, best in ((0, r.top), (1, r.bottom))]
     parts = [p for p in parts if p.num_rows]
     return pa.concat_tables(parts) if parts else EXAMPLE_SCHEMA.empty_table()
 
 
-def _side(running: Running, side: int, best: Best) -> pa.Table:
-    node, column = (~best.stored).nonzero(as_tuple=True)
+def _side(running: Running, side: int, best: Best, every: bool) -> pa.Table:
+    node, column = (torch.ones_like(best.stored) if every else ~best.stored).nonzero(as_tuple=True)
     value = best.value[node, column]
     nodes = node.cpu().numpy()
     return pa.table(

@@ -126,6 +126,8 @@ def test_examples_hold_every_nodes_top_and_bottom_k(lake: Path) -> None:
         ordered = np.sort(values)
         assert sorted(by_key[key]["top"], reverse=True)[:k] == ordered[::-1][:k].tolist(), key
         assert sorted(by_key[key]["bottom"])[:k] == ordered[:k].tolist(), key
+        # a finished run's last flush replaced the examples flushed before with its K best and worst
+        assert len(by_key[key]["top"]) == len(by_key[key]["bottom"]) == min(k, values.size), key
 
 
 RANK_ORACLE = {

@@ -299,7 +299,7 @@ class LakeWriter:
                 if last_summaries is not None and run_id not in self._unsummarised:
                     tables = last_summaries.rows(np.empty(0, np.int64))
                     if tables is not None:
-                        _store_summaries(con, run_id, tables)
+                        _store_summaries(con, run_id, tables, whole=True)
 
         self._retrying(update)
         if last_summaries is not None:
@@ -371,11 +371,14 @@ class LakeWriter:
         return self._retrying(lambda: self.append(make_batch(), run_id, unique))
 
 
-def _store_summaries(con: duckdb.DuckDBPyConnection, run_id: int, tables: tuple[pa.Table, pa.Table]) -> None:
-    """Replace the run's summary rows, add its new example rows, and mark every stored prompt of the run
-    as summarised, inside the caller's transaction (the run's rows are in files of their own: the DELETE
-    drops whole files)."""
-    con.execute("DELETE FROM node_summaries WHERE run_id = ?", [run_id])
+def _store_summaries(
+    con: duckdb.DuckDBPyConnection, run_id: int, tables: tuple[pa.Table, pa.Table], whole: bool = False
+) -> None:
+    """Replace the run's summary rows, add its new example rows (`whole`: replace them too, the run's last
+    flush), and mark every stored prompt of the run as summarised, inside the caller's transaction (the
+    run's rows are in files of their own: the DELETE drops whole files)."""
+    for table in summaries.TABLES if whole else summaries.TABLES[:1]:
+        con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
     for table, rows in zip(summaries.TABLES, tables, strict=True):
         if rows.num_rows:
             with _registered(con, summary_rows=rows):
