@@ -785,7 +785,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "rank_skip_first_ignored",
         "rank, node statistics and examples from the summaries keep the first token whatever --skip-first says",
         replace(
-            "queries/summaries.py",
+            "queries/summary_sql.py",
             '    if skip_first:\n        where += " AND NOT first_token"',
             "    if False:\n        pass",
         ),

@@ -17,7 +17,7 @@ summaries) are scanned and merged with them, and a note says how many.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from queries.contexts import with_context
 from queries.notes import with_notes
+from queries.summary_sql import NODE, merge_rows, scan_filter, scan_sql, stored_rows, summary_filter, uncovered
 from warehouse import db, registry
 from warehouse.summaries import EDGES, EXAMPLES_K, N_BINS, summarised
 
@@ -36,7 +37,6 @@ RANK_BY = {
     "abs-mean": "abs_total / n",
     "density": "n_nonzero / n",
 }
-_NODE = ("model_id", "layer", "head", "node_type", "node_index")
 
 
 @dataclass
@@ -86,7 +86,7 @@ class SummaryQueries:
                 " nullif(head, -1) AS head, node_type, node_index, n AS count, total / n AS mean, total AS sum,"
                 " min, max, abs_total / n AS abs_mean, n_nonzero / n AS density,"
                 f" ({RANK_BY[by]})::DOUBLE AS value FROM merged WHERE n > 0)"
-                f" SELECT * FROM figures ORDER BY value DESC, {', '.join(_NODE)} LIMIT ?"
+                f" SELECT * FROM figures ORDER BY value DESC, {', '.join(NODE)} LIMIT ?"
             )
             table = _fetch(con, sql, [*merged.params, k])
         return _noted(table, merged.note)
@@ -166,16 +166,16 @@ class SummaryQueries:
                     ),
                     note,
                 )
-            where, params = _summary_filter(dst, pass_type, skip_first, layer, node_index, head, run_id)
+            where, params = summary_filter(dst, pass_type, skip_first, layer, node_index, head, run_id)
             rows = f"SELECT prompt_id, token, token2, head, value FROM node_examples WHERE side = ?{where}"
             params = ["bottom" if bottom else "top", *params]
-            tail = _tail(con, run_id)
+            tail = uncovered(con, run_id)
             if tail.prompts:
                 src = self._source(con, dst, pass_type)  # type: ignore[attr-defined]
-                scan_where, scan_params = _scan_filter(skip_first, layer, node_index, head, run_id)
+                scan_where, scan_params = scan_filter(skip_first, layer, node_index, head, run_id)
                 rows += (
                     " UNION ALL SELECT prompt_id, token, token2, head, value"
-                    f" FROM ({_stored_rows(src.sql, tail.join)}) WHERE true{scan_where}"
+                    f" FROM ({stored_rows(src.sql, tail.join)}) WHERE true{scan_where}"
                 )
                 params += [*src.params, *tail.params, *scan_params]
             order = f"value {'ASC' if bottom else 'DESC'}, prompt_id, token, token2, head"
@@ -227,151 +227,24 @@ class SummaryQueries:
         """Merged rows; without `histogram` their hist is an empty list (adding 24 bins per node is most of
         a ranking's time)."""
         note = self._use_summaries(con, dst, pass_type, skip_first, layer, run_id)
-        key = ", ".join(_NODE)
+        key = ", ".join(NODE)
         src = self._source(con, dst, pass_type)  # type: ignore[attr-defined]
         if note is not None:
-            scan, params = _scan_sql(src.sql, skip_first, layer, node_index, head, run_id, "", [], histogram)
-            return _Merged(_merge_rows(scan, histogram), [*src.params, *params], note)
-        where, params = _summary_filter(dst, pass_type, skip_first, layer, node_index, head, run_id)
+            scan, params = scan_sql(src.sql, skip_first, layer, node_index, head, run_id, "", [], histogram)
+            return _Merged(merge_rows(scan, histogram), [*src.params, *params], note)
+        where, params = summary_filter(dst, pass_type, skip_first, layer, node_index, head, run_id)
         rows = (
             f"SELECT {key}, n, sum, sum_sq, sum_abs, min, max, n_nonzero, hist FROM node_summaries"
             f" JOIN runs USING (run_id) WHERE true{where}"
         )
-        tail = _tail(con, run_id)
+        tail = uncovered(con, run_id)
         if tail.prompts:
-            scan, scan_params = _scan_sql(
+            scan, scan_params = scan_sql(
                 src.sql, skip_first, layer, node_index, head, run_id, tail.join, tail.params, histogram
             )
             rows += f" UNION ALL {scan}"
             params += [*src.params, *scan_params]
-        return _Merged(_merge_rows(rows, histogram), params, tail.note)
-
-
-@dataclass
-class _Tail:
-    """The stored prompts the summaries do not cover yet (of one run, or all), and how to scan only them."""
-
-    prompts: int
-    join: str = ""
-    params: list[Any] = field(default_factory=list)
-
-    @property
-    def note(self) -> str | None:
-        if not self.prompts:
-            return None
-        return (
-            f"also scanned {self.prompts} prompt(s) the per-node summaries do not cover (stored without"
-            " summaries, or not summarised yet): that part's cost grows with them"
-        )
-
-
-def _tail(con: duckdb.DuckDBPyConnection, run_id: int | None) -> _Tail:
-    scope, params = (" AND p.run_id = ?", [run_id]) if run_id is not None else ("", [])
-    count, first = con.execute(
-        "SELECT count(*), min(p.prompt_id) FROM prompts p JOIN runs r USING (run_id)"
-        f" WHERE p.prompt_id > coalesce(r.summarised_through, -1){scope}",
-        params,
-    ).fetchall()[0]
-    if not count:
-        return _Tail(0)
-    # the constant bound lets the lake skip the files of covered prompts by their statistics
-    join = (
-        "JOIN prompts p ON p.prompt_id = s.prompt_id JOIN runs r ON r.run_id = p.run_id"
-        " AND p.prompt_id > coalesce(r.summarised_through, -1) AND s.prompt_id >= ?"
-    )
-    return _Tail(int(count), join, [int(first)])
-
-
-def _scan_sql(
-    src: str,
-    skip_first: int,
-    layer: int | None,
-    node_index: int | None,
-    head: int | None,
-    run_id: int | None,
-    join: str,
-    join_params: list[Any],
-    histogram: bool,
-) -> tuple[str, list[Any]]:
-    """Rows in node_summaries' shape (one per node) aggregated from the stored rows of `src`; only those of
-    uncovered prompts with a _Tail's `join` (else every prompt's). Parameters: `src`'s, then these."""
-    where, params = _scan_filter(skip_first, layer, node_index, head, run_id)
-    bins = " ".join(f"WHEN value < {edge!r} THEN {i}" for i, edge in enumerate(EDGES))
-    hist = ", ".join(f"count(*) FILTER (WHERE bin = {i})::INTEGER" for i in range(N_BINS)) if histogram else ""
-    sql = (
-        f"SELECT {', '.join(_NODE)}, count(value)::BIGINT AS n, sum(value::DOUBLE) AS sum,"
-        " sum(value::DOUBLE * value) AS sum_sq, sum(abs(value::DOUBLE)) AS sum_abs, min(value) AS min,"
-        f" max(value) AS max, count(*) FILTER (WHERE value <> 0) AS n_nonzero, list_value({hist}) AS hist"
-        f" FROM (SELECT *, CASE {bins} ELSE {len(EDGES)} END AS bin FROM ({_stored_rows(src, join)}))"
-        f" WHERE true{where} GROUP BY {', '.join(_NODE)}"
-    )
-    return sql, [*join_params, *params]
-
-
-def _stored_rows(src: str, join: str) -> str:
-    """The rows of `src` with their prompt's model and run, layer, head and token2 -1 where NULL; only those
-    of uncovered prompts with a _Tail's `join`."""
-    return (
-        "SELECT p.model_id, coalesce(s.layer, -1) AS layer, coalesce(s.head, -1) AS head, s.node_type,"
-        " s.node_index, s.token, coalesce(s.token2, -1) AS token2, p.run_id, s.prompt_id, s.value"
-        f" FROM ({src}) s {join or 'JOIN prompts p ON p.prompt_id = s.prompt_id'}"
-    )
-
-
-def _merge_rows(rows: str, histogram: bool) -> str:
-    """One merged row per node of `rows` (node_summaries' columns with model_id): model_id, layer, head,
-    node_type, node_index, n, total, total_sq, abs_total, min, max, n_nonzero, hist. Without `histogram`
-    its hist is an empty list (adding 24 bins per node is most of a ranking's time)."""
-    key = ", ".join(_NODE)
-    hist = ", ".join(f"sum(hist[{i}])::BIGINT" for i in range(1, N_BINS + 1)) if histogram else ""
-    return (
-        f"SELECT {key}, sum(n)::BIGINT AS n, sum(sum) AS total, sum(sum_sq) AS total_sq,"
-        " sum(sum_abs) AS abs_total, min(min) AS min, max(max) AS max, sum(n_nonzero)::BIGINT AS n_nonzero,"
-        f" list_value({hist}) AS hist FROM ({rows}) GROUP BY {key}"
-    )
-
-
-def _summary_filter(
-    dst: str,
-    pass_type: str,
-    skip_first: int,
-    layer: int | None,
-    node_index: int | None,
-    head: int | None,
-    run_id: int | None,
-) -> tuple[str, list[Any]]:
-    where, params = " AND dst = ? AND pass_type = ?", [dst, pass_type]
-    if skip_first:
-        where += " AND NOT first_token"
-    if layer is not None or node_index is not None:  # one node: a dst without layers is stored at -1
-        where += " AND layer = ?"
-        params.append(-1 if layer is None else layer)
-    return _node_and_run(where, params, node_index, head, run_id)
-
-
-def _scan_filter(
-    skip_first: int, layer: int | None, node_index: int | None, head: int | None, run_id: int | None
-) -> tuple[str, list[Any]]:
-    where, params = " AND token >= ?", [skip_first]
-    if layer is not None or node_index is not None:
-        where += " AND layer = ?"
-        params.append(-1 if layer is None else layer)
-    return _node_and_run(where, params, node_index, head, run_id)
-
-
-def _node_and_run(
-    where: str, params: list[Any], node_index: int | None, head: int | None, run_id: int | None
-) -> tuple[str, list[Any]]:
-    if node_index is not None:
-        where += " AND node_index = ?"
-        params.append(node_index)
-    if head is not None:
-        where += " AND head = ?"
-        params.append(head)
-    if run_id is not None:
-        where += " AND run_id = ?"
-        params.append(run_id)
-    return where, params
+        return _Merged(merge_rows(rows, histogram), params, tail.note)
 
 
 def _check_k(k: int) -> None:
