@@ -776,8 +776,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "prompts the summaries do not cover yet (a killed run's last batches) are left out of the answers",
         replace(
             "queries/summaries.py",
-            "        if tail.prompts:\n            scan, scan_params",
-            "        if False:\n            scan, scan_params",
+            "        if tail.prompts:  # only then",
+            "        if False:  # only then",
         ),
         (f"{SUMMARY_TESTS}::test_a_run_whose_process_died_is_answered_from_its_summaries_and_a_scan_of_the_rest",),
     ),

@@ -147,18 +147,21 @@ class SummaryState:
         first: bool,
     ) -> list[_Measured]:
         measured, gathered = [], {}
+        passes = []
         for pass_type, tensors in (("forward", forward), ("backward", backward)):
             layers = sorted((layer for n, layer in tensors if n == loc.name), key=lambda x: -1 if x is None else x)
-            if not layers:
-                continue
-            sample = tensors[(loc.name, layers[0])]
-            where, positions = _rows(loc, sample.shape, lengths.to(sample.device), first)
-            if where.numel() == 0:
-                return []
-            n_grid = int(np.prod(sample.shape[: 1 + loc.n_token_axes]))
+            if layers:
+                passes.append((pass_type, tensors, layers))
+        sample = passes[0][1][(loc.name, passes[0][2][0])]
+        # the same rows in every layer and pass: chosen once per location
+        where, positions = _rows(loc, sample.shape, lengths.to(sample.device), first)
+        if where.numel() == 0:
+            return []
+        n_grid = int(np.prod(sample.shape[: 1 + loc.n_token_axes]))
+        node_shape = sample.shape[1 + loc.n_token_axes :]
+        for pass_type, tensors, layers in passes:
             values = self._gather([tensors[(loc.name, layer)] for layer in layers], n_grid, where)
             gathered[pass_type] = (layers, values)
-            node_shape = sample.shape[1 + loc.n_token_axes :]
             group = Group.of(loc, loc.dst, pass_type, layers, node_shape, first)
             measured.append(self._measure(group, values, where.numel(), positions, self.bfloat16))
             if pass_type == "backward" and loc.name in ACT_TIMES_GRAD and gathered.get("forward", ([],))[0] == layers:

@@ -208,7 +208,7 @@ class SummaryQueries:
             return f"answered by a scan: {dst} has no per-node summaries (its cost grows with the dataset)"
         if skip_first > 1:
             return "answered by a scan: the summaries keep position 0 apart, not later first tokens"
-        if not _has_summary_tables(con):
+        if not (db.has_table(con, "node_summaries") and db.has_table(con, "node_examples")):
             return "answered by a scan: this warehouse was ingested before per-node summaries"
         return None
 
@@ -228,22 +228,27 @@ class SummaryQueries:
         a ranking's time)."""
         note = self._use_summaries(con, dst, pass_type, skip_first, layer, run_id)
         key = ", ".join(NODE)
-        src = self._source(con, dst, pass_type)  # type: ignore[attr-defined]
+
+        def scanned(join: str = "", join_params: tuple[Any, ...] = ()) -> tuple[str, list[Any]]:
+            src = self._source(con, dst, pass_type)  # type: ignore[attr-defined]
+            sql, params = scan_sql(
+                src.sql, skip_first, layer, node_index, head, run_id, join, [*join_params], histogram
+            )
+            return sql, [*src.params, *params]
+
         if note is not None:
-            scan, params = scan_sql(src.sql, skip_first, layer, node_index, head, run_id, "", [], histogram)
-            return _Merged(merge_rows(scan, histogram), [*src.params, *params], note)
+            scan, params = scanned()
+            return _Merged(merge_rows(scan, histogram), params, note)
         where, params = summary_filter(dst, pass_type, skip_first, layer, node_index, head, run_id)
         rows = (
             f"SELECT {key}, n, sum, sum_sq, sum_abs, min, max, n_nonzero, hist FROM node_summaries"
             f" JOIN runs USING (run_id) WHERE true{where}"
         )
         tail = uncovered(con, run_id)
-        if tail.prompts:
-            scan, scan_params = scan_sql(
-                src.sql, skip_first, layer, node_index, head, run_id, tail.join, tail.params, histogram
-            )
+        if tail.prompts:  # only then the stored rows' source (its dst check is a query)
+            scan, scan_params = scanned(tail.join, tuple(tail.params))
             rows += f" UNION ALL {scan}"
-            params += [*src.params, *scan_params]
+            params += scan_params
         return _Merged(merge_rows(rows, histogram), params, tail.note)
 
 
@@ -270,14 +275,6 @@ def _check_layer(con: duckdb.DuckDBPyConnection, dst: str, layer: int | None) ->
     if n_layers is None or not 0 <= layer < n_layers:
         span = f"0..{n_layers - 1}" if n_layers else "none: nothing is stored yet"
         raise db.WarehouseError(f"layer {layer} does not exist in the stored models (layers {span})")
-
-
-def _has_summary_tables(con: duckdb.DuckDBPyConnection) -> bool:
-    found = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database()"
-        " AND table_name IN ('node_summaries', 'node_examples')"
-    ).fetchall()
-    return found[0][0] == 2
 
 
 def _fetch(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> pa.Table:

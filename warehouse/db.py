@@ -39,7 +39,7 @@ def _summaries_per_run(con: duckdb.DuckDBPyConnection) -> None:
     with any summary row has summaries of all its prompts; the segment columns go (rows of one node from
     several segments still add up in every query)."""
     con.execute("ALTER TABLE runs ADD COLUMN IF NOT EXISTS summarised_through INTEGER")
-    if not _has_table(con, "node_summaries"):  # a version-2 lake: schema.sql creates the tables
+    if not has_table(con, "node_summaries"):  # a version-2 lake: schema.sql creates the tables
         return
     con.execute(
         "UPDATE runs SET summarised_through = (SELECT max(prompt_id) FROM prompts p WHERE p.run_id = runs.run_id)"
@@ -201,7 +201,8 @@ def _attach(con: duckdb.DuckDBPyConnection, config: lake.LakeConfig, read_only: 
         raise
 
 
-def _has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+def has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """Whether the attached lake has `table` (a lake written by an older schema may lack it)."""
     found = con.execute(
         "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND table_name = ?", [table]
     ).fetchall()
@@ -210,7 +211,7 @@ def _has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
 
 def stored_version(con: duckdb.DuckDBPyConnection) -> int | None:
     """The lake's schema version, None when it has no `meta` table (a new lake)."""
-    if not _has_table(con, "meta"):
+    if not has_table(con, "meta"):
         return None
     rows = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
     return int(rows[0][0]) if rows else None

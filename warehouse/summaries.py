@@ -45,7 +45,6 @@ ACT_TIMES_GRAD = {"mlp.post_act": "mlp_act_times_grad", "attn.qk_probs": "unflat
 # logits are stored for a few vocabulary ids per prompt only: a summary of them would describe that choice.
 NOT_SUMMARISED = frozenset({"logits"})
 
-NODE_KEY = ("dst", "pass_type", "layer", "head", "node_type", "node_index", "first_token")
 TABLES = ("node_summaries", "node_examples")
 
 

@@ -12,6 +12,7 @@ import torch
 from ingest.errors import SAEError
 from ingest.model import HookedTransformer
 from ingest.sae.autoencoder import SparseAutoencoder
+from warehouse import db
 from warehouse.registry import LOCATIONS
 from warehouse.weights import weight_table
 from warehouse.writer import LakeWriter
@@ -57,10 +58,7 @@ def record_saes(writer: LakeWriter, model_id: int, saes: Sequence[SparseAutoenco
         return
     con = writer.con
     assert con is not None
-    has_table = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND table_name = 'saes'"
-    ).fetchall()[0][0]
-    if not has_table:  # a lake of this schema version written before the table existed
+    if not db.has_table(con, "saes"):  # a lake of this schema version written before the table existed
         raise SAEError(f"{writer.path} was created before actwh stored SAEs: ingest with --sae into a new --db")
 
     def new_rows(con: duckdb.DuckDBPyConnection) -> list[tuple[str, pa.Table]]:
