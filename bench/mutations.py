@@ -748,8 +748,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a batch's example candidates must beat the running highest value, not the running K-th",
         replace(
             SUMMARIES,
-            "return self.value[:, -1] if self.value.shape[1]",
-            "return self.value[:, 0] if self.value.shape[1]",
+            "return self.value[:, -1].clone() if self.value.shape[1]",
+            "return self.value[:, 0].clone() if self.value.shape[1]",
         ),
         (f"{SUMMARY_TESTS}::test_examples_hold_every_nodes_top_and_bottom_k",),
     ),

@@ -10,18 +10,19 @@ of squares and absolute values in float32 over blocks of 8 rows then float64, mi
 per value read from tables indexed by the value's top 16 bits (zeros in a bin of their own, which counts
 the non-zeros), and the values beyond the run's running K-th highest or lowest (each node's K best while
 the run has fewer than K). Folding a batch into the running figures happens on the writer's thread inside
-its commit, and is adopted only once the commit succeeds.
+its commit: the best K are updated in place, with the rows they replaced kept until the commit succeeds
+(and put back if it does not); the model's thread reads only the K-th values published at each commit.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from ingest.summary_tables import Group, example_table, summary_table
+from ingest.summary_tables import Group, example_table, pack_where, summary_table
 from warehouse import summaries
 from warehouse.registry import LOCATIONS, ActivationLocation
 from warehouse.summaries import ACT_TIMES_GRAD, EDGES, EXAMPLES_K, N_BINS, summarised_location
@@ -58,27 +59,27 @@ class Figures:
         )
 
 
-@dataclass(frozen=True)
+@dataclass
 class Best:
     """Every node's best values so far, best first, (N, c) with c <= K the same for all nodes: the highest
-    values, or for the bottom side the lowest negated; where they are; whether they are stored yet."""
+    values, or for the bottom side the lowest negated, and where they are (summary_tables.pack_where); and
+    where the ones the last flush stored were (None: no flush yet). Changed in place by the writer's thread
+    only (BatchSummary.rows)."""
 
     value: torch.Tensor
-    prompt_id: torch.Tensor
-    token: torch.Tensor
-    token2: torch.Tensor
-    stored: torch.Tensor
+    where: torch.Tensor
+    flushed: torch.Tensor | None = None
 
     def threshold(self) -> torch.Tensor | None:
-        """(N,) the K-th best value of each node, once every node has K."""
-        return self.value[:, -1] if self.value.shape[1] == EXAMPLES_K else None
+        """(N,) the K-th best value of each node (a copy), once every node has K."""
+        return self.value[:, -1].clone() if self.value.shape[1] == EXAMPLES_K else None
 
 
 @dataclass(frozen=True)
 class _Candidates:
     """A batch's values of one side that may enter the best K (negated for the bottom side): (H, c) for
-    the H nodes `nodes` (every node when None), best first, padded with -inf; and each entry's row into
-    the batch's positions."""
+    the H nodes `nodes` (every node when None), padded with -inf; and each entry's row into the batch's
+    positions."""
 
     nodes: torch.Tensor | None
     value: torch.Tensor
@@ -98,7 +99,7 @@ class _Measured:
 
 @dataclass(frozen=True)
 class Running:
-    """One group's figures over the run's committed batches, and its best and worst K per node."""
+    """One group's figures over the run's batches folded so far, and its best and worst K per node."""
 
     group: Group
     figures: Figures
@@ -113,8 +114,11 @@ class SummaryState:
     def __init__(self, bfloat16: bool) -> None:
         self.bfloat16 = bfloat16
         self.flush_tokens = summaries.FLUSH_TOKENS
-        self.running: dict[tuple, Running] = {}  # replaced whole on each commit, never changed in place
+        self.running: dict[tuple, Running] = {}  # the writer's thread's: committed, or a commit in progress
         self.unflushed = 0  # tokens committed since the last flush
+        # the model's thread's view: each group's K-th best and worst, as of the last commit (replaced whole)
+        self.thresholds: dict[tuple, tuple[torch.Tensor | None, torch.Tensor | None]] = {}
+        self._undo: _Undo | None = None  # what the commit in progress changed
 
     def measure(
         self,
@@ -195,7 +199,7 @@ class SummaryState:
         minima, maxima = real.amin(0), real.amax(0)
         figures = Figures(
             n_rows,
-            values.sum(0, dtype=torch.float64),
+            _sum64(values),
             _total(blocks * blocks),
             _total(blocks.abs()),
             minima,
@@ -203,10 +207,16 @@ class SummaryState:
             n_rows - hist[_ZERO],
             torch.cat([hist[:_ZERO], hist[_ZERO : _ZERO + 2].sum(0, keepdim=True), hist[_ZERO + 2 :]]),
         )
-        running = self.running.get(group.key)
-        top = _candidates(real, running.top.threshold() if running else None, maxima, True)
-        bottom = _candidates(real, running.bottom.threshold() if running else None, minima, False)
+        top_threshold, bottom_threshold = self.thresholds.get(group.key, (None, None))
+        top = _candidates(real, top_threshold, True)
+        bottom = _candidates(real, bottom_threshold, False)
         return _Measured(group, figures, top, bottom, positions)
+
+    def rollback(self) -> None:
+        """Undo what a commit that did not succeed folded in (nothing when none is in progress)."""
+        if self._undo is not None:
+            self._undo.restore(self.running)
+            self._undo = None
 
 
 class BatchSummary:
@@ -217,35 +227,69 @@ class BatchSummary:
         self._measured = measured
         self._tokens = n_tokens
         self._force = force
-        self._pending: tuple[dict[tuple, Running], int] | None = None
+        self._unflushed: int | None = None  # the state's after this commit
 
     def rows(self, prompt_ids: np.ndarray) -> tuple[pa.Table, pa.Table] | None:
         state = self._state
-        running = dict(state.running)
+        state.rollback()  # a commit that failed (or this one, run again after a conflict)
+        running, undo = state.running, _Undo()
+        state._undo = undo
         for m in self._measured:
             ids = torch.tensor(prompt_ids, dtype=torch.int64, device=m.positions.device)
             where = m.positions
             before = running.get(m.group.key)
+            undo.entries.setdefault(m.group.key, before)
             running[m.group.key] = Running(
                 m.group,
                 m.figures if before is None else before.figures + m.figures,
-                _fold(before.top if before else None, m.top, where, ids),
-                _fold(before.bottom if before else None, m.bottom, where, ids),
+                _fold(before.top if before else None, m.top, where, ids, undo),
+                _fold(before.bottom if before else None, m.bottom, where, ids, undo),
             )
         unflushed = state.unflushed + self._tokens
         tables = None
         if running and (unflushed >= state.flush_tokens or self._force):
             # the run's last flush writes every node's K best whole: the writer drops the superseded ones
             tables = summary_table(running.values()), example_table(running.values(), every=self._force)
-            running = {key: _all_stored(r) for key, r in running.items()}
+            for r in running.values():
+                for best in (r.top, r.bottom):
+                    undo.flushed.append((best, best.flushed))
+                    best.flushed = best.where.clone()
             unflushed = 0
-        self._pending = running, unflushed
+        self._unflushed = unflushed
         return tables
 
     def committed(self) -> None:
-        if self._pending is not None:
-            self._state.running, self._state.unflushed = self._pending
-            self._pending = None
+        state = self._state
+        if self._unflushed is None or state._undo is None:
+            return
+        thresholds = dict(state.thresholds)
+        for key in state._undo.entries:
+            r = state.running[key]
+            thresholds[key] = r.top.threshold(), r.bottom.threshold()
+        state.thresholds, state.unflushed, state._undo = thresholds, self._unflushed, None
+        self._unflushed = None
+
+
+class _Undo:
+    """What one commit changed in the running summaries, to put back if it does not succeed: each group's
+    Running before it (None: new), the rows of best K it overwrote, and what a flush marked stored."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple, Running | None] = {}
+        self.rows: list[tuple[Best, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.flushed: list[tuple[Best, torch.Tensor | None]] = []
+
+    def restore(self, running: dict[tuple, Running]) -> None:
+        for best, flushed in reversed(self.flushed):
+            best.flushed = flushed
+        for best, nodes, value, where in reversed(self.rows):
+            best.value.index_copy_(0, nodes, value)
+            best.where.index_copy_(0, nodes, where)
+        for key, before in self.entries.items():
+            if before is None:
+                del running[key]
+            else:
+                running[key] = before
 
 
 def _rows(
@@ -265,6 +309,13 @@ def _rows(
     second = where % n_second if loc.n_token_axes == 2 else torch.full_like(where, -1)
     positions = torch.stack([where // (n_tok * n_second), (where // n_second) % n_tok, second], dim=1)
     return where, positions
+
+
+def _sum64(values: torch.Tensor) -> torch.Tensor:
+    """(N,) float64 column sums of (rows, N) float32 `values`."""
+    if values.device.type == "cpu":  # torch widens element by element here, 8x NumPy's time (BENCHMARKS.md)
+        return torch.from_numpy(np.add.reduce(values.numpy(), axis=0, dtype=np.float64))
+    return values.sum(0, dtype=torch.float64)
 
 
 def _total(blocks: torch.Tensor) -> torch.Tensor:
@@ -325,52 +376,49 @@ def _histogram(values: torch.Tensor, in_bfloat16: bool) -> torch.Tensor:
     return hist.scatter_add_(0, bins.view(values.shape), one.expand(values.shape))
 
 
-def _candidates(values: torch.Tensor, threshold: torch.Tensor | None, extreme: torch.Tensor, top: bool) -> _Candidates:
+def _candidates(values: torch.Tensor, threshold: torch.Tensor | None, top: bool) -> _Candidates:
     """The values of (rows, N) `values` that may be among their node's K highest (`top`) or lowest: each
-    node's min(K, rows) best while the run has fewer than K, else, in the nodes whose batch `extreme`
-    (max or min) is beyond the run's K-th (`threshold`, negated for the lowest), their K best that are."""
-    k = min(EXAMPLES_K, values.shape[0])
+    node's min(K, rows) best while the run has fewer than K, else the values beyond the run's K-th
+    (`threshold`, negated for the lowest), in the nodes that have any."""
     if threshold is None:
-        best, row = values.topk(k, dim=0, largest=top)
+        best, row = values.topk(min(EXAMPLES_K, values.shape[0]), dim=0, largest=top)
         return _Candidates(None, (best if top else -best).T.contiguous(), row.T.contiguous())
-    hot = ((extreme > threshold) if top else (-extreme > threshold)).nonzero().squeeze(1)
-    best, row = values.index_select(1, hot).topk(k, dim=0, largest=top)  # (k, hot nodes)
-    signed = (best if top else -best).T
-    beyond = threshold.index_select(0, hot)[:, None]
-    return _Candidates(hot, torch.where(signed > beyond, signed, -torch.inf), row.T.contiguous())
+    # one comparison per value: past the first batches few values beat their node's K-th
+    row, node = (values > threshold if top else values < -threshold).nonzero(as_tuple=True)
+    node, order = node.sort(stable=True)
+    row = row[order]
+    nodes, counts = torch.unique_consecutive(node, return_counts=True)
+    width = int(counts.max()) if counts.numel() else 0
+    which = torch.repeat_interleave(torch.arange(nodes.numel(), device=values.device), counts)
+    slot = torch.arange(node.numel(), device=values.device) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+    value = torch.full((nodes.numel(), width), -torch.inf, device=values.device)
+    found = values[row, node]
+    value[which, slot] = found if top else -found
+    rows = torch.zeros((nodes.numel(), width), dtype=torch.int64, device=values.device)
+    rows[which, slot] = row
+    return _Candidates(nodes, value, rows)
 
 
-def _fold(best: Best | None, found: _Candidates, positions: torch.Tensor, prompt_ids: torch.Tensor) -> Best:
-    """`best` with a batch's candidates folded in: each node's K highest of both."""
+def _fold(
+    best: Best | None, found: _Candidates, positions: torch.Tensor, prompt_ids: torch.Tensor, undo: _Undo
+) -> Best:
+    """`best` with a batch's candidates folded in: each node's K highest of both. A new Best while nodes
+    have fewer than K; after that `best` itself, its changed rows first saved in `undo`."""
     if best is not None and found.value.shape[0] == 0:
         return best
-    where = positions[found.row]  # (H, c, 3)
-    new = {
-        "value": found.value,
-        "prompt_id": prompt_ids[where[..., 0]],
-        "token": where[..., 1],
-        "token2": where[..., 2],
-        "stored": torch.zeros_like(found.value, dtype=torch.bool),
-    }
+    at = positions[found.row]  # (H, c, 3)
+    where = pack_where(prompt_ids[at[..., 0]], at[..., 1], at[..., 2])
     if best is None:  # the batch gave every node the same number of values (the run had fewer than K)
-        return Best(**new)
+        return Best(found.value, where)
     nodes = found.nodes
-    old = {name: getattr(best, name) if nodes is None else getattr(best, name)[nodes] for name in new}
-    both = {name: torch.cat([old[name], matrix], dim=1) for name, matrix in new.items()}
-    kept = both["value"].topk(min(EXAMPLES_K, both["value"].shape[1]), dim=1).indices
-    merged = {name: matrix.gather(1, kept) for name, matrix in both.items()}
+    old_value = best.value if nodes is None else best.value.index_select(0, nodes)
+    old_where = best.where if nodes is None else best.where.index_select(0, nodes)
+    value = torch.cat([old_value, found.value], dim=1)
+    value, kept = value.topk(min(EXAMPLES_K, value.shape[1]), dim=1)
+    where = torch.cat([old_where, where], dim=1).gather(1, kept)
     if nodes is None:
-        return Best(**merged)
-    updated = {}
-    for name, matrix in merged.items():  # a copy: the committed figures stay as they are until the commit
-        whole = getattr(best, name).clone()
-        whole[nodes] = matrix
-        updated[name] = whole
-    return Best(**updated)
-
-
-def _all_stored(running: Running) -> Running:
-    def stored(best: Best) -> Best:
-        return replace(best, stored=torch.ones_like(best.stored))
-
-    return replace(running, top=stored(running.top), bottom=stored(running.bottom))
+        return Best(value, where, best.flushed)
+    undo.rows.append((best, nodes, old_value, old_where))  # every node has K (there is a threshold): shapes stay
+    best.value.index_copy_(0, nodes, value)
+    best.where.index_copy_(0, nodes, where)
+    return best

@@ -150,17 +150,33 @@ def example_table(running: Iterable[Running], every: bool = False) -> pa.Table:
 
 
 def _side(running: Running, side: int, best: Best, every: bool) -> pa.Table:
-    node, column = (torch.ones_like(best.stored) if every else ~best.stored).nonzero(as_tuple=True)
+    new = torch.ones_like(best.value, dtype=torch.bool)
+    if not every and best.flushed is not None:  # the positions the last flush did not store
+        new = ~(best.where[:, :, None] == best.flushed[:, None, :]).any(2)
+    node, column = new.nonzero(as_tuple=True)
     value = best.value[node, column]
+    prompt_id, token, token2 = unpack_where(best.where[node, column])
     nodes = node.cpu().numpy()
     return pa.table(
         {
             **running.group.columns(nodes),
             "side": pa.DictionaryArray.from_arrays(pa.array(np.full(nodes.size, side, np.int8)), _SIDES),
-            "prompt_id": pa.array(best.prompt_id[node, column].cpu().numpy().astype(np.int32)),
-            "token": pa.array(best.token[node, column].cpu().numpy().astype(np.int16)),
-            "token2": pa.array(best.token2[node, column].cpu().numpy().astype(np.int16)),
+            "prompt_id": pa.array(prompt_id.cpu().numpy().astype(np.int32)),
+            "token": pa.array(token.cpu().numpy().astype(np.int16)),
+            "token2": pa.array(token2.cpu().numpy().astype(np.int16)),
             "value": pa.array((value if side == 0 else -value).cpu().numpy().astype(np.float32)),
         },
         schema=EXAMPLE_SCHEMA,
     )
+
+
+def pack_where(prompt_id: torch.Tensor, token: torch.Tensor, token2: torch.Tensor) -> torch.Tensor:
+    """An example's (prompt_id, token, token2 or -1) in one int64, so the running best K move one matrix for
+    where they are: the id in the high 32 bits, the token and token2 + 1 in 16 bits each (the tables' int32
+    and int16 columns bound them)."""
+    return (prompt_id << 32) | (token << 16) | (token2 + 1)
+
+
+def unpack_where(where: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(prompt_id, token, token2) of pack_where's codes."""
+    return where >> 32, (where >> 16) & 0xFFFF, (where & 0xFFFF) - 1
