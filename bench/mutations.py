@@ -95,6 +95,8 @@ FAMILIES = "ingest/families"
 GPT2, LLAMA, ROPE = f"{FAMILIES}/gpt2.py", f"{FAMILIES}/llama.py", f"{FAMILIES}/rope.py"
 MODEL = "ingest/model.py"
 SUMMARIES = "ingest/summaries.py"
+KERNELS = "ingest/summary_kernels.py"
+BATCH = "ingest/summary_batch.py"
 SUMMARY_TESTS = "tests/test_summaries.py"
 WORKER = "ingest/worker.py"
 THETA = 'theta = float(params.get("rope_theta") or reader.get("rope_theta") or theta or DEFAULT_THETA)'
@@ -299,8 +301,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         " beside row groups with values (DuckLake 1.5.5 then keeps no range for it)",
         replace(
             "warehouse/writer.py",
-            "for run in _null_runs(batch.facts):",
-            "for run in [batch.facts]:",
+            "for run in _null_runs(counted(renumbering.stream(batch.facts))):",
+            "for run in [counted(renumbering.stream(batch.facts))]:",
         ),
         (LAKE_ROW_GROUPS,),
     ),
@@ -731,7 +733,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "summary_histogram_ignores_the_edge_inside_a_bit_range",
         "a float32 value is binned by its top 16 bits alone, though an edge can fall between their values",
         replace(
-            SUMMARIES,
+            BATCH,
             "bins = base.index_select(0, high) + (values.reshape(-1) >= step.index_select(0, high))",
             "bins = base.index_select(0, high)",
         ),
@@ -740,7 +742,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "summary_histogram_drops_the_tiny_positives",
         "merging the zeros' own bin back, the values in (0, 1e-5) are left out of the histogram",
-        replace(SUMMARIES, "hist[_ZERO : _ZERO + 2].sum(0, keepdim=True)", "hist[_ZERO : _ZERO + 1]"),
+        replace(BATCH, "hist[_ZERO : _ZERO + 2].sum(0, keepdim=True)", "hist[_ZERO : _ZERO + 1]"),
         (f"{SUMMARY_TESTS}::test_every_summary_equals_the_aggregate_of_its_rows",),
     ),
     Mutation(
@@ -764,6 +766,36 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a flush adds the run's running figures beside the ones it flushed before instead of replacing them",
         replace(WRITER, "for table in summaries.TABLES if whole else summaries.TABLES[:1]:", "for table in ():"),
         (f"{SUMMARY_TESTS}::test_every_summary_equals_the_aggregate_of_its_rows",),
+    ),
+    Mutation(
+        "summary_rerun_counts_its_batch_twice",
+        "a commit rerun after a conflict folds its batch into the running summaries a second time",
+        replace(SUMMARIES, "        state.rollback()  # a commit that failed", "        pass  # a commit that failed"),
+        (f"{SUMMARY_TESTS}::test_a_commit_that_fails_or_reruns_counts_its_batch_once",),
+    ),
+    Mutation(
+        "summary_compiled_histogram_ignores_the_edge_inside_a_bit_range",
+        "the compiled histogram bins a float32 value by its top 16 bits alone",
+        replace(KERNELS, "hist[j, base[top] + (values[i, j] >= step[top])] += 1", "hist[j, base[top]] += 1"),
+        (f"{SUMMARY_TESTS}::test_every_summary_equals_the_aggregate_of_its_rows",),
+    ),
+    Mutation(
+        "summary_compiled_max_is_the_last_value",
+        "the compiled column maximum keeps the last row's value",
+        replace(KERNELS, "hi[j] = v if v > hi[j] else hi[j]", "hi[j] = v"),
+        (f"{SUMMARY_TESTS}::test_every_summary_equals_the_aggregate_of_its_rows",),
+    ),
+    Mutation(
+        "summary_compiled_insert_needs_the_best",
+        "a compiled insertion enters the best K only above the node's highest value, not its K-th",
+        replace(KERNELS, "if not v > best[n, k - 1]:", "if not v > best[n, 0]:"),
+        (f"{SUMMARY_TESTS}::test_examples_hold_every_nodes_top_and_bottom_k",),
+    ),
+    Mutation(
+        "summary_compiled_bottom_candidates_looked_for_above",
+        "the compiled bottom-side candidates are looked for in the columns whose minimum is above the limit",
+        replace(KERNELS, "extreme > limit if top else extreme < limit", "extreme > limit"),
+        (f"{SUMMARY_TESTS}::test_examples_hold_every_nodes_top_and_bottom_k",),
     ),
     Mutation(
         "summary_last_flush_keeps_superseded_examples",

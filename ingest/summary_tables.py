@@ -170,10 +170,10 @@ def _side(running: Running, side: int, best: Best, every: bool) -> pa.Table:
     )
 
 
-def pack_where(prompt_id: torch.Tensor, token: torch.Tensor, token2: torch.Tensor) -> torch.Tensor:
-    """An example's (prompt_id, token, token2 or -1) in one int64, so the running best K move one matrix for
-    where they are: the id in the high 32 bits, the token and token2 + 1 in 16 bits each (the tables' int32
-    and int16 columns bound them)."""
+def pack_where(prompt_id: Any, token: Any, token2: Any) -> Any:
+    """An example's (prompt_id, token, token2 or -1) in one int64 (tensors, arrays or, compiled, integers),
+    so the running best K move one matrix for where they are: the id in the high 32 bits, the token and
+    token2 + 1 in 16 bits each (the tables' int32 and int16 columns bound them)."""
     return (prompt_id << 32) | (token << 16) | (token2 + 1)
 
 

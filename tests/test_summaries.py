@@ -13,9 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from cli import main
+from ingest import summaries as ingest_summaries
+from ingest import summary_batch
 from ingest.prompts import PromptInput
 from ingest.summaries import SummaryState
 from ingest.worker import IngestOptions, ingest
@@ -66,17 +69,31 @@ def _prompts(n: int, seed: int) -> list[PromptInput]:
     return [PromptInput(" ".join(rng.choice(WORDS, size=int(rng.integers(2, 12))))) for _ in range(n)]
 
 
-@pytest.fixture(scope="module")
-def lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _two_runs(path: Path, compiled: bool) -> Path:
     """Two runs: 20 prompts in batches of one in float32, then 7 in batches of 3 in bfloat16, the running
-    summaries flushed every 16 tokens (so several times a run, and once more as it ends)."""
-    path = tmp_path_factory.mktemp("summaries") / "lake"
+    summaries flushed every 16 tokens (so several times a run, and once more as it ends). `compiled`: the
+    CPU's compiled summary code (ingest/summary_kernels.py), else the torch code a GPU runs."""
     common = {"model": "gpt2-tiny", "progress": False}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(summaries, "FLUSH_TOKENS", 16)
+        patch.setattr(summary_batch, "COMPILED", compiled)
         ingest(path, _prompts(20, 0), IngestOptions(batch_size=1, **common))
         ingest(path, _prompts(7, 1), IngestOptions(batch_size=3, precision="bfloat16", **common))
     return path
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _two_runs(tmp_path_factory.mktemp("summaries") / "lake", compiled=True)
+
+
+@pytest.fixture(scope="module")
+def torch_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _two_runs(tmp_path_factory.mktemp("summaries") / "lake", compiled=False)
+
+
+# The summaries' two code paths, each in a warehouse of its own: compiled (the CPU) and torch (a GPU).
+BOTH = pytest.mark.parametrize("which", ["lake", "torch_lake"])
 
 
 def _rows(path: Path) -> dict[tuple, np.ndarray]:
@@ -89,7 +106,9 @@ def _rows(path: Path) -> dict[tuple, np.ndarray]:
     return {key: np.asarray(values, np.float32) for key, values in grouped.items()}
 
 
-def test_every_summary_equals_the_aggregate_of_its_rows(lake: Path) -> None:
+@BOTH
+def test_every_summary_equals_the_aggregate_of_its_rows(which: str, request: pytest.FixtureRequest) -> None:
+    lake = request.getfixturevalue(which)
     expected = _rows(lake)
     with db.connect(lake, read_only=True) as con:
         relation = con.sql(f"SELECT {', '.join(KEY)}, * EXCLUDE ({', '.join(KEY)}) FROM node_summaries")
@@ -113,7 +132,9 @@ def test_every_summary_equals_the_aggregate_of_its_rows(lake: Path) -> None:
         assert row["hist"] == np.bincount(np.searchsorted(EDGES, values, side="right"), minlength=24).tolist(), key
 
 
-def test_examples_hold_every_nodes_top_and_bottom_k(lake: Path) -> None:
+@BOTH
+def test_examples_hold_every_nodes_top_and_bottom_k(which: str, request: pytest.FixtureRequest) -> None:
+    lake = request.getfixturevalue(which)
     expected = _rows(lake)
     with db.connect(lake, read_only=True) as con:
         kept = con.sql(f"SELECT {', '.join(KEY)}, side, value FROM node_examples").fetchall()
@@ -266,3 +287,36 @@ def test_a_run_stored_without_summaries_is_answered_by_a_scan(tmp_path: Path) ->
     assert ranked["value"].to_pylist() == pytest.approx(oracle["v"].to_pylist(), rel=1e-9)
     examples = wh.examples("mlp_post_act", 1, 4, k=2, skip_first=0)
     assert examples.num_rows == 2 and any("scan" in n for n in notes(examples))
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_commit_that_fails_or_reruns_counts_its_batch_once(compiled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch folded into the running summaries by a commit that then fails is taken out again: rerun
+    (after a conflict) it counts once; never committed, the run's last flush leaves it out."""
+    monkeypatch.setattr(summary_batch, "COMPILED", compiled)
+    monkeypatch.setattr(summaries, "FLUSH_TOKENS", 1)  # every commit flushes (and marks examples stored)
+    rng = np.random.default_rng(3)
+    lengths = torch.tensor([6, 4, 5])
+    batches = [{("mlp.post_act", 0): torch.tensor(rng.normal(size=(3, 6, 8)), dtype=torch.float32)} for _ in range(6)]
+
+    def flushed(steps: list[tuple[int, str]]) -> tuple[list, list]:
+        state = SummaryState(bfloat16=False)
+        measured: dict[int, ingest_summaries.BatchSummary] = {}
+        for i, step in steps:
+            if i not in measured:
+                measured[i] = state.measure(batches[i], {}, lengths)
+            measured[i].rows(np.arange(3 * i, 3 * i + 3))
+            if step == "commit":
+                measured[i].committed()
+        stats, examples = state.final().rows(np.empty(0, np.int64))
+        return sorted(map(repr, stats.to_pylist())), sorted(map(repr, examples.to_pylist()))
+
+    # 6 batches of 3 prompts: nodes reach K = 20 examples after the second, so later folds change rows in place
+    once = flushed([(i, "commit") for i in range(6)])
+    assert (
+        flushed([(0, "commit"), (1, "commit"), (2, "commit"), (3, "fail"), (3, "commit"), (4, "commit"), (5, "commit")])
+        == once
+    )
+    without = flushed([(i, "commit") for i in (0, 1, 2, 3, 4)])
+    assert flushed([(i, "commit") for i in (0, 1, 2, 3, 4)] + [(5, "fail")]) == without
+    assert without != once
