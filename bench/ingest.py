@@ -326,7 +326,7 @@ def writer_split(args: argparse.Namespace) -> None:
     import pyarrow.parquet as pq
     import torch
 
-    from ingest import worker
+    from ingest import passes, worker
     from ingest.capture import CaptureSpec
     from ingest.prompts import PromptInput
     from warehouse.facts import FACT_SCHEMA
@@ -338,7 +338,7 @@ def writer_split(args: argparse.Namespace) -> None:
     captured = worker.run_batch(torch.device("cpu"), loaded, items, np.arange(len(items)), spec, True)
 
     def convert() -> list[pa.RecordBatch]:
-        return list(worker.fact_rows(captured, spec.logits_top_k, False))
+        return list(passes.fact_rows(captured, spec.logits_top_k, False))
 
     def best(fn: Callable[[], Any]) -> tuple[float, float]:
         """The faster of two runs: (wall seconds, CPU seconds of every thread of this process)."""

@@ -99,6 +99,7 @@ KERNELS = "ingest/summary_kernels.py"
 BATCH = "ingest/summary_batch.py"
 SUMMARY_TESTS = "tests/test_summaries.py"
 WORKER = "ingest/worker.py"
+PASSES = "ingest/passes.py"
 THETA = 'theta = float(params.get("rope_theta") or reader.get("rope_theta") or theta or DEFAULT_THETA)'
 GPT2_WEIGHTS = '    return w\n\n\nFAMILY = Family("gpt2"'
 INTERRUPT = f"{RELIABILITY}::test_sigint_and_sigterm_mark_the_run_interrupted_and_resume"
@@ -238,7 +239,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "final_scale_not_held",
         "the logit-difference backward pass lets gradient flow through the final norm's scale",
-        replace(WORKER, "hold = items[0].kind == LOGIT_DIFF", "hold = False"),
+        replace(PASSES, "hold = items[0].kind == LOGIT_DIFF", "hold = False"),
         views("gpt2", ORACLE, CLOSED_FORM),
     ),
     Mutation(
@@ -287,11 +288,11 @@ MUTATIONS: tuple[Mutation, ...] = (
         " be all NULL in a column (DuckLake 1.5.5 then drops the ranges of the transaction's later files)",
         (
             Edit(
-                WORKER,
+                PASSES,
                 "    if sources:\n        yield pa.concat_batches([first_row(*source) for source in sources])\n",
                 "",
             ),
-            Edit(WORKER, "location_rows(*source, skip_first=True)", "location_rows(*source)"),
+            Edit(PASSES, "location_rows(*source, skip_first=True)", "location_rows(*source)"),
         ),
         (LAKE_ROW_GROUPS,),
     ),
@@ -796,6 +797,28 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the compiled bottom-side candidates are looked for in the columns whose minimum is above the limit",
         replace(KERNELS, "extreme > limit if top else extreme < limit", "extreme > limit"),
         (f"{SUMMARY_TESTS}::test_examples_hold_every_nodes_top_and_bottom_k",),
+    ),
+    Mutation(
+        "summary_sparse_counts_the_values_without_rows",
+        "an SAE latent's histogram counts the zeros that have no stored row",
+        replace(BATCH, "    hist[_ZERO] -= stored.shape[0] - n  #", "    hist[_ZERO] -= 0  #"),
+        (f"{SUMMARY_TESTS}::test_every_summary_equals_the_aggregate_of_its_rows",),
+    ),
+    Mutation(
+        "summary_sparse_placeholders_stored_as_examples",
+        "a latent with fewer than K rows stores the -inf places of its best K as examples",
+        replace(
+            "ingest/summary_tables.py",
+            "new = torch.isfinite(best.value)  #",
+            "new = torch.ones_like(best.value, dtype=torch.bool)  #",
+        ),
+        (f"{SUMMARY_TESTS}::test_examples_hold_every_nodes_top_and_bottom_k",),
+    ),
+    Mutation(
+        "summary_sae_runs_without_sae_summaries_not_scanned",
+        "a run stored before SAE summaries counts as covered for the SAE dsts: its rows are left out",
+        replace("queries/summary_sql.py", "    if written_by_sae(dst):", "    if False:"),
+        (f"{SUMMARY_TESTS}::test_sae_questions_merge_summaries_with_a_scan_of_runs_stored_without_them",),
     ),
     Mutation(
         "summary_last_flush_keeps_superseded_examples",

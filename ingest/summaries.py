@@ -106,7 +106,8 @@ class SummaryState:
         lengths: torch.Tensor,
         first: bool,
     ) -> list[_Measured]:
-        measured, gathered = [], {}
+        measured: list[_Measured] = []
+        gathered: dict[tuple, torch.Tensor] = {}
         passes = []
         for pass_type, tensors in (("forward", forward), ("backward", backward)):
             layers = sorted((layer for n, layer in tensors if n == loc.name), key=lambda x: -1 if x is None else x)
@@ -118,22 +119,30 @@ class SummaryState:
         if where.numel() == 0:
             return []
         n_grid = int(np.prod(sample.shape[: 1 + loc.n_token_axes]))
-        node_shape = sample.shape[1 + loc.n_token_axes :]
+        stored: dict[tuple, torch.Tensor] = {}  # a sparse location's rows: where its forward value is non-zero
         for pass_type, tensors, layers in passes:
-            values = self._gather([tensors[(loc.name, layer)] for layer in layers], n_grid, where)
-            gathered[pass_type] = (layers, values)
-            group = Group.of(loc, loc.dst, pass_type, layers, node_shape, first)
-            measured.append(self._measure(group, values, where.numel(), positions, self.bfloat16))
-            if pass_type == "backward" and loc.name in ACT_TIMES_GRAD and gathered.get("forward", ([],))[0] == layers:
-                product = gathered["forward"][1] * values  # the view's forward * backward, in float32
-                group = Group.of(loc, ACT_TIMES_GRAD[loc.name], "forward", layers, node_shape, first)
-                measured.append(self._measure(group, product, where.numel(), positions, False))
+            # an SAE's width is its own: each layer a group of its own
+            for part in [[layer] for layer in layers] if loc.from_sae else [layers]:
+                node_shape = tensors[(loc.name, part[0])].shape[1 + loc.n_token_axes :]
+                values = self._gather([tensors[(loc.name, layer)] for layer in part], n_grid, where)
+                if loc.sparse and pass_type == "forward":
+                    stored[tuple(part)] = values != 0  # before rounding, as the writer chooses the rows
+                if self.bfloat16:  # torch rounds to nearest even, as warehouse.facts.round_to_bfloat16
+                    values = values.to(torch.bfloat16).to(torch.float32)
+                mask = stored.get(tuple(part))
+                gathered[pass_type, tuple(part)] = values
+                group = Group.of(loc, loc.dst, pass_type, part, node_shape, first)
+                measured.append(self._measure(group, values, where.numel(), positions, self.bfloat16, mask))
+                forward_values = gathered.get(("forward", tuple(part)))
+                if pass_type == "backward" and loc.name in ACT_TIMES_GRAD and forward_values is not None:
+                    product = forward_values * values  # the view's forward * backward, in float32
+                    group = Group.of(loc, ACT_TIMES_GRAD[loc.name], "forward", part, node_shape, first)
+                    measured.append(self._measure(group, product, where.numel(), positions, False, mask))
         return measured
 
     def _gather(self, tensors: list[torch.Tensor], n_grid: int, where: torch.Tensor) -> torch.Tensor:
-        """(rows rounded up to summary_batch.BLOCK, layers x nodes) float32: the chosen rows of every layer side by side
-        (each tensor seen as (n_grid, nodes)), as stored (rounded to bfloat16 when the ingest stores
-        bfloat16); the extra rows are zeros."""
+        """(rows rounded up to summary_batch.BLOCK, layers x nodes) float32: the chosen rows of every layer
+        side by side (each tensor seen as (n_grid, nodes)); the extra rows are zeros."""
         n_rows = where.numel()
         flat = [t.detach().reshape(n_grid, -1) for t in tensors]
         n_nodes = flat[0].shape[1]
@@ -143,17 +152,21 @@ class SummaryState:
         out[n_rows:] = 0
         for i, part in enumerate(flat):
             out[:n_rows, i * n_nodes : (i + 1) * n_nodes] = part.index_select(0, where)
-        if self.bfloat16:  # torch rounds to nearest even, as warehouse.facts.round_to_bfloat16
-            out[:n_rows] = out[:n_rows].to(torch.bfloat16)
         return out
 
     def _measure(
-        self, group: Group, values: torch.Tensor, n_rows: int, positions: torch.Tensor, in_bfloat16: bool
+        self,
+        group: Group,
+        values: torch.Tensor,
+        n_rows: int,
+        positions: torch.Tensor,
+        in_bfloat16: bool,
+        stored: torch.Tensor | None,
     ) -> _Measured:
-        """`in_bfloat16`: every value is a bfloat16 (the stored values, not their products)."""
-        figures, top, bottom = summary_batch.measure(
-            values, n_rows, self.thresholds.get(group.key, (None, None)), in_bfloat16
-        )
+        """`in_bfloat16`: every value is a bfloat16 (the stored values, not their products). `stored`:
+        which values have rows (a sparse location's), None: all."""
+        thresholds = self.thresholds.get(group.key, (None, None))
+        figures, top, bottom = summary_batch.measure(values, n_rows, thresholds, in_bfloat16, stored)
         return _Measured(group, figures, top, bottom, positions)
 
     def rollback(self) -> None:

@@ -10,7 +10,7 @@ node's K best while the run has fewer than K).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -28,10 +28,11 @@ COMPILED = True
 
 @dataclass(frozen=True)
 class Figures:
-    """One group's count (the same for every node), and per node (N,): sums, sum of squares and of
-    absolute values (float64), min and max (float32), non-zeros, and the histogram (N_BINS, N)."""
+    """One group's count (the same for every node; per node (N,) for a sparse location's), and per node
+    (N,): sums, sum of squares and of absolute values (float64), min and max (float32), non-zeros, and the
+    histogram (N_BINS, N)."""
 
-    n: int
+    n: int | torch.Tensor
     sum: torch.Tensor
     sum_sq: torch.Tensor
     sum_abs: torch.Tensor
@@ -65,46 +66,61 @@ class Candidates:
 
 
 def measure(
-    values: torch.Tensor, n_rows: int, thresholds: tuple[torch.Tensor | None, torch.Tensor | None], in_bfloat16: bool
+    values: torch.Tensor,
+    n_rows: int,
+    thresholds: tuple[torch.Tensor | None, torch.Tensor | None],
+    in_bfloat16: bool,
+    stored: torch.Tensor | None = None,
 ) -> tuple[Figures, Candidates, Candidates]:
     """The figures of the first `n_rows` rows of (rows rounded up to BLOCK, N) float32 `values` (the rest
     zeros), and their top and bottom candidates beyond `thresholds` (each node's running K-th highest and
-    lowest negated, None while the run has fewer than K). `in_bfloat16`: every value is a bfloat16."""
-    if values.device.type == "cpu" and COMPILED:
-        return _measure_compiled(values, n_rows, thresholds)
-    return _measure_torch(values, n_rows, thresholds, in_bfloat16)
+    lowest negated, None while the run has fewer than K). `in_bfloat16`: every value is a bfloat16.
+    `stored` (the same shape, bool): the values that have rows (a sparse location's); the others count
+    nowhere, and each node's n is its own."""
+    compiled = values.device.type == "cpu" and COMPILED
+    if stored is not None:  # zeros add nothing to the sums; their count and extremes are taken out below
+        values = torch.where(stored, values, 0.0)
+    figures = _figures_compiled(values, n_rows) if compiled else _figures_torch(values, n_rows, in_bfloat16)
+    top, bottom = values, values
+    if stored is not None:
+        figures = _stored_only(figures, stored[:n_rows], values[:n_rows])
+        top, bottom = torch.where(stored, values, -torch.inf), torch.where(stored, values, torch.inf)
+    sides = []
+    for side, threshold, is_top in ((top, thresholds[0], True), (bottom, thresholds[1], False)):
+        if threshold is None:
+            sides.append(_candidates(side[:n_rows], None, is_top))
+        elif compiled:  # the bottom side's threshold is negated
+            limit, extreme = (threshold, figures.max) if is_top else (-threshold, figures.min)
+            found = kernels.beyond(side.numpy(), n_rows, limit.numpy(), is_top, extreme.numpy())
+            sides.append(Candidates(*(torch.from_numpy(a) for a in found)))
+        else:
+            sides.append(_candidates(side[:n_rows], threshold, is_top))
+    return figures, sides[0], sides[1]
 
 
-def _measure_torch(
-    values: torch.Tensor, n_rows: int, thresholds: tuple[torch.Tensor | None, torch.Tensor | None], in_bfloat16: bool
-) -> tuple[Figures, Candidates, Candidates]:
-    """A batch's figures and candidates in torch ops (a pass per figure), wherever `values` are."""
+def _figures_torch(values: torch.Tensor, n_rows: int, in_bfloat16: bool) -> Figures:
+    """A batch's figures in torch ops (a pass per figure), wherever `values` are."""
     real = values[:n_rows]
     blocks = values.view(-1, BLOCK, values.shape[1])
-    minima, maxima = real.amin(0), real.amax(0)
-    sums = (_sum64(values), _total(blocks * blocks), _total(blocks.abs()), minima, maxima)
-    figures = _figures(n_rows, *sums, hist=_histogram(real, in_bfloat16))
-    return figures, _candidates(real, thresholds[0], True), _candidates(real, thresholds[1], False)
+    sums = (_sum64(values), _total(blocks * blocks), _total(blocks.abs()), real.amin(0), real.amax(0))
+    return _figures(n_rows, *sums, hist=_histogram(real, in_bfloat16))
 
 
-def _measure_compiled(
-    values: torch.Tensor, n_rows: int, thresholds: tuple[torch.Tensor | None, torch.Tensor | None]
-) -> tuple[Figures, Candidates, Candidates]:
-    """A batch's figures and candidates on the CPU: one compiled pass over the values, and one over the
-    columns that have candidates (ingest/summary_kernels.py)."""
-    array = values.numpy()
+def _figures_compiled(values: torch.Tensor, n_rows: int) -> Figures:
+    """A batch's figures on the CPU in one compiled pass (ingest/summary_kernels.py)."""
     base, step, _ = _bin_tables(values.device)
-    *sums, hist = kernels.figures(array, n_rows, base.numpy(), step.numpy(), N_BINS + 1)
-    sides = []
-    for threshold, top in ((thresholds[0], True), (thresholds[1], False)):
-        if threshold is None:
-            sides.append(_candidates(values[:n_rows], None, top))
-        else:  # the bottom side's threshold is negated
-            limit, extreme = (threshold.numpy(), sums[4]) if top else (-threshold.numpy(), sums[3])
-            nodes, found, rows = kernels.beyond(array, n_rows, limit, top, extreme)
-            sides.append(Candidates(torch.from_numpy(nodes), torch.from_numpy(found), torch.from_numpy(rows)))
-    figures = _figures(n_rows, *(torch.from_numpy(a) for a in sums), hist=torch.from_numpy(hist).T.to(torch.int64))
-    return figures, sides[0], sides[1]
+    *sums, hist = kernels.figures(values.numpy(), n_rows, base.numpy(), step.numpy(), N_BINS + 1)
+    return _figures(n_rows, *(torch.from_numpy(a) for a in sums), hist=torch.from_numpy(hist).T.to(torch.int64))
+
+
+def _stored_only(figures: Figures, stored: torch.Tensor, values: torch.Tensor) -> Figures:
+    """`figures` of (rows, N) `values` (zero where not `stored`) over the stored values alone."""
+    n = stored.sum(0)
+    hist = figures.hist.clone()
+    hist[_ZERO] -= stored.shape[0] - n  # the zeros' bin, [0, 1e-5) once merged
+    low = torch.where(stored, values, torch.inf).amin(0)
+    high = torch.where(stored, values, -torch.inf).amax(0)
+    return replace(figures, n=n, min=low, max=high, hist=hist)
 
 
 def _figures(n_rows: int, *sums: torch.Tensor, hist: torch.Tensor) -> Figures:

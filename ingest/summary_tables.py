@@ -117,27 +117,28 @@ class Group:
 
 
 def summary_table(running: Iterable[Running]) -> pa.Table:
-    """One row per node of every group: the run's figures so far."""
+    """One row per node of every group that has values: the run's figures so far (a sparse location's
+    node without any stored row has none)."""
     parts = []
     for r in running:
         f, n_nodes = r.figures, r.group.size
+        n = torch.as_tensor(f.n, dtype=torch.int64).expand(n_nodes).cpu().numpy()
         hist = pa.array(f.hist.T.contiguous().reshape(-1).to(torch.int32).cpu().numpy())
-        parts.append(
-            pa.table(
-                {
-                    **r.group.columns(),
-                    "n": pa.array(np.full(n_nodes, f.n, np.int64)),
-                    "sum": pa.array(f.sum.cpu().numpy()),
-                    "sum_sq": pa.array(f.sum_sq.cpu().numpy()),
-                    "sum_abs": pa.array(f.sum_abs.cpu().numpy()),
-                    "min": pa.array(f.min.cpu().numpy()),
-                    "max": pa.array(f.max.cpu().numpy()),
-                    "n_nonzero": pa.array(f.n_nonzero.to(torch.int64).cpu().numpy()),
-                    "hist": pa.FixedSizeListArray.from_arrays(hist, N_BINS).cast(pa.list_(pa.int32())),
-                },
-                schema=SUMMARY_SCHEMA,
-            )
+        table = pa.table(
+            {
+                **r.group.columns(),
+                "n": pa.array(n),
+                "sum": pa.array(f.sum.cpu().numpy()),
+                "sum_sq": pa.array(f.sum_sq.cpu().numpy()),
+                "sum_abs": pa.array(f.sum_abs.cpu().numpy()),
+                "min": pa.array(f.min.cpu().numpy()),
+                "max": pa.array(f.max.cpu().numpy()),
+                "n_nonzero": pa.array(f.n_nonzero.to(torch.int64).cpu().numpy()),
+                "hist": pa.FixedSizeListArray.from_arrays(hist, N_BINS).cast(pa.list_(pa.int32())),
+            },
+            schema=SUMMARY_SCHEMA,
         )
+        parts.append(table if n.all() else table.filter(pa.array(n > 0)))
     return pa.concat_tables(parts) if parts else SUMMARY_SCHEMA.empty_table()
 
 
@@ -150,9 +151,9 @@ def example_table(running: Iterable[Running], every: bool = False) -> pa.Table:
 
 
 def _side(running: Running, side: int, best: Best, every: bool) -> pa.Table:
-    new = torch.ones_like(best.value, dtype=torch.bool)
+    new = torch.isfinite(best.value)  # -inf: a sparse node's place kept while it has fewer than K rows
     if not every and best.flushed is not None:  # the positions the last flush did not store
-        new = ~(best.where[:, :, None] == best.flushed[:, None, :]).any(2)
+        new &= ~(best.where[:, :, None] == best.flushed[:, None, :]).any(2)
     node, column = new.nonzero(as_tuple=True)
     value = best.value[node, column]
     prompt_id, token, token2 = unpack_where(best.where[node, column])

@@ -169,7 +169,7 @@ class SummaryQueries:
             where, params = summary_filter(dst, pass_type, skip_first, layer, node_index, head, run_id)
             rows = f"SELECT prompt_id, token, token2, head, value FROM node_examples WHERE side = ?{where}"
             params = ["bottom" if bottom else "top", *params]
-            tail = uncovered(con, run_id)
+            tail = uncovered(con, run_id, dst)
             if tail.prompts:
                 src = self._source(con, dst, pass_type)  # type: ignore[attr-defined]
                 scan_where, scan_params = scan_filter(skip_first, layer, node_index, head, run_id)
@@ -244,7 +244,7 @@ class SummaryQueries:
             f"SELECT {key}, n, sum, sum_sq, sum_abs, min, max, n_nonzero, hist FROM node_summaries"
             f" JOIN runs USING (run_id) WHERE true{where}"
         )
-        tail = uncovered(con, run_id)
+        tail = uncovered(con, run_id, dst)
         if tail.prompts:  # only then the stored rows' source (its dst check is a query)
             scan, scan_params = scanned(tail.join, tuple(tail.params))
             rows += f" UNION ALL {scan}"

@@ -8,7 +8,7 @@ from typing import Any
 
 import duckdb
 
-from warehouse.summaries import EDGES, N_BINS
+from warehouse.summaries import EDGES, N_BINS, written_by_sae
 
 NODE = ("model_id", "layer", "head", "node_type", "node_index")
 
@@ -31,21 +31,28 @@ class Tail:
         )
 
 
-def uncovered(con: duckdb.DuckDBPyConnection, run_id: int | None) -> Tail:
+def uncovered(con: duckdb.DuckDBPyConnection, run_id: int | None, dst: str) -> Tail:
+    """The prompts whose `dst` rows the summaries do not cover: those past each run's summarised_through,
+    and for a dst an SAE writes, every prompt of a run with no summary rows of it (an ingest before SAE
+    summaries, or a run whose latents never fired in the summarised prompts: nothing to scan then)."""
     scope, params = (" AND p.run_id = ?", [run_id]) if run_id is not None else ("", [])
+    bound, bound_params = "coalesce(r.summarised_through, -1)", []
+    if written_by_sae(dst):
+        bound = f"CASE WHEN r.run_id IN (SELECT run_id FROM node_summaries WHERE dst = ?) THEN {bound} ELSE -1 END"
+        bound_params = [dst]
     count, first = con.execute(
         "SELECT count(*), min(p.prompt_id) FROM prompts p JOIN runs r USING (run_id)"
-        f" WHERE p.prompt_id > coalesce(r.summarised_through, -1){scope}",
-        params,
+        f" WHERE p.prompt_id > {bound}{scope}",
+        [*bound_params, *params],
     ).fetchall()[0]
     if not count:
         return Tail(0)
     # the constant bound lets the lake skip the files of covered prompts by their statistics
     join = (
         "JOIN prompts p ON p.prompt_id = s.prompt_id JOIN runs r ON r.run_id = p.run_id"
-        " AND p.prompt_id > coalesce(r.summarised_through, -1) AND s.prompt_id >= ?"
+        f" AND p.prompt_id > {bound} AND s.prompt_id >= ?"
     )
-    return Tail(int(count), join, [int(first)])
+    return Tail(int(count), join, [*bound_params, int(first)])
 
 
 def scan_sql(

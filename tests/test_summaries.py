@@ -69,6 +69,26 @@ def _prompts(n: int, seed: int) -> list[PromptInput]:
     return [PromptInput(" ".join(rng.choice(WORDS, size=int(rng.integers(2, 12))))) for _ in range(n)]
 
 
+def _sae_run(path: Path, compiled: bool) -> Path:
+    """One run with two SAEs spliced in (latents stored only where non-zero, errors dense), in bfloat16,
+    batches of 4, flushed every 16 tokens: a run before it was stored without SAE summaries (an ingest of
+    schema version 4), so queries scan that run's SAE rows and read the second's from its summaries."""
+    from tests.test_sae_bad_input import _sae
+
+    saes = [str(_sae(path.parent, "a")), str(_sae(path.parent, "b", hook="blocks.1.hook_resid_post"))]
+    common = {"model": "gpt2-tiny", "progress": False, "saes": saes, "precision": "bfloat16"}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(summaries, "FLUSH_TOKENS", 16)
+        patch.setattr(summary_batch, "COMPILED", compiled)
+        patch.setattr(ingest_summaries, "summarised_location", lambda loc: loc.name != "logits" and not loc.from_sae)
+        ingest(path, _prompts(5, 2), IngestOptions(batch_size=4, **common))
+        patch.undo()
+        patch.setattr(summaries, "FLUSH_TOKENS", 16)
+        patch.setattr(summary_batch, "COMPILED", compiled)
+        ingest(path, _prompts(11, 3), IngestOptions(batch_size=4, **common))
+    return path
+
+
 def _two_runs(path: Path, compiled: bool) -> Path:
     """Two runs: 20 prompts in batches of one in float32, then 7 in batches of 3 in bfloat16, the running
     summaries flushed every 16 tokens (so several times a run, and once more as it ends). `compiled`: the
@@ -92,8 +112,19 @@ def torch_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _two_runs(tmp_path_factory.mktemp("summaries") / "lake", compiled=False)
 
 
-# The summaries' two code paths, each in a warehouse of its own: compiled (the CPU) and torch (a GPU).
-BOTH = pytest.mark.parametrize("which", ["lake", "torch_lake"])
+@pytest.fixture(scope="module")
+def sae_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _sae_run(tmp_path_factory.mktemp("summaries") / "lake", compiled=True)
+
+
+@pytest.fixture(scope="module")
+def sae_torch_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _sae_run(tmp_path_factory.mktemp("summaries") / "lake", compiled=False)
+
+
+# The summaries' two code paths, each in warehouses of their own: compiled (the CPU) and torch (a GPU).
+BOTH = pytest.mark.parametrize("which", ["lake", "torch_lake", "sae_lake", "sae_torch_lake"])
+SAE_DSTS = {"online_autoencoder_latent", "online_autoencoder_error"}
 
 
 def _rows(path: Path) -> dict[tuple, np.ndarray]:
@@ -115,6 +146,10 @@ def test_every_summary_equals_the_aggregate_of_its_rows(which: str, request: pyt
         columns, stored = relation.columns, relation.fetchall()
     got = {tuple(row[: len(KEY)]): dict(zip(columns, row, strict=True)) for row in stored}
     assert len(got) == len(stored), "one row per run and node key"
+    if which.startswith("sae"):  # the first run was stored without SAE summaries
+        assert {key[1] for key in got if key[0] == 1} >= SAE_DSTS
+        assert not {key[1] for key in got if key[0] == 0} & SAE_DSTS
+        expected = {key: v for key, v in expected.items() if key[0] == 1 or key[1] not in SAE_DSTS}
     assert set(got) == set(expected)
     dsts = {key[1] for key in got}
     assert {"mlp_post_act", "mlp_act_times_grad", "unflattened_attn_act_times_grad", "attn_qk_probs"} <= dsts
@@ -142,6 +177,10 @@ def test_examples_hold_every_nodes_top_and_bottom_k(which: str, request: pytest.
     for row in kept:
         by_key.setdefault(tuple(row[: len(KEY)]), {"top": [], "bottom": []})[row[len(KEY)]].append(row[-1])
     k = summaries.EXAMPLES_K
+    if which.startswith("sae"):  # the first run was stored without SAE summaries
+        expected = {key: v for key, v in expected.items() if key[0] == 1 or key[1] not in SAE_DSTS}
+        latents = [v.size for key, v in expected.items() if key[1] == "online_autoencoder_latent"]
+        assert min(latents) < k < max(latents), "latents with fewer and with more rows than K"
     assert any(len(v) > k for v in expected.values()), "some node must have more rows than it keeps"
     for key, values in expected.items():
         ordered = np.sort(values)
@@ -320,3 +359,28 @@ def test_a_commit_that_fails_or_reruns_counts_its_batch_once(compiled: bool, mon
     without = flushed([(i, "commit") for i in (0, 1, 2, 3, 4)])
     assert flushed([(i, "commit") for i in (0, 1, 2, 3, 4)] + [(5, "fail")]) == without
     assert without != once
+
+
+@pytest.mark.parametrize("dst", sorted(SAE_DSTS))
+def test_sae_questions_merge_summaries_with_a_scan_of_runs_stored_without_them(sae_lake: Path, dst: str) -> None:
+    """Rank and node answers for an SAE's dsts equal SQL over every stored row: the second run's from its
+    summaries, the first's (stored before SAE summaries) by a scan, which the note counts."""
+    wh = Warehouse(sae_lake)
+    ranked = wh.rank_nodes(dst, by="mean", k=5, layer=1)
+    oracle = wh.sql(
+        f"SELECT node_index, avg(value::DOUBLE) AS value FROM ({ROWS}) f WHERE dst = ? AND pass_type = 'forward'"
+        " AND layer = 1 AND token >= 1 GROUP BY node_index ORDER BY value DESC, node_index LIMIT 5",
+        [dst],
+    )
+    assert ranked["value"].to_pylist() == pytest.approx(oracle["value"].to_pylist(), rel=1e-9)
+    assert any("also scanned 5 prompt(s)" in n for n in notes(ranked))
+    node = ranked["node_index"].to_pylist()[0]
+    _assert_node_answers(wh, dst, 1, node, "backward", 1)
+    assert wh.rank_nodes(dst, k=5, layer=1, run=1)["value"].to_pylist() == pytest.approx(
+        wh.sql(
+            f"SELECT avg(value::DOUBLE) AS v FROM ({ROWS}) f WHERE dst = ? AND pass_type = 'forward' AND layer = 1"
+            " AND token >= 1 AND run_id = 1 GROUP BY node_index ORDER BY v DESC, node_index LIMIT 5",
+            [dst],
+        )["v"].to_pylist(),
+        rel=1e-9,
+    )

@@ -49,9 +49,16 @@ TABLES = ("node_summaries", "node_examples")
 
 
 def summarised_location(loc: registry.ActivationLocation) -> bool:
-    """Whether an ingest summarises a raw location: not logits, and not what a spliced SAE writes (latents
-    are stored only where non-zero; the SAEs' own views and a scan answer for them)."""
-    return loc.name not in NOT_SUMMARISED and not loc.sparse and not loc.from_sae
+    """Whether an ingest summarises a raw location: every one but logits. A sparse one's (SAE latents)
+    summaries are of its stored rows, where the forward value is non-zero."""
+    return loc.name not in NOT_SUMMARISED
+
+
+def written_by_sae(dst: str) -> bool:
+    """Whether `dst` is written by a spliced SAE (its latents, errors, input statistics): warehouses of
+    schema version 4 have summaries of every other raw dst but not of these."""
+    loc = registry.LOCATION_BY_DST.get(dst)
+    return loc is not None and loc.from_sae
 
 
 def summarised(dst: str) -> bool:
