@@ -9,7 +9,9 @@ shares nothing with the capture-time computation but the documented bin edges.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -102,24 +104,20 @@ def _two_runs(path: Path, compiled: bool) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _two_runs(tmp_path_factory.mktemp("summaries") / "lake", compiled=True)
+def _warehouse(build: Callable[[Path, bool], Path], compiled: bool) -> Any:
+    """A module fixture: the warehouse `build` writes with the compiled summary code or the torch code."""
+
+    @pytest.fixture(scope="module")
+    def fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+        return build(tmp_path_factory.mktemp("summaries") / "lake", compiled)
+
+    return fixture
 
 
-@pytest.fixture(scope="module")
-def torch_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _two_runs(tmp_path_factory.mktemp("summaries") / "lake", compiled=False)
-
-
-@pytest.fixture(scope="module")
-def sae_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _sae_run(tmp_path_factory.mktemp("summaries") / "lake", compiled=True)
-
-
-@pytest.fixture(scope="module")
-def sae_torch_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _sae_run(tmp_path_factory.mktemp("summaries") / "lake", compiled=False)
+lake = _warehouse(_two_runs, compiled=True)
+torch_lake = _warehouse(_two_runs, compiled=False)
+sae_lake = _warehouse(_sae_run, compiled=True)
+sae_torch_lake = _warehouse(_sae_run, compiled=False)
 
 
 # The summaries' two code paths, each in warehouses of their own: compiled (the CPU) and torch (a GPU).
