@@ -91,7 +91,7 @@ def top_command(
     db_path: Path, fmt: str, output: Path | None, plot: Path | None, prompt_id: int, by: str, k: int, skip_first: int
 ) -> None:
     """The reference node table: top and bottom k nodes of a prompt, four columns side by side."""
-    table = Warehouse(db_path).top_nodes(prompt_id, by, k, skip_first)
+    table = Warehouse(db_path, check=False).top_nodes(prompt_id, by, k, skip_first)
     _emit(table, fmt, output)
     if plot is not None:
         from queries import plots
@@ -157,7 +157,7 @@ def examples_command(
 ) -> None:
     """Top-k activating examples of one node across all prompts, the token [[marked]] in its context
     (--plot: each context as a strip of tokens shaded by the node's value)."""
-    wh = Warehouse(db_path)
+    wh = Warehouse(db_path, check=False)
     args = (dst, layer, node_index, k, context, head, run_id, pass_type, bottom, skip_first)
     with wh.session():
         table = wh.examples(*args)
@@ -198,7 +198,7 @@ def node_stats_command(
     show_histogram: bool,
 ) -> None:
     """Count, mean, std, min, max, fraction non-zero and histogram of one node across the dataset."""
-    wh = Warehouse(db_path)
+    wh = Warehouse(db_path, check=False)
     if bins is None:
         stats: Any = wh.node_summary(dst, layer, node_index, head, run_id, pass_type, skip_first)
     else:
@@ -238,7 +238,7 @@ def rank_command(
 ) -> None:
     """The nodes that matter most across every prompt: the top k by mean, sum, max, abs-mean or density
     (--plot: the ranked figures as bars)."""
-    table = Warehouse(db_path).rank_nodes(dst, by, k, layer, run_id, skip_first, pass_type)
+    table = Warehouse(db_path, check=False).rank_nodes(dst, by, k, layer, run_id, skip_first, pass_type)
     _emit(table, fmt, output)
     if plot is not None:
         from queries import plots
@@ -257,7 +257,7 @@ def prompt_command(
     db_path: Path, fmt: str, output: Path | None, plot: Path | None, prompt_id: int, dst: str | None
 ) -> None:
     """Per-token view of one prompt: act-times-grad of embedding, attention and MLP summed per token."""
-    wh = Warehouse(db_path)
+    wh = Warehouse(db_path, check=False)
     with wh.session():
         info = wh.sql("SELECT text, target, distractor, objective FROM prompts WHERE prompt_id = ?", [prompt_id])
         table = wh.token_attribution(prompt_id, dst)
