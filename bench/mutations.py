@@ -821,6 +821,23 @@ MUTATIONS: tuple[Mutation, ...] = (
         (f"{SUMMARY_TESTS}::test_sae_questions_merge_summaries_with_a_scan_of_runs_stored_without_them",),
     ),
     Mutation(
+        "summary_ties_keep_any_positions",
+        "of equal values the running best K keep whichever torch's top-k returns, not the earliest positions",
+        replace(
+            SUMMARIES,
+            "    value, kept = values.sort(dim=1, descending=True, stable=True)\n"
+            "    return value[:, :EXAMPLES_K], kept[:, :EXAMPLES_K]",
+            "    return values.topk(min(EXAMPLES_K, values.shape[1]), dim=1)",
+        ),
+        (f"{SUMMARY_TESTS}::test_of_tied_values_the_earliest_positions_are_kept",),
+    ),
+    Mutation(
+        "node_questions_without_a_layer",
+        "examples and node-stats of a dst with layers, asked without --layer, answer for no rows in silence",
+        replace("queries/summaries.py", "    if layer is None and (loc is None or loc.has_layers):", "    if False:"),
+        (f"{SUMMARY_TESTS}::test_bad_input_gets_one_line",),
+    ),
+    Mutation(
         "summary_last_flush_keeps_superseded_examples",
         "the run's last flush adds its examples beside the ones flushed before, some superseded since",
         replace(WRITER, "_store_summaries(con, run_id, tables, whole=True)", "_store_summaries(con, run_id, tables)"),

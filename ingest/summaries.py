@@ -282,9 +282,7 @@ def _fold(
     where = pack_where(prompt_ids[at[..., 0]], at[..., 1], at[..., 2])
     if best is None:  # the batch gave every node the same number of values (the run had fewer than K)
         return Best(found.value, where)
-    value, kept = torch.cat([best.value, found.value], dim=1).topk(
-        min(EXAMPLES_K, best.value.shape[1] + found.value.shape[1]), dim=1
-    )
+    value, kept = _best_first(torch.cat([best.value, found.value], dim=1))
     return Best(value, torch.cat([best.where, where], dim=1).gather(1, kept), best.flushed)
 
 
@@ -306,8 +304,16 @@ def _fold_in_place(
         old_value, old_where = best.value.index_select(0, nodes), best.where.index_select(0, nodes)
         at = positions[found.row]
         where = pack_where(prompt_ids[at[..., 0]], at[..., 1], at[..., 2])
-        value, kept = torch.cat([old_value, found.value], dim=1).topk(EXAMPLES_K, dim=1)
+        value, kept = _best_first(torch.cat([old_value, found.value], dim=1))
         best.value.index_copy_(0, nodes, value)
         best.where.index_copy_(0, nodes, torch.cat([old_where, where], dim=1).gather(1, kept))
     undo.rows.append((best, nodes, old_value, old_where))
     return best
+
+
+def _best_first(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (rows, <= K) highest of each row of `values` and their columns. Of equal values the leftmost is
+    kept, as the compiled insertion does: the running best sit left of a batch's candidates, and these
+    are in row order, so ties keep the earliest positions, as the queries order examples."""
+    value, kept = values.sort(dim=1, descending=True, stable=True)
+    return value[:, :EXAMPLES_K], kept[:, :EXAMPLES_K]

@@ -200,7 +200,10 @@ def _candidates(values: torch.Tensor, threshold: torch.Tensor | None, top: bool)
     node's min(K, rows) best while the run has fewer than K, else the values beyond the run's K-th
     (`threshold`, negated for the lowest), in the nodes that have any."""
     if threshold is None:
-        best, row = values.topk(min(EXAMPLES_K, values.shape[0]), dim=0, largest=top)
+        # a stable sort, not topk: of equal values the earliest rows are kept, as the queries order them
+        best, row = (
+            part[: min(EXAMPLES_K, values.shape[0])] for part in values.sort(dim=0, descending=top, stable=True)
+        )
         return Candidates(None, (best if top else -best).T.contiguous(), row.T.contiguous())
     # one comparison per value: past the first batches few values beat their node's K-th
     row, node = (values > threshold if top else values < -threshold).nonzero(as_tuple=True)

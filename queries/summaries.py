@@ -105,6 +105,7 @@ class SummaryQueries:
         but each prompt's first `skip_first`, and its histogram over the fixed power-of-ten edges."""
         with self._connection() as con:  # type: ignore[attr-defined]
             merged = self._merged(con, dst, pass_type, skip_first, layer, node_index, head, run_id)
+            _check_node(con, dst, layer, node_index)
             rows = _fetch(
                 con,
                 f"SELECT sum(n)::BIGINT AS n, sum(total) AS total, sum(total_sq) AS total_sq, min(min) AS min,"
@@ -158,6 +159,7 @@ class SummaryQueries:
             raise db.WarehouseError("context must be at least 0")
         with self._connection() as con:  # type: ignore[attr-defined]
             use = self._use_summaries(con, dst, pass_type, skip_first, layer, run_id)
+            _check_node(con, dst, layer, node_index)
             if use is not None or k > EXAMPLES_K:
                 note = use or f"answered by a scan: the summaries keep the {EXAMPLES_K} highest and lowest per node"
                 return _noted(
@@ -275,6 +277,24 @@ def _check_layer(con: duckdb.DuckDBPyConnection, dst: str, layer: int | None) ->
     if n_layers is None or not 0 <= layer < n_layers:
         span = f"0..{n_layers - 1}" if n_layers else "none: nothing is stored yet"
         raise db.WarehouseError(f"layer {layer} does not exist in the stored models (layers {span})")
+
+
+def _check_node(con: duckdb.DuckDBPyConnection, dst: str, layer: int | None, node_index: int) -> None:
+    """One node's questions need its layer, and a node the summaries know of where they hold the dst's
+    nodes (an SAE's latents that never fired have no rows: any index is let through)."""
+    loc = registry.LOCATION_BY_DST.get(dst)
+    if layer is None and (loc is None or loc.has_layers):
+        raise db.WarehouseError(f"{dst} has layers: give --layer")
+    if node_index < 0:
+        raise db.WarehouseError(f"--node must be 0 or more, not {node_index}")
+    if loc is None or loc.sparse or not db.has_table(con, "node_summaries"):
+        return
+    last = con.execute(
+        "SELECT max(node_index) FROM node_summaries WHERE dst = ? AND layer = ?", [dst, -1 if layer is None else layer]
+    ).fetchall()[0][0]
+    if last is not None and node_index > last:
+        where = "" if layer is None else f" at layer {layer}"
+        raise db.WarehouseError(f"{dst} has no node {node_index}{where}: its nodes are 0..{last}")
 
 
 def _fetch(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> pa.Table:

@@ -295,6 +295,10 @@ def test_skip_first_leaves_out_position_zero_in_the_node_table(lake: Path) -> No
         (["examples", "--dst", "mlp_post_act", "--layer", "5", "--node", "1"], "layer 5 does not exist"),
         (["node-stats", "--dst", "mlp_post_act", "--layer", "0", "--node", "1", "--run", "4"], "no run 4"),
         (["node-stats", "--dst", "mlp_post_act", "--layer", "0", "--node", "1", "--skip-first", "-1"], "skip-first"),
+        (["examples", "--dst", "mlp_post_act", "--node", "3"], "mlp_post_act has layers: give --layer"),
+        (["node-stats", "--dst", "mlp_post_act", "--node", "3"], "mlp_post_act has layers: give --layer"),
+        (["node-stats", "--dst", "mlp_post_act", "--layer", "0", "--node", "9999"], "has no node 9999 at layer 0"),
+        (["examples", "--dst", "mlp_post_act", "--layer", "0", "--node", "-2"], "--node must be 0 or more"),
     ],
 )
 def test_bad_input_gets_one_line(lake: Path, args: list[str], message: str) -> None:
@@ -382,3 +386,55 @@ def test_sae_questions_merge_summaries_with_a_scan_of_runs_stored_without_them(s
         )["v"].to_pylist(),
         rel=1e-9,
     )
+
+
+@pytest.mark.parametrize("which", ["lake", "torch_lake"])
+def test_tied_examples_are_the_earliest_positions_as_a_scan_orders_them(
+    which: str, request: pytest.FixtureRequest
+) -> None:
+    """Of equal values (gradients that are exactly zero) the summaries keep the earliest positions, so the
+    examples they give are the rows a scan orders first (value, then prompt, token)."""
+    wh = Warehouse(request.getfixturevalue(which))
+    tied = 0
+    with wh.session():
+        for node in range(0, 128, 3):
+            for bottom in (False, True):
+                args = ("mlp_post_act", 1, node)
+                kept = wh.examples(*args, k=20, pass_type="backward", bottom=bottom, skip_first=0)
+                scan = wh.top_examples(*args, k=20, pass_type="backward", bottom=bottom, skip_first=0)
+                assert kept.select(["prompt_id", "token", "value"]) == scan.select(["prompt_id", "token", "value"])
+                values = scan["value"].to_pylist()
+                tied += len(values) != len(set(values))
+    assert tied, "no node had tied examples: the test shows nothing"
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_of_tied_values_the_earliest_positions_are_kept(compiled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Values on three levels only, so each node's best K end inside a run of equal values: the examples
+    kept are the earliest (prompt, token) of them, the order the queries and a scan use."""
+    monkeypatch.setattr(summary_batch, "COMPILED", compiled)
+    rng = np.random.default_rng(5)
+    lengths = torch.tensor([6, 4, 5])
+    arrays = [rng.integers(0, 3, size=(3, 6, 8)).astype(np.float32) for _ in range(6)]
+    state = SummaryState(bfloat16=False)
+    for i, array in enumerate(arrays):
+        batch = state.measure({("mlp.post_act", 0): torch.from_numpy(array)}, {}, lengths)
+        batch.rows(np.arange(3 * i, 3 * i + 3))
+        batch.committed()
+    _, examples = state.final().rows(np.empty(0, np.int64))
+    k = summaries.EXAMPLES_K
+    for node in range(8):
+        for side, sign in (("top", -1), ("bottom", 1)):
+            rows = [
+                (sign * float(array[b, t, node]), 3 * i + b, t)
+                for i, array in enumerate(arrays)
+                for b, n in enumerate(lengths.tolist())
+                for t in range(1, n)
+            ]
+            expected = [(p, t) for _, p, t in sorted(rows)[:k]]
+            got = [
+                (r["prompt_id"], r["token"])
+                for r in examples.to_pylist()
+                if r["node_index"] == node and r["side"] == side and not r["first_token"]
+            ]
+            assert sorted(got) == sorted(expected), (node, side)
