@@ -206,6 +206,7 @@ class SummaryQueries:
             raise db.WarehouseError(f"--skip-first must be 0 or more, not {skip_first}")
         _check_run(con, run_id)
         _check_layer(con, dst, layer)
+        _check_latents(con, dst)
         if not summarised(dst):
             return f"answered by a scan: {dst} has no per-node summaries (its cost grows with the dataset)"
         if skip_first > 1:
@@ -277,6 +278,15 @@ def _check_layer(con: duckdb.DuckDBPyConnection, dst: str, layer: int | None) ->
     if n_layers is None or not 0 <= layer < n_layers:
         span = f"0..{n_layers - 1}" if n_layers else "none: nothing is stored yet"
         raise db.WarehouseError(f"layer {layer} does not exist in the stored models (layers {span})")
+
+
+def _check_latents(con: duckdb.DuckDBPyConnection, dst: str) -> None:
+    """An SAE's latents are only where an SAE of the warehouse writes them: else say so, not an empty answer."""
+    loc = registry.LOCATION_BY_DST.get(dst)
+    if loc is None or not loc.sparse or not db.has_table(con, "saes"):
+        return
+    if not con.execute("SELECT count(*) FROM saes WHERE latent_dst = ?", [dst]).fetchall()[0][0]:
+        raise db.WarehouseError(f"this warehouse stores no {dst}: no SAE of it writes them (ingest with --sae)")
 
 
 def _check_node(con: duckdb.DuckDBPyConnection, dst: str, layer: int | None, node_index: int) -> None:

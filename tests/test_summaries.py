@@ -299,6 +299,7 @@ def test_skip_first_leaves_out_position_zero_in_the_node_table(lake: Path) -> No
         (["node-stats", "--dst", "mlp_post_act", "--node", "3"], "mlp_post_act has layers: give --layer"),
         (["node-stats", "--dst", "mlp_post_act", "--layer", "0", "--node", "9999"], "has no node 9999 at layer 0"),
         (["examples", "--dst", "mlp_post_act", "--layer", "0", "--node", "-2"], "--node must be 0 or more"),
+        (["rank", "--dst", "online_autoencoder_latent"], "stores no online_autoencoder_latent"),
     ],
 )
 def test_bad_input_gets_one_line(lake: Path, args: list[str], message: str) -> None:
