@@ -834,7 +834,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "node_questions_without_a_layer",
         "examples and node-stats of a dst with layers, asked without --layer, answer for no rows in silence",
-        replace("queries/summaries.py", "    if layer is None and (loc is None or loc.has_layers):", "    if False:"),
+        replace("queries/summaries.py", "    if layer is None and layered:", "    if False:"),
         (f"{SUMMARY_TESTS}::test_bad_input_gets_one_line",),
     ),
     Mutation(

@@ -27,7 +27,7 @@ from queries.contexts import with_context
 from queries.notes import with_notes
 from queries.summary_sql import NODE, merge_rows, scan_filter, scan_sql, stored_rows, summary_filter, uncovered
 from warehouse import db, registry
-from warehouse.summaries import EDGES, EXAMPLES_K, N_BINS, summarised
+from warehouse.summaries import ACT_TIMES_GRAD, EDGES, EXAMPLES_K, N_BINS, summarised
 
 DEFAULT_SKIP_FIRST = 1
 RANK_BY = {
@@ -293,7 +293,9 @@ def _check_node(con: duckdb.DuckDBPyConnection, dst: str, layer: int | None, nod
     """One node's questions need its layer, and a node the summaries know of where they hold the dst's
     nodes (an SAE's latents that never fired have no rows: any index is let through)."""
     loc = registry.LOCATION_BY_DST.get(dst)
-    if layer is None and (loc is None or loc.has_layers):
+    # a derived dst's layers are its view's: the summarised ones (act x grad) have them, others may not (loss)
+    layered = loc.has_layers if loc is not None else dst in ACT_TIMES_GRAD.values()
+    if layer is None and layered:
         raise db.WarehouseError(f"{dst} has layers: give --layer")
     if node_index < 0:
         raise db.WarehouseError(f"--node must be 0 or more, not {node_index}")

@@ -439,3 +439,13 @@ def test_of_tied_values_the_earliest_positions_are_kept(compiled: bool, monkeypa
                 if r["node_index"] == node and r["side"] == side and not r["first_token"]
             ]
             assert sorted(got) == sorted(expected), (node, side)
+
+
+def test_a_derived_dst_without_layers_is_asked_without_layer(lake: Path) -> None:
+    """`loss` (one value per prompt, no layer) answers node-stats and examples with no --layer, as SQL."""
+    wh = Warehouse(lake)
+    values = wh.sql("SELECT value FROM loss WHERE token >= 1")["value"].to_numpy()
+    row = wh.node_summary("loss", None, 0).summary.to_pylist()[0]
+    assert row["count"] == values.size > 0
+    assert row["mean"] == pytest.approx(values.astype(np.float64).mean(), rel=1e-9)
+    assert wh.examples("loss", None, 0, k=3)["value"].to_pylist() == np.sort(values)[::-1][:3].tolist()
