@@ -191,8 +191,9 @@ class BatchSummary:
         state.rollback()  # a commit that failed (or this one, run again after a conflict)
         running, undo = state.running, _Undo()
         state._undo = undo
+        ids = torch.as_tensor(prompt_ids, dtype=torch.int64)
         for m in self._measured:
-            ids = torch.tensor(prompt_ids, dtype=torch.int64, device=m.positions.device)
+            ids = ids.to(m.positions.device)  # every group's positions are on the batch's device: moved once
             where = m.positions
             before = running.get(m.group.key)
             undo.entries.setdefault(m.group.key, before)
@@ -278,8 +279,7 @@ def _fold(
     nodes = found.nodes
     if best is not None and nodes is not None:  # every node has K (there is a threshold): shapes stay
         return _fold_in_place(best, nodes, found, positions, prompt_ids, undo)
-    at = positions[found.row]  # (H, c, 3)
-    where = pack_where(prompt_ids[at[..., 0]], at[..., 1], at[..., 2])
+    where = _where(found, positions, prompt_ids)
     if best is None:  # the batch gave every node the same number of values (the run had fewer than K)
         return Best(found.value, where)
     value, kept = _best_first(torch.cat([best.value, found.value], dim=1))
@@ -302,13 +302,18 @@ def _fold_in_place(
         kernels.insert(*(a.numpy() for a in arrays))
     else:
         old_value, old_where = best.value.index_select(0, nodes), best.where.index_select(0, nodes)
-        at = positions[found.row]
-        where = pack_where(prompt_ids[at[..., 0]], at[..., 1], at[..., 2])
+        where = _where(found, positions, prompt_ids)
         value, kept = _best_first(torch.cat([old_value, found.value], dim=1))
         best.value.index_copy_(0, nodes, value)
         best.where.index_copy_(0, nodes, torch.cat([old_where, where], dim=1).gather(1, kept))
     undo.rows.append((best, nodes, old_value, old_where))
     return best
+
+
+def _where(found: summary_batch.Candidates, positions: torch.Tensor, prompt_ids: torch.Tensor) -> torch.Tensor:
+    """(H, c) pack_where codes of the candidates' rows: their prompt's id, token and token2."""
+    at = positions[found.row]  # (H, c, 3)
+    return pack_where(prompt_ids[at[..., 0]], at[..., 1], at[..., 2])
 
 
 def _best_first(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -102,7 +102,13 @@ def _figures_torch(values: torch.Tensor, n_rows: int, in_bfloat16: bool) -> Figu
     """A batch's figures in torch ops (a pass per figure), wherever `values` are."""
     real = values[:n_rows]
     blocks = values.view(-1, BLOCK, values.shape[1])
-    sums = (_sum64(values), _total(blocks * blocks), _total(blocks.abs()), real.amin(0), real.amax(0))
+    sums = (
+        values.sum(0, dtype=torch.float64),
+        _total(blocks * blocks),
+        _total(blocks.abs()),
+        real.amin(0),
+        real.amax(0),
+    )
     return _figures(n_rows, *sums, hist=_histogram(real, in_bfloat16))
 
 
@@ -128,13 +134,6 @@ def _figures(n_rows: int, *sums: torch.Tensor, hist: torch.Tensor) -> Figures:
     _SPLIT_EDGES (zeros in a bin of their own: merged back into their bin of EDGES)."""
     merged = torch.cat([hist[:_ZERO], hist[_ZERO : _ZERO + 2].sum(0, keepdim=True), hist[_ZERO + 2 :]])
     return Figures(n_rows, *sums, n_rows - hist[_ZERO], merged)
-
-
-def _sum64(values: torch.Tensor) -> torch.Tensor:
-    """(N,) float64 column sums of (rows, N) float32 `values`."""
-    if values.device.type == "cpu":  # torch widens element by element here, 8x NumPy's time (BENCHMARKS.md)
-        return torch.from_numpy(np.add.reduce(values.numpy(), axis=0, dtype=np.float64))
-    return values.sum(0, dtype=torch.float64)
 
 
 def _total(blocks: torch.Tensor) -> torch.Tensor:
