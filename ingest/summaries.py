@@ -191,7 +191,7 @@ class BatchSummary:
         state.rollback()  # a commit that failed (or this one, run again after a conflict)
         running, undo = state.running, _Undo()
         state._undo = undo
-        ids = torch.as_tensor(prompt_ids, dtype=torch.int64)
+        ids = torch.tensor(prompt_ids, dtype=torch.int64)  # a copy: the ids may be a read-only array
         for m in self._measured:
             ids = ids.to(m.positions.device)  # every group's positions are on the batch's device: moved once
             where = m.positions
