@@ -211,7 +211,8 @@ def node_stats_command(
     if plot is not None:
         from queries import plots
 
-        _plotted(plots.histogram(stats.histogram, plot, _node_title(dst, layer, node_index)))
+        extremes = (stats.summary["min"][0].as_py(), stats.summary["max"][0].as_py())
+        _plotted(plots.histogram(stats.histogram, plot, _node_title(dst, layer, node_index), extremes))
 
 
 @click.command("rank")

@@ -132,17 +132,44 @@ def example_strips(windows: pa.Table, path: str | Path, title: str = "") -> Path
     return _save(fig, plt, path)
 
 
-def histogram(hist: pa.Table, path: str | Path, title: str = "") -> Path:
-    """Bars of a node_stats histogram."""
+def histogram(
+    hist: pa.Table, path: str | Path, title: str = "", value_range: tuple[float, float] | None = None
+) -> Path:
+    """Bars of a node histogram (columns bin_low, bin_high, count), from the first non-empty bin to the last.
+
+    The summaries' bins grow by powers of ten and their outer two reach -inf and +inf: an infinite edge is
+    drawn at the data's `value_range` (min, max), else one decade past the bin's finite edge, and unequal
+    bins are drawn on a symmetric-log axis, where each decade is as wide as the next (on a linear axis the
+    decades below the widest are too thin to see). Equal bins (a scan's `--bins`) keep a linear axis."""
     plt = _pyplot()
     lows, highs, counts = (hist[c].to_pylist() for c in ("bin_low", "bin_high", "count"))
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    if lows and lows[0] is not None:
-        ax.bar(lows, counts, width=[h - lo for lo, h in zip(lows, highs, strict=True)], align="edge")
+    filled = [i for i, c in enumerate(counts) if c]
+    if filled and lows[0] is not None:
+        first, last = filled[0], filled[-1] + 1
+        lows, highs, counts = lows[first:last], highs[first:last], counts[first:last]
+        low_data, high_data = value_range or (None, None)
+        lows[0] = _finite_edge(lows[0], highs[0], low_data, -1)
+        highs[-1] = _finite_edge(highs[-1], lows[-1], high_data, 1)
+        widths = [h - lo for lo, h in zip(lows, highs, strict=True)]
+        ax.bar(lows, counts, width=widths, align="edge")
+        if max(widths) > 10 * min(widths):
+            edges = [abs(e) for e in (*lows, highs[-1]) if e != 0]
+            ax.set_xscale("symlog", linthresh=min(edges) if edges else 1.0)
     ax.set_xlabel("value")
     ax.set_ylabel("count")
     ax.set_title(title)
     return _save(fig, plt, path)
+
+
+def _finite_edge(edge: float, other: float, data: float | None, side: int) -> float:
+    """An outer bin's edge on the plot: `edge` when finite, else the data's extreme beyond `other` (the bin's
+    finite edge), else one decade past it (side -1: the lower edge, 1: the upper)."""
+    if np.isfinite(edge):
+        return edge
+    if data is not None and np.isfinite(data) and (data - other) * side > 0:
+        return data
+    return other * 10 if other * side > 0 else other + side
 
 
 def _save(fig: Any, plt: Any, path: str | Path) -> Path:

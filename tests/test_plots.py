@@ -4,10 +4,12 @@ against the hand-written values of tests/test_api.py's warehouse."""
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
@@ -130,3 +132,51 @@ def test_rank_plot_draws_the_ranked_figures(hand_db: Path, tmp_path: Path, figur
     _invoke("rank", "--db", str(hand_db), "--dst", "mlp_post_act", "--by", "max", "--plot", str(out))
     assert [b.get_width() for b in figures[1].axes[0].patches] == pytest.approx([3.0, -1.0])
     assert figures[1].axes[0].get_title() == "mlp_post_act: top 20 nodes by max, --skip-first 1"
+
+
+def _bar_pixels(png: Path) -> int:
+    """Pixels of the PNG in the bars' colour (matplotlib's first colour, C0): what a reader sees drawn."""
+    from matplotlib import colors, image
+
+    rgb = image.imread(str(png))[..., :3]
+    return int((np.abs(rgb - np.array(colors.to_rgb("C0"))).max(axis=-1) < 0.02).sum())
+
+
+def test_node_stats_plot_of_the_summaries_bins_draws_visible_bars_without_warnings(
+    hand_db: Path, tmp_path: Path, figures: list[Any]
+) -> None:
+    """The default bins are the summaries' power-of-ten ones, the outer two reaching -inf and +inf: the
+    picture must still show a bar per non-empty bin, each wider than a few pixels, and warn about nothing."""
+    out = tmp_path / "summaries.png"
+    args = ["--dst", "mlp_post_act", "--layer", "0", "--node", "1", "--skip-first", "0", "--plot", str(out)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning fails the command, which the invoke reports
+        _invoke("node-stats", "--db", str(hand_db), *args)
+    hist = Warehouse(hand_db).node_summary("mlp_post_act", 0, 1, skip_first=0).histogram.to_pylist()
+    filled = [i for i, b in enumerate(hist) if b["count"]]
+    shown = hist[filled[0] : filled[-1] + 1]
+    ax = figures[0].axes[0]
+    assert [b.get_height() for b in ax.patches] == [b["count"] for b in shown]
+    assert [b.get_x() for b in ax.patches] == pytest.approx([b["bin_low"] for b in shown])
+    for bar in ax.patches:
+        if bar.get_height():
+            assert bar.get_window_extent().width > 5, "a bar too thin to see"
+    assert _bar_pixels(out) > 2000
+
+
+def test_histogram_outer_bins_reach_the_data_not_infinity(tmp_path: Path, figures: list[Any]) -> None:
+    """Counts in the two infinite bins: drawn from the data's min and to its max, else one decade past."""
+    edges = [-math.inf, -1e5, -1.0, 0.0, 1.0, 1e5, math.inf]
+    counts = [3, 0, 2, 5, 0, 4]
+    hist = pa.table({"bin_low": edges[:-1], "bin_high": edges[1:], "count": counts})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clipped = plots.histogram(hist, tmp_path / "clipped.png", value_range=(-3e5, 2e6))
+        decade = plots.histogram(hist, tmp_path / "decade.png")
+    for fig, (low, high) in zip(figures, [(-3e5, 2e6), (-1e6, 1e6)], strict=True):
+        bars = fig.axes[0].patches
+        assert [b.get_height() for b in bars] == counts
+        assert bars[0].get_x() == low and bars[-1].get_x() + bars[-1].get_width() == pytest.approx(high)
+        assert all(b.get_window_extent().width > 5 for b in bars if b.get_height())
+        assert fig.axes[0].get_xscale() == "symlog"
+    assert _bar_pixels(clipped) > 2000 and _bar_pixels(decade) > 2000
