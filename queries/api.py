@@ -32,6 +32,8 @@ from warehouse import db, lake
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
+    from queries.cache import StoredCache
+
 Output = Literal["arrow", "pandas", "rows"]
 
 
@@ -114,9 +116,17 @@ class Warehouse(SummaryQueries, contexts.ExampleWindows, OnePrompt, NodeScans, C
     # -- ad hoc SQL ----------------------------------------------------------------------------------
 
     def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None, output: Output = "arrow") -> Any:
-        """Run one statement with bound parameters (`?` or `$name`); Arrow, pandas or a list of tuples."""
+        """Run one statement with bound parameters (`?` or `$name`); Arrow, pandas or a list of tuples.
+
+        Raises QueryError with DuckDB's first line when the query fails, and one naming `pip install pandas`
+        for output="pandas" where pandas is not installed (it is not a dependency of actwh)."""
         if output not in ("arrow", "pandas", "rows"):
             raise ValueError(f"unknown output {output!r}: use arrow, pandas or rows")
+        if output == "pandas":
+            try:
+                import pandas  # noqa: F401 - DuckDB's .df() needs it; pandas is not among actwh's dependencies
+            except ImportError:
+                raise QueryError("output='pandas' needs pandas, which is not installed: pip install pandas") from None
         with self._connection() as con:
             try:
                 relation = con.sql(query, params=params if params is not None else None)
@@ -145,6 +155,23 @@ class Warehouse(SummaryQueries, contexts.ExampleWindows, OnePrompt, NodeScans, C
         """
         with self._connection() as con, streaming.reader(con, query, params, batch_size) as reader:
             yield reader
+
+    # -- TransformerLens ------------------------------------------------------------------------------
+
+    def cache(self, prompt_ids: int | Sequence[int], run_id: int | None = None, device: str = "cpu") -> StoredCache:
+        """Stored prompts as a TransformerLens ActivationCache (batch axis: the prompts, in the order given).
+
+        Keys are the TransformerLens hook names of every stored location (`keys()`; `name + '_grad'` for
+        gradients) and TransformerLens' short keys (`cache["pattern", 5]`, `cache["resid_post", -1]`); each
+        tensor is read when first asked for, and the analyses (accumulated_resid, logit_attrs, ...) are
+        TransformerLens'. The prompts must come from one model and have one length; `run_id`, if given, must
+        be theirs (WarehouseError otherwise). A name that is not stored raises MissingActivation, a
+        KeyError naming the --locations that stores it. The cache holds one connection (one snapshot):
+        close it, or use it in a `with` block. See queries/cache.py.
+        """
+        from queries.cache import open_cache  # torch is imported only by those who ask for a cache
+
+        return open_cache(self._connect(), prompt_ids, run_id, device)
 
     # -- prompts -------------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import duckdb
 
-from warehouse import concurrency, lake, registry
+from warehouse import concurrency, hook_names, lake, registry
 
 PACKAGE = Path(__file__).resolve().parent
 ROOT = PACKAGE.parent
@@ -308,7 +308,7 @@ def views_fingerprint() -> str:
     """A hash of the schema and of every view and macro file: a writer that finds another in the lake
     rebuilds the views, so a lake always answers with the SQL of the actwh that last wrote it. Computed
     once per process: the files do not change under a running actwh."""
-    digest = hashlib.sha256(repr(dst_names()).encode())
+    digest = hashlib.sha256(repr(dst_names()).encode() + hook_names.tl_hooks_sql().encode())
     files = [SCHEMA_SQL, *SUPPORT_DIR.glob("*.sql"), *DERIVED_DIR.glob("*.sql"), *DASHBOARD_DIR.glob("*.sql")]
     for path in sorted(files):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
@@ -338,6 +338,7 @@ def create_views(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(statement)
     for path in sorted(SUPPORT_DIR.glob("*.sql")):
         con.execute(path.read_text())
+    con.execute(hook_names.tl_hooks_sql())  # TransformerLens names, generated from the registry's locations
     bodies = {p.stem: p.read_text() for p in derived_view_files()}
     needs = {
         name: {other for other in bodies if other != name and re.search(rf"\b{other}\b", sql)}
