@@ -60,7 +60,7 @@ def direction_factors(weights: Weights, token_id: int, layernorm: bool) -> pa.Ta
     W_out[l][i,:] . u_mlp[l] ('mlp'), W_O[l][h][c,:] . u_attn[l] ('attn'), b_O[l] . u_attn[l] ('attn_bias'),
     b_out[l] . u_mlp[l] ('mlp_bias') and bias_f . W_U[:, v] ('final_bias'), where u_attn[l] and u_mlp[l] are
     u times the gain of the norm after that block (u itself without one). P removes the mean over channels
-    for LayerNorm models (DERIVED_SCALARS.md, g_T). Columns token_id, kind, layer, head, node_index, value
+    for LayerNorm models (docs/DERIVED_SCALARS.md, g[T]). Columns token_id, kind, layer, head, node_index, value
     (float64)."""
     column = weights[("unembedding", None)][:, token_id].double()
     u = weights[("layer_norm_gain.final", None)].double() * column

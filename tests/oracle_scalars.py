@@ -3,7 +3,7 @@ each scalar of one prompt, from a Hugging Face transformers model.
 
 Tensors are read out of transformers' own modules in float64: forward hooks, and an attention function
 registered with transformers that calls the model's own eager attention and keeps its query, key, value,
-scaling and probabilities. Each derived scalar is written from its formula in DERIVED_SCALARS.md. Nothing
+scaling and probabilities. Each derived scalar is written from its formula in docs/DERIVED_SCALARS.md. Nothing
 of actwh is imported: weights are never read in actwh's layout (a head's write is the model's own output
 projection applied to that head's slot, a neuron's write the down projection applied to a unit vector),
 key/value heads are shared by transformers' repeat_kv, and a norm's scale is read back from what the
@@ -13,7 +13,7 @@ the heads' values rebuild its attention output, and the held-scale final norm eq
 A norm's gain is read off the module's behaviour (its output for an all-ones input), never off its
 parameter, so a family storing the gain as w and applying 1 + w needs no case. Where a family norms a
 block's output before it joins the residual (Gemma 2), a node's write is what that norm makes of it with
-its scale at the token held: gain * write / s_post, as DERIVED_SCALARS.md holds the final norm's scale.
+its scale at the token held: gain * write / s_post, as docs/DERIVED_SCALARS.md holds the final norm's scale.
 
 Keys are (token, token2, layer, head, node_index), None where the column is NULL.
 """
@@ -230,7 +230,7 @@ def _float64(model: nn.Module) -> nn.Module:
 
 
 def _run(model: nn.Module, parts: _Parts, ids: list[int], target: int | None, distractor: int | None) -> _Trace:
-    """One forward and backward in transformers with hooks; the objective is actwh's (DERIVED_SCALARS.md):
+    """One forward and backward in transformers with hooks; the objective is actwh's (docs/DERIVED_SCALARS.md):
     target minus distractor logit at the last token with the final scale held, else mean next-token
     cross-entropy."""
     trace = _Trace()
@@ -420,7 +420,7 @@ def expected_scalars(
 
 def linearised_objective(model: nn.Module, ids: list[int], target: int, distractor: int | None) -> float:
     """sum_v coef_v c_v (z_v - bias_f . W_U[:, v]) at the last token: what the direct effects of every
-    node and bias add up to (DERIVED_SCALARS.md, identity 1), z_v the unembedding's output for token v and
+    node and bias add up to (docs/DERIVED_SCALARS.md, identity 1), z_v the unembedding's output for token v and
     c_v = dlogit_v / dz_v, 1 - tanh(z_v / cap)^2 under a final soft cap (else 1). Without a cap, the
     objective less the final norm bias's share."""
     parts, trace = _trace(model, ids, target, distractor)

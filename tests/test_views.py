@@ -1,4 +1,4 @@
-"""Every derived view equals, prompt by prompt, an oracle computed in transformers, and DERIVED_SCALARS.md's
+"""Every derived view equals, prompt by prompt, an oracle computed in transformers, and docs/DERIVED_SCALARS.md's
 identities hold through the views; so do the raw values actwh computes rather than reads off a module (the
 norm scales the views divide by, and the attention logits).
 
