@@ -4,27 +4,56 @@
 -- column of a token is stored when a prompt uses it as target or distractor (or for every token with
 -- `actwh ingest --unembedding all`): asking for another token is an error naming the fix.
 
+-- The error for a token whose unembedding column is not stored.
+CREATE OR REPLACE MACRO unembedding_missing(v) AS
+'token ' || v || ' has no unembedding column in this warehouse: ingest a prompt with it as --target or '
+|| '--distractor, or ingest with --unembedding all';
+
+-- Why the pair (t, d) given at query time cannot be answered, or NULL when it can: a target equal to
+-- the distractor (logit(t) - logit(d) is then identically 0), a distractor without a target, or a token
+-- whose unembedding column is not stored. t = d = NULL (each prompt's own ingested pair) always can.
+CREATE OR REPLACE MACRO pair_problem(t, d) AS TABLE
+SELECT CASE
+    WHEN t IS NULL AND d IS NOT NULL THEN 'distractor ' || d || ' given without a target: give the target too'
+    WHEN t = d THEN 'target and distractor are the same token ' || t || ': logit(target) - logit(distractor) is '
+                    || 'identically 0; give two different tokens (or no distractor)'
+    WHEN t IS NOT NULL AND NOT EXISTS (SELECT 1 FROM weights WHERE location = 'unembedding' AND col_index = t)
+        THEN unembedding_missing(t)
+    WHEN d IS NOT NULL AND NOT EXISTS (SELECT 1 FROM weights WHERE location = 'unembedding' AND col_index = d)
+        THEN unembedding_missing(d)
+END AS problem;
+
+-- The pair (t, d) as one row, or the error of pair_problem. Every macro answering a given pair joins it,
+-- so no row is computed for a pair that cannot be answered.
+CREATE OR REPLACE MACRO checked_pair(t, d) AS TABLE
+SELECT CASE WHEN problem IS NULL THEN t ELSE error(problem) END::INTEGER AS target_id, d::INTEGER AS distractor_id
+FROM pair_problem(t, d);
+
+-- No rows for an answerable pair, else the error of pair_problem: the last branch of every macro giving
+-- rows for a pair, so that an answer left empty by the checks above raises instead. Each column is the
+-- error's value, not a constant, so a filter on the answer (WHERE prompt_id = 0) pushed into this branch
+-- cannot prove it empty before it runs: it is evaluated on the one row pair_problem always yields.
+CREATE OR REPLACE MACRO pair_refusal(t, d) AS TABLE
+SELECT e::INTEGER AS prompt_id, e::SMALLINT AS token, e::SMALLINT AS token2, e::SMALLINT AS layer,
+       e::SMALLINT AS head, e::VARCHAR AS node_type, e::INTEGER AS node_index, e::VARCHAR AS dst,
+       e::VARCHAR AS pass_type, e::FLOAT AS value
+FROM (SELECT error(problem) AS e FROM pair_problem(t, d) WHERE problem IS NOT NULL);
+
 -- u_v = P(gain_f * W_U[:, v]) for every model: the final-residual gradient of logit v times the final
 -- norm's scale at the last token (that scale held constant). P subtracts the mean over channels for
--- LayerNorm models (the Jacobian of mean removal) and is the identity for RMSNorm models.
+-- LayerNorm models (the Jacobian of mean removal) and is the identity for RMSNorm models. No rows for
+-- v NULL; the error of pair_problem for a token whose column is not stored.
 CREATE OR REPLACE MACRO unembed_direction(v) AS TABLE
 WITH gu AS (
     SELECT u.model_id, u.row_index AS channel, g.value::DOUBLE * u.value AS value
     FROM weights u
+    JOIN checked_pair(v, NULL) c ON u.col_index = c.target_id
     JOIN weights g ON g.model_id = u.model_id AND g.location = 'layer_norm_gain.final' AND g.row_index = u.row_index
-    WHERE u.location = 'unembedding' AND u.col_index = v
+    WHERE u.location = 'unembedding'
 )
 SELECT gu.model_id, gu.channel,
        gu.value - CASE WHEN m.norm = 'layernorm' THEN avg(gu.value) OVER (PARTITION BY gu.model_id) ELSE 0 END AS value
 FROM gu JOIN models m USING (model_id);
-
--- 0 when token v's unembedding column is stored (or v is NULL); otherwise an error naming the fix.
-CREATE OR REPLACE MACRO unembedding_stored(v) AS TABLE
-SELECT CASE WHEN v IS NOT NULL AND count(*) = 0
-            THEN error('token ' || v || ' has no unembedding column in this warehouse: ingest a prompt with it '
-                       || 'as --target or --distractor, or ingest with --unembedding all')
-            ELSE 0 END AS missing
-FROM weights WHERE location = 'unembedding' AND col_index = v;
 
 -- u_v as block `block`'s ('attn' or 'mlp') writes see it at each layer: times the gain of the norm after
 -- the block where the model norms block outputs (that gain multiplies a write before it joins the
@@ -68,6 +97,7 @@ UNION ALL
 -- bias_f . W_U[:, v]: the final norm's bias's share of the logit of v
 SELECT b.model_id, c.col_index::INTEGER, 'final_bias', NULL, NULL, 0, sum(b.value::DOUBLE * c.value)
 FROM weights b
-JOIN weights c ON c.model_id = b.model_id AND c.location = 'unembedding' AND c.col_index = v AND c.row_index = b.row_index
+JOIN weights c ON c.model_id = b.model_id AND c.location = 'unembedding' AND c.row_index = b.row_index
+JOIN checked_pair(v, NULL) k ON c.col_index = k.target_id
 WHERE b.location = 'layer_norm_bias.final'
 GROUP BY b.model_id, c.col_index;

@@ -9,16 +9,19 @@ SELECT model_id, (config->>'final_logit_softcap')::DOUBLE AS final_logit_softcap
        coalesce((config->>'post_block_norms')::BOOLEAN, false) AS post_block_norms
 FROM models;
 
+-- A pair given at query time passes checked_pair first (10_weight_factors.sql): one that cannot be
+-- answered (same token twice, an unembedding column not stored) raises rather than giving no rows.
 CREATE OR REPLACE MACRO prompt_pairs(t, d) AS TABLE
 SELECT p.prompt_id, p.model_id, s.token AS last_token,
-       CASE WHEN t IS NULL THEN p.target_id ELSE t END AS target_id,
-       CASE WHEN t IS NULL THEN p.distractor_id ELSE d END AS distractor_id,
+       CASE WHEN c.target_id IS NULL THEN p.target_id ELSE c.target_id END AS target_id,
+       CASE WHEN c.target_id IS NULL THEN p.distractor_id ELSE c.distractor_id END AS distractor_id,
        s.value::DOUBLE AS final_scale, m.final_logit_softcap, m.post_block_norms
 FROM prompts p
 JOIN model_switches() m USING (model_id)
 JOIN activations s
   ON s.prompt_id = p.prompt_id AND s.dst = 'resid_final_layer_norm_scale' AND s.pass_type = 'forward' AND s.token = p.n_tokens - 1
-WHERE (CASE WHEN t IS NULL THEN p.target_id ELSE t END) IS NOT NULL;
+CROSS JOIN checked_pair(t, d) c
+WHERE coalesce(c.target_id, p.target_id) IS NOT NULL;
 
 -- The factors of every token the pairs name: the direction_factors table for ingested pairs, computed
 -- from the weights for a pair given at query time.

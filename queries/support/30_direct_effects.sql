@@ -83,7 +83,4 @@ SELECT * FROM mlp_direct_effects(target, distractor)
 UNION ALL SELECT * FROM attn_direct_effects(target, distractor)
 UNION ALL SELECT * FROM residual_direct_effects('resid_post_embedding', 'resid_post_embedding_proj_to_final_residual_grad',
                                                  target, distractor)
--- No rows: raises the error for a token whose unembedding column is not stored (a silent empty answer otherwise).
-UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
-FROM (SELECT missing FROM unembedding_stored(target) UNION ALL SELECT missing FROM unembedding_stored(distractor))
-WHERE missing <> 0;
+UNION ALL SELECT * FROM pair_refusal(target, distractor);

@@ -119,7 +119,4 @@ UNION ALL SELECT * FROM autoencoder_error_direct_effects('online_residual_attent
     'online_residual_attention_autoencoder_error_write_to_final_residual_grad', target, distractor)
 UNION ALL SELECT * FROM autoencoder_error_direct_effects('online_attention_autoencoder_error', 'attn',
     'online_attention_autoencoder_error_write_to_final_residual_grad', target, distractor)
--- No rows: raises the error for a token whose unembedding column is not stored (a silent empty answer otherwise).
-UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
-FROM (SELECT missing FROM unembedding_stored(target) UNION ALL SELECT missing FROM unembedding_stored(distractor))
-WHERE missing <> 0;
+UNION ALL SELECT * FROM pair_refusal(target, distractor);
