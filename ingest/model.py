@@ -24,7 +24,7 @@ os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from ingest.rotary import Rope, inverse_frequencies, rotate  # noqa: E402
+from ingest.rotary import Rope, rotate  # noqa: E402
 from warehouse.registry import WEIGHTS, ModelShape  # noqa: E402
 
 Hook = Callable[[str, "int | None", torch.Tensor], torch.Tensor]
@@ -114,7 +114,7 @@ class HookedTransformer:
         self.config = config
         self.weights = weights
         self.device = torch.device("cpu")
-        self._inv_freq = inverse_frequencies(config.rope) if config.rope is not None else None
+        self._inv_freq = config.rope.frequencies() if config.rope is not None else None
 
     def to(self, device: torch.device | str) -> HookedTransformer:
         self.device = torch.device(device)

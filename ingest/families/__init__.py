@@ -1,5 +1,5 @@
-"""Model families: each reads its Hugging Face config (under a table of the fields it implements) and
-converts its checkpoint's tensors to the registry's standard layout.
+"""Model families: each reads its Hugging Face config (as transformers' config class parses it, under a
+table of the fields it implements) and converts its checkpoint's tensors to the registry's standard layout.
 
 The hooked model never sees a family name: a family is only a config reader and a tensor converter, and
 the architecture it describes is ModelConfig's switches. A model_type with no module here is refused.
@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import torch
 
 from ingest.errors import ModelNotFound
+from ingest.families import hf_config as hf_config_module
 from ingest.families.fields import ConfigReader
 from ingest.families.spec import Family
 from ingest.families.tensors import StateDict
@@ -38,9 +39,11 @@ def family_of(hf_config: Mapping[str, object]) -> Family:
 
 
 def read_config(hf_config: Mapping[str, object]) -> tuple[ModelConfig, ConfigReader]:
-    """The ModelConfig a checkpoint's config.json describes; refuses any field it cannot honour."""
+    """The ModelConfig a checkpoint's config.json describes, read from transformers' own parsing of it
+    (its defaults, precedence and rope normalisation); refuses any field it cannot honour."""
     family = family_of(hf_config)
-    reader = ConfigReader(family.model_type, hf_config, family.fields)
+    parsed = hf_config_module.parse(family.model_type, hf_config)
+    reader = ConfigReader(family.model_type, parsed, family.fields)
     reader.check()
     return family.read_config(reader), reader
 

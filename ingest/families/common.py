@@ -1,4 +1,4 @@
-"""Pieces several families' readers share: activation names and the embedding tie."""
+"""Pieces several families' readers share: activation names, the embedding tie, sliding windows."""
 
 from __future__ import annotations
 
@@ -19,34 +19,37 @@ ACTIVATION_NAMES: dict[str, str] = {
 }
 
 
-def activation(reader: ConfigReader, field: str, default: str) -> str:
-    name = str(reader.get(field, default))
+def activation(reader: ConfigReader, field: str) -> str:
+    """The activation the family's model takes from config field `field`."""
+    name = str(reader.require(field))
     if name not in ACTIVATION_NAMES:
         reader.refuse(field, name, f"implemented: {', '.join(ACTIVATION_NAMES)}")
     return ACTIVATION_NAMES[name]
 
 
-def unembedding(
-    reader: ConfigReader, tensors: StateDict, embedding: torch.Tensor, head: str, tied_by_default: bool
-) -> torch.Tensor:
+def unembedding(reader: ConfigReader, tensors: StateDict, embedding: torch.Tensor, head: str) -> torch.Tensor:
     """(d_model, vocab): the embedding's transpose when the config ties them (a saved head is then unused,
     as in transformers), else the checkpoint's own head."""
-    if reader.get("tie_word_embeddings", tied_by_default):
+    if reader.require("tie_word_embeddings"):
         tensors.drop(head)
         return embedding.T.contiguous()
     return tensors.take(head).T.contiguous()
 
 
-def sliding_windows(reader: ConfigReader, window: object, default_types: list[str]) -> tuple[int | None, ...]:
-    """Per layer: the window of a 'sliding_attention' layer, None for 'full_attention' (config `layer_types`,
-    else the family's default pattern). No window at all when `window` is None."""
+def sliding_windows(reader: ConfigReader) -> tuple[int | None, ...]:
+    """Per layer, as transformers' model masks it: `sliding_window` on the layers `layer_types` marks
+    'sliding_attention' (the config class fills layer_types in from its own pattern where config.json
+    has none), None on 'full_attention' ones; empty when no layer slides."""
     n_layers = int(reader.require("num_hidden_layers"))
-    types = list(reader.get("layer_types") or default_types)
+    types = list(reader.require("layer_types"))
     if len(types) != n_layers:
         reader.refuse("layer_types", types, f"needs one entry per layer ({n_layers})")
     for kind in types:
         if kind not in ("full_attention", "sliding_attention"):
             reader.refuse("layer_types", kind, "implemented: full_attention, sliding_attention")
-    if window is None:
+    if "sliding_attention" not in types:
         return ()
+    window = reader.get("sliding_window")
+    if window is None:
+        reader.refuse("sliding_window", window, "layer_types has sliding layers, and transformers' mask needs a window")
     return tuple(int(window) if kind == "sliding_attention" else None for kind in types)

@@ -1,16 +1,20 @@
 """Config strictness: every field of a checkpoint's config is implemented, inert, or refused.
 
-Each family declares a table of the config fields it knows: fields its reader implements (any value it
-accepts; the reader validates them), fields implemented for some values only, and fields that cannot
-change a float32 forward pass (ids, dropout, initialisation, caching). A field missing from the table is
-refused unless its value is an "off" value (None, False, 0, empty), which is how configs spell a
-feature that is not used. So a config field transformers adds tomorrow is refused, not ignored.
+The fields are those of transformers' config object for the checkpoint (ingest/families/hf_config.py):
+what config.json says after transformers' defaults, precedence and normalisation, so a key left out
+means the class's default and two spellings mean the one transformers keeps. Each family declares a
+table of the fields it knows: fields its reader implements (any value it accepts; the reader validates
+them), fields implemented for some values only, and fields its transformers model never reads or that
+cannot change a float32 forward pass (ids, dropout, initialisation, caching). A field missing from the
+table is refused unless its value is an "off" value (None, False, 0, empty), which is how configs spell
+a feature that is not used. So a config field transformers adds tomorrow is refused, not ignored.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, NoReturn
 
 from ingest.errors import ModelNotFound
 
@@ -111,6 +115,8 @@ COMMON: dict[str, Rule] = {
     "torch_dtype": inert("weights are computed in float32 whatever their stored dtype"),
     "is_encoder_decoder": only(False),
     "is_decoder": inert("a decoder-only model is causal either way"),
+    # transformers' causal mask turns bidirectional where a config says is_causal: false
+    "is_causal": only(True),
     "add_cross_attention": only(False),
     "tie_encoder_decoder": only(False),
     "pruned_heads": only({}),
@@ -124,19 +130,19 @@ def _show(value: object) -> str:
 
 
 class ConfigReader:
-    """A Hugging Face config dict read under a family's field table.
+    """transformers' config object for a checkpoint, read under a family's field table.
 
-    `check()` refuses every field the table does not allow; `get` reads only declared fields, so a
-    family's reader cannot use a field its table does not list.
+    `check()` refuses every field the table does not allow; `get` reads only declared fields, and only
+    from the object's attributes (transformers' defaults included), never with a default of its own.
     """
 
-    def __init__(self, family: str, config: Mapping[str, object], table: Mapping[str, Rule]) -> None:
+    def __init__(self, family: str, config: Any, table: Mapping[str, Rule]) -> None:
         self.family = family
-        self.config = dict(config)
+        self.config = config
         self.table = {**COMMON, **table}
 
     def check(self) -> None:
-        for name, value in self.config.items():
+        for name, value in self.config.to_dict().items():
             rule = self.table.get(name)
             if rule is None:
                 if not is_off(value):
@@ -145,23 +151,21 @@ class ConfigReader:
                 allowed = ", ".join(_show(v) for v in rule.values)
                 self.refuse(name, value, f"only {allowed} is implemented")
 
-    def refuse(self, name: str, value: object, why: str) -> None:
+    def refuse(self, name: str, value: object, why: str) -> NoReturn:
         raise UnsupportedConfig(
             f"{self.family} config field {name} = {_show(value)} is not supported ({why}): "
             "refusing rather than computing something else"
         )
 
-    def has(self, name: str) -> bool:
-        return self.config.get(name) is not None
-
-    def get(self, name: str, default: object = None) -> object:
+    def get(self, name: str) -> Any:
+        """The attribute `name` of transformers' config object; None where the object has none (a
+        field its class does not define, absent from config.json)."""
         if name not in self.table:
             raise KeyError(f"{self.family} reads undeclared config field {name!r}")
-        value = self.config.get(name)
-        return default if value is None else value
+        return getattr(self.config, name, None)
 
-    def require(self, name: str) -> object:
+    def require(self, name: str) -> Any:
         value = self.get(name)
         if value is None:
-            raise ModelNotFound(f"{self.family} config lacks {name}: is config.json complete?")
+            self.refuse(name, value, "the model needs a value")
         return value

@@ -25,18 +25,17 @@ FIELDS = {
 
 
 def read_config(reader: ConfigReader) -> ModelConfig:
-    # Gemma's releases wrote "gelu" meaning the tanh approximation, and transformers reads it so
-    legacy_gelu = reader.get("hidden_act") == "gelu"
+    # Gemma's releases wrote "gelu" meaning the tanh approximation: transformers' config class reads it so
     return llama.shape_config(
         reader,
-        activation="gelu_tanh" if legacy_gelu else activation(reader, "hidden_act", "gelu_pytorch_tanh"),
+        activation=activation(reader, "hidden_act"),
         embedding_scale=math.sqrt(int(reader.require("hidden_size"))),
     )
 
 
 def convert(cfg: ModelConfig, sd: StateDict, reader: ConfigReader) -> Weights:
-    biased = bool(reader.get("attention_bias", False))
-    layout = llama.Layout(qkv_bias=biased, out_bias=biased, gain_offset=1.0, tied_by_default=True)
+    biased = bool(reader.require("attention_bias"))
+    layout = llama.Layout(qkv_bias=biased, out_bias=biased, gain_offset=1.0)
     return llama.convert_with(layout, cfg, sd, reader)
 
 

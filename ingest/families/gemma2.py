@@ -30,27 +30,26 @@ FIELDS = {
 
 
 def _cap(reader: ConfigReader, name: str) -> float | None:
+    """A soft cap as transformers' Gemma 2 applies it: none where the config's value is None."""
     value = reader.get(name)
-    return float(value) if value else None
+    return None if value is None else float(value)
 
 
 def read_config(reader: ConfigReader) -> ModelConfig:
-    n_layers = int(reader.require("num_hidden_layers"))
-    default_types = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n_layers)]
     return llama.shape_config(
         reader,
-        activation=activation(reader, "hidden_activation", "gelu_pytorch_tanh"),
+        activation=activation(reader, "hidden_activation"),
         embedding_scale=math.sqrt(int(reader.require("hidden_size"))),
         post_block_norms=True,
-        attn_scale=float(reader.get("query_pre_attn_scalar", 256)) ** -0.5,
+        attn_scale=float(reader.require("query_pre_attn_scalar")) ** -0.5,
         attn_logit_softcap=_cap(reader, "attn_logit_softcapping"),
         final_logit_softcap=_cap(reader, "final_logit_softcapping"),
-        sliding_windows=sliding_windows(reader, reader.get("sliding_window", 4096), default_types),
+        sliding_windows=sliding_windows(reader),
     )
 
 
 def convert(cfg: ModelConfig, sd: StateDict, reader: ConfigReader) -> Weights:
-    biased = bool(reader.get("attention_bias", False))
+    biased = bool(reader.require("attention_bias"))
     layout = llama.Layout(
         qkv_bias=biased,
         out_bias=biased,
@@ -58,7 +57,6 @@ def convert(cfg: ModelConfig, sd: StateDict, reader: ConfigReader) -> Weights:
         pre_mlp_norm="pre_feedforward_layernorm",
         post_attn_norm="post_attention_layernorm",
         post_mlp_norm="post_feedforward_layernorm",
-        tied_by_default=True,
     )
     return llama.convert_with(layout, cfg, sd, reader)
 

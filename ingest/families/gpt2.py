@@ -23,7 +23,7 @@ FIELDS = {
     "layer_norm_epsilon": USED,
     "activation_function": USED,
     "tie_word_embeddings": USED,
-    "n_ctx": inert("superseded by n_positions"),
+    "n_ctx": inert("transformers' GPT-2 reads n_positions"),
     "scale_attn_weights": only(True),
     "scale_attn_by_inverse_layer_idx": only(False),
     "reorder_and_upcast_attn": inert("reorders and upcasts to float32: the same values in float32"),
@@ -43,6 +43,7 @@ FIELDS = {
 
 def read_config(reader: ConfigReader) -> ModelConfig:
     d_model, n_heads = int(reader.require("n_embd")), int(reader.require("n_head"))
+    n_inner = reader.get("n_inner")
     return ModelConfig(
         family="gpt2",
         n_layers=int(reader.require("n_layer")),
@@ -50,12 +51,12 @@ def read_config(reader: ConfigReader) -> ModelConfig:
         n_heads=n_heads,
         n_kv_heads=n_heads,
         d_head=d_model // n_heads,
-        d_mlp=int(reader.get("n_inner") or 4 * d_model),
+        d_mlp=4 * d_model if n_inner is None else int(n_inner),
         vocab_size=int(reader.require("vocab_size")),
         n_ctx=int(reader.require("n_positions")),
         norm="layernorm",
-        norm_eps=float(reader.get("layer_norm_epsilon", 1e-5)),
-        activation=activation(reader, "activation_function", "gelu_new"),
+        norm_eps=float(reader.require("layer_norm_epsilon")),
+        activation=activation(reader, "activation_function"),
         gated_mlp=False,
     )
 
@@ -70,7 +71,7 @@ def convert(cfg: ModelConfig, sd: StateDict, reader: ConfigReader) -> Weights:
     w: Weights = {
         ("embedding", None): embedding,
         ("position_embedding", None): sd.take("wpe.weight"),
-        ("unembedding", None): unembedding(reader, sd, embedding, "lm_head.weight", tied_by_default=True),
+        ("unembedding", None): unembedding(reader, sd, embedding, "lm_head.weight"),
         ("layer_norm_gain.final", None): sd.take("ln_f.weight"),
         ("layer_norm_bias.final", None): sd.take("ln_f.bias"),
     }

@@ -26,8 +26,6 @@ FIELDS = {
     "use_parallel_residual": USED,
     "attention_bias": USED,
     "tie_word_embeddings": USED,
-    "rotary_pct": USED,
-    "rotary_emb_base": USED,
     **rope.FIELDS,
     **{
         name: inert("dropout is off at inference")
@@ -50,27 +48,22 @@ def read_config(reader: ConfigReader) -> ModelConfig:
         vocab_size=int(reader.require("vocab_size")),
         n_ctx=int(reader.require("max_position_embeddings")),
         norm="layernorm",
-        norm_eps=float(reader.get("layer_norm_eps", 1e-5)),
-        activation=activation(reader, "hidden_act", "gelu"),
+        norm_eps=float(reader.require("layer_norm_eps")),
+        activation=activation(reader, "hidden_act"),
         gated_mlp=False,
-        # the legacy names are the fallbacks, and a quarter of each head rotates unless told otherwise
-        rope=rope.read_rope(
-            reader,
-            d_head,
-            theta=reader.get("rotary_emb_base"),
-            partial_rotary_factor=float(reader.get("rotary_pct", 0.25)),
-        ),
-        parallel_residual=bool(reader.get("use_parallel_residual", True)),
+        # transformers' config class reads the legacy rotary_pct and rotary_emb_base into rope_parameters
+        rope=rope.read_rope(reader, d_head, leading_channels=True),
+        parallel_residual=bool(reader.require("use_parallel_residual")),
     )
 
 
 def convert(cfg: ModelConfig, sd: StateDict, reader: ConfigReader) -> Weights:
     d, h, dh = cfg.d_model, cfg.n_heads, cfg.d_head
-    biased = bool(reader.get("attention_bias", True))
+    biased = bool(reader.require("attention_bias"))
     embedding = sd.take("embed_in.weight")
     w: Weights = {
         ("embedding", None): embedding,
-        ("unembedding", None): unembedding(reader, sd, embedding, "embed_out.weight", tied_by_default=False),
+        ("unembedding", None): unembedding(reader, sd, embedding, "embed_out.weight"),
         ("layer_norm_gain.final", None): sd.take("final_layer_norm.weight"),
         ("layer_norm_bias.final", None): sd.take("final_layer_norm.bias"),
     }

@@ -43,31 +43,36 @@ FIELDS: dict[str, Rule] = {
 }
 
 
-def shape_config(reader: ConfigReader, **switches: object) -> ModelConfig:
-    """The sizes, norm and rotary of a Llama-style config; `switches` sets the rest of ModelConfig."""
+def shape_config(reader: ConfigReader, leading_rotary: bool = False, **switches: object) -> ModelConfig:
+    """The sizes, norm and rotary of a Llama-style config; `switches` sets the rest of ModelConfig,
+    `leading_rotary` says the family rotates only the channels its frequencies cover (rope.read_rope)."""
     d_model, n_heads = int(reader.require("hidden_size")), int(reader.require("num_attention_heads"))
+    # as transformers' attention modules: the config's head_dim where it has one, else d_model / heads
     d_head = int(reader.get("head_dim") or d_model // n_heads)
+    n_kv_heads = int(reader.require("num_key_value_heads"))
+    if n_kv_heads > n_heads or n_heads % n_kv_heads:
+        reader.refuse("num_key_value_heads", n_kv_heads, f"the {n_heads} query heads cannot share them evenly")
     fields: dict[str, object] = {
         "family": reader.family,
         "n_layers": int(reader.require("num_hidden_layers")),
         "d_model": d_model,
         "n_heads": n_heads,
-        "n_kv_heads": int(reader.get("num_key_value_heads") or n_heads),
+        "n_kv_heads": n_kv_heads,
         "d_head": d_head,
         "d_mlp": int(reader.require("intermediate_size")),
         "vocab_size": int(reader.require("vocab_size")),
         "n_ctx": int(reader.require("max_position_embeddings")),
         "norm": "rmsnorm",
-        "norm_eps": float(reader.get("rms_norm_eps", 1e-6)),
+        "norm_eps": float(reader.require("rms_norm_eps")),
         "activation": "silu",
         "gated_mlp": True,
-        "rope": rope.read_rope(reader, d_head),
+        "rope": rope.read_rope(reader, d_head, leading_rotary),
     }
     return ModelConfig(**{**fields, **switches})  # type: ignore[arg-type]
 
 
 def read_config(reader: ConfigReader) -> ModelConfig:
-    return shape_config(reader, activation=activation(reader, "hidden_act", "silu"))
+    return shape_config(reader, activation=activation(reader, "hidden_act"))
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,6 @@ class Layout:
     pre_mlp_norm: str = "post_attention_layernorm"
     post_attn_norm: str | None = None
     post_mlp_norm: str | None = None
-    tied_by_default: bool = False
     pre_norms: bool = True  # input_layernorm and pre_mlp_norm before the blocks (OLMo 2 has none)
     # q_norm and k_norm: over each head's channels ('head', one gain for every head: Qwen3) or over all
     # heads' channels ('heads': OLMo 2)
@@ -101,7 +105,7 @@ def convert_with(layout: Layout, cfg: ModelConfig, sd: StateDict, reader: Config
     embedding = sd.take("embed_tokens.weight")
     w: Weights = {
         ("embedding", None): embedding,
-        ("unembedding", None): unembedding(reader, sd, embedding, "lm_head.weight", layout.tied_by_default),
+        ("unembedding", None): unembedding(reader, sd, embedding, "lm_head.weight"),
         ("layer_norm_gain.final", None): gain("norm.weight"),
         ("layer_norm_bias.final", None): zeros(d),
     }
@@ -140,11 +144,8 @@ def convert_with(layout: Layout, cfg: ModelConfig, sd: StateDict, reader: Config
 
 
 def convert(cfg: ModelConfig, sd: StateDict, reader: ConfigReader) -> Weights:
-    layout = Layout(
-        qkv_bias=bool(reader.get("attention_bias", False)),
-        out_bias=bool(reader.get("attention_bias", False)),
-        mlp_bias=bool(reader.get("mlp_bias", False)),
-    )
+    biased = bool(reader.require("attention_bias"))
+    layout = Layout(qkv_bias=biased, out_bias=biased, mlp_bias=bool(reader.require("mlp_bias")))
     return convert_with(layout, cfg, sd, reader)
 
 

@@ -9,15 +9,18 @@ from ingest.families.spec import Family
 from ingest.families.tensors import StateDict, Weights
 from ingest.model import ModelConfig
 
+# (a layer_types field makes transformers read the file as ministral, refused before this table)
 FIELDS = {**llama.SHAPE_FIELDS, "hidden_act": USED, "sliding_window": USED}
 
 
-def read_config(reader: ConfigReader) -> ModelConfig:
+def read_config(reader: ConfigReader, leading_rotary: bool = False) -> ModelConfig:
+    """`leading_rotary`: as llama.shape_config, for the families built on Mistral's config (Phi-3)."""
     window = reader.get("sliding_window")
     n_layers = int(reader.require("num_hidden_layers"))
     return llama.shape_config(
         reader,
-        activation=activation(reader, "hidden_act", "silu"),
+        leading_rotary,
+        activation=activation(reader, "hidden_act"),
         sliding_windows=(int(window),) * n_layers if window is not None else (),
     )
 

@@ -17,7 +17,7 @@ FIELDS = {**llama.SHAPE_FIELDS, "hidden_act": USED, "attention_bias": USED}
 def read_config(reader: ConfigReader) -> ModelConfig:
     return llama.shape_config(
         reader,
-        activation=activation(reader, "hidden_act", "silu"),
+        activation=activation(reader, "hidden_act"),
         pre_block_norms=False,
         post_block_norms=True,
         qk_norm="heads",
@@ -25,7 +25,7 @@ def read_config(reader: ConfigReader) -> ModelConfig:
 
 
 def convert(cfg: ModelConfig, sd: StateDict, reader: ConfigReader) -> Weights:
-    biased = bool(reader.get("attention_bias", False))
+    biased = bool(reader.require("attention_bias"))
     layout = llama.Layout(
         qkv_bias=biased,
         out_bias=biased,

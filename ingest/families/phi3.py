@@ -26,5 +26,10 @@ def convert(cfg: ModelConfig, sd: StateDict, reader: ConfigReader) -> Weights:
     return llama.convert_with(llama.Layout(), cfg, sd, reader)
 
 
-# The config reads as Mistral's: the same shape fields, activation and sliding window.
-FAMILY = Family("phi3", FIELDS, mistral.read_config, convert, prefix="model.")
+def read_config(reader: ConfigReader) -> ModelConfig:
+    """Mistral's fields (shapes, activation, a window on every layer), with transformers' Phi-3 rotating
+    only the channels its frequencies cover (`partial_rotary_factor`)."""
+    return mistral.read_config(reader, leading_rotary=True)
+
+
+FAMILY = Family("phi3", FIELDS, read_config, convert, prefix="model.")

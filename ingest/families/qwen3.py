@@ -18,7 +18,7 @@ def read_config(reader: ConfigReader) -> ModelConfig:
 
 
 def convert(cfg: ModelConfig, sd: StateDict, reader: ConfigReader) -> Weights:
-    biased = bool(reader.get("attention_bias", False))
+    biased = bool(reader.require("attention_bias"))
     return llama.convert_with(llama.Layout(qkv_bias=biased, out_bias=biased, qk_norm="head"), cfg, sd, reader)
 
 
