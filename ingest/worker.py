@@ -117,11 +117,23 @@ def open_model(name: str) -> LoadedModel:
 
 def check_command_tokens(loaded: LoadedModel, options: IngestOptions, tokenization: Tokenization) -> None:
     """A --target or --distractor that is not one token would skip every prompt: refuse it up front."""
+    ids: dict[str, int] = {}
     for role, text in (("--target", options.target), ("--distractor", options.distractor)):
         if text is not None:
-            single_token(loaded.tokenizer, text, role, tokenization.special_tokens)
+            ids[role] = single_token(loaded.tokenizer, text, role, tokenization.special_tokens)
     if options.distractor is not None and options.target is None:
         raise TokenError("--distractor needs --target: the objective is target minus distractor")
+    if options.distractor is not None and ids["--target"] == ids["--distractor"]:
+        raise TokenError(same_token(options.target, options.distractor, ids["--target"], "--target", "--distractor"))
+
+
+def same_token(target: str | None, distractor: str | None, token_id: int, target_role: str, role: str) -> str:
+    """The refusal of a pair whose objective logit(target) - logit(distractor) is identically 0."""
+    spelled = repr(target) if target == distractor else f"{target!r} and {distractor!r}"
+    return (
+        f"{target_role} and {role} are the same token ({spelled}, id {token_id}): logit(target) - logit(distractor)"
+        f" would be 0 for every input; give a different {role}, or none"
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -177,6 +189,8 @@ def prepare(
     )
     if distractor_id is not None and target_id is None:
         raise ValueError("a distractor needs a target")
+    if distractor_id is not None and distractor_id == target_id:
+        raise ValueError(same_token(source.target, source.distractor, target_id, "target", "distractor"))
     if backward and target_id is None and len(ids) < 2:
         raise ValueError("a one-token prompt has no next token to predict: give it a target or use --no-backward")
     return Prepared(source, ids, target_id, distractor_id, prompt_key(loaded.checkpoint_hash, source, settings))
