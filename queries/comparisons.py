@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
+from queries.absence import explain_empty
 from queries.notes import with_notes
 from queries.sources import NODE_KEY
 from warehouse import db
@@ -56,6 +57,9 @@ class Comparisons:
                 sql += " LIMIT ?"
                 params.append(k)
             table = self._run(con, sql, params)
+            if not table.num_rows:
+                for prompt in (prompt_a, prompt_b):
+                    explain_empty(con, dst, pass_type, prompt_id=prompt)
         return with_notes(table, [n for n in {src_a.note} if n])
 
     def compare_runs(
@@ -103,4 +107,7 @@ class Comparisons:
                 sql += " LIMIT ?"
                 params.append(k)
             table = self._run(con, sql, params)
+            if not table.num_rows:
+                for run in (run_a, run_b):
+                    explain_empty(con, dst, pass_type, run_id=run)
         return with_notes(table, [src.note] if src.note else [])

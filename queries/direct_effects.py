@@ -9,6 +9,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from queries.absence import explain_empty
 from warehouse import db
 
 
@@ -68,4 +69,8 @@ class DirectEffects:
             if k is not None:
                 sql += " LIMIT ?"
                 params.append(k)
-            return self._run(con, sql, params)
+            table = self._run(con, sql, params)
+            if not table.num_rows:  # the pair is checked in SQL (checked_pair): a prompt's rows may be missing
+                for needed in ("resid_final_layer_norm_scale", "mlp_post_act"):
+                    explain_empty(con, needed, prompt_id=prompt_id)
+            return table

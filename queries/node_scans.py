@@ -11,6 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from queries.absence import explain_empty
 from queries.contexts import with_context
 from queries.notes import with_notes
 from warehouse import db
@@ -73,6 +74,8 @@ class NodeScans:
         with self._connection() as con:
             hits, params, note = self._hits(con, dst, layer, node_index, k, head, run_id, pass_type, bottom, skip_first)
             table = with_context(con, hits, params, context)
+            if not table.num_rows:
+                explain_empty(con, dst, pass_type, layer, run_id=run_id)
         return with_notes(table, [note] if note else [])
 
     def node_stats(
@@ -107,6 +110,8 @@ class NodeScans:
                 f" {quantile_cols} FROM ({values})",
                 all_params,
             )
+            if not summary["count"][0].as_py():
+                explain_empty(con, dst, pass_type, layer, run_id=run_id)
             low, high = summary["min"][0].as_py(), summary["max"][0].as_py()
             counts = [0] * bins
             if low is not None:

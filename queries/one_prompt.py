@@ -8,6 +8,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from queries.absence import explain_empty
 from queries.notes import with_notes
 from queries.sources import NODE_KEY, DstNotAvailable, check_name
 from warehouse import db
@@ -128,6 +129,9 @@ class OnePrompt:
             )
             params += [prompt_id, prompt_id]
             table = self._run(con, final, params)
+            if not table.num_rows:
+                for rank_dst in rank_dsts.values():
+                    explain_empty(con, rank_dst, prompt_id=prompt_id)
         for col in NODE_COLUMNS:
             if col in table.column_names and table.num_rows and table[col].null_count == table.num_rows:
                 message = f"{col}: no values for these nodes (its inputs were not stored for this prompt?)"
@@ -172,6 +176,8 @@ class OnePrompt:
                 + " WHERE t.prompt_id = ? ORDER BY t.position"
             )
             table = self._run(con, sql, [*params, prompt_id])
+            if dst is not None and table["value"].null_count == table.num_rows:
+                explain_empty(con, dst, prompt_id=prompt_id)
         if dst is None and all(table[c].null_count == table.num_rows for c in TOKEN_ATTRIBUTION):
             raise DstNotAvailable(
                 f"prompt {prompt_id} has no act-times-grad values: ingest it with a backward pass"

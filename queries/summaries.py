@@ -23,6 +23,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from queries.absence import explain_empty
 from queries.contexts import with_context
 from queries.notes import with_notes
 from queries.summary_sql import NODE, merge_rows, scan_filter, scan_sql, stored_rows, summary_filter, uncovered
@@ -89,6 +90,8 @@ class SummaryQueries:
                 f" SELECT * FROM figures ORDER BY value DESC, {', '.join(NODE)} LIMIT ?"
             )
             table = _fetch(con, sql, [*merged.params, k])
+            if not table.num_rows:
+                explain_empty(con, dst, pass_type, layer, run_id=run)
         return _noted(table, merged.note)
 
     def node_summary(
@@ -114,6 +117,8 @@ class SummaryQueries:
                 f" FROM ({merged.sql})",
                 merged.params,
             ).to_pylist()[0]
+            if not rows["n"]:
+                explain_empty(con, dst, pass_type, layer, run_id=run_id)
         n = rows["n"] or 0
         mean = rows["total"] / n if n else None
         std = math.sqrt(max(rows["total_sq"] - n * mean * mean, 0.0) / (n - 1)) if n > 1 and mean is not None else None
@@ -185,7 +190,10 @@ class SummaryQueries:
                 f"SELECT row_number() OVER (ORDER BY {order}) AS rank, * FROM (SELECT prompt_id, token, nullif(token2,"
                 f" -1) AS token2, nullif(head, -1) AS head, value FROM ({rows}) ORDER BY {order} LIMIT ?)"
             )
-            return _noted(with_context(con, hits, [*params, k], context), tail.note)
+            table = with_context(con, hits, [*params, k], context)
+            if not table.num_rows:
+                explain_empty(con, dst, pass_type, layer, run_id=run_id)
+            return _noted(table, tail.note)
 
     # -- where the figures come from -----------------------------------------------------------------
 
