@@ -19,6 +19,7 @@ from ingest.prompts import PromptInput
 from ingest.worker import IngestOptions, ingest
 from warehouse import db
 from warehouse.convert import convert
+from warehouse.facts import round_to_bfloat16
 from warehouse.maintenance import compact, live_data_files, statistics_problems
 from warehouse.registry import PRE_NORM_LOCATIONS
 from warehouse.writer import LakeWriter
@@ -118,6 +119,22 @@ def test_bfloat16_precision_rounds_each_value_to_nearest_even(tmp_path: Path) ->
     assert np.array_equal(rounded, want.astype(np.float64), equal_nan=True)
     assert not np.array_equal(rounded, exact, equal_nan=True)
     assert _rows(half, "SELECT DISTINCT precision FROM runs") == [("bfloat16",)]
+
+
+def test_bfloat16_rounding_breaks_exact_ties_to_even_as_torch_does() -> None:
+    """Values exactly halfway between two bfloat16 values (low half 0x8000) with even and odd upper halves,
+    both signs, their neighbours one bit either side, zero, subnormals and the largest finite values (whose
+    ties round to infinity): rounded bit for bit as torch converts float32 to bfloat16. The ingest's values
+    above hold no exact tie."""
+    upper = np.random.default_rng(0).integers(0, 0x7F80, size=2000, dtype=np.uint32)
+    upper = np.concatenate([upper, [0, 1, 2, 0x7F7E, 0x7F7F]]).astype(np.uint32)
+    low = np.array([0x8000, 0x7FFF, 0x8001, 0x0000, 0xFFFF], np.uint32)
+    bits = (upper[:, None] << np.uint32(16) | low[None, :]).reshape(-1)
+    bits = np.concatenate([bits, bits | np.uint32(0x80000000)])
+    assert {0, 1} <= set((upper & 1).tolist()), "ties of both parities"
+    values = bits.view(np.float32)
+    want = torch.from_numpy(values.copy()).to(torch.bfloat16).to(torch.float32).numpy()
+    assert np.array_equal(round_to_bfloat16(values).view(np.uint32), want.view(np.uint32))
 
 
 def test_a_moved_warehouse_answers_the_same(mixed: Path, tmp_path: Path) -> None:
