@@ -168,9 +168,14 @@ class StoredCache(CacheAnalyses):
             name: ref
             for name, ref in model_hooks(self.model_config).items()
             if f"{ref.location}:{ref.pass_type.value}" in stored
-            and (ref.pass_type is PassType.FORWARD or self._backward)
+            and (ref.pass_type is PassType.FORWARD or (self._backward and not self._held_constant(ref)))
             and all(ref.layer is None or layers is None or ref.layer in layers for layers in self._run_layers)
         }
+
+    def _held_constant(self, ref: HookRef) -> bool:
+        """The logit-difference objective (a target per prompt) holds the final norm's scale constant, so
+        that scale has no gradient."""
+        return ref.location == "resid.ln_f.scale" and all(t is not None for t in self.target_ids)
 
     # -- the dict interface ----------------------------------------------------------------------------
 
@@ -252,6 +257,8 @@ class StoredCache(CacheAnalyses):
             pass_name = f"{ref.location}:{ref.pass_type.value}"
             if ref.pass_type is PassType.BACKWARD and not self._backward:
                 return f"{name} is not stored: these prompts were ingested without a backward pass"
+            if ref.pass_type is PassType.BACKWARD and self._held_constant(ref):
+                return f"{name} does not exist: the logit-difference objective holds the final norm's scale constant"
             layers = "" if ref.layer is None else f" and --layers including {ref.layer}"
             return f"{name} is not stored for these prompts: ingest with --locations {pass_name}{layers}"
         base = name.removesuffix(GRAD_SUFFIX)

@@ -97,7 +97,8 @@ class CacheAnalyses:
             sizes = {"attn_heads": self.cfg.n_heads, "value_channels": self.cfg.d_head, "mlp_acts": self.cfg.d_mlp}
             shape = [sizes.get(str(d), self.cfg.d_model) for d in WEIGHTS[location].shape]
             values = np.zeros(shape, dtype=np.float32)
-            values[(rows["h"], rows["r"], rows["c"])[3 - len(shape) :]] = rows["value"]
+            index = {3: (rows["h"], rows["r"], rows["c"]), 2: (rows["r"], rows["c"]), 1: (rows["r"],)}[len(shape)]
+            values[index] = rows["value"]
             weights[key] = torch.from_numpy(values).to(self.device)
         return weights[key]
 
