@@ -8,6 +8,7 @@ registration included), tokens/s of the model pass alone (hooked forward + backw
 memory, no rows, no writes), their ratio, and the writer's busy share, which says which side sets the pace.
 
     python -m bench.device_ingest --prompts 512 --batch-size 32 --device cuda
+    python -m bench.device_ingest --prompts 4 --batch-size 2 --layers 1 --device cpu   # a smoke run
 """
 
 from __future__ import annotations
@@ -72,10 +73,13 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=5, help="words per prompt (about 4 tokens each)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--layers", type=int, default=30, help="layers of the model (SmolLM2 has 30)")
     args = parser.parse_args()
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = checkpoint_with_tokenizer("LlamaConfig", SMOLLM2_SHAPES, Path(tmp) / "model")
+        model_dir = checkpoint_with_tokenizer(
+            "LlamaConfig", {**SMOLLM2_SHAPES, "num_hidden_layers": args.layers}, Path(tmp) / "model"
+        )
         texts = prompt_texts(args.prompts, args.words)
         alone_s, tokens = model_pass_alone(model_dir, texts, args.batch_size, device)
         options = IngestOptions(model=str(model_dir), device=args.device, batch_size=args.batch_size, progress=False)

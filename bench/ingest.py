@@ -124,7 +124,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, float, list[str]]:
 
 
 def run_actwh(args: argparse.Namespace, path: Path) -> dict:
-    from ingest import worker
+    from ingest import passes, worker
     from ingest.model_rows import factor_weights, register_model
     from ingest.prompts import PromptInput
     from warehouse.writer import LakeWriter
@@ -140,7 +140,7 @@ def run_actwh(args: argparse.Namespace, path: Path) -> dict:
     worker.run_batch = timer.wrap("model pass", worker.run_batch)
     for name in ("location_rows", "first_row", "logits_rows"):
         wrap = timer.wrap_iter if name == "location_rows" else timer.wrap
-        setattr(worker, name, wrap("arrow conversion", getattr(worker, name)))
+        setattr(passes, name, wrap("arrow conversion", getattr(passes, name)))
     options = worker.IngestOptions(
         model=args.model,
         locations=args.locations,

@@ -3,6 +3,8 @@
     python -m bench.scale ingest --db W --tokens 100000 [--precision bfloat16] [--no-summaries]
     python -m bench.scale queries --db W [--repeat 3]
     python -m bench.scale overhead --tokens 960     # ingest with and without summaries, same prompts
+    python -m bench.scale ingest --db W --tokens 40 --model gpt2-tiny                  # a smoke run, then
+    python -m bench.scale queries --db W --repeat 1 --layer 1 --node 3
 
 `ingest` stores SmolLM2 (the default model) prompts of exactly 20 tokens with the default capture and
 prints the prompt-phase time, tokens/s and the lake's size on disk. `queries` times, each in a new
@@ -30,26 +32,34 @@ from bench.ingest import prompt_texts
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENS_PER_PROMPT = 20
-QUERIES = {
-    "rank": ["rank", "--dst", "mlp_act_times_grad", "--by", "mean", "-k", "20"],
-    "examples": ["examples", "--dst", "mlp_post_act", "--layer", "10", "--node", "100", "-k", "20"],
-    "node-stats": ["node-stats", "--dst", "mlp_post_act", "--layer", "10", "--node", "100"],
-}
 
 
-def ingest(db: Path, tokens: int, precision: str, summaries: bool, offset: int = 0) -> dict[str, Any]:
+def query_commands(layer: int, node: int) -> dict[str, list[str]]:
+    """The timed commands; `examples` and `node-stats` ask about one neuron (layer 10, node 100 by default)."""
+    neuron = ["--layer", str(layer), "--node", str(node)]
+    return {
+        "rank": ["rank", "--dst", "mlp_act_times_grad", "--by", "mean", "-k", "20"],
+        "examples": ["examples", "--dst", "mlp_post_act", *neuron, "-k", "20"],
+        "node-stats": ["node-stats", "--dst", "mlp_post_act", *neuron],
+    }
+
+
+def ingest(
+    db: Path, tokens: int, precision: str, summaries: bool, offset: int = 0, model: str | None = None
+) -> dict[str, Any]:
     from ingest import worker
     from ingest.model_rows import factor_weights, register_model
     from ingest.prompts import PromptInput
     from warehouse.writer import LakeWriter
 
-    loaded = worker.open_model(worker.IngestOptions().model)
+    model = model or worker.IngestOptions().model
+    loaded = worker.open_model(model)
     worker.open_model = lambda name: loaded  # loaded once, outside the timed prompt phase
     with LakeWriter(db) as writer:  # the weights first, so the figure times the prompt phase
         register_model(writer, loaded, factor_weights(loaded), False)
     n_prompts = tokens // TOKENS_PER_PROMPT
     texts = prompt_texts(offset + n_prompts, TOKENS_PER_PROMPT, loaded.tokenizer)[offset:]
-    options = worker.IngestOptions(progress=False, precision=precision, summaries=summaries)
+    options = worker.IngestOptions(model=model, progress=False, precision=precision, summaries=summaries)
     start, cpu_start = time.perf_counter(), time.process_time()
     report = worker.ingest(db, [PromptInput(t) for t in texts], options)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
@@ -66,10 +76,10 @@ def ingest(db: Path, tokens: int, precision: str, summaries: bool, offset: int =
     }
 
 
-def queries(db: Path, repeat: int) -> dict[str, float]:
+def queries(db: Path, repeat: int, layer: int = 10, node: int = 100) -> dict[str, float]:
     """Best-of-`repeat` seconds from process start to exit, per query."""
     out = {}
-    for name, args in QUERIES.items():
+    for name, args in query_commands(layer, node).items():
         best = float("inf")
         for _ in range(repeat):
             start = time.perf_counter()
@@ -92,18 +102,21 @@ def main() -> None:
     parser.add_argument("--precision", default="bfloat16", choices=("float32", "bfloat16"))
     parser.add_argument("--no-summaries", action="store_true")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--model", default="smollm2", help="gpt2-tiny for a smoke run (the figures are SmolLM2's)")
+    parser.add_argument("--layer", type=int, default=10, help="the neuron `queries` asks examples and node-stats of")
+    parser.add_argument("--node", type=int, default=100)
     args = parser.parse_args()
     if args.what == "ingest":
-        print(json.dumps(ingest(args.db, args.tokens, args.precision, not args.no_summaries)))
+        print(json.dumps(ingest(args.db, args.tokens, args.precision, not args.no_summaries, model=args.model)))
     elif args.what == "queries":
-        print(json.dumps(queries(args.db, args.repeat)))
+        print(json.dumps(queries(args.db, args.repeat, args.layer, args.node)))
     else:
         results = []
         for summaries in (False, True):  # each in its own process, so neither warms the other's caches
             with tempfile.TemporaryDirectory() as tmp:
                 flags = [] if summaries else ["--no-summaries"]
                 command = [sys.executable, "-m", "bench.scale", "ingest", "--db", f"{tmp}/lake"]
-                command += ["--tokens", str(args.tokens), "--precision", args.precision, *flags]
+                command += ["--tokens", str(args.tokens), "--precision", args.precision, "--model", args.model, *flags]
                 done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=True)
                 results.append(json.loads(done.stdout.strip().splitlines()[-1]))
                 print(json.dumps(results[-1]), flush=True)

@@ -1,6 +1,7 @@
 """Benchmark: top 20 nodes by each Tier-1 dst across all prompts, through the SQL views against torch.
 
     python -m bench.views --prompts 1000
+    python -m bench.views --prompts 4 --repeat 1 --model gpt2-tiny --db /tmp/v   # a smoke run
 
 1. Generates N deterministic prompts of exactly 20 SmolLM2 tokens, each with a capital-city target and
    distractor, and ingests them with the default model and locations (a rerun finds them stored).
@@ -130,9 +131,9 @@ def folder_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def run_ingest(path: Path, prompts: list[PromptInput], batch_size: int) -> None:
+def run_ingest(path: Path, prompts: list[PromptInput], batch_size: int, model: str = DEFAULT_MODEL) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    options = IngestOptions(model=DEFAULT_MODEL, batch_size=batch_size, progress=True)
+    options = IngestOptions(model=model, batch_size=batch_size, progress=True)
     report = ingest(path, prompts, options)
     if report.skipped:
         raise SystemExit(f"ingest skipped {len(report.skipped)} prompts, e.g. {report.skipped[0].describe()}")
@@ -487,16 +488,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ingest-only", action="store_true", help="ingest the prompts and stop")
     parser.add_argument("--markdown", type=Path, help="add or replace this benchmark's section in this file")
     parser.add_argument("--only", nargs="*", help="just these dsts")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="gpt2-tiny for a smoke run (the figures are SmolLM2's)")
     args = parser.parse_args(argv)
     command = "python -m bench.views " + shlex.join(sys.argv[1:] if argv is None else argv)
     path: Path = args.db or Path("out") / f"bench_views_{args.prompts}"
     dsts = [d for d in TIER1 if not args.only or d in args.only]
     torch.set_num_threads(os.cpu_count() or 1)
 
-    loaded = load_model(DEFAULT_MODEL)
+    loaded = load_model(args.model)
     prompts = make_prompts(loaded, args.prompts, args.seed)
     print(f"{len(prompts)} prompts of {N_TOKENS} tokens; warehouse {path}")
-    run_ingest(path, prompts, args.batch_size)
+    run_ingest(path, prompts, args.batch_size, args.model)
     if args.ingest_only:
         return 0
 
@@ -538,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     body = (
         f"Command: `{command}` (machine: {os.cpu_count()} CPU cores, {platform.machine()}, duckdb "
         f"{duckdb.__version__}, torch {torch.__version__}, DuckDB memory_limit {args.memory_limit}).\n\n"
-        f"{len(prompts)} prompts of exactly {N_TOKENS} tokens, ingested from SmolLM2-135M ({cfg.n_layers} layers, "
+        f"{len(prompts)} prompts of exactly {N_TOKENS} tokens, ingested from {args.model} ({cfg.n_layers} layers, "
         f"{cfg.d_mlp} MLP neurons, {cfg.n_heads} heads) with the default locations; each query is "
         f"`SELECT prompt_id, token, token2, layer, head, node_index, value FROM <view> ORDER BY value DESC "
         f"LIMIT {TOP}` (raw dsts: `FROM activations WHERE dst = ... AND pass_type = 'forward'`) on a read-only "
