@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from ingest.errors import SAEError
 from ingest.model import ModelConfig
+from warehouse.hook_names import BLOCK_SUFFIXES
 from warehouse.registry import LOCATIONS
 
 # registry location read -> (latent location, error location, weight prefix of its residual writes)
@@ -29,15 +30,8 @@ _KINDS: dict[str, tuple[str, str, str]] = {
     ),
 }
 
-# TransformerLens hook names (blocks.L.<suffix>) -> registry location at layer L
-_TRANSFORMER_LENS = {
-    "hook_resid_mid": "resid.post_attn",
-    "hook_resid_post": "resid.post_mlp",
-    "hook_mlp_out": "resid.delta_mlp",
-    "hook_attn_out": "resid.delta_attn",
-    "attn.hook_z": "attn.v_out",
-    "mlp.hook_post": "mlp.post_act",
-}
+# TransformerLens hook names (blocks.L.<suffix>) -> registry location at layer L, for the sites SAEs read
+_TRANSFORMER_LENS = {suffix: location for suffix, location in BLOCK_SUFFIXES.items() if location in _KINDS}
 # Hugging Face module paths (the module's output) -> registry location at that block
 _HF_MODULES = {
     "": "resid.post_mlp",
