@@ -59,7 +59,7 @@ WHERE a.dst = 'attn_qk_probs' AND a.pass_type = 'forward' AND (s.value IS NOT NU
 
 -- b[l] . g[T] for the output bias of block `block` ('attn' or 'mlp'), as it joins the residual
 -- (gain_post * b / s_post[l,T] where the model norms block outputs): with the nodes' direct effects it
--- makes up the block's (DERIVED_SCALARS.md, identities 1 and 2). One row per prompt and layer.
+-- makes up the block's (docs/DERIVED_SCALARS.md, identities 1 and 2). One row per prompt and layer.
 CREATE OR REPLACE MACRO bias_direct_effects(block, t, d) AS TABLE
 SELECT f.prompt_id, f.last_token AS token, f.layer, (f.value / (f.final_scale * coalesce(s.value, 1))) AS value
 FROM pair_join_factors(t, d, block || '_bias') f
