@@ -23,31 +23,39 @@ GRAD_SUFFIX = "_grad"
 
 @dataclass(frozen=True)
 class Condition:
-    """A model property a hook needs, as a test of the recorded config (Python) and of models.config (SQL)."""
+    """A model property a hook needs, as a test of the recorded config (Python) and of models.config (SQL),
+    and in words (the README's table)."""
 
     test: Callable[[Mapping[str, Any]], bool]
     sql: str
+    words: str
 
 
 CONDITIONS: dict[str, Condition] = {
-    "": Condition(lambda c: True, "true"),
+    "": Condition(lambda c: True, "true", ""),
     # TransformerLens names the rotated query and key hook_rot_q / hook_rot_k; hook_q / hook_k are the
     # unrotated ones, which actwh does not store
-    "rotary": Condition(lambda c: c.get("rope") is not None, "(m.config->>'rope') IS NOT NULL"),
-    "learned_positions": Condition(lambda c: c.get("rope") is None, "(m.config->>'rope') IS NULL"),
+    "rotary": Condition(lambda c: c.get("rope") is not None, "(m.config->>'rope') IS NOT NULL", "rotary models"),
+    "learned_positions": Condition(
+        lambda c: c.get("rope") is None, "(m.config->>'rope') IS NULL", "models with learned positions"
+    ),
     # hook_embed is the residual's start only where nothing is added to it (no learned positions, no scale)
     "embedding_only": Condition(
         lambda c: c.get("rope") is not None and float(c.get("embedding_scale", 1.0)) == 1.0,
         "(m.config->>'rope') IS NOT NULL AND coalesce((m.config->>'embedding_scale')::DOUBLE, 1) = 1",
+        "rotary models without an embedding scale (elsewhere the embedding is blocks.0.hook_resid_pre)",
     ),
     # OLMo 2 reads the residual as it is (its norms follow the blocks)
     "pre_norms": Condition(
-        lambda c: c.get("pre_block_norms", True), "coalesce((m.config->>'pre_block_norms')::BOOLEAN, true)"
+        lambda c: c.get("pre_block_norms", True),
+        "coalesce((m.config->>'pre_block_norms')::BOOLEAN, true)",
+        "models with norms before the blocks",
     ),
     # a parallel block has no residual between attention and MLP
     "sequential": Condition(
         lambda c: not c.get("parallel_residual", False),
         "NOT coalesce((m.config->>'parallel_residual')::BOOLEAN, false)",
+        "models whose MLP follows attention",
     ),
 }
 
@@ -199,6 +207,23 @@ WHERE h.hook_name = name
                    ELSE true END
        FROM tl_hooks WHERE hook_name = name);
 """
+
+
+def readme_table() -> str:
+    """The README's table of hook names (a test holds the README to it)."""
+    lines = [
+        "| TransformerLens hook | location (`--locations`) | dst | layer in the warehouse | note |",
+        "|---|---|---|---|---|",
+    ]
+    for hook in HOOKS:
+        loc = LOCATIONS[hook.location]
+        name = f"`{hook.name.replace('{L}', 'L')}`" + (f" (L >= {hook.first_block})" if hook.first_block else "")
+        layer = "L" + (f" - {-hook.layer_shift}" if hook.layer_shift else "") if loc.has_layers else "none"
+        notes = [CONDITIONS[hook.requires].words] if hook.requires else []
+        if hook.qk:
+            notes.append("stored times the square root of the attention scaling")
+        lines.append(f"| {name} | `{hook.location}` | `{loc.dst}` | {layer} | {'; '.join(notes)} |")
+    return "\n".join(lines) + "\n"
 
 
 def _sql_int(value: int | None) -> str:
