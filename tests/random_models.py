@@ -23,7 +23,10 @@ TEXTS = tuple(
 )
 
 
-# Small configs (2 layers, d_model 64) for the families, in transformers keyword arguments
+# Small configs (2 layers, d_model 64) for the families, in transformers keyword arguments. Norm epsilons
+# are large (0.25, against mean squares near 1), so a dropped or changed epsilon fails by far more than
+# the parity tolerance rather than by 1e-5.
+NORM_EPS = 0.25
 SMALL_GPT2 = {
     "n_layer": 2,
     "n_embd": 64,
@@ -33,6 +36,7 @@ SMALL_GPT2 = {
     "tie_word_embeddings": False,
     "bos_token_id": 0,
     "eos_token_id": 0,
+    "layer_norm_epsilon": NORM_EPS,
 }
 
 SMALL_LLAMA = {
@@ -43,7 +47,7 @@ SMALL_LLAMA = {
     "num_key_value_heads": 2,
     "vocab_size": VOCAB,
     "max_position_embeddings": 1024,
-    "rms_norm_eps": 1e-5,
+    "rms_norm_eps": NORM_EPS,
     "tie_word_embeddings": False,
 }
 
@@ -55,6 +59,7 @@ SMALL_NEOX = {
     "vocab_size": VOCAB,
     "max_position_embeddings": 1024,
     "tie_word_embeddings": False,
+    "layer_norm_eps": NORM_EPS,
 }
 
 

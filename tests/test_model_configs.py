@@ -87,6 +87,15 @@ def test_an_unknown_field_is_refused_unless_off(model_type: str) -> None:
         read_config({**base, "qk_layernorm": off})
 
 
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_a_bidirectional_config_is_refused(model_type: str) -> None:
+    """transformers' causal mask attends both ways where a config says is_causal: false (masking_utils),
+    though the field is no config class's: refused, however off its value looks."""
+    with pytest.raises(UnsupportedConfig, match="is_causal = False"):
+        read_config({**small_config(model_type), "is_causal": False})
+    read_config({**small_config(model_type), "is_causal": True})
+
+
 def test_an_unsupported_model_type_names_the_supported_ones() -> None:
     with pytest.raises(ModelNotFound, match="model_type 'mamba' is not supported: supported families are .*llama"):
         read_config({"model_type": "mamba"})

@@ -9,6 +9,7 @@ GRADIENT_TOL x max|ref| (tests/parity.py), per prompt, location and layer.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class Case:
     first_length: int = LENGTHS[0]
     legacy_layout: bool = False  # config.json rewritten as transformers 4 wrote it (rope_theta, rope_scaling)
     gain_scale: dict[str, float] = field(default_factory=dict)  # parameters named ...<key>.weight, times value
+    absent: tuple[str, ...] = ()  # keys taken out of the saved config.json (transformers' class default applies)
 
 
 LONG = 530  # rotary scalings differ most at positions past the original context; test past 500
@@ -122,6 +124,19 @@ CASES: dict[str, Case] = {
     "olmo2-attention-bias-tied": Case(
         "Olmo2Config", {**_OLMO2, "attention_bias": True, "tie_word_embeddings": True}, gain_scale=_OLMO2_QK
     ),
+    # config.json without rms_norm_eps: OLMo 2's class default (1e-5) applies. Embeddings of 1e-3 make the
+    # post-block norms read values whose mean square is near the epsilon, so another epsilon shows
+    "olmo2-eps-absent-small-embedding": Case(
+        "Olmo2Config",
+        {k: v for k, v in _OLMO2.items() if k != "rms_norm_eps"},
+        gain_scale={**_OLMO2_QK, "embed_tokens": 1e-3},
+        absent=("rms_norm_eps",),
+    ),
+    # Llama's default rope never reads partial_rotary_factor: every channel of each head rotates
+    "llama-partial_rotary_factor-ignored": Case(
+        "LlamaConfig",
+        {**random_models.SMALL_LLAMA, "rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.5}},
+    ),
     "phi3": Case("Phi3Config", {**random_models.SMALL_LLAMA, "pad_token_id": 0, "eos_token_id": 0, "bos_token_id": 0}),
     "phi3-partial-rotary-window": Case(
         "Phi3Config",
@@ -169,6 +184,9 @@ def checkpoint(cache: dict, name: str, tmp_path_factory: pytest.TempPathFactory)
         path = random_models.save(hf, tmp_path_factory.mktemp(name))
         if case.legacy_layout:
             random_models.rewrite_rope_as_legacy(path)
+        if case.absent:
+            saved = json.loads((path / "config.json").read_text())
+            (path / "config.json").write_text(json.dumps({k: v for k, v in saved.items() if k not in case.absent}))
         cache[name] = (hf, path)
     return cache[name]
 
