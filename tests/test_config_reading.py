@@ -32,7 +32,7 @@ import torch
 from ingest import checkpoints
 from ingest.errors import ModelNotFound
 from ingest.families import FAMILIES, read_config
-from ingest.model import ACTIVATIONS, ModelConfig
+from ingest.model import ACTIVATIONS, HookedTransformer
 from ingest.rotary import rotate
 
 transformers = pytest.importorskip("transformers")
@@ -329,8 +329,8 @@ def saved_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: torch.zeros(t.shape) if t is embedding else t.detach() for name, t in state.items()}
 
 
-def ours(config: ModelConfig, model_hf: torch.nn.Module, raw: dict) -> dict:
-    built = checkpoints.build(raw, saved_state_dict(model_hf))
+def ours(built: HookedTransformer) -> dict:
+    config = built.config
     x = torch.linspace(-4, 4, 101)
     rope = None
     if config.rope is not None:
@@ -365,23 +365,30 @@ def _differ(a: object, b: object) -> bool:
     return a != b
 
 
+def _one_line_refusal(err: ModelNotFound, variant: Variant) -> None:
+    assert "\n" not in str(err), f"{variant.name}: {err}"
+
+
 def check(variant: Variant, tmp_path: Path) -> str | None:
     """None when our reading of the variant equals transformers'; else what differs."""
     model = transformers_model(variant.config, tmp_path)
     expected = theirs(model) if model is not None else None
-    try:
-        config, _ = read_config(variant.config)
-    except ModelNotFound as err:
-        assert "\n" not in str(err), str(err)
-        if expected is None or variant.may_refuse:
-            return None
-        return f"refused ({err}) but transformers runs it"
     if expected is None:
+        try:
+            read_config(variant.config)
+        except ModelNotFound as err:
+            _one_line_refusal(err, variant)
+            return None
         return "accepted, but transformers cannot run it"
     try:
-        got = ours(config, model, variant.config)
-    except (ModelNotFound, ValueError) as err:
+        # our reading, and our model built on transformers' tensors (names and shapes checked)
+        built = checkpoints.build(variant.config, saved_state_dict(model))
+    except ModelNotFound as err:
+        _one_line_refusal(err, variant)
+        return None if variant.may_refuse else f"refused ({err}) but transformers runs it"
+    except ValueError as err:
         return f"our model does not take transformers' tensors: {err}"
+    got = ours(built)
     diffs = [f"{k}: ours {got[k]!r} != transformers' {expected[k]!r}" for k in expected if _differ(got[k], expected[k])]
     return "; ".join(diffs) or None
 
