@@ -18,11 +18,12 @@ import duckdb
 import numpy as np
 import torch
 
-from queries.cache_analyses import CacheAnalyses, CacheConfig
+from queries.cache_analyses import CacheAnalyses
+from queries.cache_weights import CacheConfig
 from queries.streaming import QueryError
 from warehouse import db
 from warehouse.hook_names import GRAD_SUFFIX, HookRef, model_hooks
-from warehouse.registry import LOCATIONS, PassType
+from warehouse.registry import LOCATIONS, ModelShape, PassType
 
 # Short names TransformerLens accepts for a hook (its get_act_name conventions)
 _NAME_ALIASES = {
@@ -128,11 +129,12 @@ class StoredCache(CacheAnalyses):
         self._run_ids = sorted({r[1] for r in rows})
         self.model_id = rows[0][2]
         (shape,) = self._rows(
-            "SELECT n_layers, d_model, n_heads, n_kv_heads, d_head, d_mlp, vocab_size, norm, config FROM models"
+            "SELECT n_layers, d_model, n_heads, n_kv_heads, d_head, d_mlp, vocab_size, n_ctx, norm, config FROM models"
             " WHERE model_id = ?",
             [self.model_id],
         )
-        config = {**json.loads(shape[8] or "{}"), "n_layers": shape[0], "d_head": shape[4]}
+        self.model_shape = ModelShape(*shape[:8])
+        config = {**json.loads(shape[9] or "{}"), "n_layers": shape[0], "d_head": shape[4]}
         self.model_config = config
         self.cfg = CacheConfig(
             n_layers=shape[0],
@@ -142,7 +144,7 @@ class StoredCache(CacheAnalyses):
             d_head=shape[4],
             d_mlp=shape[5],
             d_vocab=shape[6],
-            normalization_type="LN" if shape[7] == "layernorm" else "RMS",
+            normalization_type="LN" if shape[8] == "layernorm" else "RMS",
             eps=float(config.get("norm_eps", 1e-5)),
         )
         position = "position" if "position" in self._columns("tokens") else "token"
@@ -213,6 +215,7 @@ class StoredCache(CacheAnalyses):
         self.device = torch.device(device)
         self.cache_dict = {k: v.to(self.device) for k, v in self.cache_dict.items()}
         self._weights = {k: v.to(self.device) for k, v in getattr(self, "_weights", {}).items()}
+        self.__dict__.pop("_unembed", None)  # rebuilt on the new device when next read
         return self
 
     def remove_batch_dim(self) -> StoredCache:
@@ -278,7 +281,7 @@ class StoredCache(CacheAnalyses):
             f" WHERE dst = ? AND {layer_sql} AND prompt_id IN ({marks}) AND {column} IS NOT NULL",
             [ref.dst, *params, *self.prompt_ids],
         ).to_arrow_table()
-        shape = [len(self.prompt_ids), *(self._size(d) for d in loc.shape)]
+        shape = [len(self.prompt_ids), *(self.model_shape.size(d, self.n_tokens) for d in loc.shape)]
         if arrow.num_rows == 0:
             raise MissingActivation(
                 f"{name} has no rows for these prompts: ingest them with --locations "
@@ -308,20 +311,6 @@ class StoredCache(CacheAnalyses):
             tensor = tensor.permute(0, 3, 1, 2).contiguous()
         tensor = tensor.to(self.device)
         return tensor if self.has_batch_dim else tensor[0]
-
-    def _size(self, dim: Any) -> int:
-        sizes = {
-            "sequence_tokens": self.n_tokens,
-            "attended_to_sequence_tokens": self.n_tokens,
-            "residual_stream_channels": self.cfg.d_model,
-            "attn_heads": self.cfg.n_heads,
-            "kv_heads": self.cfg.n_kv_heads,
-            "query_and_key_channels": self.cfg.d_head,
-            "value_channels": self.cfg.d_head,
-            "mlp_acts": self.cfg.d_mlp,
-            "singleton": 1,
-        }
-        return sizes[str(dim)]
 
 
 def open_cache(

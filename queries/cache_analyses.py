@@ -2,46 +2,23 @@
 their norm scaling, head and neuron results, and logit attributions, computed as TransformerLens 4.3
 computes them on a model loaded with its default LayerNorm folding (the final norm's gain folded into the
 unembedding; no weight centring), so `logit_attrs` gives the direct effects of the warehouse's views.
-
-The weights they need are read from the warehouse's `weights` table: W_O (attn.to_residual), W_out
-(mlp.to_residual), the output biases, the final norm's gain and the unembedding columns stored for the
-targets and distractors. A model with learned positions stores the embedding and position embedding
-summed: the stacks hold them as one component labelled 'embed+pos_embed'.
+The weights come from the warehouse (queries/cache_weights.py). A model with learned positions stores the
+embedding and position embedding summed: the stacks hold them as one component, 'embed+pos_embed'.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from warehouse.registry import WEIGHTS
-
-if TYPE_CHECKING:
-    import duckdb
+from queries.cache_weights import CacheWeights
 
 # A position, batch or neuron selection as TransformerLens takes one: None (all), an int (that one, axis
 # dropped), a (start, stop[, step]) tuple or slice, or a list / array / tensor of indices.
 SliceInput = int | tuple[int, ...] | slice | Sequence[int] | np.ndarray | torch.Tensor | None
-
-
-@dataclass(frozen=True)
-class CacheConfig:
-    """The model sizes the analyses read (TransformerLens' `model.cfg` names)."""
-
-    n_layers: int
-    d_model: int
-    n_heads: int
-    n_kv_heads: int
-    d_head: int
-    d_mlp: int
-    d_vocab: int
-    normalization_type: str  # 'LN' (mean removed) or 'RMS'
-    eps: float
-    attn_only: bool = False
 
 
 def take(x: torch.Tensor, sel: SliceInput, dim: int) -> torch.Tensor:
@@ -59,101 +36,14 @@ def take(x: torch.Tensor, sel: SliceInput, dim: int) -> torch.Tensor:
     return x.index_select(dim % x.ndim, torch.as_tensor(np.asarray(sel), device=x.device).long())
 
 
-class MissingWeight(LookupError):
-    """A weight an analysis needs is not in the warehouse: one line saying what to ingest."""
+class CacheAnalyses(CacheWeights):
+    """The analyses of a StoredCache (a mixin: it uses the cache's `__getitem__`, `has_batch_dim`,
+    `has_embed` and `model_config`, and the weights of CacheWeights)."""
 
-
-class CacheAnalyses:
-    """The analyses of a StoredCache (a mixin: it uses the cache's `__getitem__`, `cfg`, `has_batch_dim`,
-    `has_embed`, `model_id`, `model_config` and `_con`)."""
-
-    cfg: CacheConfig
     has_batch_dim: bool
     has_embed: bool
-    model_id: int
     model_config: dict[str, Any]
-    device: torch.device
-    cache_dict: dict[str, torch.Tensor]
-    _con: duckdb.DuckDBPyConnection
-
-    def __getitem__(self, key: Any) -> torch.Tensor:
-        raise NotImplementedError
-
-    # -- weights ---------------------------------------------------------------------------------------
-
-    def _weight(self, location: str, layer: int | None = None) -> torch.Tensor:
-        """A stored weight in the registry's layout ([head,] row[, col]), float32 on the cache's device."""
-        key = f"{location}@{layer}"
-        weights: dict[str, torch.Tensor] = self.__dict__.setdefault("_weights", {})
-        if key not in weights:
-            layer_sql, params = ("layer IS NULL", []) if layer is None else ("layer = ?", [layer])
-            rows = self._con.execute(
-                f"SELECT coalesce(head, 0) AS h, row_index AS r, coalesce(col_index, 0) AS c, value FROM weights"
-                f" WHERE model_id = ? AND location = ? AND {layer_sql}",
-                [self.model_id, location, *params],
-            ).fetchnumpy()
-            if len(rows["value"]) == 0:
-                raise MissingWeight(f"weight {location} (layer {layer}) is not stored for this model")
-            sizes = {"attn_heads": self.cfg.n_heads, "value_channels": self.cfg.d_head, "mlp_acts": self.cfg.d_mlp}
-            shape = [sizes.get(str(d), self.cfg.d_model) for d in WEIGHTS[location].shape]
-            values = np.zeros(shape, dtype=np.float32)
-            index = {3: (rows["h"], rows["r"], rows["c"]), 2: (rows["r"], rows["c"]), 1: (rows["r"],)}[len(shape)]
-            values[index] = rows["value"]
-            weights[key] = torch.from_numpy(values).to(self.device)
-        return weights[key]
-
-    @property
-    def W_U_columns(self) -> dict[int, torch.Tensor]:  # noqa: N802 - TransformerLens' name
-        """The stored unembedding columns, final norm gain folded in: token id -> [d_model]."""
-        if "_unembed" not in self.__dict__:
-            rows = self._con.execute(
-                "SELECT col_index, row_index, value FROM weights WHERE model_id = ? AND location = 'unembedding'",
-                [self.model_id],
-            ).fetchall()
-            columns: dict[int, np.ndarray] = {}
-            for token, channel, value in rows:
-                columns.setdefault(token, np.zeros(self.cfg.d_model, dtype=np.float32))[channel] = value
-            gain = self._weight("layer_norm_gain.final")
-            self.__dict__["_unembed"] = {t: torch.from_numpy(c).to(self.device) * gain for t, c in columns.items()}
-        return self.__dict__["_unembed"]
-
-    def to_single_token(self, text: str) -> int:
-        """The vocabulary id whose text is exactly `text` (from the warehouse's vocab table)."""
-        rows = self._con.execute(
-            "SELECT token_id FROM vocab WHERE model_id = ? AND text = ?", [self.model_id, text]
-        ).fetchall()
-        if len(rows) != 1:
-            raise ValueError(
-                f"{text!r} is {'no' if not rows else 'more than one'} single token of this model's vocabulary"
-            )
-        return int(rows[0][0])
-
-    def tokens_to_residual_directions(self, tokens: str | int | torch.Tensor) -> torch.Tensor:
-        """W_U[:, tokens] with the final norm's gain folded in: [d_model] for one token, else [*tokens.shape,
-        d_model]. Raises MissingWeight for a token whose column is not stored."""
-        if isinstance(tokens, str):
-            tokens = self.to_single_token(tokens)
-        ids = torch.as_tensor(tokens)
-        columns = self.W_U_columns
-        if missing := sorted({int(t) for t in ids.flatten().tolist()} - set(columns)):
-            raise MissingWeight(
-                f"token {missing[0]} has no unembedding column in this warehouse: ingest a prompt with it as "
-                "--target or --distractor, or ingest with --unembedding all"
-            )
-        if ids.numel() == 1:
-            return columns[int(ids.flatten()[0])]
-        return torch.stack([columns[int(t)] for t in ids.flatten().tolist()]).reshape(*ids.shape, self.cfg.d_model)
-
-    def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True) -> torch.Tensor:
-        """The output biases written to the residual before `layer`'s attention (its MLP with mlp_input): [d_model]."""
-        total = torch.zeros(self.cfg.d_model, device=self.device)
-        for block in range(layer):
-            total = total + self._weight("attn.residual_bias", block)
-            if include_mlp_biases:
-                total = total + self._weight("mlp.residual_bias", block)
-        if mlp_input:
-            total = total + self._weight("attn.residual_bias", layer)
-        return total
+    __getitem__: Any  # StoredCache's: a hook name or short key -> tensor
 
     # -- norm scaling ----------------------------------------------------------------------------------
 
