@@ -40,6 +40,7 @@ RELIABILITY = "tests/test_reliability.py"
 LAKE = "tests/test_lake.py"
 CONFIGS = "tests/test_model_configs.py"
 ROPE_LAYOUTS = f"{CONFIGS}::test_rope_settings_read_from_either_layout"
+CONFIG_READING = "tests/test_config_reading.py::test_our_reading_of_every_config_variant_is_transformers"
 CONVERT = "warehouse/convert.py"
 LAKE_ROW_GROUPS = f"{LAKE}::test_statistics_stay_true_when_a_batch_spans_several_row_groups"
 WORKERS = "tests/test_workers.py"
@@ -100,7 +101,16 @@ BATCH = "ingest/summary_batch.py"
 SUMMARY_TESTS = "tests/test_summaries.py"
 WORKER = "ingest/worker.py"
 PASSES = "ingest/passes.py"
-THETA = 'theta = float(params.get("rope_theta") or reader.get("rope_theta") or theta or DEFAULT_THETA)'
+ROTARY = "    rotary = rotary_class(config)\n"  # transformers' rotary embedding built from the parsed config
+HF_CONFIG = f"{FAMILIES}/hf_config.py"
+WRITTEN = "json.dumps(dict(config))"  # the config.json transformers parses
+
+
+def config_reading(*families: str) -> tuple[str, ...]:
+    """The config-reading sweep (tests/test_config_reading.py) for the named families."""
+    return tuple(f"{CONFIG_READING}[{family}]" for family in families)
+
+
 GPT2_WEIGHTS = '    return w\n\n\nFAMILY = Family("gpt2"'
 INTERRUPT = f"{RELIABILITY}::test_sigint_and_sigterm_mark_the_run_interrupted_and_resume"
 CLOSED_FORM = "test_closed_form_final_residual_grad_equals_stored_gradient"
@@ -114,8 +124,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "rope_theta_ignored",
         "the rotary embedding uses theta 10000 whatever the config says",
-        replace(ROPE, THETA, "theta = DEFAULT_THETA"),
-        (*parity("llama"), ROPE_LAYOUTS, *views("llama")),
+        replace(ROPE, ROTARY, '    config.rope_parameters["rope_theta"] = 10000.0\n' + ROTARY),
+        (*parity("llama"), *config_reading("llama"), *views("llama")),
     ),
     Mutation(
         "gpt2_biases_zeroed",
@@ -166,7 +176,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "GPT-2's unembedding taken from the embedding even when the head is untied",
         replace(
             GPT2,
-            'unembedding(reader, sd, embedding, "lm_head.weight", tied_by_default=True)',
+            'unembedding(reader, sd, embedding, "lm_head.weight")',
             'sd.drop("lm_head.weight") or embedding.T.contiguous()',
         ),
         (*parity("gpt2"), *views("gpt2")),
@@ -176,7 +186,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "Llama's unembedding taken from the embedding even when the head is untied",
         replace(
             LLAMA,
-            'unembedding(reader, sd, embedding, "lm_head.weight", layout.tied_by_default)',
+            'unembedding(reader, sd, embedding, "lm_head.weight")',
             'sd.drop("lm_head.weight") or embedding.T.contiguous()',
         ),
         (*parity("llama"), *views("llama")),
@@ -378,20 +388,79 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "rope_theta_top_level_only",
         "rope_theta read only from the top-level config key, not from rope_parameters (transformers 5's layout)",
-        replace(ROPE, THETA, 'theta = float(reader.get("rope_theta") or theta or DEFAULT_THETA)'),
+        replace(
+            HF_CONFIG,
+            WRITTEN,
+            'json.dumps({**config, "rope_parameters": {k: v for k, v in (config.get("rope_parameters") or {}).items()'
+            ' if k != "rope_theta"} or None})',
+        ),
         (*parity("llama", "llama-rope-llama3"), ROPE_LAYOUTS),
     ),
     Mutation(
         "rope_scaling_ignored",
         "a rope scaling (linear, llama3, yarn) read as the default rotary",
-        replace(ROPE, 'if kind == "default":\n        return rope', "return Rope(theta=theta, rotary_dim=rotary_dim)"),
-        (*parity("llama-rope-linear", "llama-rope-llama3", "llama-rope-yarn"), ROPE_LAYOUTS),
+        replace(
+            ROPE,
+            ROTARY,
+            ROTARY + "    rotary.inv_freq, rotary.attention_scaling = rotary.compute_default_rope_parameters(config)\n",
+        ),
+        (*parity("llama-rope-linear", "llama-rope-llama3", "llama-rope-yarn"), *config_reading("llama")),
     ),
     Mutation(
         "partial_rotary_ignored",
         "every channel of a head rotates, whatever partial_rotary_factor (GPT-NeoX's rotary_pct) says",
-        replace(ROPE, "rotary_dim = int(head_dim * float(partial))", "rotary_dim = head_dim"),
-        (*parity("gpt_neox"), f"{CONFIGS}::test_gpt_neox_reads_its_legacy_rotary_fields"),
+        replace(ROPE, ROTARY, '    config.rope_parameters["partial_rotary_factor"] = 1.0\n' + ROTARY),
+        (*parity("gpt_neox"), f"{CONFIGS}::test_gpt_neox_reads_its_legacy_rotary_fields", *config_reading("gpt_neox")),
+    ),
+    Mutation(
+        "partial_rotary_read_where_the_model_ignores_it",
+        "a Llama-style family rotates only partial_rotary_factor of each head, with frequencies for that part,"
+        " where transformers' model (whose default rope never reads the factor) rotates the whole head",
+        (
+            Edit(
+                ROPE,
+                'rotary_class = getattr(module, type(config).__name__.removesuffix("Config") + "RotaryEmbedding")',
+                'rotary_class = importlib.import_module("transformers.models.gpt_neox.modeling_gpt_neox")'
+                ".GPTNeoXRotaryEmbedding",
+            ),
+            Edit(LLAMA, "rope.read_rope(reader, d_head, leading_rotary)", "rope.read_rope(reader, d_head, True)"),
+        ),
+        (*parity("llama-partial_rotary_factor-ignored"), *config_reading("llama", "mistral", "olmo2")),
+    ),
+    Mutation(
+        "olmo2_eps_default_of_our_own",
+        "an OLMo 2 config.json without rms_norm_eps read with an epsilon of our own (1e-6), not its config"
+        " class's default (1e-5)",
+        replace(
+            HF_CONFIG,
+            WRITTEN,
+            'json.dumps({"rms_norm_eps": 1e-6, **config} if config.get("model_type") == "olmo2" else dict(config))',
+        ),
+        (*parity("olmo2-eps-absent-small-embedding"), *config_reading("olmo2")),
+    ),
+    Mutation(
+        "config_class_switch_ignored",
+        "a mistral config.json that transformers reads as another model_type (ministral, with layer_types) read"
+        " as mistral",
+        replace(HF_CONFIG, "if parsed.model_type != model_type:", "if False:"),
+        config_reading("mistral"),
+    ),
+    Mutation(
+        "is_causal_false_accepted",
+        "a config with is_causal: false (transformers' mask then attends both ways) accepted as causal",
+        replace(f"{FAMILIES}/fields.py", '    "is_causal": only(True),\n', ""),
+        (f"{CONFIGS}::test_a_bidirectional_config_is_refused",),
+    ),
+    Mutation(
+        "norm_eps_dropped",
+        "the norms before and after the blocks and the final norm divide by the root mean square without the"
+        " config's epsilon",
+        replace(
+            MODEL,
+            "scale = torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + self.config.norm_eps)",
+            "scale = torch.sqrt(centred.pow(2).mean(-1, keepdim=True))",
+        ),
+        parity("gpt2", "llama", "gpt_neox"),
     ),
     Mutation(
         "parallel_residual_ignored",
