@@ -36,8 +36,9 @@ def test_the_installed_wheel_ingests_and_answers(tmp_path: Path) -> None:
     # the default model first, as the README's first command runs it: it works, or its one line of error
     # is the command that makes it work
     warehouse = tmp_path / "w"
-    _ingest_or_one_fix(actwh, ["--db", warehouse, "--prompt", "The capital of France is", "--quiet"], tmp_path)
-    _ingest_or_one_fix(actwh, ["--db", warehouse, "--model", "gpt2-tiny", "--prompt", "Hello", "--quiet"], tmp_path)
+    prompt = ["--prompt", "The capital of France is", "--quiet"]
+    _ingest_or_one_fix(actwh, ["--db", warehouse, *prompt], tmp_path)
+    _ingest_or_one_fix(actwh, ["--db", warehouse, "--model", "gpt2-tiny", *prompt], tmp_path)
     answer = _run(actwh, "sql", "--db", warehouse, "--format", "csv", "SELECT count(*) FROM prompts", cwd=tmp_path)
     assert answer.returncode == 0 and answer.stdout.splitlines()[-1] == "2", answer.stdout + answer.stderr
     views = _run(actwh, "sql", "--db", warehouse, "SELECT count(*) FROM mlp_act_times_grad", cwd=tmp_path)
