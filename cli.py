@@ -12,12 +12,13 @@ from typing import Any
 import click
 
 from commands import describing, ingesting, maintenance, reading
-from ingest.errors import CaptureError, DeviceError, ModelNotFound, SAEError, TokenError
-from warehouse import db
+from ingest.errors import CaptureError, DeviceError, ModelNotFound, PromptFileError, SAEError, TokenError
+from warehouse import db, interrupts
 
 USER_ERRORS = (
     db.WarehouseError,
     ModelNotFound,
+    PromptFileError,
     CaptureError,
     SAEError,
     TokenError,
@@ -32,7 +33,17 @@ class ActwhGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with interrupts.raised():
+                try:
+                    return super().invoke(ctx)
+                except (SystemExit, click.exceptions.Exit):
+                    raise
+                except BaseException as exc:  # Ctrl-C, SIGTERM, or a library's error for one (interrupts.py)
+                    why = interrupts.reason(exc)
+                    if why is None:
+                        raise
+                    click.echo(_interrupted(ctx, why), err=True)
+                    sys.exit(130)
         except USER_ERRORS as exc:
             click.echo(f"error: {_one_line(exc)}", err=True)
             sys.exit(2)
@@ -42,10 +53,6 @@ class ActwhGroup(click.Group):
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
             click.echo(f"error: {_one_line_text(exc.format_message())}{hint}", err=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt as exc:
-            why = f" ({exc})" if str(exc) else ""
-            click.echo(f"error: interrupted{why}: committed work is kept; rerun the same command to resume", err=True)
-            sys.exit(130)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 click.echo(
@@ -55,6 +62,14 @@ class ActwhGroup(click.Group):
                 )
                 sys.exit(2)
             raise
+
+
+def _interrupted(ctx: click.Context, why: str) -> str:
+    """The one line for a stopped command; an ingest's says how it resumes."""
+    line = "error: interrupted" + ("" if why == interrupts.CTRL_C else f" ({why})")
+    if ctx.invoked_subcommand == ingesting.ingest_command.name:
+        line += ": committed work is kept; rerun the same command to resume"
+    return line
 
 
 def _one_line(exc: BaseException) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,10 +25,10 @@ def _split(values: tuple[str, ...]) -> list[str]:
 def _prompt_sources(
     prompts: tuple[str, ...], prompts_file: Path | None, target: str | None, distractor: str | None
 ) -> Iterator[PromptInput | Skipped]:
-    for text in prompts:
-        yield PromptInput(text, target, distractor)
-    if prompts_file is not None:
-        yield from read_prompt_file(prompts_file, target, distractor)
+    """The command's prompts, then the file's lines, streamed; a file that is not text at all is refused
+    now, before anything runs."""
+    lines = read_prompt_file(prompts_file, target, distractor) if prompts_file is not None else iter(())
+    return itertools.chain((PromptInput(text, target, distractor) for text in prompts), lines)
 
 
 @click.command("ingest")

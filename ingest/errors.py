@@ -25,3 +25,8 @@ class DeviceError(ValueError):
 
 class SAEError(ValueError):
     """A sparse autoencoder that cannot be loaded or spliced in; the message names the field and value."""
+
+
+class PromptFileError(ValueError):
+    """A prompt file that cannot be read as text at all (one bad line is skipped instead); the message says
+    how to convert it."""

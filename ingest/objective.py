@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ingest.errors import TokenError
+from ingest.prompts import text_problem
 from ingest.tokenizers import encode
 
 LOGIT_DIFF = "logit_diff"
@@ -19,7 +20,11 @@ NEXT_TOKEN_CE = "next_token_ce"
 
 
 def single_token(tokenizer: tiktoken.Encoding, text: str, role: str, special_tokens: bool = True) -> int:
-    """The one token `text` is (never with a BOS); TokenError showing how it splits otherwise."""
+    """The one token `text` is (never with a BOS); TokenError showing how it splits otherwise, or saying
+    what in it is not text."""
+    problem = text_problem(text)
+    if problem is not None:
+        raise TokenError(f"{role} {text!r}: {problem}: give UTF-8 text")
     ids = encode(tokenizer, text, special_tokens)
     if len(ids) != 1:
         pieces = [tokenizer.decode([i]) for i in ids]

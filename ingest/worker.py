@@ -12,14 +12,12 @@ import hashlib
 import json
 import pickle
 import re
-import signal
 import threading
 import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -44,11 +42,12 @@ from ingest.passes import (
     to_batch,
     too_big_reason,
 )
-from ingest.prompts import PromptInput, Skipped
+from ingest.prompts import PromptInput, Skipped, text_problem
 from ingest.sae.load import load_saes
 from ingest.sae.record import record_saes
 from ingest.summaries import BatchSummary, SummaryState
 from ingest.tokenizers import Tokenization
+from warehouse import interrupts
 from warehouse.writer import LakeWriter
 
 
@@ -91,10 +90,6 @@ class IngestReport:
     conflicts_retried: int = 0  # commits lost to another writer and run again (warehouse/concurrency.py)
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so the run is recorded as interrupted before the process exits."""
-
-
 def open_model(name: str) -> LoadedModel:
     """load_model, with the ways a checkpoint file can be unreadable turned into one ModelNotFound line."""
     with warnings.catch_warnings(record=True) as caught:
@@ -104,6 +99,8 @@ def open_model(name: str) -> LoadedModel:
         except ModelNotFound:
             raise
         except (OSError, ValueError, RuntimeError, KeyError, SafetensorError, pickle.UnpicklingError) as exc:
+            if interrupts.reason(exc) is not None:  # Ctrl-C inside the loader: not an unreadable file
+                raise
             # The first sentence only: loaders' later advice (e.g. torch's "weights_only=False") is not ours.
             detail = re.split(r"(?<=\.) ", str(exc).strip().splitlines()[0] if str(exc).strip() else "")[0]
             raise ModelNotFound(
@@ -174,6 +171,9 @@ def prepare(
     specials = tokenization.special_tokens
     if not source.text:
         raise ValueError("empty prompt")
+    problem = text_problem(source.text)
+    if problem is not None:
+        raise ValueError(f"prompt text: {problem}: give UTF-8 text")
     ids = tokenization.prompt_ids(tok, source.text)
     n_ctx = loaded.model.config.n_ctx
     if len(ids) > n_ctx:
@@ -194,23 +194,6 @@ def prepare(
     if backward and target_id is None and len(ids) < 2:
         raise ValueError("a one-token prompt has no next token to predict: give it a target or use --no-backward")
     return Prepared(source, ids, target_id, distractor_id, prompt_key(loaded.checkpoint_hash, source, settings))
-
-
-@contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """Make SIGTERM stop the ingest like Ctrl-C, so the run is marked interrupted (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise Interrupted("stopped by SIGTERM")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def ingest(
@@ -236,30 +219,33 @@ def ingest(
         [spec.labels(), sorted(spec.layers or []), options.backward, options.truncate, *tokenization.settings()]
         + [sae.sha256 for sae in spec.saes]
     )
-    with LakeWriter(db_path, wait=options.wait, data_path=options.data_path) as writer, sigterm_interrupts():
+    # Signals raised from here on (the command line raises them from its start) are recognised whatever
+    # library they land in (warehouse/interrupts.py), so the run is recorded as interrupted.
+    with interrupts.raised(), LakeWriter(db_path, wait=options.wait, data_path=options.data_path) as writer:
         weights = factor_weights(loaded)
         unembedding_all = options.unembedding == "all"
         model_id = register_model(writer, loaded, weights, unembedding_all)
         record_saes(writer, model_id, spec.saes, loaded.model)
         known_tokens = writer.known_tokens(model_id)
         layernorm = loaded.model.config.norm == "layernorm"
-        run_id = writer.start_run(
-            model_id=model_id,
-            objective="pending",
-            locations=spec.labels(),
-            layers=sorted(spec.layers) if spec.layers else None,
-            software_version=software_version(),
-            device=str(device),
-            dtype="float32",
-            precision=options.precision,
-            prepend_bos=tokenization.bos_id is not None,
-            special_tokens="special" if tokenization.special_tokens else "text",
-        )
-        report = IngestReport(run_id, model_id)
+        run_fields = {
+            "model_id": model_id,
+            "objective": "pending",
+            "locations": spec.labels(),
+            "layers": sorted(spec.layers) if spec.layers else None,
+            "software_version": software_version(),
+            "device": str(device),
+            "dtype": "float32",
+            "precision": options.precision,
+            "prepend_bos": tokenization.bos_id is not None,
+            "special_tokens": "special" if tokenization.special_tokens else "text",
+        }
+        run_id: int | None = None  # None until the run is in the catalog: then this process must finish it
+        report = IngestReport(-1, model_id)
         config = loaded.model.config
         budget = options.max_memory if options.max_memory is not None else memory.available_bytes()
-        committed = set() if options.force else writer.committed_keys(model_id)
-        next_prompt_id = writer.next_id("prompts", "prompt_id")
+        committed: set[str] = set()
+        next_prompt_id = 0
         kinds: set[str] = set()
         summary_state = SummaryState(options.precision == "bfloat16") if options.summaries else None
 
@@ -308,56 +294,62 @@ def ingest(
         status, message = "failed", None
         pending: deque[Future[float]] = deque()
         halted = threading.Event()
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actwh-writer")
         try:
-            with (
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix="actwh-writer") as pool,
-                _progress(options.progress) as bar,
-            ):
-                try:
-                    for items in batches(prepared(), options.batch_size, fits):
-                        for captured in run_splitting(items, attempt, give_up):
-                            if options.backward:
-                                kinds.add(captured.items[0].kind)
-                            new_tokens = {
-                                i for p in captured.items for i in (p.target_id, p.distractor_id) if i is not None
-                            } - known_tokens
-                            known_tokens |= new_tokens
-                            captured.model_rows = token_rows(weights, new_tokens, layernorm, not unembedding_all)
-                            while len(pending) >= 2:
-                                report.write_seconds += pending.popleft().result()
-                            batch_future = pool.submit(
-                                _write,
-                                writer,
-                                captured,
-                                run_id,
-                                model_id,
-                                loaded,
-                                spec,
-                                report,
-                                halted,
-                                options.precision == "bfloat16",
-                                not options.force,
-                            )
-                            pending.append(batch_future)
-                            bar.update(len(captured.items))
-                    while pending:
-                        report.write_seconds += pending.popleft().result()
-                except BaseException:
-                    halted.set()  # stop now: batches still queued are not committed (a rerun stores them)
-                    raise
+            with interrupts.deferred():  # a Ctrl-C while it commits lands once run_id is known
+                run_id = report.run_id = writer.start_run(**run_fields)
+            if not options.force:
+                committed = writer.committed_keys(model_id)
+            next_prompt_id = writer.next_id("prompts", "prompt_id")
+            with _progress(options.progress) as bar:
+                for items in batches(prepared(), options.batch_size, fits):
+                    for captured in run_splitting(items, attempt, give_up):
+                        if options.backward:
+                            kinds.add(captured.items[0].kind)
+                        new_tokens = {
+                            i for p in captured.items for i in (p.target_id, p.distractor_id) if i is not None
+                        } - known_tokens
+                        known_tokens |= new_tokens
+                        captured.model_rows = token_rows(weights, new_tokens, layernorm, not unembedding_all)
+                        while len(pending) >= 2:
+                            report.write_seconds += pending.popleft().result()
+                        batch_future = pool.submit(
+                            _write,
+                            writer,
+                            captured,
+                            run_id,
+                            model_id,
+                            loaded,
+                            spec,
+                            report,
+                            halted,
+                            options.precision == "bfloat16",
+                            not options.force,
+                        )
+                        pending.append(batch_future)
+                        bar.update(len(captured.items))
+                while pending:
+                    report.write_seconds += pending.popleft().result()
             status = "completed"
-        except KeyboardInterrupt as exc:
-            status, message = "interrupted", str(exc) or "stopped by the user (Ctrl-C)"
-            raise
         except BaseException as exc:
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            halted.set()  # stop now: batches still queued are not committed (a rerun stores them)
+            why = interrupts.reason(exc)
+            if why is not None:
+                status, message = "interrupted", why
+                if not isinstance(exc, KeyboardInterrupt):  # a library's wrapping of it (DuckDB, Numba)
+                    raise interrupts.Interrupted(why) from exc
+            else:
+                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise
         finally:
-            for fut in pending:
-                fut.cancel()
-            last = summary_state.final() if summary_state is not None else None
-            _finish(writer, run_id, status, report, message, ",".join(sorted(kinds)) or "none", last)
-            report.conflicts_retried = writer.conflicts_retried
+            # Not cut short by a second Ctrl-C: the writer thread must be done with the connection before
+            # the run's status is written on it, and the status must be written.
+            with interrupts.deferred():
+                pool.shutdown(wait=True, cancel_futures=True)
+                if run_id is not None:
+                    last = summary_state.final() if summary_state is not None else None
+                    _finish(writer, run_id, status, report, message, ",".join(sorted(kinds)) or "none", last)
+                report.conflicts_retried = writer.conflicts_retried
     report.seconds = time.perf_counter() - start
     return report
 

@@ -238,6 +238,67 @@ def test_jsonl_target_not_one_token_skips_that_line(tmp_path: Path) -> None:
     assert_skipped(result, {2: "target ' Rome city' is 2 tokens [' Rome', ' city']"}, stored=1)
 
 
+def test_lines_that_are_not_text_are_skipped_and_the_others_stored(tmp_path: Path) -> None:
+    """Bytes that are not UTF-8 on one line, JSON fields that are not text, a field the format does not
+    have: each such line is skipped with its number and the reason, the lines before and after it stored.
+    A byte-order mark (at the file's start, or where files were joined) and Windows line ends are not part
+    of a prompt; a --prompt holding bytes that are not UTF-8 is skipped like a bad line."""
+    lines = [
+        "\ufeffThe cat sat\r\n".encode(),
+        b"\xff\xfe bad line\r\n",
+        b"The dog ran\n",
+        b'{"prompt": "A bird \\ud83d flew"}\n',
+        b'{"prompt": "A fish swam", "target": 5}\n',
+        b'{"prompt": "A cow grazed", "label": 1}\n',
+        "Caf\xe9 au lait\n".encode("latin-1"),
+        b'{"prompt": "Na\\u00efve \\u00e9t\\u00e9"}\n',
+        '\ufeff{"prompt": "A joined file"}'.encode(),
+    ]
+    prompts = tmp_path / "p.txt"
+    prompts.write_bytes(b"".join(lines))
+    path = tmp_path / "w"
+    result = tiny(path, "--no-backward", "--prompt", "Bad \udcff arg", "--prompts", prompts)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.splitlines() == [
+        "warning: skipped 'Bad \\udcff arg': prompt text: not UTF-8 (byte 0xff at character 5): give UTF-8 text",
+        "warning: skipped line 2: not UTF-8 (byte 0xff at character 1): save the file as UTF-8",
+        "warning: skipped line 4: field 'prompt': a lone surrogate U+D83D at character 8, half of a character: "
+        "escape whole characters",
+        "warning: skipped line 5: field 'target' is int, not a string",
+        "warning: skipped line 6: unknown field 'label': a JSON line takes prompt, target, distractor",
+        "warning: skipped line 7: not UTF-8 (byte 0xe9 at character 4): save the file as UTF-8",
+    ]
+    assert "stored 4 prompts" in result.stdout and "6 skipped" in result.stdout
+    assert prompt_texts(path) == ["The cat sat", "The dog ran", "Na\xefve \xe9t\xe9", "A joined file"]
+    con = db.connect(path, read_only=True)
+    status, skipped = con.execute("SELECT status, skipped FROM runs").fetchall()[0]
+    con.close()
+    assert status == "completed"
+    assert [(s["line"], s["prompt"][:6]) for s in json.loads(skipped)] == [
+        (None, "Bad \\u"),
+        (2, "\\udcff"),
+        (4, '{"prom'),
+        (5, '{"prom'),
+        (6, '{"prom'),
+        (7, "Caf\\ud"),
+    ]
+
+
+def test_a_prompt_file_saved_as_utf16_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("The cat sat\nThe dog ran\n", encoding="utf-16")
+    line = assert_one_line_error(tiny(tmp_path / "w", "--prompts", prompts), "is UTF-16 text", "iconv -f UTF-16")
+    assert str(prompts) in line
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_target_that_is_not_text_is_refused_in_one_line(tmp_path: Path) -> None:
+    result = tiny(tmp_path / "w", "--prompt", "The capital of France is", "--target", " Par\udce9s")
+    assert_one_line_error(result, "--target ' Par\\udce9s': not UTF-8 (byte 0xe9 at character 5)")
+    assert not (tmp_path / "w").exists()
+
+
 def test_prompt_longer_than_context_is_skipped_and_the_others_stored(tmp_path: Path) -> None:
     prompts = tmp_path / "p.txt"
     prompts.write_text(f"The cat sat\n{LONG_PROMPT}\nThe dog ran\n")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import duckdb
 
-from warehouse import concurrency, hook_names, lake, registry
+from warehouse import concurrency, hook_names, interrupts, lake, registry
 
 PACKAGE = Path(__file__).resolve().parent
 ROOT = PACKAGE.parent
@@ -154,6 +154,7 @@ def connect(
         _attach(con, config, read_only)
         if read_only:
             check_version(con, path)
+            interrupts.cancel_on_interrupt(con)
         else:
             concurrency.retry_conflicts(lambda: ensure_schema(con, path))
     except duckdb.Error as exc:

@@ -27,7 +27,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from warehouse import concurrency, db, summaries
+from warehouse import concurrency, db, interrupts, summaries
 from warehouse.facts import FACT_SCHEMA
 
 LOCK_FILE = "ingest.lock"
@@ -164,6 +164,10 @@ class LakeWriter:
         return self.con
 
     def close(self) -> None:
+        with interrupts.deferred():  # a lock left held would block this process's next ingest
+            self._close()
+
+    def _close(self) -> None:
         if self.con is not None:
             self.con.close()
             self.con = None
@@ -200,8 +204,9 @@ class LakeWriter:
                 yield con
                 con.execute("COMMIT")
             except BaseException:
-                # A failed COMMIT has already ended the transaction: its error is the one to report.
-                with suppress(duckdb.Error):
+                # A failed COMMIT has already ended the transaction: its error is the one to report. Not cut
+                # short by Ctrl-C: the connection must come out of the transaction to record the run's end.
+                with interrupts.deferred(), suppress(duckdb.Error):
                     con.execute("ROLLBACK")
                 raise
 
@@ -286,7 +291,11 @@ class LakeWriter:
         objective: str,
         last_summaries: summaries.SummaryFlush | None = None,
     ) -> None:
-        """Record how the run ended, with the flush of its running summaries (`last_summaries`)."""
+        """Record how the run ended, with the flush of its running summaries (`last_summaries`). Call it
+        once nothing else uses the writer: a transaction left open (an interrupt that landed between its
+        BEGIN and the block that rolls it back) is rolled back first, so that the run's end is recorded."""
+        with suppress(duckdb.TransactionException):  # none open: the usual case
+            self._con.execute("ROLLBACK")
 
         def update() -> None:
             with self.transaction() as con:
