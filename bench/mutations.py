@@ -439,13 +439,6 @@ MUTATIONS: tuple[Mutation, ...] = (
         (*parity("olmo2-eps-absent-small-embedding"), *config_reading("olmo2")),
     ),
     Mutation(
-        "config_class_switch_ignored",
-        "a mistral config.json that transformers reads as another model_type (ministral, with layer_types) read"
-        " as mistral",
-        replace(HF_CONFIG, "if parsed.model_type != model_type:", "if False:"),
-        config_reading("mistral"),
-    ),
-    Mutation(
         "is_causal_false_accepted",
         "a config with is_causal: false (transformers' mask then attends both ways) accepted as causal",
         replace(f"{FAMILIES}/fields.py", '    "is_causal": only(True),\n', ""),
