@@ -48,6 +48,11 @@ _NOT_STORED = {
 }
 
 
+# A cache holding at most this many values is read in one query when iterated whole (about 50 bytes a
+# value while read: 400 MB); larger ones key by key.
+BULK_VALUES = 8_000_000
+
+
 class MissingActivation(KeyError):
     """A hook name this cache cannot give: one line saying why and what to ingest."""
 
@@ -204,11 +209,23 @@ class StoredCache(CacheAnalyses):
         return self._refs.keys()
 
     def values(self) -> Iterator[torch.Tensor]:
-        """The tensors in key order, each loaded as the iteration reaches it."""
+        """The tensors in key order. A cache of at most BULK_VALUES values is read whole in one query
+        first; a larger one key by key as the iteration reaches each, so memory holds what was read."""
+        if self._n_values() <= BULK_VALUES:
+            self._load_all()
         return (self[name] for name in self._refs)
 
     def items(self) -> Iterator[tuple[str, torch.Tensor]]:
-        return ((name, self[name]) for name in self._refs)
+        """(name, tensor) in key order, read as `values()` reads them."""
+        return zip(self._refs, self.values(), strict=True)
+
+    def _n_values(self) -> int:
+        """How many values the keys hold (attention pairs counted as a full square)."""
+        return sum(
+            len(self.prompt_ids)
+            * int(np.prod([self.model_shape.size(d, self.n_tokens) for d in LOCATIONS[r.location].shape]))
+            for r in self._refs.values()
+        )
 
     def to(self, device: str | torch.device) -> StoredCache:
         """Move the loaded tensors, and those loaded later, to `device`; returns the cache."""
@@ -271,28 +288,68 @@ class StoredCache(CacheAnalyses):
         return f"{name} is not a TransformerLens hook of this model that actwh stores (see keys() or tl_hooks)"
 
     def _read(self, name: str, ref: HookRef) -> torch.Tensor:
-        """Rebuild one hook's tensor from its rows, in TransformerLens' layout."""
-        loc = LOCATIONS[ref.location]
-        column = "forward" if ref.pass_type is PassType.FORWARD else "backward"
+        """Read one hook's rows (its dst and layer only) and rebuild its tensor."""
+        return self._build(name, ref, self._fetch([ref]))
+
+    def _load_all(self) -> None:
+        """Read every key's rows in one query (both passes of a row at once) and rebuild each tensor."""
+        wanted = {n: r for n, r in self._refs.items() if n not in self.cache_dict}
+        if not wanted:
+            return
+        groups = list(dict.fromkeys((r.dst, r.layer) for r in wanted.values()))
+        rows = self._fetch(list(wanted.values()), groups)
+        order = np.argsort(rows["grp"], kind="stable")
+        bounds = np.searchsorted(rows["grp"][order], np.arange(len(groups) + 1))
+        for name, ref in wanted.items():
+            i = groups.index((ref.dst, ref.layer))
+            part = order[bounds[i] : bounds[i + 1]]
+            self.cache_dict[name] = self._build(name, ref, {k: v[part] for k, v in rows.items()})
+
+    def _fetch(self, refs: list[HookRef], groups: list[tuple[str, int | None]] | None = None) -> dict[str, np.ndarray]:
+        """The rows of these prompts for the refs' dsts (and layer, for one ref), as numpy columns; `group`
+        `grp` numbers each row's (dst, layer) in `groups`' order (0 for one ref; -1 for rows of
+        a layer not asked for)."""
         marks = ", ".join("?" * len(self.prompt_ids))
-        layer_sql, params = ("layer IS NULL", []) if ref.layer is None else ("layer = ?", [ref.layer])
-        arrow = self._con.execute(
-            f"SELECT prompt_id, token, token2, head, node_index, {column} AS value FROM facts"
-            f" WHERE dst = ? AND {layer_sql} AND prompt_id IN ({marks}) AND {column} IS NOT NULL",
-            [ref.dst, *params, *self.prompt_ids],
-        ).to_arrow_table()
+        if groups is None:
+            ref = refs[0]
+            where, params = ("dst = ? AND layer IS NULL", [ref.dst]) if ref.layer is None else (
+                "dst = ? AND layer = ?", [ref.dst, ref.layer])  # fmt: skip
+            group = "0"
+        else:
+            dsts = sorted({dst for dst, _ in groups})
+            where, params = f"dst IN ({', '.join('?' * len(dsts))})", dsts
+            cases = " ".join(
+                f"WHEN dst = ? AND layer {'IS NULL' if layer is None else '= ?'} THEN {i}"
+                for i, (_, layer) in enumerate(groups)
+            )
+            params = [*(v for dst, layer in groups for v in (dst, *([] if layer is None else [layer]))), *params]
+            group = f"CASE {cases} ELSE -1 END"
+        rows = self._con.execute(
+            f"SELECT {group} AS grp, prompt_id, token, coalesce(token2, -1) AS token2, coalesce(head, -1) AS head,"
+            " node_index, coalesce(forward, 'NaN'::FLOAT) AS forward, forward IS NOT NULL AS has_forward,"
+            " coalesce(backward, 'NaN'::FLOAT) AS backward, backward IS NOT NULL AS has_backward"
+            f" FROM facts WHERE {where} AND prompt_id IN ({marks})",
+            [*params, *self.prompt_ids],
+        ).fetchnumpy()
+        return {k: np.asarray(v) for k, v in rows.items()}
+
+    def _build(self, name: str, ref: HookRef, rows: dict[str, np.ndarray]) -> torch.Tensor:
+        """One hook's tensor, in TransformerLens' layout, from its dst and layer's rows."""
+        loc = LOCATIONS[ref.location]
+        column = ref.pass_type.value
+        present = rows[f"has_{column}"]
+        rows = {k: v[present] for k, v in rows.items()}
         shape = [len(self.prompt_ids), *(self.model_shape.size(d, self.n_tokens) for d in loc.shape)]
-        if arrow.num_rows == 0:
+        n_rows = len(rows[column])
+        if n_rows == 0:
             raise MissingActivation(
-                f"{name} has no rows for these prompts: ingest them with --locations "
-                f"{ref.location}:{ref.pass_type.value}"
+                f"{name} has no rows for these prompts: ingest them with --locations {ref.location}:{column}"
             )
         dense = loc.n_token_axes == 1
-        if dense and arrow.num_rows != int(np.prod(shape)):
-            raise MissingActivation(f"{name}: {arrow.num_rows} of {int(np.prod(shape))} values are stored")
+        if dense and n_rows != int(np.prod(shape)):
+            raise MissingActivation(f"{name}: {n_rows} of {int(np.prod(shape))} values are stored")
         order = np.argsort(self.prompt_ids)
-        batch = order[np.searchsorted(np.asarray(self.prompt_ids)[order], arrow["prompt_id"].to_numpy())]
-        index = [batch]
+        index = [order[np.searchsorted(np.asarray(self.prompt_ids)[order], rows["prompt_id"])]]
         token_columns = iter(("token", "token2"))
         for axis, dim in enumerate(loc.shape):
             if dim.is_token:
@@ -301,11 +358,11 @@ class StoredCache(CacheAnalyses):
                 column_name = "node_index"
             else:
                 column_name = "head"
-            index.append(arrow[column_name].to_numpy().astype(np.int64))
+            index.append(rows[column_name].astype(np.int64))
         # masked attention scores are -inf in TransformerLens, masked probabilities and gradients 0
         fill = -np.inf if ref.location == "attn.qk_logits" and ref.pass_type is PassType.FORWARD else 0.0
         values = np.full(shape, fill, dtype=np.float32)
-        values[tuple(index)] = arrow["value"].to_numpy().astype(np.float32) * np.float32(ref.scale)
+        values[tuple(index)] = rows[column].astype(np.float32) * np.float32(ref.scale)
         tensor = torch.from_numpy(values)
         if not dense:  # [batch, query, key, head] -> [batch, head, query, key]
             tensor = tensor.permute(0, 3, 1, 2).contiguous()

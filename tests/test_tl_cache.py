@@ -168,6 +168,24 @@ def test_keys_load_lazily(stored: Stored) -> None:
         assert list(cache.cache_dict) == ["blocks.1.attn.hook_pattern"]
 
 
+def test_reading_whole_equals_reading_key_by_key(stored: Stored, monkeypatch: pytest.MonkeyPatch) -> None:
+    """items() reads a small cache in one query; a large one (here: any, BULK_VALUES 0) key by key."""
+    import queries.cache
+
+    ids = stored.full[:2]
+    with stored.wh.cache(ids) as whole:
+        read_whole = dict(whole.items())
+    monkeypatch.setattr(queries.cache, "BULK_VALUES", 0)
+    with stored.wh.cache(ids) as by_key:
+        items = by_key.items()
+        first = next(items)
+        assert list(by_key.cache_dict) == [first[0]]  # nothing read ahead of the iteration
+        read_by_key = dict([first, *items])
+    assert list(read_whole) == list(read_by_key)
+    for name, tensor in read_whole.items():
+        assert torch.equal(tensor, read_by_key[name]), name
+
+
 def _analyses(cache: Any, n: int, targets: list[int], distractors: list[int]) -> dict[str, Any]:
     pair = torch.tensor(targets), torch.tensor(distractors)
     return {
