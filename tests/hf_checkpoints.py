@@ -8,7 +8,6 @@ embedding and query/key weights are large enough that attention is far from unif
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,11 +88,6 @@ def llama_checkpoint(path: Path, seed: int = 2) -> Checkpoint:
     model = transformers.LlamaForCausalLM(cfg).eval()
     randomise(model, seed)
     model.save_pretrained(path)
-    # transformers 5 writes theta inside rope_parameters; actwh reads the top-level key older versions
-    # wrote (issue 10 adds the new layout). Both carry the same value.
-    config = json.loads((path / "config.json").read_text())
-    config["rope_theta"] = config["rope_parameters"]["rope_theta"]
-    (path / "config.json").write_text(json.dumps(config, indent=2))
     tokenizer.save(str(path / "tokenizer.json"))
     return Checkpoint(path, model)
 
