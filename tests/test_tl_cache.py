@@ -22,6 +22,7 @@ from ingest.worker import IngestOptions, ingest
 from queries.api import Warehouse
 from queries.streaming import QueryError
 from tests.hf_checkpoints import Checkpoint, gpt2_checkpoint, llama_checkpoint
+from warehouse.hook_names import model_hooks
 from warehouse.registry import PRE_NORM_LOCATIONS
 
 torch = pytest.importorskip("torch")
@@ -315,7 +316,14 @@ def test_prompts_of_different_lengths_or_unknown_ids_are_refused(stored: Stored)
 def test_tl_hooks_and_activations_by_hook_match_the_cache(stored: Stored) -> None:
     prompt_id = stored.full[2]
     with stored.wh.session() as wh, wh.cache(prompt_id) as cache:
-        names = {r[0] for r in wh.sql("SELECT hook_name FROM tl_hooks", output="rows")}
+        view = wh.sql("SELECT hook_name, dst, layer, pass_type, scale FROM tl_hooks", output="rows")
+        names = {r[0] for r in view}
+        # the SQL view and the Python table are generated from one list: they agree name by name
+        python = model_hooks(cache.model_config)
+        assert {r[0]: (r[1], r[2], r[3]) for r in view} == {
+            n: (h.dst, h.layer, h.pass_type.value) for n, h in python.items()
+        }
+        assert max(abs(r[4] - python[r[0]].scale) for r in view) < 1e-6
         assert set(cache.keys()) <= names
         for name in ("blocks.1.attn.hook_rot_q" if stored.name == "llama" else "blocks.1.attn.hook_q",
                      "blocks.1.hook_resid_pre", "blocks.0.attn.hook_pattern_grad"):  # fmt: skip
