@@ -62,7 +62,7 @@ def test_views_bench_agrees_with_torch(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_first_use_bench(tmp_path: Path) -> None:
+def test_first_use_bench() -> None:
     out = _bench("-m", "bench.first_use", *TINY)
     assert "make demo's commands:" in out, out
 
