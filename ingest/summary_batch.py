@@ -115,7 +115,7 @@ def _figures_torch(values: torch.Tensor, n_rows: int, in_bfloat16: bool) -> Figu
 def _figures_compiled(values: torch.Tensor, n_rows: int) -> Figures:
     """A batch's figures on the CPU in one compiled pass (ingest/summary_kernels.py)."""
     base, step, _ = _bin_tables(values.device)
-    *sums, hist = kernels.figures(values.numpy(), n_rows, base.numpy(), step.numpy(), N_BINS + 1)
+    *sums, hist = kernels.figures(values.numpy(), n_rows, base.numpy(), step.numpy(), N_BINS + 1, kernels.COLUMNS)
     return _figures(n_rows, *(torch.from_numpy(a) for a in sums), hist=torch.from_numpy(hist).T.to(torch.int64))
 
 

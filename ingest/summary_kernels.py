@@ -15,25 +15,27 @@ import numpy as np
 
 from ingest.summary_tables import pack_where
 
-# Columns taken together through all rows, so their running figures and histograms stay in cache.
-_COLUMNS = 512
+# Columns taken together through all rows, so their running figures and histograms stay in cache; passed
+# to `figures` by its caller, so that the tests can shrink it below their models' widths (512 is wider
+# than any of them) and reach the blocks after the first.
+COLUMNS = 512
 
 
 @numba.njit(cache=True, nogil=True)
 def figures(
-    values: np.ndarray, n_rows: int, base: np.ndarray, step: np.ndarray, n_bins: int
+    values: np.ndarray, n_rows: int, base: np.ndarray, step: np.ndarray, n_bins: int, columns: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Column figures of the first `n_rows` rows of (rows, N) float32 `values`: sum, sum of squares and
     of absolute values (float64), min and max (float32), and the (N, n_bins) int32 histogram whose bin of
     a value is base[its top 16 bits], one more when value >= step[its top 16 bits] (ingest/summaries.py's
-    _bin_tables)."""
+    _bin_tables), taken `columns` columns at a time."""
     n = values.shape[1]
     total, squares, absolute = np.zeros(n), np.zeros(n), np.zeros(n)
     low, high = np.full(n, np.inf, np.float32), np.full(n, -np.inf, np.float32)
     hist = np.zeros((n, n_bins), np.int32)
     bits = values.view(np.uint32)
-    for start in range(0, n, _COLUMNS):
-        end = min(n, start + _COLUMNS)
+    for start in range(0, n, columns):
+        end = min(n, start + columns)
         s, q, a, lo, hi = total[start:end], squares[start:end], absolute[start:end], low[start:end], high[start:end]
         for i in range(n_rows):
             row = values[i, start:end]

@@ -1,11 +1,12 @@
-"""Stored rows give back exactly the tensors the model captured, whatever the batch a prompt ran in.
+"""Stored rows give back the tensors the model captured, whatever the batch a prompt ran in.
 
 Every registry location is ingested forward and backward through the CLI, each (location, layer, pass)
 tensor is rebuilt from its rows by a numpy scatter over (token, token2, head, node_index), and compared
-bit for bit with a Recorder run in-process on the prompt alone. Batch size 8 with mixed lengths must
-store the same values as batch size 1: the model computes each prompt's attention on its own length
-and MKL runs in strict reproducibility mode (ingest/model.py), so no reduction sees the batch. Both with
-the built-in tiny GPT-2 and with a grouped-query Llama checkpoint (value heads fewer than query heads).
+with a Recorder run in-process on the prompt alone: every cell present, no cell twice, no non-causal pair,
+each value within the batching bound of tests/batching.py (float32 summation order, which the CPU's
+vector width, the thread count and the batch's shapes choose). Batch size 8 with mixed lengths must store
+the same rows as batch size 1, values within the same bound. Both with the built-in tiny GPT-2 and with a
+grouped-query Llama checkpoint (value heads fewer than query heads).
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import torch
 from click.testing import CliRunner
 
 from cli import main
+from ingest import capture
 from ingest.capture import LOGITS_TOP_K, CaptureSpec, Recorder
 from ingest.checkpoints import LoadedModel, load_model
 from ingest.objective import per_prompt_objective
+from tests.batching import assert_close, assert_tables_match
 from tests.hf_checkpoints import llama_checkpoint
 from warehouse import db
 from warehouse.registry import LOCATIONS, PRE_NORM_LOCATIONS, PassType
@@ -86,10 +89,20 @@ def _ingest(tmp: Path, name: str, model: str, batch_size: int) -> Path:
     return db
 
 
+# A prompt's rows reach the writer in record batches of about ROWS_PER_BATCH rows, split between query
+# tokens; at its real size (2^20) no test prompt is split. Shrunk for the batch-size-1 store, which is
+# checked cell by cell: every location's rows split, token-pair rows mid-prompt (a chunk's queries start
+# past 0), several queries a chunk at some lengths and one at others.
+SPLIT_ROWS = 200
+
+
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory: pytest.TempPathFactory, model_name: str) -> dict[int, Path]:
     tmp = tmp_path_factory.mktemp("roundtrip")
-    return {size: _ingest(tmp, f"batch{size}", model_name, size) for size in (1, 8)}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(capture, "ROWS_PER_BATCH", SPLIT_ROWS)
+        split = _ingest(tmp, "batch1", model_name, 1)
+    return {1: split, 8: _ingest(tmp, "batch8", model_name, 8)}
 
 
 def _expected(loaded: LoadedModel, spec: dict) -> tuple[dict, dict, np.ndarray]:
@@ -142,7 +155,7 @@ def _prompt_ids(con: duckdb.DuckDBPyConnection) -> list[int]:
     return [r[0] for r in con.execute("SELECT prompt_id FROM prompts ORDER BY prompt_id").fetchall()]
 
 
-def test_every_location_rebuilds_exactly(stores: dict[int, Path], model: LoadedModel) -> None:
+def test_every_location_rebuilds_what_the_model_captured(stores: dict[int, Path], model: LoadedModel) -> None:
     con = db.connect(stores[1], read_only=True)
     try:
         prompt_ids = _prompt_ids(con)
@@ -166,9 +179,7 @@ def test_every_location_rebuilds_exactly(stores: dict[int, Path], model: LoadedM
                         assert np.isnan(got[~causal]).all(), f"{key}: a non-causal pair was stored"
                         got, expect = got[causal], expect[causal]
                     assert not np.isnan(got).any(), f"{key}: cells missing"
-                    assert np.array_equal(got, expect), (
-                        f"prompt {prompt_id} {key}: max |diff| {np.abs(got - expect).max():.3g}"
-                    )
+                    assert_close(got, expect, f"prompt {prompt_id} {key}")
                     checked.add((name, pass_type))
             _check_logits(rows.pop(("logits", None, "forward")), last_logits, n, model, spec)
             assert not rows, f"rows of no captured tensor: {sorted(rows)}"
@@ -189,12 +200,13 @@ def _check_logits(rows: dict, last: np.ndarray, n: int, model: LoadedModel, spec
     extra = {tok.encode_ordinary(spec[k])[0] for k in ("target", "distractor") if k in spec}
     top = set(np.argsort(-last, kind="stable")[:LOGITS_TOP_K].tolist())
     assert set(rows["node_index"].tolist()) == top | extra
-    assert np.array_equal(rows["value"], last[rows["node_index"]])
+    assert_close(rows["value"], last[rows["node_index"]], "last-token logits")
     assert set(rows["node_type"]) == {"vocab_token"}
 
 
-def test_batch_size_does_not_change_any_value(stores: dict[int, Path]) -> None:
-    """Batch size 1 and batch size 8 (mixed lengths, padded) store bit-identical rows."""
+def test_batch_size_changes_no_row_and_no_value_beyond_the_batching_bound(stores: dict[int, Path]) -> None:
+    """Batch size 1 and batch size 8 (mixed lengths, padded) store the same rows, values within the bound
+    of their tensor (one prompt's location, layer and pass)."""
     tables = []
     for size in (1, 8):
         con = db.connect(stores[size], read_only=True)
@@ -202,17 +214,14 @@ def test_batch_size_does_not_change_any_value(stores: dict[int, Path]) -> None:
             first = _prompt_ids(con)[0]
             tables.append(
                 con.sql(
-                    "SELECT prompt_id - $first AS p, token, token2, layer, head, node_type::VARCHAR, node_index, "
-                    "dst::VARCHAR, pass_type::VARCHAR, value FROM activations ORDER BY ALL",
+                    "SELECT prompt_id - $first AS p, token, token2, layer, head, node_type::VARCHAR AS node_type, "
+                    "node_index, dst::VARCHAR AS dst, pass_type::VARCHAR AS pass_type, value FROM activations "
+                    "ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9",
                     params={"first": first},
                 ).to_arrow_table()
             )
         finally:
             con.close()
     one, eight = tables
-    assert one.num_rows == eight.num_rows > 0
-    for column in one.column_names[:-1]:
-        assert one[column].equals(eight[column]), column
-    a, b = one["value"].to_numpy(), eight["value"].to_numpy()
-    diff = a.view(np.uint32) != b.view(np.uint32)
-    assert not diff.any(), f"{int(diff.sum())} values differ, max |diff| {np.abs(a - b).max():.3g}"
+    assert one.num_rows > 0
+    assert_tables_match(eight, one, ["value"], ["p", "dst", "layer", "pass_type"])

@@ -9,6 +9,7 @@ shares nothing with the capture-time computation but the documented bin edges.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,12 @@ from click.testing import CliRunner
 
 from cli import main
 from ingest import summaries as ingest_summaries
-from ingest import summary_batch
+from ingest import summary_batch, summary_kernels
 from ingest.prompts import PromptInput
 from ingest.summaries import SummaryState
 from ingest.worker import IngestOptions, ingest
 from queries.api import Warehouse
+from queries.format import render
 from queries.notes import notes
 from warehouse import db, summaries
 
@@ -63,6 +65,9 @@ FROM (SELECT prompt_id, token, token2, layer, head, node_type::VARCHAR AS node_t
       FROM unflattened_attn_act_times_grad) f
 JOIN prompts p USING (prompt_id)
 """
+# The compiled figures take columns in blocks of summary_kernels.COLUMNS (512, wider than gpt2-tiny's
+# locations): shrunk so that every location spans several blocks, the last one partial.
+NARROW = 48
 KEY = ["run_id", "dst", "pass_type", "layer", "head", "node_type", "node_index", "first_token"]
 
 
@@ -82,11 +87,13 @@ def _sae_run(path: Path, compiled: bool) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(summaries, "FLUSH_TOKENS", 16)
         patch.setattr(summary_batch, "COMPILED", compiled)
+        patch.setattr(summary_kernels, "COLUMNS", NARROW)
         patch.setattr(ingest_summaries, "summarised_location", lambda loc: loc.name != "logits" and not loc.from_sae)
         ingest(path, _prompts(5, 2), IngestOptions(batch_size=4, **common))
         patch.undo()
         patch.setattr(summaries, "FLUSH_TOKENS", 16)
         patch.setattr(summary_batch, "COMPILED", compiled)
+        patch.setattr(summary_kernels, "COLUMNS", NARROW)
         ingest(path, _prompts(11, 3), IngestOptions(batch_size=4, **common))
     return path
 
@@ -99,6 +106,7 @@ def _two_runs(path: Path, compiled: bool) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(summaries, "FLUSH_TOKENS", 16)
         patch.setattr(summary_batch, "COMPILED", compiled)
+        patch.setattr(summary_kernels, "COLUMNS", NARROW)
         ingest(path, _prompts(20, 0), IngestOptions(batch_size=1, **common))
         ingest(path, _prompts(7, 1), IngestOptions(batch_size=3, precision="bfloat16", **common))
     return path
@@ -201,9 +209,14 @@ RANK_ORACLE = {
 @pytest.mark.parametrize("by", list(RANK_ORACLE))
 def test_rank_equals_a_direct_sql_aggregate(lake: Path, by: str, skip_first: int) -> None:
     wh = Warehouse(lake)
-    for dst, layer, run in (("mlp_act_times_grad", None, None), ("mlp_post_act", 1, 1), ("attn_qk_probs", 0, 0)):
-        ranked = wh.rank_nodes(dst, by=by, k=7, layer=layer, run=run, skip_first=skip_first)
-        where = f" AND dst = '{dst}' AND pass_type = 'forward' AND token >= {skip_first}"
+    for dst, layer, run, pass_type in (
+        ("mlp_act_times_grad", None, None, "forward"),
+        ("mlp_post_act", 1, 1, "forward"),
+        ("mlp_post_act", 0, None, "backward"),
+        ("attn_qk_probs", 0, 0, "forward"),
+    ):
+        ranked = wh.rank_nodes(dst, by=by, k=7, layer=layer, run=run, skip_first=skip_first, pass_type=pass_type)
+        where = f" AND dst = '{dst}' AND pass_type = '{pass_type}' AND token >= {skip_first}"
         where += "" if layer is None else f" AND layer = {layer}"
         where += "" if run is None else f" AND run_id = {run}"
         oracle = wh.sql(
@@ -224,17 +237,25 @@ def test_rank_equals_a_direct_sql_aggregate(lake: Path, by: str, skip_first: int
 @pytest.mark.parametrize("skip_first", [0, 1, 2])
 def test_node_summary_and_examples_equal_sql_over_the_rows(lake: Path, skip_first: int) -> None:
     wh = Warehouse(lake)
-    for dst, layer, node, pass_type in (("mlp_post_act", 1, 5, "backward"), ("attn_qk_probs", 1, 2, "forward")):
-        _assert_node_answers(wh, dst, layer, node, pass_type, skip_first)
+    for dst, layer, node, pass_type, head in (
+        ("mlp_post_act", 1, 5, "backward", None),
+        ("attn_qk_probs", 1, 2, "forward", None),
+        ("attn_value", 0, 3, "forward", 1),
+    ):
+        _assert_node_answers(wh, dst, layer, node, pass_type, skip_first, head)
 
 
-def _assert_node_answers(wh: Warehouse, dst: str, layer: int, node: int, pass_type: str, skip_first: int) -> None:
-    """node_summary and examples of one node equal NumPy over its stored rows."""
+def _assert_node_answers(
+    wh: Warehouse, dst: str, layer: int, node: int, pass_type: str, skip_first: int, head: int | None = None
+) -> None:
+    """node_summary and examples of one node (of one head, for per-head channels) equal NumPy over its
+    stored rows."""
     values = wh.sql(
-        f"SELECT value FROM ({ROWS}) f WHERE dst = ? AND pass_type = ? AND layer = ? AND node_index = ? AND token >= ?",
-        [dst, pass_type, layer, node, skip_first],
+        f"SELECT value FROM ({ROWS}) f WHERE dst = ? AND pass_type = ? AND layer = ? AND node_index = ? AND token >= ?"
+        " AND head = ?",
+        [dst, pass_type, layer, node, skip_first, -1 if head is None else head],
     )["value"].to_numpy()
-    stats = wh.node_summary(dst, layer, node, pass_type=pass_type, skip_first=skip_first)
+    stats = wh.node_summary(dst, layer, node, head=head, pass_type=pass_type, skip_first=skip_first)
     row = stats.summary.to_pylist()[0]
     assert row["count"] == values.size
     assert row["mean"] == pytest.approx(values.astype(np.float64).mean(), rel=1e-9)
@@ -244,10 +265,12 @@ def _assert_node_answers(wh: Warehouse, dst: str, layer: int, node: int, pass_ty
     hist = np.bincount(np.searchsorted(EDGES, values, side="right"), minlength=24)
     assert stats.histogram["count"].to_pylist() == hist.tolist()
     for bottom in (False, True):
-        got = wh.examples(dst, layer, node, k=12, pass_type=pass_type, bottom=bottom, skip_first=skip_first)
+        got = wh.examples(dst, layer, node, k=12, head=head, pass_type=pass_type, bottom=bottom, skip_first=skip_first)
         ordered = np.sort(values) if bottom else np.sort(values)[::-1]
         assert got["value"].to_pylist() == ordered[:12].tolist()
-        scan = wh.top_examples(dst, layer, node, k=12, pass_type=pass_type, bottom=bottom, skip_first=skip_first)
+        scan = wh.top_examples(
+            dst, layer, node, k=12, head=head, pass_type=pass_type, bottom=bottom, skip_first=skip_first
+        )
         if len(set(ordered[:13].tolist())) == 13:  # no ties: the same rows, with the same contexts
             assert got.to_pylist() == scan.to_pylist()
 
@@ -313,6 +336,40 @@ def test_rank_command_lists_the_top_nodes(lake: Path) -> None:
     result = CliRunner().invoke(main, ["rank", "--dst", "mlp_act_times_grad", "-k", "3", "--db", str(lake)])
     assert result.exit_code == 0, result.output
     assert "(3 rows)" in result.output
+
+
+def test_the_reading_commands_give_the_apis_answers_with_every_option(lake: Path, tmp_path: Path) -> None:
+    """rank, examples and node-stats on the command line, each option at a value other than its default,
+    answer as the API does (which the tests above hold to SQL over the rows); --pass backward answers
+    are the gradients', not the forward values'."""
+    wh = Warehouse(lake)
+
+    def cli(*args: str) -> list[dict]:
+        result = CliRunner().invoke(main, [*args, "--db", str(lake), "--format", "json"])
+        assert result.exit_code == 0, result.output
+        return [json.loads(line) for line in result.output.splitlines()]
+
+    rank = ("rank", "--dst", "mlp_post_act", "--by", "abs-mean", "-k", "5", "--layer", "1", "--run", "1")
+    node = ("--dst", "mlp_post_act", "--layer", "1", "--node", "5", "--run", "0", "--skip-first", "0")
+    answers = {}
+    for pass_type in ("forward", "backward"):
+        ranked = cli(*rank, "--skip-first", "0", "--pass", pass_type)
+        assert ranked == wh.rank_nodes("mlp_post_act", "abs-mean", 5, 1, 1, 0, pass_type).to_pylist()
+        examples = cli("examples", *node, "-k", "4", "--context", "2", "--bottom", "--pass", pass_type)
+        assert examples == wh.examples("mlp_post_act", 1, 5, 4, 2, None, 0, pass_type, True, 0).to_pylist()
+        stats = wh.node_summary("mlp_post_act", 1, 5, None, 0, pass_type, 0)
+        assert cli("node-stats", *node, "--pass", pass_type) == stats.summary.to_pylist()
+        assert cli("node-stats", *node, "--pass", pass_type, "--histogram") == stats.histogram.to_pylist()
+        answers[pass_type] = (ranked, examples, stats.summary.to_pylist())
+    assert all(f != b for f, b in zip(answers["forward"], answers["backward"], strict=True))
+    head = ("--dst", "attn_value", "--layer", "0", "--node", "3", "--head", "1")
+    assert cli("examples", *head, "-k", "3") == wh.examples("attn_value", 0, 3, 3, head=1).to_pylist()
+    assert cli("node-stats", *head) == wh.node_summary("attn_value", 0, 3, 1).summary.to_pylist()
+    assert cli("node-stats", *head, "--histogram") != cli("node-stats", *head[:-2], "--head", "0", "--histogram")
+    out = tmp_path / "ranked.csv"
+    result = CliRunner().invoke(main, [*rank, "--db", str(lake), "--format", "csv", "--output", str(out)])
+    assert result.exit_code == 0 and result.output.startswith("wrote 5 rows"), result.output
+    assert out.read_text() == render(wh.rank_nodes("mlp_post_act", "abs-mean", 5, 1, 1), "csv")
 
 
 def test_a_run_stored_without_summaries_is_answered_by_a_scan(tmp_path: Path) -> None:
