@@ -124,6 +124,10 @@ ORACLE = "test_every_derived_view_matches_the_oracle_prompt_by_prompt"
 DIRECT = "queries/support/30_direct_effects.sql"
 PAIRS_WEIGHTS = "queries/support/10_weight_factors.sql"
 GEMMA2_INGEST = "tests/test_checkpoints.py::test_gemma2_ingests_storing_its_post_block_norm_scales_by_default"
+ROUNDTRIP = "tests/test_roundtrip.py"
+READING = "commands/reading.py"
+READING_OPTIONS = f"{SUMMARY_TESTS}::test_the_reading_commands_give_the_apis_answers_with_every_option"
+PROMPT_KEYS = "tests/test_prompt_keys.py"
 
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
@@ -1034,6 +1038,78 @@ MUTATIONS: tuple[Mutation, ...] = (
             "WHEN pass_type = 'forward' THEN qk_scale ELSE",
         ),
         (f"{TL_CACHE}::test_tl_hooks_and_activations_by_hook_match_the_cache[gpt2]",),
+    ),
+    Mutation(
+        "token_pair_rows_lose_query_offset",
+        "a prompt's token-pair rows split across record batches restart their query tokens at 0 in each",
+        replace("ingest/capture.py", "selection = [q + t0, k]", "selection = [q, k]"),
+        (f"{ROUNDTRIP}::test_every_location_rebuilds_what_the_model_captured[gpt2-tiny]",),
+    ),
+    Mutation(
+        "summary_figures_later_column_blocks_read_the_first",
+        "the compiled figures of every column block after the first are taken over the first block's values",
+        replace(KERNELS, "row = values[i, start:end]", "row = values[i, 0 : end - start]"),
+        (f"{SUMMARY_TESTS}::test_every_summary_equals_the_aggregate_of_its_rows[lake]",),
+    ),
+    Mutation(
+        "rank_pass_ignored",
+        "rank --pass backward ranks the forward values",
+        replace(
+            READING,
+            "rank_nodes(dst, by, k, layer, run_id, skip_first, pass_type)",
+            "rank_nodes(dst, by, k, layer, run_id, skip_first)",
+        ),
+        (READING_OPTIONS,),
+    ),
+    Mutation(
+        "examples_pass_ignored",
+        "examples --pass backward lists the forward values' examples",
+        replace(
+            READING,
+            "args = (dst, layer, node_index, k, context, head, run_id, pass_type, bottom, skip_first)",
+            'args = (dst, layer, node_index, k, context, head, run_id, "forward", bottom, skip_first)',
+        ),
+        (READING_OPTIONS,),
+    ),
+    Mutation(
+        "node_stats_head_ignored",
+        "node-stats --head answers for the channel over every head",
+        replace(
+            READING,
+            "wh.node_summary(dst, layer, node_index, head, run_id, pass_type, skip_first)",
+            "wh.node_summary(dst, layer, node_index, None, run_id, pass_type, skip_first)",
+        ),
+        (READING_OPTIONS,),
+    ),
+    Mutation(
+        "ingest_precision_option_dropped",
+        "ingest --precision bfloat16 stores float32",
+        replace("commands/ingesting.py", "precision=precision,", 'precision="float32",'),
+        ("tests/test_options.py::test_the_ingest_command_builds_the_settings_its_options_say",),
+    ),
+    Mutation(
+        "prompt_key_without_backward",
+        "the prompt key leaves out --no-backward: a prompt stored without gradients never gets them",
+        replace(WORKER, "options.backward, options.truncate, *tokenization", "options.truncate, *tokenization"),
+        (PROMPT_KEYS,),
+    ),
+    Mutation(
+        "prompt_key_without_layers",
+        "the prompt key leaves out --layers: a prompt stored for one layer counts as stored for all",
+        replace(
+            WORKER, "[spec.labels(), sorted(spec.layers or []), options.backward", "[spec.labels(), options.backward"
+        ),
+        (PROMPT_KEYS,),
+    ),
+    Mutation(
+        "bfloat16_ties_away_from_zero",
+        "--precision bfloat16 rounds exact ties away from zero instead of to even",
+        replace(
+            "warehouse/facts.py",
+            "(bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))",
+            "(bits + np.uint32(0x8000))",
+        ),
+        (f"{LAKE}::test_bfloat16_rounding_breaks_exact_ties_to_even_as_torch_does",),
     ),
 )
 
