@@ -465,6 +465,23 @@ MUTATIONS: tuple[Mutation, ...] = (
         parity("gpt2", "llama", "gpt_neox"),
     ),
     Mutation(
+        "rope_layout_precedence_of_our_own",
+        "a config carrying both rope layouts read with rope_parameters first, where transformers lets a legacy"
+        " rope_scaling win",
+        replace(
+            HF_CONFIG,
+            WRITTEN,
+            'json.dumps({k: v for k, v in config.items() if k != "rope_scaling" or not config.get("rope_parameters")})',
+        ),
+        config_reading("llama", "qwen2"),
+    ),
+    Mutation(
+        "head_dim_default_of_our_own",
+        "the head size taken as d_model / heads, not the config's head_dim (Gemma's class default is 256)",
+        replace(LLAMA, 'd_head = int(reader.get("head_dim") or d_model // n_heads)', "d_head = d_model // n_heads"),
+        (*config_reading("gemma", "qwen3"), *parity("llama-biases-head_dim-tied")),
+    ),
+    Mutation(
         "parallel_residual_ignored",
         "the MLP reads the residual after attention even in a parallel-residual model (GPT-NeoX)",
         replace(
