@@ -51,7 +51,8 @@ def parse(model_type: str, config: Mapping[str, object]) -> Any:
 
         (Path(directory) / "config.json").write_text(json.dumps(dict(config)))
         try:
-            parsed = AutoConfig.from_pretrained(directory, local_files_only=True)
+            # never custom code (an auto_map): transformers' own class for the model_type, and no prompt
+            parsed = AutoConfig.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
         except Exception as err:  # noqa: BLE001 - any rejection by transformers is reported as one line
             why = " ".join(str(err).split()) or type(err).__name__
             raise UnsupportedConfig(
