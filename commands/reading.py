@@ -92,6 +92,11 @@ def top_command(
 ) -> None:
     """The reference node table: top and bottom k nodes of a prompt, four columns side by side."""
     table = Warehouse(db_path, check=False).top_nodes(prompt_id, by, k, skip_first)
+    if fmt == "table" and output is None and "write_norm" in table.column_names:
+        click.echo(
+            f"prompt {prompt_id}: top and bottom {k} nodes by {by}; write_norm is signed (the activation's sign"
+            " times the size of the node's write to the residual stream)"
+        )
     _emit(table, fmt, output)
     if plot is not None:
         from queries import plots

@@ -340,6 +340,8 @@ def test_cli_reading_commands(hand_db: Path, tmp_path: Path) -> None:
     top = runner.invoke(main, ["top", *db_arg, "--prompt-id", "0", "-k", "2"])
     assert top.exit_code == 0, top.output
     assert "act_times_grad" in top.output and " brown" in top.output
+    header = top.output.splitlines()[0]
+    assert header.startswith("prompt 0: top and bottom 2 nodes") and "write_norm is signed" in header
     examples = runner.invoke(
         main,
         [
