@@ -99,6 +99,16 @@ JOIN keyed_pair_factors(t, d, factor_kind) f
 WHERE a.dst = source AND a.pass_type = 'forward'
 GROUP BY a.prompt_id, a.token, a.layer, a.pass_type, out_dst, factor_kind;
 
+-- No rows where the warehouse stores an SAE, else an error saying none was spliced in (as pair_refusal:
+-- every column is the error's value, so no filter on the answer skips it).
+CREATE OR REPLACE MACRO sae_refusal() AS TABLE
+SELECT e::INTEGER AS prompt_id, e::SMALLINT AS token, e::SMALLINT AS token2, e::SMALLINT AS layer,
+       e::SMALLINT AS head, e::VARCHAR AS node_type, e::INTEGER AS node_index, e::VARCHAR AS dst,
+       e::VARCHAR AS pass_type, e::FLOAT AS value
+FROM (SELECT error(CASE WHEN n = 0 THEN 'this warehouse stores no sparse autoencoder: ingest with --sae to '
+                                      || 'splice one in' END) AS e
+      FROM (SELECT count(*) AS n FROM saes) WHERE n = 0);
+
 -- Every latent's and error's direct effect for the pair (target, distractor) -- token ids of the
 -- prompts' model -- whether or not that pair was ever ingested (the SAE counterpart of direct_effects).
 CREATE OR REPLACE MACRO autoencoder_direct_effects_for(target, distractor) AS TABLE
@@ -119,4 +129,5 @@ UNION ALL SELECT * FROM autoencoder_error_direct_effects('online_residual_attent
     'online_residual_attention_autoencoder_error_write_to_final_residual_grad', target, distractor)
 UNION ALL SELECT * FROM autoencoder_error_direct_effects('online_attention_autoencoder_error', 'attn',
     'online_attention_autoencoder_error_write_to_final_residual_grad', target, distractor)
-UNION ALL SELECT * FROM pair_refusal(target, distractor);
+UNION ALL SELECT * FROM pair_refusal(target, distractor)
+UNION ALL SELECT * FROM sae_refusal();
