@@ -54,6 +54,7 @@ SAE_LATENTS = f"{SAE}::test_latents_equal_each_formats_encoder_on_the_stored_sit
 SAE_GRADIENTS = f"{SAE}::test_latent_and_error_gradients_equal_autograd_through_a_reference_splice"
 SAE_VIEWS = "queries/support/50_autoencoders.sql"
 SAE_CAPPED = "tests/test_sae_capped.py"
+EMPTY = "tests/test_empty_answers.py"
 TL_CACHE = "tests/test_tl_cache.py"
 TL_CACHE_KEYS = f"{TL_CACHE}::test_every_key_and_gradient_equals_transformer_lens[gpt2]"
 CACHE_WEIGHTS = "queries/cache_weights.py"
@@ -363,14 +364,77 @@ MUTATIONS: tuple[Mutation, ...] = (
         "direct_effects_missing_unembedding_silent",
         "direct_effects for a token whose unembedding column is not stored returns no rows instead of raising",
         replace(
-            "queries/support/30_direct_effects.sql",
-            "\n-- No rows: raises the error for a token whose unembedding column is not stored (a silent empty answer"
-            " otherwise).\nUNION ALL SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL\n"
-            "FROM (SELECT missing FROM unembedding_stored(target) UNION ALL SELECT missing FROM"
-            " unembedding_stored(distractor))\nWHERE missing <> 0;",
-            ";",
+            "queries/support/10_weight_factors.sql",
+            "    WHEN t IS NOT NULL AND NOT EXISTS (SELECT 1 FROM weights WHERE location = 'unembedding'"
+            " AND col_index = t)\n"
+            "        THEN unembedding_missing(t)\n",
+            "",
         ),
         views("gpt2", "test_direct_effects_for_a_token_without_an_unembedding_column_is_an_error"),
+    ),
+    Mutation(
+        "pair_check_skipped_by_a_pushed_filter",
+        "direct_effects' refusal branch has constant columns and the pairs do not join the check: WHERE prompt_id = 0"
+        " on a pair without an unembedding column proves the branch empty and answers 0 rows",
+        (
+            *replace(
+                "queries/support/20_pairs.sql",
+                "CROSS JOIN checked_pair(t, d) c\nWHERE coalesce(c.target_id, p.target_id) IS NOT NULL;",
+                "CROSS JOIN (SELECT t AS target_id, d AS distractor_id) c\n"
+                "WHERE coalesce(c.target_id, p.target_id) IS NOT NULL;",
+            ),
+            *replace(
+                "queries/support/10_weight_factors.sql",
+                "SELECT e::INTEGER AS prompt_id, e::SMALLINT AS token, e::SMALLINT AS token2, e::SMALLINT AS layer,\n"
+                "       e::SMALLINT AS head, e::VARCHAR AS node_type, e::INTEGER AS node_index, e::VARCHAR AS dst,\n"
+                "       e::VARCHAR AS pass_type, e::FLOAT AS value\n"
+                "FROM (SELECT error(problem) AS e FROM pair_problem(t, d) WHERE problem IS NOT NULL);",
+                "SELECT NULL::INTEGER AS prompt_id, NULL::SMALLINT AS token, NULL::SMALLINT AS token2,"
+                " NULL::SMALLINT AS layer,\n       NULL::SMALLINT AS head, NULL::VARCHAR AS node_type,"
+                " NULL::INTEGER AS node_index, NULL::VARCHAR AS dst,\n       NULL::VARCHAR AS pass_type,"
+                " NULL::FLOAT AS value\nFROM (SELECT error(problem) AS e FROM pair_problem(t, d)"
+                " WHERE problem IS NOT NULL);",
+            ),
+        ),
+        (f"{EMPTY}::test_a_pair_without_an_unembedding_column_raises_under_every_filter",),
+    ),
+    Mutation(
+        "same_token_pair_answered_at_query_time",
+        "direct_effects(t, t) answers (an objective identically 0, every MLP row repeated) instead of refusing",
+        replace(
+            "queries/support/10_weight_factors.sql",
+            "    WHEN t = d THEN 'target and distractor are the same token '",
+            "    WHEN false THEN 'target and distractor are the same token '",
+        ),
+        (f"{EMPTY}::test_a_target_equal_to_its_distractor_is_refused_at_query_time",),
+    ),
+    Mutation(
+        "same_token_pair_ingested",
+        "ingest stores prompts whose target equals their distractor (the objective is 0 for every input)",
+        (
+            *replace(
+                "ingest/worker.py",
+                'if options.distractor is not None and ids["--target"] == ids["--distractor"]:',
+                "if False:",
+            ),
+            *replace("ingest/worker.py", "if distractor_id is not None and distractor_id == target_id:", "if False:"),
+        ),
+        (f"{EMPTY}::test_ingest_refuses_a_target_equal_to_its_distractor",),
+    ),
+    Mutation(
+        "layer_not_stored_answered_empty",
+        "examples/rank/node-stats of a layer the ingest left out (--layers) answer an empty table",
+        replace("queries/absence.py", "if layer is not None and not _any_row(", "if False and not _any_row("),
+        (f"{EMPTY}::test_a_layer_not_stored_is_named_not_answered_empty",),
+    ),
+    Mutation(
+        "pass_not_stored_answered_empty",
+        "a dst, pass or derived view whose rows were never stored answers an empty table instead of saying so",
+        replace("queries/absence.py", "    if not _any_row(con, relation, where, params):", "    if False:"),
+        (
+            f"{EMPTY}::test_a_pass_or_input_not_stored_is_named_not_answered_empty",
+            f"{EMPTY}::test_every_view_and_table_macro_answers_or_says_why[layer1]",
+        ),
     ),
     Mutation(
         "bfloat16_truncated",
