@@ -374,8 +374,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "pair_check_skipped_by_a_pushed_filter",
-        "direct_effects' refusal branch has constant columns and the pairs do not join the check: WHERE prompt_id = 0"
-        " on a pair without an unembedding column proves the branch empty and answers 0 rows",
+        "direct_effects' refusal branch has constant columns and neither the pairs nor the unembedding directions join"
+        " the check: WHERE prompt_id = 0 on a pair without an unembedding column proves the branch empty: 0 rows",
         (
             *replace(
                 "queries/support/20_pairs.sql",
@@ -394,6 +394,16 @@ MUTATIONS: tuple[Mutation, ...] = (
                 " NULL::INTEGER AS node_index, NULL::VARCHAR AS dst,\n       NULL::VARCHAR AS pass_type,"
                 " NULL::FLOAT AS value\nFROM (SELECT error(problem) AS e FROM pair_problem(t, d)"
                 " WHERE problem IS NOT NULL);",
+            ),
+            *replace(
+                "queries/support/10_weight_factors.sql",
+                "    JOIN checked_pair(v, NULL) c ON u.col_index = c.target_id\n",
+                "    JOIN (SELECT v AS target_id) c ON u.col_index = c.target_id\n",
+            ),
+            *replace(
+                "queries/support/10_weight_factors.sql",
+                "JOIN checked_pair(v, NULL) k ON c.col_index = k.target_id",
+                "JOIN (SELECT v AS target_id) k ON c.col_index = k.target_id",
             ),
         ),
         (f"{EMPTY}::test_a_pair_without_an_unembedding_column_raises_under_every_filter",),
