@@ -119,6 +119,11 @@ def config_reading(*families: str) -> tuple[str, ...]:
 
 GPT2_WEIGHTS = '    return w\n\n\nFAMILY = Family("gpt2"'
 INTERRUPT = f"{RELIABILITY}::test_sigint_and_sigterm_mark_the_run_interrupted_and_resume"
+INTERRUPTS = "warehouse/interrupts.py"
+INTERRUPT_TESTS = "tests/test_interrupts.py"
+STAGES = f"{INTERRUPT_TESTS}::test_ctrl_c_at_every_stage_of_an_ingest_gives_one_line_and_a_run_the_same_command_resumes"
+PROMPTS = "ingest/prompts.py"
+NOT_TEXT = "tests/test_bad_input.py::test_lines_that_are_not_text_are_skipped_and_the_others_stored"
 CLOSED_FORM = "test_closed_form_final_residual_grad_equals_stored_gradient"
 DECOMPOSE = "test_direct_effects_decompose_the_objective"
 ORACLE = "test_every_derived_view_matches_the_oracle_prompt_by_prompt"
@@ -131,6 +136,68 @@ READING_OPTIONS = f"{SUMMARY_TESTS}::test_the_reading_commands_give_the_apis_ans
 PROMPT_KEYS = "tests/test_prompt_keys.py"
 
 MUTATIONS: tuple[Mutation, ...] = (
+    Mutation(
+        "prompt_file_read_strictly",
+        "one line of a prompt file that is not UTF-8 stops the ingest with a traceback, nothing stored",
+        replace(PROMPTS, 'errors="surrogateescape"', 'errors="strict"'),
+        (NOT_TEXT,),
+    ),
+    Mutation(
+        "prompt_file_byte_order_mark_kept",
+        "a byte-order mark stays in the first prompt, and turns a JSON line into a text prompt",
+        replace(PROMPTS, '.rstrip("\\n").removeprefix(BOM)', '.rstrip("\\n")'),
+        (NOT_TEXT,),
+    ),
+    Mutation(
+        "json_unknown_field_ignored",
+        "a JSON prompt line's field that is not prompt, target or distractor is silently ignored",
+        replace(PROMPTS, "unknown = [key for key in record if key not in FIELDS]", "unknown: list[str] = []"),
+        (NOT_TEXT,),
+    ),
+    Mutation(
+        "prompt_text_unchecked",
+        "a --prompt holding bytes that are not UTF-8 reaches the writer, which fails the run with a traceback",
+        replace(WORKER, "problem = text_problem(source.text)", "problem = None"),
+        (NOT_TEXT,),
+    ),
+    Mutation(
+        "skipped_prompt_stored_as_is",
+        "the run's list of skipped prompts holds a character that is not text, and recording the run fails",
+        replace(PROMPTS, '"prompt": shown(self.text[:80])', '"prompt": self.text[:80]'),
+        (NOT_TEXT,),
+    ),
+    Mutation(
+        "utf16_prompt_file_read_as_utf8",
+        "a prompt file saved as UTF-16 is read line by line as UTF-8 instead of refused in one line",
+        replace(PROMPTS, 'and b"\\x00" in head', 'and b"\\x00" in head[:1]'),
+        ("tests/test_bad_input.py::test_a_prompt_file_saved_as_utf16_is_refused_before_anything_runs",),
+    ),
+    Mutation(
+        "target_text_unchecked",
+        "a --target holding bytes that are not UTF-8 reaches the tokenizer, which fails with a traceback",
+        replace("ingest/objective.py", "problem = text_problem(text)", "problem = None"),
+        ("tests/test_bad_input.py::test_a_target_that_is_not_text_is_refused_in_one_line",),
+    ),
+    Mutation(
+        "library_interrupt_recorded_as_failure",
+        "Ctrl-C landing inside DuckDB (its 'Query interrupted' RuntimeError) records the run as failed",
+        replace(
+            WORKER,
+            "why = interrupts.reason(exc)",
+            "why = interrupts.reason(exc) if isinstance(exc, KeyboardInterrupt) else None",
+        ),
+        (STAGES,),
+    ),
+    Mutation(
+        "run_start_interruptible",
+        "Ctrl-C while the run's row commits leaves the run 'running', its id unknown to the process",
+        replace(
+            WORKER,
+            "with interrupts.deferred():  # a Ctrl-C while it commits",
+            "with interrupts.raised():  # a Ctrl-C while it commits",
+        ),
+        (STAGES,),
+    ),
     Mutation(
         "rope_theta_ignored",
         "the rotary embedding uses theta 10000 whatever the config says",
@@ -225,7 +292,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         "sigterm_handler_removed",
         "SIGTERM kills the ingest without recording the run as interrupted",
         replace(
-            WORKER, "previous = signal.signal(signal.SIGTERM, handler)", "previous = signal.getsignal(signal.SIGTERM)"
+            INTERRUPTS,
+            "_SIGNALS = {signal.SIGINT: CTRL_C, signal.SIGTERM: SIGTERM}",
+            "_SIGNALS = {signal.SIGINT: CTRL_C}",
         ),
         (INTERRUPT,),
     ),
@@ -299,8 +368,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "interrupt_recorded_as_failure",
         "Ctrl-C or SIGTERM records the run as failed, not interrupted",
-        replace(WORKER, 'status, message = "interrupted", str(exc)', 'status, message = "failed", str(exc)'),
-        (INTERRUPT,),
+        replace(WORKER, 'status, message = "interrupted", why', 'status, message = "failed", why'),
+        (INTERRUPT, STAGES),
     ),
     Mutation(
         "fact_row_primer_removed",
