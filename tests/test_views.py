@@ -27,6 +27,7 @@ from ingest.prompts import PromptInput
 from ingest.worker import IngestOptions, ingest
 from queries import QueryError, Warehouse
 from queries.catalog import dst_catalog
+from tests.every_relation import assert_every_relation_answers
 from tests.hf_checkpoints import Checkpoint, gemma2_checkpoint, gpt2_checkpoint, llama_checkpoint, olmo2_checkpoint
 from tests.oracle_scalars import Key, expected_raw, expected_scalars, linearised_objective
 from warehouse.registry import LOCATIONS, locations_of
@@ -433,3 +434,14 @@ def test_direct_effects_for_a_token_without_an_unembedding_column_is_an_error(st
     for pair in ((absent, None), (target, absent)):
         with pytest.raises(QueryError, match=f"token {absent} has no unembedding column.*--unembedding all"):
             wh.direct_effects(*pair)
+
+
+def test_every_view_and_table_macro_answers_or_says_why(stored: Stored) -> None:
+    """Each view and table macro of the file, enumerated from its catalog, answers or says why in one line
+    (tests/every_relation.py): a broken view fails here, not when someone first queries it."""
+    wh = stored.wh
+    first = stored.runs["other"][0]
+    stored_columns = wh.sql("SELECT DISTINCT col_index FROM weights WHERE location = 'unembedding'", [], "rows")
+    columns = {c for (c,) in stored_columns}
+    absent = min(set(range(max(columns) + 2)) - columns)
+    assert_every_relation_answers(wh, (first.target_id, first.distractor_id), absent)
