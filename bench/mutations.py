@@ -61,7 +61,6 @@ CACHE_WEIGHTS = "queries/cache_weights.py"
 HOOK_NAMES = "warehouse/hook_names.py"
 
 
-
 def parity(*cases: str, objective: str = "logit_diff") -> tuple[str, ...]:
     """The parity test on the named checkpoint cases (tests/test_parity.py CASES) for one objective."""
     return tuple(f"{PARITY}[{case}-{objective}]" for case in cases)
@@ -1148,58 +1147,6 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_bench_smoke.py::test_ingest_bench_times_the_worker_it_patches",),
     ),
     Mutation(
-        "cache_vector_weights_by_column",
-        "the stored cache reads a weight vector (an output bias, the final gain) by its empty column index",
-        replace(CACHE_WEIGHTS, '1: (rows["r"],)', '1: (rows["c"],)'),
-        (f"{TL_CACHE}::test_every_analysis_equals_transformer_lens[gpt2]",),
-    ),
-    Mutation(
-        "cache_lists_the_held_final_scale_gradient",
-        "the stored cache lists ln_final.hook_scale_grad, which the logit-difference objective never has",
-        replace("queries/cache.py", 'return ref.location == "resid.ln_f.scale" and all(', "return False and all("),
-        (TL_CACHE_KEYS,),
-    ),
-    Mutation(
-        "cache_query_key_scale_inverted",
-        "hook_q and hook_k come back times the square root of the attention scaling instead of divided by it",
-        replace(HOOK_NAMES, "(qk_scale if backward else 1 / qk_scale)", "(1 / qk_scale if backward else qk_scale)"),
-        (TL_CACHE_KEYS,),
-    ),
-    Mutation(
-        "cache_pattern_transposed",
-        "attention patterns come back [batch, head, key, query]",
-        replace("queries/cache.py", "tensor.permute(0, 3, 1, 2)", "tensor.permute(0, 3, 2, 1)"),
-        (TL_CACHE_KEYS,),
-    ),
-    Mutation(
-        "cache_resid_pre_of_the_same_layer",
-        "blocks.L.hook_resid_pre reads layer L's resid.post_mlp instead of layer L - 1's",
-        replace(HOOK_NAMES, 'resid.post_mlp", first_block=1, layer_shift=-1)', 'resid.post_mlp", first_block=1)'),
-        (TL_CACHE_KEYS,),
-    ),
-    Mutation(
-        "cache_masked_scores_zero",
-        "attention scores above the diagonal come back 0 instead of -inf",
-        replace("queries/cache.py", "fill = -np.inf if", "fill = 0.0 if"),
-        (TL_CACHE_KEYS,),
-    ),
-    Mutation(
-        "cache_bulk_read_groups_unsorted",
-        "a cache read whole splits its rows by (dst, layer) without sorting them first",
-        replace("queries/cache.py", 'np.searchsorted(rows["grp"][order], ', 'np.searchsorted(rows["grp"], '),
-        (f"{TL_CACHE}::test_reading_whole_equals_reading_key_by_key[gpt2]",),
-    ),
-    Mutation(
-        "tl_hooks_query_scale_inverted",
-        "activations_by_hook gives hook_q in the warehouse's units (times the query/key scale)",
-        replace(
-            HOOK_NAMES,
-            "WHEN pass_type = 'forward' THEN 1 / qk_scale ELSE",
-            "WHEN pass_type = 'forward' THEN qk_scale ELSE",
-        ),
-        (f"{TL_CACHE}::test_tl_hooks_and_activations_by_hook_match_the_cache[gpt2]",),
-    ),
-    Mutation(
         "token_pair_rows_lose_query_offset",
         "a prompt's token-pair rows split across record batches restart their query tokens at 0 in each",
         replace("ingest/capture.py", "selection = [q + t0, k]", "selection = [q, k]"),
@@ -1270,6 +1217,58 @@ MUTATIONS: tuple[Mutation, ...] = (
             "(bits + np.uint32(0x8000))",
         ),
         (f"{LAKE}::test_bfloat16_rounding_breaks_exact_ties_to_even_as_torch_does",),
+    ),
+    Mutation(
+        "cache_vector_weights_by_column",
+        "the stored cache reads a weight vector (an output bias, the final gain) by its empty column index",
+        replace(CACHE_WEIGHTS, '1: (rows["r"],)', '1: (rows["c"],)'),
+        (f"{TL_CACHE}::test_every_analysis_equals_transformer_lens[gpt2]",),
+    ),
+    Mutation(
+        "cache_lists_the_held_final_scale_gradient",
+        "the stored cache lists ln_final.hook_scale_grad, which the logit-difference objective never has",
+        replace("queries/cache.py", 'return ref.location == "resid.ln_f.scale" and all(', "return False and all("),
+        (TL_CACHE_KEYS,),
+    ),
+    Mutation(
+        "cache_query_key_scale_inverted",
+        "hook_q and hook_k come back times the square root of the attention scaling instead of divided by it",
+        replace(HOOK_NAMES, "(qk_scale if backward else 1 / qk_scale)", "(1 / qk_scale if backward else qk_scale)"),
+        (TL_CACHE_KEYS,),
+    ),
+    Mutation(
+        "cache_pattern_transposed",
+        "attention patterns come back [batch, head, key, query]",
+        replace("queries/cache.py", "tensor.permute(0, 3, 1, 2)", "tensor.permute(0, 3, 2, 1)"),
+        (TL_CACHE_KEYS,),
+    ),
+    Mutation(
+        "cache_resid_pre_of_the_same_layer",
+        "blocks.L.hook_resid_pre reads layer L's resid.post_mlp instead of layer L - 1's",
+        replace(HOOK_NAMES, 'resid.post_mlp", first_block=1, layer_shift=-1)', 'resid.post_mlp", first_block=1)'),
+        (TL_CACHE_KEYS,),
+    ),
+    Mutation(
+        "cache_masked_scores_zero",
+        "attention scores above the diagonal come back 0 instead of -inf",
+        replace("queries/cache.py", "fill = -np.inf if", "fill = 0.0 if"),
+        (TL_CACHE_KEYS,),
+    ),
+    Mutation(
+        "cache_bulk_read_groups_unsorted",
+        "a cache read whole splits its rows by (dst, layer) without sorting them first",
+        replace("queries/cache.py", 'np.searchsorted(rows["grp"][order], ', 'np.searchsorted(rows["grp"], '),
+        (f"{TL_CACHE}::test_reading_whole_equals_reading_key_by_key[gpt2]",),
+    ),
+    Mutation(
+        "tl_hooks_query_scale_inverted",
+        "activations_by_hook gives hook_q in the warehouse's units (times the query/key scale)",
+        replace(
+            HOOK_NAMES,
+            "WHEN pass_type = 'forward' THEN 1 / qk_scale ELSE",
+            "WHEN pass_type = 'forward' THEN qk_scale ELSE",
+        ),
+        (f"{TL_CACHE}::test_tl_hooks_and_activations_by_hook_match_the_cache[gpt2]",),
     ),
 )
 
