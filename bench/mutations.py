@@ -136,6 +136,12 @@ PROMPT_KEYS = "tests/test_prompt_keys.py"
 
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
+        "tokens_position_not_renamed_by_the_migration",
+        "a lake of schema version 4 keeps tokens.position after its upgrade, so joins on the shared `token` fail",
+        replace("warehouse/db.py", '4: ("ALTER TABLE tokens RENAME COLUMN position TO token",),', "4: (),"),
+        ("tests/test_migration.py::test_a_version_4_lake_names_the_token_column_as_activations_do_after_the_upgrade",),
+    ),
+    Mutation(
         "prompt_file_read_strictly",
         "one line of a prompt file that is not UTF-8 stops the ingest with a traceback, nothing stored",
         replace(PROMPTS, 'errors="surrogateescape"', 'errors="strict"'),
@@ -709,8 +715,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "example contexts join the tokens' display texts, so split characters read as escapes",
         replace(
             "queries/contexts.py",
-            "list(coalesce(t.bytes, encode(t.text)) ORDER BY t.position)",
-            "list(encode(t.text) ORDER BY t.position)",
+            "list(coalesce(t.bytes, encode(t.text)) ORDER BY t.token)",
+            "list(encode(t.text) ORDER BY t.token)",
         ),
         ("tests/test_token_bytes.py::test_ingested_tokens_and_example_contexts",),
     ),
@@ -739,8 +745,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "example strips of a token-pair dst shade each position by its own query row, not the example's",
         replace(
             "queries/contexts.py",
-            '" ELSE v.token = h.token AND v.token2 = t.position END"',
-            '" ELSE v.token = t.position AND v.token2 = h.token2 END"',
+            '" ELSE v.token = h.token AND v.token2 = t.token END"',
+            '" ELSE v.token = t.token AND v.token2 = h.token2 END"',
         ),
         ("tests/test_plots.py::test_example_windows_hold_the_stored_values",),
     ),

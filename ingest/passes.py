@@ -188,7 +188,7 @@ def to_batch(captured: Captured, run_id: int, model_id: int, loaded: LoadedModel
     tokens = pa.table(
         {
             "prompt_id": np.repeat(captured.prompt_ids, captured.lengths).astype(np.int32),
-            "position": np.concatenate([np.arange(len(p.ids)) for p in items]).astype(np.int16),
+            "token": np.concatenate([np.arange(len(p.ids)) for p in items]).astype(np.int16),
             "token_id": token_ids,
             **token_columns(loaded.tokenizer, [p.ids for p in items]),
         }

@@ -152,18 +152,14 @@ class StoredCache(CacheAnalyses):
             normalization_type="LN" if shape[8] == "layernorm" else "RMS",
             eps=float(config.get("norm_eps", 1e-5)),
         )
-        position = "position" if "position" in self._columns("tokens") else "token"
         tokens = self._rows(
-            f"SELECT prompt_id, {position}, token_id FROM tokens WHERE prompt_id IN ({marks})", self.prompt_ids
+            f"SELECT prompt_id, token, token_id FROM tokens WHERE prompt_id IN ({marks})", self.prompt_ids
         )
         ids = np.zeros((len(self.prompt_ids), self.n_tokens), dtype=np.int64)
         row_of = {p: i for i, p in enumerate(self.prompt_ids)}
         for prompt_id, pos, token_id in tokens:
             ids[row_of[prompt_id], pos] = token_id
         self.tokens = torch.from_numpy(ids)
-
-    def _columns(self, table: str) -> set[str]:
-        return {r[0] for r in self._rows(f"SELECT column_name FROM (DESCRIBE {table})")}
 
     def _stored_hooks(self) -> dict[str, HookRef]:
         """The model's hooks whose location, pass and layer every prompt's run stored."""

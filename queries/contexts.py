@@ -37,11 +37,11 @@ def with_context(con: duckdb.DuckDBPyConnection, hits_sql: str, params: Sequence
     sql = (
         f"WITH h AS ({hits_sql})"
         f" SELECT h.rank, {_HIT_COLUMNS},"
-        " any_value(t.text) FILTER (WHERE t.position = h.token) AS token_text,"
-        " any_value(t.text) FILTER (WHERE t.position = h.token2) AS token2_text,"
-        " list(t.position ORDER BY t.position) AS positions,"
-        " list(coalesce(t.bytes, encode(t.text)) ORDER BY t.position) AS pieces"
-        " FROM h JOIN tokens t ON t.prompt_id = h.prompt_id AND t.position BETWEEN h.token - ? AND h.token + ?"
+        " any_value(t.text) FILTER (WHERE t.token = h.token) AS token_text,"
+        " any_value(t.text) FILTER (WHERE t.token = h.token2) AS token2_text,"
+        " list(t.token ORDER BY t.token) AS positions,"
+        " list(coalesce(t.bytes, encode(t.text)) ORDER BY t.token) AS pieces"
+        " FROM h JOIN tokens t ON t.prompt_id = h.prompt_id AND t.token BETWEEN h.token - ? AND h.token + ?"
         " GROUP BY ALL ORDER BY h.rank"
     )
     found = _run(con, sql, [*params, context, context])
@@ -83,13 +83,13 @@ def window_values(
         f"WITH h AS ({hits_sql}),"
         f" v AS (SELECT prompt_id, token, token2, head, value FROM ({values_sql})"
         " WHERE prompt_id IN (SELECT prompt_id FROM h))"
-        " SELECT h.rank AS example, h.prompt_id, h.token AS hit_token, t.position, t.text AS token_text,"
-        " t.position = h.token AS is_hit, v.value"
-        " FROM h JOIN tokens t ON t.prompt_id = h.prompt_id AND t.position BETWEEN h.token - ? AND h.token + ?"
+        " SELECT h.rank AS example, h.prompt_id, h.token AS hit_token, t.token AS position, t.text AS token_text,"
+        " t.token = h.token AS is_hit, v.value"
+        " FROM h JOIN tokens t ON t.prompt_id = h.prompt_id AND t.token BETWEEN h.token - ? AND h.token + ?"
         " LEFT JOIN v ON v.prompt_id = h.prompt_id AND v.head IS NOT DISTINCT FROM h.head AND CASE"
-        " WHEN h.token2 IS NULL THEN v.token = t.position AND v.token2 IS NULL"
-        " ELSE v.token = h.token AND v.token2 = t.position END"
-        " ORDER BY h.rank, t.position"
+        " WHEN h.token2 IS NULL THEN v.token = t.token AND v.token2 IS NULL"
+        " ELSE v.token = h.token AND v.token2 = t.token END"
+        " ORDER BY h.rank, t.token"
     )
     return _run(con, sql, [*hit_params, *value_params, context, context])
 

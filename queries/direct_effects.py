@@ -58,8 +58,8 @@ class DirectEffects:
                 " t1.text AS token_text, e.token2, t2.text AS token2_text, e.node_index, e.value"
                 " FROM direct_effects(?::INTEGER, ?::INTEGER) e"
                 " JOIN prompts p ON p.prompt_id = e.prompt_id AND p.model_id = ?"
-                " LEFT JOIN tokens t1 ON t1.prompt_id = e.prompt_id AND t1.position = e.token"
-                " LEFT JOIN tokens t2 ON t2.prompt_id = e.prompt_id AND t2.position = e.token2"
+                " LEFT JOIN tokens t1 ON t1.prompt_id = e.prompt_id AND t1.token = e.token"
+                " LEFT JOIN tokens t2 ON t2.prompt_id = e.prompt_id AND t2.token = e.token2"
                 f" WHERE true{scope} ORDER BY abs(e.value) DESC, e.prompt_id, e.dst, e.layer, e.token, e.token2,"
                 " e.node_index"
             )

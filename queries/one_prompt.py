@@ -123,8 +123,8 @@ class OnePrompt:
                 + "".join(", " + c for c in select_cols)
                 + extra
                 + f" FROM s{join_sql}"
-                " LEFT JOIN tokens t1 ON t1.prompt_id = ? AND t1.position = s.token"
-                " LEFT JOIN tokens t2 ON t2.prompt_id = ? AND t2.position = s.token2"
+                " LEFT JOIN tokens t1 ON t1.prompt_id = ? AND t1.token = s.token"
+                " LEFT JOIN tokens t2 ON t2.prompt_id = ? AND t2.token = s.token2"
                 " ORDER BY s.rank_value DESC, s.node_type, s.layer, s.token, s.token2, s.node_index"
             )
             params += [prompt_id, prompt_id]
@@ -164,16 +164,16 @@ class OnePrompt:
                 alias = f"a{i}"
                 joins.append(
                     f" LEFT JOIN (SELECT token, sum(value) AS value FROM ({src.sql}) GROUP BY token) {alias}"
-                    f" ON {alias}.token = t.position"
+                    f" ON {alias}.token = t.token"
                 )
                 params += src.params
                 selects.append(f"{alias}.value AS {name if dst is None else 'value'}")
             sql = (
-                "SELECT t.position AS token, t.text AS token_text, "
+                "SELECT t.token, t.text AS token_text, "
                 + ", ".join(selects)
                 + " FROM tokens t"
                 + "".join(joins)
-                + " WHERE t.prompt_id = ? ORDER BY t.position"
+                + " WHERE t.prompt_id = ? ORDER BY t.token"
             )
             table = self._run(con, sql, [*params, prompt_id])
             if dst is not None and table["value"].null_count == table.num_rows:

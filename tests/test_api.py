@@ -128,7 +128,7 @@ def test_sql_outputs_and_bound_parameters(wh: Warehouse) -> None:
     assert wh.sql("SELECT text FROM prompts WHERE prompt_id = $id", {"id": 1}, output="pandas")["text"][0] == TRICKY
     # the prompts table survived the text above
     assert wh.sql("SELECT count(*) FROM prompts", output="rows") == [(3,)]
-    assert wh.sql("SELECT string_agg(text, '' ORDER BY position) FROM tokens WHERE prompt_id = 1", output="rows") == [
+    assert wh.sql("SELECT string_agg(text, '' ORDER BY token) FROM tokens WHERE prompt_id = 1", output="rows") == [
         (TRICKY,)
     ]
 

@@ -27,11 +27,16 @@ def _rewrite(path: Path, statements: list[str], version: int) -> None:
         con.close()
 
 
+# Versions before 5 named a token's index in `tokens` `position`.
+_POSITION = "ALTER TABLE tokens RENAME COLUMN token TO position"
+
+
 def _as_version_2(path: Path) -> None:
-    """Take away what versions 3 and 4 added: token bytes, the SAE and summary tables, summarised_through."""
+    """Take away what versions 3 to 5 added: token bytes, the SAE and summary tables, summarised_through,
+    the `token` column name."""
     drops = [f"DROP TABLE {table}" for table in ("saes", "node_summaries", "node_examples")]
     columns = [f"ALTER TABLE {table} DROP COLUMN bytes" for table in ("tokens", "vocab")]
-    _rewrite(path, [*drops, *columns, "ALTER TABLE runs DROP COLUMN summarised_through"], 2)
+    _rewrite(path, [*drops, *columns, "ALTER TABLE runs DROP COLUMN summarised_through", _POSITION], 2)
 
 
 def test_a_version_2_lake_is_upgraded_by_the_first_read_write_open(tmp_path: Path) -> None:
@@ -40,13 +45,17 @@ def test_a_version_2_lake_is_upgraded_by_the_first_read_write_open(tmp_path: Pat
     ingest(path, [PromptInput("An older warehouse")], options)
     _as_version_2(path)
 
-    with pytest.raises(db.NotAWarehouse, match="schema version 2, older than this actwh's 4: `actwh compact"):
+    with pytest.raises(
+        db.NotAWarehouse, match=f"schema version 2, older than this actwh's {db.SCHEMA_VERSION}: `actwh compact"
+    ):
         Warehouse(path)
 
     report = ingest(path, [PromptInput("A newer prompt with ünïcode")], options)
     assert report.stored == 1
     warehouse = Warehouse(path)
-    assert warehouse.sql("SELECT value FROM meta WHERE key = 'schema_version'", output="rows") == [("4",)]
+    assert warehouse.sql("SELECT value FROM meta WHERE key = 'schema_version'", output="rows") == [
+        (str(db.SCHEMA_VERSION),)
+    ]
     rows = warehouse.sql("SELECT p.text, t.bytes IS NULL FROM tokens t JOIN prompts p USING (prompt_id)", output="rows")
     assert {text for text, _ in rows} == {"An older warehouse", "A newer prompt with ünïcode"}
     assert all(missing == (text == "An older warehouse") for text, missing in rows), "bytes of the new tokens only"
@@ -64,7 +73,7 @@ def _as_version_3(path: Path) -> None:
         for table in ("node_summaries", "node_examples")
         for column in ("segment INTEGER DEFAULT 0", "level SMALLINT DEFAULT 99")
     ]
-    _rewrite(path, [*added, "ALTER TABLE runs DROP COLUMN summarised_through"], 3)
+    _rewrite(path, [*added, "ALTER TABLE runs DROP COLUMN summarised_through", _POSITION], 3)
 
 
 def test_a_version_3_lake_keeps_its_summaries_through_the_upgrade(tmp_path: Path) -> None:
@@ -81,7 +90,7 @@ def test_a_version_3_lake_keeps_its_summaries_through_the_upgrade(tmp_path: Path
     )
     before = Warehouse(path).rank_nodes("mlp_post_act", by="sum", k=5, run=0)
     _as_version_3(path)
-    with pytest.raises(db.NotAWarehouse, match="schema version 3, older than this actwh's 4"):
+    with pytest.raises(db.NotAWarehouse, match=f"schema version 3, older than this actwh's {db.SCHEMA_VERSION}"):
         Warehouse(path)
 
     ingest(path, [PromptInput("After the upgrade")], IngestOptions(model="gpt2-tiny", progress=False))
@@ -100,3 +109,34 @@ def test_a_version_3_lake_keeps_its_summaries_through_the_upgrade(tmp_path: Path
         "scanned 1 prompt(s) the per-node summaries do not cover" in n
         for n in notes(warehouse.rank_nodes("mlp_post_act", k=3))
     )
+
+
+def test_a_version_4_lake_names_the_token_column_as_activations_do_after_the_upgrade(tmp_path: Path) -> None:
+    path = tmp_path / "v4"
+    options = IngestOptions(model="gpt2-tiny", progress=False)
+    ingest(path, [PromptInput("Tokens keyed by position")], options)
+    _rewrite(path, [_POSITION], 4)
+    with pytest.raises(db.NotAWarehouse, match=f"schema version 4, older than this actwh's {db.SCHEMA_VERSION}"):
+        Warehouse(path)
+
+    ingest(path, [PromptInput("Tokens keyed by token")], options)
+    warehouse = Warehouse(path)
+    columns = warehouse.sql(
+        "SELECT column_name FROM duckdb_columns() WHERE table_name = 'tokens' ORDER BY column_index", output="rows"
+    )
+    assert [c for (c,) in columns][:3] == ["prompt_id", "token", "token_id"]
+    joined = warehouse.sql(
+        "SELECT p.text, string_agg(t.text, '' ORDER BY t.token) FROM tokens t JOIN prompts p USING (prompt_id)"
+        " GROUP BY p.text ORDER BY p.text",
+        output="rows",
+    )
+    assert joined == [
+        ("Tokens keyed by position", "Tokens keyed by position"),
+        ("Tokens keyed by token", "Tokens keyed by token"),
+    ]
+    facts = warehouse.sql(
+        "SELECT count(*) FROM activations a JOIN tokens t USING (prompt_id, token) WHERE a.dst = 'mlp_post_act'",
+        output="rows",
+    )
+    stored = warehouse.sql("SELECT count(*) FROM activations WHERE dst = 'mlp_post_act'", output="rows")
+    assert facts == stored and stored[0][0] > 0, "every fact row finds its token by the shared name"

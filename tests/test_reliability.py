@@ -91,7 +91,7 @@ def facts(db_path: Path) -> pa.Table:
 def tokens(db_path: Path) -> list[tuple]:
     return warehouse_rows(
         db_path,
-        "SELECT p.text, t.position, t.token_id, t.text FROM tokens t JOIN prompts p USING (prompt_id) ORDER BY ALL",
+        "SELECT p.text, t.token, t.token_id, t.text FROM tokens t JOIN prompts p USING (prompt_id) ORDER BY ALL",
     )
 
 

@@ -56,7 +56,7 @@ def test_cli_ingest_end_to_end(store: tuple[Path, str]) -> None:
     assert "stored 1 prompts (5 tokens" in output
     (run,) = _query(db, "SELECT r.status, r.objective, m.name, m.n_layers FROM runs r JOIN models m USING (model_id)")
     assert run == ("completed", "logit_diff", "smollm2", 30)
-    tokens = _query(db, "SELECT string_agg(text, '' ORDER BY position) FROM tokens")
+    tokens = _query(db, "SELECT string_agg(text, '' ORDER BY token) FROM tokens")
     assert tokens == [(PROMPT,)]
     # the recorded objective is the stored target logit minus the stored distractor logit
     (row,) = _query(

@@ -159,7 +159,7 @@ def test_ingested_tokens_and_example_contexts(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     wh = Warehouse(db)
     rows = wh.sql(
-        "SELECT p.text, list(t.bytes ORDER BY t.position) AS pieces, list(t.text ORDER BY t.position) AS texts"
+        "SELECT p.text, list(t.bytes ORDER BY t.token) AS pieces, list(t.text ORDER BY t.token) AS texts"
         " FROM prompts p JOIN tokens t USING (prompt_id) GROUP BY p.prompt_id, p.text ORDER BY p.prompt_id",
         output="rows",
     )

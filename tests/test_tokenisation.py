@@ -21,7 +21,7 @@ def _token_ids(db: Path) -> list[list[int]]:
     con = warehouse_db.connect(db, read_only=True)
     try:
         rows = con.sql(
-            "SELECT list(token_id ORDER BY position) FROM tokens GROUP BY prompt_id ORDER BY prompt_id"
+            "SELECT list(token_id ORDER BY token) FROM tokens GROUP BY prompt_id ORDER BY prompt_id"
         ).fetchall()
     finally:
         con.close()

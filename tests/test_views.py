@@ -119,7 +119,7 @@ def _prompts(wh: Warehouse, run_id: int) -> list[Prompt]:
     )
     out = []
     for prompt_id, text, target_id, distractor_id in rows:
-        ids = wh.sql("SELECT token_id FROM tokens WHERE prompt_id = ? ORDER BY position", [prompt_id], output="rows")
+        ids = wh.sql("SELECT token_id FROM tokens WHERE prompt_id = ? ORDER BY token", [prompt_id], output="rows")
         out.append(Prompt(prompt_id, text, [i for (i,) in ids], target_id, distractor_id))
     return out
 

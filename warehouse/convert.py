@@ -64,7 +64,10 @@ def _copy(writer: LakeWriter, source: Path) -> dict[str, int]:
             extra = (
                 ", 'float32' AS precision, false AS prepend_bos, 'text' AS special_tokens" if table == "runs" else ""
             )
-            select = f"SELECT *{extra} FROM old.{table}"
+            # version 1 named a token's index `position`; the lake calls it `token`, as the facts do
+            renamed = " RENAME (position AS token)" if "position" in columns else ""
+            columns = ["token" if c == "position" else c for c in columns]
+            select = f"SELECT *{renamed}{extra} FROM old.{table}"
             _insert_by_nulls(con, table, select, columns, ", ".join(columns))
             counts[table] = int(con.execute(f"SELECT count(*) FROM old.{table}").fetchall()[0][0])
         paired = f"""SELECT prompt_id, token, token2, layer, head, any_value(node_type)::VARCHAR AS node_type,

@@ -31,7 +31,7 @@ DASHBOARD_DIR = QUERIES / "dashboards"
 # token bytes, SAEs and per-node summaries; version 4 keeps one summary row per run and node, rewritten
 # as the ingest flushes, and each run's summarised_through. Bump when the lake's tables change, and add
 # the step to MIGRATIONS below.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def _summaries_per_run(con: duckdb.DuckDBPyConnection) -> None:
@@ -58,6 +58,8 @@ MIGRATIONS: dict[int, tuple[str | Callable[[duckdb.DuckDBPyConnection], None], .
         "ALTER TABLE vocab ADD COLUMN IF NOT EXISTS bytes BLOB",
     ),
     3: (_summaries_per_run,),
+    # tokens.position took the name every fact table and view gives the same index
+    4: ("ALTER TABLE tokens RENAME COLUMN position TO token",),
 }
 # The file magic of a DuckDB database: a warehouse written by actwh before the lake.
 _DUCKDB_MAGIC = b"DUCK"

@@ -69,7 +69,7 @@ CREATE TABLE IF NOT EXISTS prompts (
 -- NULL only for tokens converted from a single-file warehouse, which kept the text alone.
 CREATE TABLE IF NOT EXISTS tokens (
     prompt_id INTEGER NOT NULL,
-    position SMALLINT NOT NULL,
+    token SMALLINT NOT NULL,  -- the token's position in its prompt, as activations.token
     token_id INTEGER NOT NULL,
     text VARCHAR NOT NULL,
     bytes BLOB

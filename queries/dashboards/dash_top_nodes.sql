@@ -30,6 +30,6 @@ SELECT r.prompt_id, p.text AS prompt_text, CASE WHEN r.rank_top <= 10 THEN 'top'
        r.token2, t2.text AS token2_text, r.node_index, r.activation, r.write_norm, r.direct_effect, r.act_times_grad
 FROM ranked r
 JOIN prompts p USING (prompt_id)
-LEFT JOIN tokens t1 ON t1.prompt_id = r.prompt_id AND t1.position = r.token
-LEFT JOIN tokens t2 ON t2.prompt_id = r.prompt_id AND t2.position = r.token2
+LEFT JOIN tokens t1 ON t1.prompt_id = r.prompt_id AND t1.token = r.token
+LEFT JOIN tokens t2 ON t2.prompt_id = r.prompt_id AND t2.token = r.token2
 WHERE r.rank_top <= 10 OR r.rank_bottom <= 10
