@@ -312,6 +312,7 @@ def test_dsts_lists_availability(wh: Warehouse) -> None:
     assert not dsts["resid_post_mlp"]["available"]
 
 
+@pytest.mark.slow
 def test_unavailable_derived_dst_is_a_clear_error(hand_db: Path, tmp_path: Path) -> None:
     """A warehouse last written by an actwh with fewer views answers the others with one line."""
     import shutil

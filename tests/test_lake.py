@@ -137,6 +137,7 @@ def test_bfloat16_rounding_breaks_exact_ties_to_even_as_torch_does() -> None:
     assert np.array_equal(round_to_bfloat16(values).view(np.uint32), want.view(np.uint32))
 
 
+@pytest.mark.slow
 def test_a_moved_warehouse_answers_the_same(mixed: Path, tmp_path: Path) -> None:
     query = "SELECT * FROM scalars ORDER BY ALL"
     want = _rows(mixed, query)

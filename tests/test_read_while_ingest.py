@@ -166,6 +166,7 @@ def _run_with_reader(tmp_path: Path, prompts: Path) -> tuple[dict, float]:
     return result, busy_s
 
 
+@pytest.mark.slow
 def test_readers_see_whole_prompts_while_ingest_runs(tmp_path: Path) -> None:
     _run_with_reader(tmp_path, _prompts(tmp_path / "prompts.txt"))
 

@@ -147,6 +147,7 @@ def wait_until_committed(db_path: Path, proc: subprocess.Popen[str], n: int) -> 
     raise AssertionError(f"ingest exited ({proc.returncode}) before {n} prompts were committed: {proc.communicate()}")
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_stores_each_prompt_once_with_identical_values(
     tmp_path: Path, prompts_file: Path, reference: Path
 ) -> None:
@@ -198,6 +199,7 @@ def test_sigkill_at_random_points_then_resume_stores_each_prompt_once_with_ident
     assert sum(n for _, _, n in history) == N_PROMPTS, f"seed {seed}: every prompt credited to the run that stored it"
 
 
+@pytest.mark.slow  # tests/test_interrupts.py interrupts every stage in the default suite
 @pytest.mark.parametrize(
     ("signum", "message"),
     [(signal.SIGINT, "stopped by the user (Ctrl-C)"), (signal.SIGTERM, "stopped by SIGTERM")],
@@ -238,6 +240,7 @@ LOCKED = re.compile(
 )
 
 
+@pytest.mark.slow
 def test_two_ingests_at_once_one_succeeds_the_other_fails_cleanly(
     tmp_path: Path, prompts_file: Path, reference: Path
 ) -> None:
@@ -274,6 +277,7 @@ def wait_until_idle(proc: subprocess.Popen[str], window: float = 1.0, timeout: f
     raise AssertionError("the queued ingest never went idle")
 
 
+@pytest.mark.slow
 def test_wait_queues_behind_a_running_ingest(tmp_path: Path, prompts_file: Path) -> None:
     """The first ingest is frozen (SIGSTOP) after its first commit, holding the warehouse mid-run; a second
     with --wait starts, and goes idle instead of failing or writing. Resumed, the first completes, then the

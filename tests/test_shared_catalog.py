@@ -42,6 +42,7 @@ def _ingest(db_arg: str, *extra: str) -> None:
     _invoke("ingest", "--db", db_arg, "--model", "gpt2-tiny", "--quiet", *PROMPTS, *TARGET, *extra)
 
 
+@pytest.mark.slow
 def test_a_postgres_catalog_warehouse_answers_as_a_folder_does(pg_catalog: str, tmp_path: Path) -> None:
     folder = tmp_path / "folder"
     _ingest(str(folder))

@@ -97,6 +97,7 @@ def test_sql_streams_a_result_larger_than_its_memory_bound(tmp_path: Path) -> No
     assert big["peak_mb"] - idle["peak_mb"] < 150, (idle, big)
 
 
+@pytest.mark.slow
 def test_attention_probabilities_of_a_long_prompt_stream_in_bounded_memory(tmp_path: Path, long_prompt: Path) -> None:
     """The issue's query: 8 M rows, about 10x the bound as CSV text (more as Arrow), with RSS flat."""
     idle = _measure(long_prompt, "SELECT 1")

@@ -275,6 +275,7 @@ def _assert_node_answers(
             assert got.to_pylist() == scan.to_pylist()
 
 
+@pytest.mark.slow
 def test_a_run_whose_process_died_is_answered_from_its_summaries_and_a_scan_of_the_rest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

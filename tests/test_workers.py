@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 from click.testing import CliRunner
 
 from cli import main
@@ -128,6 +129,7 @@ def test_shards_split_deterministically() -> None:
             raise AssertionError(f"{bad} accepted")
 
 
+@pytest.mark.slow
 def test_four_workers_store_every_prompt_once_with_one_workers_values(pg_catalog: str, tmp_path: Path) -> None:
     prompts = _prompt_file(tmp_path / "prompts.jsonl", 16)
     reader = _Reader(pg_catalog)
@@ -148,6 +150,7 @@ def test_four_workers_store_every_prompt_once_with_one_workers_values(pg_catalog
     _assert_one_workers_values(pg_catalog, single)
 
 
+@pytest.mark.slow
 def test_a_killed_worker_rerun_beside_a_shard_started_twice_under_compaction_stores_every_prompt_once(
     pg_catalog: str, tmp_path: Path
 ) -> None:
