@@ -91,6 +91,14 @@ def _prompt_sources(
     "(direct_effects() for any pair; about 4 bytes x d_model x vocabulary).",
 )
 @click.option(
+    "--input-weights",
+    default="none",
+    show_default=True,
+    type=click.Choice(["none", "all"]),
+    help="Store the input side of the weights (MLP input/gate projections, W_Q, W_K, W_V and their biases) "
+    "for `actwh edges` and the edge macros (about as many values as the rest of the model).",
+)
+@click.option(
     "--prepend-bos/--no-prepend-bos",
     default=None,
     help="Put the tokenizer's BOS token before every prompt (never before a target). "
@@ -139,6 +147,7 @@ def ingest_command(
     truncate: bool,
     precision: str,
     unembedding: str,
+    input_weights: str,
     prepend_bos: bool | None,
     special_tokens_as_text: bool,
     max_memory: str | None,
@@ -182,6 +191,7 @@ def ingest_command(
         distractor=distractor,
         precision=precision,
         unembedding=unembedding,
+        input_weights=input_weights,
         max_memory=memory_limit,
         prepend_bos=prepend_bos,
         special_tokens_as_text=special_tokens_as_text,

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import tiktoken
 
 from ingest.checkpoints import LoadedModel
 from ingest.factors import FACTOR_WEIGHTS, Weights, direction_factors, mlp_out_norms
-from warehouse.registry import STORED_WEIGHTS
+from warehouse.registry import INPUT_WEIGHTS, STORED_WEIGHTS
 from warehouse.token_text import display_texts
 from warehouse.weights import weight_table
 from warehouse.writer import LakeWriter
@@ -51,16 +52,36 @@ def factor_weights(loaded: LoadedModel) -> Weights:
     return {(name, layer): t.detach() for name, layer, t in loaded.model.stored_weights(FACTOR_WEIGHTS)}
 
 
-def _view_weight_tables(loaded: LoadedModel, unembedding_all: bool) -> Iterator[pa.Table]:
-    names = (*STORED_WEIGHTS, "unembedding") if unembedding_all else STORED_WEIGHTS
+def _weight_tables(loaded: LoadedModel, names: tuple[str, ...]) -> Iterator[pa.Table]:
     tensors = sorted(loaded.model.stored_weights(names), key=lambda item: names.index(item[0]))
     for name, layer, t in tensors:
         yield weight_table(name, layer, t.detach().cpu().numpy())
 
 
-def register_model(writer: LakeWriter, loaded: LoadedModel, weights: Weights, unembedding_all: bool) -> int:
-    """The model's id in the lake, storing its record, view weights, vocabulary and neuron write norms
-    the first time this checkpoint is seen."""
+def _view_weight_tables(loaded: LoadedModel, unembedding_all: bool, input_weights: bool) -> Iterator[pa.Table]:
+    names = (*STORED_WEIGHTS, "unembedding") if unembedding_all else STORED_WEIGHTS
+    return _weight_tables(loaded, (*names, *INPUT_WEIGHTS) if input_weights else names)
+
+
+def add_input_weights(writer: LakeWriter, model_id: int, loaded: LoadedModel) -> None:
+    """Store the input-side weights (INPUT_WEIGHTS) of a model registered without them; nothing when the
+    lake holds them already."""
+
+    def rows(con: duckdb.DuckDBPyConnection) -> Iterator[tuple[str, pa.Table]]:
+        held = con.execute(
+            "SELECT count(*) FROM weights WHERE model_id = ? AND location = ?", [model_id, INPUT_WEIGHTS[0]]
+        ).fetchall()[0][0]
+        if not held:
+            yield from (("weights", table) for table in _weight_tables(loaded, INPUT_WEIGHTS))
+
+    writer.add_model_rows(model_id, rows)
+
+
+def register_model(
+    writer: LakeWriter, loaded: LoadedModel, weights: Weights, unembedding_all: bool, input_weights: bool = False
+) -> int:
+    """The model's id in the lake, storing its record, view weights (the input side too where
+    `input_weights`), vocabulary and neuron write norms the first time this checkpoint is seen."""
     cfg = loaded.model.config
     fields = {
         "family": cfg.family,
@@ -76,7 +97,7 @@ def register_model(writer: LakeWriter, loaded: LoadedModel, weights: Weights, un
         "config": json.dumps(cfg.as_dict()),
     }
     rows: dict[str, Callable[[], Iterable[pa.Table]]] = {
-        "weights": lambda: _view_weight_tables(loaded, unembedding_all),
+        "weights": lambda: _view_weight_tables(loaded, unembedding_all, input_weights),
         "vocab": lambda: [vocab_table(loaded)],
         "mlp_out_norms": lambda: [mlp_out_norms(weights)],
     }

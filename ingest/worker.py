@@ -30,7 +30,7 @@ from ingest import memory
 from ingest.capture import CaptureSpec, check_storable
 from ingest.checkpoints import DEFAULT_MODEL, LoadedModel, load_model
 from ingest.errors import DeviceError, ModelNotFound, TokenError
-from ingest.model_rows import factor_weights, register_model, token_rows
+from ingest.model_rows import add_input_weights, factor_weights, register_model, token_rows
 from ingest.objective import single_token
 from ingest.passes import (
     Captured,
@@ -68,6 +68,7 @@ class IngestOptions:
     precision: str = "float32"  # stored values: float32, or bfloat16 (rounded to nearest even, kept as FLOAT)
     max_memory: int | None = None  # bytes the ingest may use for a batch; None: what the machine has available
     unembedding: str = "used"  # unembedding columns stored: those of targets and distractors, or all
+    input_weights: str = "none"  # the input-side weights (registry.INPUT_WEIGHTS) for the edge macros: none or all
     prepend_bos: bool | None = None  # None: as the tokenizer's own config says
     special_tokens_as_text: bool = False  # '<|endoftext|>' in a prompt: the special token unless this is set
     data_path: str | None = None  # a shared catalog's data folder or URL (warehouse/lake.py), to create it
@@ -224,7 +225,10 @@ def ingest(
     with interrupts.raised(), LakeWriter(db_path, wait=options.wait, data_path=options.data_path) as writer:
         weights = factor_weights(loaded)
         unembedding_all = options.unembedding == "all"
-        model_id = register_model(writer, loaded, weights, unembedding_all)
+        input_weights = options.input_weights == "all"
+        model_id = register_model(writer, loaded, weights, unembedding_all, input_weights)
+        if input_weights:  # a model registered before without them gets them now
+            add_input_weights(writer, model_id, loaded)
         record_saes(writer, model_id, spec.saes, loaded.model)
         known_tokens = writer.known_tokens(model_id)
         layernorm = loaded.model.config.norm == "layernorm"

@@ -27,7 +27,9 @@ PAIR_PARAMETERS = {"t": 0, "target": 0, "v": 0, "d": 1, "distractor": 1}
 # one is added here. Their answers must have rows.
 EXAMPLE_ARGUMENTS = {
     "activations_by_hook": "SELECT min(h.hook_name) FROM tl_hooks h JOIN (SELECT DISTINCT dst, layer FROM facts) f"
-    " ON f.dst = h.dst AND f.layer IS NOT DISTINCT FROM h.layer"
+    " ON f.dst = h.dst AND f.layer IS NOT DISTINCT FROM h.layer",
+    # an MLP neuron of the last layer: rows, or one line (no input-side weights, no pre-activations stored)
+    "edges_into": "SELECT 'mlp_post_act', max(layer), 0 FROM facts WHERE dst = 'mlp_post_act'",
 }
 # Macros that yield no rows for an answerable pair by design: the refusal branch of the pair macros.
 EMPTY_BY_DESIGN = {"pair_refusal"}

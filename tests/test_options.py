@@ -56,6 +56,7 @@ EVERY_INGEST_OPTION = [
     *("--locations", "mlp.post_act:forward,attn.v", "--layers", "1", "--layers", "0", "--no-backward"),
     *("--device", "cpu", "--batch-size", "3", "--force", "--wait", "--truncate", "--precision", "bfloat16"),
     *("--unembedding", "all", "--no-prepend-bos", "--special-tokens-as-text", "--max-memory", "2gb"),
+    *("--input-weights", "all"),
     *("--no-summaries", "--sae", "first", "--sae", "second@blocks.0.hook_resid_pre", "--no-sae-error", "--quiet"),
 ]
 BUILT = IngestOptions(
@@ -74,6 +75,7 @@ BUILT = IngestOptions(
     precision="bfloat16",
     max_memory=2 * 2**30,
     unembedding="all",
+    input_weights="all",
     prepend_bos=False,
     special_tokens_as_text=True,
     summaries=False,

@@ -418,6 +418,22 @@ STORED_WEIGHTS: tuple[str, ...] = (
     "layer_norm_gain.post_mlp",
 )
 
+# The input side (what a neuron or a head reads from the residual), stored with `actwh ingest
+# --input-weights all` for the edge macros (queries/support/60_edges.sql): d_model x (2 d_mlp + heads'
+# query, key and value channels) values a layer, the size of the rest of the model.
+INPUT_WEIGHTS: tuple[str, ...] = (
+    "mlp.to_hidden",
+    "mlp.hidden_bias",
+    "mlp.to_gate",
+    "mlp.gate_bias",
+    "attn.to_query",
+    "attn.query_bias",
+    "attn.to_key",
+    "attn.key_bias",
+    "attn.to_value",
+    "attn.value_bias",
+)
+
 
 @dataclass(frozen=True)
 class ModelShape:

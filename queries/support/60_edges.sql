@@ -1,0 +1,236 @@
+-- Edges between two nodes (docs/DERIVED_SCALARS.md, "Edges"), from stored forward and backward rows and
+-- the input-side weights (`actwh ingest --input-weights all`), no model run. An upstream node writes w_up
+-- into the residual at its token; a downstream subnode reads the residual r there. With the norm scales held
+-- constant (the stored scales), for a downstream MLP neuron j of layer L at token t:
+--     activation  = d a[L,t,j] / dr . w_up           (the reference's mlp_in_edge_activation)
+--     attribution = dL/da[L,t,j] . activation        (mlp_in_edge_attribution: the stored gradient of a)
+-- where d a/dr = phi'(z) u1 / s for a plain MLP (a = phi(z)) and phi'(g) m u1 / s + phi(g) u2 / s for a gated
+-- one (a = phi(g) m): u1 the normed read of the pre-activation's column (the gate's in a gated MLP), u2 the
+-- up projection's, u = P(gain_pre_mlp * W[:, j]) (P removes the mean for LayerNorm), s the norm's scale at t.
+-- In a model that norms block outputs a write joins as gain_post * w / s_post[l', t] (scale held).
+-- Upstream: the embedding, every attention node (q = t, k, h) and MLP neuron before the MLP, and the output
+-- biases of those blocks as their own rows. So for a plain MLP the activations of one (prompt, token) sum to
+-- phi'(z) (z - b_in[j] - beta_pre_mlp . W_in[:, j]).
+--
+-- Every row: prompt_id, token, token2, dst, layer, head, node_index (the downstream subnode), source_dst,
+-- source_layer, source_head, source_node_index, source_token (the upstream node: an attention node's
+-- source_token is its key token; the embedding's and a bias's layer/head/node_index are NULL where they have
+-- none), activation, attribution (NULL without a stored gradient of the downstream node).
+
+-- The architecture switches edges read from a model's recorded config.
+CREATE OR REPLACE MACRO edge_switches() AS TABLE
+SELECT model_id, norm, n_heads, n_kv_heads, n_layers, d_mlp, config->>'activation' AS activation,
+       coalesce((config->>'gated_mlp')::BOOLEAN, false) AS gated_mlp,
+       coalesce((config->>'parallel_residual')::BOOLEAN, false) AS parallel_residual,
+       coalesce((config->>'post_block_norms')::BOOLEAN, false) AS post_block_norms
+FROM models;
+
+-- erf to 1.5e-7 (Abramowitz and Stegun 7.1.26): the exact GELU's slope needs it and DuckDB has none.
+CREATE OR REPLACE MACRO edge_erf(x) AS
+sign(x) * (1 - (((((1.061405429 * (1 / (1 + 0.3275911 * abs(x))) - 1.453152027) * (1 / (1 + 0.3275911 * abs(x)))
+  + 1.421413741) * (1 / (1 + 0.3275911 * abs(x))) - 0.284496736) * (1 / (1 + 0.3275911 * abs(x))) + 0.254829592)
+  * (1 / (1 + 0.3275911 * abs(x)))) * exp(-x * x));
+
+-- phi(z) and phi'(z) of the MLP activation functions the families use.
+CREATE OR REPLACE MACRO mlp_activation(act, z) AS
+CASE act
+    WHEN 'gelu_tanh' THEN 0.5 * z * (1 + tanh(0.7978845608028654 * (z + 0.044715 * z * z * z)))
+    WHEN 'gelu' THEN 0.5 * z * (1 + edge_erf(z / sqrt(2)))
+    WHEN 'silu' THEN z / (1 + exp(-z))
+    WHEN 'relu' THEN greatest(z, 0)
+END;
+
+CREATE OR REPLACE MACRO mlp_activation_slope(act, z) AS
+CASE act
+    WHEN 'gelu_tanh' THEN 0.5 * (1 + tanh(0.7978845608028654 * (z + 0.044715 * z * z * z)))
+        + 0.5 * z * (1 - pow(tanh(0.7978845608028654 * (z + 0.044715 * z * z * z)), 2))
+          * 0.7978845608028654 * (1 + 3 * 0.044715 * z * z)
+    WHEN 'gelu' THEN 0.5 * (1 + edge_erf(z / sqrt(2))) + z * exp(-0.5 * z * z) / sqrt(2 * pi())
+    WHEN 'silu' THEN (1 / (1 + exp(-z))) * (1 + z * (1 - 1 / (1 + exp(-z))))
+    WHEN 'relu' THEN CASE WHEN z > 0 THEN 1 ELSE 0 END
+END;
+
+-- Why edges into (down_dst, down_layer, j) cannot be answered, or NULL when they can.
+CREATE OR REPLACE MACRO edge_problem(down_dst, down_layer, j) AS TABLE
+SELECT CASE
+    WHEN down_dst IS DISTINCT FROM 'mlp_post_act'
+        THEN 'edges are built into and out of mlp_post_act (MLP neurons), not ' || coalesce(down_dst, 'NULL')
+    WHEN NOT EXISTS (SELECT 1 FROM weights WHERE location = 'mlp.to_hidden')
+        THEN 'this warehouse holds no input-side weights: ingest again with --input-weights all (no prompt is '
+             || 'stored twice; the weights are added)'
+    WHEN down_layer IS NULL OR j IS NULL OR down_layer < 0 OR down_layer >= (SELECT max(n_layers) FROM models)
+         OR j < 0 OR j >= (SELECT max(d_mlp) FROM models)
+        THEN 'no MLP neuron ' || coalesce(down_layer::VARCHAR, 'NULL') || ':' || coalesce(j::VARCHAR, 'NULL')
+             || ' in this warehouse''s model'
+    WHEN (SELECT bool_or(activation NOT IN ('gelu_tanh', 'gelu', 'silu', 'relu')) FROM edge_switches())
+        THEN 'edges know the activations gelu_tanh, gelu, silu and relu, not this model''s'
+    WHEN NOT EXISTS (SELECT 1 FROM facts WHERE dst = 'mlp_pre_act' AND layer = down_layer AND forward IS NOT NULL)
+        THEN 'edges into an MLP neuron need its pre-activation: ingest with --locations including '
+             || 'mlp.pre_act:forward (and mlp.post_act:forward,backward)'
+END AS problem;
+
+-- (down_layer, j) as one row, or the error of edge_problem: every branch joins it.
+CREATE OR REPLACE MACRO checked_edge(down_dst, down_layer, j) AS TABLE
+SELECT CASE WHEN problem IS NULL THEN down_layer ELSE error(problem) END::SMALLINT AS layer, j::INTEGER AS node_index
+FROM edge_problem(down_dst, down_layer, j);
+
+-- The normed read directions of neuron j of layer down_layer, per model and residual channel: u1 (the
+-- pre-activation's column), u2 (the up projection's in a gated MLP, else 0).
+CREATE OR REPLACE MACRO mlp_read_directions(down_layer, j) AS TABLE
+WITH cols AS (
+    SELECT w.model_id, w.row_index AS channel, (w.location = 'mlp.to_gate') = s.gated_mlp AS first,
+           w.value::DOUBLE * coalesce(g.value, 1) AS value, s.norm
+    FROM weights w
+    JOIN checked_edge('mlp_post_act', down_layer, j) c ON c.layer = w.layer AND c.node_index = w.col_index
+    JOIN edge_switches() s ON s.model_id = w.model_id
+    LEFT JOIN weights g
+      ON g.model_id = w.model_id AND g.location = 'layer_norm_gain.pre_mlp' AND g.layer = w.layer AND g.row_index = w.row_index
+    WHERE w.location IN ('mlp.to_hidden', 'mlp.to_gate')
+),
+centred AS (
+    SELECT model_id, channel, first,
+           value - CASE WHEN norm = 'layernorm' THEN avg(value) OVER (PARTITION BY model_id, first) ELSE 0 END AS value
+    FROM cols
+)
+SELECT model_id, channel, sum(CASE WHEN first THEN value ELSE 0 END) AS u1,
+       sum(CASE WHEN first THEN 0 ELSE value END) AS u2
+FROM centred GROUP BY model_id, channel;
+
+-- Per prompt and token, the neuron's slopes on its two reads, divided by the pre-MLP norm's scale (c1, c2:
+-- activation = c1 (w . u1) + c2 (w . u2)), and the stored gradient of its activation.
+CREATE OR REPLACE MACRO mlp_read_slopes(down_layer, j) AS TABLE
+WITH n AS (
+    SELECT z.prompt_id, p.model_id, z.token, z.forward::DOUBLE AS z, a.forward::DOUBLE AS a, a.backward::DOUBLE AS grad,
+           coalesce(s.forward::DOUBLE, 1) AS scale, e.activation AS act, e.gated_mlp
+    FROM facts z
+    JOIN checked_edge('mlp_post_act', down_layer, j) c ON c.layer = z.layer AND c.node_index = z.node_index
+    JOIN prompts p ON p.prompt_id = z.prompt_id
+    JOIN edge_switches() e ON e.model_id = p.model_id
+    JOIN facts a
+      ON a.prompt_id = z.prompt_id AND a.token = z.token AND a.dst = 'mlp_post_act' AND a.layer = z.layer
+     AND a.node_index = z.node_index
+    LEFT JOIN facts s
+      ON s.prompt_id = z.prompt_id AND s.token = z.token AND s.dst = 'mlp_input_layer_norm_scale' AND s.layer = z.layer
+    WHERE z.dst = 'mlp_pre_act' AND z.forward IS NOT NULL AND a.forward IS NOT NULL
+)
+SELECT prompt_id, model_id, token, grad,
+       CASE WHEN NOT gated_mlp THEN mlp_activation_slope(act, z)
+            WHEN mlp_activation(act, z) = 0 THEN 0
+            ELSE mlp_activation_slope(act, z) * a / mlp_activation(act, z) END / scale AS c1,
+       CASE WHEN gated_mlp THEN mlp_activation(act, z) ELSE 0 END / scale AS c2
+FROM n;
+
+-- Block `block`'s ('attn' or 'mlp') output directions as they reach the reads: u1, u2 times the gain of
+-- the norm after the block where the model has one, per layer.
+CREATE OR REPLACE MACRO edge_block_reads(down_layer, j, block) AS TABLE
+SELECT u.model_id, l.layer, u.channel, u.u1 * coalesce(g.value, 1) AS u1, u.u2 * coalesce(g.value, 1) AS u2
+FROM mlp_read_directions(down_layer, j) u
+JOIN (SELECT DISTINCT model_id, layer FROM weights WHERE location = block || '.residual_bias') l ON l.model_id = u.model_id
+LEFT JOIN weights g
+  ON g.model_id = u.model_id AND g.location = 'layer_norm_gain.post_' || block AND g.layer = l.layer AND g.row_index = u.channel;
+
+-- Weight-only factors: each upstream weight row dotted with the reads (kinds 'mlp': per layer and neuron;
+-- 'attn': per layer, head and value channel; 'attn_bias' and 'mlp_bias': per layer).
+CREATE OR REPLACE MACRO edge_factors(down_layer, j) AS TABLE
+WITH um AS (SELECT * FROM edge_block_reads(down_layer, j, 'mlp')),
+ua AS (SELECT * FROM edge_block_reads(down_layer, j, 'attn'))
+SELECT w.model_id, 'mlp' AS kind, w.layer, NULL::SMALLINT AS head, w.row_index AS node_index,
+       sum(w.value * u.u1) AS f1, sum(w.value * u.u2) AS f2
+FROM weights w JOIN um u ON u.model_id = w.model_id AND u.layer = w.layer AND u.channel = w.col_index
+WHERE w.location = 'mlp.to_residual' AND w.layer < down_layer
+GROUP BY w.model_id, w.layer, w.row_index
+UNION ALL
+SELECT w.model_id, 'attn', w.layer, w.head, w.row_index, sum(w.value * u.u1), sum(w.value * u.u2)
+FROM weights w JOIN ua u ON u.model_id = w.model_id AND u.layer = w.layer AND u.channel = w.col_index
+WHERE w.location = 'attn.to_residual' AND w.layer <= down_layer
+GROUP BY w.model_id, w.layer, w.head, w.row_index
+UNION ALL
+SELECT w.model_id, 'attn_bias', w.layer, NULL, NULL, sum(w.value * u.u1), sum(w.value * u.u2)
+FROM weights w JOIN ua u ON u.model_id = w.model_id AND u.layer = w.layer AND u.channel = w.row_index
+WHERE w.location = 'attn.residual_bias' AND w.layer <= down_layer
+GROUP BY w.model_id, w.layer
+UNION ALL
+SELECT w.model_id, 'mlp_bias', w.layer, NULL, NULL, sum(w.value * u.u1), sum(w.value * u.u2)
+FROM weights w JOIN um u ON u.model_id = w.model_id AND u.layer = w.layer AND u.channel = w.row_index
+WHERE w.location = 'mlp.residual_bias' AND w.layer < down_layer
+GROUP BY w.model_id, w.layer;
+
+-- The scale of the norm after block `block` per (prompt, layer, token), where the model norms block
+-- outputs; a model that does but whose scales were not stored gets no rows rather than undivided ones.
+CREATE OR REPLACE MACRO edge_post_scales(block) AS TABLE
+SELECT prompt_id, layer, token, forward::DOUBLE AS value
+FROM facts WHERE dst = block || '_output_layer_norm_scale' AND forward IS NOT NULL;
+
+-- Edges into MLP neuron j of layer down_layer from every upstream node at every stored (prompt, token).
+CREATE OR REPLACE MACRO mlp_in_edges(down_layer, j) AS TABLE
+WITH c AS (SELECT * FROM mlp_read_slopes(down_layer, j)),
+f AS (SELECT * FROM edge_factors(down_layer, j)),
+u AS (SELECT * FROM mlp_read_directions(down_layer, j)),
+-- the attention layers before the MLP: all up to down_layer, the MLP's own excluded where both read one input
+attn_layers AS (
+    SELECT f.*, e.n_heads // e.n_kv_heads AS grp FROM f JOIN edge_switches() e USING (model_id)
+    WHERE f.kind = 'attn' AND (f.layer < down_layer OR NOT e.parallel_residual)
+),
+-- per (prompt, layer, key token, query head): the stored value of its key/value head dotted with the factors
+value_reads AS (
+    SELECT v.prompt_id, v.layer, v.token AS key_token, f.head, sum(v.forward * f.f1) AS r1, sum(v.forward * f.f2) AS r2
+    FROM facts v
+    JOIN prompts p ON p.prompt_id = v.prompt_id
+    JOIN attn_layers f ON f.model_id = p.model_id AND f.layer = v.layer AND f.head // f.grp = v.head AND f.node_index = v.node_index
+    WHERE v.dst = 'attn_value' AND v.forward IS NOT NULL
+    GROUP BY v.prompt_id, v.layer, v.token, f.head
+),
+rows AS (
+    SELECT e.prompt_id, e.token, 'resid_post_embedding' AS source_dst, NULL::SMALLINT AS source_layer,
+           NULL::SMALLINT AS source_head, NULL::INTEGER AS source_node_index, e.token AS source_token,
+           sum(e.forward * (c.c1 * u.u1 + c.c2 * u.u2)) AS activation, any_value(c.grad) AS grad
+    FROM facts e
+    JOIN c ON c.prompt_id = e.prompt_id AND c.token = e.token
+    JOIN u ON u.model_id = c.model_id AND u.channel = e.node_index
+    WHERE e.dst = 'resid_post_embedding' AND e.forward IS NOT NULL
+    GROUP BY e.prompt_id, e.token
+    UNION ALL
+    SELECT a.prompt_id, a.token, 'mlp_post_act', a.layer, NULL, a.node_index, a.token,
+           a.forward * (c.c1 * f.f1 + c.c2 * f.f2) / coalesce(s.value, 1), c.grad
+    FROM facts a
+    JOIN c ON c.prompt_id = a.prompt_id AND c.token = a.token
+    JOIN f ON f.model_id = c.model_id AND f.kind = 'mlp' AND f.layer = a.layer AND f.node_index = a.node_index
+    JOIN edge_switches() e ON e.model_id = c.model_id
+    LEFT JOIN edge_post_scales('mlp') s ON s.prompt_id = a.prompt_id AND s.layer = a.layer AND s.token = a.token
+    WHERE a.dst = 'mlp_post_act' AND a.forward IS NOT NULL AND a.layer < down_layer
+      AND (s.value IS NOT NULL OR NOT e.post_block_norms)
+    UNION ALL
+    SELECT p.prompt_id, p.token, 'attn_qk_probs', p.layer, p.node_index, p.node_index, p.token2,
+           p.forward * (c.c1 * r.r1 + c.c2 * r.r2) / coalesce(s.value, 1), c.grad
+    FROM facts p
+    JOIN c ON c.prompt_id = p.prompt_id AND c.token = p.token
+    JOIN value_reads r ON r.prompt_id = p.prompt_id AND r.layer = p.layer AND r.key_token = p.token2 AND r.head = p.node_index
+    JOIN edge_switches() e ON e.model_id = c.model_id
+    LEFT JOIN edge_post_scales('attn') s ON s.prompt_id = p.prompt_id AND s.layer = p.layer AND s.token = p.token
+    WHERE p.dst = 'attn_qk_probs' AND p.forward IS NOT NULL AND (s.value IS NOT NULL OR NOT e.post_block_norms)
+    UNION ALL
+    SELECT c.prompt_id, c.token, CASE f.kind WHEN 'attn_bias' THEN 'attn_residual_bias' ELSE 'mlp_residual_bias' END,
+           f.layer, NULL, NULL, c.token, (c.c1 * f.f1 + c.c2 * f.f2) / coalesce(s.forward, 1), c.grad
+    FROM c
+    JOIN f ON f.model_id = c.model_id AND f.kind IN ('attn_bias', 'mlp_bias')
+    JOIN edge_switches() e ON e.model_id = c.model_id
+    LEFT JOIN facts s
+      ON s.prompt_id = c.prompt_id AND s.token = c.token AND s.layer = f.layer
+     AND s.dst = CASE f.kind WHEN 'attn_bias' THEN 'attn' ELSE 'mlp' END || '_output_layer_norm_scale'
+    WHERE (f.kind = 'mlp_bias' OR f.layer < down_layer OR NOT e.parallel_residual)
+      AND (s.forward IS NOT NULL OR NOT e.post_block_norms)
+)
+SELECT prompt_id, token::SMALLINT AS token, NULL::SMALLINT AS token2, 'mlp_post_act'::VARCHAR AS dst,
+       down_layer::SMALLINT AS layer, NULL::SMALLINT AS head, j::INTEGER AS node_index, source_dst::VARCHAR AS source_dst,
+       source_layer::SMALLINT AS source_layer, source_head::SMALLINT AS source_head,
+       source_node_index::INTEGER AS source_node_index, source_token::SMALLINT AS source_token,
+       activation::DOUBLE AS activation, (grad * activation)::DOUBLE AS attribution
+FROM rows;
+
+-- Edges into the downstream subnode (down_dst, down_layer, node): one row per prompt, token and upstream node.
+CREATE OR REPLACE MACRO edges_into(down_dst, down_layer, node) AS TABLE
+SELECT * FROM mlp_in_edges(down_layer, node) WHERE down_dst = 'mlp_post_act'
+UNION ALL
+SELECT NULL::INTEGER, NULL::SMALLINT, NULL::SMALLINT, NULL, NULL::SMALLINT, NULL::SMALLINT, NULL::INTEGER, e, NULL::SMALLINT,
+       NULL::SMALLINT, NULL::INTEGER, NULL::SMALLINT, NULL::DOUBLE, NULL::DOUBLE
+FROM (SELECT error(problem) AS e FROM edge_problem(down_dst, down_layer, node) WHERE problem IS NOT NULL);
