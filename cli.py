@@ -102,6 +102,7 @@ for command in (
     reading.node_stats_command,
     reading.rank_command,
     reading.prompt_command,
+    reading.edges_command,
 ):
     main.add_command(command)
 

@@ -1,5 +1,5 @@
 """The reading commands: `actwh sql`, and the questions of the query API (queries.api.Warehouse) as
-thin wrappers: top, examples, node-stats, rank, prompt."""
+thin wrappers: top, examples, node-stats, rank, prompt, edges."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import click
 from commands.options import db_option
 from queries import streaming
 from queries.api import Warehouse
+from queries.edges import EDGE_BY, edge_label, parse_node
 from queries.format import FILE_FORMATS, render, stream, write
 from queries.notes import notes
 from queries.one_prompt import NODE_COLUMNS
@@ -275,3 +276,57 @@ def prompt_command(
         from queries import plots
 
         _plotted(plots.token_strip(table, plot, f"prompt {prompt_id}" + (f": {dst}" if dst else "")))
+
+
+@click.command("edges")
+@_read_options
+@click.option("--into", "into", help="Edges into this node, DST:LAYER:NODE (an MLP neuron: mlp_post_act:5:100).")
+@click.option("--from", "from_", help="Edges out of this node, DST:LAYER:NODE (an MLP neuron).")
+@click.option(
+    "--with",
+    "with_",
+    help="Keep one node at the other end, DST[:LAYER[:NODE]] (an attention node's NODE is its head): without "
+    "--prompt-id, that edge's top (prompt, token) rows over the whole warehouse.",
+)
+@click.option("--prompt-id", type=int, help="Only this prompt (default: every prompt).")
+@click.option("--token", type=int, help="Only this token of the downstream node.")
+@click.option("-k", "k", default=20, show_default=True, type=click.IntRange(1), help="The k strongest edges.")
+@click.option(
+    "--by",
+    default="attribution",
+    show_default=True,
+    type=click.Choice(EDGE_BY),
+    help="Rank by |attribution| (dObjective/d down x activation) or |activation| (d down/d residual . write).",
+)
+def edges_command(
+    db_path: Path,
+    fmt: str,
+    output: Path | None,
+    plot: Path | None,
+    into: str | None,
+    from_: str | None,
+    with_: str | None,
+    prompt_id: int | None,
+    token: int | None,
+    k: int,
+    by: str,
+) -> None:
+    """The strongest edges into or out of a node (the Transformer Debugger's edge activation and attribution),
+    from stored passes (--plot: the edges as bars)."""
+    if (into is None) == (from_ is None):
+        raise click.UsageError("give exactly one of --into and --from")
+    dst, layer, node_index = parse_node(into or from_ or "")
+    if layer is None or node_index is None:
+        raise click.UsageError("--into / --from take DST:LAYER:NODE, e.g. mlp_post_act:5:100")
+    other = parse_node(with_) if with_ is not None else None
+    wh = Warehouse(db_path, check=False)
+    ask = wh.edges_into if into is not None else wh.edges_from
+    table = ask(dst, layer, node_index, prompt_id, token, other, k, by)
+    _emit(table, fmt, output)
+    if plot is not None:
+        from queries import plots
+
+        side = "source" if into is not None else ""
+        labels = [f"p{r['prompt_id']} {edge_label(r, side)}" for r in table.to_pylist()]
+        title = f"edges {'into' if into else 'out of'} {into or from_}: strongest {k} by {by}"
+        _plotted(plots.bars(labels, table.column(by).to_pylist(), plot, by, title))

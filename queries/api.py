@@ -22,6 +22,7 @@ import pyarrow as pa
 from queries import contexts, streaming
 from queries.comparisons import Comparisons
 from queries.direct_effects import DirectEffects
+from queries.edges import Edges
 from queries.node_scans import NodeScans
 from queries.one_prompt import OnePrompt
 from queries.sources import DstSources
@@ -37,7 +38,9 @@ if TYPE_CHECKING:
 Output = Literal["arrow", "pandas", "rows"]
 
 
-class Warehouse(SummaryQueries, contexts.ExampleWindows, OnePrompt, NodeScans, Comparisons, DirectEffects, DstSources):
+class Warehouse(
+    SummaryQueries, contexts.ExampleWindows, OnePrompt, NodeScans, Comparisons, DirectEffects, Edges, DstSources
+):
     """A warehouse, attached per call (read-only by default): each call reads the last committed snapshot."""
 
     def __init__(self, path: str | Path, read_only: bool = True, *, check: bool = True) -> None:

@@ -30,6 +30,7 @@ EXAMPLE_ARGUMENTS = {
     " ON f.dst = h.dst AND f.layer IS NOT DISTINCT FROM h.layer",
     # an MLP neuron of the last layer: rows, or one line (no input-side weights, no pre-activations stored)
     "edges_into": "SELECT 'mlp_post_act', max(layer), 0 FROM facts WHERE dst = 'mlp_post_act'",
+    "edges_from": "SELECT 'mlp_post_act', 0, 0",
 }
 # Macros that yield no rows for an answerable pair by design: the refusal branch of the pair macros.
 EMPTY_BY_DESIGN = {"pair_refusal"}

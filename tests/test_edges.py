@@ -12,12 +12,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from click.testing import CliRunner
 
+from cli import main
 from ingest.prompts import PromptInput
 from ingest.worker import IngestOptions, ingest
 from queries import QueryError, Warehouse
 from tests.hf_checkpoints import Checkpoint, gemma2_checkpoint, gpt2_checkpoint, llama_checkpoint
 from tests.oracle_edges import expected_in_edges, read_sum
+from warehouse import db
 from warehouse.registry import locations_of
 
 transformers = pytest.importorskip("transformers")
@@ -116,3 +119,77 @@ def test_edges_into_refuse_what_they_cannot_answer(stored: Stored) -> None:
     ):
         with pytest.raises(QueryError, match=words):
             stored.wh.sql(f"SELECT * FROM edges_into({args})")
+
+
+def test_edges_from_an_mlp_neuron_are_the_edges_into_its_readers(stored: Stored) -> None:
+    for prompt_id, _, _, _ in stored.prompts:
+        out = stored.wh.sql(
+            "SELECT token, node_index, activation, attribution FROM edges_from('mlp_post_act', 0, 3)"
+            " WHERE prompt_id = ? AND layer = 1",
+            [prompt_id],
+            output="rows",
+        )
+        into = _edges(stored.wh, "edges_into", f"'mlp_post_act', 1, {NEURON}", prompt_id)
+        mine = {t: (act, atr) for t, j, act, atr in out if j == NEURON}
+        want = {k[0]: v for k, v in into.items() if k[1:5] == ("mlp_post_act", 0, None, 3)}
+        assert set(mine) == set(want) and mine
+        for t, (act, atr) in want.items():
+            assert abs(mine[t][0] - act) < 1e-9 * max(1.0, abs(act)) and abs(mine[t][1] - atr) < 1e-9 * max(
+                1.0, abs(atr)
+            )
+        n_mlp = stored.wh.sql("SELECT d_mlp FROM models", output="rows")[0][0]
+        assert len(out) == n_mlp * len(mine)  # every neuron of the later layer at every token
+
+
+def test_the_api_ranks_edges_by_size_in_one_prompt_and_across_prompts(stored: Stored) -> None:
+    wh = stored.wh
+    prompt_id, ids = stored.prompts[2][:2]
+    every = _edges(wh, "edges_into", f"'mlp_post_act', {LAYER}, {NEURON}", prompt_id)
+    for by, column in (("attribution", 1), ("activation", 0)):
+        top = wh.edges_into("mlp_post_act", LAYER, NEURON, prompt_id=prompt_id, k=7, by=by).to_pylist()
+        sizes = sorted((abs(v[column]) for v in every.values()), reverse=True)[:7]
+        assert [abs(r[by]) for r in top] == pytest.approx(sizes, rel=1e-12)
+    last = len(ids) - 1
+    at_token = wh.edges_into("mlp_post_act", LAYER, NEURON, prompt_id=prompt_id, token=last, k=None).to_pylist()
+    assert len(at_token) == sum(1 for key in every if key[0] == last)
+    # one edge (an earlier neuron into this one) over the whole warehouse: every prompt's tokens, ranked
+    source = ("mlp_post_act", 0, 3)
+    across = wh.edges_into("mlp_post_act", LAYER, NEURON, source=source, k=None).to_pylist()
+    want = {}
+    for pid, _, _, _ in stored.prompts:
+        for key, value in _edges(wh, "edges_into", f"'mlp_post_act', {LAYER}, {NEURON}", pid).items():
+            if key[1:5] == ("mlp_post_act", 0, None, 3):
+                want[(pid, key[0])] = value[1]
+    assert {(r["prompt_id"], r["token"]): r["attribution"] for r in across} == pytest.approx(want, rel=1e-12)
+    assert [abs(r["attribution"]) for r in across] == sorted((abs(v) for v in want.values()), reverse=True)
+    out = wh.edges_from("mlp_post_act", 0, 3, target=("mlp_post_act", LAYER, NEURON), k=None).to_pylist()
+    assert {(r["prompt_id"], r["token"]): r["attribution"] for r in out} == pytest.approx(want, rel=1e-9)
+
+
+def test_edges_refuse_in_one_line(stored: Stored) -> None:
+    wh = stored.wh
+    with pytest.raises(QueryError, match="is in the last layer"):
+        wh.edges_from("mlp_post_act", 1, 0)
+    with pytest.raises(QueryError, match="not attn_qk_probs"):
+        wh.edges_into("attn_qk_probs", 1, 0)
+    with pytest.raises(db.WarehouseError, match="rank edges by"):
+        wh.edges_into("mlp_post_act", 1, 0, by="size")
+    with pytest.raises(db.WarehouseError, match="no edge with mlp_post_act:1:0"):
+        wh.edges_into("mlp_post_act", LAYER, NEURON, source=("mlp_post_act", 1, 0))
+
+
+def test_the_edges_command_prints_and_plots(stored: Stored, tmp_path: Path) -> None:
+    db_path = str(stored.path)
+    plot = tmp_path / "edges.png"
+    into = ["edges", "--db", db_path, "--into", f"mlp_post_act:{LAYER}:{NEURON}", "--prompt-id", "0"]
+    result = CliRunner().invoke(main, [*into, "-k", "5", "--by", "activation", "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    assert plot.stat().st_size > 0 and "source_dst" in result.output
+    csv = tmp_path / "edges.csv"
+    args = ["edges", "--db", db_path, "--from", "mlp_post_act:0:3", "--with", f"mlp_post_act:{LAYER}:{NEURON}"]
+    result = CliRunner().invoke(main, [*args, "--token", "1", "--format", "csv", "--output", str(csv)])
+    assert result.exit_code == 0, result.output
+    lines = csv.read_text().splitlines()
+    assert len(lines) == 1 + len([p for p in stored.prompts if len(p[1]) > 1])  # token 1 of each longer prompt
+    result = CliRunner().invoke(main, ["edges", "--db", db_path, "--into", "mlp_post_act:1"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "DST:LAYER:NODE" in result.output

@@ -50,8 +50,10 @@ CASE act
     WHEN 'relu' THEN CASE WHEN z > 0 THEN 1 ELSE 0 END
 END;
 
--- Why edges into (down_dst, down_layer, j) cannot be answered, or NULL when they can.
-CREATE OR REPLACE MACRO edge_problem(down_dst, down_layer, j) AS TABLE
+-- Why edges into or out of (down_dst, down_layer, j) cannot be answered, or NULL when they can; first_read:
+-- the first layer whose MLP pre-activations the answer reads (the node's own for edges into it, the next for
+-- edges out of it).
+CREATE OR REPLACE MACRO edge_problem(down_dst, down_layer, j, first_read) AS TABLE
 SELECT CASE
     WHEN down_dst IS DISTINCT FROM 'mlp_post_act'
         THEN 'edges are built into and out of mlp_post_act (MLP neurons), not ' || coalesce(down_dst, 'NULL')
@@ -64,15 +66,17 @@ SELECT CASE
              || ' in this warehouse''s model'
     WHEN (SELECT bool_or(activation NOT IN ('gelu_tanh', 'gelu', 'silu', 'relu')) FROM edge_switches())
         THEN 'edges know the activations gelu_tanh, gelu, silu and relu, not this model''s'
-    WHEN NOT EXISTS (SELECT 1 FROM facts WHERE dst = 'mlp_pre_act' AND layer = down_layer AND forward IS NOT NULL)
-        THEN 'edges into an MLP neuron need its pre-activation: ingest with --locations including '
+    WHEN first_read >= (SELECT max(n_layers) FROM models)
+        THEN 'MLP neuron ' || down_layer || ':' || j || ' is in the last layer: no MLP neuron reads its write'
+    WHEN NOT EXISTS (SELECT 1 FROM facts WHERE dst = 'mlp_pre_act' AND layer >= first_read AND forward IS NOT NULL)
+        THEN 'edges into MLP neurons need their pre-activations: ingest with --locations including '
              || 'mlp.pre_act:forward (and mlp.post_act:forward,backward)'
 END AS problem;
 
 -- (down_layer, j) as one row, or the error of edge_problem: every branch joins it.
-CREATE OR REPLACE MACRO checked_edge(down_dst, down_layer, j) AS TABLE
+CREATE OR REPLACE MACRO checked_edge(down_dst, down_layer, j, first_read) AS TABLE
 SELECT CASE WHEN problem IS NULL THEN down_layer ELSE error(problem) END::SMALLINT AS layer, j::INTEGER AS node_index
-FROM edge_problem(down_dst, down_layer, j);
+FROM edge_problem(down_dst, down_layer, j, first_read);
 
 -- The normed read directions of neuron j of layer down_layer, per model and residual channel: u1 (the
 -- pre-activation's column), u2 (the up projection's in a gated MLP, else 0).
@@ -81,7 +85,7 @@ WITH cols AS (
     SELECT w.model_id, w.row_index AS channel, (w.location = 'mlp.to_gate') = s.gated_mlp AS first,
            w.value::DOUBLE * coalesce(g.value, 1) AS value, s.norm
     FROM weights w
-    JOIN checked_edge('mlp_post_act', down_layer, j) c ON c.layer = w.layer AND c.node_index = w.col_index
+    JOIN checked_edge('mlp_post_act', down_layer, j, down_layer) c ON c.layer = w.layer AND c.node_index = w.col_index
     JOIN edge_switches() s ON s.model_id = w.model_id
     LEFT JOIN weights g
       ON g.model_id = w.model_id AND g.location = 'layer_norm_gain.pre_mlp' AND g.layer = w.layer AND g.row_index = w.row_index
@@ -96,14 +100,14 @@ SELECT model_id, channel, sum(CASE WHEN first THEN value ELSE 0 END) AS u1,
        sum(CASE WHEN first THEN 0 ELSE value END) AS u2
 FROM centred GROUP BY model_id, channel;
 
--- Per prompt and token, the neuron's slopes on its two reads, divided by the pre-MLP norm's scale (c1, c2:
--- activation = c1 (w . u1) + c2 (w . u2)), and the stored gradient of its activation.
-CREATE OR REPLACE MACRO mlp_read_slopes(down_layer, j) AS TABLE
+-- Per prompt, token and MLP neuron (layers first_layer to last_layer; neuron j, or every neuron for NULL), the
+-- neuron's slopes on its two reads divided by the pre-MLP norm's scale (c1, c2: activation = c1 (w . u1) +
+-- c2 (w . u2)), and the stored gradient of its activation. A gated neuron's up read m is a / phi(g).
+CREATE OR REPLACE MACRO mlp_read_slopes(first_layer, last_layer, j) AS TABLE
 WITH n AS (
-    SELECT z.prompt_id, p.model_id, z.token, z.forward::DOUBLE AS z, a.forward::DOUBLE AS a, a.backward::DOUBLE AS grad,
-           coalesce(s.forward::DOUBLE, 1) AS scale, e.activation AS act, e.gated_mlp
+    SELECT z.prompt_id, p.model_id, z.token, z.layer, z.node_index, z.forward::DOUBLE AS z, a.forward::DOUBLE AS a,
+           a.backward::DOUBLE AS grad, coalesce(s.forward::DOUBLE, 1) AS scale, e.activation AS act, e.gated_mlp
     FROM facts z
-    JOIN checked_edge('mlp_post_act', down_layer, j) c ON c.layer = z.layer AND c.node_index = z.node_index
     JOIN prompts p ON p.prompt_id = z.prompt_id
     JOIN edge_switches() e ON e.model_id = p.model_id
     JOIN facts a
@@ -112,8 +116,9 @@ WITH n AS (
     LEFT JOIN facts s
       ON s.prompt_id = z.prompt_id AND s.token = z.token AND s.dst = 'mlp_input_layer_norm_scale' AND s.layer = z.layer
     WHERE z.dst = 'mlp_pre_act' AND z.forward IS NOT NULL AND a.forward IS NOT NULL
+      AND z.layer BETWEEN first_layer AND last_layer AND (j IS NULL OR z.node_index = j)
 )
-SELECT prompt_id, model_id, token, grad,
+SELECT prompt_id, model_id, token, layer, node_index, grad,
        CASE WHEN NOT gated_mlp THEN mlp_activation_slope(act, z)
             WHEN mlp_activation(act, z) = 0 THEN 0
             ELSE mlp_activation_slope(act, z) * a / mlp_activation(act, z) END / scale AS c1,
@@ -155,15 +160,9 @@ FROM weights w JOIN um u ON u.model_id = w.model_id AND u.layer = w.layer AND u.
 WHERE w.location = 'mlp.residual_bias' AND w.layer < down_layer
 GROUP BY w.model_id, w.layer;
 
--- The scale of the norm after block `block` per (prompt, layer, token), where the model norms block
--- outputs; a model that does but whose scales were not stored gets no rows rather than undivided ones.
-CREATE OR REPLACE MACRO edge_post_scales(block) AS TABLE
-SELECT prompt_id, layer, token, forward::DOUBLE AS value
-FROM facts WHERE dst = block || '_output_layer_norm_scale' AND forward IS NOT NULL;
-
 -- Edges into MLP neuron j of layer down_layer from every upstream node at every stored (prompt, token).
 CREATE OR REPLACE MACRO mlp_in_edges(down_layer, j) AS TABLE
-WITH c AS (SELECT * FROM mlp_read_slopes(down_layer, j)),
+WITH c AS (SELECT * FROM mlp_read_slopes(down_layer, down_layer, j)),
 f AS (SELECT * FROM edge_factors(down_layer, j)),
 u AS (SELECT * FROM mlp_read_directions(down_layer, j)),
 -- the attention layers before the MLP: all up to down_layer, the MLP's own excluded where both read one input
@@ -196,7 +195,7 @@ rows AS (
     JOIN c ON c.prompt_id = a.prompt_id AND c.token = a.token
     JOIN f ON f.model_id = c.model_id AND f.kind = 'mlp' AND f.layer = a.layer AND f.node_index = a.node_index
     JOIN edge_switches() e ON e.model_id = c.model_id
-    LEFT JOIN edge_post_scales('mlp') s ON s.prompt_id = a.prompt_id AND s.layer = a.layer AND s.token = a.token
+    LEFT JOIN post_block_scales('mlp') s ON s.prompt_id = a.prompt_id AND s.layer = a.layer AND s.token = a.token
     WHERE a.dst = 'mlp_post_act' AND a.forward IS NOT NULL AND a.layer < down_layer
       AND (s.value IS NOT NULL OR NOT e.post_block_norms)
     UNION ALL
@@ -206,7 +205,7 @@ rows AS (
     JOIN c ON c.prompt_id = p.prompt_id AND c.token = p.token
     JOIN value_reads r ON r.prompt_id = p.prompt_id AND r.layer = p.layer AND r.key_token = p.token2 AND r.head = p.node_index
     JOIN edge_switches() e ON e.model_id = c.model_id
-    LEFT JOIN edge_post_scales('attn') s ON s.prompt_id = p.prompt_id AND s.layer = p.layer AND s.token = p.token
+    LEFT JOIN post_block_scales('attn') s ON s.prompt_id = p.prompt_id AND s.layer = p.layer AND s.token = p.token
     WHERE p.dst = 'attn_qk_probs' AND p.forward IS NOT NULL AND (s.value IS NOT NULL OR NOT e.post_block_norms)
     UNION ALL
     SELECT c.prompt_id, c.token, CASE f.kind WHEN 'attn_bias' THEN 'attn_residual_bias' ELSE 'mlp_residual_bias' END,
@@ -227,10 +226,66 @@ SELECT prompt_id, token::SMALLINT AS token, NULL::SMALLINT AS token2, 'mlp_post_
        activation::DOUBLE AS activation, (grad * activation)::DOUBLE AS attribution
 FROM rows;
 
+-- One line for a node edges cannot be answered for, as a row of the edge shape (no rows when they can): the
+-- last branch of edges_into and edges_from, so an answer left empty by the checks raises instead.
+CREATE OR REPLACE MACRO edge_refusal(node_dst, node_layer, node, first_read) AS TABLE
+SELECT e::INTEGER AS prompt_id, e::SMALLINT AS token, e::SMALLINT AS token2, e AS dst, e::SMALLINT AS layer,
+       e::SMALLINT AS head, e::INTEGER AS node_index, e AS source_dst, e::SMALLINT AS source_layer,
+       e::SMALLINT AS source_head, e::INTEGER AS source_node_index, e::SMALLINT AS source_token,
+       e::DOUBLE AS activation, e::DOUBLE AS attribution
+FROM (SELECT error(problem) AS e FROM edge_problem(node_dst, node_layer, node, first_read) WHERE problem IS NOT NULL);
+
 -- Edges into the downstream subnode (down_dst, down_layer, node): one row per prompt, token and upstream node.
 CREATE OR REPLACE MACRO edges_into(down_dst, down_layer, node) AS TABLE
 SELECT * FROM mlp_in_edges(down_layer, node) WHERE down_dst = 'mlp_post_act'
-UNION ALL
-SELECT NULL::INTEGER, NULL::SMALLINT, NULL::SMALLINT, NULL, NULL::SMALLINT, NULL::SMALLINT, NULL::INTEGER, e, NULL::SMALLINT,
-       NULL::SMALLINT, NULL::INTEGER, NULL::SMALLINT, NULL::DOUBLE, NULL::DOUBLE
-FROM (SELECT error(problem) AS e FROM edge_problem(down_dst, down_layer, node) WHERE problem IS NOT NULL);
+UNION ALL SELECT * FROM edge_refusal(down_dst, down_layer, node, down_layer);
+
+-- Edges out of MLP neuron i of layer up_layer into every MLP neuron j of a later layer at the same token:
+-- activation = a[up,t,i] / s_post[up,t] (c1 F1[L,j] + c2 F2[L,j]), F_r[L,j] = P(gain_post * W_out[up][i,:]) .
+-- (gain_pre_mlp[L] * W_r[L][:, j]) (P moved onto the write: P is its own transpose).
+CREATE OR REPLACE MACRO mlp_out_edges(up_layer, i) AS TABLE
+WITH w AS (
+    SELECT o.model_id, o.col_index AS channel, o.value::DOUBLE * coalesce(g.value, 1) AS value, e.norm, e.gated_mlp
+    FROM weights o
+    JOIN checked_edge('mlp_post_act', up_layer, i, up_layer + 1) c ON c.layer = o.layer AND c.node_index = o.row_index
+    JOIN edge_switches() e ON e.model_id = o.model_id
+    LEFT JOIN weights g
+      ON g.model_id = o.model_id AND g.location = 'layer_norm_gain.post_mlp' AND g.layer = o.layer AND g.row_index = o.col_index
+    WHERE o.location = 'mlp.to_residual'
+),
+wc AS (
+    SELECT model_id, channel, gated_mlp,
+           value - CASE WHEN norm = 'layernorm' THEN avg(value) OVER (PARTITION BY model_id) ELSE 0 END AS value
+    FROM w
+),
+f AS (
+    SELECT r.model_id, r.layer, r.col_index AS node_index,
+           sum(CASE WHEN (r.location = 'mlp.to_gate') = wc.gated_mlp THEN wc.value * r.value * coalesce(g.value, 1) END) AS f1,
+           coalesce(sum(CASE WHEN (r.location = 'mlp.to_gate') = wc.gated_mlp THEN NULL
+                             ELSE wc.value * r.value * coalesce(g.value, 1) END), 0) AS f2
+    FROM weights r
+    JOIN wc ON wc.model_id = r.model_id AND wc.channel = r.row_index
+    LEFT JOIN weights g
+      ON g.model_id = r.model_id AND g.location = 'layer_norm_gain.pre_mlp' AND g.layer = r.layer AND g.row_index = r.row_index
+    WHERE r.location IN ('mlp.to_hidden', 'mlp.to_gate') AND r.layer > up_layer
+    GROUP BY r.model_id, r.layer, r.col_index
+)
+SELECT a.prompt_id, a.token::SMALLINT AS token, NULL::SMALLINT AS token2, 'mlp_post_act'::VARCHAR AS dst,
+       c.layer::SMALLINT AS layer, NULL::SMALLINT AS head, c.node_index::INTEGER AS node_index,
+       'mlp_post_act'::VARCHAR AS source_dst, a.layer::SMALLINT AS source_layer, NULL::SMALLINT AS source_head,
+       a.node_index::INTEGER AS source_node_index, a.token::SMALLINT AS source_token,
+       (a.forward * (c.c1 * f.f1 + c.c2 * f.f2) / coalesce(s.value, 1))::DOUBLE AS activation,
+       (c.grad * a.forward * (c.c1 * f.f1 + c.c2 * f.f2) / coalesce(s.value, 1))::DOUBLE AS attribution
+FROM facts a
+JOIN mlp_read_slopes(up_layer + 1, 32767, NULL) c ON c.prompt_id = a.prompt_id AND c.token = a.token
+JOIN f ON f.model_id = c.model_id AND f.layer = c.layer AND f.node_index = c.node_index
+JOIN edge_switches() e ON e.model_id = c.model_id
+LEFT JOIN post_block_scales('mlp') s ON s.prompt_id = a.prompt_id AND s.layer = a.layer AND s.token = a.token
+WHERE a.dst = 'mlp_post_act' AND a.forward IS NOT NULL AND a.layer = up_layer AND a.node_index = i
+  AND (s.value IS NOT NULL OR NOT e.post_block_norms);
+
+-- Edges out of the upstream node (up_dst, up_layer, node) into every downstream subnode it writes to: the rows
+-- of edges_into seen from the upstream side.
+CREATE OR REPLACE MACRO edges_from(up_dst, up_layer, node) AS TABLE
+SELECT * FROM mlp_out_edges(up_layer, node) WHERE up_dst = 'mlp_post_act'
+UNION ALL SELECT * FROM edge_refusal(up_dst, up_layer, node, up_layer + 1);

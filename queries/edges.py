@@ -1,0 +1,150 @@
+"""Edges between nodes over stored passes: the `edges_into` and `edges_from` table macros of
+queries/support/60_edges.sql (docs/DERIVED_SCALARS.md, "Edges"), ranked, for one prompt and token or across
+the whole warehouse. `Edges` adds `edges_into` and `edges_from` to the Warehouse."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from warehouse import db
+
+EDGE_BY = ("attribution", "activation")
+# A node as DST:LAYER:NODE. Edges are built into and out of MLP neurons; the other end of an edge may also be
+# the embedding (resid_post_embedding, no layer), an attention node (attn_qk_probs, node = head) or a bias.
+Node = tuple[str, int | None, int | None]
+
+
+def parse_node(text: str) -> Node:
+    """'mlp_post_act:5:100' -> ('mlp_post_act', 5, 100); 'resid_post_embedding' -> (..., None, None).
+
+    Raises WarehouseError (one line) for anything else."""
+    parts = text.split(":")
+    try:
+        if len(parts) == 3:
+            return parts[0], int(parts[1]), int(parts[2])
+        if len(parts) == 2:
+            return parts[0], int(parts[1]), None
+        if len(parts) == 1 and parts[0]:
+            return parts[0], None, None
+    except ValueError:
+        pass
+    raise db.WarehouseError(f"node {text!r}: give DST:LAYER:NODE, e.g. mlp_post_act:5:100")
+
+
+class Edges:
+    """Warehouse's edges (a mixin: it uses the Warehouse's `_connection`, `_run` and `_require_prompt`)."""
+
+    def edges_into(
+        self,
+        dst: str,
+        layer: int,
+        node_index: int,
+        prompt_id: int | None = None,
+        token: int | None = None,
+        source: Node | None = None,
+        k: int | None = 20,
+        by: str = "attribution",
+    ) -> pa.Table:
+        """The strongest edges into one downstream node (an MLP neuron: dst 'mlp_post_act'), largest |by| first.
+
+        One row per prompt, token and upstream node (the embedding, every earlier attention node and MLP neuron,
+        the blocks' output biases): prompt_id, token, token_text, source_dst, source_layer, source_head,
+        source_node_index, source_token, source_token_text, activation (d down / d residual . the source's
+        write, norm scales held; the reference's mlp_in_edge_activation) and attribution (dObjective/d down
+        times it; NULL without the node's stored gradient). `prompt_id` / `token` narrow to one prompt / token;
+        `source` (dst, layer, node index; None for any) keeps one upstream node: with no prompt given, the top
+        (prompt, token) rows of that edge over the whole warehouse. Needs `ingest --input-weights all` and
+        mlp.pre_act stored; raises WarehouseError with one line otherwise.
+        """
+        return self._edges("edges_into", "source", (dst, layer, node_index), prompt_id, token, source, k, by)
+
+    def edges_from(
+        self,
+        dst: str,
+        layer: int,
+        node_index: int,
+        prompt_id: int | None = None,
+        token: int | None = None,
+        target: Node | None = None,
+        k: int | None = 20,
+        by: str = "attribution",
+    ) -> pa.Table:
+        """The strongest edges out of one upstream node (an MLP neuron) into every later MLP neuron at the same
+        token, largest |by| first: the rows of `edges_into` seen from the upstream side, with the downstream
+        node as dst, layer, node_index. `target` (dst, layer, node index; None for any) keeps one downstream
+        node: with no prompt given, the top (prompt, token) rows of that edge over the whole warehouse."""
+        return self._edges("edges_from", "", (dst, layer, node_index), prompt_id, token, target, k, by)
+
+    def _edges(
+        self,
+        macro: str,
+        side: str,
+        node: tuple[str, int, int],
+        prompt_id: int | None,
+        token: int | None,
+        other: Node | None,
+        k: int | None,
+        by: str,
+    ) -> pa.Table:
+        if by not in EDGE_BY:
+            raise db.WarehouseError(f"rank edges by {' or '.join(EDGE_BY)}, not {by!r}")
+        dst, layer, node_index = node
+        conditions, params = ["true"], [dst]
+        for column, value in (("prompt_id", prompt_id), ("token", token)):
+            if value is not None:
+                conditions.append(f"e.{column} = ?")
+                params.append(value)
+        if other is not None:
+            prefix = f"{side}_" if side else ""
+            for column, value in zip(("dst", "layer", "node_index"), other, strict=True):
+                if value is not None:
+                    conditions.append(f"e.{prefix}{column} = ?")
+                    params.append(value)
+        sql = (
+            "SELECT e.prompt_id, e.token, t1.text AS token_text, e.dst, e.layer, e.node_index, e.source_dst,"
+            " e.source_layer, e.source_head, e.source_node_index, e.source_token, t2.text AS source_token_text,"
+            f" e.activation, e.attribution FROM {macro}(?, {int(layer)}, {int(node_index)}) e"
+            " LEFT JOIN tokens t1 ON t1.prompt_id = e.prompt_id AND t1.token = e.token"
+            " LEFT JOIN tokens t2 ON t2.prompt_id = e.prompt_id AND t2.token = e.source_token"
+            f" WHERE {' AND '.join(conditions)} ORDER BY abs(e.{by}) DESC NULLS LAST, e.prompt_id, e.token,"
+            " e.layer, e.node_index, e.source_dst, e.source_layer, e.source_node_index, e.source_token"
+        )
+        if k is not None:
+            sql += f" LIMIT {int(k)}"
+        with self._connection() as con:
+            if prompt_id is not None:
+                self._require_prompt(con, prompt_id)
+            table = self._run(con, sql, params)
+        return _checked(table, by, other)
+
+
+def _checked(table: pa.Table, by: str, other: Node | None) -> pa.Table:
+    """The answer, or one line saying why it is empty or cannot be ranked."""
+    if not table.num_rows:
+        which = "" if other is None else f" with {':'.join(str(v) for v in other if v is not None)}"
+        raise db.WarehouseError(f"no edge{which} is stored for this node, prompt and token")
+    if by == "attribution" and all(v is None for v in table.column("attribution").to_pylist()):
+        raise db.WarehouseError(
+            "no gradient of the node is stored (mlp.post_act:backward): rank by activation, or ingest with it"
+        )
+    return table
+
+
+def edge_label(row: dict[str, Any], side: str) -> str:
+    """'mlp_post_act L0 #3 t4', 'attn_qk_probs L1 h2 t4<-1': one end of an edge row, for plots."""
+    prefix = f"{side}_" if side else ""
+    dst, layer = row[f"{prefix}dst"], row[f"{prefix}layer"]
+    index = row[f"{prefix}node_index"]
+    where = f"t{row['token']}"
+    if side and row["source_token"] != row["token"]:
+        where += f"<-{row['source_token']}"
+    return (
+        " ".join(
+            part
+            for part in (dst, f"L{layer}" if layer is not None else "", f"#{index}" if index is not None else "")
+            if part
+        )
+        + f" {where}"
+    )
