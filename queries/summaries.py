@@ -11,7 +11,10 @@ come from them. N > 1, and dsts without summaries (derived views other than the 
 logits, or a lake ingested before summaries), are answered by a scan of the stored rows instead, which
 is exact but grows with the dataset; the result's notes say so. Prompts the summaries do not cover yet
 (runs.summarised_through: a run being written, the last batches of a killed one, a run stored without
-summaries) are scanned and merged with them, and a note says how many.
+summaries) are scanned and merged with them, and a note says how many. Finished runs of one model and
+capture settings share one set of summary rows (warehouse/summary_merge.py), so the cost does not grow
+with the number of runs either; a question about one run of such a pool is answered by a scan of that
+run's rows, and its note says so.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from queries.notes import with_notes
 from queries.summary_sql import NODE, merge_rows, scan_filter, scan_sql, stored_rows, summary_filter, uncovered
 from warehouse import db, registry
 from warehouse.summaries import ACT_TIMES_GRAD, EDGES, EXAMPLES_K, N_BINS, summarised
+from warehouse.summary_merge import pool_members
 
 DEFAULT_SKIP_FIRST = 1
 RANK_BY = {
@@ -221,6 +225,13 @@ class SummaryQueries:
             return "answered by a scan: the summaries keep position 0 apart, not later first tokens"
         if not (db.has_table(con, "node_summaries") and db.has_table(con, "node_examples")):
             return "answered by a scan: this warehouse was ingested before per-node summaries"
+        if run_id is not None:
+            pool = pool_members(con, run_id)
+            if pool:
+                return (
+                    f"answered by a scan: run {run_id}'s summaries are merged with those of runs"
+                    f" {', '.join(str(r) for r in pool if r != run_id)} (same model and capture settings)"
+                )
         return None
 
     def _merged(

@@ -9,8 +9,11 @@ from typing import Any
 import duckdb
 
 from warehouse.summaries import EDGES, N_BINS, written_by_sae
+from warehouse.summary_merge import FIGURES, merged_hist, rows_run
 
 NODE = ("model_id", "layer", "head", "node_type", "node_index")
+# merge_rows' names for the merged sums (the stored columns' names are SQL functions)
+_TOTALS = {"sum": "total", "sum_sq": "total_sq", "sum_abs": "abs_total"}
 
 
 @dataclass
@@ -37,8 +40,9 @@ def uncovered(con: duckdb.DuckDBPyConnection, run_id: int | None, dst: str) -> T
     summaries, or a run whose latents never fired in the summarised prompts: nothing to scan then)."""
     scope, params = (" AND p.run_id = ?", [run_id]) if run_id is not None else ("", [])
     bound, bound_params = "coalesce(r.summarised_through, -1)", []
-    if written_by_sae(dst):
-        bound = f"CASE WHEN r.run_id IN (SELECT run_id FROM node_summaries WHERE dst = ?) THEN {bound} ELSE -1 END"
+    if written_by_sae(dst):  # a pool's members have rows of the dst when its holder has
+        holds = f"{rows_run(con)} IN (SELECT run_id FROM node_summaries WHERE dst = ?)"
+        bound = f"CASE WHEN {holds} THEN {bound} ELSE -1 END"
         bound_params = [dst]
     count, first = con.execute(
         "SELECT count(*), min(p.prompt_id) FROM prompts p JOIN runs r USING (run_id)"
@@ -96,12 +100,9 @@ def merge_rows(rows: str, histogram: bool) -> str:
     node_type, node_index, n, total, total_sq, abs_total, min, max, n_nonzero, hist. Without `histogram`
     its hist is an empty list (adding 24 bins per node is most of a ranking's time)."""
     key = ", ".join(NODE)
-    hist = ", ".join(f"sum(hist[{i}])::BIGINT" for i in range(1, N_BINS + 1)) if histogram else ""
-    return (
-        f"SELECT {key}, sum(n)::BIGINT AS n, sum(sum) AS total, sum(sum_sq) AS total_sq,"
-        " sum(sum_abs) AS abs_total, min(min) AS min, max(max) AS max, sum(n_nonzero)::BIGINT AS n_nonzero,"
-        f" list_value({hist}) AS hist FROM ({rows}) GROUP BY {key}"
-    )
+    figures = ", ".join(f"{expr} AS {_TOTALS.get(name, name)}" for name, expr in FIGURES.items())
+    hist = merged_hist() if histogram else "list_value()"
+    return f"SELECT {key}, {figures}, {hist} AS hist FROM ({rows}) GROUP BY {key}"
 
 
 def summary_filter(

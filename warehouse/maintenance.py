@@ -1,10 +1,12 @@
 """Keeping a lake small and fast: compaction and cleanup, with DuckLake's own functions.
 
 An ingest writes at least one Parquet file per committed batch; over millions of tokens that is many
-small files. `compact` merges adjacent small files of each table, moves rows DuckLake inlined in the
-catalog into Parquet, expires the snapshots older than the newest one and deletes the files no snapshot
-needs any more. Readers attached meanwhile keep their snapshot until they finish; a query that starts
-on an expired snapshot during the cleanup may need to be rerun.
+small files. `compact` merges the per-node summaries of finished runs of the same settings that are still
+apart (warehouse/summary_merge.py: a run killed midway, runs that finished side by side), merges adjacent
+small files of each table, moves rows DuckLake inlined in the catalog into Parquet, expires the
+snapshots older than the newest one and deletes the files no snapshot needs any more. Readers attached
+meanwhile keep their snapshot until they finish; a query that starts on an expired snapshot during the
+cleanup may need to be rerun.
 
 On a shared catalog `compact` runs while workers ingest: each step is one DuckLake transaction, run
 again when it loses a conflict to a worker's commit (and the worker's commit likewise), so no row is lost
@@ -14,12 +16,14 @@ a day old, since younger ones may belong to a commit still in flight.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
 import duckdb
 import numpy as np
 
-from warehouse import concurrency, db
+from warehouse import concurrency, db, summary_merge
 from warehouse.lake import ALIAS
 
 _METADATA = f"__ducklake_metadata_{ALIAS}"
@@ -37,11 +41,14 @@ def compact(path: str | Path) -> tuple[int, int]:
     count before and after."""
     con = db.connect(path)
 
-    def call(statement: str) -> None:
+    def call(statement: str | Callable[[duckdb.DuckDBPyConnection], object]) -> None:
         def step() -> None:
             nonlocal con
             try:
-                con.execute(statement)
+                if isinstance(statement, str):
+                    con.execute(statement)
+                else:
+                    statement(con)
             except duckdb.Error:
                 # A step that lost to a worker's commit can leave the connection's transaction aborted
                 # (DuckLake's catalog transaction in PostgreSQL was): the next try starts on a new one.
@@ -53,6 +60,7 @@ def compact(path: str | Path) -> tuple[int, int]:
 
     try:
         before = live_data_files(con)
+        call(_merge_summaries)
         call(f"CALL ducklake_flush_inlined_data('{ALIAS}')")
         call(f"CALL ducklake_merge_adjacent_files('{ALIAS}')")
         # A merged file can join row groups of different NULL patterns, which DuckLake 1.5.5 records with
@@ -71,6 +79,19 @@ def compact(path: str | Path) -> tuple[int, int]:
         return before, live_data_files(con)
     finally:
         con.close()
+
+
+def _merge_summaries(con: duckdb.DuckDBPyConnection) -> None:
+    """Finished runs of one model and capture settings merged into one pool of summaries (summary_merge.py),
+    in one transaction."""
+    con.execute("BEGIN")
+    try:
+        summary_merge.merge_all(con)
+    except BaseException:
+        with suppress(duckdb.Error):  # a failed COMMIT has already ended the transaction
+            con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
 
 
 def statistics_problems(con: duckdb.DuckDBPyConnection) -> list[str]:

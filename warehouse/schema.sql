@@ -172,13 +172,13 @@ CREATE TABLE IF NOT EXISTS direction_factors (
     value DOUBLE NOT NULL
 );
 
--- Per-node summaries of the stored rows (warehouse/summaries.py): one row per run and (dst, pass, layer,
--- head, node, first_token), rewritten as the ingest flushes its running figures; they cover the run's
--- prompts up to runs.summarised_through. The answer for a node across runs is the merge of its rows
--- (counts and sums add, min/max combine, histograms add). first_token: the rows at position 0 (true) or
--- every later position (false). layer and head hold -1 where the dst has none. Raw dsts except logits
--- (stored partially), and the act-times-grad dsts mlp_act_times_grad and unflattened_attn_act_times_grad
--- (forward * backward, as their views).
+-- Per-node summaries of the stored rows (warehouse/summaries.py): one row per run (or pool of runs merged,
+-- summary_pools) and (dst, pass, layer, head, node, first_token), rewritten as the ingest flushes its
+-- running figures; they cover each run's prompts up to runs.summarised_through. The answer for a node
+-- across runs is the merge of its rows (counts and sums add, min/max combine, histograms add).
+-- first_token: the rows at position 0 (true) or every later position (false). layer and head hold -1
+-- where the dst has none. Raw dsts except logits (stored partially), and the act-times-grad dsts
+-- mlp_act_times_grad and unflattened_attn_act_times_grad (forward * backward, as their views).
 CREATE TABLE IF NOT EXISTS node_summaries (
     run_id INTEGER NOT NULL,
     dst VARCHAR NOT NULL,
@@ -215,4 +215,12 @@ CREATE TABLE IF NOT EXISTS node_examples (
     token SMALLINT NOT NULL,
     token2 SMALLINT NOT NULL,         -- the attended-to token of token-pair dsts, else -1
     value FLOAT NOT NULL
+);
+
+-- Runs whose per-node summaries are stored merged with other runs' (warehouse/summary_merge.py): finished
+-- runs of one model and capture settings share one set of node_summaries and node_examples rows, stored
+-- under the smallest run_id among them, `pool`. A run not listed keeps its own rows under its run_id.
+CREATE TABLE IF NOT EXISTS summary_pools (
+    run_id INTEGER NOT NULL,
+    pool INTEGER NOT NULL
 );

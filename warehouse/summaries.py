@@ -7,6 +7,8 @@ and when the run ends, the batch's transaction replaces the run's rows in `node_
 figures, appends the examples that entered the running top or bottom K since the last flush to
 `node_examples`, and sets the run's `summarised_through` to its largest stored prompt id. So the summaries
 cost one row per node per flush, not per batch, and a run holds one summary row per node and group.
+As a run ends its rows are merged into those of the finished runs of the same model and capture
+settings (warehouse/summary_merge.py), so many runs hold what one run would.
 
 They are exact for the prompts they cover (prompt ids up to `summarised_through`); the queries add a scan
 of the prompts they do not cover yet (the run being written, or the last few batches of a run whose

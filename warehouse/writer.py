@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from warehouse import concurrency, db, interrupts, summaries
 from warehouse.facts import FACT_SCHEMA
+from warehouse.summary_merge import merge_run
 
 LOCK_FILE = "ingest.lock"
 T = TypeVar("T")
@@ -309,6 +310,7 @@ class LakeWriter:
                     tables = last_summaries.rows(np.empty(0, np.int64))
                     if tables is not None:
                         _store_summaries(con, run_id, tables, whole=True)
+                        merge_run(con, run_id)  # into the pool of finished runs of its settings
 
         self._retrying(update)
         if last_summaries is not None:
