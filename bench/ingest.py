@@ -11,6 +11,8 @@ Each path runs in its own child process (so peak RSS is its own), one after the 
   writer thread). Time is split by wrapping run_batch (model pass + copy to numpy), the fact-row
   generators (Arrow conversion, which runs inside the write as the Parquet writer pulls it) and
   LakeWriter.append (convert + write + commit); the IngestReport's write_seconds is the last.
+- actwh summaries only (`--store summaries`): the same ingest keeping prompts, tokens and the per-node
+  summaries, no fact rows (a dataset pass), against the model pass alone.
 - model alone: the same prompts, batches and hooks through the worker's own run_batch, nothing stored:
   the ceiling the ingest can reach on this machine.
 - baseline: the same model and prompts, a plain hook that keeps every wanted tensor in a dict (and
@@ -45,7 +47,7 @@ _SENTENCE = (
     "king paper light water north south market village island language school theory bridge forest"
 )
 WORDS = _SENTENCE.split(" ")
-PATHS = ("actwh", "actwh-bf16", "model", "baseline")
+PATHS = ("actwh", "actwh-bf16", "actwh-summaries", "model", "baseline")
 
 
 def prompt_texts(n: int, n_tokens: int, tokenizer) -> list[str]:  # type: ignore[no-untyped-def]
@@ -147,6 +149,7 @@ def run_actwh(args: argparse.Namespace, path: Path) -> dict:
         batch_size=args.batch_size,
         progress=False,
         precision=args.precision,
+        **({"store": ("summaries",)} if args.child == "actwh-summaries" else {}),
     )
     start = time.perf_counter()
     report = worker.ingest(path, [PromptInput(t) for t in texts], options)
@@ -462,7 +465,7 @@ def report(args: argparse.Namespace, results: dict[str, dict]) -> None:
     for path, r in results.items():
         tok_s = r["tokens"] / r["prompt_s"]
         line = f"{path:10s} {r['tokens']:>7,} tokens in {r['prompt_s']:7.1f} s: {tok_s:7.1f} tokens/s"
-        if "values" in r:
+        if r.get("values"):
             line += (
                 f", {r['values']:,} values, {r['values'] / r['prompt_s'] / 1e6:6.2f} M values/s, "
                 f"{r['bytes'] / r['values']:.2f} bytes/value"
@@ -476,6 +479,10 @@ def report(args: argparse.Namespace, results: dict[str, dict]) -> None:
         print(f"{'':10s} time split (thread seconds; in actwh the writer overlaps the model): {split}")
     if "actwh" not in results:
         return
+    if "actwh-summaries" in results and "model" in results:
+        s, m = results["actwh-summaries"], results["model"]
+        ratio = (s["tokens"] / s["prompt_s"]) / (m["tokens"] / m["prompt_s"])
+        print(f"actwh summaries-only tokens/s / model's: {ratio:.2f}")
     a = results["actwh"]
     a_tok_s = a["tokens"] / a["prompt_s"]
     for other in ("actwh-bf16", "model", "baseline"):

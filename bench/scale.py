@@ -1,6 +1,6 @@
 """Benchmark: dataset-scale questions answered from the per-node summaries, at two warehouse sizes.
 
-    python -m bench.scale ingest --db W --tokens 100000 [--precision bfloat16] [--no-summaries]
+    python -m bench.scale ingest --db W --tokens 100000 [--precision bfloat16] [--store summaries|facts]
     python -m bench.scale queries --db W [--repeat 3]
     python -m bench.scale overhead --tokens 960     # ingest with and without summaries, same prompts
     python -m bench.scale ingest --db W --tokens 40 --model gpt2-tiny                  # a smoke run, then
@@ -45,8 +45,9 @@ def query_commands(layer: int, node: int) -> dict[str, list[str]]:
 
 
 def ingest(
-    db: Path, tokens: int, precision: str, summaries: bool, offset: int = 0, model: str | None = None
+    db: Path, tokens: int, precision: str, store: str, offset: int = 0, model: str | None = None
 ) -> dict[str, Any]:
+    """Ingest `tokens` tokens of fresh prompts keeping `store` (ingest --store); the prompt phase's figures."""
     from ingest import worker
     from ingest.model_rows import factor_weights, register_model
     from ingest.prompts import PromptInput
@@ -57,9 +58,10 @@ def ingest(
     worker.open_model = lambda name: loaded  # loaded once, outside the timed prompt phase
     with LakeWriter(db) as writer:  # the weights first, so the figure times the prompt phase
         register_model(writer, loaded, factor_weights(loaded), False)
+    weights_size = sum(p.stat().st_size for p in db.rglob("*") if p.is_file())
     n_prompts = tokens // TOKENS_PER_PROMPT
     texts = prompt_texts(offset + n_prompts, TOKENS_PER_PROMPT, loaded.tokenizer)[offset:]
-    options = worker.IngestOptions(model=model, progress=False, precision=precision, summaries=summaries)
+    options = worker.IngestOptions(model=model, progress=False, precision=precision, store=tuple(store.split(",")))
     start, cpu_start = time.perf_counter(), time.process_time()
     report = worker.ingest(db, [PromptInput(t) for t in texts], options)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
@@ -72,7 +74,8 @@ def ingest(
         "cpu_seconds": round(cpu_seconds, 1),  # every thread of the process: steadier than wall time on a busy host
         "tokens_per_s": round(report.tokens / seconds, 1),
         "bytes_on_disk": size,
-        "summaries": summaries,
+        "bytes_added": size - weights_size,  # what the prompts added: the model's weights left out
+        "store": store,
     }
 
 
@@ -100,21 +103,21 @@ def main() -> None:
     parser.add_argument("--db", type=Path)
     parser.add_argument("--tokens", type=int, default=10_000)
     parser.add_argument("--precision", default="bfloat16", choices=("float32", "bfloat16"))
-    parser.add_argument("--no-summaries", action="store_true")
+    parser.add_argument("--store", default="facts,summaries", help="what the ingest keeps (actwh ingest --store)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--model", default="smollm2", help="gpt2-tiny for a smoke run (the figures are SmolLM2's)")
     parser.add_argument("--layer", type=int, default=10, help="the neuron `queries` asks examples and node-stats of")
     parser.add_argument("--node", type=int, default=100)
     args = parser.parse_args()
     if args.what == "ingest":
-        print(json.dumps(ingest(args.db, args.tokens, args.precision, not args.no_summaries, model=args.model)))
+        print(json.dumps(ingest(args.db, args.tokens, args.precision, args.store, model=args.model)))
     elif args.what == "queries":
         print(json.dumps(queries(args.db, args.repeat, args.layer, args.node)))
     else:
         results = []
-        for summaries in (False, True):  # each in its own process, so neither warms the other's caches
+        for store in ("facts", "facts,summaries"):  # each in its own process, so neither warms the other's caches
             with tempfile.TemporaryDirectory() as tmp:
-                flags = [] if summaries else ["--no-summaries"]
+                flags = ["--store", store]
                 command = [sys.executable, "-m", "bench.scale", "ingest", "--db", f"{tmp}/lake"]
                 command += ["--tokens", str(args.tokens), "--precision", args.precision, "--model", args.model, *flags]
                 done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=True)

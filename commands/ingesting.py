@@ -124,10 +124,20 @@ def _prompt_sources(
 )
 @click.option("--no-sae-error", is_flag=True, help="Do not store the SAEs' reconstruction errors.")
 @click.option(
-    "--no-summaries",
-    is_flag=True,
-    help="Store no per-node summaries: a faster ingest on a CPU (BENCHMARKS.md), and rank, examples and "
-    "node-stats answer this run by a scan of its rows.",
+    "--store",
+    default="facts,summaries",
+    show_default=True,
+    help="What to keep, comma separated: facts (every captured value, a row each) and summaries (per node: "
+    "what rank, examples and node-stats read). 'summaries' alone is a dataset pass a few MB per million "
+    "tokens; 'facts' alone a faster ingest on a CPU, its runs answered by a scan.",
+)
+@click.option(
+    "--facts-every",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Keep the facts of every N-th prompt only (the 1st, N+1-th, ...; of this worker's share with --shard), "
+    "and the summaries of all (--store facts,summaries): node tables and scans then answer on that sample.",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def ingest_command(
@@ -151,7 +161,8 @@ def ingest_command(
     prepend_bos: bool | None,
     special_tokens_as_text: bool,
     max_memory: str | None,
-    no_summaries: bool,
+    store: str,
+    facts_every: int,
     saes: tuple[str, ...],
     no_sae_error: bool,
     quiet: bool,
@@ -161,7 +172,7 @@ def ingest_command(
 ) -> None:
     """Run hooked forward and backward passes over prompts and store every captured value."""
     from ingest.memory import parse_size  # torch: imported by the one command that runs a model
-    from ingest.worker import IngestOptions, ingest
+    from ingest.worker import IngestOptions, check_store, ingest
     from ingest.workers import parse_shard, run_workers, take_shard
 
     if not prompts and prompts_file is None:
@@ -176,6 +187,11 @@ def ingest_command(
         memory_limit = parse_size(max_memory) if max_memory is not None else None
     except ValueError as exc:
         raise click.UsageError(f"--max-memory: {exc}") from None
+    store_parts = tuple(dict.fromkeys(part.strip() for part in store.split(",") if part.strip()))
+    try:
+        check_store(store_parts, facts_every)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     options = IngestOptions(
         model=model,
         locations=_split(locations) or None,
@@ -195,7 +211,8 @@ def ingest_command(
         max_memory=memory_limit,
         prepend_bos=prepend_bos,
         special_tokens_as_text=special_tokens_as_text,
-        summaries=not no_summaries,
+        store=store_parts,
+        facts_every=facts_every,
         saes=list(saes),
         sae_error=not no_sae_error,
     )

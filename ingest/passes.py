@@ -34,6 +34,7 @@ class Prepared:
     target_id: int | None
     distractor_id: int | None
     key: str
+    facts: bool = True  # its fact rows are stored (else its tokens and summaries only: ingest --store)
 
     @property
     def kind(self) -> str:
@@ -42,11 +43,13 @@ class Prepared:
 
 @dataclass
 class Captured:
-    """One batch's kept tensors, on the CPU, ready for the writer thread."""
+    """One batch's kept tensors, on the CPU, ready for the writer thread: those of the prompts whose facts
+    are stored (`facts`, their places in the batch), in that order."""
 
     items: list[Prepared]
     prompt_ids: np.ndarray
     lengths: np.ndarray
+    facts: np.ndarray
     forward: dict[tuple[str, int | None], np.ndarray]
     backward: dict[tuple[str, int | None], np.ndarray]
     last_logits: np.ndarray | None
@@ -98,9 +101,19 @@ def run_batch(
         summary_rows = summaries.measure(recorder.forward, recorder.gradients(), lengths) if summaries else None
     finally:
         torch.set_num_threads(threads)
+    # only the prompts whose facts are stored leave the device (none at all for --store summaries)
+    kept = [b for b, p in enumerate(items) if p.facts]
     last = logits.detach()[torch.arange(len(items), device=model_device), lengths - 1]
-    forward = {k: _to_host(v) for k, v in recorder.forward.items() if k[0] != "logits"}
-    grads = {k: _to_host(v) for k, v in recorder.gradients().items()}
+
+    def host(tensors: dict[tuple[str, int | None], torch.Tensor]) -> dict[tuple[str, int | None], np.ndarray]:
+        if not kept:
+            return {}
+        if len(kept) == len(items):
+            return {k: _to_host(v) for k, v in tensors.items() if k[0] != "logits"}
+        rows = torch.tensor(kept, device=model_device)
+        return {k: _to_host(v.detach()[rows]) for k, v in tensors.items() if k[0] != "logits"}
+
+    forward, grads = host(recorder.forward), host(recorder.gradients())
     copied = None
     if model_device.type == "cuda":  # the copies run behind the next batch's pass; the writer waits for them
         copied = torch.cuda.Event()
@@ -109,9 +122,10 @@ def run_batch(
         items,
         prompt_ids,
         lengths.cpu().numpy(),
+        np.array(kept, np.int64),
         forward,
         grads,
-        _to_host(last) if ("logits", None) in recorder.forward else None,
+        _to_host(last[kept]) if ("logits", None) in recorder.forward and kept else None,
         objective,
         summaries=summary_rows,
         copied=copied,
@@ -145,14 +159,15 @@ def fact_rows(captured: Captured, top_k: int, bfloat16: bool) -> Iterator[pa.Rec
         passes = (key in captured.forward, key in captured.backward)
         return (*valued, *passes, loc.dst, layer if layer is not None else -1)
 
+    lengths, prompt_ids = captured.lengths[captured.facts], captured.prompt_ids[captured.facts]
     sources = [
         (
             LOCATIONS[name],
             layer,
             captured.forward.get((name, layer)),
             captured.backward.get((name, layer)),
-            captured.lengths,
-            captured.prompt_ids,
+            lengths,
+            prompt_ids,
             bfloat16,
         )
         for name, layer in sorted({*captured.forward, *captured.backward}, key=order)
@@ -162,8 +177,9 @@ def fact_rows(captured: Captured, top_k: int, bfloat16: bool) -> Iterator[pa.Rec
     for source in sources:
         yield from location_rows(*source, skip_first=True)
     if captured.last_logits is not None:
-        extra = [[i for i in (p.target_id, p.distractor_id) if i is not None] for p in captured.items]
-        yield logits_rows(captured.last_logits, captured.lengths - 1, captured.prompt_ids, top_k, extra, bfloat16)
+        kept = [captured.items[b] for b in captured.facts]
+        extra = [[i for i in (p.target_id, p.distractor_id) if i is not None] for p in kept]
+        yield logits_rows(captured.last_logits, lengths - 1, prompt_ids, top_k, extra, bfloat16)
 
 
 def to_batch(captured: Captured, run_id: int, model_id: int, loaded: LoadedModel, top_k: int, bfloat16: bool) -> Batch:
@@ -182,6 +198,7 @@ def to_batch(captured: Captured, run_id: int, model_id: int, loaded: LoadedModel
             "target_id": pa.array([p.target_id for p in items], pa.int32()),
             "distractor_id": pa.array([p.distractor_id for p in items], pa.int32()),
             "objective": pa.array(captured.objective, pa.float64()),
+            "facts_stored": pa.array([p.facts for p in items], pa.bool_()),
         }
     )
     token_ids = np.concatenate([np.asarray(p.ids, np.int32) for p in items])

@@ -50,6 +50,27 @@ from ingest.tokenizers import Tokenization
 from warehouse import interrupts
 from warehouse.writer import LakeWriter
 
+# What --store may name: the fact rows, and the per-node summaries (warehouse/summaries.py).
+STORE_PARTS = ("facts", "summaries")
+STORE_DEFAULT = STORE_PARTS
+
+
+def check_store(store: tuple[str, ...], facts_every: int) -> None:
+    """Refuse (ValueError, one line) a --store naming anything but facts and summaries, and a --facts-every
+    above 1 unless --store keeps both (it samples the facts; the summaries cover every prompt)."""
+    unknown = [part for part in store if part not in STORE_PARTS]
+    if unknown or not store:
+        named = f"unknown part {unknown[0]!r}" if unknown else "nothing named"
+        raise ValueError(f"--store: {named}: give facts, summaries, or facts,summaries")
+    if facts_every < 1:
+        raise ValueError(f"--facts-every must be 1 or more, not {facts_every}")
+    if facts_every > 1 and "facts" not in store:
+        raise ValueError("--facts-every samples the facts, which --store summaries keeps none of: drop one of them")
+    if facts_every > 1 and "summaries" not in store:
+        raise ValueError(
+            "--facts-every keeps facts of some prompts only: the others need summaries (--store facts,summaries)"
+        )
+
 
 @dataclass
 class IngestOptions:
@@ -72,7 +93,8 @@ class IngestOptions:
     prepend_bos: bool | None = None  # None: as the tokenizer's own config says
     special_tokens_as_text: bool = False  # '<|endoftext|>' in a prompt: the special token unless this is set
     data_path: str | None = None  # a shared catalog's data folder or URL (warehouse/lake.py), to create it
-    summaries: bool = True  # per-node summaries with every batch (warehouse/summaries.py)
+    store: tuple[str, ...] = STORE_DEFAULT  # what to keep: "facts" (rows), "summaries" (per node), or both
+    facts_every: int = 1  # facts of every N-th prompt only (the others: tokens and summaries); needs summaries
     saes: list[str] = field(default_factory=list)  # --sae DIR[@HOOK] values: SAEs spliced in, latents stored
     sae_error: bool = True  # store each SAE's reconstruction error (--no-sae-error: not)
 
@@ -151,8 +173,13 @@ def software_version() -> str:
         return "unknown"
 
 
-def prompt_key(checkpoint_hash: str, source: PromptInput, settings: str) -> str:
+def prompt_key(checkpoint_hash: str, source: PromptInput, settings: str, facts: bool = True) -> str:
+    """The prompt's resume key: a hash of the checkpoint, the prompt and the capture settings. A prompt stored
+    without its facts has a key of its own, so that an ingest storing its facts does not take it as stored
+    (an ingest without facts takes either as stored: see ingest's `prepared`)."""
     payload = json.dumps([checkpoint_hash, source.text, source.target, source.distractor, settings])
+    if not facts:
+        payload = json.dumps([payload, "without facts"])
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
@@ -166,8 +193,10 @@ def prepare(
     truncate: bool,
     backward: bool,
     tokenization: Tokenization = AS_WRITTEN,
+    facts: bool = True,
 ) -> Prepared:
-    """Tokenise and validate one prompt; raises ValueError with the reason it cannot be stored."""
+    """Tokenise and validate one prompt (to be stored with its facts or without); raises ValueError with
+    the reason it cannot be stored."""
     tok = loaded.tokenizer
     specials = tokenization.special_tokens
     if not source.text:
@@ -194,7 +223,8 @@ def prepare(
         raise ValueError(same_token(source.target, source.distractor, target_id, "target", "distractor"))
     if backward and target_id is None and len(ids) < 2:
         raise ValueError("a one-token prompt has no next token to predict: give it a target or use --no-backward")
-    return Prepared(source, ids, target_id, distractor_id, prompt_key(loaded.checkpoint_hash, source, settings))
+    key = prompt_key(loaded.checkpoint_hash, source, settings, facts)
+    return Prepared(source, ids, target_id, distractor_id, key, facts)
 
 
 def ingest(
@@ -208,6 +238,7 @@ def ingest(
     Prompts stream through (read, batch, run, commit), so memory does not grow with the prompt file.
     """
     start = time.perf_counter()
+    check_store(options.store, options.facts_every)
     device = resolve_device(options.device)
     loaded = open_model(options.model)
     loaded.model.to(device)
@@ -243,6 +274,8 @@ def ingest(
             "precision": options.precision,
             "prepend_bos": tokenization.bos_id is not None,
             "special_tokens": "special" if tokenization.special_tokens else "text",
+            "store": ",".join(part for part in STORE_PARTS if part in options.store),
+            "facts_every": options.facts_every,
         }
         run_id: int | None = None  # None until the run is in the catalog: then this process must finish it
         report = IngestReport(-1, model_id)
@@ -251,7 +284,8 @@ def ingest(
         committed: set[str] = set()
         next_prompt_id = 0
         kinds: set[str] = set()
-        summary_state = SummaryState(options.precision == "bfloat16") if options.summaries else None
+        summarising = "summaries" in options.store
+        summary_state = SummaryState(options.precision == "bfloat16") if summarising else None
 
         def skip(item: Skipped) -> None:
             report.skipped.append(item)
@@ -260,16 +294,22 @@ def ingest(
 
         def prepared() -> Iterator[Prepared]:
             seen: set[str] = set()
+            ordinal = 0  # the prompt's place in the input: --facts-every keeps the facts of every N-th from the first
             for source in prompts:
                 if isinstance(source, Skipped):
                     skip(source)
                     continue
+                facts = "facts" in options.store and ordinal % options.facts_every == 0
+                ordinal += 1
                 try:
-                    item = prepare(loaded, source, settings, options.truncate, options.backward, tokenization)
+                    item = prepare(loaded, source, settings, options.truncate, options.backward, tokenization, facts)
                 except (ValueError, TokenError) as exc:
                     skip(Skipped(source.line, source.text, str(exc)))
                     continue
-                if item.key in committed or item.key in seen:
+                # a prompt to store without facts is stored by any earlier ingest of it; one with facts, only
+                # by one that kept them
+                stored = {item.key} if facts else {item.key, prompt_key(loaded.checkpoint_hash, source, settings)}
+                if stored & committed or item.key in seen:
                     report.already_stored += 1
                     continue
                 alone = memory.estimate(config, spec, 1, len(item.ids), options.backward)

@@ -17,6 +17,7 @@ import duckdb
 
 from queries.catalog import view_header
 from queries.sources import DstNotAvailable
+from queries.stored_facts import require_facts, require_some_facts
 from warehouse import db, registry
 
 
@@ -52,8 +53,9 @@ def explain_empty(
     prompt_id: int | None = None,
     run_id: int | None = None,
 ) -> None:
-    """Raise DstNotAvailable (one line) when `dst` has no stored rows for this pass (of this prompt or run)
-    or none at `layer`; return when it has rows there, so an empty answer is the true one.
+    """Raise DstNotAvailable (one line) when `dst` has no stored rows for this pass (of this prompt or run;
+    FactsNotStored when they were stored without facts) or none at `layer`; return when it has rows there,
+    so an empty answer is the true one.
 
     `dst` must be a checked name (its view name reaches SQL text).
     """
@@ -69,6 +71,11 @@ def explain_empty(
         params.append(run_id)
         scope = f" in run {run_id}"
     if not _any_row(con, relation, where, params):
+        # prompts stored without their facts (ingest --store summaries) have no rows of any dst
+        if prompt_id is not None:
+            require_facts(con, [prompt_id])
+        else:
+            require_some_facts(con, run_id)
         raise DstNotAvailable(
             f"this warehouse stores no {pass_type} rows of {dst}{scope}: {_why_missing(dst, pass_type)}"
         )

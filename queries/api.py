@@ -26,6 +26,7 @@ from queries.edges import Edges
 from queries.node_scans import NodeScans
 from queries.one_prompt import OnePrompt
 from queries.sources import DstSources
+from queries.stored_facts import require_facts
 from queries.streaming import QueryError
 from queries.summaries import SummaryQueries
 from warehouse import db, lake
@@ -193,4 +194,5 @@ class Warehouse(
         row = con.sql("SELECT n_tokens FROM prompts WHERE prompt_id = ?", params=[prompt_id]).fetchall()
         if not row:
             raise db.WarehouseError(f"no prompt with id {prompt_id} in {self.path} (committed prompts: prompts())")
+        require_facts(con, [prompt_id])  # every question about one prompt reads its fact rows
         return int(row[0][0])

@@ -20,6 +20,7 @@ import torch
 
 from queries.cache_analyses import CacheAnalyses
 from queries.cache_weights import CacheConfig
+from queries.stored_facts import require_facts
 from queries.streaming import QueryError
 from warehouse import db
 from warehouse.hook_names import GRAD_SUFFIX, HookRef, model_hooks
@@ -117,6 +118,7 @@ class StoredCache(CacheAnalyses):
         found = {r[0]: r for r in rows}
         if missing := [p for p in self.prompt_ids if p not in found]:
             raise db.WarehouseError(f"no prompt with id {missing[0]} in this warehouse (committed prompts: prompts())")
+        require_facts(self._con, self.prompt_ids)
         rows = [found[p] for p in self.prompt_ids]
         if run_id is not None and (other := [r[0] for r in rows if r[1] != run_id]):
             raise db.WarehouseError(f"prompt {other[0]} is not in run {run_id}")

@@ -14,6 +14,7 @@ import pyarrow as pa
 from queries.absence import explain_empty
 from queries.contexts import with_context
 from queries.notes import with_notes
+from queries.stored_facts import sample_note
 from warehouse import db
 
 QUANTILES = (0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
@@ -76,7 +77,8 @@ class NodeScans:
             table = with_context(con, hits, params, context)
             if not table.num_rows:
                 explain_empty(con, dst, pass_type, layer, run_id=run_id)
-        return with_notes(table, [note] if note else [])
+            sample = sample_note(con, run_id)
+        return with_notes(table, [n for n in (note, sample) if n])
 
     def node_stats(
         self,
@@ -125,6 +127,7 @@ class NodeScans:
                     counts[int(b)] = int(n)
             else:
                 width = math.nan
+            sample = sample_note(con, run_id)
         edges = [low + i * width if low is not None else None for i in range(bins + 1)]
         histogram = pa.table(
             {
@@ -133,4 +136,4 @@ class NodeScans:
                 "count": pa.array(counts, pa.int64()),
             }
         )
-        return NodeStats(with_notes(summary, [src.note] if src.note else []), histogram)
+        return NodeStats(with_notes(summary, [n for n in (src.note, sample) if n]), histogram)

@@ -29,6 +29,7 @@ import pyarrow as pa
 from queries.absence import explain_empty
 from queries.contexts import with_context
 from queries.notes import with_notes
+from queries.stored_facts import sample_note
 from queries.summary_sql import NODE, merge_rows, scan_filter, scan_sql, stored_rows, summary_filter, uncovered
 from warehouse import db, registry
 from warehouse.summaries import ACT_TIMES_GRAD, EDGES, EXAMPLES_K, N_BINS, summarised
@@ -260,7 +261,8 @@ class SummaryQueries:
 
         if note is not None:
             scan, params = scanned()
-            return _Merged(merge_rows(scan, histogram), params, note)
+            sample = sample_note(con, run_id)  # a scan reads only the prompts stored with facts
+            return _Merged(merge_rows(scan, histogram), params, f"{note}; {sample}" if sample else note)
         where, params = summary_filter(dst, pass_type, skip_first, layer, node_index, head, run_id)
         rows = (
             f"SELECT {key}, n, sum, sum_sq, sum_abs, min, max, n_nonzero, hist FROM node_summaries"

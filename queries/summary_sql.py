@@ -23,15 +23,22 @@ class Tail:
     prompts: int
     join: str = ""
     params: list[Any] = field(default_factory=list)
+    without_facts: int = 0  # of those, prompts stored without facts (--store summaries): nothing to scan
 
     @property
     def note(self) -> str | None:
         if not self.prompts:
             return None
-        return (
+        note = (
             f"also scanned {self.prompts} prompt(s) the per-node summaries do not cover (stored without"
             " summaries, or not summarised yet): that part's cost grows with them"
         )
+        if self.without_facts:
+            note += (
+                f"; {self.without_facts} of them, stored without facts (--store summaries), are not counted until"
+                " their run's next flush of summaries"
+            )
+        return note
 
 
 def uncovered(con: duckdb.DuckDBPyConnection, run_id: int | None, dst: str) -> Tail:
@@ -44,8 +51,9 @@ def uncovered(con: duckdb.DuckDBPyConnection, run_id: int | None, dst: str) -> T
         holds = f"{rows_run(con)} IN (SELECT run_id FROM node_summaries WHERE dst = ?)"
         bound = f"CASE WHEN {holds} THEN {bound} ELSE -1 END"
         bound_params = [dst]
-    count, first = con.execute(
-        "SELECT count(*), min(p.prompt_id) FROM prompts p JOIN runs r USING (run_id)"
+    count, first, without_facts = con.execute(
+        "SELECT count(*), min(p.prompt_id), count(*) FILTER (WHERE NOT coalesce(p.facts_stored, true))"
+        " FROM prompts p JOIN runs r USING (run_id)"
         f" WHERE p.prompt_id > {bound}{scope}",
         [*bound_params, *params],
     ).fetchall()[0]
@@ -56,7 +64,7 @@ def uncovered(con: duckdb.DuckDBPyConnection, run_id: int | None, dst: str) -> T
         "JOIN prompts p ON p.prompt_id = s.prompt_id JOIN runs r ON r.run_id = p.run_id"
         f" AND p.prompt_id > {bound} AND s.prompt_id >= ?"
     )
-    return Tail(int(count), join, [*bound_params, int(first)])
+    return Tail(int(count), join, [*bound_params, int(first)], int(without_facts))
 
 
 def scan_sql(

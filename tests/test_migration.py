@@ -86,7 +86,7 @@ def test_a_version_3_lake_keeps_its_summaries_through_the_upgrade(tmp_path: Path
     ingest(
         path,
         [PromptInput("Stored without summaries")],
-        IngestOptions(model="gpt2-tiny", progress=False, summaries=False),
+        IngestOptions(model="gpt2-tiny", progress=False, store=("facts",)),
     )
     before = Warehouse(path).rank_nodes("mlp_post_act", by="sum", k=5, run=0)
     _as_version_3(path)

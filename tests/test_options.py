@@ -57,7 +57,8 @@ EVERY_INGEST_OPTION = [
     *("--device", "cpu", "--batch-size", "3", "--force", "--wait", "--truncate", "--precision", "bfloat16"),
     *("--unembedding", "all", "--no-prepend-bos", "--special-tokens-as-text", "--max-memory", "2gb"),
     *("--input-weights", "all"),
-    *("--no-summaries", "--sae", "first", "--sae", "second@blocks.0.hook_resid_pre", "--no-sae-error", "--quiet"),
+    *("--store", "summaries,facts", "--facts-every", "4", "--no-sae-error", "--quiet"),
+    *("--sae", "first", "--sae", "second@blocks.0.hook_resid_pre"),
 ]
 BUILT = IngestOptions(
     model="gpt2-tiny",
@@ -78,7 +79,8 @@ BUILT = IngestOptions(
     input_weights="all",
     prepend_bos=False,
     special_tokens_as_text=True,
-    summaries=False,
+    store=("summaries", "facts"),
+    facts_every=4,
     saes=["first", "second@blocks.0.hook_resid_pre"],
     sae_error=False,
 )
@@ -108,7 +110,7 @@ def test_every_ingest_setting_is_varied_by_a_test() -> None:
     """Each IngestOptions field is set in some other test, as a keyword or through its command-line option
     (the test above checks that the option reaches the field)."""
     texts = "\n".join(_test_texts(leave_out=THIS).values())
-    spelling = {"backward": "--no-backward", "progress": "--quiet", "summaries": "--no-summaries"}
+    spelling = {"backward": "--no-backward", "progress": "--quiet"}
     spelling |= {"sae_error": "--no-sae-error", "saes": "--sae", "prepend_bos": "--prepend-bos"}
     unvaried = [
         f.name

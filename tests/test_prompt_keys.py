@@ -27,7 +27,7 @@ def test_every_setting_in_the_prompt_key_stores_the_prompt_again(tmp_path: Path)
     special tokens) is stored again; the same settings twice store it once; --force stores it again."""
     path = tmp_path / "w"
     prompt = [PromptInput("The cat sat on the mat")]
-    base = IngestOptions(model="gpt2-tiny", progress=False, summaries=False, locations=["mlp.post_act"])
+    base = IngestOptions(model="gpt2-tiny", progress=False, store=("facts",), locations=["mlp.post_act"])
     first = ingest(path, prompt, dataclasses.replace(base, backward=False))
     assert first.stored == 1
     with_gradients = ingest(path, prompt, base)

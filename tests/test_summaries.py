@@ -375,7 +375,7 @@ def test_the_reading_commands_give_the_apis_answers_with_every_option(lake: Path
 
 def test_a_run_stored_without_summaries_is_answered_by_a_scan(tmp_path: Path) -> None:
     path = tmp_path / "lake"
-    ingest(path, _prompts(3, 2), IngestOptions(model="gpt2-tiny", progress=False, summaries=False))
+    ingest(path, _prompts(3, 2), IngestOptions(model="gpt2-tiny", progress=False, store=("facts",)))
     wh = Warehouse(path)
     assert wh.sql("SELECT count(*) AS n FROM node_summaries")["n"].to_pylist() == [0]
     ranked = wh.rank_nodes("mlp_post_act", by="sum", k=3, skip_first=1)

@@ -29,9 +29,11 @@ DASHBOARD_DIR = QUERIES / "dashboards"
 
 # Version 1 was a single DuckDB file (long rows, ENUM names); version 2 is the DuckLake; version 3 adds
 # token bytes, SAEs and per-node summaries; version 4 keeps one summary row per run and node, rewritten
-# as the ingest flushes, and each run's summarised_through. Bump when the lake's tables change, and add
-# the step to MIGRATIONS below.
-SCHEMA_VERSION = 5
+# as the ingest flushes, and each run's summarised_through; version 5 names tokens.token as the facts do;
+# version 6 records what each run stored (runs.store, runs.facts_every) and whether each prompt's facts
+# were (prompts.facts_stored).
+# Bump when the lake's tables change, and add the step to MIGRATIONS below.
+SCHEMA_VERSION = 6
 
 
 def _summaries_per_run(con: duckdb.DuckDBPyConnection) -> None:
@@ -60,6 +62,16 @@ MIGRATIONS: dict[int, tuple[str | Callable[[duckdb.DuckDBPyConnection], None], .
     3: (_summaries_per_run,),
     # tokens.position took the name every fact table and view gives the same index
     4: ("ALTER TABLE tokens RENAME COLUMN position TO token",),
+    # what a run stored: every run before --store kept its facts, and its summaries unless summarised_through
+    # stayed NULL (--no-summaries)
+    5: (
+        "ALTER TABLE prompts ADD COLUMN IF NOT EXISTS facts_stored BOOLEAN",
+        "UPDATE prompts SET facts_stored = true",
+        "ALTER TABLE runs ADD COLUMN IF NOT EXISTS store VARCHAR",
+        "ALTER TABLE runs ADD COLUMN IF NOT EXISTS facts_every INTEGER",
+        "UPDATE runs SET store = CASE WHEN summarised_through IS NULL THEN 'facts' ELSE 'facts,summaries' END,"
+        " facts_every = 1",
+    ),
 }
 # The file magic of a DuckDB database: a warehouse written by actwh before the lake.
 _DUCKDB_MAGIC = b"DUCK"

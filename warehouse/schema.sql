@@ -47,7 +47,9 @@ CREATE TABLE IF NOT EXISTS runs (
     n_prompts INTEGER NOT NULL,
     skipped JSON,                     -- [{line, reason}] for prompts not stored
     message VARCHAR,
-    summarised_through INTEGER        -- the run's per-node summaries cover its prompts up to this id (NULL: none)
+    summarised_through INTEGER,       -- the run's per-node summaries cover its prompts up to this id (NULL: none)
+    store VARCHAR,                    -- what it kept: 'facts,summaries', 'facts' or 'summaries' (ingest --store)
+    facts_every INTEGER               -- facts kept of every N-th prompt (ingest --facts-every; 1: of every one)
 );
 
 CREATE TABLE IF NOT EXISTS prompts (
@@ -61,7 +63,8 @@ CREATE TABLE IF NOT EXISTS prompts (
     distractor VARCHAR,
     target_id INTEGER,
     distractor_id INTEGER,
-    objective DOUBLE                  -- the backward objective's value (NULL without a backward pass)
+    objective DOUBLE,                 -- the backward objective's value (NULL without a backward pass)
+    facts_stored BOOLEAN              -- false: only its tokens and summaries were kept (ingest --store summaries)
 );
 
 -- `bytes` is the token's exact bytes; `text` shows them, a UTF-8 character split across tokens on the

@@ -114,6 +114,15 @@ class LakeWriter:
             gone = [run_id for run_id, message in running if not self.shared or concurrency.owner_is_gone(message)]
             if gone:
                 concurrency.serialize(con)
+                # prompts kept without facts (--store summaries) that no flush of summaries covers hold
+                # nothing of their values: dropped, so that the rerun stores them again
+                for table in ("tokens", "prompts"):
+                    con.execute(
+                        f"DELETE FROM {table} WHERE prompt_id IN (SELECT p.prompt_id FROM prompts p JOIN runs r"
+                        " USING (run_id) WHERE list_contains(?, r.run_id) AND NOT coalesce(p.facts_stored, true)"
+                        " AND p.prompt_id > coalesce(r.summarised_through, -1))",
+                        [gone],
+                    )
                 con.execute(
                     "UPDATE runs SET status = 'interrupted', message = 'the ingest process stopped before finishing',"
                     " n_prompts = (SELECT count(*) FROM prompts WHERE prompts.run_id = runs.run_id)"
@@ -365,6 +374,12 @@ class LakeWriter:
         (queries/summaries.py)."""
         assert batch.summaries is not None
         if run_id in self._unsummarised or renumbering.kept < batch.prompts.num_rows:
+            if not all(batch.prompts["facts_stored"].to_pylist()):
+                raise db.WarehouseError(
+                    f"another writer stored some of this batch's prompts meanwhile, so run {run_id}'s summaries"
+                    " can no longer be exact, and its prompts without facts (--store summaries) would keep"
+                    " nothing: give each worker prompts of its own (--shard I/N)"
+                )
             if run_id not in self._unsummarised:
                 self._unsummarised.add(run_id)
                 for table in summaries.TABLES:
