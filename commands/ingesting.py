@@ -63,6 +63,12 @@ def _prompt_sources(
 @click.option("--target", help="Answer token for the backward objective (exactly one token).")
 @click.option("--distractor", help="Token whose logit is subtracted from the target's.")
 @click.option(
+    "--objective-node",
+    help="Start the backward pass from one node's activation instead of the logits, as the Transformer Debugger "
+    "traces from a node: DST:LAYER:NODE[@TOKEN], e.g. mlp_post_act:5:100 (TOKEN: -1, the last, by default; "
+    "negative from the end; attn_qk_probs:L:HEAD@Q,K for an attention node; an SAE latent's dst with --sae).",
+)
+@click.option(
     "--locations",
     multiple=True,
     help="Locations to store, comma separated, each optionally :forward or :backward. "
@@ -147,6 +153,7 @@ def ingest_command(
     prompts_file: Path | None,
     target: str | None,
     distractor: str | None,
+    objective_node: str | None,
     locations: tuple[str, ...],
     layers: tuple[str, ...],
     no_backward: bool,
@@ -205,6 +212,7 @@ def ingest_command(
         progress=not quiet,
         target=target,
         distractor=distractor,
+        objective_node=objective_node,
         precision=precision,
         unembedding=unembedding,
         input_weights=input_weights,

@@ -98,8 +98,14 @@ class Recorder:
             tensor.retain_grad()
             self._grad_of[(name, layer)] = tensor
 
+    def live(self, name: str, layer: int | None) -> torch.Tensor:
+        """The tensor kept for the gradient of `name` at `layer` (not detached); KeyError if none is."""
+        return self._grad_of[(name, layer)]
+
     def gradients(self) -> dict[tuple[str, int | None], torch.Tensor]:
-        return {key: t.grad for key, t in self._grad_of.items() if t.grad is not None}
+        """The kept gradients, after backward: 0 where the objective does not depend on the tensor (a node
+        objective: every location after the node)."""
+        return {key: t.grad if t.grad is not None else torch.zeros_like(t) for key, t in self._grad_of.items()}
 
 
 # Rows per record batch handed to the writer: large enough that per-batch overhead vanishes, small enough

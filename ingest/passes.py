@@ -17,6 +17,7 @@ from ingest import memory
 from ingest.capture import CaptureSpec, Recorder, first_row, location_rows, logits_rows
 from ingest.checkpoints import LoadedModel
 from ingest.model_rows import token_columns
+from ingest.node_objective import NodeObjective, NodeTap
 from ingest.objective import LOGIT_DIFF, objective_kind, per_prompt_objective
 from ingest.prompts import PromptInput
 from ingest.sae.splice import spliced
@@ -35,10 +36,13 @@ class Prepared:
     distractor_id: int | None
     key: str
     facts: bool = True  # its fact rows are stored (else its tokens and summaries only: ingest --store)
+    node: NodeObjective | None = None  # the objective node (--objective-node), and its place in this prompt
+    place: tuple[int, int | None] | None = None
 
     @property
     def kind(self) -> str:
-        return objective_kind(self.target_id)
+        """runs.objective: logit_diff, next_token_ce, or node:DST:LAYER:NODE@TOKEN as given."""
+        return f"node:{self.node.label()}" if self.node is not None else objective_kind(self.target_id)
 
 
 @dataclass
@@ -80,6 +84,8 @@ def run_batch(
         ids[b, : len(p.ids)] = torch.tensor(p.ids, device=model_device)
     recorder = Recorder(spec, backward)
     hook = spliced(recorder, spec.saes, spec.sae_error) if spec.saes else recorder
+    node = items[0].node
+    tap = NodeTap(node, hook, recorder) if node is not None and backward else None
     hold = items[0].kind == LOGIT_DIFF
     objective: list[float | None] = [None] * len(items)
     # On the CPU the writer thread inserts the previous batch meanwhile: leave it a core, or torch's spinning
@@ -90,11 +96,14 @@ def run_batch(
         torch.set_num_threads(threads - 1)
     try:
         with torch.set_grad_enabled(backward):
-            logits = model.forward(ids, lengths, hook, hold_final_scale=hold)
-            if backward:
+            logits = model.forward(ids, lengths, tap or hook, hold_final_scale=hold)
+            if tap is not None:
+                values = tap.values([p.place for p in items])
+            elif backward:
                 values = per_prompt_objective(
                     logits, ids, lengths, [p.target_id for p in items], [p.distractor_id for p in items]
                 )
+            if backward:
                 values.sum().backward()
                 objective = [float(v) for v in values.detach().cpu()]
         # summarised where the tensors are (the GPU when there is one), before they are copied out
@@ -198,6 +207,7 @@ def to_batch(captured: Captured, run_id: int, model_id: int, loaded: LoadedModel
             "target_id": pa.array([p.target_id for p in items], pa.int32()),
             "distractor_id": pa.array([p.distractor_id for p in items], pa.int32()),
             "objective": pa.array(captured.objective, pa.float64()),
+            "objective_node": pa.array([p.node.label(p.place) if p.node else None for p in items], pa.string()),
             "facts_stored": pa.array([p.facts for p in items], pa.bool_()),
         }
     )

@@ -31,6 +31,7 @@ from ingest.capture import CaptureSpec, check_storable
 from ingest.checkpoints import DEFAULT_MODEL, LoadedModel, load_model
 from ingest.errors import DeviceError, ModelNotFound, TokenError
 from ingest.model_rows import add_input_weights, factor_weights, register_model, token_rows
+from ingest.node_objective import NodeObjective, parse_objective_node
 from ingest.objective import single_token
 from ingest.passes import (
     Captured,
@@ -97,6 +98,7 @@ class IngestOptions:
     facts_every: int = 1  # facts of every N-th prompt only (the others: tokens and summaries); needs summaries
     saes: list[str] = field(default_factory=list)  # --sae DIR[@HOOK] values: SAEs spliced in, latents stored
     sae_error: bool = True  # store each SAE's reconstruction error (--no-sae-error: not)
+    objective_node: str | None = None  # --objective-node DST:LAYER:NODE[@TOKEN]: the backward pass starts there
 
 
 @dataclass
@@ -194,6 +196,7 @@ def prepare(
     backward: bool,
     tokenization: Tokenization = AS_WRITTEN,
     facts: bool = True,
+    node: NodeObjective | None = None,
 ) -> Prepared:
     """Tokenise and validate one prompt (to be stored with its facts or without); raises ValueError with
     the reason it cannot be stored."""
@@ -221,10 +224,13 @@ def prepare(
         raise ValueError("a distractor needs a target")
     if distractor_id is not None and distractor_id == target_id:
         raise ValueError(same_token(source.target, source.distractor, target_id, "target", "distractor"))
-    if backward and target_id is None and len(ids) < 2:
+    if node is not None and (source.target is not None or source.distractor is not None):
+        raise ValueError(f"it has a target, but the objective is the node {node.label()}: drop its target")
+    place = node.place(len(ids)) if node is not None else None
+    if backward and target_id is None and node is None and len(ids) < 2:
         raise ValueError("a one-token prompt has no next token to predict: give it a target or use --no-backward")
     key = prompt_key(loaded.checkpoint_hash, source, settings, facts)
-    return Prepared(source, ids, target_id, distractor_id, key, facts)
+    return Prepared(source, ids, target_id, distractor_id, key, facts, node, place)
 
 
 def ingest(
@@ -247,9 +253,14 @@ def ingest(
     spec = replace(spec, saes=load_saes(options.saes, loaded.model.config, device), sae_error=options.sae_error)
     tokenization = Tokenization.of(loaded.special, options.prepend_bos, options.special_tokens_as_text)
     check_command_tokens(loaded, options, tokenization)
+    node = None
+    if options.objective_node is not None:
+        logit = options.target is not None or options.distractor is not None
+        node = parse_objective_node(options.objective_node, loaded.model.config, spec.saes, options.backward, logit)
     settings = json.dumps(
         [spec.labels(), sorted(spec.layers or []), options.backward, options.truncate, *tokenization.settings()]
         + [sae.sha256 for sae in spec.saes]
+        + ([f"objective-node {node.label()}"] if node is not None else [])  # a node run is no logit run
     )
     # Signals raised from here on (the command line raises them from its start) are recognised whatever
     # library they land in (warehouse/interrupts.py), so the run is recorded as interrupted.
@@ -302,7 +313,9 @@ def ingest(
                 facts = "facts" in options.store and ordinal % options.facts_every == 0
                 ordinal += 1
                 try:
-                    item = prepare(loaded, source, settings, options.truncate, options.backward, tokenization, facts)
+                    item = prepare(
+                        loaded, source, settings, options.truncate, options.backward, tokenization, facts, node
+                    )
                 except (ValueError, TokenError) as exc:
                     skip(Skipped(source.line, source.text, str(exc)))
                     continue

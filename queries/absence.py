@@ -45,6 +45,36 @@ def _why_missing(dst: str, pass_type: str) -> str:
     return f"no ingest captured {loc.name} (ingest with --locations {loc.name})"
 
 
+def logit_only(dst: str) -> bool:
+    """Whether `dst` is taken on the logit difference of each prompt's target (direct effects, the final
+    residual's gradient), so that a prompt traced from a node (ingest --objective-node) has none."""
+    return dst == "logit_diff" or dst.endswith("final_residual_grad")
+
+
+def traced_from_node(
+    con: duckdb.DuckDBPyConnection, prompt_id: int | None = None, run_id: int | None = None
+) -> str | None:
+    """One line saying that the prompt (or every prompt of the run) had a node as its backward objective
+    and so no logit-difference scalars; None when it did not."""
+    if prompt_id is not None:
+        rows = con.execute("SELECT objective_node FROM prompts WHERE prompt_id = ?", [prompt_id]).fetchall()
+        node, scope = (rows[0][0] if rows else None), f"prompt {prompt_id}"
+    elif run_id is not None:
+        rows = con.execute("SELECT objective FROM runs WHERE run_id = ?", [run_id]).fetchall()
+        node, scope = (
+            (rows[0][0].removeprefix("node:") if rows and rows[0][0].startswith("node:") else None),
+            f"run {run_id}",
+        )
+    else:
+        return None
+    if node is None:
+        return None
+    return (
+        f"{scope} traced from the node {node} (ingest --objective-node), not from a logit difference: it has no "
+        "direct effects on a target's logit; direct_effects(target, distractor) takes them for any pair"
+    )
+
+
 def explain_empty(
     con: duckdb.DuckDBPyConnection,
     dst: str,
@@ -71,6 +101,9 @@ def explain_empty(
         params.append(run_id)
         scope = f" in run {run_id}"
     if not _any_row(con, relation, where, params):
+        traced = traced_from_node(con, prompt_id, run_id) if logit_only(dst) else None
+        if traced is not None:
+            raise DstNotAvailable(f"{dst}: {traced}")
         # prompts stored without their facts (ingest --store summaries) have no rows of any dst
         if prompt_id is not None:
             require_facts(con, [prompt_id])

@@ -8,7 +8,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from queries.absence import explain_empty
+from queries.absence import explain_empty, traced_from_node
 from queries.notes import with_notes
 from queries.sources import NODE_KEY, DstNotAvailable, check_name
 from warehouse import db
@@ -132,9 +132,12 @@ class OnePrompt:
             if not table.num_rows:
                 for rank_dst in rank_dsts.values():
                     explain_empty(con, rank_dst, prompt_id=prompt_id)
+            traced = traced_from_node(con, prompt_id)
         for col in NODE_COLUMNS:
             if col in table.column_names and table.num_rows and table[col].null_count == table.num_rows:
                 message = f"{col}: no values for these nodes (its inputs were not stored for this prompt?)"
+                if col == "direct_effect" and traced is not None:
+                    message = f"{col}: {traced}"
                 if not any(m.startswith(f"{col} of") for m in messages):
                     messages.append(message)
         return with_notes(table, messages)

@@ -33,6 +33,9 @@ from transformers.masking_utils import eager_mask
 from transformers.models.llama.modeling_llama import repeat_kv
 
 Key = tuple[int | None, int | None, int | None, int | None, int]
+# A node as the objective: (location, layer, node index, token, key token or None), 'mlp.post_act' or
+# 'attn.qk_probs' (index: the head), token and key counted from 0.
+Node = tuple[str, int, int, int, int | None]
 Scalars = dict[str, dict[Key, float]]
 Put = Callable[[str, Key, "torch.Tensor | float"], None]
 
@@ -179,6 +182,11 @@ def _first(out: torch.Tensor | tuple) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
+def _grad(t: torch.Tensor) -> torch.Tensor:
+    """dObjective/dt: 0 where t does not feed the objective (a node objective upstream of it)."""
+    return t.grad if t.grad is not None else torch.zeros_like(t)
+
+
 def _keep_grad(t: torch.Tensor) -> torch.Tensor:
     t.retain_grad()
     return t
@@ -229,10 +237,18 @@ def _float64(model: nn.Module) -> nn.Module:
     return copied
 
 
-def _run(model: nn.Module, parts: _Parts, ids: list[int], target: int | None, distractor: int | None) -> _Trace:
+def _run(
+    model: nn.Module,
+    parts: _Parts,
+    ids: list[int],
+    target: int | None,
+    distractor: int | None,
+    node: Node | None = None,
+) -> _Trace:
     """One forward and backward in transformers with hooks; the objective is actwh's (docs/DERIVED_SCALARS.md):
     target minus distractor logit at the last token with the final scale held, else mean next-token
-    cross-entropy."""
+    cross-entropy; with `node`, that node's activation (the MLP down projection's input, or the attention
+    function's probability) at its token, nothing held."""
     trace = _Trace()
     handles = []
 
@@ -307,7 +323,14 @@ def _run(model: nn.Module, parts: _Parts, ids: list[int], target: int | None, di
             h.remove()
     trace.attention = dict(_RECORDING)
     n = len(ids)
-    if target is not None:
+    if node is not None:
+        location, layer, index, token, key = node
+        if location == "mlp.post_act":
+            objective = trace.post_act[layer][0, token, index]
+        else:
+            assert location == "attn.qk_probs", location
+            objective = trace.attention[layer].probs[0, index, token, key]
+    elif target is not None:
         objective = logits[n - 1, target] - (logits[n - 1, distractor] if distractor is not None else 0.0)
     else:
         log_probs = torch.log_softmax(logits[:-1], dim=-1)
@@ -317,10 +340,12 @@ def _run(model: nn.Module, parts: _Parts, ids: list[int], target: int | None, di
     return trace
 
 
-def _trace(model: nn.Module, ids: list[int], target: int | None, distractor: int | None) -> tuple[_Parts, _Trace]:
+def _trace(
+    model: nn.Module, ids: list[int], target: int | None, distractor: int | None, node: Node | None = None
+) -> tuple[_Parts, _Trace]:
     model = _float64(model)
     parts = _parts(model)
-    return parts, _run(model, parts, ids, target, distractor)
+    return parts, _run(model, parts, ids, target, distractor, node)
 
 
 def _per_query_head(att: _Attention, t: torch.Tensor) -> torch.Tensor:
@@ -370,16 +395,22 @@ def expected_raw(model: nn.Module, ids: list[int], target: int | None, distracto
 
 
 def expected_scalars(
-    model: nn.Module, ids: list[int], target: int | None, distractor: int | None, stored_final_grad: bool
+    model: nn.Module,
+    ids: list[int],
+    target: int | None,
+    distractor: int | None,
+    stored_final_grad: bool,
+    node: Node | None = None,
 ) -> Scalars:
     """Every derived view's rows for one prompt stored with both passes of the Tier-1 locations.
 
     stored_final_grad: the final residual's gradient was stored (every token), else the view gives the
-    closed form at the last token, and only for a prompt with a target.
+    closed form at the last token, and only for a prompt with a target. node: the backward pass started
+    from that node (no target then).
     """
-    parts, trace = _trace(model, ids, target, distractor)
+    parts, trace = _trace(model, ids, target, distractor, node)
     n, last = len(ids), len(ids) - 1
-    g = trace.final_in.grad[0]  # dObjective / d final residual, (n, d)
+    g = _grad(trace.final_in)[0]  # dObjective / d final residual, (n, d)
     out: Scalars = {}
 
     def put(dst: str, key: Key, value: torch.Tensor | float) -> None:
@@ -389,7 +420,7 @@ def expected_scalars(
     for t in range(n):
         put("always_one", (t, None, None, None, 0), 1.0)
         put("resid_post_embedding_norm", (t, None, None, None, 0), emb[t].norm())
-        put("token_attribution", (t, None, None, None, 0), emb[t] @ trace.emb.grad[0][t])
+        put("token_attribution", (t, None, None, None, 0), emb[t] @ _grad(trace.emb)[0][t])
     put("loss", (last, None, None, None, 0), trace.objective)
     if stored_final_grad or target is not None:
         for t in range(n) if stored_final_grad else (last,):
@@ -452,7 +483,7 @@ def _mlp_scalars(
     put: Put, parts: _Parts, trace: _Trace, layer: int, n: int, direct: bool, g_last: torch.Tensor
 ) -> None:
     a = trace.post_act[layer]
-    da, a = a.grad[0], a.detach()[0]
+    da, a = _grad(a)[0], a.detach()[0]
     proj = parts.mlp_out[layer]
     d_mlp = a.shape[1]
     gain, scale = _post_norm(parts, trace, "mlp", layer, n)
@@ -476,7 +507,7 @@ def _attention_scalars(
     put: Put, parts: _Parts, trace: _Trace, layer: int, n: int, direct: bool, g_last: torch.Tensor
 ) -> None:
     att = trace.attention[layer]
-    p, dp = att.probs.detach()[0].permute(1, 2, 0), att.probs.grad[0].permute(1, 2, 0)  # (q, k, H)
+    p, dp = att.probs.detach()[0].permute(1, 2, 0), _grad(att.probs)[0].permute(1, 2, 0)  # (q, k, H)
     v = _per_query_head(att, att.value)  # (k, H, dh)
     n_heads, d_head = v.shape[1:]
     mixed = trace.head_outputs[layer].detach()[0].reshape(n, n_heads, d_head)

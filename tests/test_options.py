@@ -53,6 +53,7 @@ def test_every_option_of_every_command_is_given_in_a_test_of_that_command() -> N
 # Every ingest option at a value other than its default, and the settings the command must build from them.
 EVERY_INGEST_OPTION = [
     *("--model", "gpt2-tiny", "--prompt", "a cat", "--target", " Paris", "--distractor", " London"),
+    *("--objective-node", "mlp_post_act:1:3@-2"),
     *("--locations", "mlp.post_act:forward,attn.v", "--layers", "1", "--layers", "0", "--no-backward"),
     *("--device", "cpu", "--batch-size", "3", "--force", "--wait", "--truncate", "--precision", "bfloat16"),
     *("--unembedding", "all", "--no-prepend-bos", "--special-tokens-as-text", "--max-memory", "2gb"),
@@ -73,6 +74,7 @@ BUILT = IngestOptions(
     progress=False,
     target=" Paris",
     distractor=" London",
+    objective_node="mlp_post_act:1:3@-2",
     precision="bfloat16",
     max_memory=2 * 2**30,
     unembedding="all",

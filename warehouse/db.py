@@ -31,7 +31,7 @@ DASHBOARD_DIR = QUERIES / "dashboards"
 # token bytes, SAEs and per-node summaries; version 4 keeps one summary row per run and node, rewritten
 # as the ingest flushes, and each run's summarised_through; version 5 names tokens.token as the facts do;
 # version 6 records what each run stored (runs.store, runs.facts_every) and whether each prompt's facts
-# were (prompts.facts_stored).
+# were (prompts.facts_stored), and the node a prompt's backward pass started from (prompts.objective_node).
 # Bump when the lake's tables change, and add the step to MIGRATIONS below.
 SCHEMA_VERSION = 6
 
@@ -71,6 +71,8 @@ MIGRATIONS: dict[int, tuple[str | Callable[[duckdb.DuckDBPyConnection], None], .
         "ALTER TABLE runs ADD COLUMN IF NOT EXISTS facts_every INTEGER",
         "UPDATE runs SET store = CASE WHEN summarised_through IS NULL THEN 'facts' ELSE 'facts,summaries' END,"
         " facts_every = 1",
+        # the node a prompt's backward pass started from (ingest --objective-node); NULL before
+        "ALTER TABLE prompts ADD COLUMN IF NOT EXISTS objective_node VARCHAR",
     ),
 }
 # The file magic of a DuckDB database: a warehouse written by actwh before the lake.

@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS models (
 CREATE TABLE IF NOT EXISTS runs (
     run_id INTEGER NOT NULL,
     model_id INTEGER NOT NULL,
-    objective VARCHAR NOT NULL,       -- 'logit_diff' (target given) or 'next_token_ce'
+    objective VARCHAR NOT NULL,       -- 'logit_diff' (target given), 'next_token_ce', or 'node:DST:LAYER:NODE@TOKEN'
     locations VARCHAR[] NOT NULL,     -- 'location:pass' pairs stored
     layers INTEGER[],                 -- NULL: every layer
     software_version VARCHAR NOT NULL,
@@ -64,7 +64,9 @@ CREATE TABLE IF NOT EXISTS prompts (
     target_id INTEGER,
     distractor_id INTEGER,
     objective DOUBLE,                 -- the backward objective's value (NULL without a backward pass)
-    facts_stored BOOLEAN              -- false: only its tokens and summaries were kept (ingest --store summaries)
+    facts_stored BOOLEAN,             -- false: only its tokens and summaries were kept (ingest --store summaries)
+    objective_node VARCHAR            -- 'DST:LAYER:NODE@TOKEN' (@QUERY,KEY for attention) the backward pass started
+                                      -- from (ingest --objective-node; objective is its activation); else NULL
 );
 
 -- `bytes` is the token's exact bytes; `text` shows them, a UTF-8 character split across tokens on the
