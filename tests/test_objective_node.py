@@ -11,6 +11,7 @@ tiny GPT-2.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from collections import defaultdict
@@ -20,6 +21,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from ingest.prompts import PromptInput
 from ingest.worker import IngestOptions, ingest
@@ -253,3 +255,117 @@ def test_a_node_objective_is_part_of_the_prompt_key(tmp_path: Path) -> None:
     assert (ingest(path, prompt, node).stored, ingest(path, prompt, node).already_stored) == (0, 1)
     assert ingest(path, prompt, dataclasses.replace(node, objective_node="mlp_post_act:1:3@-2")).stored == 1
     assert ingest(path, prompt, dataclasses.replace(node, objective_node="mlp_post_act:1:4")).stored == 1
+
+
+def _latent_traced(
+    model: torch.nn.Module, sae: object, ids: list[int], latent: int
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Autograd in transformers from the SAE's latent at the last token, encoded by the test's own encoder
+    from the site's value: (the embeddings, block 0's neuron activations, each with its gradient; the latent)."""
+    from tests.sae_oracle import at_site
+
+    kept: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):  # noqa: ANN202
+        def hook(_m: torch.nn.Module, _args: tuple, out: torch.Tensor) -> None:
+            out.retain_grad()
+            kept[name] = out
+
+        return hook
+
+    handles = [
+        model.transformer.drop.register_forward_hook(keep("emb")),
+        model.transformer.h[0].mlp.act.register_forward_hook(keep("post")),
+    ]
+    try:
+        with at_site(model, sae, lambda x: kept.setdefault("site", x)):
+            model(torch.tensor([ids]))
+    finally:
+        for handle in handles:
+            handle.remove()
+    objective = sae.encode(kept["site"][0, len(ids) - 1])[latent]
+    objective.backward()
+    return kept["emb"], kept["post"], float(objective.detach())
+
+
+@pytest.mark.slow  # three ingests and an SAE calibrated on the first: about 30 s of CPU
+def test_an_sae_latent_as_the_objective_agrees_with_autograd_through_its_encoder(tmp_path: Path) -> None:
+    """An SAE latent on GPT-2's residual after block 0 as the objective: its stored gradient is 1 at the last
+    token (0 for the other latents there), and the embeddings' and block-0 neurons' act-times-grad equal
+    autograd through transformers and the test's own encoder of the site, in float64."""
+    from tests.test_sae_capture import ingest_with_saes
+
+    checkpoint = gpt2_checkpoint(tmp_path / "checkpoint")
+    row = (
+        "res0",
+        "saelens",
+        "standard",
+        "blocks.0.hook_resid_post",
+        "resid_post",
+        0,
+        "resid.post_mlp",
+        0,
+        128,
+        None,
+        False,
+    )
+    prompts = [p for p in PROMPTS if len(p.text) > 1]  # the next-token objective of the first ingest needs two tokens
+    locations = ["resid.post_emb", "mlp.post_act"]
+    _, (sae,), wh, run_id = ingest_with_saes(tmp_path, checkpoint, prompts, locations, [row])
+    longest = wh.sql(
+        "SELECT prompt_id, n_tokens FROM prompts WHERE run_id = ? ORDER BY n_tokens DESC", [run_id], "rows"
+    )[0]
+    query = "SELECT node_index FROM facts WHERE dst = ? AND prompt_id = ? AND token = ? ORDER BY forward DESC LIMIT 1"
+    (latent,) = wh.sql(query, ["online_autoencoder_latent", longest[0], longest[1] - 1], "rows")[0]
+    options = IngestOptions(
+        model=str(checkpoint.path),
+        locations=locations,
+        saes=[sae.spec],
+        objective_node=f"online_autoencoder_latent:0:{latent}",
+        progress=False,
+    )
+    report = ingest(tmp_path / "wh", prompts, options)
+    assert report.stored == len(prompts) and not report.skipped, report
+    wh = Warehouse(tmp_path / "wh")
+    model = copy.deepcopy(checkpoint.model).double()
+    fired = 0
+    for (prompt_id,) in wh.sql("SELECT prompt_id FROM prompts WHERE run_id = ?", [report.run_id], "rows"):
+        ids = [
+            i for (i,) in wh.sql("SELECT token_id FROM tokens WHERE prompt_id = ? ORDER BY token", [prompt_id], "rows")
+        ]
+        last = len(ids) - 1
+        grads = wh.sql(
+            "SELECT node_index, backward FROM facts WHERE dst = 'online_autoencoder_latent' AND prompt_id = ?"
+            " AND token = ?",
+            [prompt_id, last],
+            "rows",
+        )
+        emb, post, objective = _latent_traced(model, sae, ids, latent)
+        fired += objective > 0
+        # latents are stored where they fired: the objective's own row exactly when it did
+        assert dict(grads).get(latent) == (1.0 if objective > 0 else None), (grads, objective)
+        assert all(g == 0.0 for j, g in grads if j != latent), grads
+        want = {
+            "token_attribution": {(t, None, None): float(v) for t, v in enumerate((emb * emb.grad).sum(-1)[0])},
+            "mlp_act_times_grad": {
+                (t, 0, i): float(post[0, t, i] * post.grad[0, t, i])
+                for t in range(len(ids))
+                for i in range(post.shape[-1])
+            },
+        }
+        for view, expected in want.items():
+            got = {
+                (t, layer, i if view == "mlp_act_times_grad" else None): v
+                for t, layer, i, v in wh.sql(
+                    f"SELECT token, layer, node_index, value FROM {view} WHERE prompt_id = ? AND ifnull(layer, 0) = 0",
+                    [prompt_id],
+                    "rows",
+                )
+            }
+            assert set(got) == set(expected), view
+            scale = max(abs(v) for v in expected.values()) or 1.0
+            worst = max(abs(got[k] - expected[k]) for k in expected) / scale
+            assert worst <= REL, f"{view}, prompt {prompt_id}: {worst:.3g} x max|value|"
+        after = "SELECT max(abs(value)) FROM mlp_act_times_grad WHERE prompt_id = ? AND layer = 1"
+        assert wh.sql(after, [prompt_id], "rows") == [(0.0,)]  # block 1 reads the site, never writes it
+    assert fired, "the latent fired at no prompt's last token: nothing upstream was compared"
