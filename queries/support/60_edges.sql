@@ -73,23 +73,21 @@ SELECT CASE
              || 'mlp.pre_act:forward (and mlp.post_act:forward,backward)'
 END AS problem;
 
--- (down_layer, j) as one row, or the error of edge_problem: every branch joins it.
-CREATE OR REPLACE MACRO checked_edge(down_dst, down_layer, j, first_read) AS TABLE
-SELECT CASE WHEN problem IS NULL THEN down_layer ELSE error(problem) END::SMALLINT AS layer, j::INTEGER AS node_index
-FROM edge_problem(down_dst, down_layer, j, first_read);
-
 -- The normed read directions of neuron j of layer down_layer, per model and residual channel: u1 (the
--- pre-activation's column), u2 (the up projection's in a gated MLP, else 0).
+-- pre-activation's column), u2 (the up projection's in a gated MLP, else 0). One scan of the weights.
 CREATE OR REPLACE MACRO mlp_read_directions(down_layer, j) AS TABLE
-WITH cols AS (
-    SELECT w.model_id, w.row_index AS channel, (w.location = 'mlp.to_gate') = s.gated_mlp AS first,
-           w.value::DOUBLE * coalesce(g.value, 1) AS value, s.norm
-    FROM weights w
-    JOIN checked_edge('mlp_post_act', down_layer, j, down_layer) c ON c.layer = w.layer AND c.node_index = w.col_index
-    JOIN edge_switches() s ON s.model_id = w.model_id
-    LEFT JOIN weights g
-      ON g.model_id = w.model_id AND g.location = 'layer_norm_gain.pre_mlp' AND g.layer = w.layer AND g.row_index = w.row_index
-    WHERE w.location IN ('mlp.to_hidden', 'mlp.to_gate')
+WITH w AS MATERIALIZED (
+    SELECT model_id, location, row_index, value::DOUBLE AS value FROM weights
+    WHERE location IN ('mlp.to_hidden', 'mlp.to_gate', 'layer_norm_gain.pre_mlp') AND layer = down_layer
+      AND (col_index = j OR location = 'layer_norm_gain.pre_mlp')
+),
+cols AS (
+    SELECT x.model_id, x.row_index AS channel, (x.location = 'mlp.to_gate') = s.gated_mlp AS first,
+           x.value * coalesce(g.value, 1) AS value, s.norm
+    FROM w x
+    JOIN edge_switches() s ON s.model_id = x.model_id
+    LEFT JOIN w g ON g.model_id = x.model_id AND g.location = 'layer_norm_gain.pre_mlp' AND g.row_index = x.row_index
+    WHERE x.location IN ('mlp.to_hidden', 'mlp.to_gate')
 ),
 centred AS (
     SELECT model_id, channel, first,
@@ -125,20 +123,29 @@ SELECT prompt_id, model_id, token, layer, node_index, grad,
        CASE WHEN gated_mlp THEN mlp_activation(act, z) ELSE 0 END / scale AS c2
 FROM n;
 
--- Block `block`'s ('attn' or 'mlp') output directions as they reach the reads: u1, u2 times the gain of
--- the norm after the block where the model has one, per layer.
-CREATE OR REPLACE MACRO edge_block_reads(down_layer, j, block) AS TABLE
-SELECT u.model_id, l.layer, u.channel, u.u1 * coalesce(g.value, 1) AS u1, u.u2 * coalesce(g.value, 1) AS u2
-FROM mlp_read_directions(down_layer, j) u
-JOIN (SELECT DISTINCT model_id, layer FROM weights WHERE location = block || '.residual_bias') l ON l.model_id = u.model_id
-LEFT JOIN weights g
-  ON g.model_id = u.model_id AND g.location = 'layer_norm_gain.post_' || block AND g.layer = l.layer AND g.row_index = u.channel;
-
--- Weight-only factors: each upstream weight row dotted with the reads (kinds 'mlp': per layer and neuron;
--- 'attn': per layer, head and value channel; 'attn_bias' and 'mlp_bias': per layer).
+-- Weight-only factors: each upstream weight row dotted with the reads as the writes reach them (u1, u2 times
+-- the gain of the norm after the block, where the model norms block outputs). Kinds 'mlp': per layer and
+-- neuron; 'attn': per layer, head and value channel; 'attn_bias' and 'mlp_bias': per layer.
 CREATE OR REPLACE MACRO edge_factors(down_layer, j) AS TABLE
-WITH um AS (SELECT * FROM edge_block_reads(down_layer, j, 'mlp')),
-ua AS (SELECT * FROM edge_block_reads(down_layer, j, 'attn'))
+WITH u AS MATERIALIZED (SELECT * FROM mlp_read_directions(down_layer, j)),
+-- the blocks' output biases and the gains of the norms after them (where the model has them): one scan
+small AS MATERIALIZED (
+    SELECT model_id, split_part(location, '.', 1) AS block, location, layer, row_index, value::DOUBLE AS value
+    FROM weights
+    WHERE location IN ('attn.residual_bias', 'mlp.residual_bias', 'layer_norm_gain.post_attn', 'layer_norm_gain.post_mlp')
+      AND layer <= down_layer
+),
+reads AS MATERIALIZED (
+    SELECT u.model_id, b.block, b.layer, u.channel, u.u1 * coalesce(g.value, 1) AS u1,
+           u.u2 * coalesce(g.value, 1) AS u2, b.value AS bias
+    FROM u
+    JOIN small b ON b.model_id = u.model_id AND b.location LIKE '%.residual_bias' AND b.row_index = u.channel
+    LEFT JOIN small g
+      ON g.model_id = u.model_id AND g.location = 'layer_norm_gain.post_' || b.block AND g.layer = b.layer
+     AND g.row_index = u.channel
+),
+um AS (SELECT * FROM reads WHERE block = 'mlp' AND layer < down_layer),
+ua AS (SELECT * FROM reads WHERE block = 'attn')
 SELECT w.model_id, 'mlp' AS kind, w.layer, NULL::SMALLINT AS head, w.row_index AS node_index,
        sum(w.value * u.u1) AS f1, sum(w.value * u.u2) AS f2
 FROM weights w JOIN um u ON u.model_id = w.model_id AND u.layer = w.layer AND u.channel = w.col_index
@@ -150,21 +157,16 @@ FROM weights w JOIN ua u ON u.model_id = w.model_id AND u.layer = w.layer AND u.
 WHERE w.location = 'attn.to_residual' AND w.layer <= down_layer
 GROUP BY w.model_id, w.layer, w.head, w.row_index
 UNION ALL
-SELECT w.model_id, 'attn_bias', w.layer, NULL, NULL, sum(w.value * u.u1), sum(w.value * u.u2)
-FROM weights w JOIN ua u ON u.model_id = w.model_id AND u.layer = w.layer AND u.channel = w.row_index
-WHERE w.location = 'attn.residual_bias' AND w.layer <= down_layer
-GROUP BY w.model_id, w.layer
-UNION ALL
-SELECT w.model_id, 'mlp_bias', w.layer, NULL, NULL, sum(w.value * u.u1), sum(w.value * u.u2)
-FROM weights w JOIN um u ON u.model_id = w.model_id AND u.layer = w.layer AND u.channel = w.row_index
-WHERE w.location = 'mlp.residual_bias' AND w.layer < down_layer
-GROUP BY w.model_id, w.layer;
+SELECT model_id, block || '_bias', layer, NULL, NULL, sum(bias * u1), sum(bias * u2)
+FROM reads
+WHERE block = 'attn' OR layer < down_layer
+GROUP BY model_id, block, layer;
 
 -- Edges into MLP neuron j of layer down_layer from every upstream node at every stored (prompt, token).
 CREATE OR REPLACE MACRO mlp_in_edges(down_layer, j) AS TABLE
-WITH c AS (SELECT * FROM mlp_read_slopes(down_layer, down_layer, j)),
-f AS (SELECT * FROM edge_factors(down_layer, j)),
-u AS (SELECT * FROM mlp_read_directions(down_layer, j)),
+WITH c AS MATERIALIZED (SELECT * FROM mlp_read_slopes(down_layer, down_layer, j)),
+f AS MATERIALIZED (SELECT * FROM edge_factors(down_layer, j)),
+u AS MATERIALIZED (SELECT * FROM mlp_read_directions(down_layer, j)),
 -- the attention layers before the MLP: all up to down_layer, the MLP's own excluded where both read one input
 attn_layers AS (
     SELECT f.*, e.n_heads // e.n_kv_heads AS grp FROM f JOIN edge_switches() e USING (model_id)
@@ -215,6 +217,7 @@ rows AS (
     JOIN edge_switches() e ON e.model_id = c.model_id
     LEFT JOIN facts s
       ON s.prompt_id = c.prompt_id AND s.token = c.token AND s.layer = f.layer
+     AND s.dst IN ('attn_output_layer_norm_scale', 'mlp_output_layer_norm_scale')
      AND s.dst = CASE f.kind WHEN 'attn_bias' THEN 'attn' ELSE 'mlp' END || '_output_layer_norm_scale'
     WHERE (f.kind = 'mlp_bias' OR f.layer < down_layer OR NOT e.parallel_residual)
       AND (s.forward IS NOT NULL OR NOT e.post_block_norms)
@@ -247,11 +250,10 @@ CREATE OR REPLACE MACRO mlp_out_edges(up_layer, i) AS TABLE
 WITH w AS (
     SELECT o.model_id, o.col_index AS channel, o.value::DOUBLE * coalesce(g.value, 1) AS value, e.norm, e.gated_mlp
     FROM weights o
-    JOIN checked_edge('mlp_post_act', up_layer, i, up_layer + 1) c ON c.layer = o.layer AND c.node_index = o.row_index
     JOIN edge_switches() e ON e.model_id = o.model_id
     LEFT JOIN weights g
       ON g.model_id = o.model_id AND g.location = 'layer_norm_gain.post_mlp' AND g.layer = o.layer AND g.row_index = o.col_index
-    WHERE o.location = 'mlp.to_residual'
+    WHERE o.location = 'mlp.to_residual' AND o.layer = up_layer AND o.row_index = i
 ),
 wc AS (
     SELECT model_id, channel, gated_mlp,
