@@ -68,15 +68,6 @@ def test_views_bench_agrees_with_torch(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_direct_effect_plans_bench_compares_two_versions_of_the_macros(tmp_path: Path) -> None:
-    _bench("-m", "bench.views", *TINY, "--prompts", "2", "--repeat", "1", "--ingest-only", "--db", tmp_path / "v")
-    items = ("mlp_write_to_final_residual_grad", "node_table", "direct_effects")
-    out = _bench("-m", "bench.direct_effect_plans", "--db", tmp_path / "v", "--baseline", "HEAD", "--repeat", "1",
-                 "--only", *items)  # fmt: skip
-    for item in items:
-        assert f"| {item} |" in out, out
-
-
 def test_first_use_bench() -> None:
     out = _bench("-m", "bench.first_use", *TINY)
     assert "make demo's commands:" in out, out
