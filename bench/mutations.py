@@ -113,6 +113,7 @@ SUMMARIES = "ingest/summaries.py"
 KERNELS = "ingest/summary_kernels.py"
 BATCH = "ingest/summary_batch.py"
 SUMMARY_TESTS = "tests/test_summaries.py"
+STORE = "tests/test_store.py"
 WORKER = "ingest/worker.py"
 PASSES = "ingest/passes.py"
 ROTARY = "    rotary = rotary_class(config)\n"  # transformers' rotary embedding built from the parsed config
@@ -1284,6 +1285,118 @@ MUTATIONS: tuple[Mutation, ...] = (
             "WHEN pass_type = 'forward' THEN qk_scale ELSE",
         ),
         (f"{TL_CACHE}::test_tl_hooks_and_activations_by_hook_match_the_cache[gpt2]",),
+    ),
+    Mutation(
+        "edge_attention_read_at_the_key_token",
+        "an attention node's edge into a neuron reads the neuron's slope at the key token instead of the query's",
+        replace(
+            EDGES,
+            "JOIN c ON c.prompt_id = p.prompt_id AND c.token = p.token",
+            "JOIN c ON c.prompt_id = p.prompt_id AND c.token = p.token2",
+        ),
+        edges("llama"),
+    ),
+    Mutation(
+        "edge_read_through_the_attention_norm_scale",
+        "edges into a neuron divide by the attention norm's scale instead of the MLP norm's",
+        replace(
+            EDGES,
+            "s.dst = 'mlp_input_layer_norm_scale' AND s.layer = z.layer",
+            "s.dst = 'attn_input_layer_norm_scale' AND s.layer = z.layer",
+        ),
+        edges("llama"),
+    ),
+    Mutation(
+        "edge_biases_missing",
+        "the attention output biases get no edge rows",
+        replace(EDGES, "f.kind IN ('attn_bias', 'mlp_bias')", "f.kind IN ('mlp_bias')"),
+        edges("llama", EDGE_ORACLE, IDENTITY),
+    ),
+    Mutation(
+        "edge_gated_up_read_dropped",
+        "a gated neuron's up projection is left out of its read (only the gate's)",
+        replace(EDGES, "CASE WHEN gated_mlp THEN mlp_activation(act, z) ELSE 0 END / scale AS c2", "0 / scale AS c2"),
+        edges("llama"),
+    ),
+    Mutation(
+        "edge_post_block_norm_scale_ignored",
+        "an MLP neuron's write into a later neuron is not divided by the norm after its block (Gemma 2)",
+        replace(
+            EDGES,
+            "a.forward * (c.c1 * f.f1 + c.c2 * f.f2) / coalesce(s.value, 1), c.grad",
+            "a.forward * (c.c1 * f.f1 + c.c2 * f.f2), c.grad",
+        ),
+        edges("gemma2"),
+    ),
+    Mutation(
+        "edge_read_direction_not_centred",
+        "a LayerNorm model's read direction keeps its mean (the norm's centring left out)",
+        replace(
+            EDGES,
+            "WHEN norm = 'layernorm' THEN avg(value) OVER (PARTITION BY model_id, first)",
+            "WHEN norm = 'layernorm' THEN 0",
+        ),
+        edges("gpt2"),
+    ),
+    Mutation(
+        "edge_from_write_not_centred",
+        "edges out of a LayerNorm model's neuron keep the write's mean (the norm's centring left out)",
+        replace(
+            EDGES,
+            "WHEN norm = 'layernorm' THEN avg(value) OVER (PARTITION BY model_id) ELSE 0 END AS value",
+            "WHEN norm = 'layernorm' THEN 0 ELSE 0 END AS value",
+        ),
+        (f"{EDGE_TESTS}::test_edges_from_an_mlp_neuron_are_the_edges_into_its_readers[gpt2]",),
+    ),
+    Mutation(
+        "facts_every_keeps_every_prompts_facts",
+        "--facts-every N stores the facts of every prompt",
+        replace(
+            WORKER,
+            'facts = "facts" in options.store and ordinal % options.facts_every == 0',
+            'facts = "facts" in options.store',
+        ),
+        (f"{STORE}::test_facts_every_n_stores_the_facts_of_exactly_every_nth_prompt",),
+    ),
+    Mutation(
+        "summaries_only_copies_every_prompts_tensors",
+        "a prompt stored without facts still has its tensors copied out and written as fact rows",
+        replace(PASSES, "kept = [b for b, p in enumerate(items) if p.facts]", "kept = list(range(len(items)))"),
+        (f"{STORE}::test_a_summaries_only_pass_stores_no_fact_rows_and_says_what_it_kept",),
+    ),
+    Mutation(
+        "prompt_without_facts_keyed_as_with_them",
+        "a prompt stored without facts has the same resume key as one stored with them",
+        replace(WORKER, 'payload = json.dumps([payload, "without facts"])', "pass"),
+        (f"{STORE}::test_a_prompt_stored_without_facts_is_not_stored_for_an_ingest_that_keeps_them",),
+    ),
+    Mutation(
+        "cache_of_a_prompt_without_facts_answered",
+        "a cache of a prompt stored without facts is built (every key then missing) instead of refused",
+        replace("queries/cache.py", "        require_facts(self._con, self.prompt_ids)\n", ""),
+        (f"{STORE}::test_a_question_that_needs_facts_not_stored_is_refused_in_one_line",),
+    ),
+    Mutation(
+        "killed_summaries_only_run_keeps_uncovered_prompts",
+        "prompts of a killed summaries-only run that no flush covered stay stored, holding nothing",
+        replace(WRITER, 'for table in ("tokens", "prompts"):', "for table in ():"),
+        (f"{STORE}::test_a_killed_summaries_only_run_keeps_only_what_its_summaries_cover",),
+    ),
+    Mutation(
+        "scan_of_a_sample_without_note",
+        "a scan over prompts of which only some have facts answers without saying it read a sample",
+        replace(
+            "queries/node_scans.py",
+            "            sample = sample_note(con, run_id)\n        return",
+            "            sample = None\n        return",
+        ),
+        (f"{STORE}::test_facts_every_n_stores_the_facts_of_exactly_every_nth_prompt",),
+    ),
+    Mutation(
+        "memory_budget_ignores_the_batches_the_writer_holds",
+        "batches are sized to fit the budget alone, as if the writer held no earlier batch",
+        replace(WORKER, "need.total + 2 * need.held <= budget", "need.total <= budget"),
+        ("tests/test_memory.py",),
     ),
     Mutation(
         "edge_attention_read_at_the_key_token",

@@ -325,7 +325,7 @@ def ingest(
                 if stored & committed or item.key in seen:
                     report.already_stored += 1
                     continue
-                alone = memory.estimate(config, spec, 1, len(item.ids), options.backward)
+                alone = memory.estimate(config, spec, 1, len(item.ids), options.backward, summarising, facts)
                 if budget is not None and alone.total > budget:
                     skip(Skipped(source.line, source.text, too_big_reason(alone, budget)))
                     continue
@@ -333,9 +333,10 @@ def ingest(
                 yield item
 
         def fits(n_prompts: int, n_tokens: int) -> bool:
-            """Room for this batch while the writer still holds the two before it (three in memory at once)."""
-            need = memory.estimate(config, spec, n_prompts, n_tokens, options.backward).total
-            return budget is None or 3 * need <= budget
+            """Room for this batch's pass while the writer still holds the captured tensors of the two before it."""
+            keeps_facts = "facts" in options.store
+            need = memory.estimate(config, spec, n_prompts, n_tokens, options.backward, summarising, keeps_facts)
+            return budget is None or need.total + 2 * need.held <= budget
 
         def attempt(part: list[Prepared]) -> Captured:
             """One model pass; prompt ids are taken only when it succeeds, so retries leave no gaps."""
