@@ -1398,68 +1398,6 @@ MUTATIONS: tuple[Mutation, ...] = (
         replace(WORKER, "need.total + 2 * need.held <= budget", "need.total <= budget"),
         ("tests/test_memory.py",),
     ),
-    Mutation(
-        "edge_attention_read_at_the_key_token",
-        "an attention node's edge into a neuron reads the neuron's slope at the key token instead of the query's",
-        replace(
-            EDGES,
-            "JOIN c ON c.prompt_id = p.prompt_id AND c.token = p.token",
-            "JOIN c ON c.prompt_id = p.prompt_id AND c.token = p.token2",
-        ),
-        edges("llama"),
-    ),
-    Mutation(
-        "edge_read_through_the_attention_norm_scale",
-        "edges into a neuron divide by the attention norm's scale instead of the MLP norm's",
-        replace(
-            EDGES,
-            "s.dst = 'mlp_input_layer_norm_scale' AND s.layer = z.layer",
-            "s.dst = 'attn_input_layer_norm_scale' AND s.layer = z.layer",
-        ),
-        edges("llama"),
-    ),
-    Mutation(
-        "edge_biases_missing",
-        "the attention output biases get no edge rows",
-        replace(EDGES, "f.kind IN ('attn_bias', 'mlp_bias')", "f.kind IN ('mlp_bias')"),
-        edges("llama", EDGE_ORACLE, IDENTITY),
-    ),
-    Mutation(
-        "edge_gated_up_read_dropped",
-        "a gated neuron's up projection is left out of its read (only the gate's)",
-        replace(EDGES, "CASE WHEN gated_mlp THEN mlp_activation(act, z) ELSE 0 END / scale AS c2", "0 / scale AS c2"),
-        edges("llama"),
-    ),
-    Mutation(
-        "edge_post_block_norm_scale_ignored",
-        "an MLP neuron's write into a later neuron is not divided by the norm after its block (Gemma 2)",
-        replace(
-            EDGES,
-            "a.forward * (c.c1 * f.f1 + c.c2 * f.f2) / coalesce(s.value, 1), c.grad",
-            "a.forward * (c.c1 * f.f1 + c.c2 * f.f2), c.grad",
-        ),
-        edges("gemma2"),
-    ),
-    Mutation(
-        "edge_read_direction_not_centred",
-        "a LayerNorm model's read direction keeps its mean (the norm's centring left out)",
-        replace(
-            EDGES,
-            "WHEN norm = 'layernorm' THEN avg(value) OVER (PARTITION BY model_id, first)",
-            "WHEN norm = 'layernorm' THEN 0",
-        ),
-        edges("gpt2"),
-    ),
-    Mutation(
-        "edge_from_write_not_centred",
-        "edges out of a LayerNorm model's neuron keep the write's mean (the norm's centring left out)",
-        replace(
-            EDGES,
-            "WHEN norm = 'layernorm' THEN avg(value) OVER (PARTITION BY model_id) ELSE 0 END AS value",
-            "WHEN norm = 'layernorm' THEN 0 ELSE 0 END AS value",
-        ),
-        (f"{EDGE_TESTS}::test_edges_from_an_mlp_neuron_are_the_edges_into_its_readers[gpt2]",),
-    ),
 )
 
 
