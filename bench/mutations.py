@@ -143,6 +143,12 @@ ROUNDTRIP = "tests/test_roundtrip.py"
 READING = "commands/reading.py"
 READING_OPTIONS = f"{SUMMARY_TESTS}::test_the_reading_commands_give_the_apis_answers_with_every_option"
 PROMPT_KEYS = "tests/test_prompt_keys.py"
+NODE = "ingest/node_objective.py"
+NODE_TESTS = "tests/test_objective_node.py"
+NODE_GRADIENT = (
+    f"{NODE_TESTS}::test_the_stored_gradient_of_the_node_is_one_at_its_token_and_nothing_after_it_has_one[gpt2]"
+)
+NODE_VIEWS = f"{NODE_TESTS}::test_every_act_times_grad_view_agrees_with_autograd_through_transformers[gpt2]"
 
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
@@ -150,6 +156,83 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a lake of schema version 4 keeps tokens.position after its upgrade, so joins on the shared `token` fail",
         replace("warehouse/db.py", '4: ("ALTER TABLE tokens RENAME COLUMN position TO token",),', "4: (),"),
         ("tests/test_migration.py::test_a_version_4_lake_names_the_token_column_as_activations_do_after_the_upgrade",),
+    ),
+    Mutation(
+        "node_objective_negative_token_off_by_one",
+        "--objective-node counts a negative token from one before the end: -1 traces the second-to-last token",
+        replace(
+            NODE,
+            "position = given + n_tokens if given < 0 else given",
+            "position = given + n_tokens - 1 if given < 0 else given",
+        ),
+        (NODE_GRADIENT, NODE_VIEWS),
+    ),
+    Mutation(
+        "node_objective_sign_flipped",
+        "the backward pass starts from minus the node's activation: every act-times-grad toward it has the wrong sign",
+        replace(NODE, "return torch.stack(values)", "return -torch.stack(values)"),
+        (NODE_GRADIENT, NODE_VIEWS),
+    ),
+    Mutation(
+        "attention_node_objective_key_ignored",
+        "an attention node as the objective reads the query's own key, not the key token given (@QUERY,KEY)",
+        replace(
+            NODE,
+            "self.site[b, token, key, node.node_index] if node.pair",
+            "self.site[b, token, token, node.node_index] if node.pair",
+        ),
+        (NODE_GRADIENT, NODE_VIEWS),
+    ),
+    Mutation(
+        "node_objective_not_in_prompt_key",
+        "a prompt stored with a logit or next-token objective counts as stored for a node objective (and the reverse)",
+        replace(WORKER, '+ ([f"objective-node {node.label()}"] if node is not None else [])', "+ []"),
+        (f"{NODE_TESTS}::test_a_node_objective_is_part_of_the_prompt_key",),
+    ),
+    Mutation(
+        "unreached_gradients_left_out",
+        "gradients after the objective node are left NULL instead of 0: their act-times-grad views have no rows",
+        replace(
+            "ingest/capture.py",
+            "return {key: t.grad if t.grad is not None else torch.zeros_like(t) for key, t in self._grad_of.items()}",
+            "return {key: t.grad for key, t in self._grad_of.items() if t.grad is not None}",
+        ),
+        (NODE_VIEWS,),
+    ),
+    Mutation(
+        "objective_node_with_target_accepted",
+        "--objective-node with --target runs the node objective and silently ignores the target",
+        replace(NODE, "    if logit:\n", "    if False:\n"),
+        (f"{NODE_TESTS}::test_bad_objective_nodes_are_refused_in_one_line",),
+    ),
+    Mutation(
+        "objective_node_token_unchecked",
+        "a node token out of a prompt's range is not skipped with a warning: the ingest fails with a traceback",
+        replace(NODE, "    if not 0 <= position < n_tokens:\n", "    if False:\n"),
+        (f"{NODE_TESTS}::test_prompts_the_node_cannot_be_placed_in_are_skipped",),
+    ),
+    Mutation(
+        "objective_node_recorded_as_given",
+        "prompts.objective_node records the token as given (@-1), not where the node is in that prompt",
+        replace(PASSES, "p.node.label(p.place) if p.node", "p.node.label() if p.node"),
+        (NODE_GRADIENT,),
+    ),
+    Mutation(
+        "sae_latent_objective_without_encoder_path",
+        "an SAE latent as the objective takes the stored latent only (computed from the site detached): nothing "
+        "upstream of the SAE gets a gradient",
+        replace(
+            NODE,
+            "values.append(latents[b, token, node.node_index] + (encoded - encoded.detach()))",
+            "values.append(latents[b, token, node.node_index])",
+        ),
+        (f"{NODE_TESTS}::test_an_sae_latent_as_the_objective_agrees_with_autograd_through_its_encoder",),
+    ),
+    Mutation(
+        "traced_prompt_direct_effect_unexplained",
+        "the node table of a prompt traced from a node leaves its direct effects NULL without saying why",
+        replace("queries/one_prompt.py", 'if col == "direct_effect" and traced is not None:', "if False:"),
+        (f"{NODE_TESTS}::test_the_logit_only_views_say_so_in_one_line[gpt2]",),
     ),
     Mutation(
         "prompt_file_read_strictly",
