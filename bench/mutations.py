@@ -113,6 +113,8 @@ SUMMARIES = "ingest/summaries.py"
 KERNELS = "ingest/summary_kernels.py"
 BATCH = "ingest/summary_batch.py"
 SUMMARY_TESTS = "tests/test_summaries.py"
+MERGE = "warehouse/summary_merge.py"
+MERGE_TESTS = "tests/test_summary_merge.py"
 STORE = "tests/test_store.py"
 WORKER = "ingest/worker.py"
 PASSES = "ingest/passes.py"
@@ -1159,6 +1161,54 @@ MUTATIONS: tuple[Mutation, ...] = (
             "    return values.topk(min(EXAMPLES_K, values.shape[1]), dim=1)",
         ),
         (f"{SUMMARY_TESTS}::test_of_tied_values_the_earliest_positions_are_kept",),
+    ),
+    Mutation(
+        "summary_merge_keeps_the_largest_minimum",
+        "runs merged into a pool keep the largest of their minima as the node's minimum",
+        replace(MERGE, '"min": "min(min)"', '"min": "max(min)"'),
+        (f"{MERGE_TESTS}::test_merged_summaries_equal_one_runs_over_the_same_prompts",),
+    ),
+    Mutation(
+        "summary_merge_histogram_keeps_the_largest_count",
+        "merged histograms keep each bin's largest count instead of adding them",
+        replace(MERGE, "f'sum(hist[{i}])::{cast}'", "f'max(hist[{i}])::{cast}'"),
+        (f"{MERGE_TESTS}::test_merged_summaries_equal_one_runs_over_the_same_prompts",),
+    ),
+    Mutation(
+        "summary_merge_bottom_examples_ordered_as_top",
+        "merging examples, the bottom side keeps its K highest values instead of its K lowest",
+        replace(MERGE, "CASE WHEN side = 'top' THEN -value ELSE value END", "-value"),
+        (f"{MERGE_TESTS}::test_merged_examples_are_each_nodes_k_best_of_the_union",),
+    ),
+    Mutation(
+        "summary_merge_keeps_k_minus_one_examples",
+        "merging examples keeps one fewer than K per node and side",
+        replace(MERGE, "token, token2) <= $k", "token, token2) < $k"),
+        (f"{MERGE_TESTS}::test_merged_examples_are_each_nodes_k_best_of_the_union",),
+    ),
+    Mutation(
+        "summary_merge_ignores_precision",
+        "a bfloat16 run's summaries are merged into the pool of float32 runs of the same model",
+        replace(MERGE, '"dtype", "precision", "prepend_bos"', '"dtype", "prepend_bos"'),
+        (f"{MERGE_TESTS}::test_a_killed_run_is_scanned_past_its_summaries_before_and_after_compact",),
+    ),
+    Mutation(
+        "summary_pooled_run_answered_from_its_own_rows",
+        "a question about one run of a pool reads the rows stored under its id (the pool's, or none)",
+        replace("queries/summaries.py", "            pool = pool_members(con, run_id)", "            pool = []"),
+        (f"{MERGE_TESTS}::test_a_run_of_a_pool_is_answered_by_a_scan_of_its_prompts",),
+    ),
+    Mutation(
+        "summary_pool_members_sae_rows_scanned_again",
+        "a pool's members seem to have no SAE summaries (their rows are the holder's): their prompts are scanned too",
+        replace(MERGE, "    if not db.has_table(con, POOLS):\n        return run\n", "    return run\n"),
+        (f"{MERGE_TESTS}::test_runs_with_an_sae_share_a_pool_and_their_rows_are_not_scanned_again",),
+    ),
+    Mutation(
+        "summary_runs_not_merged_at_commit",
+        "a finished run keeps its own summary rows: every query reads one set per run",
+        replace(WRITER, "merge_run(con, run_id)  #", "None  #"),
+        (f"{MERGE_TESTS}::test_runs_of_one_setting_keep_one_pool_of_rows",),
     ),
     Mutation(
         "node_questions_without_a_layer",

@@ -2,8 +2,9 @@
 
 The views join these instead of multiplying weight rows per query: `mlp_out_norms` once per model and
 `direction_factors` once per target or distractor token (definitions in warehouse/schema.sql). The SQL
-macro `direction_factors_for(v)` (queries/support/10_weight_factors.sql) computes the same factors from
-the stored weight rows for a pair given at query time; tests hold the two equal.
+macro `weight_factors(t, d, recompute)` (queries/support/10_weight_factors.sql) computes the same factors
+from the stored weight rows for a token of a pair given at query time that this table lacks; tests hold the
+two equal.
 """
 
 from __future__ import annotations

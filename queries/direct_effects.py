@@ -53,17 +53,20 @@ class DirectEffects:
             target_id = self._token_id(con, target, model_id)
             distractor_id = self._token_id(con, distractor, model_id) if distractor is not None else None
             scope = " AND e.prompt_id = ?" if prompt_id is not None else ""
+            # The pair as literals, not parameters: the planner then folds the macros' tests on it (no weight
+            # scan for tokens whose factors are stored; see token_factors in queries/support/20_pairs.sql).
+            pair = ", ".join("NULL" if v is None else str(int(v)) for v in (target_id, distractor_id))
             sql = (
                 "SELECT e.prompt_id, e.dst::VARCHAR AS dst, e.node_type::VARCHAR AS node_type, e.layer, e.token,"
                 " t1.text AS token_text, e.token2, t2.text AS token2_text, e.node_index, e.value"
-                " FROM direct_effects(?::INTEGER, ?::INTEGER) e"
+                f" FROM direct_effects({pair}) e"
                 " JOIN prompts p ON p.prompt_id = e.prompt_id AND p.model_id = ?"
                 " LEFT JOIN tokens t1 ON t1.prompt_id = e.prompt_id AND t1.token = e.token"
                 " LEFT JOIN tokens t2 ON t2.prompt_id = e.prompt_id AND t2.token = e.token2"
                 f" WHERE true{scope} ORDER BY abs(e.value) DESC, e.prompt_id, e.dst, e.layer, e.token, e.token2,"
                 " e.node_index"
             )
-            params: list[Any] = [target_id, distractor_id, model_id]
+            params: list[Any] = [model_id]
             if prompt_id is not None:
                 params.append(prompt_id)
             if k is not None:

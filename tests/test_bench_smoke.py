@@ -68,6 +68,14 @@ def test_views_bench_agrees_with_torch(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_direct_effect_plans_bench_compares_two_versions_of_the_macros(tmp_path: Path) -> None:
+    _bench("-m", "bench.views", *TINY, "--prompts", "2", "--repeat", "1", "--ingest-only", "--db", tmp_path / "v")
+    out = _bench("-m", "bench.direct_effect_plans", "--db", tmp_path / "v", "--baseline", "HEAD", "--repeat", "1",
+                 "--only", "direct_effects")  # fmt: skip
+    assert "| direct_effects |" in out and "| yes |" in out, out
+
+
+@pytest.mark.slow
 def test_first_use_bench() -> None:
     out = _bench("-m", "bench.first_use", *TINY)
     assert "make demo's commands:" in out, out

@@ -423,6 +423,26 @@ def test_direct_effects_for_a_pair_never_ingested_equal_a_fresh_ingest(stored: S
         _assert_close(on_the_fly[tier1.prompt_id], ingested[other.prompt_id], f"direct_effects {tier1.text!r}", 1e-5)
 
 
+def test_factors_from_the_weights_equal_the_factors_stored_at_ingest(stored: Stored) -> None:
+    """weight_factors (SQL over the stored weight rows, for a token whose factors the warehouse does not
+    hold) equals direction_factors (torch at ingest) for every stored token, kind and node: the two ways a
+    pair's factors reach the direct effects (direct_effects reads the stored ones where it can)."""
+    wh = stored.wh
+    tokens = wh.sql("SELECT DISTINCT token_id FROM direction_factors ORDER BY 1", [], "rows")
+    assert len(tokens) >= 4
+    for (token,) in tokens:
+        key = "kind, layer, head, node_index, value"
+        computed = wh.sql(f"SELECT {key} FROM weight_factors(?::INTEGER, NULL, true)", [token], "rows")
+        kept = wh.sql(f"SELECT {key} FROM direction_factors WHERE token_id = ?", [token], "rows")
+        for kind in {k for k, *_ in kept}:
+            _assert_close(
+                {tuple(r[1:-1]): r[-1] for r in computed if r[0] == kind},
+                {tuple(r[1:-1]): r[-1] for r in kept if r[0] == kind},
+                f"token {token} {kind} factors",
+                1e-5,
+            )
+
+
 def test_direct_effects_for_a_token_without_an_unembedding_column_is_an_error(stored: Stored) -> None:
     """A pair whose target or distractor has no stored unembedding column raises, naming the fix: no rows
     would read as 'no effect'."""

@@ -39,37 +39,55 @@ SELECT e::INTEGER AS prompt_id, e::SMALLINT AS token, e::SMALLINT AS token2, e::
        e::VARCHAR AS pass_type, e::FLOAT AS value
 FROM (SELECT error(problem) AS e FROM pair_problem(t, d) WHERE problem IS NOT NULL);
 
--- u_v = P(gain_f * W_U[:, v]) for every model: the final-residual gradient of logit v times the final
--- norm's scale at the last token (that scale held constant). P subtracts the mean over channels for
--- LayerNorm models (the Jacobian of mean removal) and is the identity for RMSNorm models. No rows for
--- v NULL; the error of pair_problem for a token whose column is not stored.
-CREATE OR REPLACE MACRO unembed_direction(v) AS TABLE
+-- The tokens of the pair (t, d) given at query time, per model, whose factors come from the weights: those
+-- the table direction_factors does not hold (the ingest stores them for every target and distractor it
+-- sees: one 'final_bias' row among them marks a token), or all of them with `recompute`. Both tokens pass checked_pair, so a pair that cannot be answered
+-- raises here too. No rows for t = d = NULL.
+CREATE OR REPLACE MACRO unstored_tokens(t, d, recompute) AS TABLE
+SELECT m.model_id, v.token_id
+FROM (SELECT target_id AS token_id FROM checked_pair(t, d) UNION ALL SELECT distractor_id FROM checked_pair(t, d)) v
+CROSS JOIN models m
+WHERE v.token_id IS NOT NULL
+  AND (recompute OR NOT EXISTS (SELECT 1 FROM direction_factors f
+                            WHERE f.kind = 'final_bias' AND f.model_id = m.model_id AND f.token_id = v.token_id));
+
+-- u_v = P(gain_f * W_U[:, v]) for each (model, token v) of unstored_tokens: the final-residual gradient of
+-- logit v times the final norm's scale at the last token (that scale held constant). P subtracts the mean
+-- over channels for LayerNorm models (the Jacobian of mean removal) and is the identity for RMSNorm models.
+CREATE OR REPLACE MACRO unembed_directions(t, d, recompute) AS TABLE
 WITH gu AS (
-    SELECT u.model_id, u.row_index AS channel, g.value::DOUBLE * u.value AS value
+    SELECT u.model_id, v.token_id, u.row_index AS channel, g.value::DOUBLE * u.value AS value
     FROM weights u
-    JOIN checked_pair(v, NULL) c ON u.col_index = c.target_id
+    JOIN unstored_tokens(t, d, recompute) v ON v.model_id = u.model_id AND u.col_index = v.token_id
     JOIN weights g ON g.model_id = u.model_id AND g.location = 'layer_norm_gain.final' AND g.row_index = u.row_index
     WHERE u.location = 'unembedding'
 )
-SELECT gu.model_id, gu.channel,
-       gu.value - CASE WHEN m.norm = 'layernorm' THEN avg(gu.value) OVER (PARTITION BY gu.model_id) ELSE 0 END AS value
+SELECT gu.model_id, gu.token_id, gu.channel,
+       gu.value - CASE WHEN m.norm = 'layernorm' THEN avg(gu.value) OVER (PARTITION BY gu.model_id, gu.token_id)
+                       ELSE 0 END AS value
 FROM gu JOIN models m USING (model_id);
 
 -- u_v as block `block`'s ('attn' or 'mlp') writes see it at each layer: times the gain of the norm after
 -- the block where the model norms block outputs (that gain multiplies a write before it joins the
--- residual; such a model's gains are stored whole, so a missing row means the model has no such norm).
-CREATE OR REPLACE MACRO block_direction(v, block) AS TABLE
-SELECT u.model_id, l.layer, u.channel, u.value * coalesce(g.value, 1) AS value
-FROM unembed_direction(v) u
-JOIN (SELECT DISTINCT model_id, layer FROM weights WHERE location = block || '.residual_bias') l ON l.model_id = u.model_id
-LEFT JOIN weights g
-  ON g.model_id = u.model_id AND g.location = 'layer_norm_gain.post_' || block AND g.layer = l.layer AND g.row_index = u.channel;
+-- residual; such a model's gains are stored whole, so a model without rows has no such norm). Inner joins
+-- only, so the planner sees this side as the small one when weight_factors joins it to a weight matrix.
+CREATE OR REPLACE MACRO block_directions(t, d, recompute, block) AS TABLE
+WITH u AS (SELECT * FROM unembed_directions(t, d, recompute)),
+gains AS (SELECT model_id, layer, row_index AS channel, value FROM weights WHERE location = 'layer_norm_gain.post_' || block)
+SELECT u.model_id, u.token_id, g.layer, u.channel, u.value * g.value AS value
+FROM u JOIN gains g ON g.model_id = u.model_id AND g.channel = u.channel
+UNION ALL
+SELECT u.model_id, u.token_id, l.layer, u.channel, u.value
+FROM u JOIN (SELECT DISTINCT model_id, layer FROM weights WHERE location = block || '.residual_bias') l ON l.model_id = u.model_id
+WHERE NOT EXISTS (SELECT 1 FROM gains g WHERE g.model_id = u.model_id);
 
--- Every weight-side dot product with u_v that a direct effect needs (kinds: see direction_factors).
-CREATE OR REPLACE MACRO direction_factors_for(v) AS TABLE
-WITH u AS (SELECT *, v::INTEGER AS token_id FROM unembed_direction(v)),
-ua AS (SELECT *, v::INTEGER AS token_id FROM block_direction(v, 'attn')),
-um AS (SELECT *, v::INTEGER AS token_id FROM block_direction(v, 'mlp'))
+-- Every weight-side dot product with u_v that a direct effect needs (kinds: see direction_factors), from
+-- the weights, for the tokens of unstored_tokens(t, d, recompute): one scan of each weight matrix serves
+-- both tokens.
+CREATE OR REPLACE MACRO weight_factors(t, d, recompute) AS TABLE
+WITH u AS (SELECT * FROM unembed_directions(t, d, recompute)),
+ua AS (SELECT * FROM block_directions(t, d, recompute, 'attn')),
+um AS (SELECT * FROM block_directions(t, d, recompute, 'mlp'))
 SELECT model_id, token_id, 'residual' AS kind, NULL::SMALLINT AS layer, NULL::SMALLINT AS head,
        channel AS node_index, value
 FROM u
@@ -95,9 +113,9 @@ WHERE w.location = 'mlp.residual_bias'
 GROUP BY w.model_id, u.token_id, w.layer
 UNION ALL
 -- bias_f . W_U[:, v]: the final norm's bias's share of the logit of v
-SELECT b.model_id, c.col_index::INTEGER, 'final_bias', NULL, NULL, 0, sum(b.value::DOUBLE * c.value)
+SELECT b.model_id, v.token_id, 'final_bias', NULL, NULL, 0, sum(b.value::DOUBLE * c.value)
 FROM weights b
 JOIN weights c ON c.model_id = b.model_id AND c.location = 'unembedding' AND c.row_index = b.row_index
-JOIN checked_pair(v, NULL) k ON c.col_index = k.target_id
+JOIN unstored_tokens(t, d, recompute) v ON v.model_id = c.model_id AND c.col_index = v.token_id
 WHERE b.location = 'layer_norm_bias.final'
-GROUP BY b.model_id, c.col_index;
+GROUP BY b.model_id, v.token_id;

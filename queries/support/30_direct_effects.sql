@@ -6,56 +6,49 @@
 -- gain, and the effect is divided by s_post too.
 -- Arguments (t, d): NULL, NULL for each prompt's ingested pair; token ids for any other pair.
 
--- Each prompt's factors of one kind, slopes applied: value = c_t * target factor - c_d * distractor factor.
-CREATE OR REPLACE MACRO pair_join_factors(t, d, factor_kind) AS TABLE
-SELECT p.prompt_id, p.last_token, p.final_scale, p.post_block_norms, f.layer, f.head, f.node_index,
-       p.target_slope * f.target_value - p.distractor_slope * f.distractor_value AS value
-FROM prompt_objectives(t, d) p
-JOIN pair_factors(t, d) f
-  ON f.model_id = p.model_id AND f.target_id = p.target_id
- AND coalesce(f.distractor_id, -1) = coalesce(p.distractor_id, -1) AND f.kind = factor_kind;
-
--- a[l,T,i] * (W_out[l][i,:] . g[T]). Stored rows meet the per-prompt table first (keeping the last
--- token only), then the pair's factors on one packed key (see keyed_pair_factors).
+-- a[l,T,i] * (W_out[l][i,:] . g[T]). Stored rows meet their prompt's last token first (a filter that
+-- reaches the scan), then each token's factor on its packed key (factor_key).
 CREATE OR REPLACE MACRO mlp_direct_effects(t, d) AS TABLE
+WITH f AS (SELECT * FROM keyed_token_factors(t, d, 'mlp'))
 SELECT a.prompt_id, a.token, a.token2, a.layer, a.head, a.node_type, a.node_index,
-       'mlp_write_to_final_residual_grad'::VARCHAR AS dst, a.pass_type,
-       (a.value * (p.target_slope * f.target_value - p.distractor_slope * f.distractor_value)
+       'mlp_write_to_final_residual_grad'::VARCHAR AS dst, 'forward' AS pass_type,
+       (a.forward * (p.target_slope * ft.value - p.distractor_slope * coalesce(fd.value, 0))
         / (p.final_scale * coalesce(s.value, 1)))::FLOAT AS value
-FROM activations a
-JOIN prompt_pair_ids(t, d) p ON p.prompt_id = a.prompt_id AND p.last_token = a.token
-JOIN keyed_pair_factors(t, d, 'mlp') f ON f.k = (p.pair_id << 40) | (a.layer::BIGINT << 24) | a.node_index
+FROM facts a
+JOIN prompt_objectives(t, d) p ON p.prompt_id = a.prompt_id AND p.last_token = a.token
+JOIN f ft ON ft.k = factor_key(p.model_id, p.target_id, a.layer, a.node_index)
+LEFT JOIN f fd ON fd.k = factor_key(p.model_id, p.distractor_id, a.layer, a.node_index)
 LEFT JOIN post_block_scales('mlp') s ON s.prompt_id = a.prompt_id AND s.layer = a.layer AND s.token = a.token
-WHERE a.dst = 'mlp_post_act' AND a.pass_type = 'forward' AND (s.value IS NOT NULL OR NOT p.post_block_norms);
+WHERE a.dst = 'mlp_post_act' AND a.forward IS NOT NULL AND (s.value IS NOT NULL OR NOT p.post_block_norms);
 
 -- p[l,T,k,h] * (v[l,k,kv(h),:] W_O[l][h]) . g[T]; query head h reads key/value head h // (H / H_kv).
--- value_dot joins every stored value row (all key tokens) to the factors of the query heads that read
--- its key/value head, on one packed key (pair, layer, kv head, channel; channels < 4096).
+-- value_dot joins every stored value row of a prompt (every key token up to its last) to the factors of
+-- the query heads that read its key/value head, keyed by (layer, kv head << 12 | channel); the pattern's
+-- rows then meet value_dot on the prompt's last token, which reaches their scan.
 CREATE OR REPLACE MACRO attn_direct_effects(t, d) AS TABLE
-WITH p AS (SELECT * FROM prompt_pair_ids(t, d)),
-f AS (
-    SELECT (f.pair_id << 40) | (f.layer::BIGINT << 24) | ((f.head // (m.n_heads // m.n_kv_heads))::BIGINT << 12)
-           | f.node_index AS k, f.head, f.target_value, f.distractor_value
-    FROM keyed_pair_factors(t, d, 'attn') f JOIN models m USING (model_id)
-),
+WITH f AS (SELECT * FROM keyed_token_factors(t, d, 'attn')),
 value_dot AS (
-    SELECT v.prompt_id, v.layer, v.token AS key_token, f.head,
-           sum(v.value * (p.target_slope * f.target_value - p.distractor_slope * f.distractor_value))
+    SELECT v.prompt_id, p.last_token, any_value(p.post_block_norms) AS post_block_norms, v.layer,
+           v.token AS key_token, ft.head,
+           sum(v.forward * (p.target_slope * ft.value - p.distractor_slope * coalesce(fd.value, 0)))
            / any_value(p.final_scale) AS value
-    FROM activations v
-    JOIN p ON p.prompt_id = v.prompt_id
-    JOIN f ON f.k = (p.pair_id << 40) | (v.layer::BIGINT << 24) | (v.head::BIGINT << 12) | v.node_index
-    WHERE v.dst = 'attn_value' AND v.pass_type = 'forward'
-    GROUP BY v.prompt_id, v.layer, v.token, f.head
+    FROM facts v
+    JOIN prompt_objectives(t, d) p ON p.prompt_id = v.prompt_id AND v.token <= p.last_token
+    JOIN f ft ON ft.k = factor_key(p.model_id, p.target_id, v.layer, v.head::BIGINT << 12 | v.node_index)
+    LEFT JOIN f fd
+      ON fd.k = factor_key(p.model_id, p.distractor_id, v.layer, v.head::BIGINT << 12 | v.node_index) AND fd.head = ft.head
+    WHERE v.dst = 'attn_value' AND v.forward IS NOT NULL
+    GROUP BY v.prompt_id, p.last_token, v.layer, v.token, ft.head
 )
 SELECT a.prompt_id, a.token, a.token2, a.layer, a.head, a.node_type, a.node_index,
-       'unflattened_attn_write_to_final_residual_grad'::VARCHAR AS dst, a.pass_type,
-       (a.value * vd.value / coalesce(s.value, 1))::FLOAT AS value
-FROM activations a
-JOIN p ON p.prompt_id = a.prompt_id AND p.last_token = a.token
-JOIN value_dot vd ON vd.prompt_id = a.prompt_id AND vd.layer = a.layer AND vd.key_token = a.token2 AND vd.head = a.node_index
+       'unflattened_attn_write_to_final_residual_grad'::VARCHAR AS dst, 'forward' AS pass_type,
+       (a.forward * vd.value / coalesce(s.value, 1))::FLOAT AS value
+FROM facts a
+JOIN value_dot vd
+  ON vd.prompt_id = a.prompt_id AND vd.last_token = a.token AND vd.layer = a.layer AND vd.key_token = a.token2
+ AND vd.head = a.node_index
 LEFT JOIN post_block_scales('attn') s ON s.prompt_id = a.prompt_id AND s.layer = a.layer AND s.token = a.token
-WHERE a.dst = 'attn_qk_probs' AND a.pass_type = 'forward' AND (s.value IS NOT NULL OR NOT p.post_block_norms);
+WHERE a.dst = 'attn_qk_probs' AND a.forward IS NOT NULL AND (s.value IS NOT NULL OR NOT vd.post_block_norms);
 
 -- b[l] . g[T] for the output bias of block `block` ('attn' or 'mlp'), as it joins the residual
 -- (gain_post * b / s_post[l,T] where the model norms block outputs): with the nodes' direct effects it

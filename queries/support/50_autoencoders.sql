@@ -28,30 +28,26 @@ WHERE a.dst = source AND a.pass_type = 'forward';
 
 -- f[l,T,i] * (w_i . g[T]) (times s[l,T] where stored) for the pair (t, d) (NULL, NULL: each prompt's own),
 -- as mlp_direct_effects (soft-capped logits' slopes c_t, c_d applied per prompt: see 30_direct_effects.sql).
--- The latents' factors w_i . (u_t - u_d) are taken from the weights for each pair in the answer.
+-- The latents' factors w_i . u_v are taken from the weights for each token the pairs name.
 CREATE OR REPLACE MACRO autoencoder_direct_effects(source, weight_location, std_dst, out_dst, t, d) AS TABLE
-WITH p AS (SELECT * FROM prompt_pair_ids(t, d)),
-u AS (
-    SELECT pair_id, model_id, node_index AS channel, target_value, distractor_value
-    FROM keyed_pair_factors(t, d, 'residual')
-),
+WITH u AS (SELECT model_id, token_id, node_index AS channel, value FROM token_factors(t, d) WHERE kind = 'residual'),
 f AS (
-    SELECT u.pair_id, w.layer, w.row_index AS latent, sum(w.value * u.target_value) AS target_value,
-           sum(w.value * u.distractor_value) AS distractor_value
+    SELECT checked_factor_key(u.model_id, u.token_id, w.layer, w.row_index) AS k, sum(w.value * u.value) AS value
     FROM weights w JOIN u ON u.model_id = w.model_id AND u.channel = w.col_index
     WHERE w.location = weight_location
-    GROUP BY u.pair_id, w.layer, w.row_index
+    GROUP BY u.model_id, u.token_id, w.layer, w.row_index
 )
 SELECT a.prompt_id, a.token, a.token2, a.layer, a.head, a.node_type, a.node_index, out_dst::VARCHAR AS dst,
-       a.pass_type,
-       (a.value * coalesce(s.value, 1) * (p.target_slope * f.target_value - p.distractor_slope * f.distractor_value)
+       'forward' AS pass_type,
+       (a.forward * coalesce(s.value, 1) * (p.target_slope * ft.value - p.distractor_slope * coalesce(fd.value, 0))
         / p.final_scale)::FLOAT AS value
-FROM activations a
-JOIN p ON p.prompt_id = a.prompt_id AND p.last_token = a.token
-JOIN f ON f.pair_id = p.pair_id AND f.layer IS NOT DISTINCT FROM a.layer AND f.latent = a.node_index
+FROM facts a
+JOIN prompt_objectives(t, d) p ON p.prompt_id = a.prompt_id AND p.last_token = a.token
+JOIN f ft ON ft.k = factor_key(p.model_id, p.target_id, a.layer, a.node_index)
+LEFT JOIN f fd ON fd.k = factor_key(p.model_id, p.distractor_id, a.layer, a.node_index)
 LEFT JOIN autoencoder_input_std(std_dst) s
   ON s.prompt_id = a.prompt_id AND s.layer IS NOT DISTINCT FROM a.layer AND s.token = a.token
-WHERE a.dst = source AND a.pass_type = 'forward';
+WHERE a.dst = source AND a.forward IS NOT NULL;
 
 -- An error's scalars are one per token and layer (node_type 'layer'): the error is one node.
 
@@ -85,19 +81,30 @@ FROM writes
 GROUP BY prompt_id, token, layer, out_dst;
 
 -- The error's direct effect e[l,T,:] . (its write's factor) / s_f[T]: factor_kind 'residual' for
--- residual-stream sites, 'mlp' (W_out rows) for mlp.post_act, 'attn' (W_O[h] rows) for attn.v_out.
+-- residual-stream sites, 'mlp' (W_out rows) for mlp.post_act, 'attn' (W_O[h] rows) for attn.v_out, each
+-- factor met on its key (keyed_token_factors; an 'attn' factor also on its query head).
 CREATE OR REPLACE MACRO autoencoder_error_direct_effects(source, factor_kind, out_dst, t, d) AS TABLE
+WITH f AS (SELECT * FROM keyed_token_factors(t, d, factor_kind)),
+a AS (
+    SELECT a.*, p.model_id, p.target_id, p.distractor_id, p.target_slope, p.distractor_slope, p.final_scale,
+           CASE WHEN factor_kind = 'residual' THEN NULL ELSE a.layer END AS factor_layer,
+           CASE WHEN factor_kind = 'attn' THEN kv_node(a.head, a.node_index, m.n_heads, m.n_kv_heads)
+                ELSE a.node_index END AS factor_node
+    FROM facts a
+    JOIN prompt_objectives(t, d) p ON p.prompt_id = a.prompt_id AND p.last_token = a.token
+    JOIN models m ON m.model_id = p.model_id
+    WHERE a.dst = source AND a.forward IS NOT NULL
+)
 SELECT a.prompt_id, a.token, NULL::SMALLINT AS token2, a.layer, NULL::SMALLINT AS head, 'layer'::VARCHAR AS node_type,
-       0 AS node_index, out_dst::VARCHAR AS dst, a.pass_type,
-       (sum(a.value * (p.target_slope * f.target_value - p.distractor_slope * f.distractor_value))
-        / any_value(p.final_scale))::FLOAT AS value
-FROM activations a
-JOIN prompt_pair_ids(t, d) p ON p.prompt_id = a.prompt_id AND p.last_token = a.token
-JOIN keyed_pair_factors(t, d, factor_kind) f
-  ON f.pair_id = p.pair_id AND f.node_index = a.node_index
- AND (factor_kind = 'residual' OR (f.layer = a.layer AND f.head IS NOT DISTINCT FROM a.head))
-WHERE a.dst = source AND a.pass_type = 'forward'
-GROUP BY a.prompt_id, a.token, a.layer, a.pass_type, out_dst, factor_kind;
+       0 AS node_index, out_dst::VARCHAR AS dst, 'forward' AS pass_type,
+       (sum(a.forward * (a.target_slope * ft.value - a.distractor_slope * coalesce(fd.value, 0)))
+        / any_value(a.final_scale))::FLOAT AS value
+FROM a
+JOIN f ft ON ft.k = factor_key(a.model_id, a.target_id, a.factor_layer, a.factor_node)
+          AND ft.head IS NOT DISTINCT FROM a.head
+LEFT JOIN f fd ON fd.k = factor_key(a.model_id, a.distractor_id, a.factor_layer, a.factor_node)
+               AND fd.head IS NOT DISTINCT FROM a.head
+GROUP BY a.prompt_id, a.token, a.layer, out_dst;
 
 -- No rows where the warehouse stores an SAE, else an error saying none was spliced in (as pair_refusal:
 -- every column is the error's value, so no filter on the answer skips it).
