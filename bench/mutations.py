@@ -140,6 +140,8 @@ DECOMPOSE = "test_direct_effects_decompose_the_objective"
 ORACLE = "test_every_derived_view_matches_the_oracle_prompt_by_prompt"
 DIRECT = "queries/support/30_direct_effects.sql"
 PAIRS_WEIGHTS = "queries/support/10_weight_factors.sql"
+PAIRS = "queries/support/20_pairs.sql"
+PLANS = "tests/test_direct_effect_plans.py"
 GEMMA2_INGEST = "tests/test_checkpoints.py::test_gemma2_ingests_storing_its_post_block_norm_scales_by_default"
 ROUNDTRIP = "tests/test_roundtrip.py"
 READING = "commands/reading.py"
@@ -383,8 +385,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "direct effects take every prompt's last token as max(n_tokens) - 1",
         replace(
             "queries/support/20_pairs.sql",
-            "s.token = p.n_tokens - 1",
-            "s.token = (SELECT max(n_tokens) FROM prompts) - 1",
+            "(p.n_tokens - 1)::SMALLINT AS last_token",
+            "((SELECT max(n_tokens) FROM prompts) - 1)::SMALLINT AS last_token",
         ),
         views("gpt2", ORACLE, DECOMPOSE),
     ),
@@ -411,9 +413,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         "view_grouped_query_heads_tiled",
         "the attention direct-effect view maps query head h to kv head h % H_kv",
         replace(
-            "queries/support/30_direct_effects.sql",
-            "(f.head // (m.n_heads // m.n_kv_heads))::BIGINT",
-            "(f.head % m.n_kv_heads)::BIGINT",
+            "queries/support/20_pairs.sql",
+            "((head // (n_heads // n_kv_heads))::BIGINT << 12)",
+            "((head % n_kv_heads)::BIGINT << 12)",
         ),
         views("llama", ORACLE, DECOMPOSE),
     ),
@@ -423,7 +425,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         replace(
             "queries/support/10_weight_factors.sql", "CASE WHEN m.norm = 'layernorm'", "CASE WHEN m.norm = 'rmsnorm'"
         ),
-        views("gpt2", "test_direct_effects_for_a_pair_never_ingested_equal_a_fresh_ingest"),
+        views("gpt2", "test_factors_from_the_weights_equal_the_factors_stored_at_ingest"),
     ),
     Mutation(
         "final_scale_not_held",
@@ -548,9 +550,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             *replace(
                 "queries/support/20_pairs.sql",
-                "CROSS JOIN checked_pair(t, d) c\nWHERE coalesce(c.target_id, p.target_id) IS NOT NULL;",
-                "CROSS JOIN (SELECT t AS target_id, d AS distractor_id) c\n"
-                "WHERE coalesce(c.target_id, p.target_id) IS NOT NULL;",
+                "    CROSS JOIN checked_pair(t, d) c\n    WHERE coalesce(c.target_id, p.target_id) IS NOT NULL\n",
+                "    CROSS JOIN (SELECT t AS target_id, d AS distractor_id) c\n"
+                "    WHERE coalesce(c.target_id, p.target_id) IS NOT NULL\n",
             ),
             *replace(
                 "queries/support/10_weight_factors.sql",
@@ -566,13 +568,9 @@ MUTATIONS: tuple[Mutation, ...] = (
             ),
             *replace(
                 "queries/support/10_weight_factors.sql",
-                "    JOIN checked_pair(v, NULL) c ON u.col_index = c.target_id\n",
-                "    JOIN (SELECT v AS target_id) c ON u.col_index = c.target_id\n",
-            ),
-            *replace(
-                "queries/support/10_weight_factors.sql",
-                "JOIN checked_pair(v, NULL) k ON c.col_index = k.target_id",
-                "JOIN (SELECT v AS target_id) k ON c.col_index = k.target_id",
+                "FROM (SELECT target_id AS token_id FROM checked_pair(t, d) UNION ALL SELECT distractor_id FROM"
+                " checked_pair(t, d)) v",
+                "FROM (SELECT t AS token_id UNION ALL SELECT d) v",
             ),
         ),
         (f"{EMPTY}::test_a_pair_without_an_unembedding_column_raises_under_every_filter",),
@@ -922,8 +920,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "latents' direct effects leave out the soft-capped logits' slopes (right for uncapped models only)",
         replace(
             SAE_VIEWS,
-            "coalesce(s.value, 1) * (p.target_slope * f.target_value - p.distractor_slope * f.distractor_value)",
-            "coalesce(s.value, 1) * (f.target_value - f.distractor_value)",
+            "coalesce(s.value, 1) * (p.target_slope * ft.value - p.distractor_slope * coalesce(fd.value, 0))",
+            "coalesce(s.value, 1) * (ft.value - coalesce(fd.value, 0))",
         ),
         (
             f"{SAE_CAPPED}::test_latent_direct_effects_equal_the_oracle_through_the_cap",
@@ -935,8 +933,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "an SAE error's direct effect leaves out the soft-capped logits' slopes",
         replace(
             SAE_VIEWS,
-            "(sum(a.value * (p.target_slope * f.target_value - p.distractor_slope * f.distractor_value))",
-            "(sum(a.value * (f.target_value - f.distractor_value))",
+            "(sum(a.forward * (a.target_slope * ft.value - a.distractor_slope * coalesce(fd.value, 0)))",
+            "(sum(a.forward * (ft.value - coalesce(fd.value, 0)))",
         ),
         (f"{SAE_CAPPED}::test_direct_effects_add_up_to_the_oracles_site_effect",),
     ),
@@ -949,9 +947,54 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "post_norm_gain_dropped_in_query_time_factors",
-        "direction_factors_for (a pair given at query time) ignores the gain of the norms after the blocks",
-        replace(PAIRS_WEIGHTS, "u.value * coalesce(g.value, 1) AS value", "u.value AS value"),
-        views("gemma2", "test_direct_effects_for_a_pair_never_ingested_equal_a_fresh_ingest"),
+        "weight_factors (a token given at query time whose factors are not stored) ignores the gain of the norms"
+        " after the blocks",
+        replace(PAIRS_WEIGHTS, "u.value * g.value AS value", "u.value AS value"),
+        views("gemma2", "test_factors_from_the_weights_equal_the_factors_stored_at_ingest"),
+    ),
+    Mutation(
+        "direct_effect_prompts_materialised",
+        "the prompts' objectives are a materialised CTE, so a filter on prompt_id does not reach them and the"
+        " view reads every token's rows of a prompt (the last tokens' range spans all prompts' lengths)",
+        replace(
+            PAIRS,
+            "WITH p AS NOT MATERIALIZED (SELECT * FROM prompt_pairs(t, d)),",
+            "WITH p AS (SELECT * FROM prompt_pairs(t, d)),",
+        ),
+        (f"{PLANS}::test_a_direct_effect_view_reads_only_the_rows_it_needs",),
+    ),
+    Mutation(
+        "stored_factors_recomputed_for_a_query_time_pair",
+        "direct_effects(t, d) computes both tokens' factors from the weight matrices though direction_factors"
+        " holds them (every query of a new pair scans W_out and W_O)",
+        replace(
+            PAIRS,
+            "SELECT * FROM direction_factors WHERE t IS NULL OR token_id = t OR token_id = d\n"
+            "UNION ALL SELECT * FROM weight_factors(t, d, false) WHERE t IS NOT NULL;",
+            "SELECT * FROM direction_factors WHERE t IS NULL\n"
+            "UNION ALL SELECT * FROM weight_factors(t, d, true) WHERE t IS NOT NULL;",
+        ),
+        (f"{PLANS}::test_a_pair_of_stored_tokens_reads_no_weight_matrix",),
+    ),
+    Mutation(
+        "query_time_directions_estimated_as_large_as_the_weights",
+        "the post-block gains join the directions with a LEFT JOIN on the weights, which the planner estimates"
+        " as large as a weight matrix: it may hash W_out (26 M rows, 2.5 GB for SmolLM2) rather than probe it",
+        replace(
+            PAIRS_WEIGHTS,
+            "SELECT u.model_id, u.token_id, g.layer, u.channel, u.value * g.value AS value\n"
+            "FROM u JOIN gains g ON g.model_id = u.model_id AND g.channel = u.channel\n"
+            "UNION ALL\n"
+            "SELECT u.model_id, u.token_id, l.layer, u.channel, u.value\n"
+            "FROM u JOIN (SELECT DISTINCT model_id, layer FROM weights WHERE location = block || '.residual_bias') l"
+            " ON l.model_id = u.model_id\n"
+            "WHERE NOT EXISTS (SELECT 1 FROM gains g WHERE g.model_id = u.model_id);",
+            "SELECT u.model_id, u.token_id, l.layer, u.channel, u.value * coalesce(g.value, 1) AS value\n"
+            "FROM u JOIN (SELECT DISTINCT model_id, layer FROM weights WHERE location = block || '.residual_bias') l"
+            " ON l.model_id = u.model_id\n"
+            "LEFT JOIN gains g ON g.model_id = u.model_id AND g.layer = l.layer AND g.channel = u.channel;",
+        ),
+        (f"{PLANS}::test_a_pair_of_stored_tokens_reads_no_weight_matrix",),
     ),
     Mutation(
         "post_norm_gain_dropped_from_write_norms",
@@ -967,7 +1010,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "node direct effects are not divided by the post-block norm's scale at the last token",
         (
             *replace(DIRECT, "/ (p.final_scale * coalesce(s.value, 1)))::FLOAT", "/ p.final_scale)::FLOAT"),
-            *replace(DIRECT, "(a.value * vd.value / coalesce(s.value, 1))::FLOAT", "(a.value * vd.value)::FLOAT"),
+            *replace(DIRECT, "(a.forward * vd.value / coalesce(s.value, 1))::FLOAT", "(a.forward * vd.value)::FLOAT"),
         ),
         views("gemma2", ORACLE, DECOMPOSE),
     ),
@@ -982,8 +1025,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         "a model with norms after the blocks whose scales were not stored gets undivided direct effects, not none",
         replace(
             DIRECT,
-            "'forward' AND (s.value IS NOT NULL OR NOT p.post_block_norms);\n\n-- p[l,T,k,h]",
-            "'forward';\n\n-- p[l,T,k,h]",
+            "a.forward IS NOT NULL AND (s.value IS NOT NULL OR NOT p.post_block_norms);\n\n-- p[l,T,k,h]",
+            "a.forward IS NOT NULL;\n\n-- p[l,T,k,h]",
         ),
         (GEMMA2_INGEST,),
     ),
@@ -998,7 +1041,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "direct effects in a model with soft-capped final logits use the uncapped logit's gradient (slope 1)",
         replace(
             "queries/support/20_pairs.sql",
-            "CASE WHEN p.final_logit_softcap IS NULL THEN 1 ELSE 1 - tanh(zt.value / p.final_logit_softcap) ^ 2 END",
+            "CASE WHEN final_logit_softcap IS NULL THEN 1 ELSE 1 - tanh(zt / final_logit_softcap) ^ 2 END",
             "1",
         ),
         views("gemma2", ORACLE, DECOMPOSE, "test_closed_form_final_residual_grad_equals_stored_gradient"),
