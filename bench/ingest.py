@@ -7,10 +7,11 @@ otherwise write it, in the same run.
 
 Each path runs in its own child process (so peak RSS is its own), one after the other:
 - actwh float32 and actwh bfloat16 (`--precision`): `ingest.worker.ingest` into a fresh lake folder
-  (model passes on the main thread; Arrow conversion, the Parquet write and the DuckLake commit on the
-  writer thread). Time is split by wrapping run_batch (model pass + copy to numpy), the fact-row
-  generators (Arrow conversion, which runs inside the write as the Parquet writer pulls it) and
-  LakeWriter.append (convert + write + commit); the IngestReport's write_seconds is the last.
+  (model passes on the main thread; Arrow conversion and the DuckLake commit on the writer thread, the
+  Parquet files on its pool of threads, `--writer-threads`, default every core but one). Time is split
+  by wrapping run_batch (model pass + copy to numpy), the fact-row generators (Arrow conversion, pulled
+  as the pool takes the rows) and LakeWriter.append_retrying (convert + files + registering commit);
+  the IngestReport's write_seconds is the last.
 - actwh summaries only (`--store summaries`): the same ingest keeping prompts, tokens and the per-node
   summaries, no fact rows (a dataset pass), against the model pass alone.
 - model alone: the same prompts, batches and hooks through the worker's own run_batch, nothing stored:
@@ -27,6 +28,7 @@ baseline: its file's growth after CHECKPOINT over its rows), peak RSS, and the r
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -149,6 +151,7 @@ def run_actwh(args: argparse.Namespace, path: Path) -> dict:
         batch_size=args.batch_size,
         progress=False,
         precision=args.precision,
+        writer_threads=args.writer_threads,
         **({"store": ("summaries",)} if args.child == "actwh-summaries" else {}),
     )
     start = time.perf_counter()
@@ -318,9 +321,10 @@ def child(args: argparse.Namespace) -> None:
 def writer_split(args: argparse.Namespace) -> None:
     """Where the writer's time goes, on one real captured batch held in memory (best of 2 each): the fact
     rows' Arrow conversion (with its costliest functions), the product's commit of those rows into a new
-    lake (LakeWriter.append: DuckDB's Parquet writer, one INSERT per pattern of NULL columns), and pyarrow's
-    Parquet writer on the same rows with the lake's settings (zstd, BYTE_STREAM_SPLIT floats), which
-    STORAGE.md measured."""
+    lake (LakeWriter.append_retrying: the writer's threads write pyarrow files, the commit registers them;
+    and LakeWriter.append without files: DuckDB's Parquet writer, one INSERT per pattern of NULL columns),
+    and pyarrow's Parquet writer on the same rows alone (zstd, BYTE_STREAM_SPLIT floats, as STORAGE.md
+    measured)."""
     import cProfile
     import pstats
 
@@ -359,19 +363,25 @@ def writer_split(args: argparse.Namespace) -> None:
     profiler.disable()
     n_values = sum(2 * b.num_rows - b.column("forward").null_count - b.column("backward").null_count for b in rows)
     table = pa.Table.from_batches(rows, FACT_SCHEMA)
-    appends: list[tuple[float, float]] = []
     floats = ["forward", "backward"]
+    commits: dict[str, list[tuple[float, float]]] = {"files": [], "insert": []}
+    lake_bytes: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="actwh-split-") as tmp:
-        for i in range(2):
-            # the product's commit of the batch (prompts, tokens, facts, run progress) into a new lake,
-            # its rows already converted; opening the lake is not timed
-            with LakeWriter(Path(tmp) / f"lake{i}") as writer:
+        for i, way in itertools.product(range(2), commits):
+            # the product's commit of the batch (prompts, tokens, facts, run progress) into a new lake, its
+            # rows already converted: fact files written by the writer's threads and registered ("files"),
+            # or inserted by DuckDB inside the transaction ("insert"); opening the lake is not timed
+            lake = Path(tmp) / f"{way}{i}"
+            with LakeWriter(lake, writer_threads=args.writer_threads) as writer:
                 batch = worker.to_batch(captured, 0, 0, loaded, spec.logits_top_k, False)
                 batch.facts = iter(rows)
                 cpu, start = time.process_time(), time.perf_counter()
-                writer.append(batch, 0)
-                appends.append((time.perf_counter() - start, time.process_time() - cpu))
-            lake_bytes = sum(f.stat().st_size for f in (Path(tmp) / f"lake{i}" / "data").rglob("*.parquet"))
+                if way == "files":
+                    writer.append_retrying(lambda batch=batch: batch, 0)
+                else:
+                    writer.append(batch, 0)
+                commits[way].append((time.perf_counter() - start, time.process_time() - cpu))
+            lake_bytes[way] = sum(f.stat().st_size for f in (lake / "data" / "main" / "facts").rglob("*.parquet"))
         pyarrow_s = best(
             lambda: pq.write_table(
                 table, f"{tmp}/pa.parquet", compression="zstd", use_byte_stream_split=floats, use_dictionary=False
@@ -393,11 +403,12 @@ def writer_split(args: argparse.Namespace) -> None:
     )
     for label, (seconds, cpu), size in [
         ("Arrow conversion (fact_rows)", convert_s, None),
-        ("LakeWriter.append: DuckDB INSERTs into the lake + commit", min(appends), lake_bytes),
+        ("LakeWriter.append_retrying: pool's pyarrow files + registration", min(commits["files"]), lake_bytes["files"]),
+        ("LakeWriter.append: DuckDB INSERTs into the lake + commit", min(commits["insert"]), lake_bytes["insert"]),
         ("pyarrow write_table, zstd + BYTE_STREAM_SPLIT, no dictionary", pyarrow_s, None),
         ("pyarrow write_table, as above + dictionary on the index columns", pyarrow_dict_s, pa_bytes),
     ]:
-        line = f"  {label:64s} {seconds:6.2f} s ({cpu:5.2f} CPU s)  {n_values / seconds / 1e6:6.1f} M values/s"
+        line = f"  {label:66s} {seconds:6.2f} s ({cpu:5.2f} CPU s)  {n_values / seconds / 1e6:6.1f} M values/s"
         print(line + (f", {size / n_values:.2f} bytes/value" if size else ""))
     pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(8)
 
@@ -418,6 +429,9 @@ def main() -> None:
     )
     parser.add_argument("--paths", nargs="*", choices=PATHS, default=list(PATHS), help="which paths to run")
     parser.add_argument("--writer-split", action="store_true", help="time the writer's parts on one batch")
+    parser.add_argument(
+        "--writer-threads", type=int, default=None, help="threads writing fact files (default: every core but one)"
+    )
     parser.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
@@ -447,6 +461,8 @@ def main() -> None:
             command += ["--model", args.model, "--prompts", str(n_prompts), "--tokens", str(args.tokens)]
             command += ["--batch-size", str(args.batch_size)]
             command += ["--precision", "bfloat16" if path == "actwh-bf16" else "float32"]
+            if args.writer_threads is not None:
+                command += ["--writer-threads", str(args.writer_threads)]
             if args.locations:
                 command += ["--locations", *args.locations]
             out = subprocess.run(command, capture_output=True, text=True, cwd=root, env=os.environ, check=False)

@@ -49,6 +49,10 @@ WORKERS_KILLED = (
 )
 CONCURRENCY = "warehouse/concurrency.py"
 WRITER = "warehouse/writer.py"
+FACT_FILES = "warehouse/fact_files.py"
+FACT_FILES_TESTS = "tests/test_fact_files.py"
+FACT_FILES_STATISTICS = f"{FACT_FILES_TESTS}::test_statistics_equal_a_scan_after_writes_mixing_null_patterns"
+FACT_FILES_RENUMBERED = f"{FACT_FILES_TESTS}::test_a_batch_renumbered_at_commit_is_stored_under_its_new_ids"
 SAE = "tests/test_sae_capture.py"
 SAE_LATENTS = f"{SAE}::test_latents_equal_each_formats_encoder_on_the_stored_site"
 SAE_GRADIENTS = f"{SAE}::test_latent_and_error_gradients_equal_autograd_through_a_reference_splice"
@@ -489,14 +493,56 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "fact_files_mix_null_patterns",
-        "a batch's fact rows go to the lake in one INSERT, so a file can hold row groups all NULL in a column"
-        " beside row groups with values (DuckLake 1.5.5 then keeps no range for it)",
+        "a batch's fact rows go to its files whatever their NULL patterns, so a file can hold row groups all"
+        " NULL in a column beside row groups with values (DuckLake 1.5.5 then keeps no range for it)",
+        replace(FACT_FILES, "for run in null_runs(batches):", "for run in [iter(batches)]:"),
+        (LAKE_ROW_GROUPS, FACT_FILES_STATISTICS),
+    ),
+    Mutation(
+        "fact_file_of_mixed_rows_cut_into_row_groups",
+        "a record batch of mixed NULL patterns is written in row groups of the usual size, so a column can be"
+        " all NULL in some of its file's row groups and valued in others",
         replace(
-            "warehouse/writer.py",
-            "for run in _null_runs(counted(renumbering.stream(batch.facts))):",
-            "for run in [counted(renumbering.stream(batch.facts))]:",
+            FACT_FILES,
+            "writer.write_batch(batch, row_group_size=max(batch.num_rows, 1))",
+            "writer.write_batch(batch, row_group_size=ROWS_PER_ROW_GROUP)",
         ),
-        (LAKE_ROW_GROUPS,),
+        (FACT_FILES_STATISTICS,),
+    ),
+    Mutation(
+        "fact_files_registered_outside_the_batch_transaction",
+        "a batch's fact files are registered in a transaction of their own (a second cursor), so an ingest"
+        " killed before its commit leaves rows of prompts no reader sees",
+        replace(
+            WRITER,
+            "con.execute(f\"CALL ducklake_add_data_files('{ALIAS}', 'facts', ?)\", [str(path)])",
+            "self._con.cursor().execute(f\"CALL ducklake_add_data_files('{ALIAS}', 'facts', ?)\", [str(path)])",
+        ),
+        (f"{FACT_FILES_TESTS}::test_a_killed_ingest_leaves_no_partial_prompt_and_no_orphan[registered]",),
+    ),
+    Mutation(
+        "killed_ingest_orphan_files_kept",
+        "the writer opening a folder no longer deletes the files a killed ingest wrote and never registered",
+        replace(
+            WRITER,
+            'self._con.execute("CALL ducklake_delete_orphaned_files(current_database(), cleanup_all => true)")',
+            "pass",
+        ),
+        (f"{FACT_FILES_TESTS}::test_a_killed_ingest_leaves_no_partial_prompt_and_no_orphan",),
+    ),
+    Mutation(
+        "unregistered_fact_files_kept",
+        "files no committed transaction registered (a commit lost, or a batch rewritten under new prompt ids)"
+        " stay on disk",
+        replace(WRITER, "                files.delete(keep)", "                pass"),
+        (FACT_FILES_RENUMBERED,),
+    ),
+    Mutation(
+        "renumbered_fact_files_registered_unchanged",
+        "fact files written under provisional prompt ids are registered as they are when the commit"
+        " renumbers the batch's prompts",
+        replace(WRITER, "if not renumbering.identity:", "if False:"),
+        (FACT_FILES_RENUMBERED,),
     ),
     Mutation(
         "fact_primer_inlined",

@@ -1,9 +1,10 @@
 """The ingest worker: prompts in, committed long-format rows out.
 
-The model pass runs on the main thread (GPU or CPU); Arrow conversion and the DuckDB commit run on one
-writer thread, two batches deep, so the next pass overlaps the previous batch's write. Per-prompt
-problems (too long, a target that is not one token, a bad line) skip that prompt with a reason and the
-ingest goes on; command-level problems raise before anything is written.
+The model pass runs on the main thread (GPU or CPU); Arrow conversion and the commit run on one writer
+thread, two batches deep, so the next pass overlaps the previous batch's write, and that thread hands the
+rows to a pool of threads writing Parquet files (every core but the model's; warehouse/fact_files.py).
+Per-prompt problems (too long, a target that is not one token, a bad line) skip that prompt with a reason
+and the ingest goes on; command-level problems raise before anything is written.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class IngestOptions:
     saes: list[str] = field(default_factory=list)  # --sae DIR[@HOOK] values: SAEs spliced in, latents stored
     sae_error: bool = True  # store each SAE's reconstruction error (--no-sae-error: not)
     objective_node: str | None = None  # --objective-node DST:LAYER:NODE[@TOKEN]: the backward pass starts there
+    writer_threads: int | None = None  # threads writing fact files; None: every core but one (warehouse/fact_files.py)
 
 
 @dataclass
@@ -264,7 +266,8 @@ def ingest(
     )
     # Signals raised from here on (the command line raises them from its start) are recognised whatever
     # library they land in (warehouse/interrupts.py), so the run is recorded as interrupted.
-    with interrupts.raised(), LakeWriter(db_path, wait=options.wait, data_path=options.data_path) as writer:
+    opened = LakeWriter(db_path, options.wait, options.data_path, options.writer_threads)
+    with interrupts.raised(), opened as writer:
         weights = factor_weights(loaded)
         unembedding_all = options.unembedding == "all"
         input_weights = options.input_weights == "all"

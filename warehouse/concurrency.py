@@ -7,8 +7,10 @@ model) therefore starts by updating one row, `meta.commit_serial`: two such tran
 time conflict, and the later one fails at COMMIT instead of committing stale decisions. Inside that
 transaction the writer reads what is committed and decides:
 
-- prompt ids: one past the largest stored, so they never collide across writers (a batch is captured
-  under provisional ids and renumbered on its way in, `claim`);
+- prompt ids: one past the largest stored or reserved, so they never collide across writers (a batch is
+  captured under provisional ids and renumbered on its way in, `claim`); a writer that writes its fact
+  files before its commit first reserves the batch's ids (`reserve_prompt_ids`, a short transaction of
+  its own), so that its files already hold the ids the commit keeps;
 - duplicates: prompts whose key is already stored (another worker on the same shard, a rerun racing the
   run it replaces), and factor rows of a token already stored, are left out;
 
@@ -35,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 SERIAL_KEY = "commit_serial"
+RESERVED_KEY = "prompt_ids_reserved"  # meta: one past the largest prompt id a writer has reserved
 OWNER_PREFIX = "running in "
 # Whole-transaction retries before giving up; with DuckLake's own retries inside each, this is far more
 # than 8 writers committing every second need (BENCHMARKS.md).
@@ -97,13 +100,15 @@ def stored_keys(con: duckdb.DuckDBPyConnection, keys: pa.Array) -> set[str]:
 class Renumbering:
     """Provisional prompt ids to stored ones, dropping the prompts left out (see `claim`)."""
 
-    def __init__(self, provisional: np.ndarray, keep: np.ndarray, first_id: int) -> None:
+    def __init__(self, provisional: np.ndarray, keep: np.ndarray, first_id: int | None) -> None:
+        """Kept prompts numbered from `first_id` in order, or (None) keeping their provisional ids."""
         order = np.argsort(provisional, kind="stable")
         self._old = provisional[order]
         self._keep = keep[order]
         self._new = np.full(len(provisional), -1, np.int64)
         kept = np.flatnonzero(keep)
-        self._new[np.searchsorted(self._old, provisional[kept])] = first_id + np.arange(len(kept))
+        new = provisional[kept] if first_id is None else first_id + np.arange(len(kept))
+        self._new[np.searchsorted(self._old, provisional[kept])] = new
         self.kept = int(len(kept))
         self.identity = bool(self._keep.all() and (self._new == self._old).all())
 
@@ -125,15 +130,43 @@ class Renumbering:
                 yield renumbered
 
 
-def claim(con: duckdb.DuckDBPyConnection, prompts: pa.Table, unique: bool) -> Renumbering:
-    """Inside the commit transaction: serialize it, leave out prompts already stored (when `unique`),
-    and number the rest from one past the largest stored prompt id."""
+def claim(con: duckdb.DuckDBPyConnection, prompts: pa.Table, unique: bool, reserved: bool = False) -> Renumbering:
+    """Inside the commit transaction: serialize it, leave out prompts already stored (when `unique`), and
+    number the rest from one past the largest stored or reserved prompt id; `reserved` ids (taken with
+    `reserve_prompt_ids`) are kept, unless one is stored (a reservation lost to a lake that forgot it)."""
     serialize(con)
     keys = prompts.column("prompt_key")
     stored = stored_keys(con, keys.combine_chunks()) if unique else set()
     keep = np.array([key not in stored for key in keys.to_pylist()], bool)
-    first = int(con.execute("SELECT coalesce(max(prompt_id), -1) + 1 FROM prompts").fetchall()[0][0])
-    return Renumbering(prompts.column("prompt_id").to_numpy().astype(np.int64), keep, first)
+    provisional = prompts.column("prompt_id").to_numpy().astype(np.int64)
+    if reserved:
+        con.register("claim_ids", pa.table({"prompt_id": provisional.astype(np.int32)}))
+        try:
+            taken = con.execute("SELECT count(*) FROM prompts SEMI JOIN claim_ids USING (prompt_id)").fetchall()[0][0]
+        finally:
+            con.unregister("claim_ids")
+        if not taken:
+            return Renumbering(provisional, keep, None)
+    return Renumbering(provisional, keep, _first_free_id(con))
+
+
+def _first_free_id(con: duckdb.DuckDBPyConnection) -> int:
+    """One past the largest prompt id stored or reserved."""
+    stored = int(con.execute("SELECT coalesce(max(prompt_id), -1) + 1 FROM prompts").fetchall()[0][0])
+    reserved = con.execute("SELECT value FROM meta WHERE key = ?", [RESERVED_KEY]).fetchall()
+    return max(stored, int(reserved[0][0]) if reserved else 0)
+
+
+def reserve_prompt_ids(con: duckdb.DuckDBPyConnection, n: int) -> int:
+    """Inside the caller's transaction (its only work): serialize it and reserve `n` prompt ids no other
+    writer takes; returns the first. Ids of a batch never committed are left unused."""
+    serialize(con)
+    first = _first_free_id(con)
+    if con.execute("SELECT count(*) FROM meta WHERE key = ?", [RESERVED_KEY]).fetchall()[0][0]:
+        con.execute("UPDATE meta SET value = ? WHERE key = ?", [str(first + n), RESERVED_KEY])
+    else:
+        con.execute("INSERT INTO meta VALUES (?, ?)", [RESERVED_KEY, str(first + n)])
+    return first
 
 
 def fresh_model_rows(con: duckdb.DuckDBPyConnection, table: str, model_id: int | None, rows: pa.Table) -> pa.Table:

@@ -4,9 +4,10 @@ On a warehouse folder one ingest at a time holds an advisory lock beside the cat
 even on SIGKILL); on a shared catalog many writers commit side by side (warehouse/concurrency.py). A
 batch's prompt records, tokens, fact rows and run progress commit in one DuckLake transaction: a reader,
 or a restart after a crash, sees all of a prompt or none of it. Fact rows stream from the worker as
-Arrow record batches into DuckDB's Parquet writer, one INSERT per run of rows with the same NULL columns
-(see _null_runs), so memory does not depend on how many rows a batch yields. Readers attach the lake
-read-only and keep querying committed snapshots meanwhile.
+Arrow record batches to a pool of threads that write them as Parquet files before the transaction
+begins (warehouse/fact_files.py, with the NULL-pattern rules that keep DuckLake's statistics true), and
+the transaction registers the files; memory does not depend on how many rows a batch yields. Readers
+attach the lake read-only and keep querying committed snapshots meanwhile.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,8 +28,9 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from warehouse import concurrency, db, interrupts, summaries
+from warehouse import concurrency, db, fact_files, interrupts, summaries
 from warehouse.facts import FACT_SCHEMA
+from warehouse.lake import ALIAS
 from warehouse.summary_merge import merge_run
 
 LOCK_FILE = "ingest.lock"
@@ -80,8 +82,22 @@ def _is_disk_full(exc: BaseException) -> bool:
 class LakeWriter:
     """The DuckLake implementation of the writer interface (append whole prompts; say what is committed)."""
 
-    def __init__(self, path: str | Path, wait: bool = False, data_path: str | Path | None = None) -> None:
-        """Open `path` (a warehouse folder, or a shared catalog with `data_path`, see db.config_for) for writing."""
+    def __init__(
+        self,
+        path: str | Path,
+        wait: bool = False,
+        data_path: str | Path | None = None,
+        writer_threads: int | None = None,
+    ) -> None:
+        """Open `path` (a warehouse folder, or a shared catalog with `data_path`, see db.config_for) for writing;
+        `writer_threads` write fact files (None: fact_files.default_threads)."""
+        self._pool: fact_files.FilePool | None = None
+        self._pool_checked = False
+        self._rewritten: list[fact_files.Written] = []  # files an append_retrying rewrote (renumbered ids)
+        self.registered: fact_files.Written | None = None  # the files the last append's transaction registered
+        self.writer_threads = writer_threads if writer_threads is not None else fact_files.default_threads()
+        if self.writer_threads < 1:
+            raise db.WarehouseError(f"--writer-threads must be 1 or more, not {self.writer_threads}")
         config = db.config_for(path, data_path)
         self.path: str | Path = path if config.is_shared else Path(path)
         self.shared = config.is_shared
@@ -178,6 +194,9 @@ class LakeWriter:
             self._close()
 
     def _close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         if self.con is not None:
             self.con.close()
             self.con = None
@@ -325,31 +344,34 @@ class LakeWriter:
         if last_summaries is not None:
             last_summaries.committed()
 
-    def append(self, batch: Batch, run_id: int, unique: bool = True) -> Appended:
+    def append(
+        self, batch: Batch, run_id: int, unique: bool = True, files: fact_files.Written | None = None
+    ) -> Appended:
         """Commit one batch and the run's progress in one transaction; returns what it stored. The batch's
-        prompt ids are provisional: the commit numbers its prompts after the largest stored id and, when
-        `unique` on a shared catalog, leaves out prompts whose key is already stored (concurrency.claim).
+        fact rows are registered from `files`, written before the transaction began (`append_retrying`), or
+        else inserted from `batch.facts` by DuckDB (a lake on object storage). The batch's prompt ids are
+        provisional: the commit numbers its prompts after the largest stored id and, when `unique` on a
+        shared catalog, leaves out prompts whose key is already stored (concurrency.claim); files whose ids
+        that changes are rewritten, and `self.registered` names the files the transaction registers.
         Raises a DuckDB error that concurrency.is_conflict recognises when another writer won the commit:
         `append_retrying` runs it again."""
         stored = Appended()
+        self.registered = None
         with self.transaction() as con:
             # on a folder the lock admits one writer, whose resume already left out stored prompts
-            renumbering = concurrency.claim(con, batch.prompts, unique and self.shared)
+            renumbering = concurrency.claim(
+                con, batch.prompts, unique and self.shared, files is not None and self.shared
+            )
             if renumbering.kept:
                 prompts, tokens = renumbering.apply(batch.prompts), renumbering.apply(batch.tokens)
                 stored.prompts, stored.tokens = prompts.num_rows, tokens.num_rows
                 with _registered(con, batch_prompts=prompts, batch_tokens=tokens):
                     con.execute("INSERT INTO prompts BY NAME SELECT * FROM batch_prompts")
                     con.execute("INSERT INTO tokens BY NAME SELECT * FROM batch_tokens")
-
-                def counted(facts: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-                    for part in facts:
-                        stored.rows += part.num_rows
-                        yield part
-
-                for run in _null_runs(counted(renumbering.stream(batch.facts))):
-                    with _registered(con, batch_facts=pa.RecordBatchReader.from_batches(FACT_SCHEMA, run)):
-                        con.execute("INSERT INTO facts SELECT * FROM batch_facts")
+                if files is not None:
+                    stored.rows = self._register_facts(con, files, renumbering)
+                else:
+                    stored.rows = _insert_facts(con, renumbering.stream(batch.facts))
             con.execute(
                 "UPDATE runs SET n_prompts = (SELECT count(*) FROM prompts WHERE prompts.run_id = ?) WHERE run_id = ?",
                 [run_id, run_id],
@@ -364,6 +386,19 @@ class LakeWriter:
         if batch.summaries is not None:
             batch.summaries.committed()
         return stored
+
+    def _register_facts(
+        self, con: duckdb.DuckDBPyConnection, files: fact_files.Written, renumbering: concurrency.Renumbering
+    ) -> int:
+        """Register the batch's fact files inside the commit, primer first; files whose prompts were
+        renumbered or left out are rewritten first (only when another writer stored prompts meanwhile)."""
+        if not renumbering.identity:
+            files = self._facts_pool().rewrite(files, renumbering.stream(fact_files.read(files)))
+            self._rewritten.append(files)
+        self.registered = files
+        for path in files.paths:
+            con.execute(f"CALL ducklake_add_data_files('{ALIAS}', 'facts', ?)", [str(path)])
+        return files.rows
 
     def _add_summaries(
         self, con: duckdb.DuckDBPyConnection, run_id: int, batch: Batch, renumbering: concurrency.Renumbering
@@ -392,9 +427,47 @@ class LakeWriter:
             _store_summaries(con, run_id, tables)
 
     def append_retrying(self, make_batch: Callable[[], Batch], run_id: int, unique: bool = True) -> Appended:
-        """`append` of the batch `make_batch` builds, built again and committed again while the commit loses
-        to another writer's."""
-        return self._retrying(lambda: self.append(make_batch(), run_id, unique))
+        """`append` of the batch `make_batch` builds, committed again while the commit loses to another
+        writer's. Its fact rows are written to files once, before any transaction (fact_files.py); files
+        that no committed transaction registered are deleted however it ends."""
+        pool = self._facts_pool()
+        if pool is None:  # rows inserted by DuckDB inside each try: built again for each
+            return self._retrying(lambda: self.append(make_batch(), run_id, unique))
+        batch = make_batch()
+        if self.shared:  # other writers number prompts meanwhile: the files get ids reserved for them
+            batch = self._reserved(batch)
+        written = pool.write(batch.facts)
+        self._rewritten = []
+        committed: fact_files.Written | None = None
+        try:
+            stored = self._retrying(lambda: self.append(batch, run_id, unique, written))
+            committed = self.registered
+        finally:
+            keep = committed.paths if committed is not None else []
+            for files in [written, *self._rewritten]:
+                files.delete(keep)
+        return stored
+
+    def _reserved(self, batch: Batch) -> Batch:
+        """The batch under prompt ids reserved for it (concurrency.reserve_prompt_ids), which its commit keeps."""
+
+        def reserve() -> int:
+            with self.transaction() as con:
+                return concurrency.reserve_prompt_ids(con, batch.prompts.num_rows)
+
+        provisional = batch.prompts.column("prompt_id").to_numpy().astype(np.int64)
+        ids = concurrency.Renumbering(provisional, np.ones(len(provisional), bool), self._retrying(reserve))
+        renumbered = ids.stream(batch.facts)
+        return replace(batch, prompts=ids.apply(batch.prompts), tokens=ids.apply(batch.tokens), facts=renumbered)
+
+    def _facts_pool(self) -> fact_files.FilePool | None:
+        """The threads writing fact files, started on first use; None when the lake's data path is a URL."""
+        if self._pool is None and not self._pool_checked:
+            self._pool_checked = True
+            folder = fact_files.table_folder(self._con, ALIAS, "facts")
+            if folder is not None:
+                self._pool = fact_files.FilePool(folder, self.writer_threads)
+        return self._pool
 
 
 def _store_summaries(
@@ -415,6 +488,23 @@ def _store_summaries(
     )
 
 
+def _insert_facts(con: duckdb.DuckDBPyConnection, facts: Iterable[pa.RecordBatch]) -> int:
+    """Fact rows inserted by DuckDB's own Parquet writer, one INSERT per run of one NULL pattern (see
+    fact_files.null_runs); returns how many."""
+    rows = 0
+
+    def counted(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        nonlocal rows
+        for part in batches:
+            rows += part.num_rows
+            yield part
+
+    for run in fact_files.null_runs(counted(facts)):
+        with _registered(con, batch_facts=pa.RecordBatchReader.from_batches(FACT_SCHEMA, run)):
+            con.execute("INSERT INTO facts SELECT * FROM batch_facts")
+    return rows
+
+
 def _insert_tagged_rows(con: duckdb.DuckDBPyConnection, model_id: int | None, rows: list[tuple[str, pa.Table]]) -> None:
     """(table, rows) pairs of MODEL_TABLES, each table's parts together (one INSERT per NULL pattern)."""
     for table in dict.fromkeys(table for table, _ in rows):
@@ -428,55 +518,13 @@ def _insert_model_rows(
     wrote a file per weight tensor (242 for SmolLM2), and every query of the table opened them all."""
     if table not in MODEL_TABLES:
         raise ValueError(f"{table} is not a per-model table ({', '.join(MODEL_TABLES)})")
-    batches = (batch for part in parts for piece in _primed_parts(part) for batch in piece.to_batches())
+    batches = (batch for part in parts for piece in fact_files.primed_parts(part) for batch in piece.to_batches())
     first = next(batches, None)
     if first is None:
         return
-    for run in _null_runs(itertools.chain([first], batches)):
+    for run in fact_files.null_runs(itertools.chain([first], batches)):
         with _registered(con, model_rows=pa.RecordBatchReader.from_batches(first.schema, run)):
             con.execute(f"INSERT INTO {table} BY NAME SELECT ? AS model_id, * FROM model_rows", [model_id])
-
-
-# DuckLake 1.5.5 records table statistics (a min/max per column, which the planner trusts: min and max
-# answered from them, filters pruned, perfect-hash aggregates sized by them) that leave out stored values,
-# and queries then give wrong answers without an error, in two cases (measured; tests/test_lake.py):
-# - a Parquet file whose column is NULL in some of its row groups and not in others gets no min/max, and
-#   the next commit's table range for the column starts again from that commit's files;
-# - while a table has no range for a column yet, a transaction whose first file of that table is all
-#   NULL in the column loses the ranges of its later files too.
-# So each insert writes a primer first (one row group, a value in every column that has any; a file, not
-# rows inlined in the catalog: see lake.FILE_ONLY_TABLES), then one file per pattern of NULL columns, each
-# column wholly NULL or wholly valued wherever DuckDB cuts the row groups.
-
-
-def _null_runs(batches: Iterable[pa.RecordBatch]) -> Iterator[Iterator[pa.RecordBatch]]:
-    """Consecutive record batches grouped into runs of one pattern of NULL columns, each to be one INSERT;
-    a batch of mixed patterns (the worker's primer) is a run of its own. Lazy: consume each run in turn."""
-    keyed = ((_null_pattern(batch) or object(), batch) for batch in batches)  # object(): equals no other key
-    for _, run in itertools.groupby(keyed, key=lambda pair: pair[0]):
-        yield (batch for _, batch in run)
-
-
-def _null_pattern(batch: pa.RecordBatch | pa.Table) -> tuple[bool, ...] | None:
-    """Which columns are NULL (in every row); None when a column is NULL in some rows only."""
-    if any(0 < column.null_count < batch.num_rows for column in batch.columns):
-        return None
-    return tuple(column.null_count > 0 for column in batch.columns)
-
-
-def _primed_parts(rows: pa.Table) -> list[pa.Table]:
-    """`rows` as a primer (the first row of each pattern of NULL columns) and then one part per pattern;
-    the table itself when it has one pattern."""
-    if _null_pattern(rows) is not None:
-        return [rows]
-    codes = np.zeros(rows.num_rows, np.int64)
-    for i, column in enumerate(rows.columns):
-        codes |= column.is_null().to_numpy(zero_copy_only=False).astype(np.int64) << i
-    patterns, first = np.unique(codes, return_index=True)
-    rest = np.ones(rows.num_rows, bool)
-    rest[first] = False
-    parts = [rows.filter(pa.array((codes == code) & rest)) for code in patterns]
-    return [rows.take(np.sort(first)), *(part for part in parts if part.num_rows)]
 
 
 @contextmanager
