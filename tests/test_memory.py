@@ -4,6 +4,7 @@ those of an ingest with no budget."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,11 @@ def test_batches_are_split_where_three_would_not_fit_the_budget(
     options = IngestOptions(model="gpt2-tiny", progress=False, batch_size=8, max_memory=budget)
     report = ingest(tmp_path / "budget", prompts, options)
     assert sizes == [2, 2, 2, 1] and report.stored == 7
+    # two prompts' pass alone fits here, but not beside the captured tensors of the two batches the writer holds
+    sizes.clear()
+    tight = dataclasses.replace(options, max_memory=(two.total + budget) // 2)
+    assert ingest(tmp_path / "tight", prompts[:3], tight).stored == 3
+    assert sizes == [1, 1, 1]
     monkeypatch.setattr(worker, "run_batch", real)
     ingest(tmp_path / "free", prompts, IngestOptions(model="gpt2-tiny", progress=False, batch_size=8))
     query = (
