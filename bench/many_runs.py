@@ -10,8 +10,9 @@ node_summaries and node_examples, whose rows runs of the same model and capture 
 warehouse/summary_merge.py) and the seconds, best of `--repeat`, that `rank` (mean mlp_act_times_grad
 over every prompt), `examples` (one neuron's 20 highest, with context) and `node-stats` (one neuron) take
 through the Python API, each opening the warehouse anew, the two warehouses asked in turns so that the
-machine's load weighs on both alike. The last line gives the ratio of summaries and examples to facts,
-and of each latency after the last run to after the first.
+machine's load weighs on both alike; then again after `actwh compact` of both (which merges the small
+files each commit leaves in facts, prompts, tokens and runs). The last line gives the ratio of summaries
+and examples to facts, and of each latency after the last run to after the first, before and after.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def run(db: Path, runs: int, tokens: int, model: str, repeat: int, layer: int, n
     from ingest import worker
     from ingest.model_rows import factor_weights, register_model
     from ingest.prompts import PromptInput
+    from warehouse.maintenance import compact
     from warehouse.writer import LakeWriter
 
     loaded = worker.open_model(model)
@@ -90,31 +92,39 @@ def run(db: Path, runs: int, tokens: int, model: str, repeat: int, layer: int, n
         seconds.append(time.perf_counter() - start)
         if i == 0:  # kept as it is, to be timed beside the last state
             shutil.copytree(db, first_run)
-    points: dict[int, dict[str, Any]] = {1: {"bytes": table_bytes(first_run)}, runs: {"bytes": table_bytes(db)}}
-    for point in points.values():
-        point["seconds"] = {}
-    # taken in turns, so that a change in the machine's load weighs on both alike
-    for _ in range(repeat):
-        for count, path in ((1, first_run), (runs, db)):
-            for name, took in latencies(path, 1, layer, node).items():
-                best = points[count]["seconds"].get(name, float("inf"))
-                points[count]["seconds"][name] = min(best, took)
-    for count, point in points.items():
-        print(json.dumps({"after_runs": count, **point}), flush=True)
-    first, last = points[1], points[runs]
-    kept = last["bytes"]["node_summaries"] + last["bytes"]["node_examples"]
-    return {
-        "runs": runs,
-        "tokens_per_run": tokens,
-        "model": model,
-        "summaries_and_examples_over_facts": round(kept / max(last["bytes"]["facts"], 1), 3),
-        "latency_after_last_over_first": {
+    result: dict[str, Any] = {"runs": runs, "tokens_per_run": tokens, "model": model}
+    for compacted in (False, True):
+        if compacted:  # the facts', prompts' and runs' small files of each commit merged, old snapshots gone
+            for path in (first_run, db):
+                compact(path)
+        points = _compare({1: first_run, runs: db}, repeat, layer, node)
+        for count, point in points.items():
+            print(json.dumps({"after_runs": count, "compacted": compacted, **point}), flush=True)
+        first, last = points[1], points[runs]
+        kept = last["bytes"]["node_summaries"] + last["bytes"]["node_examples"]
+        suffix = "_after_compact" if compacted else ""
+        result[f"summaries_and_examples_over_facts{suffix}"] = round(kept / max(last["bytes"]["facts"], 1), 3)
+        result[f"latency_after_last_over_first{suffix}"] = {
             name: round(last["seconds"][name] / first["seconds"][name], 2) for name in first["seconds"]
-        },
-        "mean_run_seconds_first_and_last_tenth": [
-            round(sum(part) / len(part), 2) for part in (seconds[: max(1, runs // 10)], seconds[-max(1, runs // 10) :])
-        ],
+        }
+    tenth = max(1, runs // 10)
+    result["mean_run_seconds_first_and_last_tenth"] = [
+        round(sum(part) / len(part), 2) for part in (seconds[:tenth], seconds[-tenth:])
+    ]
+    return result
+
+
+def _compare(paths: dict[int, Path], repeat: int, layer: int, node: int) -> dict[int, dict[str, Any]]:
+    """Bytes per table and best-of-`repeat` latencies of each warehouse, keyed by its run count; the
+    warehouses asked in turns, so that a change in the machine's load weighs on all alike."""
+    points: dict[int, dict[str, Any]] = {
+        count: {"bytes": table_bytes(path), "seconds": {}} for count, path in paths.items()
     }
+    for _ in range(repeat):
+        for count, path in paths.items():
+            for name, took in latencies(path, 1, layer, node).items():
+                points[count]["seconds"][name] = min(points[count]["seconds"].get(name, float("inf")), took)
+    return points
 
 
 def main() -> None:
