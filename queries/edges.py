@@ -92,6 +92,13 @@ class Edges:
             raise db.WarehouseError(f"rank edges by {' or '.join(EDGE_BY)}, not {by!r}")
         dst, layer, node_index = node
         conditions, params = ["true"], [dst]
+        source = f"{macro}(?, {int(layer)}, {int(node_index)})"
+        if other is not None and other[0] == "mlp_post_act" and None not in other:
+            # one MLP-to-MLP edge: the macro that computes only it (its single weight factor)
+            ends = [(dst, int(layer), int(node_index)), (other[0], int(other[1]), int(other[2]))]  # type: ignore[arg-type]
+            down, up = ends if side else ends[::-1]
+            source = f"edges_between(?, {down[1]}, {down[2]}, ?, {up[1]}, {up[2]})"
+            params = [down[0], up[0]]
         for column, value in (("prompt_id", prompt_id), ("token", token)):
             if value is not None:
                 conditions.append(f"e.{column} = ?")
@@ -105,7 +112,7 @@ class Edges:
         sql = (
             "SELECT e.prompt_id, e.token, t1.text AS token_text, e.dst, e.layer, e.node_index, e.source_dst,"
             " e.source_layer, e.source_head, e.source_node_index, e.source_token, t2.text AS source_token_text,"
-            f" e.activation, e.attribution FROM {macro}(?, {int(layer)}, {int(node_index)}) e"
+            f" e.activation, e.attribution FROM {source} e"
             " LEFT JOIN tokens t1 ON t1.prompt_id = e.prompt_id AND t1.token = e.token"
             " LEFT JOIN tokens t2 ON t2.prompt_id = e.prompt_id AND t2.token = e.source_token"
             f" WHERE {' AND '.join(conditions)} ORDER BY abs(e.{by}) DESC NULLS LAST, e.prompt_id, e.token,"

@@ -31,6 +31,8 @@ EXAMPLE_ARGUMENTS = {
     # an MLP neuron of the last layer: rows, or one line (no input-side weights, no pre-activations stored)
     "edges_into": "SELECT 'mlp_post_act', max(layer), 0 FROM facts WHERE dst = 'mlp_post_act'",
     "edges_from": "SELECT 'mlp_post_act', 0, 0",
+    "edges_between": "SELECT 'mlp_post_act', max(layer), 0, 'mlp_post_act', max(layer) - 1, 0 FROM facts"
+    " WHERE dst = 'mlp_post_act'",
 }
 # Macros that yield no rows for an answerable pair by design: the refusal branch of the pair macros.
 EMPTY_BY_DESIGN = {"pair_refusal"}

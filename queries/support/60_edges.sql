@@ -167,8 +167,10 @@ GROUP BY model_id, block, layer;
 
 -- Edges into MLP neuron j of layer down_layer from every upstream node at every stored (prompt, token).
 CREATE OR REPLACE MACRO mlp_in_edges(down_layer, j) AS TABLE
-WITH c AS MATERIALIZED (SELECT * FROM mlp_read_slopes(down_layer, down_layer, j)),
-f AS MATERIALIZED (SELECT * FROM edge_factors(down_layer, j)),
+-- inlined where used: each use keeps one kind of factor and the prompts the query filters on, so a question
+-- about one source or one prompt computes only its factors and reads only its rows
+WITH c AS NOT MATERIALIZED (SELECT * FROM mlp_read_slopes(down_layer, down_layer, j)),
+f AS NOT MATERIALIZED (SELECT * FROM edge_factors(down_layer, j)),
 u AS MATERIALIZED (SELECT * FROM mlp_read_directions(down_layer, j)),
 -- the attention layers before the MLP: all up to down_layer, the MLP's own excluded where both read one input
 attn_layers AS (
@@ -301,3 +303,37 @@ WHERE a.dst = 'mlp_post_act' AND a.forward IS NOT NULL AND a.layer = up_layer AN
 CREATE OR REPLACE MACRO edges_from(up_dst, up_layer, node) AS TABLE
 SELECT * FROM mlp_out_edges(up_layer, node) WHERE up_dst = 'mlp_post_act'
 UNION ALL SELECT * FROM edge_refusal(up_dst, up_layer, node, up_layer + 1);
+
+-- The one edge from MLP neuron i of layer up_layer into MLP neuron j of a later layer down_layer, at every
+-- stored (prompt, token): the rows of edges_into(down_dst, down_layer, j) whose source is that neuron, from the
+-- write's single factor (one row of W_out against the reader's columns), so a question about one edge across
+-- the whole warehouse reads only the two neurons' rows.
+CREATE OR REPLACE MACRO edges_between(down_dst, down_layer, j, up_dst, up_layer, i) AS TABLE
+WITH u AS MATERIALIZED (SELECT * FROM mlp_read_directions(down_layer, j)),
+w AS (
+    SELECT o.model_id, sum(o.value * coalesce(g.value, 1) * u.u1) AS f1, sum(o.value * coalesce(g.value, 1) * u.u2) AS f2
+    FROM weights o
+    JOIN u ON u.model_id = o.model_id AND u.channel = o.col_index
+    LEFT JOIN weights g
+      ON g.model_id = o.model_id AND g.location = 'layer_norm_gain.post_mlp' AND g.layer = o.layer AND g.row_index = o.col_index
+    WHERE o.location = 'mlp.to_residual' AND o.layer = up_layer AND o.row_index = i AND up_layer < down_layer
+    GROUP BY o.model_id
+)
+SELECT a.prompt_id, a.token::SMALLINT AS token, NULL::SMALLINT AS token2, 'mlp_post_act'::VARCHAR AS dst,
+       down_layer::SMALLINT AS layer, NULL::SMALLINT AS head, j::INTEGER AS node_index,
+       'mlp_post_act'::VARCHAR AS source_dst, a.layer::SMALLINT AS source_layer, NULL::SMALLINT AS source_head,
+       a.node_index::INTEGER AS source_node_index, a.token::SMALLINT AS source_token,
+       (a.forward * (c.c1 * w.f1 + c.c2 * w.f2) / coalesce(s.value, 1))::DOUBLE AS activation,
+       (c.grad * a.forward * (c.c1 * w.f1 + c.c2 * w.f2) / coalesce(s.value, 1))::DOUBLE AS attribution
+FROM facts a
+JOIN mlp_read_slopes(down_layer, down_layer, j) c ON c.prompt_id = a.prompt_id AND c.token = a.token
+JOIN w ON w.model_id = c.model_id
+JOIN edge_switches() e ON e.model_id = c.model_id
+LEFT JOIN post_block_scales('mlp') s ON s.prompt_id = a.prompt_id AND s.layer = a.layer AND s.token = a.token
+WHERE a.dst = 'mlp_post_act' AND a.forward IS NOT NULL AND a.layer = up_layer AND a.node_index = i
+  AND (s.value IS NOT NULL OR NOT e.post_block_norms) AND down_dst = 'mlp_post_act' AND up_dst = 'mlp_post_act'
+UNION ALL SELECT * FROM edge_refusal(down_dst, down_layer, j, down_layer)
+UNION ALL SELECT * FROM edge_refusal(up_dst, up_layer, i, up_layer + 1)
+UNION ALL SELECT * FROM edge_refusal(CASE WHEN up_layer < down_layer THEN 'mlp_post_act' ELSE 'MLP neuron ' || up_layer
+    || ':' || i || ' does not write before MLP neuron ' || down_layer || ':' || j || ' reads: give an earlier layer as'
+    || ' the source' END, down_layer, j, down_layer);
