@@ -145,6 +145,11 @@ def _prompt_sources(
     help="Keep the facts of every N-th prompt only (the 1st, N+1-th, ...; of this worker's share with --shard), "
     "and the summaries of all (--store facts,summaries): node tables and scans then answer on that sample.",
 )
+@click.option(
+    "--writer-threads",
+    type=click.IntRange(1),
+    help="Threads writing fact files beside the model pass (default: every core but one).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def ingest_command(
     db_path: Path,
@@ -172,6 +177,7 @@ def ingest_command(
     facts_every: int,
     saes: tuple[str, ...],
     no_sae_error: bool,
+    writer_threads: int | None,
     quiet: bool,
     data_path: str | None,
     shard: str | None,
@@ -223,6 +229,7 @@ def ingest_command(
         facts_every=facts_every,
         saes=list(saes),
         sae_error=not no_sae_error,
+        writer_threads=writer_threads,
     )
     if wait and lake.is_catalog_spec(db_path):
         raise click.UsageError(

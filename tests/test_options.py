@@ -58,7 +58,7 @@ EVERY_INGEST_OPTION = [
     *("--device", "cpu", "--batch-size", "3", "--force", "--wait", "--truncate", "--precision", "bfloat16"),
     *("--unembedding", "all", "--no-prepend-bos", "--special-tokens-as-text", "--max-memory", "2gb"),
     *("--input-weights", "all"),
-    *("--store", "summaries,facts", "--facts-every", "4", "--no-sae-error", "--quiet"),
+    *("--store", "summaries,facts", "--facts-every", "4", "--no-sae-error", "--writer-threads", "3", "--quiet"),
     *("--sae", "first", "--sae", "second@blocks.0.hook_resid_pre"),
 ]
 BUILT = IngestOptions(
@@ -85,6 +85,7 @@ BUILT = IngestOptions(
     facts_every=4,
     saes=["first", "second@blocks.0.hook_resid_pre"],
     sae_error=False,
+    writer_threads=3,
 )
 
 
