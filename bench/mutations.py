@@ -538,6 +538,17 @@ MUTATIONS: tuple[Mutation, ...] = (
         (FACT_FILES_RENUMBERED,),
     ),
     Mutation(
+        "fact_file_disk_full_not_translated",
+        "a full disk while a batch's fact files are written (before its transaction) ends in a traceback",
+        replace(
+            WRITER,
+            "        with self._translate_disk_full():  # the files are written before any transaction\n"
+            "            written = pool.write(batch.facts)\n",
+            "        written = pool.write(batch.facts)\n",
+        ),
+        ("tests/test_bad_input.py::test_disk_full_during_a_commit[fact file]",),
+    ),
+    Mutation(
         "renumbered_fact_files_registered_unchanged",
         "fact files written under provisional prompt ids are registered as they are when the commit"
         " renumbers the batch's prompts",

@@ -8,6 +8,7 @@ warning counted as extra stderr lines; a few run as real subprocesses to show wh
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
@@ -26,7 +28,7 @@ from safetensors.torch import save_file
 
 import cli
 from ingest import worker
-from warehouse import db, lake
+from warehouse import db, fact_files, lake
 
 ROOT = Path(__file__).resolve().parent.parent
 LONG_PROMPT = ("one two three four five six seven eight nine ten " * 20).strip()  # 200 tokens; context is 128
@@ -394,8 +396,9 @@ def test_missing_db_directory(tmp_path: Path) -> None:
 
 
 class _DiskFillsUp:
-    """A DuckDB connection whose fact inserts fail from the second batch on (a batch inserts its prompts
-    first, then its facts in several inserts) the way DuckDB reports ENOSPC."""
+    """A DuckDB connection whose commits of fact rows fail from the second batch on (a batch inserts its
+    prompts first, then registers its fact files, or inserts its rows into a lake on a URL) the way DuckDB
+    reports ENOSPC."""
 
     batches = 0
 
@@ -405,7 +408,8 @@ class _DiskFillsUp:
     def execute(self, sql: str, *args: Any) -> Any:
         if sql.startswith("INSERT INTO prompts"):
             _DiskFillsUp.batches += 1
-        if sql.startswith("INSERT INTO facts") and _DiskFillsUp.batches >= 2:
+        stores_facts = sql.startswith(("INSERT INTO facts", "CALL ducklake_add_data_files"))
+        if stores_facts and _DiskFillsUp.batches >= 2:
             raise duckdb.IOException(f'IO Error: Could not write file "{self._path}.wal": No space left on device')
         return self._con.execute(sql, *args)
 
@@ -413,18 +417,42 @@ class _DiskFillsUp:
         return getattr(self._con, name)
 
 
-def test_disk_full_during_a_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The ingest stops with one line; the failed batch rolled back, committed ones are kept and resumed."""
-    real_connect = db.connect
+class _FileFillsUp(pq.ParquetWriter):
+    """pyarrow's Parquet writer failing as it does on a full disk once the first batch is committed: the
+    fact files of the next batch are written before its transaction."""
+
+    def write_table(self, *args: Any, **kwargs: Any) -> None:
+        self._check()
+        super().write_table(*args, **kwargs)
+
+    def write_batch(self, *args: Any, **kwargs: Any) -> None:
+        self._check()
+        super().write_batch(*args, **kwargs)
+
+    @staticmethod
+    def _check() -> None:
+        if _DiskFillsUp.batches >= 1:
+            raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
+
+
+@pytest.mark.parametrize("where", ["commit", "fact file"])
+def test_disk_full_during_a_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """The ingest stops with one line, whether the disk fills as the batch's fact files are written or as
+    its transaction commits; the failed batch rolled back, committed ones are kept and resumed."""
+    real_connect, real_writer = db.connect, pq.ParquetWriter
 
     def connect(path: str | Path, **kwargs: Any) -> Any:
         return _DiskFillsUp(real_connect(path, **kwargs), Path(path))
 
+    monkeypatch.setattr(_DiskFillsUp, "batches", 0)
     monkeypatch.setattr(db, "connect", connect)
+    if where == "fact file":
+        monkeypatch.setattr(fact_files.pq, "ParquetWriter", _FileFillsUp)
     path = tmp_path / "w.duckdb"
     args = ["--batch-size", "1", "--prompt", "The cat sat", "--prompt", "The dog ran", "--prompt", "A bird flew"]
     assert_one_line_error(tiny(path, *args), f"the disk holding {path} is full", "rerun the same command")
     monkeypatch.setattr(db, "connect", real_connect)
+    monkeypatch.setattr(fact_files.pq, "ParquetWriter", real_writer)
     assert prompt_texts(path) == ["The cat sat"]
     result = tiny(path, *args)
     assert result.returncode == 0, result.stderr

@@ -21,27 +21,10 @@ from ingest.worker import IngestOptions, ingest
 from queries.api import Warehouse
 from queries.notes import notes
 from queries.stored_facts import FactsNotStored
+from tests.test_summaries import WORDS
 from warehouse import db, summaries
 from warehouse.writer import LakeWriter
 
-WORDS = [
-    "the",
-    "river",
-    "ran",
-    "past",
-    "old",
-    "mills",
-    "while",
-    "seven",
-    "quiet",
-    "birds",
-    "sang",
-    "over",
-    "green",
-    "hills",
-    "at",
-    "dawn",
-]
 BASE = IngestOptions(model="gpt2-tiny", progress=False, batch_size=3)
 N_PROMPTS = 10
 EVERY = 3

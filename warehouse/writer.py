@@ -436,7 +436,8 @@ class LakeWriter:
         batch = make_batch()
         if self.shared:  # other writers number prompts meanwhile: the files get ids reserved for them
             batch = self._reserved(batch)
-        written = pool.write(batch.facts)
+        with self._translate_disk_full():  # the files are written before any transaction
+            written = pool.write(batch.facts)
         self._rewritten = []
         committed: fact_files.Written | None = None
         try:
