@@ -160,12 +160,12 @@ def test_the_api_ranks_edges_by_size_in_one_prompt_and_across_prompts(stored: St
         for key, value in _edges(wh, "edges_into", f"'mlp_post_act', {LAYER}, {NEURON}", pid).items():
             if key[1:5] == ("mlp_post_act", 0, None, 3):
                 want[(pid, key[0])] = value[1]
-    # edges_between sums the one edge's factor in its own order: equal to rounding
-    assert {(r["prompt_id"], r["token"]): r["attribution"] for r in across} == pytest.approx(want, rel=1e-9)
+    # edges_between sums the one edge's factor in its own order, from float32 weights: equal to float32 rounding
+    assert {(r["prompt_id"], r["token"]): r["attribution"] for r in across} == pytest.approx(want, rel=1e-6)
     ranked = sorted((abs(v) for v in want.values()), reverse=True)
-    assert [abs(r["attribution"]) for r in across] == pytest.approx(ranked, rel=1e-9)
+    assert [abs(r["attribution"]) for r in across] == pytest.approx(ranked, rel=1e-6)
     out = wh.edges_from("mlp_post_act", 0, 3, target=("mlp_post_act", LAYER, NEURON), k=None).to_pylist()
-    assert {(r["prompt_id"], r["token"]): r["attribution"] for r in out} == pytest.approx(want, rel=1e-9)
+    assert {(r["prompt_id"], r["token"]): r["attribution"] for r in out} == pytest.approx(want, rel=1e-6)
 
 
 def test_edges_refuse_in_one_line(stored: Stored) -> None:
