@@ -26,6 +26,7 @@ from click.testing import CliRunner
 
 import cli
 from ingest import worker
+from tests.test_reliability import cpu_seconds
 from warehouse import db, interrupts
 from warehouse import summaries as warehouse_summaries
 from warehouse import writer as writer_module
@@ -207,16 +208,11 @@ def test_ctrl_c_during_a_query_is_one_line(tmp_path: Path) -> None:
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     started = time.monotonic()
-    while time.monotonic() - started < 60 and _cpu_seconds(proc.pid) < 3.0:  # imported, opened, querying
+    while time.monotonic() - started < 60 and cpu_seconds(proc.pid) < 3.0:  # imported, opened, querying
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert (proc.returncode, out, err) == (130, "", "error: interrupted\n")
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_an_interrupt_reported_by_a_library_is_recognised_as_one() -> None:

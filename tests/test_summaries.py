@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from click.testing import CliRunner
@@ -275,6 +276,21 @@ def _assert_node_answers(
             assert got.to_pylist() == scan.to_pylist()
 
 
+def assert_answered_with_a_scan(wh: Warehouse, scanned: int) -> pa.Table:
+    """rank (held to SQL over the rows) and the node answers of a warehouse whose summaries leave
+    `scanned` prompts to a scan, which rank's notes must say; returns the ranking."""
+    ranked = wh.rank_nodes("mlp_act_times_grad", by="mean", k=5, skip_first=0)
+    oracle = wh.sql(
+        f"SELECT avg(value::DOUBLE) AS v FROM ({ROWS}) f WHERE dst = 'mlp_act_times_grad'"
+        " GROUP BY layer, node_index ORDER BY v DESC LIMIT 5"
+    )
+    assert ranked["value"].to_pylist() == pytest.approx(oracle["v"].to_pylist(), rel=1e-9)
+    assert any(f"scanned {scanned} prompt(s)" in n for n in notes(ranked))
+    for skip_first in (0, 1):
+        _assert_node_answers(wh, "mlp_post_act", 1, 3, "forward", skip_first)
+    return ranked
+
+
 @pytest.mark.slow
 def test_a_run_whose_process_died_is_answered_from_its_summaries_and_a_scan_of_the_rest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -288,15 +304,7 @@ def test_a_run_whose_process_died_is_answered_from_its_summaries_and_a_scan_of_t
     wh = Warehouse(path)
     through = wh.sql("SELECT summarised_through FROM runs", output="rows")[0][0]
     assert through is not None and 0 < through < 8, "some prompts covered, some not"
-    ranked = wh.rank_nodes("mlp_act_times_grad", by="mean", k=5, skip_first=0)
-    oracle = wh.sql(
-        f"SELECT avg(value::DOUBLE) AS v FROM ({ROWS}) f WHERE dst = 'mlp_act_times_grad'"
-        " GROUP BY layer, node_index ORDER BY v DESC LIMIT 5"
-    )
-    assert ranked["value"].to_pylist() == pytest.approx(oracle["v"].to_pylist(), rel=1e-9)
-    assert any(f"scanned {8 - through} prompt(s)" in n for n in notes(ranked))
-    for skip_first in (0, 1):
-        _assert_node_answers(wh, "mlp_post_act", 1, 3, "forward", skip_first)
+    assert_answered_with_a_scan(wh, 8 - through)
 
 
 def test_skip_first_leaves_out_position_zero_in_the_node_table(lake: Path) -> None:

@@ -19,7 +19,7 @@ from ingest.summaries import SummaryState
 from ingest.worker import IngestOptions, ingest
 from queries.api import Warehouse
 from queries.notes import notes
-from tests.test_summaries import ROWS, _assert_node_answers, _prompts
+from tests.test_summaries import ROWS, _prompts, assert_answered_with_a_scan
 from warehouse import db, summaries
 from warehouse.maintenance import compact
 
@@ -134,16 +134,7 @@ def test_a_killed_run_is_scanned_past_its_summaries_before_and_after_compact(
     assert 2 < through < 10, "some of the killed run's prompts covered, some not"
 
     def answers() -> list:
-        ranked = wh.rank_nodes("mlp_act_times_grad", by="mean", k=5, skip_first=0)
-        oracle = wh.sql(
-            f"SELECT avg(value::DOUBLE) AS v FROM ({ROWS}) f WHERE dst = 'mlp_act_times_grad'"
-            " GROUP BY layer, node_index ORDER BY v DESC LIMIT 5"
-        )
-        assert ranked["value"].to_pylist() == pytest.approx(oracle["v"].to_pylist(), rel=1e-9)
-        assert any(f"scanned {10 - through} prompt(s)" in n for n in notes(ranked))
-        for skip_first in (0, 1):
-            _assert_node_answers(wh, "mlp_post_act", 1, 3, "forward", skip_first)
-        return ranked.to_pylist()
+        return assert_answered_with_a_scan(wh, 10 - through).to_pylist()
 
     before = answers()
     assert wh.sql("SELECT DISTINCT run_id FROM node_summaries ORDER BY 1", output="rows") == [(0,), (2,), (3,)]
