@@ -1582,6 +1582,23 @@ MUTATIONS: tuple[Mutation, ...] = (
         (f"{EDGE_TESTS}::test_edges_from_an_mlp_neuron_are_the_edges_into_its_readers[gpt2]",),
     ),
     Mutation(
+        "edge_order_refused_after_the_source_layer",
+        "edges_between says the later source neuron is in the last layer, not that it writes after the reader",
+        replace(
+            EDGES,
+            "CASE WHEN up_layer >= down_layer THEN",
+            "(SELECT problem FROM edge_problem(up_dst, up_layer, i, up_layer + 1)),"
+            " CASE WHEN up_layer >= down_layer THEN",
+        ),
+        (f"{EDGE_TESTS}::test_edges_refuse_in_one_line[gpt2]",),
+    ),
+    Mutation(
+        "interrupt_dropped_by_a_library_callback",
+        "Ctrl-C handled inside a C library's callback (Numba compiling) is dropped and the ingest completes",
+        replace(INTERRUPTS, "if _received and _depth and _main_thread():", "if False:"),
+        (STAGES,),
+    ),
+    Mutation(
         "facts_every_keeps_every_prompts_facts",
         "--facts-every N stores the facts of every prompt",
         replace(

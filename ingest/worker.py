@@ -365,6 +365,7 @@ def ingest(
             with _progress(options.progress) as bar:
                 for items in batches(prepared(), options.batch_size, fits):
                     for captured in run_splitting(items, attempt, give_up):
+                        interrupts.check()
                         if options.backward:
                             kinds.add(captured.items[0].kind)
                         new_tokens = {
@@ -391,6 +392,7 @@ def ingest(
                         bar.update(len(captured.items))
                 while pending:
                     report.write_seconds += pending.popleft().result()
+                interrupts.check()
             status = "completed"
         except BaseException as exc:
             halted.set()  # stop now: batches still queued are not committed (a rerun stores them)

@@ -8,6 +8,7 @@ into an error of its own (DuckDB's 'Query interrupted'), the signal is sent whil
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import os
 import signal
@@ -139,6 +140,22 @@ def mid_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(worker, "run_batch", run_batch)
 
 
+def inside_a_library_callback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a C library's callback into Python, during the first batch's model pass: the library prints the
+    exception the handler raises and drops it (as Numba's compiler cache did while it compiled on a fresh
+    machine, and the run then completed), so the run must still stop, at its next step."""
+    real_run_batch = worker.run_batch
+    calls = itertools.count(1)
+    callback = ctypes.CFUNCTYPE(None)(ctrl_c)
+
+    def run_batch(*args: Any) -> Any:
+        if next(calls) == 1:
+            callback()
+        return real_run_batch(*args)
+
+    monkeypatch.setattr(worker, "run_batch", run_batch)
+
+
 def during_a_commit(monkeypatch: pytest.MonkeyPatch) -> None:
     """As the writer thread commits the second batch."""
     on_call(monkeypatch, writer_module.LakeWriter, "append", call=2)
@@ -151,6 +168,7 @@ def during_a_summary_flush(monkeypatch: pytest.MonkeyPatch) -> None:
     on_call(monkeypatch, writer_module, "_store_summaries", call=2)
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped one
 def test_ctrl_c_at_every_stage_of_an_ingest_gives_one_line_and_a_run_the_same_command_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -167,6 +185,7 @@ def test_ctrl_c_at_every_stage_of_an_ingest_gives_one_line_and_a_run_the_same_co
         ("start-up, inside DuckDB", lambda mp: inside_duckdb_at_start_up(mp, seen)),
         ("the run's start", while_the_run_starts),
         ("mid-batch", mid_batch),
+        ("inside a library's callback", inside_a_library_callback),
         ("a commit", during_a_commit),
         ("a summary flush", during_a_summary_flush),
     ]
@@ -192,7 +211,7 @@ def test_ctrl_c_at_every_stage_of_an_ingest_gives_one_line_and_a_run_the_same_co
     stored = con.execute("SELECT text, count(*) FROM prompts GROUP BY text ORDER BY text").fetchall()
     con.close()
     assert stored == sorted((t, 1) for t in texts), "every prompt exactly once"
-    assert [status for status, _, _ in runs(path)] == ["interrupted"] * 5 + ["completed"]
+    assert [status for status, _, _ in runs(path)] == ["interrupted"] * 6 + ["completed"]
 
 
 def test_ctrl_c_during_a_query_is_one_line(tmp_path: Path) -> None:

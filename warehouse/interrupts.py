@@ -9,8 +9,10 @@ half-done call, a library that dropped the cause): every command then ends with 
 ingest records its run as interrupted, never failed. The handler also cancels the queries of the
 connections given to `cancel_on_interrupt` (readers'), so that the process can end. Bookkeeping that
 must not stop half-way (starting a run, rolling a transaction back, recording how a run ended) runs
-inside `deferred`, which raises a signal that arrives meanwhile when the block ends. Signals reach
-Python in the main thread only: in other threads both context managers do nothing.
+inside `deferred`, which raises a signal that arrives meanwhile when the block ends. A handler that
+raises inside a C library's callback into Python (ctypes; Numba's compiler cache calls back so while it
+compiles) has its exception printed and dropped by that library, so long loops also call `check` at each
+step. Signals reach Python in the main thread only: in other threads these do nothing.
 """
 
 from __future__ import annotations
@@ -74,6 +76,13 @@ def _raise(signum: int, frame: FrameType | None) -> None:
         with suppress(duckdb.ConnectionException):  # closed
             con.interrupt()
     raise Interrupted(why)
+
+
+def check() -> None:
+    """Raise Interrupted when `raised`'s handler took a signal in the block open, whether or not its
+    exception reached the caller: a library that called back into Python may have dropped it."""
+    if _received and _depth and _main_thread():
+        raise Interrupted(_received[0])
 
 
 @contextmanager

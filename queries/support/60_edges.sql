@@ -234,19 +234,21 @@ SELECT prompt_id, token::SMALLINT AS token, NULL::SMALLINT AS token2, 'mlp_post_
        activation::DOUBLE AS activation, (grad * activation)::DOUBLE AS attribution
 FROM rows;
 
--- One line for a node edges cannot be answered for, as a row of the edge shape (no rows when they can): the
--- last branch of edges_into and edges_from, so an answer left empty by the checks raises instead.
-CREATE OR REPLACE MACRO edge_refusal(node_dst, node_layer, node, first_read) AS TABLE
+-- One line for a question edges cannot answer (`problem`, from edge_problem; NULL when they can), as a row
+-- of the edge shape and no rows when there is none: the last branch of edges_into, edges_from and
+-- edges_between, so an answer left empty by the checks raises instead. One branch per question, its
+-- problems in a fixed order: two branches that both raise would race, and the message would vary by run.
+CREATE OR REPLACE MACRO edge_refusal(problem) AS TABLE
 SELECT e::INTEGER AS prompt_id, e::SMALLINT AS token, e::SMALLINT AS token2, e AS dst, e::SMALLINT AS layer,
        e::SMALLINT AS head, e::INTEGER AS node_index, e AS source_dst, e::SMALLINT AS source_layer,
        e::SMALLINT AS source_head, e::INTEGER AS source_node_index, e::SMALLINT AS source_token,
        e::DOUBLE AS activation, e::DOUBLE AS attribution
-FROM (SELECT error(problem) AS e FROM edge_problem(node_dst, node_layer, node, first_read) WHERE problem IS NOT NULL);
+FROM (SELECT error(problem) AS e WHERE problem IS NOT NULL);
 
 -- Edges into the downstream subnode (down_dst, down_layer, node): one row per prompt, token and upstream node.
 CREATE OR REPLACE MACRO edges_into(down_dst, down_layer, node) AS TABLE
 SELECT * FROM mlp_in_edges(down_layer, node) WHERE down_dst = 'mlp_post_act'
-UNION ALL SELECT * FROM edge_refusal(down_dst, down_layer, node, down_layer);
+UNION ALL SELECT * FROM edge_refusal((SELECT problem FROM edge_problem(down_dst, down_layer, node, down_layer)));
 
 -- Edges out of MLP neuron i of layer up_layer into every MLP neuron j of a later layer at the same token:
 -- activation = a[up,t,i] / s_post[up,t] (c1 F1[L,j] + c2 F2[L,j]), F_r[L,j] = P(gain_post * W_out[up][i,:]) .
@@ -302,7 +304,7 @@ WHERE a.dst = 'mlp_post_act' AND a.forward IS NOT NULL AND a.layer = up_layer AN
 -- of edges_into seen from the upstream side.
 CREATE OR REPLACE MACRO edges_from(up_dst, up_layer, node) AS TABLE
 SELECT * FROM mlp_out_edges(up_layer, node) WHERE up_dst = 'mlp_post_act'
-UNION ALL SELECT * FROM edge_refusal(up_dst, up_layer, node, up_layer + 1);
+UNION ALL SELECT * FROM edge_refusal((SELECT problem FROM edge_problem(up_dst, up_layer, node, up_layer + 1)));
 
 -- The one edge from MLP neuron i of layer up_layer into MLP neuron j of a later layer down_layer, at every
 -- stored (prompt, token): the rows of edges_into(down_dst, down_layer, j) whose source is that neuron, from the
@@ -332,8 +334,8 @@ JOIN edge_switches() e ON e.model_id = c.model_id
 LEFT JOIN post_block_scales('mlp') s ON s.prompt_id = a.prompt_id AND s.layer = a.layer AND s.token = a.token
 WHERE a.dst = 'mlp_post_act' AND a.forward IS NOT NULL AND a.layer = up_layer AND a.node_index = i
   AND (s.value IS NOT NULL OR NOT e.post_block_norms) AND down_dst = 'mlp_post_act' AND up_dst = 'mlp_post_act'
-UNION ALL SELECT * FROM edge_refusal(down_dst, down_layer, j, down_layer)
-UNION ALL SELECT * FROM edge_refusal(up_dst, up_layer, i, up_layer + 1)
-UNION ALL SELECT * FROM edge_refusal(CASE WHEN up_layer < down_layer THEN 'mlp_post_act' ELSE 'MLP neuron ' || up_layer
-    || ':' || i || ' does not write before MLP neuron ' || down_layer || ':' || j || ' reads: give an earlier layer as'
-    || ' the source' END, down_layer, j, down_layer);
+UNION ALL SELECT * FROM edge_refusal(coalesce(
+    (SELECT problem FROM edge_problem(down_dst, down_layer, j, down_layer)),
+    CASE WHEN up_layer >= down_layer THEN 'MLP neuron ' || up_layer || ':' || i || ' does not write before MLP neuron '
+        || down_layer || ':' || j || ' reads: give an earlier layer as the source' END,
+    (SELECT problem FROM edge_problem(up_dst, up_layer, i, up_layer + 1))));
