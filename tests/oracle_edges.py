@@ -51,24 +51,14 @@ def reads(model: nn.Module, ids: list[int], target: int | None, distractor: int 
     return parts, trace, torch.stack(grads)
 
 
-def expected_in_edges(
-    model: nn.Module, ids: list[int], target: int | None, distractor: int | None, layer: int, j: int
-) -> dict[EdgeKey, tuple[float, float]]:
-    """Every edge into neuron j of `layer` at every token of one prompt."""
-    parts, trace, grads = reads(model, ids, target, distractor, layer, j)
-    n = len(ids)
-    da = trace.post_act[layer].grad[0][:, j]
-    out: dict[EdgeKey, tuple[float, float]] = {}
-
-    def put(key: EdgeKey, write: torch.Tensor) -> None:
-        t = key[0]
-        activation = float(grads[t] @ write)
-        out[key] = (activation, float(da[t]) * activation)
-
+def writes(parts, trace, n: int, last_attn: int, last_mlp: int):  # noqa: ANN001, ANN201
+    """Every write into the residual at every token of one prompt from the embedding, the attention layers up
+    to last_attn and the MLP layers up to last_mlp, as (token, (source_dst, source_layer, source_head,
+    source_node_index, source_token), write (d,)), each from the model's own modules."""
     emb = trace.emb.detach()[0]
     for t in range(n):
-        put((t, "resid_post_embedding", None, None, None, t), emb[t])
-    for up in range(layer + 1):  # attention of the neuron's own layer writes before its MLP
+        yield t, ("resid_post_embedding", None, None, None, t), emb[t]
+    for up in range(last_attn + 1):
         att = trace.attention[up]
         p = att.probs.detach()[0].permute(1, 2, 0)  # (q, k, H)
         v = _per_query_head(att, att.value)  # (k, H, dh)
@@ -77,11 +67,11 @@ def expected_in_edges(
         value_write = _head_writes(proj, v) * gain  # (k, H, d)
         bias = _bias_write(proj, proj.in_features if hasattr(proj, "in_features") else proj.weight.shape[0]) * gain
         for t in range(n):
-            put((t, "attn_residual_bias", up, None, None, t), bias / scale[t])
+            yield t, ("attn_residual_bias", up, None, None, t), bias / scale[t]
             for h in range(v.shape[1]):
                 for k in range(t + 1):
-                    put((t, "attn_qk_probs", up, h, h, k), p[t, k, h] * value_write[k, h] / scale[t])
-    for up in range(layer):
+                    yield t, ("attn_qk_probs", up, h, h, k), p[t, k, h] * value_write[k, h] / scale[t]
+    for up in range(last_mlp + 1):
         a = trace.post_act[up].detach()[0]
         proj = parts.mlp_out[up]
         d_mlp = a.shape[1]
@@ -90,9 +80,22 @@ def expected_in_edges(
             rows = (proj(torch.eye(d_mlp, dtype=a.dtype)) - proj(torch.zeros(d_mlp, dtype=a.dtype))) * gain
         bias = _bias_write(proj, d_mlp) * gain
         for t in range(n):
-            put((t, "mlp_residual_bias", up, None, None, t), bias / scale[t])
+            yield t, ("mlp_residual_bias", up, None, None, t), bias / scale[t]
             for i in range(d_mlp):
-                put((t, "mlp_post_act", up, None, i, t), a[t, i] * rows[i] / scale[t])
+                yield t, ("mlp_post_act", up, None, i, t), a[t, i] * rows[i] / scale[t]
+
+
+def expected_in_edges(
+    model: nn.Module, ids: list[int], target: int | None, distractor: int | None, layer: int, j: int
+) -> dict[EdgeKey, tuple[float, float]]:
+    """Every edge into neuron j of `layer` at every token of one prompt (the attention of the neuron's own layer
+    writes before its MLP)."""
+    parts, trace, grads = reads(model, ids, target, distractor, layer, j)
+    da = trace.post_act[layer].grad[0][:, j]
+    out: dict[EdgeKey, tuple[float, float]] = {}
+    for t, source, write in writes(parts, trace, len(ids), layer, layer - 1):
+        activation = float(grads[t] @ write)
+        out[(t, *source)] = (activation, float(da[t]) * activation)
     return out
 
 

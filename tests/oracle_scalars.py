@@ -91,7 +91,7 @@ class _Trace:
     post_mlp: dict[int, torch.Tensor] = field(default_factory=dict)  # (n, d), the block's output
     delta_attn: dict[int, torch.Tensor] = field(default_factory=dict)  # (n, d), what attention adds to the residual
     delta_mlp: dict[int, torch.Tensor] = field(default_factory=dict)  # (n, d), what the MLP adds to the residual
-    head_outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # (n, H*dh), output projection's input
+    head_outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # (n, H*dh), o_proj's input, with its grad
     post_act: dict[int, torch.Tensor] = field(default_factory=dict)  # (n, d_mlp), MLP down projection's input
     norms: dict[tuple[str, int | None], tuple[nn.Module, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     attention: dict[int, _Attention] = field(default_factory=dict)
@@ -303,7 +303,7 @@ def _run(
             mlp_reads.register_forward_pre_hook(keep_input(trace.post_attn, layer)),
             block.register_forward_hook(keep_output(trace.post_mlp, layer)),
             attn_added.register_forward_hook(keep_output(trace.delta_attn, layer)),
-            parts.attn_out[layer].register_forward_pre_hook(keep_input(trace.head_outputs, layer)),
+            parts.attn_out[layer].register_forward_pre_hook(keep_input(trace.head_outputs, layer, grad=True)),
             mlp_added.register_forward_hook(keep_output(trace.delta_mlp, layer)),
             parts.mlp_out[layer].register_forward_pre_hook(keep_input(trace.post_act, layer, grad=True)),
         ]

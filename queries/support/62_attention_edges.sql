@@ -1,0 +1,260 @@
+-- Edges with attention nodes (docs/DERIVED_SCALARS.md, "Edges"), beside 60_edges.sql's MLP neurons: edges out of
+-- an attention node or the embedding into the MLP neurons that read them, and edges into an attention head's
+-- value side. Same row shape, same conventions: norm scales held at their stored values, a write joining the
+-- residual as gain_post * w / s_post where the model norms block outputs.
+--
+-- The value side of attention node (l, q, k, h) is dst 'attn_value' (the reference's attn_value in-edge
+-- scalars), node_index = head = h, token = q, token2 = k. As in the reference, whose value-side trace needs a
+-- gradient from downstream, its value is the head's write projected on the gradient at the query:
+--     down = p[l,q,k,h] (v[l,k,kv(h),:] . G[l,q,h,:]),  G = dObjective / d v_out[l,q,h,:] (stored backward)
+-- which is the node's act-times-grad (p dObjective/dp). It reads the residual at the KEY token through
+-- v[k] = W_V[kv(h)] . LN(r[k]) + b_V, so with the norm's scale s_attn[l,k] held
+--     activation  = d down / d r[k] . w_up = sum_c p G[c] (w_up . u_c) / s_attn[l,k],  u_c = P(gain_pre_attn * W_V[:, c])
+--     attribution = dObjective/d down . activation = activation (down is already in the objective's units)
+-- for every write at the key token before layer l: the embedding, every earlier attention node (query = k,
+-- source_token its key), every earlier MLP neuron and the earlier blocks' output biases. kv(h) = h // (H / H_kv).
+
+-- Why edges into or out of an attention node, or out of the embedding, cannot be answered, or NULL when they
+-- can. into_value: edges into the value side (dst attn_value) of head h of layer l, else out of (node_dst, l, h).
+CREATE OR REPLACE MACRO attention_edge_problem(node_dst, l, h, into_value) AS TABLE
+SELECT CASE
+    WHEN NOT EXISTS (SELECT 1 FROM weights WHERE location IN ('mlp.to_hidden', 'attn.to_value'))
+        THEN 'this warehouse holds no input-side weights: ingest again with --input-weights all (no prompt is '
+             || 'stored twice; the weights are added)'
+    WHEN node_dst <> 'resid_post_embedding' AND (l IS NULL OR h IS NULL OR l < 0 OR l >= (SELECT max(n_layers) FROM models)
+         OR h < 0 OR h >= (SELECT max(n_heads) FROM models))
+        THEN 'no attention head ' || coalesce(l::VARCHAR, 'NULL') || ':' || coalesce(h::VARCHAR, 'NULL')
+             || ' in this warehouse''s model'
+    WHEN into_value AND NOT EXISTS (SELECT 1 FROM facts WHERE dst = 'attn_weighted_sum_of_values' AND layer = l
+                                AND backward IS NOT NULL)
+        THEN 'edges into an attention head''s value side need the gradient of its summed values: ingest with '
+             || '--locations including attn.v_out:backward (and attn.qk_probs:forward, attn.v:forward)'
+    WHEN NOT into_value AND node_dst = 'attn_qk_probs' AND l = (SELECT max(n_layers) - 1 FROM models)
+         AND (SELECT bool_or(parallel_residual) FROM edge_switches())
+        THEN 'attention head ' || l || ':' || h || ' is in the last layer and its MLP reads the same input: no '
+             || 'MLP neuron reads its write'
+    WHEN NOT into_value AND (SELECT bool_or(activation NOT IN ('gelu_tanh', 'gelu', 'silu', 'relu')) FROM edge_switches())
+        THEN 'edges know the activations gelu_tanh, gelu, silu and relu, not this model''s'
+    WHEN NOT into_value AND NOT EXISTS (SELECT 1 FROM facts WHERE dst = 'mlp_pre_act' AND forward IS NOT NULL
+                                    AND layer >= coalesce(l, 0))
+        THEN 'edges into MLP neurons need their pre-activations: ingest with --locations including '
+             || 'mlp.pre_act:forward (and mlp.post_act:forward,backward)'
+    WHEN (into_value AND l > 0 OR node_dst = 'attn_qk_probs')
+         AND NOT EXISTS (SELECT 1 FROM facts WHERE dst = 'attn_value' AND forward IS NOT NULL)
+        THEN 'edges with attention nodes need the values they write: ingest with --locations including attn.v:forward'
+END AS problem;
+
+-- Edges out of attention node (up_layer, q, k, h) into every MLP neuron j of a layer L that reads it (L >=
+-- up_layer; L > up_layer where attention and MLP read one input) at the query token q:
+--     activation = p[q,k,h] / s_post[up,q] (c1 sum_c v[k,kv(h),c] F1[L,j,c] + c2 sum_c v[...] F2[L,j,c])
+-- F_r[L,j,c] = P(gain_post * W_O[up][h][c,:]) . (gain_pre_mlp[L] * W_r[L][:, j]), c1 and c2 the reader's slopes.
+CREATE OR REPLACE MACRO attn_out_edges(up_layer, h) AS TABLE
+WITH w AS (
+    SELECT o.model_id, o.row_index AS c, o.col_index AS channel, o.value::DOUBLE * coalesce(g.value, 1) AS value,
+           e.norm, e.gated_mlp, e.parallel_residual
+    FROM weights o
+    JOIN edge_switches() e ON e.model_id = o.model_id
+    LEFT JOIN weights g
+      ON g.model_id = o.model_id AND g.location = 'layer_norm_gain.post_attn' AND g.layer = o.layer AND g.row_index = o.col_index
+    WHERE o.location = 'attn.to_residual' AND o.layer = up_layer AND o.head = h
+),
+-- the centred write rows times each reading layer's pre-MLP gain
+wg AS MATERIALIZED (
+    SELECT w.model_id, w.gated_mlp, l.layer, w.channel, w.c,
+           (w.value - CASE WHEN w.norm = 'layernorm' THEN avg(w.value) OVER (PARTITION BY w.model_id, w.c) ELSE 0 END)
+           * coalesce(g.value, 1) AS value
+    FROM w
+    JOIN (SELECT DISTINCT model_id, layer FROM weights WHERE location = 'mlp.residual_bias') l
+      ON l.model_id = w.model_id AND (l.layer > up_layer OR (l.layer = up_layer AND NOT w.parallel_residual))
+    LEFT JOIN weights g
+      ON g.model_id = w.model_id AND g.location = 'layer_norm_gain.pre_mlp' AND g.layer = l.layer AND g.row_index = w.channel
+),
+f AS MATERIALIZED (
+    SELECT r.model_id, r.layer, r.col_index AS node_index, w.c,
+           sum(CASE WHEN (r.location = 'mlp.to_gate') = w.gated_mlp THEN w.value * r.value END) AS f1,
+           coalesce(sum(CASE WHEN (r.location = 'mlp.to_gate') = w.gated_mlp THEN NULL ELSE w.value * r.value END), 0) AS f2
+    FROM weights r
+    JOIN wg w ON w.model_id = r.model_id AND w.layer = r.layer AND w.channel = r.row_index
+    WHERE r.location IN ('mlp.to_hidden', 'mlp.to_gate') AND r.layer >= up_layer
+    GROUP BY r.model_id, r.layer, r.col_index, w.c
+),
+-- per prompt, key token and reading neuron: the stored value of head h's key/value head dotted with F
+value_reads AS (
+    SELECT v.prompt_id, v.token AS key_token, f.layer, f.node_index, sum(v.forward * f.f1) AS r1, sum(v.forward * f.f2) AS r2
+    FROM facts v
+    JOIN prompts p ON p.prompt_id = v.prompt_id
+    JOIN edge_switches() e ON e.model_id = p.model_id
+    JOIN f ON f.model_id = p.model_id AND f.c = v.node_index
+    WHERE v.dst = 'attn_value' AND v.forward IS NOT NULL AND v.layer = up_layer AND v.head = h // (e.n_heads // e.n_kv_heads)
+    GROUP BY v.prompt_id, v.token, f.layer, f.node_index
+)
+SELECT p.prompt_id, p.token::SMALLINT AS token, NULL::SMALLINT AS token2, 'mlp_post_act'::VARCHAR AS dst,
+       c.layer::SMALLINT AS layer, NULL::SMALLINT AS head, c.node_index::INTEGER AS node_index,
+       'attn_qk_probs'::VARCHAR AS source_dst, up_layer::SMALLINT AS source_layer, h::SMALLINT AS source_head,
+       h::INTEGER AS source_node_index, p.token2::SMALLINT AS source_token,
+       (p.forward * (c.c1 * r.r1 + c.c2 * r.r2) / coalesce(s.value, 1))::DOUBLE AS activation,
+       (c.grad * p.forward * (c.c1 * r.r1 + c.c2 * r.r2) / coalesce(s.value, 1))::DOUBLE AS attribution
+FROM facts p
+JOIN mlp_read_slopes(up_layer, 32767, NULL) c ON c.prompt_id = p.prompt_id AND c.token = p.token
+JOIN value_reads r
+  ON r.prompt_id = p.prompt_id AND r.key_token = p.token2 AND r.layer = c.layer AND r.node_index = c.node_index
+JOIN edge_switches() e ON e.model_id = c.model_id
+LEFT JOIN post_block_scales('attn') s ON s.prompt_id = p.prompt_id AND s.layer = p.layer AND s.token = p.token
+WHERE p.dst = 'attn_qk_probs' AND p.forward IS NOT NULL AND p.layer = up_layer AND p.node_index = h
+  AND (s.value IS NOT NULL OR NOT e.post_block_norms);
+
+-- Edges out of the embedding e[t] into every MLP neuron j of every layer L at token t:
+--     activation = c1 (P e[t]) . (gain_pre_mlp[L] * W1[L][:, j]) + c2 (P e[t]) . (gain_pre_mlp[L] * W2[L][:, j])
+CREATE OR REPLACE MACRO embedding_out_edges() AS TABLE
+WITH e AS (
+    SELECT x.prompt_id, p.model_id, x.token, x.node_index AS channel,
+           x.forward::DOUBLE - CASE WHEN s.norm = 'layernorm' THEN avg(x.forward::DOUBLE)
+               OVER (PARTITION BY x.prompt_id, x.token) ELSE 0 END AS value
+    FROM facts x
+    JOIN prompts p ON p.prompt_id = x.prompt_id
+    JOIN edge_switches() s ON s.model_id = p.model_id
+    WHERE x.dst = 'resid_post_embedding' AND x.forward IS NOT NULL
+),
+-- the reading columns times their pre-MLP gain, first (the pre-activation's, the gate's where gated) or not
+r AS MATERIALIZED (
+    SELECT r.model_id, r.layer, r.row_index AS channel, r.col_index AS node_index,
+           (r.location = 'mlp.to_gate') = s.gated_mlp AS first, r.value::DOUBLE * coalesce(g.value, 1) AS value
+    FROM weights r
+    JOIN edge_switches() s ON s.model_id = r.model_id
+    LEFT JOIN weights g
+      ON g.model_id = r.model_id AND g.location = 'layer_norm_gain.pre_mlp' AND g.layer = r.layer AND g.row_index = r.row_index
+    WHERE r.location IN ('mlp.to_hidden', 'mlp.to_gate')
+),
+reads AS (
+    SELECT e.prompt_id, e.token, r.layer, r.node_index, sum(CASE WHEN r.first THEN e.value * r.value ELSE 0 END) AS r1,
+           sum(CASE WHEN r.first THEN 0 ELSE e.value * r.value END) AS r2
+    FROM e JOIN r ON r.model_id = e.model_id AND r.channel = e.channel
+    GROUP BY e.prompt_id, e.token, r.layer, r.node_index
+)
+SELECT r.prompt_id, r.token::SMALLINT AS token, NULL::SMALLINT AS token2, 'mlp_post_act'::VARCHAR AS dst,
+       r.layer::SMALLINT AS layer, NULL::SMALLINT AS head, r.node_index::INTEGER AS node_index,
+       'resid_post_embedding'::VARCHAR AS source_dst, NULL::SMALLINT AS source_layer, NULL::SMALLINT AS source_head,
+       NULL::INTEGER AS source_node_index, r.token::SMALLINT AS source_token,
+       (c.c1 * r.r1 + c.c2 * r.r2)::DOUBLE AS activation, (c.grad * (c.c1 * r.r1 + c.c2 * r.r2))::DOUBLE AS attribution
+FROM reads r
+JOIN mlp_read_slopes(0, 32767, NULL) c
+  ON c.prompt_id = r.prompt_id AND c.token = r.token AND c.layer = r.layer AND c.node_index = r.node_index;
+
+-- Edges into the value side of query head h of layer down_layer (see the top of this file), one row per prompt,
+-- query token, key token and upstream node at the key token.
+CREATE OR REPLACE MACRO attn_value_in_edges(down_layer, h) AS TABLE
+-- u_c = P(gain_pre_attn * W_V[kv(h)][:, c]) per model, residual channel and value channel c
+WITH u AS MATERIALIZED (
+    SELECT w.model_id, w.row_index AS channel, w.col_index AS c,
+           w.value::DOUBLE * coalesce(g.value, 1) - CASE WHEN e.norm = 'layernorm'
+               THEN avg(w.value::DOUBLE * coalesce(g.value, 1)) OVER (PARTITION BY w.model_id, w.col_index) ELSE 0 END AS u
+    FROM weights w
+    JOIN edge_switches() e ON e.model_id = w.model_id
+    LEFT JOIN weights g
+      ON g.model_id = w.model_id AND g.location = 'layer_norm_gain.pre_attn' AND g.layer = down_layer AND g.row_index = w.row_index
+    WHERE w.location = 'attn.to_value' AND w.layer = down_layer AND w.head = h // (e.n_heads // e.n_kv_heads)
+),
+-- the reads as the earlier blocks' writes reach them (times the gain of the norm after the block, if any)
+reads AS MATERIALIZED (
+    SELECT u.model_id, b.block, b.layer, u.channel, u.c, u.u * coalesce(g.value, 1) AS u
+    FROM u
+    JOIN (SELECT DISTINCT model_id, split_part(location, '.', 1) AS block, layer FROM weights
+          WHERE location IN ('attn.residual_bias', 'mlp.residual_bias') AND layer < down_layer) b ON b.model_id = u.model_id
+    LEFT JOIN weights g
+      ON g.model_id = u.model_id AND g.location = 'layer_norm_gain.post_' || b.block AND g.layer = b.layer
+     AND g.row_index = u.channel
+),
+-- weight-only factors per value channel c: an MLP neuron's W_out row, a head's W_O row per its value channel
+-- c2, a block's output bias, each dotted with u_c
+f AS MATERIALIZED (
+    SELECT w.model_id, 'mlp' AS kind, w.layer, NULL::SMALLINT AS head, w.row_index AS node_index, r.c,
+           sum(w.value * r.u) AS f
+    FROM weights w JOIN reads r ON r.model_id = w.model_id AND r.block = 'mlp' AND r.layer = w.layer AND r.channel = w.col_index
+    WHERE w.location = 'mlp.to_residual' AND w.layer < down_layer
+    GROUP BY w.model_id, w.layer, w.row_index, r.c
+    UNION ALL
+    SELECT w.model_id, 'attn', w.layer, w.head, w.row_index, r.c, sum(w.value * r.u)
+    FROM weights w JOIN reads r ON r.model_id = w.model_id AND r.block = 'attn' AND r.layer = w.layer AND r.channel = w.col_index
+    WHERE w.location = 'attn.to_residual' AND w.layer < down_layer
+    GROUP BY w.model_id, w.layer, w.head, w.row_index, r.c
+    UNION ALL
+    SELECT w.model_id, r.block || '_bias', w.layer, NULL, NULL, r.c, sum(w.value * r.u)
+    FROM weights w JOIN reads r ON r.model_id = w.model_id AND r.layer = w.layer AND r.channel = w.row_index
+     AND w.location = r.block || '.residual_bias'
+    WHERE w.location IN ('attn.residual_bias', 'mlp.residual_bias') AND w.layer < down_layer
+    GROUP BY w.model_id, r.block, w.layer, r.c
+),
+-- alpha[q, k, c] = p[q,k,h] G[q,h,c] / s_attn[k]: d down / d (w_up . u_c)
+alpha AS MATERIALIZED (
+    SELECT p.prompt_id, q.model_id, p.token, p.token2, g.node_index AS c,
+           p.forward::DOUBLE * g.backward::DOUBLE / coalesce(s.forward::DOUBLE, 1) AS a
+    FROM facts p
+    JOIN prompts q ON q.prompt_id = p.prompt_id
+    JOIN facts g
+      ON g.prompt_id = p.prompt_id AND g.token = p.token AND g.dst = 'attn_weighted_sum_of_values' AND g.layer = down_layer
+     AND g.head = h AND g.backward IS NOT NULL
+    LEFT JOIN facts s
+      ON s.prompt_id = p.prompt_id AND s.token = p.token2 AND s.dst = 'attn_input_layer_norm_scale' AND s.layer = down_layer
+    WHERE p.dst = 'attn_qk_probs' AND p.forward IS NOT NULL AND p.layer = down_layer AND p.node_index = h
+),
+-- per prompt, upstream node and value channel c: (its write at its token) . u_c
+up AS (
+    SELECT e.prompt_id, e.token, 'resid_post_embedding' AS source_dst, NULL::SMALLINT AS source_layer,
+           NULL::SMALLINT AS source_head, NULL::INTEGER AS source_node_index, e.token AS source_token, u.c,
+           sum(e.forward * u.u) AS r
+    FROM facts e
+    JOIN prompts p ON p.prompt_id = e.prompt_id
+    JOIN u ON u.model_id = p.model_id AND u.channel = e.node_index
+    WHERE e.dst = 'resid_post_embedding' AND e.forward IS NOT NULL
+    GROUP BY e.prompt_id, e.token, u.c
+    UNION ALL
+    SELECT a.prompt_id, a.token, 'mlp_post_act', a.layer, NULL, a.node_index, a.token, f.c,
+           a.forward * f.f / coalesce(s.value, 1)
+    FROM facts a
+    JOIN prompts p ON p.prompt_id = a.prompt_id
+    JOIN f ON f.model_id = p.model_id AND f.kind = 'mlp' AND f.layer = a.layer AND f.node_index = a.node_index
+    JOIN edge_switches() e ON e.model_id = p.model_id
+    LEFT JOIN post_block_scales('mlp') s ON s.prompt_id = a.prompt_id AND s.layer = a.layer AND s.token = a.token
+    WHERE a.dst = 'mlp_post_act' AND a.forward IS NOT NULL AND a.layer < down_layer
+      AND (s.value IS NOT NULL OR NOT e.post_block_norms)
+    UNION ALL
+    SELECT x.prompt_id, x.token, 'attn_qk_probs', x.layer, x.node_index, x.node_index, x.token2, vr.c,
+           x.forward * vr.r / coalesce(s.value, 1)
+    FROM facts x
+    JOIN (
+        -- per (prompt, layer, key token, query head, c): the stored value of its key/value head dotted with F
+        SELECT v.prompt_id, v.layer, v.token AS key_token, f.head, f.c, sum(v.forward * f.f) AS r
+        FROM facts v
+        JOIN prompts p ON p.prompt_id = v.prompt_id
+        JOIN edge_switches() e ON e.model_id = p.model_id
+        JOIN f ON f.model_id = p.model_id AND f.kind = 'attn' AND f.layer = v.layer
+         AND f.head // (e.n_heads // e.n_kv_heads) = v.head AND f.node_index = v.node_index
+        WHERE v.dst = 'attn_value' AND v.forward IS NOT NULL AND v.layer < down_layer
+        GROUP BY v.prompt_id, v.layer, v.token, f.head, f.c
+    ) vr ON vr.prompt_id = x.prompt_id AND vr.layer = x.layer AND vr.key_token = x.token2 AND vr.head = x.node_index
+    JOIN prompts p ON p.prompt_id = x.prompt_id
+    JOIN edge_switches() e ON e.model_id = p.model_id
+    LEFT JOIN post_block_scales('attn') s ON s.prompt_id = x.prompt_id AND s.layer = x.layer AND s.token = x.token
+    WHERE x.dst = 'attn_qk_probs' AND x.forward IS NOT NULL AND x.layer < down_layer
+      AND (s.value IS NOT NULL OR NOT e.post_block_norms)
+    UNION ALL
+    SELECT t.prompt_id, t.token, CASE f.kind WHEN 'attn_bias' THEN 'attn_residual_bias' ELSE 'mlp_residual_bias' END,
+           f.layer, NULL, NULL, t.token, f.c, f.f / coalesce(s.forward, 1)
+    FROM tokens t
+    JOIN prompts p ON p.prompt_id = t.prompt_id
+    JOIN f ON f.model_id = p.model_id AND f.kind IN ('attn_bias', 'mlp_bias')
+    JOIN edge_switches() e ON e.model_id = p.model_id
+    LEFT JOIN facts s
+      ON s.prompt_id = t.prompt_id AND s.token = t.token AND s.layer = f.layer
+     AND s.dst IN ('attn_output_layer_norm_scale', 'mlp_output_layer_norm_scale')
+     AND s.dst = CASE f.kind WHEN 'attn_bias' THEN 'attn' ELSE 'mlp' END || '_output_layer_norm_scale'
+    WHERE s.forward IS NOT NULL OR NOT e.post_block_norms
+)
+SELECT a.prompt_id, a.token::SMALLINT AS token, a.token2::SMALLINT AS token2, 'attn_value'::VARCHAR AS dst,
+       down_layer::SMALLINT AS layer, h::SMALLINT AS head, h::INTEGER AS node_index, x.source_dst::VARCHAR AS source_dst,
+       x.source_layer::SMALLINT AS source_layer, x.source_head::SMALLINT AS source_head,
+       x.source_node_index::INTEGER AS source_node_index, x.source_token::SMALLINT AS source_token,
+       sum(a.a * x.r)::DOUBLE AS activation, sum(a.a * x.r)::DOUBLE AS attribution
+FROM alpha a
+JOIN up x ON x.prompt_id = a.prompt_id AND x.token = a.token2 AND x.c = a.c
+GROUP BY a.prompt_id, a.token, a.token2, x.source_dst, x.source_layer, x.source_head, x.source_node_index, x.source_token;
