@@ -274,7 +274,7 @@ def ingest(
         model_id = register_model(writer, loaded, weights, unembedding_all, input_weights)
         if input_weights:  # a model registered before without them gets them now
             add_input_weights(writer, model_id, loaded)
-        record_saes(writer, model_id, spec.saes, loaded.model)
+        record_saes(writer, model_id, spec.saes, loaded.model, input_weights)
         known_tokens = writer.known_tokens(model_id)
         layernorm = loaded.model.config.norm == "layernorm"
         run_fields = {

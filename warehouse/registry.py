@@ -397,6 +397,16 @@ _WEIGHTS += [
         WeightLocation(f"{prefix}.bias_to_residual", (D.RESIDUAL_STREAM_CHANNELS,)),
     )
 ]
+# The encoder of an SAE on the residual stream, stored with `--input-weights all` for the edges into its
+# latents (queries/support/55_autoencoder_reads.sql): where latent j fires, f_j = x' . to_latent[:, j] +
+# latent_bias[j], x' the site's value (divided by its std + 1e-5 for an SAE that layer-normalises its input).
+# Each SAE's conventions are folded in (ingest/sae/record.py): the decoder bias it subtracts first, a gated
+# SAE's magnitude path, a TopK SAE's decoder-norm rescaling, and the centring of a normalised input.
+AUTOENCODER_ENCODER_WEIGHTS: tuple[str, ...] = ("autoencoder.to_latent", "autoencoder.latent_bias")
+_WEIGHTS += [
+    WeightLocation("autoencoder.to_latent", (D.RESIDUAL_STREAM_CHANNELS, D.AUTOENCODER_LATENTS)),
+    WeightLocation("autoencoder.latent_bias", (D.AUTOENCODER_LATENTS,)),
+]
 
 WEIGHTS: dict[str, WeightLocation] = {w.name: w for w in _WEIGHTS}
 

@@ -1,5 +1,7 @@
 """What a spliced SAE adds to the lake: its row in `saes` and its writes to the residual stream as weights
-('<prefix>.to_residual' [d_sae, d_model], '<prefix>.bias_to_residual' [d_model])."""
+('<prefix>.to_residual' [d_sae, d_model], '<prefix>.bias_to_residual' [d_model]), and with `--input-weights all`
+the encoder of an SAE on the residual stream ('autoencoder.to_latent' [d_model, d_sae], 'autoencoder.latent_bias'
+[d_sae])."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from ingest.errors import SAEError
 from ingest.model import HookedTransformer
 from ingest.sae.autoencoder import SparseAutoencoder
 from warehouse import db
-from warehouse.registry import LOCATIONS
+from warehouse.registry import AUTOENCODER_ENCODER_WEIGHTS, LOCATIONS
 from warehouse.weights import weight_table
 from warehouse.writer import LakeWriter
 
@@ -51,9 +53,49 @@ def write_vectors(sae: SparseAutoencoder, model: HookedTransformer) -> tuple[tor
     return rows, bias
 
 
-def record_saes(writer: LakeWriter, model_id: int, saes: Sequence[SparseAutoencoder], model: HookedTransformer) -> None:
-    """Store each SAE the lake does not hold yet; SAEError when the lake holds another one for the same
-    node type and layer (its latents' rows and weights would be indistinguishable)."""
+def encoder_vectors(sae: SparseAutoencoder) -> tuple[torch.Tensor, torch.Tensor]:
+    """([d_in, d_sae], [d_sae]) float64: W and b with f = x' W + b wherever a latent fires, x' the site's
+    value (divided by its std + 1e-5 for an SAE that layer-normalises its input): the encoder with the
+    decoder bias it subtracts folded into b, a gated SAE's magnitude path, a TopK SAE's decoder-norm
+    rescaling, and, for a normalised input (mean zero), W's columns centred, so that x' W reads the raw
+    site value's deviations alike (d f / d x = W / (std + 1e-5) with the std held)."""
+    w, b = sae.w_enc.double(), sae.b_enc.double()
+    if sae.architecture == "gated":
+        assert sae.r_mag is not None and sae.b_mag is not None
+        w, b = w * sae.r_mag.double().exp(), sae.b_mag.double()
+    if sae.rescale_by_decoder_norm:
+        norms = sae.w_dec.double().norm(dim=-1)
+        w, b = w * norms, b * norms
+    if sae.subtract_decoder_bias:
+        b = b - sae.b_dec.double() @ w
+    if sae.layer_norm_input:
+        w = w - w.mean(dim=0, keepdim=True)
+    return w, b
+
+
+def encoder_rows(sae: SparseAutoencoder) -> list[tuple[str, pa.Table]]:
+    """The weights rows of a residual-stream SAE's encoder (AUTOENCODER_ENCODER_WEIGHTS); none for an SAE
+    elsewhere (edges read latents through the residual stream only)."""
+    if sae.site.weight_prefix != "autoencoder":
+        return []
+    w, b = encoder_vectors(sae)
+    layer = sae.site.layer
+    return [
+        ("weights", weight_table(name, layer, t.float().cpu().numpy()))
+        for name, t in zip(AUTOENCODER_ENCODER_WEIGHTS, (w, b), strict=True)
+    ]
+
+
+def record_saes(
+    writer: LakeWriter,
+    model_id: int,
+    saes: Sequence[SparseAutoencoder],
+    model: HookedTransformer,
+    input_weights: bool = False,
+) -> None:
+    """Store each SAE the lake does not hold yet (with its encoder where `input_weights`, also for an SAE
+    stored before without it); SAEError when the lake holds another one for the same node type and layer
+    (its latents' rows and weights would be indistinguishable)."""
     if not saes:
         return
     con = writer.con
@@ -79,9 +121,13 @@ def record_saes(writer: LakeWriter, model_id: int, saes: Sequence[SparseAutoenco
                         f"--sae {sae.path}: this warehouse already holds another SAE ({held[key][1]}) for "
                         f"{key[0]} nodes at layer {key[1]}: ingest into another --db"
                     )
+                if input_weights and not _has_encoder(con, model_id, sae.site.layer):
+                    rows += encoder_rows(sae)
                 continue
             rows.append(("saes", _sae_row(sae, next_id)))
             next_id += 1
+            if input_weights:
+                rows += encoder_rows(sae)
             to_residual, bias = write_vectors(sae, model)
             prefix, layer = sae.site.weight_prefix, sae.site.layer
             rows.append(("weights", weight_table(f"{prefix}.to_residual", layer, to_residual.float().cpu().numpy())))
@@ -89,6 +135,14 @@ def record_saes(writer: LakeWriter, model_id: int, saes: Sequence[SparseAutoenco
         return rows
 
     writer.add_model_rows(model_id, new_rows)
+
+
+def _has_encoder(con: duckdb.DuckDBPyConnection, model_id: int, layer: int | None) -> bool:
+    held = con.execute(
+        "SELECT count(*) FROM weights WHERE model_id = ? AND location = ? AND layer IS NOT DISTINCT FROM ?",
+        [model_id, AUTOENCODER_ENCODER_WEIGHTS[0], layer],
+    ).fetchall()
+    return bool(held[0][0])
 
 
 def _sae_row(sae: SparseAutoencoder, sae_id: int) -> pa.Table:

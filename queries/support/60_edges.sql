@@ -10,7 +10,8 @@
 -- In a model that norms block outputs a write joins as gain_post * w / s_post[l', t] (scale held).
 -- Upstream: the embedding, every attention node (q = t, k, h) and MLP neuron before the MLP, and the output
 -- biases of those blocks as their own rows. So for a plain MLP the activations of one (prompt, token) sum to
--- phi'(z) (z - b_in[j] - beta_pre_mlp . W_in[:, j]).
+-- phi'(z) (z - b_in[j] - beta_pre_mlp . W_in[:, j]). A latent of an SAE on the residual stream reads the same
+-- way (read direction and slope in queries/support/55_autoencoder_reads.sql) from the writes before its site.
 --
 -- Every row: prompt_id, token, token2, dst, layer, head, node_index (the downstream subnode), source_dst,
 -- source_layer, source_head, source_node_index, source_token (the upstream node: an attention node's
@@ -56,7 +57,8 @@ END;
 CREATE OR REPLACE MACRO edge_problem(down_dst, down_layer, j, first_read) AS TABLE
 SELECT CASE
     WHEN down_dst IS DISTINCT FROM 'mlp_post_act'
-        THEN 'edges are built into and out of mlp_post_act (MLP neurons), not ' || coalesce(down_dst, 'NULL')
+        THEN 'edges are built into MLP neurons (mlp_post_act) and SAE latents (online_autoencoder_latent), and out '
+             || 'of MLP neurons, not ' || coalesce(down_dst, 'NULL')
     WHEN NOT EXISTS (SELECT 1 FROM weights WHERE location = 'mlp.to_hidden')
         THEN 'this warehouse holds no input-side weights: ingest again with --input-weights all (no prompt is '
              || 'stored twice; the weights are added)'
@@ -123,59 +125,76 @@ SELECT prompt_id, model_id, token, layer, node_index, grad,
        CASE WHEN gated_mlp THEN mlp_activation(act, z) ELSE 0 END / scale AS c2
 FROM n;
 
--- Weight-only factors: each upstream weight row dotted with the reads as the writes reach them (u1, u2 times
--- the gain of the norm after the block, where the model norms block outputs). Kinds 'mlp': per layer and
--- neuron; 'attn': per layer, head and value channel; 'attn_bias' and 'mlp_bias': per layer.
-CREATE OR REPLACE MACRO edge_factors(down_layer, j) AS TABLE
-WITH u AS MATERIALIZED (SELECT * FROM mlp_read_directions(down_layer, j)),
+-- The readers of the residual edges are built into: an MLP neuron (mlp_post_act) or a latent of an SAE on the
+-- residual stream (online_autoencoder_latent, queries/support/55_autoencoder_reads.sql). Per model, the last
+-- attention and MLP layers whose writes reach the reader (an MLP neuron of layer L reads attention L, unless
+-- the block runs the two in parallel, and MLP L - 1), its read directions and its slopes.
+CREATE OR REPLACE MACRO edge_reach(down_dst, down_layer) AS TABLE
+SELECT model_id, down_layer - CASE WHEN parallel_residual THEN 1 ELSE 0 END AS last_attn, down_layer - 1 AS last_mlp
+FROM edge_switches() WHERE down_dst = 'mlp_post_act'
+UNION ALL SELECT * FROM autoencoder_reach(down_dst, down_layer) WHERE down_dst IS DISTINCT FROM 'mlp_post_act';
+
+CREATE OR REPLACE MACRO read_directions(down_dst, down_layer, j) AS TABLE
+SELECT * FROM mlp_read_directions(down_layer, j) WHERE down_dst = 'mlp_post_act'
+UNION ALL SELECT * FROM autoencoder_read_directions(down_dst, down_layer, j) WHERE down_dst IS DISTINCT FROM 'mlp_post_act';
+
+CREATE OR REPLACE MACRO read_slopes(down_dst, down_layer, j) AS TABLE
+SELECT * FROM mlp_read_slopes(down_layer, down_layer, j) WHERE down_dst = 'mlp_post_act'
+UNION ALL SELECT * FROM autoencoder_read_slopes(down_dst, down_layer, j) WHERE down_dst IS DISTINCT FROM 'mlp_post_act';
+
+-- Weight-only factors: each upstream weight row that reaches the reader dotted with its reads as the writes
+-- reach them (u1, u2 times the gain of the norm after the block, where the model norms block outputs). Kinds
+-- 'mlp': per layer and neuron; 'attn': per layer, head and value channel; 'attn_bias' and 'mlp_bias': per layer.
+CREATE OR REPLACE MACRO edge_factors(down_dst, down_layer, j) AS TABLE
+WITH u AS MATERIALIZED (SELECT * FROM read_directions(down_dst, down_layer, j)),
 -- the blocks' output biases and the gains of the norms after them (where the model has them): one scan
 small AS MATERIALIZED (
     SELECT model_id, split_part(location, '.', 1) AS block, location, layer, row_index, value::DOUBLE AS value
     FROM weights
     WHERE location IN ('attn.residual_bias', 'mlp.residual_bias', 'layer_norm_gain.post_attn', 'layer_norm_gain.post_mlp')
-      AND layer <= down_layer
+      AND layer <= coalesce(down_layer, -1)
 ),
 reads AS MATERIALIZED (
     SELECT u.model_id, b.block, b.layer, u.channel, u.u1 * coalesce(g.value, 1) AS u1,
            u.u2 * coalesce(g.value, 1) AS u2, b.value AS bias
     FROM u
+    JOIN edge_reach(down_dst, down_layer) r ON r.model_id = u.model_id
     JOIN small b ON b.model_id = u.model_id AND b.location LIKE '%.residual_bias' AND b.row_index = u.channel
     LEFT JOIN small g
       ON g.model_id = u.model_id AND g.location = 'layer_norm_gain.post_' || b.block AND g.layer = b.layer
      AND g.row_index = u.channel
+    WHERE b.layer <= CASE b.block WHEN 'attn' THEN r.last_attn ELSE r.last_mlp END
 ),
 -- keyed on one INTEGER over a small range (model < 1024, layer < 128, channel < 16384): a probe of every
 -- W_out and W_O row is the query's largest cost, and such a key (a perfect hash join) probes about five times
 -- faster than three columns or a BIGINT
-um AS (SELECT *, ((model_id::BIGINT * 128 + layer) * 16384 + channel)::INTEGER AS k FROM reads WHERE block = 'mlp' AND layer < down_layer),
+um AS (SELECT *, ((model_id::BIGINT * 128 + layer) * 16384 + channel)::INTEGER AS k FROM reads WHERE block = 'mlp'),
 ua AS (SELECT *, ((model_id::BIGINT * 128 + layer) * 16384 + channel)::INTEGER AS k FROM reads WHERE block = 'attn')
 SELECT any_value(w.model_id) AS model_id, 'mlp' AS kind, any_value(w.layer) AS layer, NULL::SMALLINT AS head,
        any_value(w.row_index) AS node_index, sum(w.value * u.u1) AS f1, sum(w.value * u.u2) AS f2
 FROM weights w JOIN um u ON u.k = ((w.model_id::BIGINT * 128 + w.layer) * 16384 + w.col_index)::INTEGER
-WHERE w.location = 'mlp.to_residual' AND w.layer < down_layer
+WHERE w.location = 'mlp.to_residual' AND w.layer <= coalesce(down_layer, -1)
 GROUP BY (w.model_id::BIGINT * 128 + w.layer) * 1048576 + w.row_index
 UNION ALL
 SELECT w.model_id, 'attn', w.layer, w.head, w.row_index, sum(w.value * u.u1), sum(w.value * u.u2)
 FROM weights w JOIN ua u ON u.k = ((w.model_id::BIGINT * 128 + w.layer) * 16384 + w.col_index)::INTEGER
-WHERE w.location = 'attn.to_residual' AND w.layer <= down_layer
+WHERE w.location = 'attn.to_residual' AND w.layer <= coalesce(down_layer, -1)
 GROUP BY w.model_id, w.layer, w.head, w.row_index
 UNION ALL
 SELECT model_id, block || '_bias', layer, NULL, NULL, sum(bias * u1), sum(bias * u2)
 FROM reads
-WHERE block = 'attn' OR layer < down_layer
 GROUP BY model_id, block, layer;
 
--- Edges into MLP neuron j of layer down_layer from every upstream node at every stored (prompt, token).
-CREATE OR REPLACE MACRO mlp_in_edges(down_layer, j) AS TABLE
+-- Edges into the reader j of (down_dst, down_layer) (an MLP neuron or a residual SAE's latent) from every
+-- upstream node that writes before it at every stored (prompt, token) its slopes are given for.
+CREATE OR REPLACE MACRO residual_in_edges(down_dst, down_layer, j) AS TABLE
 -- inlined where used: each use keeps one kind of factor and the prompts the query filters on, so a question
 -- about one source or one prompt computes only its factors and reads only its rows
-WITH c AS NOT MATERIALIZED (SELECT * FROM mlp_read_slopes(down_layer, down_layer, j)),
-f AS NOT MATERIALIZED (SELECT * FROM edge_factors(down_layer, j)),
-u AS MATERIALIZED (SELECT * FROM mlp_read_directions(down_layer, j)),
--- the attention layers before the MLP: all up to down_layer, the MLP's own excluded where both read one input
+WITH c AS NOT MATERIALIZED (SELECT * FROM read_slopes(down_dst, down_layer, j)),
+f AS NOT MATERIALIZED (SELECT * FROM edge_factors(down_dst, down_layer, j)),
+u AS MATERIALIZED (SELECT * FROM read_directions(down_dst, down_layer, j)),
 attn_layers AS (
-    SELECT f.*, e.n_heads // e.n_kv_heads AS grp FROM f JOIN edge_switches() e USING (model_id)
-    WHERE f.kind = 'attn' AND (f.layer < down_layer OR NOT e.parallel_residual)
+    SELECT f.*, e.n_heads // e.n_kv_heads AS grp FROM f JOIN edge_switches() e USING (model_id) WHERE f.kind = 'attn'
 ),
 -- per (prompt, layer, key token, query head): the stored value of its key/value head dotted with the factors
 value_reads AS (
@@ -203,7 +222,7 @@ rows AS (
     JOIN f ON f.model_id = c.model_id AND f.kind = 'mlp' AND f.layer = a.layer AND f.node_index = a.node_index
     JOIN edge_switches() e ON e.model_id = c.model_id
     LEFT JOIN post_block_scales('mlp') s ON s.prompt_id = a.prompt_id AND s.layer = a.layer AND s.token = a.token
-    WHERE a.dst = 'mlp_post_act' AND a.forward IS NOT NULL AND a.layer < down_layer
+    WHERE a.dst = 'mlp_post_act' AND a.forward IS NOT NULL AND a.layer <= coalesce(down_layer, -1)
       AND (s.value IS NOT NULL OR NOT e.post_block_norms)
     UNION ALL
     SELECT p.prompt_id, p.token, 'attn_qk_probs', p.layer, p.node_index, p.node_index, p.token2,
@@ -224,10 +243,9 @@ rows AS (
       ON s.prompt_id = c.prompt_id AND s.token = c.token AND s.layer = f.layer
      AND s.dst IN ('attn_output_layer_norm_scale', 'mlp_output_layer_norm_scale')
      AND s.dst = CASE f.kind WHEN 'attn_bias' THEN 'attn' ELSE 'mlp' END || '_output_layer_norm_scale'
-    WHERE (f.kind = 'mlp_bias' OR f.layer < down_layer OR NOT e.parallel_residual)
-      AND (s.forward IS NOT NULL OR NOT e.post_block_norms)
+    WHERE s.forward IS NOT NULL OR NOT e.post_block_norms
 )
-SELECT prompt_id, token::SMALLINT AS token, NULL::SMALLINT AS token2, 'mlp_post_act'::VARCHAR AS dst,
+SELECT prompt_id, token::SMALLINT AS token, NULL::SMALLINT AS token2, down_dst::VARCHAR AS dst,
        down_layer::SMALLINT AS layer, NULL::SMALLINT AS head, j::INTEGER AS node_index, source_dst::VARCHAR AS source_dst,
        source_layer::SMALLINT AS source_layer, source_head::SMALLINT AS source_head,
        source_node_index::INTEGER AS source_node_index, source_token::SMALLINT AS source_token,
@@ -244,11 +262,6 @@ SELECT e::INTEGER AS prompt_id, e::SMALLINT AS token, e::SMALLINT AS token2, e A
        e::SMALLINT AS source_head, e::INTEGER AS source_node_index, e::SMALLINT AS source_token,
        e::DOUBLE AS activation, e::DOUBLE AS attribution
 FROM (SELECT error(problem) AS e WHERE problem IS NOT NULL);
-
--- Edges into the downstream subnode (down_dst, down_layer, node): one row per prompt, token and upstream node.
-CREATE OR REPLACE MACRO edges_into(down_dst, down_layer, node) AS TABLE
-SELECT * FROM mlp_in_edges(down_layer, node) WHERE down_dst = 'mlp_post_act'
-UNION ALL SELECT * FROM edge_refusal((SELECT problem FROM edge_problem(down_dst, down_layer, node, down_layer)));
 
 -- Edges out of MLP neuron i of layer up_layer into every MLP neuron j of a later layer at the same token:
 -- activation = a[up,t,i] / s_post[up,t] (c1 F1[L,j] + c2 F2[L,j]), F_r[L,j] = P(gain_post * W_out[up][i,:]) .
@@ -299,12 +312,6 @@ JOIN edge_switches() e ON e.model_id = c.model_id
 LEFT JOIN post_block_scales('mlp') s ON s.prompt_id = a.prompt_id AND s.layer = a.layer AND s.token = a.token
 WHERE a.dst = 'mlp_post_act' AND a.forward IS NOT NULL AND a.layer = up_layer AND a.node_index = i
   AND (s.value IS NOT NULL OR NOT e.post_block_norms);
-
--- Edges out of the upstream node (up_dst, up_layer, node) into every downstream subnode it writes to: the rows
--- of edges_into seen from the upstream side.
-CREATE OR REPLACE MACRO edges_from(up_dst, up_layer, node) AS TABLE
-SELECT * FROM mlp_out_edges(up_layer, node) WHERE up_dst = 'mlp_post_act'
-UNION ALL SELECT * FROM edge_refusal((SELECT problem FROM edge_problem(up_dst, up_layer, node, up_layer + 1)));
 
 -- The one edge from MLP neuron i of layer up_layer into MLP neuron j of a later layer down_layer, at every
 -- stored (prompt, token): the rows of edges_into(down_dst, down_layer, j) whose source is that neuron, from the
