@@ -280,8 +280,18 @@ def prompt_command(
 
 @click.command("edges")
 @_read_options
-@click.option("--into", "into", help="Edges into this node, DST:LAYER:NODE (an MLP neuron: mlp_post_act:5:100).")
-@click.option("--from", "from_", help="Edges out of this node, DST:LAYER:NODE (an MLP neuron).")
+@click.option(
+    "--into",
+    "into",
+    help="Edges into this node, DST:LAYER:NODE (an MLP neuron: mlp_post_act:5:100; an attention head's value side, "
+    "every query and key: attn_value:LAYER:HEAD).",
+)
+@click.option(
+    "--from",
+    "from_",
+    help="Edges out of this node, DST:LAYER:NODE (an MLP neuron; an attention node, every query and key: "
+    "attn_qk_probs:LAYER:HEAD), or resid_post_embedding (the embedding).",
+)
 @click.option(
     "--with",
     "with_",
@@ -316,7 +326,7 @@ def edges_command(
     if (into is None) == (from_ is None):
         raise click.UsageError("give exactly one of --into and --from")
     dst, layer, node_index = parse_node(into or from_ or "")
-    if layer is None or node_index is None:
+    if (layer is None or node_index is None) and not (from_ and dst == "resid_post_embedding"):
         raise click.UsageError("--into / --from take DST:LAYER:NODE, e.g. mlp_post_act:5:100")
     other = parse_node(with_) if with_ is not None else None
     wh = Warehouse(db_path, check=False)

@@ -11,8 +11,8 @@ import pyarrow as pa
 from warehouse import db
 
 EDGE_BY = ("attribution", "activation")
-# A node as DST:LAYER:NODE. Edges are built into and out of MLP neurons; the other end of an edge may also be
-# the embedding (resid_post_embedding, no layer), an attention node (attn_qk_probs, node = head) or a bias.
+# A node as DST:LAYER:NODE: an MLP neuron, an attention node (attn_qk_probs, node = head; every query and key),
+# the value side of one (attn_value, node = head), the embedding (resid_post_embedding, no layer) or a bias.
 Node = tuple[str, int | None, int | None]
 
 
@@ -47,7 +47,9 @@ class Edges:
         k: int | None = 20,
         by: str = "attribution",
     ) -> pa.Table:
-        """The strongest edges into one downstream node (an MLP neuron: dst 'mlp_post_act'), largest |by| first.
+        """The strongest edges into one downstream node (an MLP neuron: dst 'mlp_post_act'; the value side of an
+        attention head: 'attn_value', node_index its head, one node per query `token` and key `token2`), largest
+        |by| first.
 
         One row per prompt, token and upstream node (the embedding, every earlier attention node and MLP neuron,
         the blocks' output biases): prompt_id, token, token_text, source_dst, source_layer, source_head,
@@ -56,32 +58,36 @@ class Edges:
         times it; NULL without the node's stored gradient). `prompt_id` / `token` narrow to one prompt / token;
         `source` (dst, layer, node index; None for any) keeps one upstream node: with no prompt given, the top
         (prompt, token) rows of that edge over the whole warehouse. Needs `ingest --input-weights all` and
-        mlp.pre_act stored; raises WarehouseError with one line otherwise.
+        mlp.pre_act stored (a value side: attn.v_out:backward); raises WarehouseError with one line otherwise.
+        A value side's upstream nodes write at its key token; its attribution equals its activation (it is the
+        head's write projected on the stored gradient: docs/DERIVED_SCALARS.md, "Edges").
         """
         return self._edges("edges_into", "source", (dst, layer, node_index), prompt_id, token, source, k, by)
 
     def edges_from(
         self,
         dst: str,
-        layer: int,
-        node_index: int,
+        layer: int | None,
+        node_index: int | None,
         prompt_id: int | None = None,
         token: int | None = None,
         target: Node | None = None,
         k: int | None = 20,
         by: str = "attribution",
     ) -> pa.Table:
-        """The strongest edges out of one upstream node (an MLP neuron) into every later MLP neuron at the same
-        token, largest |by| first: the rows of `edges_into` seen from the upstream side, with the downstream
-        node as dst, layer, node_index. `target` (dst, layer, node index; None for any) keeps one downstream
-        node: with no prompt given, the top (prompt, token) rows of that edge over the whole warehouse."""
+        """The strongest edges out of one upstream node (an MLP neuron; an attention node: 'attn_qk_probs', node
+        index its head, every query and key; the embedding: 'resid_post_embedding', layer and node None) into
+        every MLP neuron that reads its write at the same token, largest |by| first: the rows of `edges_into`
+        seen from the upstream side, with the downstream node as dst, layer, node_index. `target` (dst, layer,
+        node index; None for any) keeps one downstream node: with no prompt given, the top (prompt, token) rows
+        of that edge over the whole warehouse."""
         return self._edges("edges_from", "", (dst, layer, node_index), prompt_id, token, target, k, by)
 
     def _edges(
         self,
         macro: str,
         side: str,
-        node: tuple[str, int, int],
+        node: Node,
         prompt_id: int | None,
         token: int | None,
         other: Node | None,
@@ -92,8 +98,8 @@ class Edges:
             raise db.WarehouseError(f"rank edges by {' or '.join(EDGE_BY)}, not {by!r}")
         dst, layer, node_index = node
         conditions, params = ["true"], [dst]
-        source = f"{macro}(?, {int(layer)}, {int(node_index)})"
-        if other is not None and other[0] == "mlp_post_act" and None not in other:
+        source = f"{macro}(?, {_literal(layer)}, {_literal(node_index)})"
+        if dst == "mlp_post_act" and other is not None and other[0] == "mlp_post_act" and None not in other:
             # one MLP-to-MLP edge: the macro that computes only it (its single weight factor)
             ends = [(dst, int(layer), int(node_index)), (other[0], int(other[1]), int(other[2]))]  # type: ignore[arg-type]
             down, up = ends if side else ends[::-1]
@@ -110,12 +116,13 @@ class Edges:
                     conditions.append(f"e.{prefix}{column} = ?")
                     params.append(value)
         sql = (
-            "SELECT e.prompt_id, e.token, t1.text AS token_text, e.dst, e.layer, e.node_index, e.source_dst,"
+            "SELECT e.prompt_id, e.token, t1.text AS token_text, e.token2, e.dst, e.layer, e.head, e.node_index,"
+            " e.source_dst,"
             " e.source_layer, e.source_head, e.source_node_index, e.source_token, t2.text AS source_token_text,"
             f" e.activation, e.attribution FROM {source} e"
             " LEFT JOIN tokens t1 ON t1.prompt_id = e.prompt_id AND t1.token = e.token"
             " LEFT JOIN tokens t2 ON t2.prompt_id = e.prompt_id AND t2.token = e.source_token"
-            f" WHERE {' AND '.join(conditions)} ORDER BY abs(e.{by}) DESC NULLS LAST, e.prompt_id, e.token,"
+            f" WHERE {' AND '.join(conditions)} ORDER BY abs(e.{by}) DESC NULLS LAST, e.prompt_id, e.token, e.token2,"
             " e.layer, e.node_index, e.source_dst, e.source_layer, e.source_node_index, e.source_token"
         )
         if k is not None:
@@ -125,6 +132,10 @@ class Edges:
                 self._require_prompt(con, prompt_id)
             table = self._run(con, sql, params)
         return _checked(table, by, other)
+
+
+def _literal(value: int | None) -> str:
+    return "NULL" if value is None else str(int(value))
 
 
 def _checked(table: pa.Table, by: str, other: Node | None) -> pa.Table:
