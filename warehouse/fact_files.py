@@ -47,11 +47,11 @@ ROWS_PER_ROW_GROUP = 1 << 17
 # Record batches waiting per thread (each up to ~1 M rows, ~30 MB: ingest/capture.py ROWS_PER_BATCH).
 QUEUE_DEPTH = 2
 # zstd, BYTE_STREAM_SPLIT on the values, dictionaries on the repetitive key columns only (a dictionary on
-# the values more than doubles their size), delta on node_index: 3.64 bytes per float32 value on SmolLM2's
-# default capture, 0.15 CPU s per million values (BENCHMARKS.md; level 6: 3.59 at +35 % CPU, level 1: 3.66)
+# the values more than doubles their size), delta on node_index. zstd level 4 on SmolLM2's default capture:
+# 3.585 bytes per float32 value at level 3's CPU (level 3: 3.630, 5: 3.578, 6: 3.580; BENCHMARKS.md).
 PARQUET_OPTIONS = {
     "compression": "zstd",
-    "compression_level": 3,
+    "compression_level": 4,
     "use_dictionary": ["prompt_id", "token", "token2", "layer", "head", "node_type", "dst"],
     "column_encoding": {
         "node_index": "DELTA_BINARY_PACKED",
