@@ -29,6 +29,7 @@ HF_SITES: dict[str, tuple[str, str]] = {
     # site kind -> (module path with {L}, 'out' or 'in')
     "resid_pre0": ("transformer.drop", "out"),
     "resid_post": ("transformer.h.{L}", "out"),
+    "resid_mid": ("transformer.h.{L}.ln_2", "in"),
     "mlp_post": ("transformer.h.{L}.mlp.act", "out"),
     "mlp_out": ("transformer.h.{L}.mlp", "out"),
     "attn_out": ("transformer.h.{L}.attn", "out"),
