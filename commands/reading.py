@@ -326,7 +326,8 @@ def edges_command(
     if (into is None) == (from_ is None):
         raise click.UsageError("give exactly one of --into and --from")
     dst, layer, node_index = parse_node(into or from_ or "")
-    if (layer is None or node_index is None) and not (from_ and dst == "resid_post_embedding"):
+    no_layer = into is not None and dst == "online_autoencoder_latent"  # the latents of the SAE on the embedding
+    if (layer is None and not no_layer or node_index is None) and not (from_ and dst == "resid_post_embedding"):
         raise click.UsageError("--into / --from take DST:LAYER:NODE, e.g. mlp_post_act:5:100")
     other = parse_node(with_) if with_ is not None else None
     wh = Warehouse(db_path, check=False)

@@ -17,13 +17,14 @@ Node = tuple[str, int | None, int | None]
 
 
 def parse_node(text: str) -> Node:
-    """'mlp_post_act:5:100' -> ('mlp_post_act', 5, 100); 'resid_post_embedding' -> (..., None, None).
+    """'mlp_post_act:5:100' -> ('mlp_post_act', 5, 100); 'resid_post_embedding' -> (..., None, None);
+    'online_autoencoder_latent::7' -> (..., None, 7) (a node with no layer: the SAE on the embedding's latent).
 
     Raises WarehouseError (one line) for anything else."""
     parts = text.split(":")
     try:
         if len(parts) == 3:
-            return parts[0], int(parts[1]), int(parts[2])
+            return parts[0], int(parts[1]) if parts[1] else None, int(parts[2])
         if len(parts) == 2:
             return parts[0], int(parts[1]), None
         if len(parts) == 1 and parts[0]:
@@ -39,7 +40,7 @@ class Edges:
     def edges_into(
         self,
         dst: str,
-        layer: int,
+        layer: int | None,
         node_index: int,
         prompt_id: int | None = None,
         token: int | None = None,
@@ -48,11 +49,13 @@ class Edges:
         by: str = "attribution",
     ) -> pa.Table:
         """The strongest edges into one downstream node (an MLP neuron: dst 'mlp_post_act'; the value side of an
-        attention head: 'attn_value', node_index its head, one node per query `token` and key `token2`), largest
-        |by| first.
+        attention head: 'attn_value', node_index its head, one node per query `token` and key `token2`; a latent
+        of an SAE on the residual stream: 'online_autoencoder_latent', layer None for the SAE on the embedding,
+        rows only where it fires), largest |by| first.
 
         One row per prompt, token and upstream node (the embedding, every earlier attention node and MLP neuron,
-        the blocks' output biases): prompt_id, token, token_text, source_dst, source_layer, source_head,
+        the blocks' output biases; into an MLP neuron also the latents of stored residual SAEs before it):
+        prompt_id, token, token_text, source_dst, source_layer, source_head,
         source_node_index, source_token, source_token_text, activation (d down / d residual . the source's
         write, norm scales held; the reference's mlp_in_edge_activation) and attribution (dObjective/d down
         times it; NULL without the node's stored gradient). `prompt_id` / `token` narrow to one prompt / token;

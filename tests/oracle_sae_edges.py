@@ -5,7 +5,8 @@ At each token the latent is recomputed from the site's value x by the SAE's own 
 layer-normalising SAE's input held at its value (as the norms' scales are); its gradient with respect to x
 is dotted with every write into the residual before the site (tests/oracle_edges.py's writes, which must add
 up to x: no upstream kind is left out). Attribution: the latent's gradient through the reference splice (the
-logit difference, final norm's scale held) times the activation. Nothing of actwh is imported.
+logit difference, final norm's scale held) times the activation. And the other way: latents as the upstream
+nodes of edges into an MLP neuron after their site. Nothing of actwh is imported.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from tests.oracle_edges import EdgeKey, writes
+from tests.oracle_edges import EdgeKey, reads, writes
 from tests.oracle_scalars import _trace
 from tests.sae_oracle import OracleSAE, input_stats, reference_splice, site_values
 
@@ -101,3 +102,27 @@ def expected_latent_in_edges(
             out[(t, *source)] = (activation, float(grad_latent[t]) * activation)
     assert torch.allclose(total, x, atol=1e-4 * float(x.abs().max())), "the writes do not add up to the site"
     return out, fired
+
+
+def expected_latent_out_edges(
+    model: nn.Module, saes: list[OracleSAE], ids: list[int], target: int, distractor: int, layer: int, j: int
+) -> dict[EdgeKey, tuple[float, float]]:
+    """Every edge from a latent (where it fires) of an SAE whose site is before MLP `layer` into neuron j there,
+    keyed (token, 'online_autoencoder_latent', the site's layer, None, latent, token): the neuron's gradient
+    with respect to the residual it reads (its norm's scale held) dotted with the latent's write f D[i] (times
+    the input's std for a layer-normalising SAE); attribution: the neuron's gradient times it."""
+    _, trace, grads = reads(model, ids, target, distractor, layer, j)
+    da = trace.post_act[layer].grad[0][:, j]
+    out: dict[EdgeKey, tuple[float, float]] = {}
+    for sae in saes:
+        last_attn, last_mlp = reach(sae)
+        if last_attn > layer or last_mlp >= layer:  # its site is after the residual the MLP reads
+            continue
+        x = site_values(model, sae, ids).double()
+        latents = sae.encode(x)
+        scale = input_stats(x)[1][:, 0] if sae.normalize else torch.ones(len(ids), dtype=torch.float64)
+        rows = sae.decoder_rows()
+        for t, i in (latents > 0).nonzero().tolist():
+            activation = float(grads[t].double() @ (latents[t, i] * scale[t] * rows[i]))
+            out[(t, "online_autoencoder_latent", sae.site_layer, None, i, t)] = (activation, float(da[t]) * activation)
+    return out

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from click.testing import CliRunner
 
+from cli import main
 from ingest.worker import IngestOptions, ingest
 from queries import QueryError, Warehouse
 from tests.hf_checkpoints import Checkpoint, gpt2_checkpoint
-from tests.oracle_sae_edges import constant, expected_latent_in_edges, reach
+from tests.oracle_sae_edges import constant, expected_latent_in_edges, expected_latent_out_edges, reach
 from tests.sae_oracle import OracleSAE
 from tests.test_sae_capture import PROMPTS, Prompt, _prompts, ingest_with_saes
 from warehouse import db
@@ -56,6 +59,7 @@ class Stored:
     saes: list[OracleSAE]
     prompts: list[Prompt]  # those ingested with the SAEs spliced in
     latents: dict[str, int]  # per SAE, the latent that fires in the most prompts
+    path: Path
 
 
 def _layer(sae: OracleSAE) -> str:
@@ -90,7 +94,7 @@ def stored(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         )
         latents[sae.name] = counts[0][0]
     with wh.session():
-        yield Stored(checkpoint, wh, saes, _prompts(wh, run_id), latents)
+        yield Stored(checkpoint, wh, saes, _prompts(wh, run_id), latents, tmp / "wh")
 
 
 def _edges(wh: Warehouse, sae: OracleSAE, j: int) -> dict[int, dict[tuple, tuple[float, float]]]:
@@ -164,13 +168,20 @@ def test_edges_into_sae_latents_refuse_in_one_line(stored: Stored) -> None:
     ):
         with pytest.raises(QueryError, match=words):
             wh.sql(f"SELECT * FROM edges_into({args})")
-    silent = wh.sql(
-        "SELECT min(i) FROM range(?) r(i) WHERE i NOT IN (SELECT node_index FROM facts WHERE dst = ?"
-        " AND layer IS NOT DISTINCT FROM ? AND forward > 0)",
-        [d_sae, DST, sae.site_layer],
-        output="rows",
-    )[0][0]
-    assert silent is not None  # random SAEs calibrated to fire ~6% of the time leave some latent silent
+    # each random SAE's thresholds make every latent fire on ~6% of these prompts' tokens; a TopK SAE's k
+    # largest leave some latents silent
+    for sae in stored.saes:
+        silent = wh.sql(
+            "SELECT min(i) FROM range(?) r(i) WHERE i NOT IN (SELECT node_index FROM facts WHERE dst = ?"
+            " AND layer IS NOT DISTINCT FROM ? AND forward > 0)",
+            [sae.w_enc.shape[1], DST, sae.site_layer],
+            output="rows",
+        )[0][0]
+        if silent is not None:
+            break
+    if silent is None:
+        assert all(s.architecture != "topk" for s in stored.saes)
+        return
     with pytest.raises(QueryError, match="fires at no stored token"):
         wh.sql(f"SELECT * FROM edges_into('{DST}', {_layer(sae)}, {silent})")
 
@@ -183,6 +194,11 @@ def test_the_api_ranks_the_edges_into_a_latent(stored: Stored) -> None:
     sizes = sorted((abs(v[0]) for v in every.values()), reverse=True)[:5]
     assert [abs(r["activation"]) for r in top] == pytest.approx(sizes, rel=1e-12)
     assert {r["dst"] for r in top} == {DST}
+    node = f"{DST}:{'' if sae.site_layer is None else sae.site_layer}:{j}"  # DST::J: no layer
+    args = ["edges", "--db", str(stored.path), "--into", node, "--prompt-id", str(p.prompt_id), "-k", "5"]
+    result = CliRunner().invoke(main, [*args, "--by", "activation", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert len(result.output.strip().splitlines()) == 1 + len(top)
 
 
 def test_edges_into_latents_of_an_unspliced_prompt_are_refused(stored: Stored) -> None:
@@ -190,3 +206,27 @@ def test_edges_into_latents_of_an_unspliced_prompt_are_refused(stored: Stored) -
     sae = stored.saes[0]
     with pytest.raises(db.WarehouseError, match="no edge is stored for this node, prompt and token"):
         stored.wh.edges_into(DST, sae.site_layer, stored.latents[sae.name], prompt_id=plain)
+
+
+def test_sae_latents_as_sources_of_edges_into_an_mlp_neuron_match_the_oracle(stored: Stored) -> None:
+    layer, neuron = 1, 5
+    model = stored.checkpoint.model
+    seen = set()
+    for p in stored.prompts:
+        rows = stored.wh.sql(
+            "SELECT token, source_dst, source_layer, source_head, source_node_index, source_token, activation,"
+            f" attribution FROM edges_into('mlp_post_act', {layer}, {neuron}) WHERE prompt_id = ?"
+            f" AND source_dst = '{DST}'",
+            [p.prompt_id],
+            output="rows",
+        )
+        got = {tuple(r[:6]): (r[6], r[7]) for r in rows}
+        want = expected_latent_out_edges(model, stored.saes, p.ids, p.target_id, p.distractor_id, layer, neuron)
+        assert set(got) == set(want), (p.prompt_id, (set(got) ^ set(want)).pop())
+        seen |= {key[2] for key in want}
+        for column in (0, 1):
+            scale = max((abs(v[column]) for v in want.values()), default=0.0)
+            worst = max((abs(got[k][column] - want[k][column]) for k in want), default=0.0)
+            assert worst <= REL * scale, (p.prompt_id, column, worst, scale)
+    # every SAE whose site is before MLP 1 writes into it (not one on block 1's output)
+    assert seen == {s.site_layer for s in stored.saes if reach(s)[0] <= layer and reach(s)[1] < layer}

@@ -7,6 +7,7 @@
 -- Edges into the downstream subnode (down_dst, down_layer, node): one row per prompt, token and upstream node.
 CREATE OR REPLACE MACRO edges_into(down_dst, down_layer, node) AS TABLE
 SELECT * FROM residual_in_edges(down_dst, down_layer, node) WHERE down_dst IN ('mlp_post_act', 'online_autoencoder_latent')
+UNION ALL SELECT * FROM autoencoder_source_edges(down_dst, down_layer, node) WHERE down_dst = 'mlp_post_act'
 UNION ALL SELECT * FROM attn_value_in_edges(down_layer, node) WHERE down_dst = 'attn_value'
 UNION ALL SELECT * FROM edge_refusal(CASE
     WHEN down_dst LIKE 'online%autoencoder_latent' THEN (SELECT problem FROM autoencoder_edge_problem(down_dst, down_layer, node))

@@ -1,0 +1,37 @@
+-- Latents of SAEs on the residual stream as upstream nodes of the edges into an MLP neuron (rows of edges_into
+-- for mlp_post_act where the warehouse stores such SAEs). Latent i of the SAE at a site before the neuron's MLP
+-- writes f[t,i] s[t] D[i,:] at its token, D[i,:] its decoder row as stored ('autoencoder.to_residual'), s the
+-- input's std for a layer-normalising SAE (which un-normalises its reconstruction with it), else 1:
+--     activation = f s (c1 (D[i] . u1) + c2 (D[i] . u2))     with the neuron's slopes and reads (60_edges.sql).
+-- A site before MLP L: the embedding, resid.post_attn of layers up to L, resid.post_mlp of layers before L. The
+-- latents (with the SAE's decoder bias and error) decompose the residual at their site a second time: their
+-- rows stand beside those of the writes before the site, and the decomposition identity holds for the writes.
+CREATE OR REPLACE MACRO autoencoder_source_edges(down_dst, down_layer, j) AS TABLE
+WITH u AS MATERIALIZED (SELECT * FROM read_directions(down_dst, down_layer, j)),
+sites AS (
+    SELECT model_id, layer FROM saes
+    WHERE latent_dst = 'online_autoencoder_latent'
+      AND (location = 'resid.post_emb' OR (location = 'resid.post_attn' AND layer <= down_layer)
+           OR (location = 'resid.post_mlp' AND layer < down_layer))
+),
+f AS (
+    SELECT w.model_id, w.layer, w.row_index AS node_index, sum(w.value * u.u1) AS f1, sum(w.value * u.u2) AS f2
+    FROM weights w
+    JOIN sites s ON s.model_id = w.model_id AND s.layer IS NOT DISTINCT FROM w.layer
+    JOIN u ON u.model_id = w.model_id AND u.channel = w.col_index
+    WHERE w.location = 'autoencoder.to_residual'
+    GROUP BY w.model_id, w.layer, w.row_index
+)
+SELECT l.prompt_id, l.token::SMALLINT AS token, NULL::SMALLINT AS token2, down_dst::VARCHAR AS dst,
+       down_layer::SMALLINT AS layer, NULL::SMALLINT AS head, j::INTEGER AS node_index,
+       'online_autoencoder_latent'::VARCHAR AS source_dst, l.layer::SMALLINT AS source_layer,
+       NULL::SMALLINT AS source_head, l.node_index::INTEGER AS source_node_index, l.token::SMALLINT AS source_token,
+       (l.forward * coalesce(s.forward, 1) * (c.c1 * f.f1 + c.c2 * f.f2))::DOUBLE AS activation,
+       (c.grad * l.forward * coalesce(s.forward, 1) * (c.c1 * f.f1 + c.c2 * f.f2))::DOUBLE AS attribution
+FROM facts l
+JOIN read_slopes(down_dst, down_layer, j) c ON c.prompt_id = l.prompt_id AND c.token = l.token
+JOIN f ON f.model_id = c.model_id AND f.layer IS NOT DISTINCT FROM l.layer AND f.node_index = l.node_index
+LEFT JOIN facts s
+  ON s.prompt_id = l.prompt_id AND s.token = l.token AND s.dst = 'online_autoencoder_input_std'
+ AND s.layer IS NOT DISTINCT FROM l.layer
+WHERE l.dst = 'online_autoencoder_latent' AND l.forward IS NOT NULL AND down_dst = 'mlp_post_act';
