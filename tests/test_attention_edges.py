@@ -12,10 +12,12 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from queries import QueryError
-from tests.oracle_attention_edges import expected_value_in_edges
+from ingest.worker import IngestOptions, ingest
+from queries import QueryError, Warehouse
+from tests.hf_checkpoints import gpt2_checkpoint
+from tests.oracle_attention_edges import expected_qk_in_edges, expected_value_in_edges
 from tests.oracle_edges import expected_in_edges
-from tests.test_edges import REL, Stored, stored  # noqa: F401 - the warehouses, one per checkpoint
+from tests.test_edges import PROMPTS, REL, Stored, stored  # noqa: F401 - the warehouses, one per checkpoint
 
 # head 1 of a grouped-query model (4 heads, 2 key/value heads) reads key/value head 1 // 2 = 0, not 1 % 2
 LAYER, HEAD, NEURON = 1, 1, 5
@@ -51,6 +53,23 @@ def test_edges_into_a_value_side_match_the_oracle_prompt_by_prompt(stored: Store
         }
 
 
+@pytest.mark.parametrize("side", ["query", "key"])
+def test_edges_into_a_query_or_key_side_match_the_oracle_prompt_by_prompt(stored: Stored, side: str) -> None:  # noqa: F811
+    for prompt_id, ids, target, distractor in stored.prompts:
+        rows = stored.wh.sql(
+            "SELECT token, token2, source_dst, source_layer, source_head, source_node_index, source_token, activation,"
+            f" attribution FROM edges_into('attn_{side}', ?, ?) WHERE prompt_id = ?",
+            [LAYER, HEAD, prompt_id],
+            output="rows",
+        )
+        got = {tuple(r[:7]): (r[7], r[8]) for r in rows}
+        if len(ids) == 1:  # one key: its probability is 1 whatever the residual
+            assert all(abs(v) < 1e-9 for pair in got.values() for v in pair) and got
+            continue
+        want = expected_qk_in_edges(stored.checkpoint.model, ids, target, distractor, LAYER, HEAD, side)
+        _close(got, want, (side, prompt_id))
+
+
 def test_edges_from_an_attention_node_and_the_embedding_match_the_oracle(stored: Stored) -> None:  # noqa: F811
     wh = stored.wh
     for prompt_id, ids, target, distractor in stored.prompts[:3]:
@@ -83,11 +102,36 @@ def test_edges_from_an_attention_node_and_the_embedding_match_the_oracle(stored:
     assert embedding == len(ids) * n_layers * d_mlp
 
 
+@pytest.fixture(scope="module")
+def bare(tmp_path_factory: pytest.TempPathFactory) -> Warehouse:
+    """A GPT-2 warehouse of the default locations with the input-side weights: no q, k, value gradients or
+    pre-activations."""
+    tmp = tmp_path_factory.mktemp("attention_edges_bare")
+    options = IngestOptions(model=str(gpt2_checkpoint(tmp / "checkpoint").path), progress=False, input_weights="all")
+    assert ingest(tmp / "w", PROMPTS[:1], options).stored == 1
+    return Warehouse(tmp / "w")
+
+
+def test_attention_edges_refuse_what_is_not_stored_in_one_line(bare: Warehouse) -> None:
+    for macro, args, words in (
+        ("edges_into", "'attn_value', 1, 0", "ingest with --locations including attn.v_out:backward"),
+        ("edges_into", "'attn_key', 1, 0", "ingest with --locations including attn.q:forward and attn.k:forward"),
+        ("edges_from", "'attn_qk_probs', 0, 0", "ingest with --locations including mlp.pre_act:forward"),
+        ("edges_from", "'resid_post_embedding', NULL, NULL", "ingest with --locations including mlp.pre_act:forward"),
+    ):
+        with pytest.raises(QueryError, match=words):
+            bare.sql(f"SELECT * FROM {macro}({args})")
+
+
 def test_attention_edges_refuse_in_one_line(stored: Stored) -> None:  # noqa: F811
     for macro, args, words in (
         ("edges_into", "'attn_value', 1, 99", "no attention head 1:99"),
-        ("edges_into", "'attn_value', 7, 0", "no attention head 7:0"),
-        ("edges_into", "'attn_query', 1, 0", "and attn_value .an attention head's value side., not attn_query"),
+        ("edges_into", "'attn_query', 7, 0", "no attention head 7:0"),
+        (
+            "edges_into",
+            "'attn_qk_logits', 1, 0",
+            "attn_key .an attention head's value, query and key sides., not attn_qk_",
+        ),
         ("edges_from", "'attn_qk_probs', NULL, 0", "no attention head NULL:0"),
         (
             "edges_from",

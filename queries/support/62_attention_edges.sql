@@ -1,7 +1,9 @@
 -- Edges with attention nodes (docs/DERIVED_SCALARS.md, "Edges"), beside 60_edges.sql's MLP neurons: edges out of
 -- an attention node or the embedding into the MLP neurons that read them, and edges into an attention head's
--- value side. Same row shape, same conventions: norm scales held at their stored values, a write joining the
--- residual as gain_post * w / s_post where the model norms block outputs.
+-- value, query and key sides (dst attn_value, attn_query, attn_key). Same row shape, same conventions: norm
+-- scales held at their stored values, a write joining the residual as gain_post * w / s_post where the model
+-- norms block outputs. The query and key sides are the probability p[l,q,k,h] itself (attribution: its stored
+-- gradient times the activation), read at the query and the key token: attention_read_gradients below.
 --
 -- The value side of attention node (l, q, k, h) is dst 'attn_value' (the reference's attn_value in-edge
 -- scalars), node_index = head = h, token = q, token2 = k. As in the reference, whose value-side trace needs a
@@ -9,14 +11,15 @@
 --     down = p[l,q,k,h] (v[l,k,kv(h),:] . G[l,q,h,:]),  G = dObjective / d v_out[l,q,h,:] (stored backward)
 -- which is the node's act-times-grad (p dObjective/dp). It reads the residual at the KEY token through
 -- v[k] = W_V[kv(h)] . LN(r[k]) + b_V, so with the norm's scale s_attn[l,k] held
---     activation  = d down / d r[k] . w_up = sum_c p G[c] (w_up . u_c) / s_attn[l,k],  u_c = P(gain_pre_attn * W_V[:, c])
+--     activation  = d down / d r[k] . w_up = sum_c p G[c] (w_up . u_c) / s_attn[l,k]
+--     u_c = P(gain_pre_attn * W_V[:, c])
 --     attribution = dObjective/d down . activation = activation (down is already in the objective's units)
 -- for every write at the key token before layer l: the embedding, every earlier attention node (query = k,
 -- source_token its key), every earlier MLP neuron and the earlier blocks' output biases. kv(h) = h // (H / H_kv).
 
--- Why edges into or out of an attention node, or out of the embedding, cannot be answered, or NULL when they
--- can. into_value: edges into the value side (dst attn_value) of head h of layer l, else out of (node_dst, l, h).
-CREATE OR REPLACE MACRO attention_edge_problem(node_dst, l, h, into_value) AS TABLE
+-- Why edges into an attention head's value, query or key side (inward: node_dst attn_value, attn_query or
+-- attn_key), or out of an attention node or the embedding, cannot be answered, or NULL when they can.
+CREATE OR REPLACE MACRO attention_edge_problem(node_dst, l, h, inward) AS TABLE
 SELECT CASE
     WHEN NOT EXISTS (SELECT 1 FROM weights WHERE location IN ('mlp.to_hidden', 'attn.to_value'))
         THEN 'this warehouse holds no input-side weights: ingest again with --input-weights all (no prompt is '
@@ -25,21 +28,27 @@ SELECT CASE
          OR h < 0 OR h >= (SELECT max(n_heads) FROM models))
         THEN 'no attention head ' || coalesce(l::VARCHAR, 'NULL') || ':' || coalesce(h::VARCHAR, 'NULL')
              || ' in this warehouse''s model'
-    WHEN into_value AND NOT EXISTS (SELECT 1 FROM facts WHERE dst = 'attn_weighted_sum_of_values' AND layer = l
-                                AND backward IS NOT NULL)
+    WHEN node_dst = 'attn_value' AND NOT EXISTS (SELECT 1 FROM facts WHERE dst = 'attn_weighted_sum_of_values'
+                                                AND layer = l AND backward IS NOT NULL)
         THEN 'edges into an attention head''s value side need the gradient of its summed values: ingest with '
              || '--locations including attn.v_out:backward (and attn.qk_probs:forward, attn.v:forward)'
-    WHEN NOT into_value AND node_dst = 'attn_qk_probs' AND l = (SELECT max(n_layers) - 1 FROM models)
+    WHEN node_dst IN ('attn_query', 'attn_key') AND (SELECT bool_or(config->>'qk_norm' IS NOT NULL) FROM models)
+        THEN 'edges into the query and key sides do not model a norm of q and k (this model''s qk_norm)'
+    WHEN node_dst IN ('attn_query', 'attn_key') AND (NOT EXISTS (SELECT 1 FROM facts WHERE dst = 'attn_query' AND layer = l)
+         OR NOT EXISTS (SELECT 1 FROM facts WHERE dst = 'attn_key' AND layer = l))
+        THEN 'edges into an attention head''s query and key sides need its stored queries and keys: ingest with '
+             || '--locations including attn.q:forward and attn.k:forward (and attn.qk_probs:forward,backward)'
+    WHEN NOT inward AND node_dst = 'attn_qk_probs' AND l = (SELECT max(n_layers) - 1 FROM models)
          AND (SELECT bool_or(parallel_residual) FROM edge_switches())
         THEN 'attention head ' || l || ':' || h || ' is in the last layer and its MLP reads the same input: no '
              || 'MLP neuron reads its write'
-    WHEN NOT into_value AND (SELECT bool_or(activation NOT IN ('gelu_tanh', 'gelu', 'silu', 'relu')) FROM edge_switches())
+    WHEN NOT inward AND (SELECT bool_or(activation NOT IN ('gelu_tanh', 'gelu', 'silu', 'relu')) FROM edge_switches())
         THEN 'edges know the activations gelu_tanh, gelu, silu and relu, not this model''s'
-    WHEN NOT into_value AND NOT EXISTS (SELECT 1 FROM facts WHERE dst = 'mlp_pre_act' AND forward IS NOT NULL
+    WHEN NOT inward AND NOT EXISTS (SELECT 1 FROM facts WHERE dst = 'mlp_pre_act' AND forward IS NOT NULL
                                     AND layer >= coalesce(l, 0))
         THEN 'edges into MLP neurons need their pre-activations: ingest with --locations including '
              || 'mlp.pre_act:forward (and mlp.post_act:forward,backward)'
-    WHEN (into_value AND l > 0 OR node_dst = 'attn_qk_probs')
+    WHEN (inward AND l > 0 OR node_dst = 'attn_qk_probs')
          AND NOT EXISTS (SELECT 1 FROM facts WHERE dst = 'attn_value' AND forward IS NOT NULL)
         THEN 'edges with attention nodes need the values they write: ingest with --locations including attn.v:forward'
 END AS problem;
@@ -140,10 +149,99 @@ FROM reads r
 JOIN mlp_read_slopes(0, 32767, NULL) c
   ON c.prompt_id = r.prompt_id AND c.token = r.token AND c.layer = r.layer AND c.node_index = r.node_index;
 
--- Edges into the value side of query head h of layer down_layer (see the top of this file), one row per prompt,
--- query token, key token and upstream node at the key token.
-CREATE OR REPLACE MACRO attn_value_in_edges(down_layer, h) AS TABLE
--- u_c = P(gain_pre_attn * W_V[kv(h)][:, c]) per model, residual channel and value channel c
+-- Per prompt, query token, key token and channel c of the read (value, query or key channel as side is 'value',
+-- 'query' or 'key'): a = d down / d (w_up . u_c) for a write w_up at token pos (the key token, or the query
+-- token for the query side), the norm's scale at pos held, and grad = dObjective / d down (NULL for the value
+-- side, whose down is the head's write projected on the gradient). Query and key sides, down = p[q,k,h], with
+-- l[k'] = q . k[k'] (the stored q and k carry the logit scaling's root each) capped as cap tanh(l / cap) (slope
+-- c' = 1 - tanh^2, 1 uncapped), through the softmax's Jacobian over the query's row:
+--     query side: d p[q,k] / d q = p[q,k] (c'[k] k[k] - sum_k' p[q,k'] c'[k'] k[k'])
+--     key side:   d p[q,k] / d k[k] = p[q,k] (1 - p[q,k]) c'[k] q          (through the pair's own key only)
+-- with the 1 taken as the row's stored sum: for p[q,k] near 1, 1 - p[q,k] from float32 probabilities is
+-- rounding, while the row's other probabilities, summed, keep their precision.
+-- then back through the rotary embedding at pos (transposed: rotate-half pairs c, c + rotary_dim/2) and the root.
+CREATE OR REPLACE MACRO attention_read_gradients(side, down_layer, h) AS TABLE
+WITH m AS (
+    SELECT x.model_id, e.n_heads // e.n_kv_heads AS grp, (x.config->>'attn_logit_softcap')::DOUBLE AS cap,
+           sqrt(coalesce((x.config->>'attn_scale')::DOUBLE, pow(x.d_head, -0.5))) AS root,
+           coalesce((x.config->'rope'->>'rotary_dim')::INTEGER, 0) AS rot, x.config->'rope'->'inv_freq' AS inv_freq,
+           coalesce((x.config->'rope'->>'attention_factor')::DOUBLE, 1) AS rope_factor
+    FROM models x JOIN edge_switches() e ON e.model_id = x.model_id
+),
+probs AS MATERIALIZED (
+    SELECT p.prompt_id, q.model_id, p.token, p.token2, p.forward::DOUBLE AS p, p.backward::DOUBLE AS grad,
+           sum(p.forward::DOUBLE) OVER (PARTITION BY p.prompt_id, p.token) AS total
+    FROM facts p JOIN prompts q ON q.prompt_id = p.prompt_id
+    WHERE p.dst = 'attn_qk_probs' AND p.forward IS NOT NULL AND p.layer = down_layer AND p.node_index = h
+),
+-- the stored q of head h and k of its key/value head
+qk AS MATERIALIZED (
+    SELECT f.prompt_id, f.dst, f.token, f.node_index AS c, f.forward::DOUBLE AS value
+    FROM facts f JOIN prompts q ON q.prompt_id = f.prompt_id JOIN m ON m.model_id = q.model_id
+    WHERE f.dst IN ('attn_query', 'attn_key') AND f.layer = down_layer AND f.forward IS NOT NULL AND side <> 'value'
+      AND f.head = CASE f.dst WHEN 'attn_query' THEN h ELSE h // m.grp END
+),
+capped AS MATERIALIZED (
+    SELECT p.prompt_id, p.model_id, p.token, p.token2, p.p, p.grad, p.total,
+           CASE WHEN any_value(m.cap) IS NULL THEN 1 ELSE 1 - pow(tanh(sum(a.value * b.value) / any_value(m.cap)), 2) END AS slope
+    FROM probs p
+    JOIN m ON m.model_id = p.model_id
+    JOIN qk a ON a.prompt_id = p.prompt_id AND a.dst = 'attn_query' AND a.token = p.token
+    JOIN qk b ON b.prompt_id = p.prompt_id AND b.dst = 'attn_key' AND b.token = p.token2 AND b.c = a.c
+    GROUP BY p.prompt_id, p.model_id, p.token, p.token2, p.p, p.grad, p.total
+),
+mean_key AS (
+    SELECT x.prompt_id, x.token, b.c, sum(x.p * x.slope * b.value) AS value
+    FROM capped x JOIN qk b ON b.prompt_id = x.prompt_id AND b.dst = 'attn_key' AND b.token = x.token2
+    GROUP BY x.prompt_id, x.token, b.c
+),
+-- d down / d (the rotated, scaled q or k) per channel
+rotated AS MATERIALIZED (
+    SELECT x.prompt_id, x.model_id, x.token, x.token2, x.token AS pos, b.c, x.grad, x.p * (x.slope * b.value * x.total - k.value) AS g
+    FROM capped x
+    JOIN qk b ON b.prompt_id = x.prompt_id AND b.dst = 'attn_key' AND b.token = x.token2
+    JOIN mean_key k ON k.prompt_id = x.prompt_id AND k.token = x.token AND k.c = b.c
+    WHERE side = 'query'
+    UNION ALL
+    SELECT x.prompt_id, x.model_id, x.token, x.token2, x.token2, a.c, x.grad, x.p * (x.total - x.p) * x.slope * a.value
+    FROM capped x JOIN qk a ON a.prompt_id = x.prompt_id AND a.dst = 'attn_query' AND a.token = x.token
+    WHERE side = 'key'
+),
+turned AS (
+    SELECT r.prompt_id, r.model_id, r.token, r.token2, r.pos, r.c, r.grad,
+           m.root * CASE WHEN r.c >= m.rot THEN r.g
+               ELSE m.rope_factor * (r.g * cos(r.pos * (m.inv_freq->>(r.c % (m.rot // 2)))::DOUBLE)
+                   + CASE WHEN r.c < m.rot // 2 THEN o.g ELSE -o.g END * sin(r.pos * (m.inv_freq->>(r.c % (m.rot // 2)))::DOUBLE))
+           END AS g
+    FROM rotated r
+    JOIN m ON m.model_id = r.model_id
+    LEFT JOIN rotated o
+      ON o.prompt_id = r.prompt_id AND o.token = r.token AND o.token2 = r.token2 AND r.c < m.rot
+     AND o.c = CASE WHEN r.c < m.rot // 2 THEN r.c + m.rot // 2 ELSE r.c - m.rot // 2 END
+),
+unscaled AS (
+    SELECT prompt_id, model_id, token, token2, pos, c, grad, g FROM turned
+    UNION ALL
+    -- the value side: d down / d v[k, c] = p[q,k,h] G[q,h,c]
+    SELECT p.prompt_id, p.model_id, p.token, p.token2, p.token2, g.node_index, NULL, p.p * g.backward::DOUBLE
+    FROM probs p
+    JOIN facts g
+      ON g.prompt_id = p.prompt_id AND g.token = p.token AND g.dst = 'attn_weighted_sum_of_values' AND g.layer = down_layer
+     AND g.head = h AND g.backward IS NOT NULL
+    WHERE side = 'value'
+)
+SELECT x.prompt_id, x.model_id, x.token, x.token2, x.pos, x.c, x.grad, x.g / coalesce(s.forward::DOUBLE, 1) AS a
+FROM unscaled x
+LEFT JOIN facts s
+  ON s.prompt_id = x.prompt_id AND s.token = x.pos AND s.dst = 'attn_input_layer_norm_scale' AND s.layer = down_layer;
+
+-- Edges into the value, query or key side (side 'value', 'query', 'key') of query head h of layer down_layer, one
+-- row per prompt, query token, key token and upstream node at the token the side reads (the key token; the
+-- query token for the query side): activation = sum_c a[c] (w_up . u_c) with a from attention_read_gradients,
+-- attribution = dObjective/dp times it (the value side: equal to it).
+CREATE OR REPLACE MACRO attention_in_edges(side, down_layer, h) AS TABLE
+-- u_c = P(gain_pre_attn * W[:, c]) per model, residual channel and channel c of the side's projection (W_V or
+-- W_K of key/value head kv(h), W_Q of head h)
 WITH u AS MATERIALIZED (
     SELECT w.model_id, w.row_index AS channel, w.col_index AS c,
            w.value::DOUBLE * coalesce(g.value, 1) - CASE WHEN e.norm = 'layernorm'
@@ -152,7 +250,8 @@ WITH u AS MATERIALIZED (
     JOIN edge_switches() e ON e.model_id = w.model_id
     LEFT JOIN weights g
       ON g.model_id = w.model_id AND g.location = 'layer_norm_gain.pre_attn' AND g.layer = down_layer AND g.row_index = w.row_index
-    WHERE w.location = 'attn.to_value' AND w.layer = down_layer AND w.head = h // (e.n_heads // e.n_kv_heads)
+    WHERE w.location = 'attn.to_' || side AND w.layer = down_layer
+      AND w.head = CASE WHEN side = 'query' THEN h ELSE h // (e.n_heads // e.n_kv_heads) END
 ),
 -- the reads as the earlier blocks' writes reach them (times the gain of the norm after the block, if any)
 reads AS MATERIALIZED (
@@ -184,20 +283,8 @@ f AS MATERIALIZED (
     WHERE w.location IN ('attn.residual_bias', 'mlp.residual_bias') AND w.layer < down_layer
     GROUP BY w.model_id, r.block, w.layer, r.c
 ),
--- alpha[q, k, c] = p[q,k,h] G[q,h,c] / s_attn[k]: d down / d (w_up . u_c)
-alpha AS MATERIALIZED (
-    SELECT p.prompt_id, q.model_id, p.token, p.token2, g.node_index AS c,
-           p.forward::DOUBLE * g.backward::DOUBLE / coalesce(s.forward::DOUBLE, 1) AS a
-    FROM facts p
-    JOIN prompts q ON q.prompt_id = p.prompt_id
-    JOIN facts g
-      ON g.prompt_id = p.prompt_id AND g.token = p.token AND g.dst = 'attn_weighted_sum_of_values' AND g.layer = down_layer
-     AND g.head = h AND g.backward IS NOT NULL
-    LEFT JOIN facts s
-      ON s.prompt_id = p.prompt_id AND s.token = p.token2 AND s.dst = 'attn_input_layer_norm_scale' AND s.layer = down_layer
-    WHERE p.dst = 'attn_qk_probs' AND p.forward IS NOT NULL AND p.layer = down_layer AND p.node_index = h
-),
--- per prompt, upstream node and value channel c: (its write at its token) . u_c
+alpha AS MATERIALIZED (SELECT * FROM attention_read_gradients(side, down_layer, h)),
+-- per prompt, upstream node and read channel c: (its write at its token) . u_c
 up AS (
     SELECT e.prompt_id, e.token, 'resid_post_embedding' AS source_dst, NULL::SMALLINT AS source_layer,
            NULL::SMALLINT AS source_head, NULL::INTEGER AS source_node_index, e.token AS source_token, u.c,
@@ -250,11 +337,12 @@ up AS (
      AND s.dst = CASE f.kind WHEN 'attn_bias' THEN 'attn' ELSE 'mlp' END || '_output_layer_norm_scale'
     WHERE s.forward IS NOT NULL OR NOT e.post_block_norms
 )
-SELECT a.prompt_id, a.token::SMALLINT AS token, a.token2::SMALLINT AS token2, 'attn_value'::VARCHAR AS dst,
+SELECT a.prompt_id, a.token::SMALLINT AS token, a.token2::SMALLINT AS token2, ('attn_' || side)::VARCHAR AS dst,
        down_layer::SMALLINT AS layer, h::SMALLINT AS head, h::INTEGER AS node_index, x.source_dst::VARCHAR AS source_dst,
        x.source_layer::SMALLINT AS source_layer, x.source_head::SMALLINT AS source_head,
        x.source_node_index::INTEGER AS source_node_index, x.source_token::SMALLINT AS source_token,
-       sum(a.a * x.r)::DOUBLE AS activation, sum(a.a * x.r)::DOUBLE AS attribution
+       sum(a.a * x.r)::DOUBLE AS activation,
+       (CASE WHEN side = 'value' THEN 1 ELSE any_value(a.grad) END * sum(a.a * x.r))::DOUBLE AS attribution
 FROM alpha a
-JOIN up x ON x.prompt_id = a.prompt_id AND x.token = a.token2 AND x.c = a.c
+JOIN up x ON x.prompt_id = a.prompt_id AND x.token = a.pos AND x.c = a.c
 GROUP BY a.prompt_id, a.token, a.token2, x.source_dst, x.source_layer, x.source_head, x.source_node_index, x.source_token;

@@ -1,20 +1,24 @@
 -- The two edge questions over every node kind the edge files build (60_edges.sql: MLP neurons and residual SAE
--- latents as readers, MLP neurons as writers; 62_attention_edges.sql: an attention head's value side as
--- reader, attention nodes and the embedding as writers). Here, after them, because a table macro must exist
--- when a macro naming it is created. Each macro's last branch is its one refusal (edge_refusal), so an
--- answer the checks leave empty raises instead.
+-- latents as readers, MLP neurons as writers; 62_attention_edges.sql: an attention head's value, query and key
+-- sides as readers, attention nodes and the embedding as writers). Here, after them, because a table macro
+-- must exist when a macro naming it is created. Each macro's last branch is its one refusal (edge_refusal), so
+-- an answer the checks leave empty raises instead.
 
 -- Edges into the downstream subnode (down_dst, down_layer, node): one row per prompt, token and upstream node.
 CREATE OR REPLACE MACRO edges_into(down_dst, down_layer, node) AS TABLE
 SELECT * FROM residual_in_edges(down_dst, down_layer, node) WHERE down_dst IN ('mlp_post_act', 'online_autoencoder_latent')
 UNION ALL SELECT * FROM autoencoder_source_edges(down_dst, down_layer, node) WHERE down_dst = 'mlp_post_act'
-UNION ALL SELECT * FROM attn_value_in_edges(down_layer, node) WHERE down_dst = 'attn_value'
+UNION ALL SELECT * FROM attention_in_edges(replace(down_dst, 'attn_', ''), down_layer, node)
+    WHERE down_dst IN ('attn_value', 'attn_query', 'attn_key')
 UNION ALL SELECT * FROM edge_refusal(CASE
-    WHEN down_dst LIKE 'online%autoencoder_latent' THEN (SELECT problem FROM autoencoder_edge_problem(down_dst, down_layer, node))
-    WHEN down_dst = 'attn_value' THEN (SELECT problem FROM attention_edge_problem(down_dst, down_layer, node, true))
+    WHEN down_dst LIKE 'online%autoencoder_latent'
+        THEN (SELECT problem FROM autoencoder_edge_problem(down_dst, down_layer, node))
+    WHEN down_dst IN ('attn_value', 'attn_query', 'attn_key')
+        THEN (SELECT problem FROM attention_edge_problem(down_dst, down_layer, node, true))
     WHEN down_dst = 'mlp_post_act' THEN (SELECT problem FROM edge_problem(down_dst, down_layer, node, down_layer))
     ELSE 'edges are built into mlp_post_act (MLP neurons), online_autoencoder_latent (latents of SAEs on the '
-         || 'residual stream) and attn_value (an attention head''s value side), not ' || coalesce(down_dst, 'NULL') END);
+         || 'residual stream) and attn_value, attn_query, attn_key (an attention head''s value, query and key '
+         || 'sides), not ' || coalesce(down_dst, 'NULL') END);
 
 -- Edges out of the upstream node (up_dst, up_layer, node) into every MLP neuron that reads its write: the rows
 -- of edges_into seen from the upstream side. An attention node is (attn_qk_probs, layer, head), every query
