@@ -283,8 +283,8 @@ def prompt_command(
 @click.option(
     "--into",
     "into",
-    help="Edges into this node, DST:LAYER:NODE (an MLP neuron: mlp_post_act:5:100; an attention head's value side, "
-    "every query and key: attn_value:LAYER:HEAD).",
+    help="Edges into this node, DST:LAYER:NODE (an MLP neuron: mlp_post_act:5:100; an attention head's value, "
+    "query or key side, every query and key: attn_value:LAYER:HEAD, attn_query:..., attn_key:...).",
 )
 @click.option(
     "--from",

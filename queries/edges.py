@@ -12,7 +12,8 @@ from warehouse import db
 
 EDGE_BY = ("attribution", "activation")
 # A node as DST:LAYER:NODE: an MLP neuron, an attention node (attn_qk_probs, node = head; every query and key),
-# the value side of one (attn_value, node = head), the embedding (resid_post_embedding, no layer) or a bias.
+# its value, query or key side (attn_value, attn_query, attn_key; node = head), the embedding
+# (resid_post_embedding, no layer) or a bias.
 Node = tuple[str, int | None, int | None]
 
 
@@ -48,8 +49,9 @@ class Edges:
         k: int | None = 20,
         by: str = "attribution",
     ) -> pa.Table:
-        """The strongest edges into one downstream node (an MLP neuron: dst 'mlp_post_act'; the value side of an
-        attention head: 'attn_value', node_index its head, one node per query `token` and key `token2`; a latent
+        """The strongest edges into one downstream node (an MLP neuron: dst 'mlp_post_act'; the value, query or key
+        side of an attention head: 'attn_value', 'attn_query', 'attn_key', node_index its head, one node per query
+        `token` and key `token2`; a latent
         of an SAE on the residual stream: 'online_autoencoder_latent', layer None for the SAE on the embedding,
         rows only where it fires), largest |by| first.
 
@@ -61,9 +63,10 @@ class Edges:
         times it; NULL without the node's stored gradient). `prompt_id` / `token` narrow to one prompt / token;
         `source` (dst, layer, node index; None for any) keeps one upstream node: with no prompt given, the top
         (prompt, token) rows of that edge over the whole warehouse. Needs `ingest --input-weights all` and
-        mlp.pre_act stored (a value side: attn.v_out:backward); raises WarehouseError with one line otherwise.
-        A value side's upstream nodes write at its key token; its attribution equals its activation (it is the
-        head's write projected on the stored gradient: docs/DERIVED_SCALARS.md, "Edges").
+        mlp.pre_act stored (a value side: attn.v_out:backward; a query or key side: attn.q, attn.k); raises
+        WarehouseError with one line otherwise. A value or key side's upstream nodes write at its key token, a
+        query side's at its query token; a value side's attribution equals its activation (it is the head's
+        write projected on the stored gradient: docs/DERIVED_SCALARS.md).
         """
         return self._edges("edges_into", "source", (dst, layer, node_index), prompt_id, token, source, k, by)
 
