@@ -28,10 +28,13 @@ SELECT l.prompt_id, l.token::SMALLINT AS token, NULL::SMALLINT AS token2, down_d
        NULL::SMALLINT AS source_head, l.node_index::INTEGER AS source_node_index, l.token::SMALLINT AS source_token,
        (l.forward * coalesce(s.forward, 1) * (c.c1 * f.f1 + c.c2 * f.f2))::DOUBLE AS activation,
        (c.grad * l.forward * coalesce(s.forward, 1) * (c.c1 * f.f1 + c.c2 * f.f2))::DOUBLE AS attribution
-FROM facts l
+FROM (
+    -- the latents first: a warehouse without SAEs (or a prompt without latents) then reads no slopes
+    SELECT l.*, p.model_id FROM facts l JOIN prompts p ON p.prompt_id = l.prompt_id
+    WHERE l.dst = 'online_autoencoder_latent' AND l.forward IS NOT NULL AND down_dst = 'mlp_post_act'
+) l
+JOIN f ON f.model_id = l.model_id AND f.layer IS NOT DISTINCT FROM l.layer AND f.node_index = l.node_index
 JOIN read_slopes(down_dst, down_layer, j) c ON c.prompt_id = l.prompt_id AND c.token = l.token
-JOIN f ON f.model_id = c.model_id AND f.layer IS NOT DISTINCT FROM l.layer AND f.node_index = l.node_index
 LEFT JOIN facts s
   ON s.prompt_id = l.prompt_id AND s.token = l.token AND s.dst = 'online_autoencoder_input_std'
- AND s.layer IS NOT DISTINCT FROM l.layer
-WHERE l.dst = 'online_autoencoder_latent' AND l.forward IS NOT NULL AND down_dst = 'mlp_post_act';
+ AND s.layer IS NOT DISTINCT FROM l.layer;
