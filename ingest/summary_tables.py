@@ -13,7 +13,7 @@ import torch
 
 from warehouse.facts import constant_name
 from warehouse.registry import ActivationLocation
-from warehouse.summaries import N_BINS
+from warehouse.summaries import EXAMPLES_K, N_BINS
 
 if TYPE_CHECKING:
     from ingest.summaries import Best, Running
@@ -39,6 +39,8 @@ SUMMARY_SCHEMA = pa.schema(
         ("max", pa.float32()),
         ("n_nonzero", pa.int64()),
         ("hist", pa.list_(pa.int32())),
+        ("kth_top", pa.float32()),
+        ("kth_bottom", pa.float32()),
     ]
 )
 EXAMPLE_SCHEMA = pa.schema(
@@ -135,11 +137,22 @@ def summary_table(running: Iterable[Running]) -> pa.Table:
                 "max": pa.array(f.max.cpu().numpy()),
                 "n_nonzero": pa.array(f.n_nonzero.to(torch.int64).cpu().numpy()),
                 "hist": pa.FixedSizeListArray.from_arrays(hist, N_BINS).cast(pa.list_(pa.int32())),
+                "kth_top": _kth(r.top, 1),
+                "kth_bottom": _kth(r.bottom, -1),
             },
             schema=SUMMARY_SCHEMA,
         )
         parts.append(table if n.all() else table.filter(pa.array(n > 0)))
     return pa.concat_tables(parts) if parts else SUMMARY_SCHEMA.empty_table()
+
+
+def _kth(best: Best, sign: int) -> pa.Array:
+    """(N,) each node's K-th best value (`sign` -1: the bottom side's, stored negated), null while it has
+    fewer than K (a sparse node's missing ones are -inf)."""
+    if best.value.shape[1] < EXAMPLES_K:
+        return pa.nulls(best.value.shape[0], pa.float32())
+    kth = best.value[:, EXAMPLES_K - 1].cpu().numpy()
+    return pa.array(sign * kth, pa.float32(), mask=~np.isfinite(kth))
 
 
 def example_table(running: Iterable[Running], every: bool = False) -> pa.Table:

@@ -32,8 +32,10 @@ DASHBOARD_DIR = QUERIES / "dashboards"
 # as the ingest flushes, and each run's summarised_through; version 5 names tokens.token as the facts do;
 # version 6 records what each run stored (runs.store, runs.facts_every) and whether each prompt's facts
 # were (prompts.facts_stored), and the node a prompt's backward pass started from (prompts.objective_node).
+# version 7 keeps each node's K-th highest and lowest example value in its summary row (node_summaries
+# kth_top, kth_bottom), so that a merge reads only the examples that reach them (summary_merge.py).
 # Bump when the lake's tables change, and add the step to MIGRATIONS below.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 def _summaries_per_run(con: duckdb.DuckDBPyConnection) -> None:
@@ -50,6 +52,14 @@ def _summaries_per_run(con: duckdb.DuckDBPyConnection) -> None:
     for table in ("node_summaries", "node_examples"):
         for column in ("segment", "level"):
             con.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+
+
+def _kth_examples(con: duckdb.DuckDBPyConnection) -> None:
+    """Version 6 to 7. The K-th examples of the stored rows stay NULL, which a merge reads as unknown: every
+    merged example of such a node is a candidate, and the merge records the node's K-th."""
+    if has_table(con, "node_summaries"):  # else schema.sql creates it
+        for column in ("kth_top", "kth_bottom"):
+            con.execute(f"ALTER TABLE node_summaries ADD COLUMN IF NOT EXISTS {column} FLOAT")
 
 
 # Each version's step to the next (SQL statements, or a function of the connection), run in one
@@ -74,6 +84,7 @@ MIGRATIONS: dict[int, tuple[str | Callable[[duckdb.DuckDBPyConnection], None], .
         # the node a prompt's backward pass started from (ingest --objective-node); NULL before
         "ALTER TABLE prompts ADD COLUMN IF NOT EXISTS objective_node VARCHAR",
     ),
+    6: (_kth_examples,),
 }
 # The file magic of a DuckDB database: a warehouse written by actwh before the lake.
 _DUCKDB_MAGIC = b"DUCK"

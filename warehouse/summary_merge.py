@@ -4,8 +4,9 @@ Runs share their summaries when they have the same model (model_id), backward ob
 and layers, model-pass dtype, stored precision (float32 or bfloat16-rounded values), BOS and special-token
 handling (the columns SETTINGS of `runs`), and summarise the same dsts (a run of an ingest before SAE
 summaries, or whose SAE latents never fired, keeps its rows apart, so that the queries know which runs'
-SAE rows to scan). Their rows are stored once, under the smallest run_id of the pool (its holder), and
-`summary_pools` lists every member of a pool with the holder's id; a run outside it keeps its own rows.
+SAE rows to scan). Their rows are stored once, under one run_id of the pool (its holder: the first of its
+runs to finish, or the smallest when `actwh compact` joins pools), and `summary_pools` lists every member
+of a pool with the holder's id; a run outside it keeps its own rows.
 
 The merge is exact: counts, non-zeros and histograms add (the bins are fixed, warehouse/summaries.py
 EDGES), the minimum and maximum are those of the parts, and the examples kept are each node's EXAMPLES_K
@@ -13,17 +14,26 @@ highest and lowest of the union, ties broken as the queries order examples (prom
 pool holds what one run over the same prompts would. Sums, sums of squares and of absolute values add in
 float64: equal to one run's up to float64 rounding (the additions are grouped differently).
 
-When: a run's last flush (writer.finish_run) merges it, in the same transaction, into the pool of finished
-runs of the same settings, so many small runs keep one set of rows and the queries read one; `actwh
-compact` merges what is left (runs killed midway, whose summaries cover their prompts up to
-summarised_through, and pools of runs that finished side by side on a shared catalog). A run still being
-written is never merged: its own flushes rewrite its rows. A member's prompts past its summarised_through
-stay uncovered, and the queries scan them (queries/summary_sql.py).
+It costs what the merged rows cost, not what the pool holds: each node's summary row keeps the value of its
+K-th highest and lowest example (kth_top, kth_bottom; NULL while it has fewer, or in a warehouse written
+before schema version 7), so only the merged examples that reach them are candidates; the pool's rows of
+the nodes and sides that have candidates are read (a scan of the pool's examples, nothing rewritten), the
+candidates that enter their node's best K are inserted, the pool rows they push out deleted, and the
+summary rows of the merged nodes replaced.
+
+When: a run's end (writer.finish_run) merges its final running summaries, in that transaction, straight
+into the pool of finished runs of the same settings, without storing them as its own rows first (`join_pool`);
+`actwh compact` merges what is left (`merge_all`: runs killed midway, whose rows cover their prompts up to
+summarised_through and may hold more than K examples per node, and pools of runs that finished side by
+side on a shared catalog). A run still being written is never merged: its own flushes rewrite its rows. A
+member's prompts past its summarised_through stay uncovered, and the queries scan them
+(queries/summary_sql.py).
 """
 
 from __future__ import annotations
 
 import duckdb
+import pyarrow as pa
 
 from warehouse import concurrency, db
 from warehouse.summaries import EXAMPLES_K, N_BINS, TABLES
@@ -42,6 +52,12 @@ FIGURES = {
     "max": "max(max)",
     "n_nonzero": "sum(n_nonzero)::BIGINT",
 }
+# An example's place among its node's side, ascending from the best: the highest value first for 'top',
+# the lowest first for 'bottom', ties in the queries' order.
+PLACE = "CASE WHEN side = 'top' THEN -value ELSE value END"
+ORDER = f"{PLACE}, prompt_id, token, token2"
+_KEY = ", ".join(KEY)
+_EXAMPLE = f"{_KEY}, side, prompt_id, token, token2"
 
 
 def merged_hist(cast: str = "BIGINT") -> str:
@@ -69,79 +85,158 @@ def pool_members(con: duckdb.DuckDBPyConnection, run_id: int) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
-def merge_run(con: duckdb.DuckDBPyConnection, run_id: int) -> int | None:
-    """Merge the finished run `run_id`'s rows into the pool of finished runs of its settings, inside the
-    caller's transaction; returns the pool's holder (None: no such run, the rows stay the run's own)."""
-    sources = _sources(con, f"AND (r.run_id = {int(run_id)} OR r.status <> 'running')")
-    group = next((g for g in sources if run_id in g), [])
-    if len(group) < 2:
+def join_pool(con: duckdb.DuckDBPyConnection, run_id: int, rows: tuple[pa.Table, pa.Table]) -> int | None:
+    """Merge the ending run `run_id`'s final summaries `rows` (node_summaries and node_examples rows without
+    run_id, each node's examples whole) into the pool of finished runs of its settings, inside the
+    caller's transaction, dropping the rows its earlier flushes stored; returns the pool's holder, or None
+    when there is no such pool (the caller then stores `rows` as the run's own)."""
+    dsts = sorted(set(rows[0].column("dst").to_pylist()))
+    holders = _holders(con, run_id, dsts)
+    if not holders:
         return None
-    _merge(con, group)
-    return group[0]
+    concurrency.serialize(con)  # two writers merging into one pool: one commits, the other runs again
+    for table in TABLES:  # what the run's earlier flushes stored (its own files: whole files dropped)
+        con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+    target = _target(con, holders[0])
+    con.register("joining_summaries", rows[0])
+    con.register("joining_examples", rows[1])
+    try:
+        _merge_into(con, target, "joining_summaries", "joining_examples")
+    finally:
+        for name in ("joining_summaries", "joining_examples"):
+            con.unregister(name)
+    for other in holders[1:]:
+        _merge_stored(con, target, other)
+    _record(con, target, [run_id, *holders[1:]])
+    return target
 
 
 def merge_all(con: duckdb.DuckDBPyConnection) -> int:
     """Merge every group of finished runs of the same settings into one pool each (`actwh compact`),
     inside the caller's transaction; returns how many runs' rows moved into another's."""
     moved = 0
-    for group in _sources(con, "AND r.status <> 'running'"):
+    for group in _sources(con):
         if len(group) > 1:
-            _merge(con, group)
+            concurrency.serialize(con)
+            target = _target(con, group[0])
+            for other in group[1:]:
+                _merge_stored(con, target, other)
+            _record(con, target, group[1:])
             moved += len(group) - 1
     return moved
 
 
-def _sources(con: duckdb.DuckDBPyConnection, which: str) -> list[list[int]]:
-    """The run_ids holding summary rows (pool holders and runs with their own rows), grouped by settings
-    and summarised dsts, each group in id order; `which` restricts the runs (SQL on `r`)."""
+def _sources(con: duckdb.DuckDBPyConnection) -> list[list[int]]:
+    """The run_ids of finished runs holding summary rows (pool holders and runs with their own rows),
+    grouped by settings and summarised dsts, each group in id order."""
     if not db.has_table(con, POOLS) or not db.has_table(con, "node_summaries"):
         return []
     settings = ", ".join(f"r.{c}" for c in SETTINGS)
     rows = con.execute(
-        f"WITH holders AS (SELECT DISTINCT run_id FROM node_summaries),"
-        f" dsts AS (SELECT run_id, list(DISTINCT dst ORDER BY dst) AS dsts FROM node_summaries GROUP BY run_id)"
-        f" SELECT list(r.run_id ORDER BY r.run_id) FROM runs r JOIN holders h USING (run_id) JOIN dsts USING (run_id)"
-        f" WHERE r.summarised_through IS NOT NULL {which}"
+        f"WITH held AS (SELECT run_id, list(DISTINCT dst ORDER BY dst) AS dsts FROM node_summaries GROUP BY run_id)"
+        " SELECT list(r.run_id ORDER BY r.run_id) FROM runs r JOIN held USING (run_id)"
         # a pool's holder stands for its members, all finished
-        f" GROUP BY {settings}, dsts.dsts"
+        f" WHERE r.summarised_through IS NOT NULL AND r.status <> 'running' GROUP BY {settings}, held.dsts"
     ).fetchall()
     return [sorted(int(x) for x in r[0]) for r in rows]
 
 
-def _merge(con: duckdb.DuckDBPyConnection, sources: list[int]) -> None:
-    """The rows of `sources` (run_ids holding rows, of the same settings) replaced by their merge, stored
-    under the smallest; every member of their pools joins its pool."""
-    holder = sources[0]
-    concurrency.serialize(con)  # two writers merging into one pool: one commits, the other runs again
-    key = ", ".join(KEY)
-    figures = ", ".join(f"{expr} AS {name}" for name, expr in FIGURES.items())
-    merged = {
-        "node_summaries": (
-            f"SELECT {key}, {figures}, {merged_hist('INTEGER')} AS hist FROM node_summaries"
-            f" WHERE list_contains($sources, run_id) GROUP BY {key}"
-        ),
-        # each side's K best, in the queries' order (highest first for 'top', lowest first for 'bottom')
-        "node_examples": (
-            f"SELECT * EXCLUDE (run_id) FROM node_examples WHERE list_contains($sources, run_id)"
-            f" QUALIFY row_number() OVER (PARTITION BY {key}, side ORDER BY"
-            " CASE WHEN side = 'top' THEN -value ELSE value END, prompt_id, token, token2) <= $k"
-        ),
-    }
+def _holders(con: duckdb.DuckDBPyConnection, run_id: int, dsts: list[str]) -> list[int]:
+    """The finished runs other than `run_id` that hold summary rows of `run_id`'s settings and of the
+    dsts `dsts`, in id order."""
+    if not db.has_table(con, POOLS):
+        return []
+    same = " AND ".join(f"r.{c} IS NOT DISTINCT FROM me.{c}" for c in SETTINGS)
+    rows = con.execute(
+        f"WITH held AS (SELECT run_id, list(DISTINCT dst ORDER BY dst) AS dsts FROM node_summaries GROUP BY run_id)"
+        " SELECT r.run_id FROM runs r JOIN held USING (run_id) JOIN runs me ON me.run_id = ?"
+        f" WHERE r.run_id <> me.run_id AND r.summarised_through IS NOT NULL AND r.status <> 'running'"
+        f" AND held.dsts = ?::VARCHAR[] AND {same} ORDER BY r.run_id",
+        [run_id, dsts],
+    ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def _target(con: duckdb.DuckDBPyConnection, holder: int) -> int:
+    """`holder`, its examples first cut to each node's best K where they may hold more: the rows of a run
+    killed midway (marked interrupted), whose flushes appended examples that left its best K since,
+    until a merge into them first makes them a pool's."""
+    pooled = con.execute(f"SELECT count(*) FROM {POOLS} WHERE pool = ?", [holder]).fetchall()[0][0]
+    status = con.execute("SELECT status FROM runs WHERE run_id = ?", [holder]).fetchall()[0][0]
+    if not pooled and status == "interrupted":
+        con.execute(
+            f"DELETE FROM node_examples WHERE run_id = $run AND ({_EXAMPLE}) IN (SELECT {_EXAMPLE} FROM node_examples"
+            f" WHERE run_id = $run QUALIFY row_number() OVER (PARTITION BY {_KEY}, side ORDER BY {ORDER}) > $k)",
+            {"run": holder, "k": EXAMPLES_K},
+        )
+    return holder
+
+
+def _merge_stored(con: duckdb.DuckDBPyConnection, target: int, source: int) -> None:
+    """The rows stored under `source` merged into `target`'s, then dropped."""
+    _merge_into(
+        con,
+        target,
+        f"(SELECT * FROM node_summaries WHERE run_id = {int(source)})",
+        f"(SELECT * FROM node_examples WHERE run_id = {int(source)})",
+    )
     for table in TABLES:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE merged_rows AS {merged[table]}", _params(merged[table], sources))
-        con.execute(f"DELETE FROM {table} WHERE list_contains(?, run_id)", [sources])
-        con.execute(f"INSERT INTO {table} BY NAME SELECT ? AS run_id, * FROM temp.merged_rows", [holder])
-        con.execute("DROP TABLE temp.merged_rows")
+        con.execute(f"DELETE FROM {table} WHERE run_id = ?", [source])
+
+
+def _merge_into(con: duckdb.DuckDBPyConnection, target: int, summaries: str, examples: str) -> None:
+    """Merge summary rows `summaries` and example rows `examples` (relations in the tables' shape, run_id
+    aside; examples at least each node's best K) into those stored under `target`."""
+    params = {"target": target, "k": EXAMPLES_K}
+    steps = (
+        # the pool's summary rows, with each node's K-th highest and lowest example
+        "CREATE TEMP TABLE merge_pool AS SELECT * EXCLUDE (run_id) FROM node_summaries WHERE run_id = $target",
+        f"CREATE TEMP TABLE merge_in AS SELECT {_KEY}, {', '.join(FIGURES)}, hist FROM {summaries}",
+        # the examples that may enter their node's best K: those at or beyond its K-th
+        f"CREATE TEMP TABLE merge_candidates AS SELECT {_EXAMPLE}, e.value FROM {examples} e"
+        f" LEFT JOIN temp.merge_pool t USING ({_KEY}) WHERE"
+        " CASE WHEN side = 'top' THEN e.value >= t.kth_top ELSE e.value <= t.kth_bottom END IS NOT false",
+        f"CREATE TEMP TABLE merge_leads AS SELECT {_KEY}, side, min({PLACE}) AS lead FROM temp.merge_candidates"
+        " GROUP BY ALL",
+        # of the pool's examples of those nodes and sides: how many come before every candidate, and the others
+        f"CREATE TEMP TABLE merge_pooled AS SELECT {_KEY}, side, count(*) FILTER ({PLACE} < lead) AS ahead,"
+        f" list({{'prompt_id': prompt_id, 'token': token, 'token2': token2, 'value': value}})"
+        f" FILTER ({PLACE} >= lead) AS rest FROM node_examples JOIN temp.merge_leads USING ({_KEY}, side)"
+        " WHERE run_id = $target GROUP BY ALL",
+        # each contender's place in the union: after the pool's examples ahead of every candidate
+        f"CREATE TEMP TABLE merge_ranked AS SELECT *, ahead + row_number() OVER (PARTITION BY {_KEY}, side"
+        f" ORDER BY {ORDER}) AS place FROM (SELECT {_KEY}, side, ahead, unnest(rest, recursive := true), true AS pooled"
+        " FROM temp.merge_pooled UNION ALL BY NAME SELECT c.*, coalesce(p.ahead, 0) AS ahead, false AS pooled"
+        f" FROM temp.merge_candidates c LEFT JOIN temp.merge_pooled p USING ({_KEY}, side))",
+        f"DELETE FROM node_examples WHERE run_id = $target AND ({_EXAMPLE}) IN"
+        f" (SELECT {_EXAMPLE} FROM temp.merge_ranked WHERE pooled AND place > $k)",
+        f"INSERT INTO node_examples BY NAME SELECT $target AS run_id, {_EXAMPLE}, value FROM temp.merge_ranked"
+        " WHERE NOT pooled AND place <= $k",
+        # the merged nodes' summary rows, their K-th examples as they are now
+        f"CREATE TEMP TABLE merge_out AS SELECT {_KEY}, {', '.join(f'{e} AS {n}' for n, e in FIGURES.items())},"
+        f" {merged_hist('INTEGER')} AS hist FROM (SELECT * FROM temp.merge_pool SEMI JOIN temp.merge_in"
+        f" USING ({_KEY}) UNION ALL BY NAME SELECT * FROM temp.merge_in) GROUP BY {_KEY}",
+        f"CREATE TEMP TABLE merge_kth AS SELECT {_KEY}, max(value) FILTER (side = 'top' AND place = $k) AS top,"
+        f" max(value) FILTER (side = 'bottom' AND place = $k) AS bottom FROM temp.merge_ranked GROUP BY {_KEY}",
+        f"DELETE FROM node_summaries WHERE run_id = $target AND ({_KEY}) IN (SELECT {_KEY} FROM temp.merge_in)",
+        "INSERT INTO node_summaries BY NAME SELECT $target AS run_id, o.*, coalesce(k.top, p.kth_top) AS kth_top,"
+        f" coalesce(k.bottom, p.kth_bottom) AS kth_bottom FROM temp.merge_out o LEFT JOIN temp.merge_kth k"
+        f" USING ({_KEY}) LEFT JOIN temp.merge_pool p USING ({_KEY})",
+    )
+    try:
+        for sql in steps:
+            con.execute(sql, {name: value for name, value in params.items() if f"${name}" in sql})
+    finally:
+        for table in ("pool", "in", "candidates", "leads", "pooled", "ranked", "out", "kth"):
+            con.execute(f"DROP TABLE IF EXISTS temp.merge_{table}")
+
+
+def _record(con: duckdb.DuckDBPyConnection, holder: int, joined: list[int]) -> None:
+    """`summary_pools`: the runs `joined` (and the members of pools they held) are now `holder`'s."""
+    sources = [holder, *joined]
     con.execute(f"UPDATE {POOLS} SET pool = ? WHERE list_contains(?, pool)", [holder, sources])
     con.execute(
         f"INSERT INTO {POOLS} SELECT run_id, ? AS pool FROM unnest(?::INTEGER[]) t(run_id)"
         f" WHERE run_id NOT IN (SELECT run_id FROM {POOLS})",
         [holder, sources],
     )
-
-
-def _params(sql: str, sources: list[int]) -> dict[str, object]:
-    params: dict[str, object] = {"sources": sources}
-    if "$k" in sql:
-        params["k"] = EXAMPLES_K
-    return params

@@ -31,7 +31,7 @@ import pyarrow as pa
 from warehouse import concurrency, db, fact_files, interrupts, summaries
 from warehouse.facts import FACT_SCHEMA
 from warehouse.lake import ALIAS
-from warehouse.summary_merge import merge_run
+from warehouse.summary_merge import join_pool
 
 LOCK_FILE = "ingest.lock"
 T = TypeVar("T")
@@ -337,8 +337,11 @@ class LakeWriter:
                 if last_summaries is not None and run_id not in self._unsummarised:
                     tables = last_summaries.rows(np.empty(0, np.int64))
                     if tables is not None:
-                        _store_summaries(con, run_id, tables, whole=True)
-                        merge_run(con, run_id)  # into the pool of finished runs of its settings
+                        # into the pool of finished runs of its settings, else stored as the run's own rows
+                        if join_pool(con, run_id, tables) is None:
+                            _store_summaries(con, run_id, tables, whole=True)
+                        else:
+                            _mark_summarised(con, run_id)
 
         self._retrying(update)
         if last_summaries is not None:
@@ -483,6 +486,11 @@ def _store_summaries(
         if rows.num_rows:
             with _registered(con, summary_rows=rows):
                 con.execute(f"INSERT INTO {table} BY NAME SELECT ? AS run_id, * FROM summary_rows", [run_id])
+    _mark_summarised(con, run_id)
+
+
+def _mark_summarised(con: duckdb.DuckDBPyConnection, run_id: int) -> None:
+    """Every stored prompt of the run counts as summarised (runs.summarised_through)."""
     con.execute(
         "UPDATE runs SET summarised_through = (SELECT max(prompt_id) FROM prompts WHERE run_id = ?) WHERE run_id = ?",
         [run_id, run_id],
