@@ -74,6 +74,7 @@ OPENAI_FILES = {
     "oa_res1": "resid_post_mlp_v5_32k/autoencoders/1.pt",
     "oa_mlp1": "topk_mlp.pt",
     "oa_mid0": "resid_post_attn/autoencoders/0.pt",  # tests/test_sae_capped.py
+    "oa_res0": "resid_post_mlp/autoencoders/0.pt",  # tests/test_sae_edges.py
 }
 GIVEN_AS_FOLDER = {"oa_res1"}  # --sae FOLDER@HOOK: actwh picks the layer's file, beside a decoy 0.pt
 TIED = {"oa_attn1"}

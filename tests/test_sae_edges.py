@@ -29,21 +29,22 @@ from warehouse.registry import locations_of
 pytest.importorskip("transformers")
 
 # as tests/test_sae_capture.py's SAES: name, format, architecture, hook, HF site kind, layer, registry location,
-# its layer, d_sae, k, rescale. One SAE per residual site kind and layer: a gated SAE on the embedding, a TopK
-# SAE rescaled by its decoder norms between attention and MLP, OpenAI's layer-normalising TopK on a block's
-# output; then Gemma Scope's JumpReLU (no decoder-bias subtraction) and a plain ReLU SAE the other way round.
+# its layer, d_sae, k, rescale. One SAE per residual site kind and layer: a gated SAE on the embedding, OpenAI's
+# layer-normalising TopK on block 0's output, a TopK SAE rescaled by its decoder norms between attention and MLP
+# of block 1; then Gemma Scope's JumpReLU (no decoder-bias subtraction) and a plain ReLU SAE on the blocks'
+# outputs, the last one after every MLP's read.
 SAE_SETS = {
     "gated_topk_openai": [
         ("pre0", "saelens", "gated", "blocks.0.hook_resid_pre", "resid_pre0", 0, "resid.post_emb", None, 64, None,
          False),
-        ("mid0", "saelens", "topk", "blocks.0.hook_resid_mid", "resid_mid", 0, "resid.post_attn", 0, 64, 6, True),
-        ("oa_res1", "openai", "topk", "blocks.1.hook_resid_post", "resid_post", 1, "resid.post_mlp", 1, 128, 8,
+        ("oa_res0", "openai", "topk", "blocks.0.hook_resid_post", "resid_post", 0, "resid.post_mlp", 0, 128, 8,
          False),
+        ("mid1", "saelens", "topk", "blocks.1.hook_resid_mid", "resid_mid", 1, "resid.post_attn", 1, 64, 6, True),
     ],
     "jumprelu_relu": pytest.param([
         ("res0", "gemma_scope", "jumprelu", "blocks.0.hook_resid_post", "resid_post", 0, "resid.post_mlp", 0, 128,
          None, False),
-        ("mid1", "saelens", "standard", "blocks.1.hook_resid_mid", "resid_mid", 1, "resid.post_attn", 1, 64, None,
+        ("res1", "saelens", "standard", "blocks.1.hook_resid_post", "resid_post", 1, "resid.post_mlp", 1, 64, None,
          False),
     ], marks=pytest.mark.slow),
 }  # fmt: skip
@@ -228,5 +229,5 @@ def test_sae_latents_as_sources_of_edges_into_an_mlp_neuron_match_the_oracle(sto
             scale = max((abs(v[column]) for v in want.values()), default=0.0)
             worst = max((abs(got[k][column] - want[k][column]) for k in want), default=0.0)
             assert worst <= REL * scale, (p.prompt_id, column, worst, scale)
-    # every SAE whose site is before MLP 1 writes into it (not one on block 1's output)
+    # every SAE whose site is before MLP 1 writes into it (not one on block 1's output, in the second set)
     assert seen == {s.site_layer for s in stored.saes if reach(s)[0] <= layer and reach(s)[1] < layer}
