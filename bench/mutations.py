@@ -67,11 +67,21 @@ EDGES = "queries/support/60_edges.sql"
 EDGE_TESTS = "tests/test_edges.py"
 EDGE_ORACLE = "test_edges_into_an_mlp_neuron_match_the_oracle_prompt_by_prompt"
 IDENTITY = "test_in_edge_activations_add_up_to_the_pre_activation_read"
+SAE_READS = "queries/support/55_autoencoder_reads.sql"
+SAE_SOURCES = "queries/support/61_autoencoder_sources.sql"
+SAE_EDGE_ORACLE = "test_edges_into_an_sae_latent_match_the_oracle_prompt_by_prompt"
+SAE_EDGE_IDENTITY = "test_in_edge_activations_add_up_to_the_latent_less_its_constant"
+SAE_SOURCE_ORACLE = "test_sae_latents_as_sources_of_edges_into_an_mlp_neuron_match_the_oracle"
 
 
 def edges(model: str, *tests: str) -> tuple[str, ...]:
     """Edge tests on one of the edge warehouses ('gpt2', 'llama' or 'gemma2'); the oracle comparison by default."""
     return tuple(f"{EDGE_TESTS}::{test}[{model}]" for test in (tests or (EDGE_ORACLE,)))
+
+
+def sae_edges(*tests: str, sae_set: str = "gated_topk_openai") -> tuple[str, ...]:
+    """Tests of tests/test_sae_edges.py on one of its SAE sets."""
+    return tuple(f"tests/test_sae_edges.py::{test}[{sae_set}]" for test in tests)
 
 
 def parity(*cases: str, objective: str = "logit_diff") -> tuple[str, ...]:
@@ -1591,6 +1601,74 @@ MUTATIONS: tuple[Mutation, ...] = (
             " CASE WHEN up_layer >= down_layer THEN",
         ),
         (f"{EDGE_TESTS}::test_edges_refuse_in_one_line[gpt2]",),
+    ),
+    Mutation(
+        "sae_edge_input_std_of_the_first_token",
+        "edges into a layer-normalising SAE's latent divide by its input's std at the prompt's first token",
+        replace(
+            SAE_READS,
+            "ON s.prompt_id = f.prompt_id AND s.token = f.token AND s.dst",
+            "ON s.prompt_id = f.prompt_id AND s.token = 0 AND s.dst",
+        ),
+        sae_edges(SAE_EDGE_ORACLE),
+    ),
+    Mutation(
+        "sae_edge_input_normalisation_missing",
+        "edges into a layer-normalising SAE's latent leave out the input's std (the normalisation)",
+        replace(SAE_READS, "1 / coalesce(s.forward::DOUBLE + 1e-5, 1) AS c1", "1::DOUBLE AS c1"),
+        sae_edges(SAE_EDGE_ORACLE),
+    ),
+    Mutation(
+        "sae_encoder_centring_missing",
+        "a layer-normalising SAE's stored encoder columns keep their mean, so the input's mean leaks into its reads",
+        replace("ingest/sae/record.py", "w = w - w.mean(dim=0, keepdim=True)", "w = w"),
+        sae_edges(SAE_EDGE_ORACLE),
+    ),
+    Mutation(
+        "sae_edge_own_block_mlp_missing",
+        "edges into a latent of an SAE on a block's output leave out that block's MLP neurons",
+        replace(
+            SAE_READS,
+            "CASE location WHEN 'resid.post_mlp' THEN layer WHEN",
+            "CASE location WHEN 'resid.post_mlp' THEN layer - 1 WHEN",
+        ),
+        sae_edges(SAE_EDGE_ORACLE, SAE_EDGE_IDENTITY),
+    ),
+    Mutation(
+        "sae_encoder_decoder_bias_not_subtracted",
+        "the stored encoder bias of an SAE that subtracts its decoder bias first leaves that subtraction out",
+        replace("ingest/sae/record.py", "b = b - sae.b_dec.double() @ w", "b = b"),
+        sae_edges(SAE_EDGE_IDENTITY),
+    ),
+    Mutation(
+        "sae_source_read_at_the_next_token",
+        "a latent's edge into an MLP neuron takes the neuron's slope at the next token",
+        replace(
+            SAE_SOURCES,
+            "c ON c.prompt_id = l.prompt_id AND c.token = l.token",
+            "c ON c.prompt_id = l.prompt_id AND c.token = l.token + 1",
+        ),
+        sae_edges(SAE_SOURCE_ORACLE),
+    ),
+    Mutation(
+        "sae_source_input_std_missing",
+        "a layer-normalising SAE's latent writes into an MLP neuron without the input's std",
+        replace(
+            SAE_SOURCES,
+            "(l.forward * coalesce(s.forward, 1) * (c.c1 * f.f1 + c.c2 * f.f2))::DOUBLE AS activation",
+            "(l.forward * (c.c1 * f.f1 + c.c2 * f.f2))::DOUBLE AS activation",
+        ),
+        sae_edges(SAE_SOURCE_ORACLE),
+    ),
+    Mutation(
+        "sae_source_after_the_mlp_read",
+        "the latents of an SAE on block L's output are sources of edges into MLP L, whose read is before them",
+        replace(
+            SAE_SOURCES,
+            "(location = 'resid.post_mlp' AND layer < down_layer)",
+            "(location = 'resid.post_mlp' AND layer <= down_layer)",
+        ),
+        sae_edges(SAE_SOURCE_ORACLE, sae_set="jumprelu_relu"),
     ),
     Mutation(
         "interrupt_dropped_by_a_library_callback",
