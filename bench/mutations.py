@@ -295,6 +295,16 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_bad_input.py::test_a_target_that_is_not_text_is_refused_in_one_line",),
     ),
     Mutation(
+        "progress_log_counts_prompts_as_tokens",
+        "the progress log's tokens and tokens/s count prompts: a long pass reports a rate far below its own",
+        replace(
+            WORKER,
+            "progress.update(len(captured.items), sum(len(p.ids) for p in captured.items))",
+            "progress.update(len(captured.items), len(captured.items))",
+        ),
+        ("tests/test_progress.py::test_the_log_holds_a_line_per_batch_and_the_totals_the_warehouse_holds",),
+    ),
+    Mutation(
         "library_interrupt_recorded_as_failure",
         "Ctrl-C landing inside DuckDB (its 'Query interrupted' RuntimeError) records the run as failed",
         replace(

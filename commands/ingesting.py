@@ -151,6 +151,11 @@ def _prompt_sources(
     help="Threads writing fact files beside the model pass (default: every core but one).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Append a progress line (prompts, tokens, tokens/s) to this file every minute and when the run ends.",
+)
 def ingest_command(
     db_path: Path,
     model: str,
@@ -179,6 +184,7 @@ def ingest_command(
     no_sae_error: bool,
     writer_threads: int | None,
     quiet: bool,
+    log_file: Path | None,
     data_path: str | None,
     shard: str | None,
     workers: int | None,
@@ -192,6 +198,8 @@ def ingest_command(
         raise click.UsageError("give at least one --prompt or a --prompts FILE")
     if any(not p for p in prompts):
         raise click.UsageError("--prompt is empty: give the text of a prompt")
+    if log_file is not None and not log_file.absolute().parent.is_dir():
+        raise click.UsageError(f"--log-file {log_file}: no folder {log_file.absolute().parent} to write it in")
     try:
         layer_list = [int(x) for x in _split(layers)] or None
     except ValueError:
@@ -216,6 +224,7 @@ def ingest_command(
         wait=wait,
         truncate=truncate,
         progress=not quiet,
+        log_file=log_file,
         target=target,
         distractor=distractor,
         objective_node=objective_node,

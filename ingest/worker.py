@@ -44,6 +44,7 @@ from ingest.passes import (
     to_batch,
     too_big_reason,
 )
+from ingest.progress import Progress
 from ingest.prompts import PromptInput, Skipped, text_problem
 from ingest.sae.load import load_saes
 from ingest.sae.record import record_saes
@@ -86,6 +87,7 @@ class IngestOptions:
     wait: bool = False
     truncate: bool = False
     progress: bool = True
+    log_file: Path | None = None  # progress lines appended every minute and at the end (ingest/progress.py)
     target: str | None = None  # the command-wide target and distractor, checked once before anything runs
     distractor: str | None = None
     precision: str = "float32"  # stored values: float32, or bfloat16 (rounded to nearest even, kept as FLOAT)
@@ -356,43 +358,44 @@ def ingest(
         pending: deque[Future[float]] = deque()
         halted = threading.Event()
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actwh-writer")
+        progress: Progress | None = None
         try:
             with interrupts.deferred():  # a Ctrl-C while it commits lands once run_id is known
                 run_id = report.run_id = writer.start_run(**run_fields)
             if not options.force:
                 committed = writer.committed_keys(model_id)
             next_prompt_id = writer.next_id("prompts", "prompt_id")
-            with _progress(options.progress) as bar:
-                for items in batches(prepared(), options.batch_size, fits):
-                    for captured in run_splitting(items, attempt, give_up):
-                        interrupts.check()
-                        if options.backward:
-                            kinds.add(captured.items[0].kind)
-                        new_tokens = {
-                            i for p in captured.items for i in (p.target_id, p.distractor_id) if i is not None
-                        } - known_tokens
-                        known_tokens |= new_tokens
-                        captured.model_rows = token_rows(weights, new_tokens, layernorm, not unembedding_all)
-                        while len(pending) >= 2:
-                            report.write_seconds += pending.popleft().result()
-                        batch_future = pool.submit(
-                            _write,
-                            writer,
-                            captured,
-                            run_id,
-                            model_id,
-                            loaded,
-                            spec,
-                            report,
-                            halted,
-                            options.precision == "bfloat16",
-                            not options.force,
-                        )
-                        pending.append(batch_future)
-                        bar.update(len(captured.items))
-                while pending:
-                    report.write_seconds += pending.popleft().result()
-                interrupts.check()
+            progress = Progress(run_id, options.progress, options.log_file)
+            for items in batches(prepared(), options.batch_size, fits):
+                for captured in run_splitting(items, attempt, give_up):
+                    interrupts.check()
+                    if options.backward:
+                        kinds.add(captured.items[0].kind)
+                    new_tokens = {
+                        i for p in captured.items for i in (p.target_id, p.distractor_id) if i is not None
+                    } - known_tokens
+                    known_tokens |= new_tokens
+                    captured.model_rows = token_rows(weights, new_tokens, layernorm, not unembedding_all)
+                    while len(pending) >= 2:
+                        report.write_seconds += pending.popleft().result()
+                    batch_future = pool.submit(
+                        _write,
+                        writer,
+                        captured,
+                        run_id,
+                        model_id,
+                        loaded,
+                        spec,
+                        report,
+                        halted,
+                        options.precision == "bfloat16",
+                        not options.force,
+                    )
+                    pending.append(batch_future)
+                    progress.update(len(captured.items), sum(len(p.ids) for p in captured.items))
+            while pending:
+                report.write_seconds += pending.popleft().result()
+            interrupts.check()
             status = "completed"
         except BaseException as exc:
             halted.set()  # stop now: batches still queued are not committed (a rerun stores them)
@@ -409,6 +412,8 @@ def ingest(
             # the run's status is written on it, and the status must be written.
             with interrupts.deferred():
                 pool.shutdown(wait=True, cancel_futures=True)
+                if progress is not None:
+                    progress.close(status)
                 if run_id is not None:
                     last = summary_state.final() if summary_state is not None else None
                     _finish(writer, run_id, status, report, message, ",".join(sorted(kinds)) or "none", last)
@@ -469,22 +474,3 @@ def _write(
     report.rows += stored.rows
     report.already_stored += len(captured.items) - stored.prompts  # another writer stored them first
     return time.perf_counter() - start
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-def _progress(enabled: bool):  # type: ignore[no-untyped-def]
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(unit="prompt", desc="ingest", leave=False)

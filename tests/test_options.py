@@ -59,6 +59,7 @@ EVERY_INGEST_OPTION = [
     *("--unembedding", "all", "--no-prepend-bos", "--special-tokens-as-text", "--max-memory", "2gb"),
     *("--input-weights", "all"),
     *("--store", "summaries,facts", "--facts-every", "4", "--no-sae-error", "--writer-threads", "3", "--quiet"),
+    *("--log-file", "progress.log"),
     *("--sae", "first", "--sae", "second@blocks.0.hook_resid_pre"),
 ]
 BUILT = IngestOptions(
@@ -86,6 +87,7 @@ BUILT = IngestOptions(
     saes=["first", "second@blocks.0.hook_resid_pre"],
     sae_error=False,
     writer_threads=3,
+    log_file=Path("progress.log"),
 )
 
 
