@@ -72,6 +72,15 @@ SAE_SOURCES = "queries/support/61_autoencoder_sources.sql"
 SAE_EDGE_ORACLE = "test_edges_into_an_sae_latent_match_the_oracle_prompt_by_prompt"
 SAE_EDGE_IDENTITY = "test_in_edge_activations_add_up_to_the_latent_less_its_constant"
 SAE_SOURCE_ORACLE = "test_sae_latents_as_sources_of_edges_into_an_mlp_neuron_match_the_oracle"
+ATTN_EDGES = "queries/support/62_attention_edges.sql"
+VALUE_ORACLE = "tests/test_attention_edges.py::test_edges_into_a_value_side_match_the_oracle_prompt_by_prompt"
+ATTN_OUT_ORACLE = "tests/test_attention_edges.py::test_edges_from_an_attention_node_and_the_embedding_match_the_oracle"
+QK_ORACLE = "tests/test_attention_edges.py::test_edges_into_a_query_or_key_side_match_the_oracle_prompt_by_prompt"
+SAE_READS = "queries/support/55_autoencoder_reads.sql"
+SAE_SOURCES = "queries/support/61_autoencoder_sources.sql"
+SAE_EDGE_ORACLE = "test_edges_into_an_sae_latent_match_the_oracle_prompt_by_prompt"
+SAE_EDGE_IDENTITY = "test_in_edge_activations_add_up_to_the_latent_less_its_constant"
+SAE_SOURCE_ORACLE = "test_sae_latents_as_sources_of_edges_into_an_mlp_neuron_match_the_oracle"
 
 
 def edges(model: str, *tests: str) -> tuple[str, ...]:
@@ -1679,6 +1688,86 @@ MUTATIONS: tuple[Mutation, ...] = (
             "(location = 'resid.post_mlp' AND layer <= down_layer)",
         ),
         sae_edges(SAE_SOURCE_ORACLE, sae_set="jumprelu_relu"),
+    ),
+    Mutation(
+        "value_edge_read_at_the_query_token",
+        "edges into an attention head's value side take the writes at the query token, not the key token",
+        replace(
+            ATTN_EDGES,
+            "SELECT p.prompt_id, p.model_id, p.token, p.token2, p.token2, g.node_index",
+            "SELECT p.prompt_id, p.model_id, p.token, p.token2, p.token, g.node_index",
+        ),
+        (f"{VALUE_ORACLE}[gpt2]",),
+    ),
+    Mutation(
+        "value_edge_wrong_kv_head",
+        "a grouped-query head's value side reads key/value head h mod H_kv instead of h // (H / H_kv)",
+        replace(ATTN_EDGES, "THEN h ELSE h // (e.n_heads // e.n_kv_heads) END", "THEN h ELSE h % e.n_kv_heads END"),
+        (f"{VALUE_ORACLE}[llama]",),
+    ),
+    Mutation(
+        "attention_read_norm_scale_missing",
+        "edges into an attention head's value, query or key side leave out the attention norm's scale",
+        replace(ATTN_EDGES, "x.g / coalesce(s.forward::DOUBLE, 1) AS a", "x.g AS a"),
+        (f"{VALUE_ORACLE}[llama]",),
+    ),
+    Mutation(
+        "value_edge_attention_sources_missing",
+        "edges into a value side leave out the attention nodes of the layer just before it",
+        replace(
+            ATTN_EDGES,
+            "AND x.forward IS NOT NULL AND x.layer < down_layer",
+            "AND x.forward IS NOT NULL AND x.layer < down_layer - 1",
+        ),
+        (f"{VALUE_ORACLE}[gpt2]",),
+    ),
+    Mutation(
+        "attention_out_edge_read_at_the_key_token",
+        "edges out of an attention node reach the MLP neurons at its key token, not its query token",
+        replace(
+            ATTN_EDGES,
+            "JOIN mlp_read_slopes(up_layer, 32767, NULL) c ON c.prompt_id = p.prompt_id AND c.token = p.token\n",
+            "JOIN mlp_read_slopes(up_layer, 32767, NULL) c ON c.prompt_id = p.prompt_id AND c.token = p.token2\n",
+        ),
+        (f"{ATTN_OUT_ORACLE}[llama]",),
+    ),
+    Mutation(
+        "attention_out_edge_wrong_kv_head",
+        "edges out of a grouped-query attention node read the values of key/value head h mod H_kv",
+        replace(ATTN_EDGES, "v.head = h // (e.n_heads // e.n_kv_heads)", "v.head = h % e.n_kv_heads"),
+        (f"{ATTN_OUT_ORACLE}[llama]",),
+    ),
+    Mutation(
+        "query_side_read_at_the_key_token",
+        "edges into a query side take the writes at the key token, not the query token",
+        replace(
+            ATTN_EDGES,
+            "SELECT x.prompt_id, x.model_id, x.token, x.token2, x.token AS pos",
+            "SELECT x.prompt_id, x.model_id, x.token, x.token2, x.token2 AS pos",
+        ),
+        (f"{QK_ORACLE}[gpt2-query]",),
+    ),
+    Mutation(
+        "query_key_rotary_turned_forward",
+        "the gradient of a rotated query or key is turned forward by its position, not back",
+        replace(
+            ATTN_EDGES,
+            "CASE WHEN r.c < m.rot // 2 THEN o.g ELSE -o.g END",
+            "CASE WHEN r.c < m.rot // 2 THEN -o.g ELSE o.g END",
+        ),
+        (f"{QK_ORACLE}[llama-query]",),
+    ),
+    Mutation(
+        "query_key_soft_cap_slope_dropped",
+        "the query and key sides leave out the attention logits' soft cap (Gemma 2)",
+        replace(ATTN_EDGES, "CASE WHEN any_value(m.cap) IS NULL THEN 1 ELSE", "CASE WHEN true THEN 1 ELSE"),
+        (f"{QK_ORACLE}[gemma2-query]", f"{QK_ORACLE}[gemma2-key]"),
+    ),
+    Mutation(
+        "key_side_row_sum_taken_as_one",
+        "the key side's 1 - p is taken from float32 probabilities (rounding for a probability near 1)",
+        replace(ATTN_EDGES, "x.p * (x.total - x.p) * x.slope * a.value", "x.p * (1 - x.p) * x.slope * a.value"),
+        (f"{QK_ORACLE}[gpt2-key]",),
     ),
     Mutation(
         "interrupt_dropped_by_a_library_callback",
