@@ -76,11 +76,6 @@ ATTN_EDGES = "queries/support/62_attention_edges.sql"
 VALUE_ORACLE = "tests/test_attention_edges.py::test_edges_into_a_value_side_match_the_oracle_prompt_by_prompt"
 ATTN_OUT_ORACLE = "tests/test_attention_edges.py::test_edges_from_an_attention_node_and_the_embedding_match_the_oracle"
 QK_ORACLE = "tests/test_attention_edges.py::test_edges_into_a_query_or_key_side_match_the_oracle_prompt_by_prompt"
-SAE_READS = "queries/support/55_autoencoder_reads.sql"
-SAE_SOURCES = "queries/support/61_autoencoder_sources.sql"
-SAE_EDGE_ORACLE = "test_edges_into_an_sae_latent_match_the_oracle_prompt_by_prompt"
-SAE_EDGE_IDENTITY = "test_in_edge_activations_add_up_to_the_latent_less_its_constant"
-SAE_SOURCE_ORACLE = "test_sae_latents_as_sources_of_edges_into_an_mlp_neuron_match_the_oracle"
 
 
 def edges(model: str, *tests: str) -> tuple[str, ...]:
@@ -138,6 +133,10 @@ BATCH = "ingest/summary_batch.py"
 SUMMARY_TESTS = "tests/test_summaries.py"
 MERGE = "warehouse/summary_merge.py"
 MERGE_TESTS = "tests/test_summary_merge.py"
+MERGE_TIES = tuple(
+    f"tests/test_summary_merge_ties.py::test_a_merge_keeps_each_nodes_k_best_in_the_queries_order[{pool}]"
+    for pool in ("known", "unknown", "superset")
+)
 STORE = "tests/test_store.py"
 WORKER = "ingest/worker.py"
 PASSES = "ingest/passes.py"
@@ -1312,8 +1311,57 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "summary_merge_keeps_k_minus_one_examples",
         "merging examples keeps one fewer than K per node and side",
-        replace(MERGE, "token, token2) <= $k", "token, token2) < $k"),
-        (f"{MERGE_TESTS}::test_merged_examples_are_each_nodes_k_best_of_the_union",),
+        replace(
+            MERGE, 'params = {"target": target, "k": EXAMPLES_K}', 'params = {"target": target, "k": EXAMPLES_K - 1}'
+        ),
+        (f"{MERGE_TESTS}::test_merged_examples_are_each_nodes_k_best_of_the_union", *MERGE_TIES),
+    ),
+    Mutation(
+        "summary_merge_candidates_leave_out_ties_with_the_kth",
+        "merging examples, a value equal to the pool's K-th is no candidate, though it comes first by prompt",
+        replace(
+            MERGE,
+            "e.value >= t.kth_top ELSE e.value <= t.kth_bottom",
+            "e.value > t.kth_top ELSE e.value < t.kth_bottom",
+        ),
+        MERGE_TIES,
+    ),
+    Mutation(
+        "summary_merge_ties_keep_the_latest_prompt",
+        "merging examples, of equal values the one of the latest prompt is kept first",
+        replace(
+            MERGE, 'ORDER = f"{PLACE}, prompt_id, token, token2"', 'ORDER = f"{PLACE}, prompt_id DESC, token, token2"'
+        ),
+        MERGE_TIES,
+    ),
+    Mutation(
+        "summary_merge_counts_ties_with_the_best_candidate_ahead",
+        "merging examples, a pool row equal to a node's best candidate counts as ahead of it and is ranked too",
+        replace(MERGE, "FILTER ({PLACE} < lead) AS ahead", "FILTER ({PLACE} <= lead) AS ahead"),
+        MERGE_TIES,
+    ),
+    Mutation(
+        "summary_merge_kth_one_place_late",
+        "after a merge a node's K-th example value is that of its (K+1)-th",
+        replace(
+            MERGE,
+            "max(value) FILTER (side = 'top' AND place = $k) AS top",
+            "max(value) FILTER (side = 'top' AND place = $k + 1) AS top",
+        ),
+        MERGE_TIES,
+    ),
+    Mutation(
+        "summary_kth_of_the_run_one_place_early",
+        "a run's summary rows give its (K-1)-th highest and lowest example as the K-th",
+        replace("ingest/summary_tables.py", "best.value[:, EXAMPLES_K - 1]", "best.value[:, EXAMPLES_K - 2]"),
+        (f"{MERGE_TESTS}::test_merged_summaries_equal_one_runs_over_the_same_prompts",),
+    ),
+    Mutation(
+        "summary_merge_rewrites_the_merged_nodes_examples",
+        "a merge deletes the pool examples of the nodes it reaches and inserts their best K again (exact, a rewrite)",
+        replace(MERGE, "WHERE pooled AND place > $k)", "WHERE pooled)")
+        + replace(MERGE, '" WHERE NOT pooled AND place <= $k",', '" WHERE place <= $k",'),
+        (f"{MERGE_TESTS}::test_a_runs_merge_writes_what_enters_the_pool_not_the_pool",),
     ),
     Mutation(
         "summary_merge_ignores_precision",
@@ -1336,7 +1384,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "summary_runs_not_merged_at_commit",
         "a finished run keeps its own summary rows: every query reads one set per run",
-        replace(WRITER, "merge_run(con, run_id)  #", "None  #"),
+        replace(WRITER, "if join_pool(con, run_id, tables) is None:", "if True:"),
         (f"{MERGE_TESTS}::test_runs_of_one_setting_keep_one_pool_of_rows",),
     ),
     Mutation(
@@ -1768,6 +1816,16 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the key side's 1 - p is taken from float32 probabilities (rounding for a probability near 1)",
         replace(ATTN_EDGES, "x.p * (x.total - x.p) * x.slope * a.value", "x.p * (1 - x.p) * x.slope * a.value"),
         (f"{QK_ORACLE}[gpt2-key]",),
+    ),
+    Mutation(
+        "embedding_out_edge_not_centred",
+        "edges out of a LayerNorm model's embedding keep its mean (the norm's centring left out)",
+        replace(
+            ATTN_EDGES,
+            "avg(x.forward::DOUBLE)\n               OVER (PARTITION BY x.prompt_id, x.token)",
+            "0 * avg(x.forward::DOUBLE)\n               OVER (PARTITION BY x.prompt_id, x.token)",
+        ),
+        (f"{ATTN_OUT_ORACLE}[gpt2]",),
     ),
     Mutation(
         "interrupt_dropped_by_a_library_callback",

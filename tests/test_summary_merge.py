@@ -10,6 +10,7 @@ stored values are the same bits), and SQL over the stored rows (tests/test_summa
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,12 @@ from queries.api import Warehouse
 from queries.notes import notes
 from tests.test_summaries import ROWS, _prompts, assert_answered_with_a_scan
 from warehouse import db, summaries
+from warehouse.lake import ALIAS
 from warehouse.maintenance import compact
 
 TINY = {"model": "gpt2-tiny", "progress": False, "batch_size": 1}
 KEY = ["dst", "pass_type", "layer", "head", "node_type", "node_index", "first_token"]
-EXACT = ["n", "min", "max", "n_nonzero", "hist"]
+EXACT = ["n", "min", "max", "n_nonzero", "hist", "kth_top", "kth_bottom"]
 SUMS = ["sum", "sum_sq", "sum_abs"]
 # (prompt count of each run): runs of one and of several prompts, one flushed several times on the way
 RUNS = (1, 1, 3, 1, 2)
@@ -185,3 +187,48 @@ def test_runs_with_an_sae_share_a_pool_and_their_rows_are_not_scanned_again(tmp_
         )
         assert ranked["value"].to_pylist() == pytest.approx(oracle["v"].to_pylist(), rel=1e-9), dst
         assert not notes(ranked), dst
+
+
+def test_a_runs_merge_writes_what_enters_the_pool_not_the_pool(lakes: tuple[Path, Path], tmp_path: Path) -> None:
+    """One more one-prompt run joining the pool of RUNS: its commit inserts into node_examples exactly its
+    values that enter their node's best K and deletes exactly the pool's rows they push out (SQL over the
+    fact rows ranks every value), and replaces the summary rows of its own nodes only, so the merge
+    costs what the run's rows cost, not a rewrite of the pool (read from DuckLake's snapshot changes)."""
+    path = tmp_path / "lake"
+    shutil.copytree(lakes[0], path)
+    last = f"SELECT max(snapshot_id) FROM ducklake_snapshots('{ALIAS}')"
+    before = Warehouse(path).sql(last, output="rows")[0][0]
+    ingest(path, _prompts(1, 11), IngestOptions(**TINY))
+    wh = Warehouse(path)
+    after = wh.sql(last, output="rows")[0][0]
+    new_run = wh.sql("SELECT max(run_id) FROM runs", output="rows")[0][0]
+    example = [*KEY, "side", "prompt_id", "token", "token2"]
+
+    def changed(table: str, kind: str, columns: list[str]) -> set[tuple]:
+        rows = wh.sql(
+            f"SELECT {', '.join(columns)} FROM ducklake_table_{kind}('{ALIAS}', 'main', '{table}', ?, ?)",
+            [before + 1, after],
+            output="rows",
+        )
+        assert len(set(rows)) == len(rows)
+        return set(rows)
+
+    order = "CASE WHEN side = 'top' THEN -value ELSE value END, prompt_id, token, token2"
+    places = wh.sql(
+        f"SELECT {', '.join(example)}, run_id = {new_run} AS new,"
+        f" row_number() OVER (PARTITION BY {', '.join(KEY)}, side ORDER BY {order}) AS place,"
+        f" row_number() OVER (PARTITION BY {', '.join(KEY)}, side, run_id = {new_run} ORDER BY {order}) AS old_place"
+        f" FROM (SELECT *, unnest(['top', 'bottom']) AS side FROM ({ROWS}))",
+        output="rows",
+    )
+    k = summaries.EXAMPLES_K
+    entering = {tuple(row[:-3]) for row in places if row[-3] and row[-2] <= k}
+    pushed_out = {tuple(row[:-3]) for row in places if not row[-3] and row[-1] <= k < row[-2]}
+    assert entering and pushed_out, "the run must change the pool for the test to mean anything"
+    assert changed("node_examples", "insertions", example) == entering
+    assert changed("node_examples", "deletions", example) == pushed_out
+    nodes = wh.sql(f"SELECT DISTINCT {', '.join(KEY)} FROM ({ROWS}) WHERE run_id = {new_run}", output="rows")
+    assert changed("node_summaries", "insertions", KEY) == set(nodes)
+    assert changed("node_summaries", "deletions", KEY) <= set(nodes)
+    pool = wh.sql("SELECT count(*) FROM node_examples", output="rows")[0][0]
+    assert len(entering) + len(pushed_out) < pool, "a rewrite would delete and insert the whole pool"

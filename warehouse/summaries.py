@@ -6,9 +6,10 @@ figures in memory (ingest/summaries.py), updated as each batch commits. Every FL
 and when the run ends, the batch's transaction replaces the run's rows in `node_summaries` by the running
 figures, appends the examples that entered the running top or bottom K since the last flush to
 `node_examples`, and sets the run's `summarised_through` to its largest stored prompt id. So the summaries
-cost one row per node per flush, not per batch, and a run holds one summary row per node and group.
-As a run ends its rows are merged into those of the finished runs of the same model and capture
-settings (warehouse/summary_merge.py), so many runs hold what one run would.
+cost one row per node per flush, not per batch, and a run holds one summary row per node and group,
+with the values of its K-th highest and lowest examples. As a run ends, its figures go straight into the
+rows of the finished runs of the same model and capture settings where there are such (warehouse/
+summary_merge.py, at the cost of the run's rows), so many runs hold what one run would.
 
 They are exact for the prompts they cover (prompt ids up to `summarised_through`); the queries add a scan
 of the prompts they do not cover yet (the run being written, or the last few batches of a run whose
