@@ -80,6 +80,7 @@ def run(db: Path, runs: int, tokens: int, model: str, repeat: int, layer: int, n
 
     loaded = worker.open_model(model)
     worker.open_model = lambda name: loaded  # loaded once, outside the timed runs
+    finishing = _timed_finish(LakeWriter)
     with LakeWriter(db) as writer:
         register_model(writer, loaded, factor_weights(loaded), False)
     texts = prompt_texts(runs, tokens, loaded.tokenizer)
@@ -108,10 +109,28 @@ def run(db: Path, runs: int, tokens: int, model: str, repeat: int, layer: int, n
             name: round(last["seconds"][name] / first["seconds"][name], 2) for name in first["seconds"]
         }
     tenth = max(1, runs // 10)
-    result["mean_run_seconds_first_and_last_tenth"] = [
-        round(sum(part) / len(part), 2) for part in (seconds[:tenth], seconds[-tenth:])
-    ]
+    for name, times in (("run", seconds), ("finish", finishing)):
+        result[f"mean_{name}_seconds_first_and_last_tenth"] = [
+            round(sum(part) / len(part), 3) for part in (times[:tenth], times[-tenth:])
+        ]
     return result
+
+
+def _timed_finish(writer: Any) -> list[float]:
+    """The seconds of each run's last transaction (LakeWriter.finish_run: its summaries' last flush and
+    their merge into the pool), appended to the list returned as runs end."""
+    times: list[float] = []
+    finish = writer.finish_run
+
+    def timed(self: Any, *args: Any, **kwargs: Any) -> None:
+        start = time.perf_counter()
+        try:
+            finish(self, *args, **kwargs)
+        finally:
+            times.append(time.perf_counter() - start)
+
+    writer.finish_run = timed
+    return times
 
 
 def _compare(paths: dict[int, Path], repeat: int, layer: int, node: int) -> dict[int, dict[str, Any]]:

@@ -147,12 +147,11 @@ def summary_table(running: Iterable[Running]) -> pa.Table:
 
 
 def _kth(best: Best, sign: int) -> pa.Array:
-    """(N,) each node's K-th best value (`sign` -1: the bottom side's, stored negated), null while it has
-    fewer than K (a sparse node's missing ones are -inf)."""
+    """(N,) each node's K-th best value (`sign` -1: the bottom side's, stored negated); -inf (+inf for the
+    bottom) while it has fewer than K, as a sparse node's missing ones are."""
     if best.value.shape[1] < EXAMPLES_K:
-        return pa.nulls(best.value.shape[0], pa.float32())
-    kth = best.value[:, EXAMPLES_K - 1].cpu().numpy()
-    return pa.array(sign * kth, pa.float32(), mask=~np.isfinite(kth))
+        return pa.array(np.full(best.value.shape[0], -sign * np.inf, np.float32))
+    return pa.array(sign * best.value[:, EXAMPLES_K - 1].cpu().numpy(), pa.float32())
 
 
 def example_table(running: Iterable[Running], every: bool = False) -> pa.Table:

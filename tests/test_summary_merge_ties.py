@@ -27,6 +27,8 @@ KEY = {"dst": "mlp_post_act", "pass_type": "forward", "layer": 0, "head": -1, "n
 # (run_id, first prompt id, status, examples kept beyond each node's K best): the pool first
 RUNS = ((0, 100, "completed", 0), (1, 0, "completed", 0), (2, 50, "interrupted", 7))
 NODES = 6
+# a node's K-th value while it has fewer than K values, or when it is unknown (a pool of schema version 6)
+_FEWER = {"top": -np.inf, "bottom": np.inf}
 _NODE = [("node_index", pa.int32()), ("first_token", pa.bool_())]
 _SUMMARY = pa.schema(
     [
@@ -66,10 +68,15 @@ def _best(values: list[tuple[int, int, int, float]], side: str, keep: int) -> li
     return sorted(values, key=lambda v: (sign * v[3], v[0], v[1], v[2]))[:keep]
 
 
+def _kth(values: list[tuple[int, int, int, float]], side: str) -> float:
+    """The value of the K-th of `values` for `side`; -inf (+inf for 'bottom') when there are fewer."""
+    return _best(values, side, K)[-1][3] if len(values) >= K else _FEWER[side]
+
+
 def _store(
     con: duckdb.DuckDBPyConnection, run_id: int, first_prompt: int, status: str, extra: int, known: bool
 ) -> list[tuple]:
-    """A run's row, its summary rows (count, extremes, K-th examples, or NULL K-th when not `known`) and
+    """A run's row, its summary rows (count, extremes, K-th examples, or unknown ones when not `known`) and
     each node's best K + `extra` examples; returns its values as (node, first, prompt_id, token, token2, value)."""
     con.execute(
         "INSERT INTO runs (run_id, model_id, objective, locations, software_version, device, dtype, precision,"
@@ -84,7 +91,7 @@ def _store(
         out += [(node, first, *row) for row in rows]
         if not rows:
             continue
-        kth = [_best(rows, side, K)[-1][3] if len(rows) >= K and known else None for side in ("top", "bottom")]
+        kth = [_kth(rows, side) if known else _FEWER[side] for side in ("top", "bottom")]
         values = [v for *_, v in rows]
         summaries.append(
             dict(
@@ -141,13 +148,14 @@ def test_a_merge_keeps_each_nodes_k_best_in_the_queries_order(tmp_path: Path, po
     assert sorted(row[:-1] for row in kept) == expected_rows
     expected_summaries = {
         (node, first): (len(rows), min(r[3] for r in rows), max(r[3] for r in rows))
-        + tuple(_best(rows, side, K)[-1][3] if len(rows) >= K else None for side in ("top", "bottom"))
+        + tuple(_kth(rows, side) for side in ("top", "bottom"))
         for (node, first), rows in by_node.items()
         if rows
     }
     got = {(node, first): tuple(rest) for node, first, _, *rest in summaries}
     if pool == "K-th unknown":  # a node no merged run reached keeps its unknown K-th
         assert all(got[key][:3] == expected_summaries[key][:3] for key in expected_summaries)
-        assert all(got[key][3:] in ((None, None), expected_summaries[key][3:]) for key in expected_summaries)
+        unknown = (_FEWER["top"], _FEWER["bottom"])
+        assert all(got[key][3:] in (unknown, expected_summaries[key][3:]) for key in expected_summaries)
     else:
         assert got == expected_summaries

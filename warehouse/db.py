@@ -55,11 +55,11 @@ def _summaries_per_run(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def _kth_examples(con: duckdb.DuckDBPyConnection) -> None:
-    """Version 6 to 7. The K-th examples of the stored rows stay NULL, which a merge reads as unknown: every
-    merged example of such a node is a candidate, and the merge records the node's K-th."""
+    """Version 6 to 7. The stored rows' K-th examples are unknown: -inf and +inf, as while a node has fewer
+    than K, so that every merged example of such a node is a candidate, and the merge records its K-th."""
     if has_table(con, "node_summaries"):  # else schema.sql creates it
-        for column in ("kth_top", "kth_bottom"):
-            con.execute(f"ALTER TABLE node_summaries ADD COLUMN IF NOT EXISTS {column} FLOAT")
+        for column, unknown in (("kth_top", "-inf"), ("kth_bottom", "inf")):
+            con.execute(f"ALTER TABLE node_summaries ADD COLUMN IF NOT EXISTS {column} FLOAT DEFAULT '{unknown}'")
 
 
 # Each version's step to the next (SQL statements, or a function of the connection), run in one

@@ -3,8 +3,9 @@
 An ingest writes at least one Parquet file per committed batch; over millions of tokens that is many
 small files. `compact` merges the per-node summaries of finished runs of the same settings that are still
 apart (warehouse/summary_merge.py: a run killed midway, runs that finished side by side), merges adjacent
-small files of each table, moves rows DuckLake inlined in the catalog into Parquet, expires the
-snapshots older than the newest one and deletes the files no snapshot needs any more. Readers attached
+small files of each table (the summary tables' files that merges deleted rows from rewritten first), moves
+rows DuckLake inlined in the catalog into Parquet, expires the snapshots older than the newest one and
+deletes the files no snapshot needs any more. Readers attached
 meanwhile keep their snapshot until they finish; a query that starts on an expired snapshot during the
 cleanup may need to be rerun.
 
@@ -23,7 +24,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from warehouse import concurrency, db, summary_merge
+from warehouse import concurrency, db, summaries, summary_merge
 from warehouse.lake import ALIAS
 
 _METADATA = f"__ducklake_metadata_{ALIAS}"
@@ -62,6 +63,8 @@ def compact(path: str | Path) -> tuple[int, int]:
         before = live_data_files(con)
         call(_merge_summaries)
         call(f"CALL ducklake_flush_inlined_data('{ALIAS}')")
+        for table in summaries.TABLES:  # each merge deletes a few rows from the pool's files: rewritten whole
+            call(f"CALL ducklake_rewrite_data_files('{ALIAS}', '{table}', delete_threshold => 0.0)")
         call(f"CALL ducklake_merge_adjacent_files('{ALIAS}')")
         # A merged file can join row groups of different NULL patterns, which DuckLake 1.5.5 records with
         # statistics that miss values (see statistics_problems): keep the older snapshots then, so that

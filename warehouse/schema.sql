@@ -201,8 +201,8 @@ CREATE TABLE IF NOT EXISTS node_summaries (
     max FLOAT,
     n_nonzero BIGINT NOT NULL,
     hist INTEGER[] NOT NULL,          -- counts over warehouse/summaries.py EDGES (24 bins, powers of ten)
-    kth_top FLOAT,                    -- the value of the node's EXAMPLES_K-th highest example (NULL while
-    kth_bottom FLOAT                  -- it has fewer, or unknown: a row from before version 7); K-th lowest
+    kth_top FLOAT NOT NULL,           -- the value of the node's EXAMPLES_K-th highest example (-inf while
+    kth_bottom FLOAT NOT NULL         -- it has fewer, or unknown: from before version 7); K-th lowest (+inf)
 );
 
 -- Candidate examples per node: a superset of its EXAMPLES_K highest ('top') and lowest ('bottom') stored

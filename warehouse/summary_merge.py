@@ -15,8 +15,8 @@ pool holds what one run over the same prompts would. Sums, sums of squares and o
 float64: equal to one run's up to float64 rounding (the additions are grouped differently).
 
 It costs what the merged rows cost, not what the pool holds: each node's summary row keeps the value of its
-K-th highest and lowest example (kth_top, kth_bottom; NULL while it has fewer, or in a warehouse written
-before schema version 7), so only the merged examples that reach them are candidates; the pool's rows of
+K-th highest and lowest example (kth_top, kth_bottom; -inf and +inf while it has fewer, or in a warehouse
+written before schema version 7), so only the merged examples that reach them are candidates; the pool's rows of
 the nodes and sides that have candidates are read (a scan of the pool's examples, nothing rewritten), the
 candidates that enter their node's best K are inserted, the pool rows they push out deleted, and the
 summary rows of the merged nodes replaced.
@@ -219,8 +219,9 @@ def _merge_into(con: duckdb.DuckDBPyConnection, target: int, summaries: str, exa
         f"CREATE TEMP TABLE merge_kth AS SELECT {_KEY}, max(value) FILTER (side = 'top' AND place = $k) AS top,"
         f" max(value) FILTER (side = 'bottom' AND place = $k) AS bottom FROM temp.merge_ranked GROUP BY {_KEY}",
         f"DELETE FROM node_summaries WHERE run_id = $target AND ({_KEY}) IN (SELECT {_KEY} FROM temp.merge_in)",
-        "INSERT INTO node_summaries BY NAME SELECT $target AS run_id, o.*, coalesce(k.top, p.kth_top) AS kth_top,"
-        f" coalesce(k.bottom, p.kth_bottom) AS kth_bottom FROM temp.merge_out o LEFT JOIN temp.merge_kth k"
+        "INSERT INTO node_summaries BY NAME SELECT $target AS run_id, o.*,"
+        " coalesce(k.top, p.kth_top, '-inf') AS kth_top, coalesce(k.bottom, p.kth_bottom, 'inf') AS kth_bottom"
+        f" FROM temp.merge_out o LEFT JOIN temp.merge_kth k"
         f" USING ({_KEY}) LEFT JOIN temp.merge_pool p USING ({_KEY})",
     )
     try:
