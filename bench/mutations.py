@@ -313,6 +313,16 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_progress.py::test_the_log_holds_a_line_per_batch_and_the_totals_the_warehouse_holds",),
     ),
     Mutation(
+        "api_interrupt_leaves_the_query_running",
+        "Ctrl-C during a Python API query leaves DuckDB's threads running it: the Warehouse hangs at its close",
+        replace(
+            "queries/api.py",
+            "                con.interrupt()\n                if isinstance(exc, KeyboardInterrupt):",
+            "                if isinstance(exc, KeyboardInterrupt):",
+        ),
+        (f"{INTERRUPT_TESTS}::test_ctrl_c_during_a_python_api_query_cancels_it",),
+    ),
+    Mutation(
         "library_interrupt_recorded_as_failure",
         "Ctrl-C landing inside DuckDB (its 'Query interrupted' RuntimeError) records the run as failed",
         replace(

@@ -12,7 +12,7 @@ ingest runs. `session()` keeps one connection (one consistent snapshot) for a bl
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -29,7 +29,7 @@ from queries.sources import DstSources
 from queries.stored_facts import require_facts
 from queries.streaming import QueryError
 from queries.summaries import SummaryQueries
-from warehouse import db, lake
+from warehouse import db, interrupts, lake
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -104,11 +104,19 @@ class Warehouse(
 
     @contextmanager
     def _connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        if self._session is not None:
-            yield self._session
-            return
-        with self._open() as cur:
-            yield cur
+        with nullcontext(self._session) if self._session is not None else self._open() as con:
+            try:
+                yield con
+            except BaseException as exc:
+                if interrupts.reason(exc) is None:
+                    raise
+                # DuckDB reports Ctrl-C as RuntimeError('Query interrupted') at once, but its threads run the
+                # query on: cancelled here, or closing the connection (or a session's next query) would wait
+                # for the query's end. Raised as the KeyboardInterrupt it is, so a script stops as on Ctrl-C.
+                con.interrupt()
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                raise KeyboardInterrupt(str(exc)) from exc
 
     @staticmethod
     def _run(con: duckdb.DuckDBPyConnection, query: str, params: Sequence[Any] | None = None) -> pa.Table:
