@@ -1,5 +1,5 @@
 """The examples a merge of summaries keeps (warehouse/summary_merge.py), on rows made to be hard: values
-from a few integers (so that most of a node's values tie), a pool whose prompt ids are larger than those
+from five integers, mostly 0 (so that most of a node's values tie), a pool whose prompt ids are larger than those
 of the runs merged into it (as a worker of a shared catalog, or a run killed midway, leaves them), nodes
 with fewer than K values and with many, a merged run that kept more than K (killed before its last
 flush), and a pool whose K-th values are unknown (written before schema version 7) or that itself holds
@@ -27,6 +27,9 @@ KEY = {"dst": "mlp_post_act", "pass_type": "forward", "layer": 0, "head": -1, "n
 # (run_id, first prompt id, status, examples kept beyond each node's K best): the pool first
 RUNS = ((0, 100, "completed", 0), (1, 0, "completed", 0), (2, 50, "interrupted", 7))
 NODES = 6
+# mostly zeros: a node's K-th value ties with many of its values, and with the merged runs' (whose earlier
+# prompts come first among equals), while few of theirs beat it
+_VALUES, _WEIGHTS = [-2.0, -1.0, 0.0, 1.0, 2.0], [0.05, 0.1, 0.7, 0.1, 0.05]
 # a node's K-th value while it has fewer than K values, or when it is unknown (a pool of schema version 6)
 _FEWER = {"top": -np.inf, "bottom": np.inf}
 _NODE = [("node_index", pa.int32()), ("first_token", pa.bool_())]
@@ -57,7 +60,8 @@ def _values(seed: int) -> dict[tuple[int, bool], list[tuple[int, int, int, float
             count = int(rng.integers(0, 5 * K // 2))
             places = rng.choice(4 * 40 * 3, size=count, replace=False)
             values[node, first] = [
-                (int(p // 120), int(p // 3 % 40), int(p % 3) - 1, float(rng.integers(-4, 5))) for p in places
+                (int(p // 120), int(p // 3 % 40), int(p % 3) - 1, float(rng.choice(_VALUES, p=_WEIGHTS)))
+                for p in places
             ]
     return values
 
