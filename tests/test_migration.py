@@ -143,3 +143,33 @@ def test_a_version_4_lake_names_the_token_column_as_activations_do_after_the_upg
     )
     stored = warehouse.sql("SELECT count(*) FROM activations WHERE dst = 'mlp_post_act'", output="rows")
     assert facts == stored and stored[0][0] > 0, "every fact row finds its token by the shared name"
+
+
+def test_a_version_6_pool_keeps_each_nodes_best_examples_after_the_upgrade(tmp_path: Path) -> None:
+    """Version 6 kept no K-th example values: upgraded, they read as unknown, so every example of the next
+    run's nodes is a candidate, and the pool still holds each node's K best of every value, in the
+    queries' order (SQL ranking the fact rows)."""
+    from tests.test_summaries import ROWS, _prompts
+    from warehouse.summaries import EXAMPLES_K
+
+    path = tmp_path / "v6"
+    options = IngestOptions(model="gpt2-tiny", progress=False)
+    prompts = _prompts(3, 2)
+    for prompt in prompts[:2]:
+        ingest(path, [prompt], options)
+    _rewrite(path, [f"ALTER TABLE node_summaries DROP COLUMN {c}" for c in ("kth_top", "kth_bottom")], 6)
+    with pytest.raises(db.NotAWarehouse, match=f"schema version 6, older than this actwh's {db.SCHEMA_VERSION}"):
+        Warehouse(path)
+
+    ingest(path, prompts[2:], options)
+    warehouse = Warehouse(path)
+    assert warehouse.sql("SELECT run_id, pool FROM summary_pools ORDER BY 1", output="rows") == [(0, 0), (1, 0), (2, 0)]
+    example = "dst, pass_type, layer, head, node_type, node_index, first_token, side, prompt_id, token, token2, value"
+    best = warehouse.sql(
+        f"SELECT {example} FROM (SELECT *, unnest(['top', 'bottom']) AS side FROM ({ROWS})) QUALIFY row_number()"
+        " OVER (PARTITION BY dst, pass_type, layer, head, node_type, node_index, first_token, side ORDER BY"
+        f" CASE WHEN side = 'top' THEN -value ELSE value END, prompt_id, token, token2) <= {EXAMPLES_K}",
+        output="rows",
+    )
+    kept = warehouse.sql(f"SELECT {example} FROM node_examples", output="rows")
+    assert sorted(kept) == sorted(best)

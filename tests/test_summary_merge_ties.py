@@ -27,8 +27,9 @@ KEY = {"dst": "mlp_post_act", "pass_type": "forward", "layer": 0, "head": -1, "n
 # (run_id, first prompt id, status, examples kept beyond each node's K best): the pool first
 RUNS = ((0, 100, "completed", 0), (1, 0, "completed", 0), (2, 50, "interrupted", 7))
 NODES = 6
-# mostly zeros: a node's K-th value ties with many of its values, and with the merged runs' (whose earlier
-# prompts come first among equals), while few of theirs beat it
+# Even nodes' values are mostly zeros: a node's K-th value ties with many of its values, and with the
+# merged runs' (whose earlier prompts come first among equals), while few of theirs beat it. Odd nodes'
+# are all apart (a K-th and a (K+1)-th differ).
 _VALUES, _WEIGHTS = [-2.0, -1.0, 0.0, 1.0, 2.0], [0.05, 0.1, 0.7, 0.1, 0.05]
 # a node's K-th value while it has fewer than K values, or when it is unknown (a pool of schema version 6)
 _FEWER = {"top": -np.inf, "bottom": np.inf}
@@ -51,6 +52,14 @@ _EXAMPLE = pa.schema(
 )
 
 
+def _draw(rng: np.random.Generator, count: int, ties: bool, run: int) -> list[float]:
+    """`count` values: mostly zeros (`ties`), or values apart from each other and from every other run's
+    (multiples of 1/2 plus run / 8, exact in float32)."""
+    if ties:
+        return [float(v) for v in rng.choice(_VALUES, size=count, p=_WEIGHTS)]
+    return [float(v) / 2 + run / 8 for v in rng.permutation(count) - count // 2]
+
+
 def _values(seed: int) -> dict[tuple[int, bool], list[tuple[int, int, int, float]]]:
     """Per (node, first_token): (prompt offset, token, token2, value) of one run, 0 to 2.5 K values each."""
     rng = np.random.default_rng(seed)
@@ -60,8 +69,8 @@ def _values(seed: int) -> dict[tuple[int, bool], list[tuple[int, int, int, float
             count = int(rng.integers(0, 5 * K // 2))
             places = rng.choice(4 * 40 * 3, size=count, replace=False)
             values[node, first] = [
-                (int(p // 120), int(p // 3 % 40), int(p % 3) - 1, float(rng.choice(_VALUES, p=_WEIGHTS)))
-                for p in places
+                (int(p // 120), int(p // 3 % 40), int(p % 3) - 1, value)
+                for p, value in zip(places, _draw(rng, count, node % 2 == 0, seed), strict=True)
             ]
     return values
 
