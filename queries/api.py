@@ -104,19 +104,21 @@ class Warehouse(
 
     @contextmanager
     def _connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with nullcontext(self._session) if self._session is not None else self._open() as con:
-            try:
-                yield con
-            except BaseException as exc:
-                if interrupts.reason(exc) is None:
+        try:
+            with nullcontext(self._session) if self._session is not None else self._open() as con:
+                try:
+                    yield con
+                except BaseException as exc:
+                    # DuckDB reports Ctrl-C as RuntimeError('Query interrupted') at once, and its threads may
+                    # run the query on: cancelled here, or the connection's next query (or its close) waits
+                    # for the query's end
+                    if interrupts.reason(exc) is not None:
+                        con.interrupt()
                     raise
-                # DuckDB reports Ctrl-C as RuntimeError('Query interrupted') at once, but its threads run the
-                # query on: cancelled here, or closing the connection (or a session's next query) would wait
-                # for the query's end. Raised as the KeyboardInterrupt it is, so a script stops as on Ctrl-C.
-                con.interrupt()
-                if isinstance(exc, KeyboardInterrupt):
-                    raise
-                raise KeyboardInterrupt(str(exc)) from exc
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt) or interrupts.reason(exc) is None:
+                raise
+            raise KeyboardInterrupt(str(exc)) from exc  # so a script stops as on Ctrl-C, whatever DuckDB ran
 
     @staticmethod
     def _run(con: duckdb.DuckDBPyConnection, query: str, params: Sequence[Any] | None = None) -> pa.Table:
