@@ -172,6 +172,10 @@ def test_every_summary_equals_the_aggregate_of_its_rows(which: str, request: pyt
         assert row["min"] == values.min() and row["max"] == values.max(), key
         assert row["n_nonzero"] == np.count_nonzero(values), key
         assert row["hist"] == np.bincount(np.searchsorted(EDGES, values, side="right"), minlength=24).tolist(), key
+        # the K-th highest and lowest value, -inf and +inf while there are fewer (what a merge compares with)
+        k, ordered = summaries.EXAMPLES_K, np.sort(values)
+        kth = (ordered[-k], ordered[k - 1]) if values.size >= k else (-np.inf, np.inf)
+        assert (row["kth_top"], row["kth_bottom"]) == kth, key
 
 
 @BOTH
