@@ -148,6 +148,25 @@ def test_four_workers_store_every_prompt_once_with_one_workers_values(pg_catalog
     assert _rows(pg_catalog, "SELECT min(prompt_id), max(prompt_id) FROM prompts") == [(0, 15)]
     assert _rows(pg_catalog, "SELECT count(*), count(DISTINCT run_id) FROM runs WHERE status = 'completed'") == [(4, 4)]
     _assert_one_workers_values(pg_catalog, single)
+    _assert_one_pool_of_each_nodes_best_examples(pg_catalog)
+
+
+def _assert_one_pool_of_each_nodes_best_examples(catalog: str) -> None:
+    """The workers' summaries, merged as each finished (and by compact where two finished side by side),
+    are one pool holding each node's K best examples of every stored row, in the queries' order."""
+    from tests.test_summaries import ROWS
+    from warehouse.summaries import EXAMPLES_K
+
+    compact(catalog)
+    assert _rows(catalog, "SELECT count(DISTINCT run_id) FROM node_examples") == [(1,)]
+    example = "dst, pass_type, layer, head, node_type, node_index, first_token, side, prompt_id, token, token2, value"
+    best = _rows(
+        catalog,
+        f"SELECT {example} FROM (SELECT *, unnest(['top', 'bottom']) AS side FROM ({ROWS})) QUALIFY row_number()"
+        " OVER (PARTITION BY dst, pass_type, layer, head, node_type, node_index, first_token, side ORDER BY"
+        f" CASE WHEN side = 'top' THEN -value ELSE value END, prompt_id, token, token2) <= {EXAMPLES_K}",
+    )
+    assert sorted(_rows(catalog, f"SELECT {example} FROM node_examples")) == sorted(best)
 
 
 @pytest.mark.slow
