@@ -1844,6 +1844,15 @@ MUTATIONS: tuple[Mutation, ...] = (
         (STAGES,),
     ),
     Mutation(
+        "edge_writers_unchecked",
+        "edges over a run of --layers or fewer --locations answer without the writes it left out, with no sign",
+        replace(EDGES, "    FROM needed WHERE len(missing) > 0 OR layers IS NOT NULL", "    FROM needed WHERE false"),
+        tuple(
+            f"tests/test_edge_writers.py::test_edges_refuse_a_warehouse_that_left_writes_out[{c}]"
+            for c in ("layers", "locations")
+        ),
+    ),
+    Mutation(
         "facts_every_keeps_every_prompts_facts",
         "--facts-every N stores the facts of every prompt",
         replace(

@@ -35,7 +35,9 @@ EXAMPLE_ARGUMENTS = {
     " WHERE dst = 'mlp_post_act'",
 }
 # Macros that yield no rows for an answerable pair by design: the refusal branch of the pair macros.
-EMPTY_BY_DESIGN = {"pair_refusal"}
+# pair_refusal: rows only to raise; embedding_out_edges: a branch of edges_from (69_edge_dispatch.sql), whose
+# refusal says why it is empty (no input-side weights), as it does for the branches that take arguments.
+EMPTY_BY_DESIGN = {"pair_refusal", "embedding_out_edges"}
 # Macros whose answer for a pair that cannot be answered is the reason as a value, not an error.
 REASONS = {"pair_problem"}
 _CALL = re.compile(r"\b(\w+)\(((?:\s*(?:'[^']*'|NULL|\w+)\s*,?)*)\)")

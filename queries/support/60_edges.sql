@@ -26,6 +26,35 @@ SELECT model_id, norm, n_heads, n_kv_heads, n_layers, d_mlp, config->>'activatio
        coalesce((config->>'post_block_norms')::BOOLEAN, false) AS post_block_norms
 FROM models;
 
+-- Why the writes an edge sums over are not all stored, or NULL when they are (one row): every run whose
+-- prompts hold facts must have captured the embedding, every attention node with the values it writes,
+-- every MLP neuron and the norm scales the reads and writes go through (the output norms' too, in a model
+-- that norms block outputs), at every layer. A run of --layers or of fewer --locations leaves writes out,
+-- and its edges would miss them with no sign (a pre-activation's decomposition would no longer add up).
+CREATE OR REPLACE MACRO edge_writers_problem() AS TABLE
+WITH needed AS (
+    SELECT r.run_id, r.layers,
+           list_filter(['resid.post_emb:forward', 'attn.qk_probs:forward', 'attn.v:forward', 'mlp.post_act:forward',
+                        'attn_ln.scale:forward', 'mlp_ln.scale:forward']
+                       || CASE WHEN e.post_block_norms
+                               THEN ['attn_post_ln.scale:forward', 'mlp_post_ln.scale:forward'] ELSE [] END,
+                       x -> NOT list_contains(r.locations, x)) AS missing
+    FROM runs r JOIN edge_switches() e USING (model_id)
+    WHERE r.run_id IN (SELECT DISTINCT run_id FROM prompts WHERE facts_stored)
+)
+SELECT (
+    SELECT CASE
+        WHEN len(missing) > 0
+            THEN 'edges need every write into the residual stream and its norm scales stored: run ' || run_id
+                 || ' did not store ' || array_to_string(missing, ', ') || ' (ingest with the default --locations '
+                 || 'plus mlp.pre_act:forward)'
+        ELSE 'edges need every write into the residual stream stored: run ' || run_id || ' stored only layers '
+             || array_to_string(layers, ', ') || ' (ingest without --layers)'
+    END
+    FROM needed WHERE len(missing) > 0 OR layers IS NOT NULL
+    ORDER BY run_id LIMIT 1
+) AS problem;
+
 -- erf to 1.5e-7 (Abramowitz and Stegun 7.1.26): the exact GELU's slope needs it and DuckDB has none.
 CREATE OR REPLACE MACRO edge_erf(x) AS
 sign(x) * (1 - (((((1.061405429 * (1 / (1 + 0.3275911 * abs(x))) - 1.453152027) * (1 / (1 + 0.3275911 * abs(x)))

@@ -2,7 +2,8 @@
 -- latents as readers, MLP neurons as writers; 62_attention_edges.sql: an attention head's value, query and key
 -- sides as readers, attention nodes and the embedding as writers). Here, after them, because a table macro
 -- must exist when a macro naming it is created. Each macro's last branch is its one refusal (edge_refusal), so
--- an answer the checks leave empty raises instead.
+-- an answer the checks leave empty raises instead; after the node's own checks, both ask edge_writers_problem
+-- whether every write the edges sum over was stored.
 
 -- Edges into the downstream subnode (down_dst, down_layer, node): one row per prompt, token and upstream node.
 CREATE OR REPLACE MACRO edges_into(down_dst, down_layer, node) AS TABLE
@@ -10,7 +11,7 @@ SELECT * FROM residual_in_edges(down_dst, down_layer, node) WHERE down_dst IN ('
 UNION ALL SELECT * FROM autoencoder_source_edges(down_dst, down_layer, node) WHERE down_dst = 'mlp_post_act'
 UNION ALL SELECT * FROM attention_in_edges(replace(down_dst, 'attn_', ''), down_layer, node)
     WHERE down_dst IN ('attn_value', 'attn_query', 'attn_key')
-UNION ALL SELECT * FROM edge_refusal(CASE
+UNION ALL SELECT * FROM edge_refusal(coalesce(CASE
     WHEN down_dst LIKE 'online%autoencoder_latent'
         THEN (SELECT problem FROM autoencoder_edge_problem(down_dst, down_layer, node))
     WHEN down_dst IN ('attn_value', 'attn_query', 'attn_key')
@@ -18,7 +19,7 @@ UNION ALL SELECT * FROM edge_refusal(CASE
     WHEN down_dst = 'mlp_post_act' THEN (SELECT problem FROM edge_problem(down_dst, down_layer, node, down_layer))
     ELSE 'edges are built into mlp_post_act (MLP neurons), online_autoencoder_latent (latents of SAEs on the '
          || 'residual stream) and attn_value, attn_query, attn_key (an attention head''s value, query and key '
-         || 'sides), not ' || coalesce(down_dst, 'NULL') END);
+         || 'sides), not ' || coalesce(down_dst, 'NULL') END, (SELECT problem FROM edge_writers_problem())));
 
 -- Edges out of the upstream node (up_dst, up_layer, node) into every MLP neuron that reads its write: the rows
 -- of edges_into seen from the upstream side. An attention node is (attn_qk_probs, layer, head), every query
@@ -27,9 +28,10 @@ CREATE OR REPLACE MACRO edges_from(up_dst, up_layer, node) AS TABLE
 SELECT * FROM mlp_out_edges(up_layer, node) WHERE up_dst = 'mlp_post_act'
 UNION ALL SELECT * FROM attn_out_edges(up_layer, node) WHERE up_dst = 'attn_qk_probs'
 UNION ALL SELECT * FROM embedding_out_edges() WHERE up_dst = 'resid_post_embedding'
-UNION ALL SELECT * FROM edge_refusal(CASE
+UNION ALL SELECT * FROM edge_refusal(coalesce(CASE
     WHEN up_dst IN ('attn_qk_probs', 'resid_post_embedding')
         THEN (SELECT problem FROM attention_edge_problem(up_dst, up_layer, node, false))
     WHEN up_dst = 'mlp_post_act' THEN (SELECT problem FROM edge_problem(up_dst, up_layer, node, up_layer + 1))
     ELSE 'edges are built out of mlp_post_act (MLP neurons), attn_qk_probs (attention nodes) and '
-         || 'resid_post_embedding (the embedding), not ' || coalesce(up_dst, 'NULL') END);
+         || 'resid_post_embedding (the embedding), not ' || coalesce(up_dst, 'NULL') END,
+    (SELECT problem FROM edge_writers_problem())));
