@@ -70,6 +70,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True, cwd=ROOT)
 
 
+@pytest.mark.slow  # one of the default suite's longest checks: .ci/run runs it
 def test_a_pair_without_an_unembedding_column_raises_under_every_filter(lakes: Lakes) -> None:
     """direct_effects and autoencoder_direct_effects_for raise the same line whatever filter the query puts
     on their answer (a filter pushed into the macro once optimised the error away: 0 rows, exit 0)."""

@@ -351,6 +351,7 @@ def test_rank_command_lists_the_top_nodes(lake: Path) -> None:
     assert "(3 rows)" in result.output
 
 
+@pytest.mark.slow  # one of the default suite's longest checks: .ci/run runs it
 def test_the_reading_commands_give_the_apis_answers_with_every_option(lake: Path, tmp_path: Path) -> None:
     """rank, examples and node-stats on the command line, each option at a value other than its default,
     answer as the API does (which the tests above hold to SQL over the rows); --pass backward answers

@@ -57,6 +57,7 @@ def _table(path: Path, table: str) -> dict[tuple, dict]:
     return keyed
 
 
+@pytest.mark.slow  # one of the default suite's longest checks: .ci/run runs it
 def test_runs_of_one_setting_keep_one_pool_of_rows(lakes: tuple[Path, Path]) -> None:
     runs, _ = lakes
     wh = Warehouse(runs)
@@ -115,6 +116,7 @@ def test_a_run_of_a_pool_is_answered_by_a_scan_of_its_prompts(lakes: tuple[Path,
     assert ranked["value"].to_pylist() == pytest.approx(oracle["v"].to_pylist(), rel=1e-9)
 
 
+@pytest.mark.slow  # one of the default suite's longest checks: .ci/run runs it
 def test_a_killed_run_is_scanned_past_its_summaries_before_and_after_compact(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
