@@ -17,7 +17,7 @@ from queries import QueryError, Warehouse
 from tests.hf_checkpoints import gpt2_checkpoint
 from tests.oracle_attention_edges import expected_qk_in_edges, expected_value_in_edges
 from tests.oracle_edges import expected_in_edges
-from tests.test_edges import PROMPTS, REL, Stored, stored  # noqa: F401 - the warehouses, one per checkpoint
+from tests.test_edges import PROMPTS, REL, WRITER_KINDS, Stored, stored  # noqa: F401 - the warehouses, one per checkpoint
 
 # head 1 of a grouped-query model (4 heads, 2 key/value heads) reads key/value head 1 // 2 = 0, not 1 % 2
 LAYER, HEAD, NEURON = 1, 1, 5
@@ -44,13 +44,7 @@ def test_edges_into_a_value_side_match_the_oracle_prompt_by_prompt(stored: Store
         want = expected_value_in_edges(stored.checkpoint.model, ids, target, distractor, LAYER, HEAD)
         _close(got, want, prompt_id)
         kinds = {key[2] for key in want}
-        assert kinds == {
-            "resid_post_embedding",
-            "attn_qk_probs",
-            "attn_residual_bias",
-            "mlp_post_act",
-            "mlp_residual_bias",
-        }
+        assert kinds == WRITER_KINDS
 
 
 @pytest.mark.parametrize("side", ["query", "key"])

@@ -23,6 +23,10 @@ from tests.oracle_edges import expected_in_edges, read_sum
 from warehouse import db
 from warehouse.registry import locations_of
 
+# Every kind of write into the residual stream an edge's reader sums over (the oracle's writes must hold
+# each, or a missing kind would go unnoticed)
+WRITER_KINDS = {"resid_post_embedding", "attn_qk_probs", "attn_residual_bias", "mlp_post_act", "mlp_residual_bias"}
+
 transformers = pytest.importorskip("transformers")
 
 PROMPTS = [
@@ -82,13 +86,7 @@ def test_edges_into_an_mlp_neuron_match_the_oracle_prompt_by_prompt(stored: Stor
         want = expected_in_edges(stored.checkpoint.model, ids, target, distractor, LAYER, NEURON)
         assert set(got) == set(want), (set(got) ^ set(want)).pop()
         kinds = {key[1] for key in want}
-        assert kinds == {
-            "resid_post_embedding",
-            "attn_qk_probs",
-            "attn_residual_bias",
-            "mlp_post_act",
-            "mlp_residual_bias",
-        }
+        assert kinds == WRITER_KINDS
         for column in (0, 1):
             scale = max(abs(v[column]) for v in want.values())
             assert scale > 0
