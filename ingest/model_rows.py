@@ -15,7 +15,7 @@ from ingest.checkpoints import LoadedModel
 from ingest.factors import FACTOR_WEIGHTS, Weights, direction_factors, mlp_out_norms
 from warehouse.registry import INPUT_WEIGHTS, STORED_WEIGHTS
 from warehouse.token_text import display_texts
-from warehouse.weights import weight_table
+from warehouse.weights import weight_rows, weight_table, weight_vector_table
 from warehouse.writer import LakeWriter
 
 
@@ -52,27 +52,40 @@ def factor_weights(loaded: LoadedModel) -> Weights:
     return {(name, layer): t.detach() for name, layer, t in loaded.model.stored_weights(FACTOR_WEIGHTS)}
 
 
-def _weight_tables(loaded: LoadedModel, names: tuple[str, ...]) -> Iterator[pa.Table]:
+def _weight_arrays(loaded: LoadedModel, names: tuple[str, ...]) -> Iterator[tuple[str, int | None, np.ndarray]]:
     tensors = sorted(loaded.model.stored_weights(names), key=lambda item: names.index(item[0]))
     for name, layer, t in tensors:
-        yield weight_table(name, layer, t.detach().cpu().numpy())
+        yield name, layer, t.detach().cpu().numpy()
 
 
-def _view_weight_tables(loaded: LoadedModel, unembedding_all: bool, input_weights: bool) -> Iterator[pa.Table]:
+def _view_weight_names(unembedding_all: bool, input_weights: bool) -> tuple[str, ...]:
     names = (*STORED_WEIGHTS, "unembedding") if unembedding_all else STORED_WEIGHTS
-    return _weight_tables(loaded, (*names, *INPUT_WEIGHTS) if input_weights else names)
+    return (*names, *INPUT_WEIGHTS) if input_weights else names
+
+
+def _weight_parts(loaded: LoadedModel, names: tuple[str, ...]) -> Iterator[pa.Table]:
+    return (weight_table(name, layer, array) for name, layer, array in _weight_arrays(loaded, names))
+
+
+def _vector_parts(loaded: LoadedModel, names: tuple[str, ...]) -> Iterator[pa.Table]:
+    """The weight_vectors rows of the same arrays as _weight_parts (a table each: one INSERT streams them)."""
+    for name, layer, array in _weight_arrays(loaded, names):
+        vectors = weight_vector_table(name, layer, array)
+        if vectors is not None:
+            yield vectors
 
 
 def add_input_weights(writer: LakeWriter, model_id: int, loaded: LoadedModel) -> None:
-    """Store the input-side weights (INPUT_WEIGHTS) of a model registered without them; nothing when the
-    lake holds them already."""
+    """Store the input-side weights (INPUT_WEIGHTS, with their residual-stream vectors) of a model registered
+    without them; nothing when the lake holds them already."""
 
     def rows(con: duckdb.DuckDBPyConnection) -> Iterator[tuple[str, pa.Table]]:
         held = con.execute(
             "SELECT count(*) FROM weights WHERE model_id = ? AND location = ?", [model_id, INPUT_WEIGHTS[0]]
         ).fetchall()[0][0]
         if not held:
-            yield from (("weights", table) for table in _weight_tables(loaded, INPUT_WEIGHTS))
+            for name, layer, array in _weight_arrays(loaded, INPUT_WEIGHTS):
+                yield from weight_rows(name, layer, array)
 
     writer.add_model_rows(model_id, rows)
 
@@ -97,7 +110,8 @@ def register_model(
         "config": json.dumps(cfg.as_dict()),
     }
     rows: dict[str, Callable[[], Iterable[pa.Table]]] = {
-        "weights": lambda: _view_weight_tables(loaded, unembedding_all, input_weights),
+        "weights": lambda: _weight_parts(loaded, _view_weight_names(unembedding_all, input_weights)),
+        "weight_vectors": lambda: _vector_parts(loaded, _view_weight_names(unembedding_all, input_weights)),
         "vocab": lambda: [vocab_table(loaded)],
         "mlp_out_norms": lambda: [mlp_out_norms(weights)],
     }

@@ -272,6 +272,9 @@ def test_a_single_file_warehouse_is_refused_with_the_command_that_converts_it(tm
     ]
     assert _rows(tmp_path / "new", "SELECT text, objective FROM prompts") == [("a b", 0.5)]
     assert _rows(tmp_path / "new", "SELECT precision, status FROM runs") == [("float32", "completed")]
+    # the edges read the write matrices' rows as vectors: built from the converted long rows
+    vectors = "SELECT location, layer, head, vector_index, vector FROM weight_vectors"
+    assert _rows(tmp_path / "new", vectors) == [("mlp.to_residual", 0, None, 1, [0.5])]
     again = CliRunner().invoke(main, ["convert", str(old), "--db", str(tmp_path / "new")])
     assert again.exit_code == 2 and "already holds a warehouse" in again.output
 

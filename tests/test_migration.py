@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ingest.prompts import PromptInput
@@ -173,3 +174,49 @@ def test_a_version_6_pool_keeps_each_nodes_best_examples_after_the_upgrade(tmp_p
     )
     kept = warehouse.sql(f"SELECT {example} FROM node_examples", output="rows")
     assert sorted(kept) == sorted(best)
+
+
+def _dense_from_long_rows(warehouse: Warehouse) -> dict[tuple, np.ndarray]:
+    """Every residual-stream vector rebuilt from the `weights` long rows in numpy, keyed as weight_vectors:
+    a writer's rows (to_residual) and a reader's columns (to_hidden, to_gate, to_query, to_key, to_value)."""
+    rows = warehouse.sql(
+        "SELECT location, layer, head, row_index, col_index, value FROM weights WHERE location LIKE '%.to_%'"
+        " AND location NOT LIKE '%bias%'",
+        output="rows",
+    )
+    vectors: dict[tuple, dict[int, float]] = {}
+    for location, layer, head, row, col, value in rows:
+        writer = location.endswith(".to_residual")
+        key = (location, layer, head, row if writer else col)
+        vectors.setdefault(key, {})[col if writer else row] = value
+    return {key: np.array([v[c] for c in range(len(v))], np.float32) for key, v in vectors.items()}
+
+
+def _stored_vectors(warehouse: Warehouse) -> dict[tuple, np.ndarray]:
+    rows = warehouse.sql("SELECT location, layer, head, vector_index, vector FROM weight_vectors", output="rows")
+    return {tuple(r[:4]): np.array(r[4], np.float32) for r in rows}
+
+
+def test_a_version_7_lake_gets_the_weight_vectors_a_new_registration_writes(tmp_path: Path) -> None:
+    """weight_vectors, as a registration writes them, hold exactly the long rows' writer rows and reader
+    columns (ordered by residual channel); a version-7 lake (no such table) is refused read-only and, upgraded
+    by the next ingest, builds the same vectors from its long rows."""
+    path = tmp_path / "v7"
+    # facts only: the summaries have nothing to do with the weights
+    options = IngestOptions(model="gpt2-tiny", progress=False, input_weights="all", store=("facts",))
+    ingest(path, [PromptInput("Vectors of the weights")], options)
+    written = _stored_vectors(Warehouse(path))
+    from_rows = _dense_from_long_rows(Warehouse(path))
+    assert {location for location, *_ in written} == {
+        "attn.to_residual", "mlp.to_residual", "mlp.to_hidden", "attn.to_query", "attn.to_key", "attn.to_value"
+    }  # fmt: skip
+    assert written.keys() == from_rows.keys()
+    assert all(np.array_equal(written[k], from_rows[k]) for k in written)
+
+    _rewrite(path, ["DROP TABLE weight_vectors"], 7)
+    with pytest.raises(db.NotAWarehouse, match=f"schema version 7, older than this actwh's {db.SCHEMA_VERSION}"):
+        Warehouse(path)
+    ingest(path, [PromptInput("A prompt after the upgrade")], options)
+    migrated = _stored_vectors(Warehouse(path))
+    assert migrated.keys() == written.keys()
+    assert all(np.array_equal(migrated[k], written[k]) for k in written)

@@ -23,8 +23,8 @@ from queries import Warehouse, bi
 from warehouse import db, registry
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLES = {"meta", "models", "runs", "prompts", "tokens", "facts", "weights", "vocab", "mlp_out_norms",
-          "direction_factors", "saes", "node_summaries", "node_examples", "summary_pools"}  # fmt: skip
+TABLES = {"meta", "models", "runs", "prompts", "tokens", "facts", "weights", "weight_vectors", "vocab",
+          "mlp_out_norms", "direction_factors", "saes", "node_summaries", "node_examples", "summary_pools"}  # fmt: skip
 MLP_POST_ACT = registry.LOCATIONS["mlp.post_act"].dst
 
 

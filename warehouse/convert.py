@@ -8,7 +8,7 @@ from pathlib import Path
 
 import duckdb
 
-from warehouse import db, registry
+from warehouse import db, lake, registry
 from warehouse.writer import LakeWriter
 
 _COPIED = ("models", "prompts", "tokens", "vocab", "mlp_out_norms", "direction_factors", "weights")
@@ -18,18 +18,6 @@ def _renamed_dst() -> str:
     """SQL mapping a version-1 dst (the location with dots replaced) to its reference name."""
     cases = " ".join(f"WHEN '{loc.name.replace('.', '_')}' THEN '{loc.dst}'" for loc in registry.LOCATIONS.values())
     return f"CASE dst::VARCHAR {cases} ELSE dst::VARCHAR END"
-
-
-def _insert_by_nulls(con: duckdb.DuckDBPyConnection, table: str, query: str, columns: list[str], order: str) -> None:
-    """`query`'s rows into `table`: a primer (the first row of each pattern of NULL `columns`), then one
-    INSERT per pattern, each in `order` (see the note above _null_runs in warehouse/writer.py for why)."""
-    is_null = ", ".join(f'"{c}" IS NULL' for c in columns)
-    ranked = f"SELECT *, row_number() OVER (PARTITION BY {is_null} ORDER BY {order}) AS primer_rank FROM ({query})"
-    insert = f"INSERT INTO {table} BY NAME SELECT * EXCLUDE (primer_rank) FROM ({ranked})"
-    con.execute(f"{insert} WHERE primer_rank = 1")
-    for pattern in con.execute(f"SELECT DISTINCT {is_null} FROM ({query})").fetchall():
-        tests = (f'"{c}" IS {"NULL" if null else "NOT NULL"}' for c, null in zip(columns, pattern, strict=True))
-        con.execute(f"{insert} WHERE primer_rank > 1 AND {' AND '.join(tests)} ORDER BY {order}")
 
 
 def convert(source: Path, target: Path) -> dict[str, int]:
@@ -68,7 +56,7 @@ def _copy(writer: LakeWriter, source: Path) -> dict[str, int]:
             renamed = " RENAME (position AS token)" if "position" in columns else ""
             columns = ["token" if c == "position" else c for c in columns]
             select = f"SELECT *{renamed}{extra} FROM old.{table}"
-            _insert_by_nulls(con, table, select, columns, ", ".join(columns))
+            lake.insert_by_nulls(con, table, select, columns, ", ".join(columns))
             counts[table] = int(con.execute(f"SELECT count(*) FROM old.{table}").fetchall()[0][0])
         paired = f"""SELECT prompt_id, token, token2, layer, head, any_value(node_type)::VARCHAR AS node_type,
                             node_index, {_renamed_dst()} AS dst,
@@ -76,6 +64,8 @@ def _copy(writer: LakeWriter, source: Path) -> dict[str, int]:
                             any_value(value) FILTER (pass_type = 'backward') AS backward
                      FROM old.activations GROUP BY prompt_id, token, token2, layer, head, node_index, dst"""
         nullable = ["token2", "layer", "head", "forward", "backward"]
-        _insert_by_nulls(con, "facts", paired, nullable, "dst, layer, prompt_id, token, token2, head, node_index")
+        lake.insert_by_nulls(con, "facts", paired, nullable, "dst, layer, prompt_id, token, token2, head, node_index")
         counts["facts"] = int(con.execute("SELECT count(*) FROM facts").fetchall()[0][0])
+        db.weight_vectors_from_rows(con)
+        counts["weight_vectors"] = int(con.execute("SELECT count(*) FROM weight_vectors").fetchall()[0][0])
     return counts

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import duckdb
 
-from warehouse import concurrency, hook_names, interrupts, lake, registry
+from warehouse import concurrency, hook_names, interrupts, lake, registry, weights
 
 PACKAGE = Path(__file__).resolve().parent
 ROOT = PACKAGE.parent
@@ -34,8 +34,10 @@ DASHBOARD_DIR = QUERIES / "dashboards"
 # were (prompts.facts_stored), and the node a prompt's backward pass started from (prompts.objective_node).
 # version 7 keeps each node's K-th highest and lowest example value in its summary row (node_summaries
 # kth_top, kth_bottom), so that a merge reads only the examples that reach them (summary_merge.py).
+# Version 8 adds weight_vectors: the residual-stream vectors of the read and write matrices as lists, which
+# the edge macros dot with a direction instead of joining long rows.
 # Bump when the lake's tables change, and add the step to MIGRATIONS below.
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 def _summaries_per_run(con: duckdb.DuckDBPyConnection) -> None:
@@ -62,6 +64,34 @@ def _kth_examples(con: duckdb.DuckDBPyConnection) -> None:
             con.execute(f"ALTER TABLE node_summaries ADD COLUMN IF NOT EXISTS {column} FLOAT DEFAULT '{unknown}'")
 
 
+def weight_vectors_from_rows(con: duckdb.DuckDBPyConnection) -> None:
+    """Version 7 to 8 (and a converted warehouse's). weight_vectors from the stored long rows: each writer's
+    rows and each reader's columns (weights.residual_axis) as lists ordered by residual channel, the NULL
+    patterns apart (lake.insert_by_nulls)."""
+    con.execute(SCHEMA_SQL.read_text())  # creates weight_vectors
+    parts = []
+    for name in registry.WEIGHTS:
+        axis = weights.residual_axis(name)
+        if axis is not None:
+            vector, channel = ("row_index", "col_index") if axis == -1 else ("col_index", "row_index")
+            parts.append(
+                f"SELECT model_id, location, layer, head, {vector} AS vector_index, list(value ORDER BY {channel})"
+                f" AS vector FROM weights WHERE location = '{name}' GROUP BY ALL"
+            )
+    # built once: the insert reads its rows once per NULL pattern
+    con.execute(f"CREATE TEMP TABLE vectors_from_rows AS {' UNION ALL '.join(parts)}")
+    try:
+        lake.insert_by_nulls(
+            con,
+            "weight_vectors",
+            "SELECT * FROM temp.vectors_from_rows",
+            ["layer", "head"],
+            "model_id, location, layer, head, vector_index",
+        )
+    finally:
+        con.execute("DROP TABLE temp.vectors_from_rows")
+
+
 # Each version's step to the next (SQL statements, or a function of the connection), run in one
 # transaction by the first read-write open (schema.sql's CREATE TABLE IF NOT EXISTS adds the new tables).
 MIGRATIONS: dict[int, tuple[str | Callable[[duckdb.DuckDBPyConnection], None], ...]] = {
@@ -85,6 +115,7 @@ MIGRATIONS: dict[int, tuple[str | Callable[[duckdb.DuckDBPyConnection], None], .
         "ALTER TABLE prompts ADD COLUMN IF NOT EXISTS objective_node VARCHAR",
     ),
     6: (_kth_examples,),
+    7: (weight_vectors_from_rows,),
 }
 # The file magic of a DuckDB database: a warehouse written by actwh before the lake.
 _DUCKDB_MAGIC = b"DUCK"

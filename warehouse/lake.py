@@ -39,7 +39,7 @@ LAKE_OPTIONS = {"parquet_compression": "zstd", "parquet_version": "2"}
 # Tables whose every insert is a Parquet file, never rows inlined in the catalog (DuckLake inlines an
 # insert of up to 10 rows): their writers open each transaction with a small primer file (see the note
 # above _null_runs in warehouse/writer.py), which inlining would take out of the files.
-FILE_ONLY_TABLES = ("facts", "weights", "direction_factors")
+FILE_ONLY_TABLES = ("facts", "weights", "weight_vectors", "direction_factors")
 
 POSTGRES_PREFIX = "postgres:"
 
@@ -197,6 +197,18 @@ def _load_object_store(con: duckdb.DuckDBPyConnection, data_path: str) -> None:
 def set_options(con: duckdb.DuckDBPyConnection) -> None:
     for key, value in LAKE_OPTIONS.items():
         con.execute(f"CALL {ALIAS}.set_option('{key}', '{value}')")
+
+
+def insert_by_nulls(con: duckdb.DuckDBPyConnection, table: str, query: str, columns: list[str], order: str) -> None:
+    """`query`'s rows into `table`: a primer (the first row of each pattern of NULL `columns`), then one
+    INSERT per pattern, each in `order` (the note above null_runs in warehouse/fact_files.py says why)."""
+    is_null = ", ".join(f'"{c}" IS NULL' for c in columns)
+    ranked = f"SELECT *, row_number() OVER (PARTITION BY {is_null} ORDER BY {order}) AS primer_rank FROM ({query})"
+    insert = f"INSERT INTO {table} BY NAME SELECT * EXCLUDE (primer_rank) FROM ({ranked})"
+    con.execute(f"{insert} WHERE primer_rank = 1")
+    for pattern in con.execute(f"SELECT DISTINCT {is_null} FROM ({query})").fetchall():
+        tests = (f'"{c}" IS {"NULL" if null else "NOT NULL"}' for c, null in zip(columns, pattern, strict=True))
+        con.execute(f"{insert} WHERE primer_rank > 1 AND {' AND '.join(tests)} ORDER BY {order}")
 
 
 def set_table_options(con: duckdb.DuckDBPyConnection) -> None:

@@ -119,6 +119,21 @@ CREATE TABLE IF NOT EXISTS weights (
     value FLOAT NOT NULL
 );
 
+-- The residual-stream vectors of every layer's (and SAE's) matrix that reads or writes the residual stream,
+-- the same values as their `weights` rows, one FLOAT[d_model] list per vector ordered by residual channel: a
+-- writer's rows (mlp.to_residual, attn.to_residual per head, <prefix>.to_residual; vector_index = row_index)
+-- and a reader's columns (mlp.to_hidden, mlp.to_gate, attn.to_query, attn.to_key, attn.to_value per head,
+-- autoencoder.to_latent; vector_index = col_index). The edge macros dot them with a read or write direction
+-- (list_dot_product), one row per vector instead of one per value. Not the embeddings or unembedding.
+CREATE TABLE IF NOT EXISTS weight_vectors (
+    model_id INTEGER NOT NULL,
+    location VARCHAR NOT NULL,
+    layer SMALLINT,
+    head SMALLINT,
+    vector_index INTEGER NOT NULL,
+    vector FLOAT[] NOT NULL
+);
+
 -- The bytes and display text of every vocabulary id, so SQL can show and look up tokens without the
 -- tokenizer (text: bytes that are not a whole UTF-8 character are \xNN escapes).
 CREATE TABLE IF NOT EXISTS vocab (

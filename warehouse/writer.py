@@ -38,7 +38,7 @@ T = TypeVar("T")
 ModelRows = Callable[[], Iterable[pa.Table]]
 TaggedRows = Callable[[duckdb.DuckDBPyConnection], Iterable[tuple[str, pa.Table]]]
 # Tables holding per-model rows (a model_id column first): weights, vocabulary and weight-only factors.
-MODEL_TABLES = ("weights", "vocab", "mlp_out_norms", "direction_factors", "saes")
+MODEL_TABLES = ("weights", "weight_vectors", "vocab", "mlp_out_norms", "direction_factors", "saes")
 
 
 @dataclass

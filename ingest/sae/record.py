@@ -16,7 +16,7 @@ from ingest.model import HookedTransformer
 from ingest.sae.autoencoder import SparseAutoencoder
 from warehouse import db
 from warehouse.registry import AUTOENCODER_ENCODER_WEIGHTS, LOCATIONS
-from warehouse.weights import weight_table
+from warehouse.weights import weight_rows
 from warehouse.writer import LakeWriter
 
 
@@ -74,15 +74,16 @@ def encoder_vectors(sae: SparseAutoencoder) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def encoder_rows(sae: SparseAutoencoder) -> list[tuple[str, pa.Table]]:
-    """The weights rows of a residual-stream SAE's encoder (AUTOENCODER_ENCODER_WEIGHTS); none for an SAE
-    elsewhere (edges read latents through the residual stream only)."""
+    """The weights (and weight_vectors) rows of a residual-stream SAE's encoder (AUTOENCODER_ENCODER_WEIGHTS);
+    none for an SAE elsewhere (edges read latents through the residual stream only)."""
     if sae.site.weight_prefix != "autoencoder":
         return []
     w, b = encoder_vectors(sae)
     layer = sae.site.layer
     return [
-        ("weights", weight_table(name, layer, t.float().cpu().numpy()))
+        part
         for name, t in zip(AUTOENCODER_ENCODER_WEIGHTS, (w, b), strict=True)
+        for part in weight_rows(name, layer, t.float().cpu().numpy())
     ]
 
 
@@ -130,8 +131,8 @@ def record_saes(
                 rows += encoder_rows(sae)
             to_residual, bias = write_vectors(sae, model)
             prefix, layer = sae.site.weight_prefix, sae.site.layer
-            rows.append(("weights", weight_table(f"{prefix}.to_residual", layer, to_residual.float().cpu().numpy())))
-            rows.append(("weights", weight_table(f"{prefix}.bias_to_residual", layer, bias.float().cpu().numpy())))
+            rows += weight_rows(f"{prefix}.to_residual", layer, to_residual.float().cpu().numpy())
+            rows += weight_rows(f"{prefix}.bias_to_residual", layer, bias.float().cpu().numpy())
         return rows
 
     writer.add_model_rows(model_id, new_rows)
