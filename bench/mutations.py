@@ -1301,6 +1301,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         (f"{SUMMARY_TESTS}::test_of_tied_values_the_earliest_positions_are_kept",),
     ),
     Mutation(
+        "summary_pool_files_never_rewritten",
+        "a pool's rows are never rewritten at a merge, so its files and delete files grow with every run",
+        replace(MERGE, "if pool_files(con, table, target) > MAX_POOL_FILES:", "if False:"),
+        (f"{MERGE_TESTS}::test_a_pools_files_stay_few_as_runs_merge",),
+    ),
+    Mutation(
+        "summary_pool_rewrite_keeps_the_old_rows",
+        "a pool's rewrite inserts its rows again without deleting the old ones",
+        replace(MERGE, '        con.execute(f"DELETE FROM {table} WHERE run_id = ?", [pool])\n', ""),
+        (f"{MERGE_TESTS}::test_a_pools_files_stay_few_as_runs_merge",),
+    ),
+    Mutation(
         "summary_merge_keeps_the_largest_minimum",
         "runs merged into a pool keep the largest of their minima as the node's minimum",
         replace(MERGE, '"min": "min(min)"', '"min": "max(min)"'),

@@ -21,7 +21,7 @@ from ingest.worker import IngestOptions, ingest
 from queries.api import Warehouse
 from queries.notes import notes
 from tests.test_summaries import ROWS, _prompts, assert_answered_with_a_scan
-from warehouse import db, summaries
+from warehouse import db, summaries, summary_merge
 from warehouse.lake import ALIAS
 from warehouse.maintenance import compact
 
@@ -191,13 +191,45 @@ def test_runs_with_an_sae_share_a_pool_and_their_rows_are_not_scanned_again(tmp_
         assert not notes(ranked), dst
 
 
+def _files(path: Path, table: str) -> int:
+    """Live data files of `table` and their delete files, as DuckLake lists them."""
+    with db.connect(path, read_only=True) as con:
+        return con.execute(
+            f"SELECT count(*) + count(delete_file) FROM ducklake_list_files('{ALIAS}', '{table}')"
+        ).fetchall()[0][0]
+
+
+def test_a_pools_files_stay_few_as_runs_merge(
+    lakes: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The prompts of RUNS as one-prompt runs, with a pool allowed 2 files per table before a merge rewrites
+    them: after every run each table's files (data and delete files, DuckLake's listing) stay within a
+    merge's own additions of that bound, where unbounded they grow by about two a run, and the rows equal
+    one run's over the same prompts."""
+    monkeypatch.setattr(summary_merge, "MAX_POOL_FILES", 2)
+    path = tmp_path / "lake"
+    prompts = _prompts(sum(RUNS), 7)
+    for i, prompt in enumerate(prompts):
+        ingest(path, [prompt], IngestOptions(**TINY))
+        for table in summaries.TABLES:
+            assert _files(path, table) <= 2 + 3, (i, table)
+    merged, single = _table(path, "node_summaries"), _table(lakes[1], "node_summaries")
+    assert merged.keys() == single.keys()
+    for key, row in single.items():
+        assert [merged[key][c] for c in EXACT] == [row[c] for c in EXACT], key
+    assert _table(path, "node_examples") == _table(lakes[1], "node_examples")
+
+
 def test_a_runs_merge_writes_what_enters_the_pool_not_the_pool(lakes: tuple[Path, Path], tmp_path: Path) -> None:
     """One more one-prompt run joining the pool of RUNS: its commit inserts into node_examples exactly its
     values that enter their node's best K and deletes exactly the pool's rows they push out (SQL over the
     fact rows ranks every value), and replaces the summary rows of its own nodes only, so the merge
-    costs what the run's rows cost, not a rewrite of the pool (read from DuckLake's snapshot changes)."""
+    costs what the run's rows cost, not a rewrite of the pool (read from DuckLake's snapshot changes; the
+    pool's files are not yet many enough for one)."""
     path = tmp_path / "lake"
     shutil.copytree(lakes[0], path)
+    for table in summaries.TABLES:
+        assert _files(path, table) + 2 <= summary_merge.MAX_POOL_FILES, table
     last = f"SELECT max(snapshot_id) FROM ducklake_snapshots('{ALIAS}')"
     before = Warehouse(path).sql(last, output="rows")[0][0]
     ingest(path, _prompts(1, 11), IngestOptions(**TINY))

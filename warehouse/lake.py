@@ -31,6 +31,8 @@ from pathlib import Path
 import duckdb
 
 ALIAS = "actwh"
+# The schema where DuckDB shows the attached lake's catalog tables (ducklake_data_file, ...).
+METADATA = f"__ducklake_metadata_{ALIAS}"
 CATALOG_FILE = "catalog.sqlite"
 DATA_DIR = "data"
 # DuckDB's own Parquet writer settings for the lake, kept in its catalog: zstd and format version 2

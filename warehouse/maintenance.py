@@ -25,15 +25,13 @@ import duckdb
 import numpy as np
 
 from warehouse import concurrency, db, summaries, summary_merge
-from warehouse.lake import ALIAS
-
-_METADATA = f"__ducklake_metadata_{ALIAS}"
+from warehouse.lake import ALIAS, METADATA
 
 
 def live_data_files(con: duckdb.DuckDBPyConnection) -> int:
     """Data files the current snapshot reads."""
     return int(
-        con.execute(f"SELECT count(*) FROM {_METADATA}.ducklake_data_file WHERE end_snapshot IS NULL").fetchall()[0][0]
+        con.execute(f"SELECT count(*) FROM {METADATA}.ducklake_data_file WHERE end_snapshot IS NULL").fetchall()[0][0]
     )
 
 
@@ -123,9 +121,9 @@ def _statistics_problems(con: duckdb.DuckDBPyConnection) -> list[str]:
     problems = []
     columns = con.execute(
         f"""SELECT t.table_name, c.column_name, c.column_type, s.min_value, s.max_value
-            FROM {_METADATA}.ducklake_table_column_stats s
-            JOIN {_METADATA}.ducklake_table t USING (table_id)
-            JOIN {_METADATA}.ducklake_column c ON c.table_id = s.table_id AND c.column_id = s.column_id
+            FROM {METADATA}.ducklake_table_column_stats s
+            JOIN {METADATA}.ducklake_table t USING (table_id)
+            JOIN {METADATA}.ducklake_column c ON c.table_id = s.table_id AND c.column_id = s.column_id
             WHERE t.end_snapshot IS NULL AND c.end_snapshot IS NULL AND c.parent_column IS NULL
               AND c.column_type IN ('int8', 'int16', 'int32', 'int64', 'float32', 'float64')"""
     ).fetchall()

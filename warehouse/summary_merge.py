@@ -21,6 +21,12 @@ the nodes and sides that have candidates are read (a scan of the pool's examples
 candidates that enter their node's best K are inserted, the pool rows they push out deleted, and the
 summary rows of the merged nodes replaced.
 
+The files stay few: every merge adds a file of entrants and marks rows of older files deleted, and a read of
+the pool opens them all (after 100 one-prompt runs, `examples` took 1.56x its time after one). So when a
+merge finds the pool's rows of a table in more than MAX_POOL_FILES data and delete files (by the catalog's
+run_id range of each file), it rewrites them into one file in key order, in that transaction: a cost of one
+pool's rows, paid once every several merges.
+
 When: a run's end (writer.finish_run) merges its final running summaries, in that transaction, straight
 into the pool of finished runs of the same settings, without storing them as its own rows first (`join_pool`);
 `actwh compact` merges what is left (`merge_all`: runs killed midway, whose rows cover their prompts up to
@@ -36,6 +42,7 @@ import duckdb
 import pyarrow as pa
 
 from warehouse import concurrency, db
+from warehouse.lake import METADATA
 from warehouse.summaries import EXAMPLES_K, N_BINS, TABLES
 
 # The columns of `runs` that must be equal for two runs to share their summaries.
@@ -58,6 +65,8 @@ PLACE = "CASE WHEN side = 'top' THEN -value ELSE value END"
 ORDER = f"{PLACE}, prompt_id, token, token2"
 _KEY = ", ".join(KEY)
 _EXAMPLE = f"{_KEY}, side, prompt_id, token, token2"
+# Data and delete files of one table that a pool's rows may spread over before a merge rewrites them.
+MAX_POOL_FILES = 16
 
 
 def merged_hist(cast: str = "BIGINT") -> str:
@@ -108,7 +117,47 @@ def join_pool(con: duckdb.DuckDBPyConnection, run_id: int, rows: tuple[pa.Table,
     for other in holders[1:]:
         _merge_stored(con, target, other)
     _record(con, target, [run_id, *holders[1:]])
+    for table in TABLES:
+        if pool_files(con, table, target) > MAX_POOL_FILES:
+            _rewrite(con, table, target)
     return target
+
+
+def pool_files(con: duckdb.DuckDBPyConnection, table: str, pool: int) -> int:
+    """Live data files of `table` whose run_id range (the catalog's file statistics) holds `pool`, and their
+    delete files, as of the transaction's snapshot."""
+    return int(
+        con.execute(
+            f"""SELECT count(*) + coalesce(sum(deletes), 0) FROM (
+                    SELECT (SELECT count(*) FROM {METADATA}.ducklake_delete_file d
+                            WHERE d.data_file_id = f.data_file_id AND d.end_snapshot IS NULL) AS deletes
+                    FROM {METADATA}.ducklake_data_file f
+                    JOIN {METADATA}.ducklake_table t ON t.table_id = f.table_id AND t.end_snapshot IS NULL
+                    JOIN {METADATA}.ducklake_column c
+                      ON c.table_id = f.table_id AND c.column_name = 'run_id' AND c.end_snapshot IS NULL
+                    JOIN {METADATA}.ducklake_file_column_stats s
+                      ON s.data_file_id = f.data_file_id AND s.table_id = f.table_id AND s.column_id = c.column_id
+                    WHERE t.table_name = $table AND f.end_snapshot IS NULL
+                      AND TRY_CAST(s.min_value AS INTEGER) <= $pool AND TRY_CAST(s.max_value AS INTEGER) >= $pool)""",
+            {"table": table, "pool": pool},
+        ).fetchall()[0][0]
+    )
+
+
+def _rewrite(con: duckdb.DuckDBPyConnection, table: str, pool: int) -> None:
+    """The pool's rows of `table` deleted and inserted again in key order, inside the caller's transaction.
+    A summary row's min and max are NULL only for a node with no rows: such rows go in an INSERT of their
+    own, so that no Parquet row group is all NULL in a column with values elsewhere in its file (DuckLake
+    1.5.5 records statistics that miss values then: maintenance.statistics_problems)."""
+    con.execute(f"CREATE TEMP TABLE pool_rows AS SELECT * FROM {table} WHERE run_id = ?", [pool])
+    try:
+        con.execute(f"DELETE FROM {table} WHERE run_id = ?", [pool])
+        order = _EXAMPLE if table == "node_examples" else _KEY
+        parts = ("min IS NOT NULL", "min IS NULL") if table == "node_summaries" else ("true",)
+        for part in parts:
+            con.execute(f"INSERT INTO {table} SELECT * FROM temp.pool_rows WHERE {part} ORDER BY {order}")
+    finally:
+        con.execute("DROP TABLE IF EXISTS temp.pool_rows")
 
 
 def merge_all(con: duckdb.DuckDBPyConnection) -> int:
