@@ -290,7 +290,9 @@ def prompt_command(
     "--from",
     "from_",
     help="Edges out of this node, DST:LAYER:NODE (an MLP neuron; an attention node, every query and key: "
-    "attn_qk_probs:LAYER:HEAD), or resid_post_embedding (the embedding).",
+    "attn_qk_probs:LAYER:HEAD; a residual SAE's latent: online_autoencoder_latent:LAYER:LATENT), or "
+    "resid_post_embedding (the embedding), into every MLP neuron, attention head's value, query and key side and "
+    "residual SAE latent that reads its write.",
 )
 @click.option(
     "--with",
@@ -326,7 +328,7 @@ def edges_command(
     if (into is None) == (from_ is None):
         raise click.UsageError("give exactly one of --into and --from")
     dst, layer, node_index = parse_node(into or from_ or "")
-    no_layer = into is not None and dst == "online_autoencoder_latent"  # the latents of the SAE on the embedding
+    no_layer = dst == "online_autoencoder_latent"  # the latents of the SAE on the embedding
     if (layer is None and not no_layer or node_index is None) and not (from_ and dst == "resid_post_embedding"):
         raise click.UsageError("--into / --from take DST:LAYER:NODE, e.g. mlp_post_act:5:100")
     other = parse_node(with_) if with_ is not None else None

@@ -82,11 +82,16 @@ class Edges:
         by: str = "attribution",
     ) -> pa.Table:
         """The strongest edges out of one upstream node (an MLP neuron; an attention node: 'attn_qk_probs', node
-        index its head, every query and key; the embedding: 'resid_post_embedding', layer and node None) into
-        every MLP neuron that reads its write at the same token, largest |by| first: the rows of `edges_into`
-        seen from the upstream side, with the downstream node as dst, layer, node_index. `target` (dst, layer,
-        node index; None for any) keeps one downstream node: with no prompt given, the top (prompt, token) rows
-        of that edge over the whole warehouse."""
+        index its head, every query and key; the embedding: 'resid_post_embedding', layer and node None; a latent
+        of an SAE on the residual stream: 'online_autoencoder_latent', layer None for the SAE on the embedding)
+        into every downstream subnode that reads its write, largest |by| first: every MLP neuron after it at the
+        same token and, out of the first three, the value, query and key sides of every later attention head
+        (dst 'attn_value', 'attn_query', 'attn_key', head = node_index, token the query and token2 the key) and
+        the latents of every residual SAE after it where they fire. The rows of `edges_into` seen from the
+        upstream side, with the downstream node as dst, layer, head, node_index. `target` (dst, layer, node
+        index; None for any) keeps one downstream node: with no prompt given, the top (prompt, token) rows of
+        that edge over the whole warehouse. Raises WarehouseError with one line where a reader's data is not
+        stored (attn.q, attn.k, attn.v_out:backward, mlp.pre_act, SAE encoders) or not modelled (qk_norm)."""
         return self._edges("edges_from", "", (dst, layer, node_index), prompt_id, token, target, k, by)
 
     def _edges(

@@ -35,6 +35,7 @@ SLOW_FAMILIES = {
     "tests/test_views.py": ("llama", "gemma2", "olmo2"),
     "tests/test_edges.py": ("llama", "gemma2"),
     "tests/test_attention_edges.py": ("llama", "gemma2"),
+    "tests/test_edges_from.py": ("llama", "gemma2"),
 }
 
 # Files whose checks share an ingest fixture that costs most of their time (summaries over several lakes,
@@ -45,6 +46,7 @@ SLOW_FILES = {
     "tests/test_store.py",
     "tests/test_sae_capture.py",
     "tests/test_sae_capped.py",
+    "tests/test_sae_edges_from.py",
     "tests/test_migration.py",
     "tests/test_summary_merge.py",
     "tests/test_shared_catalog.py",

@@ -36,8 +36,10 @@ EXAMPLE_ARGUMENTS = {
 }
 # Macros that yield no rows for an answerable pair by design: the refusal branch of the pair macros.
 # pair_refusal: rows only to raise; embedding_out_edges: a branch of edges_from (69_edge_dispatch.sql), whose
-# refusal says why it is empty (no input-side weights), as it does for the branches that take arguments.
-EMPTY_BY_DESIGN = {"pair_refusal", "embedding_out_edges"}
+# refusal says why it is empty (no input-side weights), as it does for the branches that take arguments;
+# attention_read_gradients (every head, a part of edges_from whose refusal names what it lacks) and
+# autoencoder_sites (one row per residual SAE: none in a warehouse without SAEs).
+EMPTY_BY_DESIGN = {"pair_refusal", "embedding_out_edges", "attention_read_gradients", "autoencoder_sites"}
 # Macros whose answer for a pair that cannot be answered is the reason as a value, not an error.
 REASONS = {"pair_problem"}
 _CALL = re.compile(r"\b(\w+)\(((?:\s*(?:'[^']*'|NULL|\w+)\s*,?)*)\)")

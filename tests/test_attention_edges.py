@@ -87,7 +87,7 @@ def test_edges_from_an_attention_node_and_the_embedding_match_the_oracle(stored:
     n_layers, d_mlp = wh.sql("SELECT n_layers, d_mlp FROM models", output="rows")[0]
     prompt_id, ids = stored.prompts[0][:2]
     pairs = len(ids) * (len(ids) + 1) // 2
-    count = "SELECT count(*) FROM edges_from({}) WHERE prompt_id = ?"
+    count = "SELECT count(*) FROM edges_from({}) WHERE prompt_id = ? AND dst = 'mlp_post_act'"
     assert (
         wh.sql(count.format(f"'attn_qk_probs', 0, {HEAD}"), [prompt_id], output="rows")[0][0]
         == pairs * n_layers * d_mlp
@@ -130,7 +130,7 @@ def test_attention_edges_refuse_in_one_line(stored: Stored) -> None:  # noqa: F8
         (
             "edges_from",
             "'attn_value', 1, 0",
-            "out of mlp_post_act .MLP neurons., attn_qk_probs .attention nodes. and resid_post_embedding",
+            "out of mlp_post_act .MLP neurons., attn_qk_probs .attention nodes., resid_post_embedding .the embedding.",
         ),
     ):
         with pytest.raises(QueryError, match=words):
@@ -148,7 +148,8 @@ def test_the_api_and_the_command_take_attention_nodes(stored: Stored, tmp_path: 
     )
     assert [abs(r["attribution"]) for r in top] == pytest.approx(sorted((abs(a) for (a,) in every), reverse=True)[:5])
     assert all(r["token2"] <= r["token"] and r["head"] == HEAD for r in top)
-    out = wh.edges_from("resid_post_embedding", None, None, prompt_id=prompt_id, token=len(ids) - 1, k=None).to_pylist()
+    mlp = ("mlp_post_act", None, None)
+    out = wh.edges_from("resid_post_embedding", None, None, prompt_id, len(ids) - 1, mlp, k=None).to_pylist()
     n_layers, d_mlp = wh.sql("SELECT n_layers, d_mlp FROM models", output="rows")[0]
     assert len(out) == n_layers * d_mlp and {r["source_token"] for r in out} == {len(ids) - 1}
     result = CliRunner().invoke(

@@ -123,7 +123,7 @@ def test_edges_from_an_mlp_neuron_are_the_edges_into_its_readers(stored: Stored)
     for prompt_id, _, _, _ in stored.prompts:
         out = stored.wh.sql(
             "SELECT token, node_index, activation, attribution FROM edges_from('mlp_post_act', 0, 3)"
-            " WHERE prompt_id = ? AND layer = 1",
+            " WHERE prompt_id = ? AND layer = 1 AND dst = 'mlp_post_act'",
             [prompt_id],
             output="rows",
         )

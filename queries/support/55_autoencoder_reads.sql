@@ -10,14 +10,18 @@
 -- Sites: resid.post_emb (layer NULL: the embedding alone writes before it), resid.post_attn L (what MLP L
 -- reads) and resid.post_mlp L (the block's output, MLP L's neurons included).
 
--- The last attention and MLP layers that write before the site of the SAE whose latents are (down_dst,
--- down_layer), per model: -1 where none does.
-CREATE OR REPLACE MACRO autoencoder_reach(down_dst, down_layer) AS TABLE
-SELECT model_id, CASE WHEN location = 'resid.post_emb' THEN -1 ELSE layer END AS last_attn,
+-- Per SAE on the residual stream (model, latent_dst, layer): the last attention and MLP layers that write before
+-- its site, -1 where none does.
+CREATE OR REPLACE MACRO autoencoder_sites() AS TABLE
+SELECT model_id, latent_dst, layer, CASE WHEN location = 'resid.post_emb' THEN -1 ELSE layer END AS last_attn,
        CASE location WHEN 'resid.post_mlp' THEN layer WHEN 'resid.post_attn' THEN layer - 1 ELSE -1 END AS last_mlp
 FROM saes
-WHERE latent_dst = down_dst AND layer IS NOT DISTINCT FROM down_layer
-  AND location IN ('resid.post_emb', 'resid.post_attn', 'resid.post_mlp');
+WHERE location IN ('resid.post_emb', 'resid.post_attn', 'resid.post_mlp');
+
+-- The same for the SAE whose latents are (down_dst, down_layer), per model.
+CREATE OR REPLACE MACRO autoencoder_reach(down_dst, down_layer) AS TABLE
+SELECT model_id, last_attn, last_mlp FROM autoencoder_sites()
+WHERE latent_dst = down_dst AND layer IS NOT DISTINCT FROM down_layer;
 
 -- u1 = W[:, j] per model and residual channel (u2 = 0: a latent reads one direction).
 CREATE OR REPLACE MACRO autoencoder_read_directions(down_dst, down_layer, j) AS TABLE

@@ -150,7 +150,8 @@ JOIN mlp_read_slopes(0, 32767, NULL) c
   ON c.prompt_id = r.prompt_id AND c.token = r.token AND c.layer = r.layer AND c.node_index = r.node_index;
 
 -- Per prompt, query token, key token and channel c of the read (value, query or key channel as side is 'value',
--- 'query' or 'key'): a = d down / d (w_up . u_c) for a write w_up at token pos (the key token, or the query
+-- 'query' or 'key') of query head h of layer down_layer (NULL: every layer or head, named in the columns layer
+-- and head): a = d down / d (w_up . u_c) for a write w_up at token pos (the key token, or the query
 -- token for the query side), the norm's scale at pos held, and grad = dObjective / d down (NULL for the value
 -- side, whose down is the head's write projected on the gradient). Query and key sides, down = p[q,k,h], with
 -- l[k'] = q . k[k'] (the stored q and k carry the logit scaling's root each) capped as cap tanh(l / cap) (slope
@@ -169,42 +170,55 @@ WITH m AS (
     FROM models x JOIN edge_switches() e ON e.model_id = x.model_id
 ),
 probs AS MATERIALIZED (
-    SELECT p.prompt_id, q.model_id, p.token, p.token2, p.forward::DOUBLE AS p, p.backward::DOUBLE AS grad,
-           sum(p.forward::DOUBLE) OVER (PARTITION BY p.prompt_id, p.token) AS total
-    FROM facts p JOIN prompts q ON q.prompt_id = p.prompt_id
-    WHERE p.dst = 'attn_qk_probs' AND p.forward IS NOT NULL AND p.layer = down_layer AND p.node_index = h
+    SELECT p.prompt_id, q.model_id, p.layer, p.node_index AS head, p.node_index // m.grp AS kv, p.token, p.token2,
+           p.forward::DOUBLE AS p, p.backward::DOUBLE AS grad,
+           sum(p.forward::DOUBLE) OVER (PARTITION BY p.prompt_id, p.layer, p.node_index, p.token) AS total
+    FROM facts p JOIN prompts q ON q.prompt_id = p.prompt_id JOIN m ON m.model_id = q.model_id
+    WHERE p.dst = 'attn_qk_probs' AND p.forward IS NOT NULL AND (down_layer IS NULL OR p.layer = down_layer)
+      AND (h IS NULL OR p.node_index = h)
 ),
--- the stored q of head h and k of its key/value head
+-- the stored q of head h and k of its key/value head (of every head where h is NULL)
 qk AS MATERIALIZED (
-    SELECT f.prompt_id, f.dst, f.token, f.node_index AS c, f.forward::DOUBLE AS value
+    SELECT f.prompt_id, f.dst, f.layer, f.head, f.token, f.node_index AS c, f.forward::DOUBLE AS value
     FROM facts f JOIN prompts q ON q.prompt_id = f.prompt_id JOIN m ON m.model_id = q.model_id
-    WHERE f.dst IN ('attn_query', 'attn_key') AND f.layer = down_layer AND f.forward IS NOT NULL AND side <> 'value'
-      AND f.head = CASE f.dst WHEN 'attn_query' THEN h ELSE h // m.grp END
+    WHERE f.dst IN ('attn_query', 'attn_key') AND (down_layer IS NULL OR f.layer = down_layer)
+      AND f.forward IS NOT NULL AND side <> 'value'
+      AND (h IS NULL OR f.head = CASE f.dst WHEN 'attn_query' THEN h ELSE h // m.grp END)
 ),
 capped AS MATERIALIZED (
-    SELECT p.prompt_id, p.model_id, p.token, p.token2, p.p, p.grad, p.total,
+    SELECT p.prompt_id, p.model_id, p.layer, p.head, p.kv, p.token, p.token2, p.p, p.grad, p.total,
            CASE WHEN any_value(m.cap) IS NULL THEN 1 ELSE 1 - pow(tanh(sum(a.value * b.value) / any_value(m.cap)), 2) END AS slope
     FROM probs p
     JOIN m ON m.model_id = p.model_id
-    JOIN qk a ON a.prompt_id = p.prompt_id AND a.dst = 'attn_query' AND a.token = p.token
-    JOIN qk b ON b.prompt_id = p.prompt_id AND b.dst = 'attn_key' AND b.token = p.token2 AND b.c = a.c
-    GROUP BY p.prompt_id, p.model_id, p.token, p.token2, p.p, p.grad, p.total
+    JOIN qk a
+      ON a.prompt_id = p.prompt_id AND a.dst = 'attn_query' AND a.layer = p.layer AND a.head = p.head AND a.token = p.token
+    JOIN qk b
+      ON b.prompt_id = p.prompt_id AND b.dst = 'attn_key' AND b.layer = p.layer AND b.head = p.kv AND b.token = p.token2
+     AND b.c = a.c
+    GROUP BY p.prompt_id, p.model_id, p.layer, p.head, p.kv, p.token, p.token2, p.p, p.grad, p.total
 ),
 mean_key AS (
-    SELECT x.prompt_id, x.token, b.c, sum(x.p * x.slope * b.value) AS value
-    FROM capped x JOIN qk b ON b.prompt_id = x.prompt_id AND b.dst = 'attn_key' AND b.token = x.token2
-    GROUP BY x.prompt_id, x.token, b.c
+    SELECT x.prompt_id, x.layer, x.head, x.token, b.c, sum(x.p * x.slope * b.value) AS value
+    FROM capped x
+    JOIN qk b ON b.prompt_id = x.prompt_id AND b.dst = 'attn_key' AND b.layer = x.layer AND b.head = x.kv
+     AND b.token = x.token2
+    GROUP BY x.prompt_id, x.layer, x.head, x.token, b.c
 ),
 -- d down / d (the rotated, scaled q or k) per channel
 rotated AS MATERIALIZED (
-    SELECT x.prompt_id, x.model_id, x.token, x.token2, x.token AS pos, b.c, x.grad, x.p * (x.slope * b.value * x.total - k.value) AS g
+    SELECT x.prompt_id, x.model_id, x.token, x.token2, x.token AS pos, b.c, x.grad, x.p * (x.slope * b.value * x.total - k.value) AS g,
+           x.layer, x.head
     FROM capped x
-    JOIN qk b ON b.prompt_id = x.prompt_id AND b.dst = 'attn_key' AND b.token = x.token2
-    JOIN mean_key k ON k.prompt_id = x.prompt_id AND k.token = x.token AND k.c = b.c
+    JOIN qk b ON b.prompt_id = x.prompt_id AND b.dst = 'attn_key' AND b.layer = x.layer AND b.head = x.kv
+     AND b.token = x.token2
+    JOIN mean_key k ON k.prompt_id = x.prompt_id AND k.layer = x.layer AND k.head = x.head AND k.token = x.token AND k.c = b.c
     WHERE side = 'query'
     UNION ALL
-    SELECT x.prompt_id, x.model_id, x.token, x.token2, x.token2, a.c, x.grad, x.p * (x.total - x.p) * x.slope * a.value
-    FROM capped x JOIN qk a ON a.prompt_id = x.prompt_id AND a.dst = 'attn_query' AND a.token = x.token
+    SELECT x.prompt_id, x.model_id, x.token, x.token2, x.token2, a.c, x.grad, x.p * (x.total - x.p) * x.slope * a.value,
+           x.layer, x.head
+    FROM capped x
+    JOIN qk a ON a.prompt_id = x.prompt_id AND a.dst = 'attn_query' AND a.layer = x.layer AND a.head = x.head
+     AND a.token = x.token
     WHERE side = 'key'
 ),
 turned AS (
@@ -212,28 +226,30 @@ turned AS (
            m.root * CASE WHEN r.c >= m.rot THEN r.g
                ELSE m.rope_factor * (r.g * cos(r.pos * (m.inv_freq->>(r.c % (m.rot // 2)))::DOUBLE)
                    + CASE WHEN r.c < m.rot // 2 THEN o.g ELSE -o.g END * sin(r.pos * (m.inv_freq->>(r.c % (m.rot // 2)))::DOUBLE))
-           END AS g
+           END AS g, r.layer, r.head
     FROM rotated r
     JOIN m ON m.model_id = r.model_id
     LEFT JOIN rotated o
-      ON o.prompt_id = r.prompt_id AND o.token = r.token AND o.token2 = r.token2 AND r.c < m.rot
+      ON o.prompt_id = r.prompt_id AND o.layer = r.layer AND o.head = r.head AND o.token = r.token
+     AND o.token2 = r.token2 AND r.c < m.rot
      AND o.c = CASE WHEN r.c < m.rot // 2 THEN r.c + m.rot // 2 ELSE r.c - m.rot // 2 END
 ),
 unscaled AS (
-    SELECT prompt_id, model_id, token, token2, pos, c, grad, g FROM turned
+    SELECT prompt_id, model_id, token, token2, pos, c, grad, g, layer, head FROM turned
     UNION ALL
     -- the value side: d down / d v[k, c] = p[q,k,h] G[q,h,c]
-    SELECT p.prompt_id, p.model_id, p.token, p.token2, p.token2, g.node_index, NULL, p.p * g.backward::DOUBLE
+    SELECT p.prompt_id, p.model_id, p.token, p.token2, p.token2, g.node_index, NULL, p.p * g.backward::DOUBLE, p.layer, p.head
     FROM probs p
     JOIN facts g
-      ON g.prompt_id = p.prompt_id AND g.token = p.token AND g.dst = 'attn_weighted_sum_of_values' AND g.layer = down_layer
-     AND g.head = h AND g.backward IS NOT NULL
+      ON g.prompt_id = p.prompt_id AND g.token = p.token AND g.dst = 'attn_weighted_sum_of_values' AND g.layer = p.layer
+     AND g.head = p.head AND g.backward IS NOT NULL
     WHERE side = 'value'
 )
-SELECT x.prompt_id, x.model_id, x.token, x.token2, x.pos, x.c, x.grad, x.g / coalesce(s.forward::DOUBLE, 1) AS a
+SELECT x.prompt_id, x.model_id, x.token, x.token2, x.pos, x.c, x.grad, x.g / coalesce(s.forward::DOUBLE, 1) AS a,
+       x.layer, x.head
 FROM unscaled x
 LEFT JOIN facts s
-  ON s.prompt_id = x.prompt_id AND s.token = x.pos AND s.dst = 'attn_input_layer_norm_scale' AND s.layer = down_layer;
+  ON s.prompt_id = x.prompt_id AND s.token = x.pos AND s.dst = 'attn_input_layer_norm_scale' AND s.layer = x.layer;
 
 -- Edges into the value, query or key side (side 'value', 'query', 'key') of query head h of layer down_layer, one
 -- row per prompt, query token, key token and upstream node at the token the side reads (the key token; the

@@ -21,17 +21,24 @@ UNION ALL SELECT * FROM edge_refusal(coalesce(CASE
          || 'residual stream) and attn_value, attn_query, attn_key (an attention head''s value, query and key '
          || 'sides), not ' || coalesce(down_dst, 'NULL') END, (SELECT problem FROM edge_writers_problem())));
 
--- Edges out of the upstream node (up_dst, up_layer, node) into every MLP neuron that reads its write: the rows
--- of edges_into seen from the upstream side. An attention node is (attn_qk_probs, layer, head), every query
--- and key; the embedding is (resid_post_embedding, NULL, NULL).
+-- Edges out of the upstream node (up_dst, up_layer, node) into every downstream subnode that reads its write:
+-- the rows of edges_into seen from the upstream side. MLP neurons (60_edges.sql, 62_attention_edges.sql), the
+-- value, query and key sides of later attention heads and the latents of later residual SAEs (63_out_edges.sql).
+-- An attention node is (attn_qk_probs, layer, head), every query and key; the embedding is
+-- (resid_post_embedding, NULL, NULL); a residual SAE's latent (online_autoencoder_latent, layer, latent) reaches
+-- the MLP neurons after its site.
 CREATE OR REPLACE MACRO edges_from(up_dst, up_layer, node) AS TABLE
 SELECT * FROM mlp_out_edges(up_layer, node) WHERE up_dst = 'mlp_post_act'
 UNION ALL SELECT * FROM attn_out_edges(up_layer, node) WHERE up_dst = 'attn_qk_probs'
 UNION ALL SELECT * FROM embedding_out_edges() WHERE up_dst = 'resid_post_embedding'
+UNION ALL SELECT * FROM residual_out_edges(up_dst, up_layer, node)
+    WHERE up_dst IN ('mlp_post_act', 'attn_qk_probs', 'resid_post_embedding', 'online_autoencoder_latent')
 UNION ALL SELECT * FROM edge_refusal(coalesce(CASE
     WHEN up_dst IN ('attn_qk_probs', 'resid_post_embedding')
         THEN (SELECT problem FROM attention_edge_problem(up_dst, up_layer, node, false))
     WHEN up_dst = 'mlp_post_act' THEN (SELECT problem FROM edge_problem(up_dst, up_layer, node, up_layer + 1))
-    ELSE 'edges are built out of mlp_post_act (MLP neurons), attn_qk_probs (attention nodes) and '
-         || 'resid_post_embedding (the embedding), not ' || coalesce(up_dst, 'NULL') END,
-    (SELECT problem FROM edge_writers_problem())));
+    WHEN up_dst = 'online_autoencoder_latent' THEN (SELECT problem FROM out_edge_problem(up_dst, up_layer, node))
+    ELSE 'edges are built out of mlp_post_act (MLP neurons), attn_qk_probs (attention nodes), '
+         || 'resid_post_embedding (the embedding) and online_autoencoder_latent (latents of SAEs on the residual '
+         || 'stream), not ' || coalesce(up_dst, 'NULL') END,
+    (SELECT problem FROM edge_writers_problem()), (SELECT problem FROM out_edge_problem(up_dst, up_layer, node))));
