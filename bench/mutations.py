@@ -1301,6 +1301,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         (f"{SUMMARY_TESTS}::test_of_tied_values_the_earliest_positions_are_kept",),
     ),
     Mutation(
+        "summaries_flushed_every_4096_tokens_however_fast",
+        "a run's summaries flush every FLUSH_TOKENS tokens whatever the time since the last flush",
+        replace(SUMMARIES, " and time.monotonic() - state.flushed_at >= state.flush_seconds", ""),
+        ("tests/test_summary_flushes.py",),
+    ),
+    Mutation(
+        "summaries_flush_time_kept_from_the_run_start",
+        "the time of a run's last flush is never moved on, so once due every commit flushes",
+        replace(SUMMARIES, "            state.flushed_at = self._flushed_at\n", "            pass\n"),
+        ("tests/test_summary_flushes.py",),
+    ),
+    Mutation(
         "summary_pool_files_never_rewritten",
         "a pool's rows are never rewritten at a merge, so its files and delete files grow with every run",
         replace(MERGE, "if pool_files(con, table, target) > MAX_POOL_FILES:", "if False:"),

@@ -12,6 +12,7 @@ its commit: the best K are updated in place, with the rows they replaced kept un
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +71,8 @@ class SummaryState:
     def __init__(self, bfloat16: bool) -> None:
         self.bfloat16 = bfloat16
         self.flush_tokens = summaries.FLUSH_TOKENS
+        self.flush_seconds = summaries.FLUSH_SECONDS
+        self.flushed_at = time.monotonic()  # the last flush's commit (the run's start before the first)
         self.running: dict[tuple, Running] = {}  # the writer's thread's: committed, or a commit in progress
         self.unflushed = 0  # tokens committed since the last flush
         # the model's thread's view: each group's K-th best and worst, as of the last commit (replaced whole)
@@ -185,6 +188,7 @@ class BatchSummary:
         self._tokens = n_tokens
         self._force = force
         self._unflushed: int | None = None  # the state's after this commit
+        self._flushed_at: float | None = None  # when this commit flushed, if it does
 
     def rows(self, prompt_ids: np.ndarray) -> tuple[pa.Table, pa.Table] | None:
         state = self._state
@@ -205,7 +209,8 @@ class BatchSummary:
             )
         unflushed = state.unflushed + self._tokens
         tables = None
-        if running and (unflushed >= state.flush_tokens or self._force):
+        due = unflushed >= state.flush_tokens and time.monotonic() - state.flushed_at >= state.flush_seconds
+        if running and (due or self._force):
             # the run's last flush writes every node's K best whole: the writer drops the superseded ones
             tables = summary_table(running.values()), example_table(running.values(), every=self._force)
             for r in running.values():
@@ -213,6 +218,7 @@ class BatchSummary:
                     undo.flushed.append((best, best.flushed))
                     best.flushed = best.where.clone()
             unflushed = 0
+            self._flushed_at = time.monotonic()
         self._unflushed = unflushed
         return tables
 
@@ -225,7 +231,9 @@ class BatchSummary:
             r = state.running[key]
             thresholds[key] = r.top.threshold(), r.bottom.threshold()
         state.thresholds, state.unflushed, state._undo = thresholds, self._unflushed, None
-        self._unflushed = None
+        if self._flushed_at is not None:
+            state.flushed_at = self._flushed_at
+        self._unflushed = self._flushed_at = None
 
 
 class _Undo:

@@ -56,6 +56,17 @@ SLOW_FILES = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def flushes_by_tokens_alone() -> object:
+    """Summaries flush by FLUSH_TOKENS alone in the tests (which set it low to flush often), not also every
+    FLUSH_SECONDS: tests/test_summary_flushes.py checks the seconds."""
+    from warehouse import summaries
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(summaries, "FLUSH_SECONDS", 0.0)
+        yield
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Marks the cases of SLOW_CASES, SLOW_FAMILIES and SLOW_FILES slow before `-m` selects, so they leave

@@ -2,13 +2,13 @@
 
 An ingest keeps, for every node of every summarised dst, the run's count, sums, min, max, non-zeros, a
 histogram over fixed edges, and its EXAMPLES_K highest and lowest values with their positions, as running
-figures in memory (ingest/summaries.py), updated as each batch commits. Every FLUSH_TOKENS stored tokens,
-and when the run ends, the batch's transaction replaces the run's rows in `node_summaries` by the running
-figures, appends the examples that entered the running top or bottom K since the last flush to
-`node_examples`, and sets the run's `summarised_through` to its largest stored prompt id. So the summaries
-cost one row per node per flush, not per batch, and a run holds one summary row per node and group,
-with the values of its K-th highest and lowest examples. As a run ends, its figures go straight into the
-rows of the finished runs of the same model and capture settings where there are such (warehouse/
+figures in memory (ingest/summaries.py), updated as each batch commits. Every FLUSH_SECONDS (and at least
+FLUSH_TOKENS stored tokens), and when the run ends, the batch's transaction replaces the run's rows in
+`node_summaries` by the running figures, appends the examples that entered the running top or bottom K since
+the last flush to `node_examples`, and sets the run's `summarised_through` to its largest stored prompt id. So
+the summaries cost one row per node per flush, not per batch, and a run holds one summary row per node and
+group, with the values of its K-th highest and lowest examples. As a run ends, its figures go straight into
+the rows of the finished runs of the same model and capture settings where there are such (warehouse/
 summary_merge.py, at the cost of the run's rows), so many runs hold what one run would.
 
 They are exact for the prompts they cover (prompt ids up to `summarised_through`); the queries add a scan
@@ -38,9 +38,14 @@ EXAMPLES_K = 20
 _MAGNITUDES = [10.0**e for e in range(-5, 6)]
 EDGES: tuple[float, ...] = (*(-m for m in reversed(_MAGNITUDES)), 0.0, *_MAGNITUDES)
 N_BINS = len(EDGES) + 1
-# Stored tokens between two flushes of a run's running summaries: a flush writes one row per node (about
-# 330,000 for SmolLM2's default capture), against some 70,000 fact rows per token.
+# A run's running summaries are flushed at the first commit with FLUSH_TOKENS stored tokens and
+# FLUSH_SECONDS since the last flush. A flush writes one row per node (about 330,000 for SmolLM2's default
+# capture) and, the first time, every node's K best and worst examples (13 million rows): a few seconds of
+# the writer, so flushes are bounded in time, not only in tokens, or a fast device would flush several times
+# a second (4096 tokens took a minute on 2 CPU cores, a fifth of a second on a GPU). What a kill loses is at
+# most FLUSH_SECONDS of summarised prompts: the next ingest stores them again.
 FLUSH_TOKENS = 4096
+FLUSH_SECONDS = 300.0
 
 # Raw locations whose forward x backward product is a Tier-1 derived dst (the `act_times_grad` macro):
 # their summaries are computed at capture too, from the same stored values the view multiplies.
