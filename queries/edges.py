@@ -56,7 +56,8 @@ class Edges:
         rows only where it fires), largest |by| first.
 
         One row per prompt, token and upstream node (the embedding, every earlier attention node and MLP neuron,
-        the blocks' output biases; into an MLP neuron also the latents of stored residual SAEs before it):
+        the blocks' output biases; into an MLP neuron or an attention side also the latents of stored residual
+        SAEs before it):
         prompt_id, token, token_text, source_dst, source_layer, source_head,
         source_node_index, source_token, source_token_text, activation (d down / d residual . the source's
         write, norm scales held; the reference's mlp_in_edge_activation) and attribution (dObjective/d down
@@ -85,9 +86,9 @@ class Edges:
         index its head, every query and key; the embedding: 'resid_post_embedding', layer and node None; a latent
         of an SAE on the residual stream: 'online_autoencoder_latent', layer None for the SAE on the embedding)
         into every downstream subnode that reads its write, largest |by| first: every MLP neuron after it at the
-        same token and, out of the first three, the value, query and key sides of every later attention head
-        (dst 'attn_value', 'attn_query', 'attn_key', head = node_index, token the query and token2 the key) and
-        the latents of every residual SAE after it where they fire. The rows of `edges_into` seen from the
+        same token, the value, query and key sides of every later attention head (dst 'attn_value',
+        'attn_query', 'attn_key', head = node_index, token the query and token2 the key) and, out of the first
+        three, the latents of every residual SAE after it where they fire. The rows of `edges_into` seen from the
         upstream side, with the downstream node as dst, layer, head, node_index. `target` (dst, layer, node
         index; None for any) keeps one downstream node: with no prompt given, the top (prompt, token) rows of
         that edge over the whole warehouse. Raises WarehouseError with one line where a reader's data is not

@@ -49,9 +49,16 @@ def _rotated(model: nn.Module, block: nn.Module, x: torch.Tensor, position: int)
 
 
 def expected_value_in_edges(
-    model: nn.Module, ids: list[int], target: int | None, distractor: int | None, layer: int, head: int
+    model: nn.Module,
+    ids: list[int],
+    target: int | None,
+    distractor: int | None,
+    layer: int,
+    head: int,
+    extra: list | None = None,
 ) -> dict[tuple, tuple[float, float]]:
-    """Every edge into the value side of `head` of `layer` at every (query, key) of one prompt."""
+    """Every edge into the value side of `head` of `layer` at every (query, key) of one prompt; `extra`: further
+    writes (token, source key, vector) to take as sources besides the blocks' (an SAE's latents)."""
     parts, trace = _trace(model, ids, target, distractor)
     n = len(ids)
     att = trace.attention[layer]
@@ -62,7 +69,7 @@ def expected_value_in_edges(
     r = (trace.emb if layer == 0 else trace.post_mlp[layer - 1]).detach()[0]
     block, norm = parts.blocks[layer], parts.attn_norm[layer]
     by_key: dict[int, list] = {}
-    for t, source, write in writes(parts, trace, n, layer - 1, layer - 1):
+    for t, source, write in [*writes(parts, trace, n, layer - 1, layer - 1), *(extra or [])]:
         by_key.setdefault(t, []).append((source, write))
     out: dict[tuple, tuple[float, float]] = {}
     for k in range(n):
@@ -80,9 +87,17 @@ def expected_value_in_edges(
 
 
 def expected_qk_in_edges(
-    model: nn.Module, ids: list[int], target: int | None, distractor: int | None, layer: int, head: int, side: str
+    model: nn.Module,
+    ids: list[int],
+    target: int | None,
+    distractor: int | None,
+    layer: int,
+    head: int,
+    side: str,
+    extra: list | None = None,
 ) -> dict[tuple, tuple[float, float]]:
-    """Every edge into the query (side 'query') or key ('key') side of `head` of `layer` at every (query, key)."""
+    """Every edge into the query (side 'query') or key ('key') side of `head` of `layer` at every (query, key);
+    `extra` as in expected_value_in_edges."""
     parts, trace = _trace(model, ids, target, distractor)
     n = len(ids)
     att = trace.attention[layer]
@@ -92,7 +107,7 @@ def expected_qk_in_edges(
     r = (trace.emb if layer == 0 else trace.post_mlp[layer - 1]).detach()[0]
     block, norm = parts.blocks[layer], parts.attn_norm[layer]
     by_token: dict[int, list] = {}
-    for t, source, write in writes(parts, trace, n, layer - 1, layer - 1):
+    for t, source, write in [*writes(parts, trace, n, layer - 1, layer - 1), *(extra or [])]:
         by_token.setdefault(t, []).append((source, write))
 
     def prob(q: int, k: int, query: torch.Tensor, key_k: torch.Tensor) -> torch.Tensor:

@@ -118,11 +118,20 @@ def expected_latent_out_edges(
         last_attn, last_mlp = reach(sae)
         if last_attn > layer or last_mlp >= layer:  # its site is after the residual the MLP reads
             continue
-        x = site_values(model, sae, ids).double()
-        latents = sae.encode(x)
-        scale = input_stats(x)[1][:, 0] if sae.normalize else torch.ones(len(ids), dtype=torch.float64)
-        rows = sae.decoder_rows()
-        for t, i in (latents > 0).nonzero().tolist():
-            activation = float(grads[t].double() @ (latents[t, i] * scale[t] * rows[i]))
-            out[(t, "online_autoencoder_latent", sae.site_layer, None, i, t)] = (activation, float(da[t]) * activation)
+        for t, source, write in latent_writes(model, sae, ids):
+            activation = float(grads[t].double() @ write)
+            out[(t, *source)] = (activation, float(da[t]) * activation)
     return out
+
+
+def latent_writes(model: nn.Module, sae: OracleSAE, ids: list[int]) -> list[tuple[int, tuple, torch.Tensor]]:
+    """Each latent's write where it fires, (token, source key as oracle_edges.writes gives it, f D[i] (times the
+    input's std for a layer-normalising SAE))."""
+    x = site_values(model, sae, ids).double()
+    latents = sae.encode(x)
+    scale = input_stats(x)[1][:, 0] if sae.normalize else torch.ones(len(ids), dtype=torch.float64)
+    rows = sae.decoder_rows()
+    return [
+        (t, ("online_autoencoder_latent", sae.site_layer, None, i, t), latents[t, i] * scale[t] * rows[i])
+        for t, i in (latents > 0).nonzero().tolist()
+    ]

@@ -15,7 +15,8 @@
 --     u_c = P(gain_pre_attn * W_V[:, c])
 --     attribution = dObjective/d down . activation = activation (down is already in the objective's units)
 -- for every write at the key token before layer l: the embedding, every earlier attention node (query = k,
--- source_token its key), every earlier MLP neuron and the earlier blocks' output biases. kv(h) = h // (H / H_kv).
+-- source_token its key), every earlier MLP neuron, the earlier blocks' output biases and the latents of the
+-- residual SAEs whose sites are before the layer (f s_std D[i], as into an MLP neuron). kv(h) = h // (H / H_kv).
 
 -- Why edges into an attention head's value, query or key side (inward: node_dst attn_value, attn_query or
 -- attn_key), or out of an attention node or the embedding, cannot be answered, or NULL when they can.
@@ -299,6 +300,16 @@ f AS MATERIALIZED (
     WHERE w.location IN ('attn.residual_bias', 'mlp.residual_bias') AND w.layer < down_layer
     GROUP BY w.model_id, r.block, w.layer, r.c
 ),
+-- the latents of the residual SAEs whose sites are before the layer's attention: each decoder row dotted with u_c
+latent_f AS MATERIALIZED (
+    SELECT w.model_id, w.layer, w.vector_index AS node_index, u.c, list_dot_product(w.vector::DOUBLE[], u.u) AS f
+    FROM weight_vectors w
+    JOIN autoencoder_sites() s
+      ON s.model_id = w.model_id AND s.layer IS NOT DISTINCT FROM w.layer AND s.latent_dst = 'online_autoencoder_latent'
+     AND s.last_attn < down_layer
+    JOIN (SELECT model_id, c, list(u ORDER BY channel) AS u FROM u GROUP BY model_id, c) u ON u.model_id = w.model_id
+    WHERE w.location = 'autoencoder.to_residual'
+),
 alpha AS MATERIALIZED (SELECT * FROM attention_read_gradients(side, down_layer, h)),
 -- per prompt, upstream node and read channel c: (its write at its token) . u_c
 up AS (
@@ -352,6 +363,17 @@ up AS (
      AND s.dst IN ('attn_output_layer_norm_scale', 'mlp_output_layer_norm_scale')
      AND s.dst = CASE f.kind WHEN 'attn_bias' THEN 'attn' ELSE 'mlp' END || '_output_layer_norm_scale'
     WHERE s.forward IS NOT NULL OR NOT e.post_block_norms
+    UNION ALL
+    -- a latent writes f s D[i] (s the input's std of a layer-normalising SAE)
+    SELECT l.prompt_id, l.token, 'online_autoencoder_latent', l.layer, NULL, l.node_index, l.token, f.c,
+           l.forward::DOUBLE * coalesce(s.forward, 1) * f.f
+    FROM facts l
+    JOIN prompts p ON p.prompt_id = l.prompt_id
+    JOIN latent_f f ON f.model_id = p.model_id AND f.layer IS NOT DISTINCT FROM l.layer AND f.node_index = l.node_index
+    LEFT JOIN facts s
+      ON s.prompt_id = l.prompt_id AND s.token = l.token AND s.dst = 'online_autoencoder_input_std'
+     AND s.layer IS NOT DISTINCT FROM l.layer
+    WHERE l.dst = 'online_autoencoder_latent' AND l.forward IS NOT NULL
 )
 SELECT a.prompt_id, a.token::SMALLINT AS token, a.token2::SMALLINT AS token2, ('attn_' || side)::VARCHAR AS dst,
        down_layer::SMALLINT AS layer, h::SMALLINT AS head, h::INTEGER AS node_index, x.source_dst::VARCHAR AS source_dst,

@@ -102,9 +102,9 @@ SELECT e.model_id,
 FROM edge_switches() e
 LEFT JOIN autoencoder_sites() s ON s.model_id = e.model_id AND s.latent_dst = up_dst AND s.layer IS NOT DISTINCT FROM up_layer;
 
--- Edges out of (up_dst, up_layer, node) into the value, query and key sides of every later attention head, the
--- latents of every residual SAE after the write (where they fire) and, out of an SAE latent, every MLP neuron
--- after its site; the edge shape of 60_edges.sql.
+-- Edges out of (up_dst, up_layer, node) into the value, query and key sides of every later attention head and,
+-- out of an MLP neuron, an attention node or the embedding, the latents of every residual SAE after the write
+-- (where they fire) or, out of an SAE latent, every MLP neuron after its site; the edge shape of 60_edges.sql.
 CREATE OR REPLACE MACRO residual_out_edges(up_dst, up_layer, node) AS TABLE
 WITH reach AS MATERIALIZED (SELECT * FROM write_reach(up_dst, up_layer)),
 -- the SAEs whose sites read the write: every one for the embedding, else those whose last writers include it
@@ -116,7 +116,8 @@ saes_after AS MATERIALIZED (
 ),
 f AS MATERIALIZED (
     SELECT * FROM write_factors(up_dst, up_layer, node,
-        CASE WHEN up_dst = 'online_autoencoder_latent' THEN ['mlp.to_hidden', 'mlp.to_gate']
+        CASE WHEN up_dst = 'online_autoencoder_latent'
+             THEN ['mlp.to_hidden', 'mlp.to_gate', 'attn.to_value', 'attn.to_query', 'attn.to_key']
              ELSE ['attn.to_value', 'attn.to_query', 'attn.to_key', 'autoencoder.to_latent'] END,
         CASE WHEN up_dst = 'resid_post_embedding' THEN -1 ELSE coalesce(up_layer, -1) END)
 ),
@@ -204,7 +205,7 @@ SELECT CASE
              || 'stored twice; the weights are added)'
     WHEN up_dst = 'online_autoencoder_latent' AND (SELECT first_mlp FROM reach) >= (SELECT max(n_layers) FROM models)
         THEN 'the SAE of ' || up_dst || ' at layer ' || coalesce(up_layer::VARCHAR, 'NULL')
-             || ' is after the last MLP''s read: no MLP neuron reads its latents'' writes'
+             || ' is after the last block''s reads: no MLP neuron or attention head reads its latents'' writes'
     WHEN up_dst = 'online_autoencoder_latent' AND (SELECT bool_or(activation NOT IN ('gelu_tanh', 'gelu', 'silu', 'relu'))
                                                    FROM edge_switches())
         THEN 'edges know the activations gelu_tanh, gelu, silu and relu, not this model''s'
@@ -217,7 +218,6 @@ SELECT CASE
                                                               AND node_index = node AND forward > 0)
         THEN 'latent ' || coalesce(up_layer::VARCHAR, 'NULL') || ':' || node || ' of ' || up_dst
              || ' fires at no stored token: every edge out of it is 0'
-    WHEN up_dst = 'online_autoencoder_latent' THEN NULL  -- its edges into attention sides are not built yet
     WHEN (SELECT first_attn FROM reach) >= (SELECT max(n_layers) FROM models) THEN NULL
     WHEN NOT EXISTS (SELECT 1 FROM facts WHERE dst = 'attn_weighted_sum_of_values' AND backward IS NOT NULL
                      AND layer >= (SELECT first_attn FROM reach))
