@@ -41,7 +41,6 @@ LAKE = "tests/test_lake.py"
 CONFIGS = "tests/test_model_configs.py"
 ROPE_LAYOUTS = f"{CONFIGS}::test_rope_settings_read_from_either_layout"
 CONFIG_READING = "tests/test_config_reading.py::test_our_reading_of_every_config_variant_is_transformers"
-CONVERT = "warehouse/convert.py"
 LAKE_ROW_GROUPS = f"{LAKE}::test_statistics_stay_true_when_a_batch_spans_several_row_groups"
 WORKERS = "tests/test_workers.py"
 WORKERS_KILLED = (
@@ -176,12 +175,26 @@ NODE_GRADIENT = (
 )
 NODE_VIEWS = f"{NODE_TESTS}::test_every_act_times_grad_view_agrees_with_autograd_through_transformers[gpt2]"
 
+WEIGHT_VECTORS_MIGRATION = "test_a_version_7_lake_gets_the_weight_vectors_a_new_registration_writes"
+
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "tokens_position_not_renamed_by_the_migration",
         "a lake of schema version 4 keeps tokens.position after its upgrade, so joins on the shared `token` fail",
         replace("warehouse/db.py", '4: ("ALTER TABLE tokens RENAME COLUMN position TO token",),', "4: (),"),
         ("tests/test_migration.py::test_a_version_4_lake_names_the_token_column_as_activations_do_after_the_upgrade",),
+    ),
+    Mutation(
+        "weight_vectors_of_a_reader_along_its_rows",
+        "a reader's residual-stream vectors (mlp.to_hidden, W_Q, W_K, W_V) are stored as its rows, not its columns",
+        replace("warehouse/weights.py", "array if axis == -1 else np.swapaxes(array, -1, -2)", "array"),
+        (f"tests/test_migration.py::{WEIGHT_VECTORS_MIGRATION}",),
+    ),
+    Mutation(
+        "weight_vectors_migration_reverses_the_channels",
+        "the migration to version 8 lists each vector's values from the last residual channel to the first",
+        replace("warehouse/db.py", "list(value ORDER BY {channel})", "list(value ORDER BY {channel} DESC)"),
+        (f"tests/test_migration.py::{WEIGHT_VECTORS_MIGRATION}",),
     ),
     Mutation(
         "node_objective_negative_token_off_by_one",
@@ -598,7 +611,9 @@ MUTATIONS: tuple[Mutation, ...] = (
         "the facts table keeps DuckLake's data inlining, so a primer of up to 10 rows becomes catalog rows"
         " and the first file of a batch can be all NULL in a column",
         replace(
-            "warehouse/lake.py", 'FILE_ONLY_TABLES = ("facts", "weights", "direction_factors")', "FILE_ONLY_TABLES = ()"
+            "warehouse/lake.py",
+            'FILE_ONLY_TABLES = ("facts", "weights", "weight_vectors", "direction_factors")',
+            "FILE_ONLY_TABLES = ()",
         ),
         (LAKE_ROW_GROUPS,),
     ),
@@ -608,11 +623,15 @@ MUTATIONS: tuple[Mutation, ...] = (
         " valued row groups in a column",
         (
             Edit(
-                CONVERT,
+                "warehouse/lake.py",
                 'for pattern in con.execute(f"SELECT DISTINCT {is_null} FROM ({query})").fetchall():',
                 "for pattern in [()]:",
             ),
-            Edit(CONVERT, "WHERE primer_rank > 1 AND {' AND '.join(tests)} ORDER BY", "WHERE primer_rank > 1 ORDER BY"),
+            Edit(
+                "warehouse/lake.py",
+                "WHERE primer_rank > 1 AND {' AND '.join(tests)} ORDER BY",
+                "WHERE primer_rank > 1 ORDER BY",
+            ),
         ),
         (f"{LAKE}::test_a_converted_warehouse_of_several_row_groups_keeps_true_statistics",),
     ),

@@ -12,7 +12,7 @@ from ingest.prompts import PromptInput
 from ingest.worker import IngestOptions, ingest
 from queries import Warehouse
 from queries.notes import notes
-from warehouse import db
+from warehouse import db, lake
 
 
 def _rewrite(path: Path, statements: list[str], version: int) -> None:
@@ -220,3 +220,18 @@ def test_a_version_7_lake_gets_the_weight_vectors_a_new_registration_writes(tmp_
     migrated = _stored_vectors(Warehouse(path))
     assert migrated.keys() == written.keys()
     assert all(np.array_equal(migrated[k], written[k]) for k in written)
+    # the upgrade's vectors are written in small row groups too, as a new lake's (lake.ROW_GROUP_ROWS)
+    with db.connect(path, read_only=True) as con:
+        files = con.execute("SELECT data_file FROM ducklake_list_files('actwh', 'weight_vectors')").fetchall()
+        options = con.execute(
+            "SELECT value FROM ducklake_options('actwh') WHERE option_name = 'parquet_row_group_size'"
+            " AND scope_entry = 'main.weight_vectors'"
+        ).fetchall()
+        sizes = [
+            con.execute(f"SELECT max(row_group_num_rows) FROM parquet_metadata('{f}')").fetchall()[0][0]
+            for (f,) in files
+        ]
+    assert (
+        options == [(str(lake.ROW_GROUP_ROWS["weight_vectors"]),)]
+        and max(sizes) <= lake.ROW_GROUP_ROWS["weight_vectors"]
+    )

@@ -68,7 +68,6 @@ def weight_vectors_from_rows(con: duckdb.DuckDBPyConnection) -> None:
     """Version 7 to 8 (and a converted warehouse's). weight_vectors from the stored long rows: each writer's
     rows and each reader's columns (weights.residual_axis) as lists ordered by residual channel, the NULL
     patterns apart (lake.insert_by_nulls)."""
-    con.execute(SCHEMA_SQL.read_text())  # creates weight_vectors
     parts = []
     for name in registry.WEIGHTS:
         axis = weights.residual_axis(name)
@@ -338,6 +337,7 @@ def _migrate(con: duckdb.DuckDBPyConnection, version: int, path: str | Path) -> 
         raise NotAWarehouse(
             f"{path} has schema version {version} and this actwh has no migration from it: ingest into a new --db"
         )
+    _create_with_options(con, list(lake.ROW_GROUP_ROWS))
     with _transaction(con):
         concurrency.serialize(con)
         for step in range(version, SCHEMA_VERSION):
@@ -348,6 +348,22 @@ def _migrate(con: duckdb.DuckDBPyConnection, version: int, path: str | Path) -> 
                     statement(con)
         con.execute(SCHEMA_SQL.read_text())
         con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION)])
+
+
+def _create_with_options(con: duckdb.DuckDBPyConnection, tables: list[str]) -> None:
+    """Create schema.sql's `tables` that the lake lacks, then their file options (lake.set_table_options),
+    before a migration fills them: DuckLake sets no option on a table created in the same transaction. Left
+    empty in a lake still of the older version should the migration then fail, they are filled when it runs
+    again."""
+    missing = [table for table in tables if not has_table(con, table)]
+    if not missing:
+        return
+    with _transaction(con):
+        for table in missing:
+            found = re.search(rf"^CREATE TABLE IF NOT EXISTS {table} \(.*?^\);", SCHEMA_SQL.read_text(), re.M | re.S)
+            assert found, f"schema.sql creates no table {table}"
+            con.execute(found.group(0))
+    lake.set_table_options(con)
 
 
 @contextlib.contextmanager

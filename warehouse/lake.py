@@ -42,6 +42,10 @@ LAKE_OPTIONS = {"parquet_compression": "zstd", "parquet_version": "2"}
 # insert of up to 10 rows): their writers open each transaction with a small primer file (see the note
 # above _null_runs in warehouse/writer.py), which inlining would take out of the files.
 FILE_ONLY_TABLES = ("facts", "weights", "weight_vectors", "direction_factors")
+# Rows per Parquet row group of tables with wide rows: a weight_vectors row holds d_model floats, and at
+# DuckDB's default 122,880 rows a row group held 280 MB, which a scan for a few layers' vectors read whole on
+# one thread; 2,048 (the least DuckDB writes) lets the row groups' layer ranges skip the rest.
+ROW_GROUP_ROWS = {"weight_vectors": 2048}
 
 POSTGRES_PREFIX = "postgres:"
 
@@ -214,12 +218,14 @@ def insert_by_nulls(con: duckdb.DuckDBPyConnection, table: str, query: str, colu
 
 
 def set_table_options(con: duckdb.DuckDBPyConnection) -> None:
-    """Turn inlining off for FILE_ONLY_TABLES where it is not yet (a lake created before this option gets
-    it from its next read-write open); writes nothing when every table has it."""
+    """Turn inlining off for FILE_ONLY_TABLES and set ROW_GROUP_ROWS where not yet (a lake created before
+    these options gets them from its next read-write open); writes nothing when every table has them. They
+    hold for files written after them."""
+    options = [("data_inlining_row_limit", table, 0) for table in FILE_ONLY_TABLES]
+    options += [("parquet_row_group_size", table, rows) for table, rows in ROW_GROUP_ROWS.items()]
     done = con.execute(
-        f"SELECT scope_entry FROM ducklake_options('{ALIAS}')"
-        " WHERE option_name = 'data_inlining_row_limit' AND scope = 'TABLE' AND value = '0'"
+        f"SELECT option_name, scope_entry, value FROM ducklake_options('{ALIAS}') WHERE scope = 'TABLE'"
     ).fetchall()
-    for table in FILE_ONLY_TABLES:
-        if (f"main.{table}",) not in done:
-            con.execute(f"CALL {ALIAS}.set_option('data_inlining_row_limit', 0, table_name => '{table}')")
+    for option, table, value in options:
+        if (option, f"main.{table}", str(value)) not in done:
+            con.execute(f"CALL {ALIAS}.set_option('{option}', {value}, table_name => '{table}')")
