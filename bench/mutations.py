@@ -1320,6 +1320,22 @@ MUTATIONS: tuple[Mutation, ...] = (
         (f"{SUMMARY_TESTS}::test_of_tied_values_the_earliest_positions_are_kept",),
     ),
     Mutation(
+        "node_table_columns_read_other_nodes",
+        "the node table's columns read the rows of the ranked nodes' layers as their node indices",
+        replace(
+            "queries/one_prompt.py",
+            "str(int(v)) for v in set(ranked[c].to_pylist())",
+            "str(int(v)) for v in set(ranked['layer'].to_pylist())",
+        ),
+        ("tests/test_views.py::test_node_table_columns_are_each_nodes_view_values[gpt2]",),
+    ),
+    Mutation(
+        "node_table_bottom_ranked_as_top",
+        "the node table's bottom k are the next highest nodes after the top k",
+        replace("queries/one_prompt.py", "ORDER BY value ASC, {key} LIMIT ?", "ORDER BY value DESC, {key} LIMIT ?"),
+        ("tests/test_api.py::test_top_nodes_union_of_top_and_bottom",),
+    ),
+    Mutation(
         "summaries_flushed_every_4096_tokens_however_fast",
         "a run's summaries flush every FLUSH_TOKENS tokens whatever the time since the last flush",
         replace(SUMMARIES, " and time.monotonic() - state.flushed_at >= state.flush_seconds", ""),

@@ -80,15 +80,24 @@ class OnePrompt:
             if not rank_parts:
                 raise DstNotAvailable(f"cannot rank by {dst!r}: " + "; ".join(messages))
             key = ", ".join(NODE_KEY)
+            same = " AND ".join(f"t.{c} IS NOT DISTINCT FROM b.{c}" for c in NODE_KEY)
+            # two top-k operators, not a window sorting every row twice (0.5 s of a SmolLM2 prompt's table);
+            # a node among both the top and the bottom k (fewer than 2k rows) is listed once, as 'top'
             sql = (
-                f"WITH base AS (SELECT * FROM ({' UNION ALL '.join(rank_parts)}) WHERE token >= ?),"
-                f" ranked AS (SELECT {key}, value AS rank_value,"
-                f" row_number() OVER (ORDER BY value DESC, {key}) AS r_top,"
-                f" row_number() OVER (ORDER BY value ASC, {key}) AS r_bottom FROM base)"
-                f" SELECT {key}, rank_value, CASE WHEN r_top <= ? THEN 'top' ELSE 'bottom' END AS side"
-                " FROM ranked WHERE r_top <= ? OR r_bottom <= ?"
+                f"WITH base AS MATERIALIZED (SELECT * FROM ({' UNION ALL '.join(rank_parts)}) WHERE token >= ?),"
+                f" top AS MATERIALIZED (SELECT {key}, value AS rank_value, 'top' AS side FROM base"
+                f" ORDER BY value DESC, {key} LIMIT ?)"
+                f" SELECT * FROM top UNION ALL SELECT * FROM (SELECT {key}, value, 'bottom' FROM base b"
+                f" WHERE NOT EXISTS (SELECT 1 FROM top t WHERE {same}) ORDER BY value ASC, {key} LIMIT ?)"
             )
-            params: list[Any] = [*rank_params, skip_first, k, k, k]
+            ranked = self._run(con, sql, [*rank_params, skip_first, k, k])
+            # the columns' sources read only the ranked nodes' layers, tokens and indices: a filter that reaches
+            # their scans, where a join with the ranked rows would read every row of the prompt first
+            near = " AND ".join(
+                f"{c} IN ({', '.join(str(int(v)) for v in set(ranked[c].to_pylist()) if v is not None) or 'NULL'})"
+                for c in ("layer", "token", "node_index")
+            )
+            params: list[Any] = []
             join_sql = ""
             select_cols = []
             for i, col in enumerate(NODE_COLUMNS):
@@ -104,7 +113,7 @@ class OnePrompt:
                         continue
                     if src.note and src.note not in messages:
                         messages.append(src.note)
-                    parts.append(src.sql)
+                    parts.append(f"SELECT * FROM ({src.sql}) WHERE {near}")
                     part_params += src.params
                 if families == ["*"]:
                     continue
@@ -118,7 +127,8 @@ class OnePrompt:
                     select_cols.append(f"NULL::FLOAT AS {col}")
             extra = ", s.rank_value AS value" if families == ["*"] else ""
             final = (
-                f"WITH s AS ({sql}) SELECT s.side, s.node_type, s.layer, s.token, t1.text AS token_text, s.token2,"
+                "WITH s AS (SELECT * FROM ranked_nodes) SELECT s.side, s.node_type, s.layer, s.token,"
+                " t1.text AS token_text, s.token2,"
                 " t2.text AS token2_text, s.head, s.node_index"
                 + "".join(", " + c for c in select_cols)
                 + extra
@@ -128,7 +138,11 @@ class OnePrompt:
                 " ORDER BY s.rank_value DESC, s.node_type, s.layer, s.token, s.token2, s.node_index"
             )
             params += [prompt_id, prompt_id]
-            table = self._run(con, final, params)
+            con.register("ranked_nodes", ranked)
+            try:
+                table = self._run(con, final, params)
+            finally:
+                con.unregister("ranked_nodes")
             if not table.num_rows:
                 for rank_dst in rank_dsts.values():
                     explain_empty(con, rank_dst, prompt_id=prompt_id)

@@ -465,3 +465,49 @@ def test_every_view_and_table_macro_answers_or_says_why(stored: Stored) -> None:
     columns = {c for (c,) in stored_columns}
     absent = min(set(range(max(columns) + 2)) - columns)
     assert_every_relation_answers(wh, (first.target_id, first.distractor_id), absent)
+
+
+# The reference node table's columns, per node type: the view each column reads.
+NODE_TABLE_VIEWS = {
+    "mlp_neuron": ("mlp_post_act", "mlp_write_norm", "mlp_write_to_final_residual_grad", "mlp_act_times_grad"),
+    "attention_head": (
+        "attn_qk_probs",
+        "unflattened_attn_write_norm",
+        "unflattened_attn_write_to_final_residual_grad",
+        "unflattened_attn_act_times_grad",
+    ),
+}
+
+
+def test_node_table_columns_are_each_nodes_view_values(stored: Stored) -> None:
+    """Every cell of one prompt's node table (the top and bottom 6 by act_times_grad, then by direct_effect, MLP
+    neurons and attention nodes together) is its node's row of the column's view: the table reads the ranked
+    nodes only, and a filter that missed one would leave its cell NULL or another node's."""
+    wh = stored.wh
+    longest = max((p for p in stored.runs["full"] if p.target_id is not None), key=lambda p: len(p.ids))
+    filled: dict[str, int] = defaultdict(int)
+    rows = [
+        row
+        for by in ("act_times_grad", "direct_effect")
+        for row in wh.top_nodes(longest.prompt_id, by, k=6).to_pylist()
+    ]
+    assert len(rows) == 24
+    for row in rows:
+        for column, view in zip(
+            ("activation", "write_norm", "direct_effect", "act_times_grad"),
+            NODE_TABLE_VIEWS[row["node_type"]],
+            strict=True,
+        ):
+            source = f"activations WHERE dst = '{view}' AND" if column == "activation" else f"{view} WHERE"
+            expected = wh.sql(
+                f"SELECT value FROM {source} pass_type = 'forward' AND prompt_id = ? AND layer = ? AND token = ?"
+                " AND node_index = ? AND token2 IS NOT DISTINCT FROM ? AND head IS NOT DISTINCT FROM ?",
+                [longest.prompt_id, row["layer"], row["token"], row["node_index"], row["token2"], row["head"]],
+                output="rows",
+            )
+            if not expected:  # e.g. a direct effect away from the last token, where the view has no row
+                assert row[column] is None, (row, column)
+                continue
+            assert len(expected) == 1 and row[column] == pytest.approx(expected[0][0], rel=1e-6), (row, column)
+            filled[column] += 1
+    assert all(filled[c] for c in ("activation", "write_norm", "direct_effect", "act_times_grad")), filled
