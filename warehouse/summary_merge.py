@@ -66,7 +66,7 @@ ORDER = f"{PLACE}, prompt_id, token, token2"
 _KEY = ", ".join(KEY)
 _EXAMPLE = f"{_KEY}, side, prompt_id, token, token2"
 # Data and delete files of one table that a pool's rows may spread over before a merge rewrites them.
-MAX_POOL_FILES = 16
+MAX_POOL_FILES = 8
 
 
 def merged_hist(cast: str = "BIGINT") -> str:
