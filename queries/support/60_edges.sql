@@ -105,20 +105,19 @@ SELECT CASE
 END AS problem;
 
 -- The normed read directions of neuron j of layer down_layer, per model and residual channel: u1 (the
--- pre-activation's column), u2 (the up projection's in a gated MLP, else 0). One scan of the weights.
+-- pre-activation's column), u2 (the up projection's in a gated MLP, else 0), from its columns' vectors.
 CREATE OR REPLACE MACRO mlp_read_directions(down_layer, j) AS TABLE
-WITH w AS MATERIALIZED (
-    SELECT model_id, location, row_index, value::DOUBLE AS value FROM weights
-    WHERE location IN ('mlp.to_hidden', 'mlp.to_gate', 'layer_norm_gain.pre_mlp') AND layer = down_layer
-      AND (col_index = j OR location = 'layer_norm_gain.pre_mlp')
+WITH x AS (
+    SELECT model_id, location, unnest(vector)::DOUBLE AS value, generate_subscripts(vector, 1) - 1 AS channel
+    FROM weight_vectors WHERE location IN ('mlp.to_hidden', 'mlp.to_gate') AND layer = down_layer AND vector_index = j
 ),
 cols AS (
-    SELECT x.model_id, x.row_index AS channel, (x.location = 'mlp.to_gate') = s.gated_mlp AS first,
+    SELECT x.model_id, x.channel, (x.location = 'mlp.to_gate') = s.gated_mlp AS first,
            x.value * coalesce(g.value, 1) AS value, s.norm
-    FROM w x
+    FROM x
     JOIN edge_switches() s ON s.model_id = x.model_id
-    LEFT JOIN w g ON g.model_id = x.model_id AND g.location = 'layer_norm_gain.pre_mlp' AND g.row_index = x.row_index
-    WHERE x.location IN ('mlp.to_hidden', 'mlp.to_gate')
+    LEFT JOIN weights g
+      ON g.model_id = x.model_id AND g.location = 'layer_norm_gain.pre_mlp' AND g.layer = down_layer AND g.row_index = x.channel
 ),
 centred AS (
     SELECT model_id, channel, first,
@@ -194,21 +193,23 @@ reads AS MATERIALIZED (
      AND g.row_index = u.channel
     WHERE b.layer <= CASE b.block WHEN 'attn' THEN r.last_attn ELSE r.last_mlp END
 ),
--- keyed on one INTEGER over a small range (model < 1024, layer < 128, channel < 16384): a probe of every
--- W_out and W_O row is the query's largest cost, and such a key (a perfect hash join) probes about five times
--- faster than three columns or a BIGINT
-um AS (SELECT *, ((model_id::BIGINT * 128 + layer) * 16384 + channel)::INTEGER AS k FROM reads WHERE block = 'mlp'),
-ua AS (SELECT *, ((model_id::BIGINT * 128 + layer) * 16384 + channel)::INTEGER AS k FROM reads WHERE block = 'attn')
-SELECT any_value(w.model_id) AS model_id, 'mlp' AS kind, any_value(w.layer) AS layer, NULL::SMALLINT AS head,
-       any_value(w.row_index) AS node_index, sum(w.value * u.u1) AS f1, sum(w.value * u.u2) AS f2
-FROM weights w JOIN um u ON u.k = ((w.model_id::BIGINT * 128 + w.layer) * 16384 + w.col_index)::INTEGER
-WHERE w.location = 'mlp.to_residual' AND w.layer <= coalesce(down_layer, -1)
-GROUP BY (w.model_id::BIGINT * 128 + w.layer) * 1048576 + w.row_index
+-- the reads as lists ordered by residual channel, one per written matrix and layer, each dotted with every
+-- vector that matrix writes (weight_vectors): one row per vector instead of one per value
+directions AS MATERIALIZED (
+    SELECT model_id, block || '.to_residual' AS location, layer, list(u1 ORDER BY channel) AS u1,
+           list(u2 ORDER BY channel) AS u2
+    FROM reads GROUP BY model_id, block, layer
+)
+-- (a branch per kind, so that a use keeping one kind reads only its matrix)
+SELECT v.model_id, 'mlp' AS kind, v.layer, NULL::SMALLINT AS head, v.vector_index AS node_index,
+       list_dot_product(v.vector::DOUBLE[], d.u1) AS f1, list_dot_product(v.vector::DOUBLE[], d.u2) AS f2
+FROM weight_vectors v JOIN directions d ON d.model_id = v.model_id AND d.location = v.location AND d.layer = v.layer
+WHERE v.location = 'mlp.to_residual' AND v.layer <= coalesce(down_layer, -1)
 UNION ALL
-SELECT w.model_id, 'attn', w.layer, w.head, w.row_index, sum(w.value * u.u1), sum(w.value * u.u2)
-FROM weights w JOIN ua u ON u.k = ((w.model_id::BIGINT * 128 + w.layer) * 16384 + w.col_index)::INTEGER
-WHERE w.location = 'attn.to_residual' AND w.layer <= coalesce(down_layer, -1)
-GROUP BY w.model_id, w.layer, w.head, w.row_index
+SELECT v.model_id, 'attn', v.layer, v.head, v.vector_index, list_dot_product(v.vector::DOUBLE[], d.u1),
+       list_dot_product(v.vector::DOUBLE[], d.u2)
+FROM weight_vectors v JOIN directions d ON d.model_id = v.model_id AND d.location = v.location AND d.layer = v.layer
+WHERE v.location = 'attn.to_residual' AND v.layer <= coalesce(down_layer, -1)
 UNION ALL
 SELECT model_id, block || '_bias', layer, NULL, NULL, sum(bias * u1), sum(bias * u2)
 FROM reads
@@ -309,24 +310,26 @@ wc AS (
            value - CASE WHEN norm = 'layernorm' THEN avg(value) OVER (PARTITION BY model_id) ELSE 0 END AS value
     FROM w
 ),
--- the centred write times each later layer's pre-MLP gain, keyed on one INTEGER as in edge_factors
+-- the centred write times each later layer's pre-MLP gain, as a list ordered by residual channel
 wg AS MATERIALIZED (
-    SELECT wc.gated_mlp, ((wc.model_id::BIGINT * 128 + l.layer) * 16384 + wc.channel)::INTEGER AS k,
-           wc.value * coalesce(g.value, 1) AS value
+    SELECT wc.model_id, wc.gated_mlp, l.layer, list(wc.value * coalesce(g.value, 1) ORDER BY wc.channel) AS value
     FROM wc
     JOIN (SELECT DISTINCT model_id, layer FROM weights WHERE location = 'mlp.residual_bias' AND layer > up_layer) l
       ON l.model_id = wc.model_id
     LEFT JOIN weights g
       ON g.model_id = wc.model_id AND g.location = 'layer_norm_gain.pre_mlp' AND g.layer = l.layer AND g.row_index = wc.channel
+    GROUP BY wc.model_id, wc.gated_mlp, l.layer
 ),
+-- dotted with every read column of the later layers (weight_vectors)
 f AS (
-    SELECT any_value(r.model_id) AS model_id, any_value(r.layer) AS layer, any_value(r.col_index) AS node_index,
-           sum(CASE WHEN (r.location = 'mlp.to_gate') = w.gated_mlp THEN w.value * r.value END) AS f1,
-           coalesce(sum(CASE WHEN (r.location = 'mlp.to_gate') = w.gated_mlp THEN NULL ELSE w.value * r.value END), 0) AS f2
-    FROM weights r
-    JOIN wg w ON w.k = ((r.model_id::BIGINT * 128 + r.layer) * 16384 + r.row_index)::INTEGER
+    SELECT r.model_id, r.layer, r.vector_index AS node_index,
+           sum(CASE WHEN (r.location = 'mlp.to_gate') = w.gated_mlp THEN list_dot_product(r.vector::DOUBLE[], w.value) END) AS f1,
+           coalesce(sum(CASE WHEN (r.location = 'mlp.to_gate') = w.gated_mlp THEN NULL
+                             ELSE list_dot_product(r.vector::DOUBLE[], w.value) END), 0) AS f2
+    FROM weight_vectors r
+    JOIN wg w ON w.model_id = r.model_id AND w.layer = r.layer
     WHERE r.location IN ('mlp.to_hidden', 'mlp.to_gate') AND r.layer > up_layer
-    GROUP BY (r.model_id::BIGINT * 128 + r.layer) * 1048576 + r.col_index
+    GROUP BY r.model_id, r.layer, r.vector_index
 )
 SELECT a.prompt_id, a.token::SMALLINT AS token, NULL::SMALLINT AS token2, 'mlp_post_act'::VARCHAR AS dst,
        c.layer::SMALLINT AS layer, NULL::SMALLINT AS head, c.node_index::INTEGER AS node_index,

@@ -68,25 +68,31 @@ WITH w AS (
       ON g.model_id = o.model_id AND g.location = 'layer_norm_gain.post_attn' AND g.layer = o.layer AND g.row_index = o.col_index
     WHERE o.location = 'attn.to_residual' AND o.layer = up_layer AND o.head = h
 ),
--- the centred write rows times each reading layer's pre-MLP gain
-wg AS MATERIALIZED (
-    SELECT w.model_id, w.gated_mlp, l.layer, w.channel, w.c,
-           (w.value - CASE WHEN w.norm = 'layernorm' THEN avg(w.value) OVER (PARTITION BY w.model_id, w.c) ELSE 0 END)
-           * coalesce(g.value, 1) AS value
+wc AS (
+    SELECT model_id, gated_mlp, parallel_residual, channel, c,
+           value - CASE WHEN norm = 'layernorm' THEN avg(value) OVER (PARTITION BY model_id, c) ELSE 0 END AS value
     FROM w
+),
+-- the centred write rows times each reading layer's pre-MLP gain, as lists ordered by residual channel
+wg AS MATERIALIZED (
+    SELECT w.model_id, w.gated_mlp, l.layer, w.c, list(w.value * coalesce(g.value, 1) ORDER BY w.channel) AS value
+    FROM wc w
     JOIN (SELECT DISTINCT model_id, layer FROM weights WHERE location = 'mlp.residual_bias') l
       ON l.model_id = w.model_id AND (l.layer > up_layer OR (l.layer = up_layer AND NOT w.parallel_residual))
     LEFT JOIN weights g
       ON g.model_id = w.model_id AND g.location = 'layer_norm_gain.pre_mlp' AND g.layer = l.layer AND g.row_index = w.channel
+    GROUP BY w.model_id, w.gated_mlp, l.layer, w.c
 ),
+-- dotted with every read column of the reading layers (weight_vectors)
 f AS MATERIALIZED (
-    SELECT r.model_id, r.layer, r.col_index AS node_index, w.c,
-           sum(CASE WHEN (r.location = 'mlp.to_gate') = w.gated_mlp THEN w.value * r.value END) AS f1,
-           coalesce(sum(CASE WHEN (r.location = 'mlp.to_gate') = w.gated_mlp THEN NULL ELSE w.value * r.value END), 0) AS f2
-    FROM weights r
-    JOIN wg w ON w.model_id = r.model_id AND w.layer = r.layer AND w.channel = r.row_index
-    WHERE r.location IN ('mlp.to_hidden', 'mlp.to_gate') AND r.layer >= up_layer
-    GROUP BY r.model_id, r.layer, r.col_index, w.c
+    SELECT r.model_id, r.layer, r.vector_index AS node_index, w.c,
+           sum(CASE WHEN (r.location = 'mlp.to_gate') = w.gated_mlp THEN list_dot_product(r.vector, w.value) END) AS f1,
+           coalesce(sum(CASE WHEN (r.location = 'mlp.to_gate') = w.gated_mlp THEN NULL
+                             ELSE list_dot_product(r.vector, w.value) END), 0) AS f2
+    FROM (SELECT model_id, location, layer, vector_index, vector::DOUBLE[] AS vector FROM weight_vectors
+          WHERE location IN ('mlp.to_hidden', 'mlp.to_gate') AND layer >= up_layer) r
+    JOIN wg w ON w.model_id = r.model_id AND w.layer = r.layer
+    GROUP BY r.model_id, r.layer, r.vector_index, w.c
 ),
 -- per prompt, key token and reading neuron: the stored value of head h's key/value head dotted with F
 value_reads AS (
@@ -125,21 +131,27 @@ WITH e AS (
     JOIN edge_switches() s ON s.model_id = p.model_id
     WHERE x.dst = 'resid_post_embedding' AND x.forward IS NOT NULL
 ),
--- the reading columns times their pre-MLP gain, first (the pre-activation's, the gate's where gated) or not
-r AS MATERIALIZED (
-    SELECT r.model_id, r.layer, r.row_index AS channel, r.col_index AS node_index,
-           (r.location = 'mlp.to_gate') = s.gated_mlp AS first, r.value::DOUBLE * coalesce(g.value, 1) AS value
-    FROM weights r
-    JOIN edge_switches() s ON s.model_id = r.model_id
+-- the centred embedding times each reading layer's pre-MLP gain, as lists ordered by residual channel
+eg AS MATERIALIZED (
+    SELECT e.prompt_id, e.model_id, e.token, l.layer, list(e.value * coalesce(g.value, 1) ORDER BY e.channel) AS value
+    FROM e
+    JOIN (SELECT DISTINCT model_id, layer FROM weight_vectors WHERE location = 'mlp.to_hidden') l ON l.model_id = e.model_id
     LEFT JOIN weights g
-      ON g.model_id = r.model_id AND g.location = 'layer_norm_gain.pre_mlp' AND g.layer = r.layer AND g.row_index = r.row_index
-    WHERE r.location IN ('mlp.to_hidden', 'mlp.to_gate')
+      ON g.model_id = e.model_id AND g.location = 'layer_norm_gain.pre_mlp' AND g.layer = l.layer AND g.row_index = e.channel
+    GROUP BY e.prompt_id, e.model_id, e.token, l.layer
 ),
+-- dotted with the reading columns (weight_vectors), first (the pre-activation's, the gate's where gated) or not
 reads AS (
-    SELECT e.prompt_id, e.token, r.layer, r.node_index, sum(CASE WHEN r.first THEN e.value * r.value ELSE 0 END) AS r1,
-           sum(CASE WHEN r.first THEN 0 ELSE e.value * r.value END) AS r2
-    FROM e JOIN r ON r.model_id = e.model_id AND r.channel = e.channel
-    GROUP BY e.prompt_id, e.token, r.layer, r.node_index
+    SELECT e.prompt_id, e.token, r.layer, r.vector_index AS node_index,
+           sum(CASE WHEN r.first THEN list_dot_product(r.vector, e.value) ELSE 0 END) AS r1,
+           sum(CASE WHEN r.first THEN 0 ELSE list_dot_product(r.vector, e.value) END) AS r2
+    FROM eg e
+    JOIN (SELECT v.model_id, v.layer, v.vector_index, (v.location = 'mlp.to_gate') = s.gated_mlp AS first,
+                 v.vector::DOUBLE[] AS vector
+          FROM weight_vectors v JOIN edge_switches() s ON s.model_id = v.model_id
+          WHERE v.location IN ('mlp.to_hidden', 'mlp.to_gate')) r
+      ON r.model_id = e.model_id AND r.layer = e.layer
+    GROUP BY e.prompt_id, e.token, r.layer, r.vector_index
 )
 SELECT r.prompt_id, r.token::SMALLINT AS token, NULL::SMALLINT AS token2, 'mlp_post_act'::VARCHAR AS dst,
        r.layer::SMALLINT AS layer, NULL::SMALLINT AS head, r.node_index::INTEGER AS node_index,
@@ -280,19 +292,19 @@ reads AS MATERIALIZED (
       ON g.model_id = u.model_id AND g.location = 'layer_norm_gain.post_' || b.block AND g.layer = b.layer
      AND g.row_index = u.channel
 ),
+-- the reads as lists ordered by residual channel, per written matrix, layer and read channel c
+directions AS MATERIALIZED (
+    SELECT model_id, block || '.to_residual' AS location, layer, c, list(u ORDER BY channel) AS u
+    FROM reads GROUP BY model_id, block, layer, c
+),
 -- weight-only factors per value channel c: an MLP neuron's W_out row, a head's W_O row per its value channel
--- c2, a block's output bias, each dotted with u_c
+-- c2 (weight_vectors), a block's output bias, each dotted with u_c
 f AS MATERIALIZED (
-    SELECT w.model_id, 'mlp' AS kind, w.layer, NULL::SMALLINT AS head, w.row_index AS node_index, r.c,
-           sum(w.value * r.u) AS f
-    FROM weights w JOIN reads r ON r.model_id = w.model_id AND r.block = 'mlp' AND r.layer = w.layer AND r.channel = w.col_index
-    WHERE w.location = 'mlp.to_residual' AND w.layer < down_layer
-    GROUP BY w.model_id, w.layer, w.row_index, r.c
-    UNION ALL
-    SELECT w.model_id, 'attn', w.layer, w.head, w.row_index, r.c, sum(w.value * r.u)
-    FROM weights w JOIN reads r ON r.model_id = w.model_id AND r.block = 'attn' AND r.layer = w.layer AND r.channel = w.col_index
-    WHERE w.location = 'attn.to_residual' AND w.layer < down_layer
-    GROUP BY w.model_id, w.layer, w.head, w.row_index, r.c
+    SELECT v.model_id, split_part(v.location, '.', 1) AS kind, v.layer, v.head, v.vector_index AS node_index, d.c,
+           list_dot_product(v.vector, d.u) AS f
+    FROM (SELECT model_id, location, layer, head, vector_index, vector::DOUBLE[] AS vector FROM weight_vectors
+          WHERE location IN ('mlp.to_residual', 'attn.to_residual') AND layer < down_layer) v
+    JOIN directions d ON d.model_id = v.model_id AND d.location = v.location AND d.layer = v.layer
     UNION ALL
     SELECT w.model_id, r.block || '_bias', w.layer, NULL, NULL, r.c, sum(w.value * r.u)
     FROM weights w JOIN reads r ON r.model_id = w.model_id AND r.layer = w.layer AND r.channel = w.row_index
