@@ -86,11 +86,14 @@ def test_edges_from_are_the_edges_into_every_reader(stored: Stored, source: str)
     readers = [(f"attn_{side}", layer, head) for layer, head in heads for side in SIDES]
     mlp_layers = range(first if source == "mlp" else 0, n_layers)  # an attention node's own MLP reads it
     readers += [("mlp_post_act", layer, j) for layer in mlp_layers for j in (0, d_mlp - 1)]
-    for down in readers:
+    # and the readers before the write: no edge either way
+    before = [(f"attn_{side}", layer, 1) for layer in range(first) for side in SIDES]
+    before += [("mlp_post_act", layer, 0) for layer in range(mlp_layers[0])]
+    for down in readers + before:
         into = wh.sql(f"SELECT {COLUMNS} FROM edges_into({_call(down)}) WHERE {mine}", list(key), output="rows")
         want = {tuple(r[:12]): (r[12], r[13]) for r in into}
         got = {k: v for k, v in out.items() if (k[3], k[4], k[6]) == down}
-        assert want, down
+        assert bool(want) == (down in readers), down
         _close(got, want, down, 1e-9)
     readers_seen = {(k[3], k[4], k[6]) for k in out}
     attention = {r for r in readers_seen if r[0] != "mlp_post_act"}

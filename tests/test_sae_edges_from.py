@@ -172,10 +172,12 @@ def test_edges_out_of_an_sae_latent_into_attention_sides_match_the_oracle_and_ed
         heads = [(layer, h) for layer in range(first, n_layers) for h in range(n_heads)]
         readers = {(f"attn_{side}", layer, h) for layer, h in heads for side in SIDES}
         assert {(k[3], k[4], k[6]) for k in out} == readers
-        for dst, layer, h in sorted(readers):
+        before = {(f"attn_{side}", layer, 1) for layer in range(first) for side in SIDES}  # read before the site
+        for dst, layer, h in sorted(readers | before):
             sql = f"SELECT {COLUMNS} FROM edges_into('{dst}', {layer}, {h}) WHERE {source}"
             into = _rows(stored, sql, [DST, sae.site_layer, i])
             got = {k: v for k, v in out.items() if (k[3], k[4], k[6]) == (dst, layer, h)}
+            assert bool(into) == ((dst, layer, h) in readers), (sae.name, dst, layer, h)
             _close(got, into, (sae.name, dst, layer, h), 1e-9)
         for layer in range(first, n_layers):
             for p in stored.prompts:
