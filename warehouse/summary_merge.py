@@ -65,6 +65,8 @@ PLACE = "CASE WHEN side = 'top' THEN -value ELSE value END"
 ORDER = f"{PLACE}, prompt_id, token, token2"
 _KEY = ", ".join(KEY)
 _EXAMPLE = f"{_KEY}, side, prompt_id, token, token2"
+# The runs holding summary rows, with the dsts they summarise (runs share a pool only with the same dsts).
+_HELD = "held AS (SELECT run_id, list(DISTINCT dst ORDER BY dst) AS dsts FROM node_summaries GROUP BY run_id)"
 # Data and delete files of one table that a pool's rows may spread over before a merge rewrites them.
 MAX_POOL_FILES = 8
 
@@ -182,7 +184,7 @@ def _sources(con: duckdb.DuckDBPyConnection) -> list[list[int]]:
         return []
     settings = ", ".join(f"r.{c}" for c in SETTINGS)
     rows = con.execute(
-        f"WITH held AS (SELECT run_id, list(DISTINCT dst ORDER BY dst) AS dsts FROM node_summaries GROUP BY run_id)"
+        f"WITH {_HELD}"
         " SELECT list(r.run_id ORDER BY r.run_id) FROM runs r JOIN held USING (run_id)"
         # a pool's holder stands for its members, all finished
         f" WHERE r.summarised_through IS NOT NULL AND r.status <> 'running' GROUP BY {settings}, held.dsts"
@@ -197,7 +199,7 @@ def _holders(con: duckdb.DuckDBPyConnection, run_id: int, dsts: list[str]) -> li
         return []
     same = " AND ".join(f"r.{c} IS NOT DISTINCT FROM me.{c}" for c in SETTINGS)
     rows = con.execute(
-        f"WITH held AS (SELECT run_id, list(DISTINCT dst ORDER BY dst) AS dsts FROM node_summaries GROUP BY run_id)"
+        f"WITH {_HELD}"
         " SELECT r.run_id FROM runs r JOIN held USING (run_id) JOIN runs me ON me.run_id = ?"
         f" WHERE r.run_id <> me.run_id AND r.summarised_through IS NOT NULL AND r.status <> 'running'"
         f" AND held.dsts = ?::VARCHAR[] AND {same} ORDER BY r.run_id",
