@@ -25,9 +25,9 @@ WHERE latent_dst = down_dst AND layer IS NOT DISTINCT FROM down_layer;
 
 -- u1 = W[:, j] per model and residual channel (u2 = 0: a latent reads one direction).
 CREATE OR REPLACE MACRO autoencoder_read_directions(down_dst, down_layer, j) AS TABLE
-SELECT model_id, row_index AS channel, value::DOUBLE AS u1, 0::DOUBLE AS u2
-FROM weights
-WHERE location = 'autoencoder.to_latent' AND layer IS NOT DISTINCT FROM down_layer AND col_index = j
+SELECT model_id, generate_subscripts(vector, 1) - 1 AS channel, unnest(vector)::DOUBLE AS u1, 0::DOUBLE AS u2
+FROM weight_vectors
+WHERE location = 'autoencoder.to_latent' AND layer IS NOT DISTINCT FROM down_layer AND vector_index = j
   AND down_dst = 'online_autoencoder_latent';
 
 -- Per prompt and token where latent j fires (its rows are stored where it is non-zero): c1 = 1 / (s + 1e-5)

@@ -14,13 +14,15 @@ sites AS (
       AND (location = 'resid.post_emb' OR (location = 'resid.post_attn' AND layer <= down_layer)
            OR (location = 'resid.post_mlp' AND layer < down_layer))
 ),
+-- each decoder row (weight_vectors) dotted with the reads as lists ordered by residual channel
 f AS (
-    SELECT w.model_id, w.layer, w.row_index AS node_index, sum(w.value * u.u1) AS f1, sum(w.value * u.u2) AS f2
-    FROM weights w
+    SELECT w.model_id, w.layer, w.vector_index AS node_index, list_dot_product(w.vector::DOUBLE[], u.u1) AS f1,
+           list_dot_product(w.vector::DOUBLE[], u.u2) AS f2
+    FROM weight_vectors w
     JOIN sites s ON s.model_id = w.model_id AND s.layer IS NOT DISTINCT FROM w.layer
-    JOIN u ON u.model_id = w.model_id AND u.channel = w.col_index
+    JOIN (SELECT model_id, list(u1 ORDER BY channel) AS u1, list(u2 ORDER BY channel) AS u2 FROM u GROUP BY model_id) u
+      ON u.model_id = w.model_id
     WHERE w.location = 'autoencoder.to_residual'
-    GROUP BY w.model_id, w.layer, w.row_index
 )
 SELECT l.prompt_id, l.token::SMALLINT AS token, NULL::SMALLINT AS token2, down_dst::VARCHAR AS dst,
        down_layer::SMALLINT AS layer, NULL::SMALLINT AS head, j::INTEGER AS node_index,
