@@ -37,6 +37,7 @@ HF_SITES: dict[str, tuple[str, str]] = {
     "gemma_resid_pre0": ("model.layers.0", "in"),
     "gemma_resid_mid": ("model.layers.{L}.pre_feedforward_layernorm", "in"),
     "gemma_resid_post": ("model.layers.{L}", "out"),
+    "llama_resid_mid": ("model.layers.{L}.post_attention_layernorm", "in"),
 }
 
 

@@ -70,9 +70,14 @@ def _layer(sae: OracleSAE) -> str:
 @pytest.fixture(scope="module", params=list(SAE_SETS.values()), ids=list(SAE_SETS))
 def stored(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stored]:
     tmp = tmp_path_factory.mktemp("sae_edges")
-    checkpoint = gpt2_checkpoint(tmp / "checkpoint")
+    yield from stored_with_saes(tmp, gpt2_checkpoint(tmp / "checkpoint"), request.param)
+
+
+def stored_with_saes(tmp: Path, checkpoint: Checkpoint, rows: list[tuple]) -> Iterator[Stored]:
+    """The prompts ingested into tmp/wh with the SAEs of `rows` (SAE_SETS' layout) spliced in, then again with
+    the input-side weights; in a session."""
     locations = locations_of(SimpleNamespace(pre_block_norms=True, post_block_norms=False, sae=False))
-    _, saes, wh, run_id = ingest_with_saes(tmp, checkpoint, PROMPTS, locations, request.param)
+    _, saes, wh, run_id = ingest_with_saes(tmp, checkpoint, PROMPTS, locations, rows)
     # stored without --input-weights all: no encoder to read, said in one line; a second ingest adds them
     with pytest.raises(QueryError, match="no SAE encoders: ingest again with --input-weights all"):
         wh.sql(f"SELECT * FROM edges_into('{DST}', {_layer(saes[-1])}, 0)")

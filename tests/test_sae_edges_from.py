@@ -9,19 +9,30 @@ answer is refused in one line."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from queries import QueryError
+from tests.hf_checkpoints import llama_checkpoint
 from tests.oracle_attention_edges import expected_qk_in_edges, expected_value_in_edges
 from tests.oracle_sae_edges import expected_latent_in_edges, expected_latent_out_edges, latent_writes, reach
 from tests.sae_oracle import OracleSAE
-from tests.test_sae_edges import DST, REL, Stored, stored  # noqa: F401 - the warehouses, one per SAE set
+from tests.test_sae_edges import DST, REL, Stored, stored, stored_with_saes  # noqa: F401 - one warehouse per SAE set
 
 COLUMNS = (
     "prompt_id, token, token2, dst, layer, head, node_index, source_dst, source_layer, source_head, source_node_index,"
     " source_token, activation, attribution"
 )
 SIDES = ("value", "query", "key")
+# as tests/test_sae_edges.py's SAE_SETS, on Llama's modules
+LLAMA_SAES = [
+    ("pre0", "saelens", "gated", "blocks.0.hook_resid_pre", "gemma_resid_pre0", 0, "resid.post_emb", None, 64, None,
+     False),
+    ("oa_res0", "openai", "topk", "blocks.0.hook_resid_post", "gemma_resid_post", 0, "resid.post_mlp", 0, 128, 8,
+     False),
+    ("mid1", "saelens", "topk", "blocks.1.hook_resid_mid", "llama_resid_mid", 1, "resid.post_attn", 1, 64, 6, True),
+]  # fmt: skip
 # upstream nodes, as edges_from takes them
 SOURCES = {
     "mlp": ("mlp_post_act", 0, 3),
@@ -51,7 +62,24 @@ def _rows(data: Stored, sql: str, params: list | None = None) -> dict[tuple, tup
     return {tuple(r[:12]): (r[12], r[13]) for r in data.wh.sql(sql, params or [], output="rows")}
 
 
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stored]:
+    """A grouped-query Llama warehouse with SAEs on the embedding, between block 1's attention and MLP (a gated
+    MLP reads its latents) and on block 0's output (a layer-normalising TopK SAE)."""
+    tmp = tmp_path_factory.mktemp("sae_edges_from_llama")
+    yield from stored_with_saes(tmp, llama_checkpoint(tmp / "checkpoint"), LLAMA_SAES)
+
+
 def test_edges_out_of_an_sae_latent_match_the_oracle_and_edges_into(stored: Stored) -> None:  # noqa: F811
+    _check_latent_into_mlp_neurons(stored)
+
+
+def test_edges_out_of_an_sae_latent_in_grouped_query_llama(llama: Stored) -> None:
+    _check_latent_into_mlp_neurons(llama)
+    _check_latent_into_attention_sides(llama)
+
+
+def _check_latent_into_mlp_neurons(stored: Stored) -> None:  # noqa: F811
     wh = stored.wh
     n_layers, d_mlp = wh.sql("SELECT n_layers, d_mlp FROM models", output="rows")[0]
     checked = 0
@@ -161,6 +189,10 @@ def test_edges_out_of_sae_latents_refuse_in_one_line(stored: Stored) -> None:  #
 
 
 def test_edges_out_of_an_sae_latent_into_attention_sides_match_the_oracle_and_edges_into(stored: Stored) -> None:  # noqa: F811
+    _check_latent_into_attention_sides(stored)
+
+
+def _check_latent_into_attention_sides(stored: Stored) -> None:  # noqa: F811
     wh, model = stored.wh, stored.checkpoint.model
     n_layers, n_heads = wh.sql("SELECT n_layers, n_heads FROM models", output="rows")[0]
     source = "source_dst = ? AND source_layer IS NOT DISTINCT FROM ? AND source_node_index = ?"
