@@ -11,7 +11,8 @@ the run's values reach the pool's K-th, as after some 50 runs; with c = 2, 45 %)
 writer.finish_run does with the run's final rows, in one transaction: this actwh merges them from memory
 into the pool (summary_merge.join_pool); an earlier one (run from its checkout: the script uses whatever
 `warehouse` package the working directory holds) stored them as the run's own rows and then merged the
-two runs' rows. Prints one JSON line: rows and seconds.
+two runs' rows. Then, where this actwh has it, times a rewrite of the whole pool (what a merge does once the
+pool's rows spread over more than MAX_POOL_FILES files). Prints one JSON line: rows and seconds.
 """
 
 from __future__ import annotations
@@ -120,6 +121,14 @@ def run(path: Path, nodes: int, tokens: int, pool_centre: float) -> dict[str, ob
     con.execute("COMMIT")
     seconds = time.perf_counter() - start
     after = con.execute("SELECT count(*) FROM node_examples").fetchall()[0][0]
+    rewrite = None
+    if hasattr(summary_merge, "rewrite_pool"):  # what a merge does once the pool's files pass MAX_POOL_FILES
+        start = time.perf_counter()
+        con.execute("BEGIN")
+        for table in ("node_summaries", "node_examples"):
+            summary_merge.rewrite_pool(con, table, 0)
+        con.execute("COMMIT")
+        rewrite = time.perf_counter() - start
     con.close()
     return {
         "nodes": nodes * 2,
@@ -127,6 +136,7 @@ def run(path: Path, nodes: int, tokens: int, pool_centre: float) -> dict[str, ob
         "run_examples": rows[1].num_rows,
         "after": after,
         "seconds": seconds,
+        "pool_rewrite_seconds": rewrite,
     }
 
 

@@ -120,3 +120,14 @@ def test_workers_bench() -> None:
     out = _bench("-m", "bench.workers", *TINY, "--prompts", "4", "--workers", "1", "2")
     rows = [line for line in out.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
     assert len(rows) == 2, out
+
+
+@pytest.mark.slow
+def test_edges_bench(tmp_path: Path) -> None:
+    out = _bench("-m", "bench.edges", *TINY, "--prompts", "4", "--repeat", "1", "--db", tmp_path / "edges")
+    assert "edges benchmark finished" in out and "edges_into one neuron, one prompt" in out, out
+
+
+def test_summary_merge_scale_bench(tmp_path: Path) -> None:
+    out = _bench("-m", "bench.summary_merge_scale", "--nodes", "300")
+    assert '"pool_rewrite_seconds"' in out, out

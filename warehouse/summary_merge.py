@@ -121,7 +121,7 @@ def join_pool(con: duckdb.DuckDBPyConnection, run_id: int, rows: tuple[pa.Table,
     _record(con, target, [run_id, *holders[1:]])
     for table in TABLES:
         if pool_files(con, table, target) > MAX_POOL_FILES:
-            _rewrite(con, table, target)
+            rewrite_pool(con, table, target)
     return target
 
 
@@ -146,7 +146,7 @@ def pool_files(con: duckdb.DuckDBPyConnection, table: str, pool: int) -> int:
     )
 
 
-def _rewrite(con: duckdb.DuckDBPyConnection, table: str, pool: int) -> None:
+def rewrite_pool(con: duckdb.DuckDBPyConnection, table: str, pool: int) -> None:
     """The pool's rows of `table` deleted and inserted again in key order, inside the caller's transaction.
     A summary row's min and max are NULL only for a node with no rows: such rows go in an INSERT of their
     own, so that no Parquet row group is all NULL in a column with values elsewhere in its file (DuckLake
