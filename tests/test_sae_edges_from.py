@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from click.testing import CliRunner
 
+from cli import main
 from queries import QueryError
 from tests.hf_checkpoints import llama_checkpoint
 from tests.oracle_attention_edges import expected_qk_in_edges, expected_value_in_edges
@@ -230,3 +232,14 @@ def _check_latent_into_attention_sides(stored: Stored) -> None:  # noqa: F811
                     _close(got, want, (sae.name, side, layer, p.prompt_id), REL)
                     checked += len(want)
     assert checked
+
+
+def test_the_command_takes_an_sae_latent_as_the_upstream_node(stored: Stored) -> None:  # noqa: F811
+    sae = stored.saes[0]  # DST::LATENT for the SAE on the embedding (the first set's first)
+    node = f"{DST}:{'' if sae.site_layer is None else sae.site_layer}:{stored.latents[sae.name]}"
+    prompt_id = stored.prompts[0].prompt_id
+    args = ["edges", "--db", str(stored.path), "--from", node, "--prompt-id", str(prompt_id), "-k", "3"]
+    result = CliRunner().invoke(main, [*args, "--by", "activation", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 4 and all(DST in line for line in lines[1:]), result.output
