@@ -72,6 +72,14 @@ SAE_EDGE_ORACLE = "test_edges_into_an_sae_latent_match_the_oracle_prompt_by_prom
 SAE_EDGE_IDENTITY = "test_in_edge_activations_add_up_to_the_latent_less_its_constant"
 SAE_SOURCE_ORACLE = "test_sae_latents_as_sources_of_edges_into_an_mlp_neuron_match_the_oracle"
 ATTN_EDGES = "queries/support/62_attention_edges.sql"
+OUT_EDGES = "queries/support/63_out_edges.sql"
+OUT_ORACLE = "tests/test_edges_from.py::test_edges_from_into_attention_sides_match_the_oracle"
+OUT_READERS = "tests/test_edges_from.py::test_edges_from_are_the_edges_into_every_reader"
+SAE_OUT = "tests/test_sae_edges_from.py::test_edges_out_of_an_sae_latent_match_the_oracle_and_edges_into"
+SAE_READERS = "tests/test_sae_edges_from.py::test_edges_from_into_sae_latents_match_the_oracle_and_edges_into"
+SAE_OUT_ATTN = (
+    "tests/test_sae_edges_from.py::test_edges_out_of_an_sae_latent_into_attention_sides_match_the_oracle_and_edges_into"
+)
 VALUE_ORACLE = "tests/test_attention_edges.py::test_edges_into_a_value_side_match_the_oracle_prompt_by_prompt"
 ATTN_OUT_ORACLE = "tests/test_attention_edges.py::test_edges_from_an_attention_node_and_the_embedding_match_the_oracle"
 QK_ORACLE = "tests/test_attention_edges.py::test_edges_into_a_query_or_key_side_match_the_oracle_prompt_by_prompt"
@@ -1895,6 +1903,122 @@ MUTATIONS: tuple[Mutation, ...] = (
             "0 * avg(x.forward::DOUBLE)\n               OVER (PARTITION BY x.prompt_id, x.token)",
         ),
         (f"{ATTN_OUT_ORACLE}[gpt2]",),
+    ),
+    Mutation(
+        "out_edge_attention_side_read_at_the_query_token",
+        "edges out of a node into a later head's value or key side take the write at the query token, not the key",
+        replace(
+            OUT_EDGES,
+            "ON x.prompt_id = a.prompt_id AND x.token = a.pos AND",
+            "ON x.prompt_id = a.prompt_id AND x.token = a.token AND",
+        ),
+        (f"{OUT_ORACLE}[gpt2-mlp]",),
+    ),
+    Mutation(
+        "out_edge_attention_side_wrong_kv_head",
+        "edges out of a node into a grouped-query head's value or key side read key/value head h mod H_kv",
+        replace(
+            OUT_EDGES,
+            "ELSE a.head // (e.n_heads // e.n_kv_heads) END AND x.col = a.c",
+            "ELSE a.head % e.n_kv_heads END AND x.col = a.c",
+        ),
+        (f"{OUT_ORACLE}[llama-embedding]",),
+    ),
+    Mutation(
+        "out_edge_value_side_attribution_from_a_probability_gradient",
+        "edges out of a node into a value side take the probability gradient as the attribution, not 1 x activation",
+        replace(OUT_EDGES, "CASE WHEN a.side = 'value' THEN 1 ELSE any_value(a.grad) END", "any_value(a.grad)"),
+        (f"{OUT_ORACLE}[gpt2-attn]",),
+    ),
+    Mutation(
+        "out_edge_write_not_centred",
+        "edges out of a LayerNorm model's MLP neuron or attention node into attention sides keep the write's mean",
+        replace(OUT_EDGES, "THEN w.centred_value ELSE w.value END", "THEN w.value ELSE w.value END"),
+        (f"{OUT_ORACLE}[gpt2-mlp]",),
+    ),
+    Mutation(
+        "out_edge_read_not_centred",
+        "edges out of a LayerNorm model's node or embedding into attention sides leave the norm's centring out",
+        replace(OUT_EDGES, "<> 'autoencoder.to_latent' AS centred", "<> 'autoencoder.to_latent' AND false AS centred"),
+        (f"{OUT_ORACLE}[gpt2-embedding]",),
+    ),
+    Mutation(
+        "out_edge_post_block_norm_scale_ignored",
+        "edges out of an MLP neuron into attention sides are not divided by the norm after its block (Gemma 2)",
+        replace(
+            OUT_EDGES, "a.node_index AS c, a.forward / coalesce(s.value, 1) AS x", "a.node_index AS c, a.forward AS x"
+        ),
+        (f"{OUT_ORACLE}[gemma2-mlp]",),
+    ),
+    Mutation(
+        "out_edge_same_layer_attention_as_reader",
+        "edges out of a node reach its own block's attention heads, which read before it writes",
+        replace(OUT_EDGES, "ELSE up_layer + 1 END AS first_attn", "ELSE up_layer END AS first_attn"),
+        (f"{OUT_READERS}[gpt2-mlp]",),
+    ),
+    Mutation(
+        "out_edge_own_block_sae_missing",
+        "edges out of an MLP neuron leave out the latents of the SAE on its own block's output",
+        replace(
+            OUT_EDGES,
+            "WHEN 'mlp_post_act' THEN s.last_mlp >= up_layer",
+            "WHEN 'mlp_post_act' THEN s.last_mlp > up_layer",
+        ),
+        (f"{SAE_READERS}[gated_topk_openai-mlp]",),
+    ),
+    Mutation(
+        "out_edge_sae_reader_input_std_missing",
+        "edges out of a node into a layer-normalising SAE's latent leave out the input's std",
+        replace(OUT_EDGES, "x.r / coalesce(s.forward::DOUBLE + 1e-5, 1), l.backward", "x.r, l.backward"),
+        (f"{SAE_READERS}[gated_topk_openai-embedding]",),
+    ),
+    Mutation(
+        "out_edge_sae_reader_at_the_next_token",
+        "edges out of a node into an SAE latent take the latent at the token after the write",
+        replace(
+            OUT_EDGES,
+            "ON x.prompt_id = l.prompt_id AND x.token = l.token AND",
+            "ON x.prompt_id = l.prompt_id AND x.token = l.token - 1 AND",
+        ),
+        (f"{SAE_READERS}[gated_topk_openai-attn]",),
+    ),
+    Mutation(
+        "attention_side_latent_source_after_the_read",
+        "the latents of an SAE on block L's residual are sources of edges into layer L's attention sides, read before",
+        replace(ATTN_EDGES, "AND s.last_attn < down_layer", "AND s.last_attn <= down_layer"),
+        (f"{SAE_OUT_ATTN}[gated_topk_openai]",),
+    ),
+    Mutation(
+        "attention_side_latent_source_input_std_missing",
+        "a layer-normalising SAE's latent writes into an attention side without its input's std",
+        replace(ATTN_EDGES, "l.forward::DOUBLE * coalesce(s.forward, 1) * f.f", "l.forward::DOUBLE * f.f"),
+        (f"{SAE_OUT_ATTN}[gated_topk_openai]",),
+    ),
+    Mutation(
+        "edges_command_refuses_a_latent_of_the_embedding_sae_as_source",
+        "actwh edges --from online_autoencoder_latent::N (the SAE on the embedding, no layer) asks for a layer",
+        replace(
+            "commands/reading.py",
+            'no_layer = dst == "online_autoencoder_latent"',
+            'no_layer = into is not None and dst == "online_autoencoder_latent"',
+        ),
+        ("tests/test_sae_edges_from.py::test_the_command_takes_an_sae_latent_as_the_upstream_node[gated_topk_openai]",),
+    ),
+    Mutation(
+        "sae_out_edge_input_std_missing",
+        "edges out of a layer-normalising SAE's latent into MLP neurons leave out its input's std",
+        replace(OUT_EDGES, "l.forward::DOUBLE * coalesce(s.forward, 1)", "l.forward::DOUBLE"),
+        (f"{SAE_OUT}[gated_topk_openai]",),
+    ),
+    Mutation(
+        "sae_out_edge_reaches_the_mlp_before_its_site",
+        "edges out of an SAE latent between attention and MLP miss that MLP, which reads after the site",
+        replace(
+            OUT_EDGES,
+            "WHEN 'online_autoencoder_latent' THEN s.last_mlp + 1",
+            "WHEN 'online_autoencoder_latent' THEN s.last_mlp + 2",
+        ),
+        (f"{SAE_OUT}[gated_topk_openai]",),
     ),
     Mutation(
         "interrupt_dropped_by_a_library_callback",
