@@ -1362,9 +1362,17 @@ MUTATIONS: tuple[Mutation, ...] = (
         (f"{MERGE_TESTS}::test_a_pools_files_stay_few_as_runs_merge",),
     ),
     Mutation(
+        "summary_pool_rewrite_keeps_the_small_files",
+        "a pool's rewrite rewrites its largest file and leaves the small files the merges added",
+        replace(
+            MERGE, 'where, params = "run_id = ? AND filename <> ?"', 'where, params = "run_id = ? AND filename = ?"'
+        ),
+        (f"{MERGE_TESTS}::test_a_pools_files_stay_few_as_runs_merge",),
+    ),
+    Mutation(
         "summary_pool_rewrite_keeps_the_old_rows",
         "a pool's rewrite inserts its rows again without deleting the old ones",
-        replace(MERGE, '        con.execute(f"DELETE FROM {table} WHERE run_id = ?", [pool])\n', ""),
+        replace(MERGE, '        con.execute(f"DELETE FROM {table} WHERE {where}", params)\n', ""),
         (f"{MERGE_TESTS}::test_a_pools_files_stay_few_as_runs_merge",),
     ),
     Mutation(

@@ -24,8 +24,9 @@ summary rows of the merged nodes replaced.
 The files stay few: every merge adds a file of entrants and marks rows of older files deleted, and a read of
 the pool opens them all (after 100 one-prompt runs, `examples` took 1.56x its time after one). So when a
 merge finds the pool's rows of a table in more than MAX_POOL_FILES data and delete files (by the catalog's
-run_id range of each file), it rewrites them into one file in key order, in that transaction: a cost of one
-pool's rows, paid once every several merges.
+run_id range of each file), it rewrites the rows outside the largest file into one file in key order, in
+that transaction (the largest too once a quarter of its rows are deleted): a cost of a few merges' rows, and
+of the whole pool's now and then.
 
 When: a run's end (writer.finish_run) merges its final running summaries, in that transaction, straight
 into the pool of finished runs of the same settings, without storing them as its own rows first (`join_pool`);
@@ -37,6 +38,8 @@ member's prompts past its summarised_through stay uncovered, and the queries sca
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -147,13 +150,29 @@ def pool_files(con: duckdb.DuckDBPyConnection, table: str, pool: int) -> int:
 
 
 def rewrite_pool(con: duckdb.DuckDBPyConnection, table: str, pool: int) -> None:
-    """The pool's rows of `table` deleted and inserted again in key order, inside the caller's transaction.
+    """The pool's rows of `table` outside its largest file deleted and inserted again as one file in key
+    order, inside the caller's transaction; the largest file's rows too when a quarter or more of the rows
+    it was written with are deleted (each merge deletes the examples it pushes out), so a pool of a large
+    model (13 million examples for SmolLM2) is not rewritten whole every few runs for a few small files.
     A summary row's min and max are NULL only for a node with no rows: such rows go in an INSERT of their
     own, so that no Parquet row group is all NULL in a column with values elsewhere in its file (DuckLake
     1.5.5 records statistics that miss values then: maintenance.statistics_problems)."""
-    con.execute(f"CREATE TEMP TABLE pool_rows AS SELECT * FROM {table} WHERE run_id = ?", [pool])
+    files = con.execute(
+        f"SELECT filename, count(*) AS n FROM {table} WHERE run_id = ? GROUP BY filename ORDER BY n DESC, filename",
+        [pool],
+    ).fetchall()
+    where, params = "run_id = ?", [pool]
+    if files:
+        largest, live = files[0]
+        written = con.execute(
+            f"SELECT max(record_count) FROM {METADATA}.ducklake_data_file WHERE end_snapshot IS NULL AND path LIKE ?",
+            ["%" + Path(largest).name],
+        ).fetchall()[0][0]
+        if written is not None and 4 * live > 3 * written:
+            where, params = "run_id = ? AND filename <> ?", [pool, largest]
+    con.execute(f"CREATE TEMP TABLE pool_rows AS SELECT * FROM {table} WHERE {where}", params)
     try:
-        con.execute(f"DELETE FROM {table} WHERE run_id = ?", [pool])
+        con.execute(f"DELETE FROM {table} WHERE {where}", params)
         order = _EXAMPLE if table == "node_examples" else _KEY
         parts = ("min IS NOT NULL", "min IS NULL") if table == "node_summaries" else ("true",)
         for part in parts:
