@@ -2003,6 +2003,34 @@ MUTATIONS: tuple[Mutation, ...] = (
         (f"{SAE_OUT_ATTN}[gated_topk_openai]",),
     ),
     Mutation(
+        "out_edge_query_key_sides_unchecked",
+        "edges out of a node in a warehouse without stored queries and keys answer without the query and key sides",
+        replace(
+            OUT_EDGES,
+            "    WHEN NOT EXISTS (SELECT 1 FROM facts WHERE dst = 'attn_query' AND layer >=",
+            "    WHEN false AND (NOT EXISTS (SELECT 1 FROM facts WHERE dst = 'attn_query' AND layer >=",
+        )
+        + replace(
+            OUT_EDGES,
+            "dst = 'attn_key' AND layer >= (SELECT first_attn FROM reach))",
+            "dst = 'attn_key' AND layer >= (SELECT first_attn FROM reach)))",
+        ),
+        (
+            "tests/test_edges_from.py::test_edges_from_refuse_a_warehouse_without_what_later_heads_read[queries_and_keys]",
+        ),
+    ),
+    Mutation(
+        "out_edge_value_gradient_unchecked",
+        "edges out of a node in a warehouse without the summed values' gradient answer without the value sides",
+        replace(
+            OUT_EDGES,
+            "WHEN NOT EXISTS (SELECT 1 FROM facts WHERE dst = 'attn_weighted_sum_of_values' AND backward IS NOT NULL",
+            "WHEN false AND NOT EXISTS (SELECT 1 FROM facts WHERE dst = 'attn_weighted_sum_of_values' AND backward"
+            " IS NOT NULL",
+        ),
+        ("tests/test_edges_from.py::test_edges_from_refuse_a_warehouse_without_what_later_heads_read[value_gradient]",),
+    ),
+    Mutation(
         "edges_command_refuses_a_latent_of_the_embedding_sae_as_source",
         "actwh edges --from online_autoencoder_latent::N (the SAE on the embedding, no layer) asks for a layer",
         replace(

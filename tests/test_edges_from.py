@@ -8,10 +8,15 @@ down: the same rows and no downstream node missing or added."""
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+import pytest
+from click.testing import CliRunner
+
+from cli import main
 from queries import QueryError
 from tests.oracle_attention_edges import expected_qk_in_edges, expected_value_in_edges
+from tests.test_edge_writers import FULL
 from tests.test_edges import REL, Stored, stored  # noqa: F401 - the warehouses, one per checkpoint
 
 # (source node, as edges_from takes it; the oracle's source key: dst, layer, head, node_index)
@@ -110,3 +115,26 @@ def test_edges_from_refuse_what_they_cannot_answer(stored: Stored) -> None:  # n
     ):
         with pytest.raises(QueryError, match=words):
             stored.wh.sql(f"SELECT * FROM edges_from({args})")
+
+
+@pytest.mark.parametrize(
+    ("left_out", "words"),
+    [
+        (("attn.q:forward", "attn.k:forward"), "which need their stored queries and keys: ingest with --locations"),
+        (("attn.v_out:backward",), "which need the gradient of their summed values: ingest with --locations"),
+    ],
+    ids=["queries_and_keys", "value_gradient"],
+)
+def test_edges_from_refuse_a_warehouse_without_what_later_heads_read(
+    tmp_path: Path, left_out: tuple[str, ...], words: str
+) -> None:
+    """Edges out of a node reach the sides of later attention heads: without their stored inputs, one line says
+    so, where the answer would lack those readers' rows with no sign."""
+    path = str(tmp_path / "w")
+    capture = [n for n in [*FULL, "attn.q:forward", "attn.k:forward"] if n not in left_out]
+    ingest = ["ingest", "--db", path, "--model", "gpt2-tiny", "--prompt", "The capital of France is", "--quiet"]
+    ingested = CliRunner().invoke(main, [*ingest, "--input-weights", "all", "--locations", ",".join(capture)])
+    assert ingested.exit_code == 0, ingested.output
+    result = CliRunner().invoke(main, ["edges", "--db", path, "--from", "resid_post_embedding", "--prompt-id", "0"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert words in result.output and "later attention heads" in result.output, result.output
