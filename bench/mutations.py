@@ -1702,6 +1702,28 @@ MUTATIONS: tuple[Mutation, ...] = (
         edges("llama"),
     ),
     Mutation(
+        "edge_factor_directions_reversed",
+        "the reader's direction is listed from the last residual channel to the first before it is dotted with the"
+        " writes' vectors",
+        replace(
+            EDGES,
+            "layer, list(u1 ORDER BY channel) AS u1,",
+            "layer, list(u1 ORDER BY channel DESC) AS u1,",
+        ),
+        edges("gpt2"),
+    ),
+    Mutation(
+        "write_factor_lists_reversed",
+        "an upstream write, gained for each reader, is listed from the last residual channel to the first before it"
+        " is dotted with the reader columns",
+        replace(
+            "queries/support/63_out_edges.sql",
+            "* coalesce(g.value, 1) ORDER BY w.channel) AS value",
+            "* coalesce(g.value, 1) ORDER BY w.channel DESC) AS value",
+        ),
+        ("tests/test_edges_from.py::test_edges_from_into_attention_sides_match_the_oracle[gpt2-mlp]",),
+    ),
+    Mutation(
         "edge_biases_missing",
         "the attention output biases get no edge rows",
         replace(EDGES, "f.kind IN ('attn_bias', 'mlp_bias')", "f.kind IN ('mlp_bias')"),

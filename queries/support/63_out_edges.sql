@@ -14,18 +14,16 @@
 -- F[c, col] for the write of (up_dst, up_layer, node) against every column of the weights read_locations
 -- (mlp.to_hidden, mlp.to_gate, attn.to_value, attn.to_query, attn.to_key, autoencoder.to_latent) of layers from
 -- min_layer on (an SAE on the embedding, layer NULL, counts as -1), per model, write channel c and reader column
--- (location, layer, head, col). From the weights' long rows: the one place to move onto another weight layout.
+-- (location, layer, head, col). Each reader column is one vector of weight_vectors; the write side is small.
 CREATE OR REPLACE MACRO write_factors(up_dst, up_layer, node, read_locations, min_layer) AS TABLE
 WITH r AS MATERIALIZED (
-    SELECT r.model_id, r.location, r.layer, r.head, r.row_index AS channel, r.col_index AS col,
-           r.value::DOUBLE * coalesce(g.value, 1) AS value, e.norm = 'layernorm' AND r.location <> 'autoencoder.to_latent' AS centred
-    FROM weights r
-    JOIN edge_switches() e ON e.model_id = r.model_id
-    LEFT JOIN weights g
-      ON g.model_id = r.model_id AND g.layer = r.layer AND g.row_index = r.row_index
-     AND g.location = CASE split_part(r.location, '.', 1) WHEN 'attn' THEN 'layer_norm_gain.pre_attn'
-                                                          WHEN 'mlp' THEN 'layer_norm_gain.pre_mlp' END
-    WHERE list_contains(read_locations, r.location) AND coalesce(r.layer, -1) >= min_layer
+    SELECT v.model_id, v.location, v.layer, v.head, v.vector_index AS col, v.vector::DOUBLE[] AS vector,
+           CASE split_part(v.location, '.', 1) WHEN 'attn' THEN 'layer_norm_gain.pre_attn'
+                                               WHEN 'mlp' THEN 'layer_norm_gain.pre_mlp' END AS gain,
+           e.norm = 'layernorm' AND v.location <> 'autoencoder.to_latent' AS centred
+    FROM weight_vectors v
+    JOIN edge_switches() e ON e.model_id = v.model_id
+    WHERE list_contains(read_locations, v.location) AND coalesce(v.layer, -1) >= min_layer
 ),
 -- the write's rows times the gain of the norm after its block, and less their mean for a centring read (P is
 -- its own transpose: centring the write is centring the read)
@@ -40,15 +38,35 @@ w AS (
                                    WHEN 'online_autoencoder_latent' THEN 'autoencoder.to_residual' END
       AND o.layer IS NOT DISTINCT FROM up_layer AND CASE WHEN up_dst = 'attn_qk_probs' THEN o.head = node ELSE o.row_index = node END
 ),
-wc AS (SELECT *, value - avg(value) OVER (PARTITION BY model_id, c) AS centred_value FROM w)
-SELECT r.model_id, w.c, r.location, r.layer, r.head, r.col,
-       sum(CASE WHEN r.centred THEN w.centred_value ELSE w.value END * r.value) AS f
-FROM r JOIN wc w ON w.model_id = r.model_id AND w.channel = r.channel
-GROUP BY r.model_id, w.c, r.location, r.layer, r.head, r.col
+wc AS (SELECT *, value - avg(value) OVER (PARTITION BY model_id, c) AS centred_value FROM w),
+-- each write row c (centred where the read centres) times each reading layer's pre-norm gain, as a list ordered
+-- by residual channel: its dot product with a reader column W[:, col] is F[c, col] (the gain moved onto the write)
+lists AS MATERIALIZED (
+    SELECT w.model_id, w.c, x.gain, x.layer, x.centred,
+           list(CASE WHEN x.centred THEN w.centred_value ELSE w.value END * coalesce(g.value, 1) ORDER BY w.channel) AS value
+    FROM wc w
+    JOIN (SELECT DISTINCT model_id, gain, layer, centred FROM r) x ON x.model_id = w.model_id
+    LEFT JOIN weights g ON g.model_id = w.model_id AND g.location = x.gain AND g.layer = x.layer AND g.row_index = w.channel
+    GROUP BY w.model_id, w.c, x.gain, x.layer, x.centred
+),
+-- the embedding's factors are the reads themselves: each reader column's values times its gain, per channel
+cells AS (
+    SELECT r.model_id, r.location, r.layer, r.head, r.col, r.centred, r.gain,
+           unnest(r.vector) AS value, generate_subscripts(r.vector, 1) - 1 AS channel
+    FROM r WHERE up_dst = 'resid_post_embedding'
+)
+SELECT r.model_id, l.c, r.location, r.layer, r.head, r.col, list_dot_product(r.vector, l.value) AS f
+FROM r
+JOIN lists l
+  ON l.model_id = r.model_id AND l.gain IS NOT DISTINCT FROM r.gain AND l.layer IS NOT DISTINCT FROM r.layer
+ AND l.centred = r.centred
 UNION ALL
-SELECT model_id, channel, location, layer, head, col,
-       value - CASE WHEN centred THEN avg(value) OVER (PARTITION BY model_id, location, layer, head, col) ELSE 0 END
-FROM r WHERE up_dst = 'resid_post_embedding';
+SELECT x.model_id, x.channel, x.location, x.layer, x.head, x.col,
+       x.value * coalesce(g.value, 1) - CASE WHEN x.centred
+           THEN avg(x.value * coalesce(g.value, 1)) OVER (PARTITION BY x.model_id, x.location, x.layer, x.head, x.col)
+           ELSE 0 END
+FROM cells x
+LEFT JOIN weights g ON g.model_id = x.model_id AND g.location = x.gain AND g.layer = x.layer AND g.row_index = x.channel;
 
 -- The upstream node's coefficients x[c] per prompt and the token its write joins the residual at (an attention
 -- node's query token), with its source columns.
