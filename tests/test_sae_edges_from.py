@@ -200,6 +200,8 @@ def _check_latent_into_attention_sides(stored: Stored) -> None:  # noqa: F811
     source = "source_dst = ? AND source_layer IS NOT DISTINCT FROM ? AND source_node_index = ?"
     checked = 0
     for sae in stored.saes:
+        if _first_mlp(sae) >= n_layers:  # after the last block: refused (checked with the MLP neurons)
+            continue
         i, first = stored.latents[sae.name], reach(sae)[0] + 1  # a block's attention reads before its site
         node = (DST, sae.site_layer, i)
         out = _rows(stored, f"SELECT {COLUMNS} FROM edges_from({_call(node)}) WHERE dst LIKE 'attn_%'")
@@ -237,7 +239,11 @@ def _check_latent_into_attention_sides(stored: Stored) -> None:  # noqa: F811
 def test_the_command_takes_an_sae_latent_as_the_upstream_node(stored: Stored) -> None:  # noqa: F811
     sae = stored.saes[0]  # DST::LATENT for the SAE on the embedding (the first set's first)
     node = f"{DST}:{'' if sae.site_layer is None else sae.site_layer}:{stored.latents[sae.name]}"
-    prompt_id = stored.prompts[0].prompt_id
+    prompt_id = stored.wh.sql(
+        "SELECT min(prompt_id) FROM facts WHERE dst = ? AND layer IS NOT DISTINCT FROM ? AND node_index = ?",
+        [DST, sae.site_layer, stored.latents[sae.name]],
+        output="rows",
+    )[0][0]  # one where the latent fires
     args = ["edges", "--db", str(stored.path), "--from", node, "--prompt-id", str(prompt_id), "-k", "3"]
     result = CliRunner().invoke(main, [*args, "--by", "activation", "--format", "csv"])
     assert result.exit_code == 0, result.output
