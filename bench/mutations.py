@@ -2053,6 +2053,16 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_edges_from.py::test_edges_from_refuse_a_warehouse_without_what_later_heads_read[value_gradient]",),
     ),
     Mutation(
+        "out_edge_last_layer_neuron_refused_beside_an_sae",
+        "edges out of a neuron of the last layer are refused though an SAE on its block's output reads it",
+        replace(
+            "queries/support/69_edge_dispatch.sql",
+            "AND last_mlp >= up_layer) THEN 0 ELSE 1 END))",
+            "AND last_mlp >= up_layer) THEN 1 ELSE 1 END))",
+        ),
+        (f"{SAE_READERS}[jumprelu_relu-mlp_last]",),
+    ),
+    Mutation(
         "edges_command_refuses_a_latent_of_the_embedding_sae_as_source",
         "actwh edges --from online_autoencoder_latent::N (the SAE on the embedding, no layer) asks for a layer",
         replace(

@@ -38,6 +38,7 @@ LLAMA_SAES = [
 # upstream nodes, as edges_from takes them
 SOURCES = {
     "mlp": ("mlp_post_act", 0, 3),
+    "mlp_last": ("mlp_post_act", 1, 3),  # read by the latents of an SAE on the last block's output alone
     "attn": ("attn_qk_probs", 0, 1),
     "embedding": ("resid_post_embedding", None, None),
 }
@@ -129,7 +130,6 @@ def _check_latent_into_mlp_neurons(stored: Stored) -> None:  # noqa: F811
 def test_edges_from_into_sae_latents_match_the_oracle_and_edges_into(stored: Stored, source: str) -> None:  # noqa: F811
     node = SOURCES[source]
     wh = stored.wh
-    out = _rows(stored, f"SELECT {COLUMNS} FROM edges_from({_call(node)}) WHERE dst = ?", [DST])
     key = (node[0], node[1], node[2] if source == "attn" else None, node[2])
     # the SAEs whose site is after the write, and every token where each of their latents fires
     after = [
@@ -137,7 +137,11 @@ def test_edges_from_into_sae_latents_match_the_oracle_and_edges_into(stored: Sto
         for s in stored.saes
         if source == "embedding" or reach(s)[0 if source == "attn" else 1] >= node[1]  # type: ignore[operator]
     ]
-    assert after
+    if not after:  # a neuron of the last layer with no SAE on its block's output: nothing reads it
+        with pytest.raises(QueryError, match="is in the last layer: no MLP neuron reads its write"):
+            wh.sql(f"SELECT * FROM edges_from({_call(node)})")
+        return
+    out = _rows(stored, f"SELECT {COLUMNS} FROM edges_from({_call(node)}) WHERE dst = ?", [DST])
     fired = set()
     for sae in after:
         rows = wh.sql(

@@ -36,7 +36,10 @@ UNION ALL SELECT * FROM residual_out_edges(up_dst, up_layer, node)
 UNION ALL SELECT * FROM edge_refusal(coalesce(CASE
     WHEN up_dst IN ('attn_qk_probs', 'resid_post_embedding')
         THEN (SELECT problem FROM attention_edge_problem(up_dst, up_layer, node, false))
-    WHEN up_dst = 'mlp_post_act' THEN (SELECT problem FROM edge_problem(up_dst, up_layer, node, up_layer + 1))
+    -- a neuron of the last layer is read by the latents of an SAE on its block's output, where there is one
+    WHEN up_dst = 'mlp_post_act' THEN (SELECT problem FROM edge_problem(up_dst, up_layer, node, up_layer
+        + CASE WHEN EXISTS (SELECT 1 FROM autoencoder_sites() WHERE latent_dst = 'online_autoencoder_latent'
+                            AND last_mlp >= up_layer) THEN 0 ELSE 1 END))
     WHEN up_dst = 'online_autoencoder_latent' THEN (SELECT problem FROM out_edge_problem(up_dst, up_layer, node))
     ELSE 'edges are built out of mlp_post_act (MLP neurons), attn_qk_probs (attention nodes), '
          || 'resid_post_embedding (the embedding) and online_autoencoder_latent (latents of SAEs on the residual '
