@@ -2153,6 +2153,23 @@ MUTATIONS: tuple[Mutation, ...] = (
         replace(WORKER, "need.total + 2 * need.held <= budget", "need.total <= budget"),
         ("tests/test_memory.py",),
     ),
+    Mutation(
+        "rotary_partner_joined_in_a_nested_loop",
+        "the rotary partner of a query or key channel is joined on a condition of the channel alone, a loop over "
+        "every pair of rows (minutes for edges_from on a 5 MB warehouse)",
+        replace(
+            ATTN_EDGES,
+            "THEN r.c + m.rot // 2 WHEN r.c < m.rot THEN r.c - m.rot // 2 END",
+            "THEN r.c + m.rot // 2 ELSE r.c - m.rot // 2 END AND r.c < m.rot",
+        ),
+        ("tests/test_plans.py",),
+    ),
+    Mutation(
+        "sae_readers_joined_in_a_nested_loop",
+        "the SAEs after a write are joined on a condition of the reader column alone, a loop over every pair",
+        replace(OUT_EDGES, "AND a.location = f.location", "AND f.location = 'autoencoder.to_latent'"),
+        ("tests/test_plans.py",),
+    ),
 )
 
 

@@ -244,8 +244,9 @@ turned AS (
     JOIN m ON m.model_id = r.model_id
     LEFT JOIN rotated o
       ON o.prompt_id = r.prompt_id AND o.layer = r.layer AND o.head = r.head AND o.token = r.token
-     AND o.token2 = r.token2 AND r.c < m.rot
-     AND o.c = CASE WHEN r.c < m.rot // 2 THEN r.c + m.rot // 2 ELSE r.c - m.rot // 2 END
+     AND o.token2 = r.token2
+     -- no partner (NULL) past the rotary channels: a condition on r alone would turn this into a nested loop
+     AND o.c = CASE WHEN r.c < m.rot // 2 THEN r.c + m.rot // 2 WHEN r.c < m.rot THEN r.c - m.rot // 2 END
 ),
 unscaled AS (
     SELECT prompt_id, model_id, token, token2, pos, c, grad, g, layer, head FROM turned

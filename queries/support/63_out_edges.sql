@@ -127,7 +127,7 @@ CREATE OR REPLACE MACRO residual_out_edges(up_dst, up_layer, node) AS TABLE
 WITH reach AS MATERIALIZED (SELECT * FROM write_reach(up_dst, up_layer)),
 -- the SAEs whose sites read the write: every one for the embedding, else those whose last writers include it
 saes_after AS MATERIALIZED (
-    SELECT s.model_id, s.layer FROM autoencoder_sites() s
+    SELECT s.model_id, s.layer, 'autoencoder.to_latent' AS location FROM autoencoder_sites() s
     WHERE s.latent_dst = 'online_autoencoder_latent'
       AND CASE up_dst WHEN 'resid_post_embedding' THEN true WHEN 'attn_qk_probs' THEN s.last_attn >= up_layer
                       WHEN 'mlp_post_act' THEN s.last_mlp >= up_layer ELSE false END
@@ -148,7 +148,7 @@ reads AS MATERIALIZED (
     JOIN f ON f.model_id = x.model_id AND f.c = x.c
     JOIN reach ON reach.model_id = x.model_id
     LEFT JOIN saes_after a
-      ON a.model_id = f.model_id AND a.layer IS NOT DISTINCT FROM f.layer AND f.location = 'autoencoder.to_latent'
+      ON a.model_id = f.model_id AND a.layer IS NOT DISTINCT FROM f.layer AND a.location = f.location
     WHERE CASE WHEN f.location LIKE 'attn.%' THEN f.layer >= reach.first_attn
                WHEN f.location LIKE 'mlp.%' THEN f.layer >= reach.first_mlp ELSE a.model_id IS NOT NULL END
     GROUP BY x.prompt_id, x.model_id, x.token, x.source_layer, x.source_head, x.source_node_index, x.source_token,

@@ -1,0 +1,55 @@
+"""No edge macro is planned with a nested-loop join between two of its inputs: DuckDB turns a join
+whose condition it cannot split into equalities (an ON clause holding a condition on one side alone, in an
+outer join) into a loop over every pair of rows, which on a few thousand rows per side runs for minutes where
+a hash join takes milliseconds (the rotary partners of the query and key sides' gradients did, in edges_from).
+The plan is the same whatever the data, so an empty warehouse shows it. A loop whose condition is a one-row
+scalar subquery (a refusal's check, a reach computed once) is a filter and allowed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from warehouse import db
+
+LOOPS = {"NESTED_LOOP_JOIN", "BLOCKWISE_NL_JOIN", "PIECEWISE_MERGE_JOIN"}
+# every kind of node the edge macros take, beside the call sites' arguments
+EDGE_CALLS = [
+    "edges_into('mlp_post_act', 1, 0)",
+    "edges_into('online_autoencoder_latent', 1, 0)",
+    "edges_into('attn_value', 1, 0)",
+    "edges_into('attn_query', 1, 0)",
+    "edges_into('attn_key', 1, 0)",
+    "edges_from('mlp_post_act', 0, 0)",
+    "edges_from('attn_qk_probs', 0, 0)",
+    "edges_from('resid_post_embedding', NULL, NULL)",
+    "edges_from('online_autoencoder_latent', 0, 0)",
+    "edges_between('mlp_post_act', 1, 0, 'mlp_post_act', 0, 0)",
+]
+
+
+def _loops(node: dict[str, Any]) -> list[str]:
+    found = []
+    info = node.get("extra_info", {})
+    condition = json.dumps(info.get("Condition", info.get("Conditions", "")))
+    if node.get("name") in LOOPS and "SUBQUERY" not in condition:
+        found.append(f"{node['name']} on {condition}")
+    for child in node.get("children", []):
+        found += _loops(child)
+    return found
+
+
+def test_no_edge_macro_loops_over_pairs_of_rows(tmp_path: Path) -> None:
+    con = db.connect(tmp_path / "w")
+    try:
+        con.execute("PRAGMA explain_output = 'physical_only'")
+        loops = {}
+        for call in EDGE_CALLS:
+            plan = json.loads(con.execute(f"EXPLAIN (FORMAT JSON) SELECT * FROM {call}").fetchall()[0][1])
+            found = [loop for node in plan for loop in _loops(node)]
+            if found:
+                loops[call] = found
+        assert not loops, loops
+    finally:
+        con.close()
