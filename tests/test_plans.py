@@ -14,7 +14,7 @@ from typing import Any
 from warehouse import db
 
 LOOPS = {"NESTED_LOOP_JOIN", "BLOCKWISE_NL_JOIN", "PIECEWISE_MERGE_JOIN"}
-# every kind of node the edge macros take, beside the call sites' arguments
+# every kind of node the edge macros take, into and out of
 EDGE_CALLS = [
     "edges_into('mlp_post_act', 1, 0)",
     "edges_into('online_autoencoder_latent', 1, 0)",
