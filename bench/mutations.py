@@ -2170,6 +2170,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         replace(OUT_EDGES, "AND a.location = f.location", "AND f.location = 'autoencoder.to_latent'"),
         ("tests/test_plans.py",),
     ),
+    Mutation(
+        "union_streamed_without_materializing",
+        "a query whose plan feeds DuckDB's streaming result from a UNION is streamed as it is: `actwh sql`, "
+        "sql_reader and dashboards hang for ever on edges_into / edges_from past about 1 MB of rows",
+        replace("queries/streaming.py", "if len(plans) != 1 or not _stalls(plans[0]):", "if True:"),
+        ("tests/test_edge_streaming.py",),
+    ),
 )
 
 

@@ -36,6 +36,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
+from queries import streaming
 from warehouse import db
 
 try:
@@ -87,6 +88,11 @@ class ActwhDialect(DuckDBDialect):  # type: ignore[misc, valid-type]
                 f"(actwh opens the warehouse read-only with its own settings)"
             )
         return ConnectionWrapper(db.connect(path, read_only=True))
+
+    def do_execute(self, cursor: Any, statement: str, parameters: Any, context: Any = None) -> None:
+        """Run a statement; a query whose plan could stall DuckDB's streaming result (a UNION feeding it, as
+        in edges_into) runs through a materialized CTE instead (queries/streaming.py, streamable)."""
+        super().do_execute(cursor, streaming.streamable(cursor, statement, parameters), parameters, context)
 
     @classmethod
     def get_pool_class(cls, url: URL) -> type[sa.pool.Pool]:
