@@ -2177,6 +2177,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         replace("queries/streaming.py", "if len(plans) != 1 or not _stalls(plans[0]):", "if True:"),
         ("tests/test_edge_streaming.py",),
     ),
+    Mutation(
+        "union_of_scans_materialized_before_streaming",
+        "every UNION is streamed through a materialized CTE, the activations view too: `actwh sql` holds up to "
+        "memory_limit before its first row",
+        replace("queries/streaming.py", 'if node["name"] == "UNION" and any(', 'if node["name"] == "UNION" or any('),
+        ("tests/test_sql_streaming.py",),
+    ),
 )
 
 

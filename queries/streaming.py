@@ -5,9 +5,10 @@ query itself needs: a sort or a hash aggregate still holds its input) whatever t
 
 DuckDB 1.5.5's streaming result stalls for ever, using no CPU, when its buffer (streaming_buffer_size, about
 1 MB) fills while more than one of the query's pipelines is unfinished (duckdb/duckdb#22215): a UNION whose
-branches feed the result, such as edges_into and edges_from (queries/support/69_edge_dispatch.sql). Such a
-query is streamed through a MATERIALIZED CTE (`streamable`), which finishes every pipeline before the result
-is read; the CTE spills to temp_directory past memory_limit, so memory stays bounded.
+branches join or aggregate, feeding the result, such as edges_into and edges_from
+(queries/support/69_edge_dispatch.sql). Such a query is streamed through a MATERIALIZED CTE (`streamable`),
+which finishes every pipeline before the result is read; the CTE spills to temp_directory past memory_limit,
+so memory stays bounded by it (not by one batch, as for other queries).
 """
 
 from __future__ import annotations
@@ -45,9 +46,16 @@ class _Executes(Protocol):
     def fetchall(self) -> list[Any]: ...
 
 
+def _breaks(name: str) -> bool:
+    """Whether an operator ends a pipeline of its own below it (a join's build, an aggregate, a sort, a CTE)."""
+    return name in _FINISHING or name == "CTE" or "JOIN" in name or name == "CROSS_PRODUCT"
+
+
 def _stalls(plan: dict[str, Any]) -> bool:
-    """Whether a plan (EXPLAIN (FORMAT JSON)'s root) can stall a streaming result: a UNION anywhere, under a
-    top that does not finish its input first (projections and filters pass rows on as they come)."""
+    """Whether a plan (EXPLAIN (FORMAT JSON)'s root) can stall a streaming result: a UNION one of whose
+    branches holds a pipeline breaker (so that its branches are several pipelines with dependencies), under a
+    top that does not finish its input first (projections and filters pass rows on as they come). A UNION of
+    plain scans, such as the `activations` view, streams."""
     top = plan
     while top["name"] in ("PROJECTION", "FILTER") and top.get("children"):
         top = top["children"][0]
@@ -56,10 +64,16 @@ def _stalls(plan: dict[str, Any]) -> bool:
     nodes = [plan]
     while nodes:
         node = nodes.pop()
-        if node["name"] == "UNION":
+        if node["name"] == "UNION" and any(_breaks(n["name"]) for n in _below(node)):
             return True
         nodes.extend(node.get("children", []))
     return False
+
+
+def _below(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for child in node.get("children", []):
+        yield child
+        yield from _below(child)
 
 
 def streamable(con: _Executes, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> str:
