@@ -2184,6 +2184,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         replace("queries/streaming.py", 'if node["name"] == "UNION" and any(', 'if node["name"] == "UNION" or any('),
         ("tests/test_sql_streaming.py",),
     ),
+    Mutation(
+        "attention_check_scanned_for_an_mlp_neuron",
+        "the refusal's check for the value side's gradient scans facts whatever the question, so the edges into "
+        "an MLP neuron open every facts file of the layer's range for it (0.3-0.4 s on 1000 prompts)",
+        replace(ATTN_EDGES, "WHERE node_dst = 'attn_value'\n", "WHERE TRUE\n"),
+        ("tests/test_plans.py",),
+    ),
 )
 
 

@@ -29,14 +29,20 @@ SELECT CASE
          OR h < 0 OR h >= (SELECT max(n_heads) FROM models))
         THEN 'no attention head ' || coalesce(l::VARCHAR, 'NULL') || ':' || coalesce(h::VARCHAR, 'NULL')
              || ' in this warehouse''s model'
-    WHEN node_dst = 'attn_value' AND NOT EXISTS (SELECT 1 FROM facts WHERE dst = 'attn_weighted_sum_of_values'
-                                                AND layer = l AND backward IS NOT NULL)
+    -- (each scan's own condition repeated inside it, so that a question it does not concern plans no scan:
+    -- the refusal's subqueries all run, whichever WHEN applies)
+    WHEN node_dst = 'attn_value' AND NOT EXISTS (SELECT 1 FROM facts WHERE node_dst = 'attn_value'
+                                                AND dst = 'attn_weighted_sum_of_values' AND layer = l
+                                                AND backward IS NOT NULL)
         THEN 'edges into an attention head''s value side need the gradient of its summed values: ingest with '
              || '--locations including attn.v_out:backward (and attn.qk_probs:forward, attn.v:forward)'
     WHEN node_dst IN ('attn_query', 'attn_key') AND (SELECT bool_or(config->>'qk_norm' IS NOT NULL) FROM models)
         THEN 'edges into the query and key sides do not model a norm of q and k (this model''s qk_norm)'
-    WHEN node_dst IN ('attn_query', 'attn_key') AND (NOT EXISTS (SELECT 1 FROM facts WHERE dst = 'attn_query' AND layer = l)
-         OR NOT EXISTS (SELECT 1 FROM facts WHERE dst = 'attn_key' AND layer = l))
+    WHEN node_dst IN ('attn_query', 'attn_key')
+         AND (NOT EXISTS (SELECT 1 FROM facts WHERE node_dst IN ('attn_query', 'attn_key')
+                                                AND dst = 'attn_query' AND layer = l)
+              OR NOT EXISTS (SELECT 1 FROM facts WHERE node_dst IN ('attn_query', 'attn_key')
+                                                   AND dst = 'attn_key' AND layer = l))
         THEN 'edges into an attention head''s query and key sides need its stored queries and keys: ingest with '
              || '--locations including attn.q:forward and attn.k:forward (and attn.qk_probs:forward,backward)'
     WHEN NOT inward AND node_dst = 'attn_qk_probs' AND l = (SELECT max(n_layers) - 1 FROM models)
@@ -45,12 +51,13 @@ SELECT CASE
              || 'MLP neuron reads its write'
     WHEN NOT inward AND (SELECT bool_or(activation NOT IN ('gelu_tanh', 'gelu', 'silu', 'relu')) FROM edge_switches())
         THEN 'edges know the activations gelu_tanh, gelu, silu and relu, not this model''s'
-    WHEN NOT inward AND NOT EXISTS (SELECT 1 FROM facts WHERE dst = 'mlp_pre_act' AND forward IS NOT NULL
+    WHEN NOT inward AND NOT EXISTS (SELECT 1 FROM facts WHERE NOT inward AND dst = 'mlp_pre_act' AND forward IS NOT NULL
                                     AND layer >= coalesce(l, 0))
         THEN 'edges into MLP neurons need their pre-activations: ingest with --locations including '
              || 'mlp.pre_act:forward (and mlp.post_act:forward,backward)'
     WHEN (inward AND l > 0 OR node_dst = 'attn_qk_probs')
-         AND NOT EXISTS (SELECT 1 FROM facts WHERE dst = 'attn_value' AND forward IS NOT NULL)
+         AND NOT EXISTS (SELECT 1 FROM facts WHERE (inward AND l > 0 OR node_dst = 'attn_qk_probs')
+                                              AND dst = 'attn_value' AND forward IS NOT NULL)
         THEN 'edges with attention nodes need the values they write: ingest with --locations including attn.v:forward'
 END AS problem;
 
