@@ -2191,6 +2191,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         replace(ATTN_EDGES, "WHERE node_dst = 'attn_value'\n", "WHERE TRUE\n"),
         ("tests/test_plans.py",),
     ),
+    Mutation(
+        "mlp_check_scanned_for_an_attention_side",
+        "the MLP neurons' refusal check for their pre-activations scans facts whatever the question, the edges "
+        "into an attention head's value side too",
+        replace(EDGES, "WHERE down_dst = 'mlp_post_act' AND dst = 'mlp_pre_act'", "WHERE dst = 'mlp_pre_act'"),
+        ("tests/test_plans.py",),
+    ),
 )
 
 

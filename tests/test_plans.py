@@ -3,7 +3,8 @@ whose condition it cannot split into equalities (an ON clause holding a conditio
 outer join) into a loop over every pair of rows, which on a few thousand rows per side runs for minutes where
 a hash join takes milliseconds (the rotary partners of the query and key sides' gradients did, in edges_from).
 The plan is the same whatever the data, so an empty warehouse shows it. A loop whose condition is a one-row
-scalar subquery (a refusal's check, a reach computed once) is a filter and allowed."""
+scalar subquery (a refusal's check, a reach computed once) is a filter and allowed. Nor does a question plan
+another question's refusal checks (scans of facts that find nothing cost the most: every file of the range)."""
 
 from __future__ import annotations
 
@@ -55,13 +56,18 @@ def test_no_edge_macro_loops_over_pairs_of_rows(tmp_path: Path) -> None:
         con.close()
 
 
-def _scanned_dsts(node: dict[str, Any]) -> set[str]:
-    """The dsts the plan's scans of `facts` filter on (a DuckLake scan's extra_info names them)."""
+def _scanned_dsts(node: dict[str, Any], dsts: tuple[str, ...]) -> set[str]:
+    """Which of `dsts` the plan's scans filter on (a DuckLake scan's extra_info names them)."""
     info = json.dumps(node.get("extra_info", {}))
-    found = {d for d in ATTENTION_ONLY if f"'{d}'" in info} if node.get("name", "").endswith("SCAN") else set()
+    found = {d for d in dsts if f"'{d}'" in info} if node.get("name", "").endswith("SCAN") else set()
     for child in node.get("children", []):
-        found |= _scanned_dsts(child)
+        found |= _scanned_dsts(child, dsts)
     return found
+
+
+def _scans(con: Any, call: str, dsts: tuple[str, ...]) -> set[str]:
+    plan = json.loads(con.execute(f"EXPLAIN (FORMAT JSON) SELECT * FROM {call}").fetchall()[0][1])
+    return set().union(*(_scanned_dsts(node, dsts) for node in plan))
 
 
 # What only the attention sides' refusals read: each such scan opened every facts file of the layer's range
@@ -70,17 +76,16 @@ def _scanned_dsts(node: dict[str, Any]) -> set[str]:
 ATTENTION_ONLY = ("attn_query", "attn_key", "attn_weighted_sum_of_values")
 
 
-def test_edges_into_a_residual_reader_plan_no_attention_side_check(tmp_path: Path) -> None:
+def test_edges_plan_only_their_own_refusal_checks(tmp_path: Path) -> None:
     con = db.connect(tmp_path / "w")
     try:
         con.execute("PRAGMA explain_output = 'physical_only'")
         for call in ("edges_into('mlp_post_act', 1, 0)", "edges_into('online_autoencoder_latent', 1, 0)"):
-            plan = json.loads(con.execute(f"EXPLAIN (FORMAT JSON) SELECT * FROM {call}").fetchall()[0][1])
-            assert not set().union(*(_scanned_dsts(node) for node in plan)), call
-        # the check itself is planned where it applies
-        plan = json.loads(
-            con.execute("EXPLAIN (FORMAT JSON) SELECT * FROM edges_into('attn_key', 1, 0)").fetchall()[0][1]
-        )
-        assert {"attn_query", "attn_key"} <= set().union(*(_scanned_dsts(node) for node in plan))
+            assert not _scans(con, call, ATTENTION_ONLY), call
+        # the checks are planned where they apply
+        assert {"attn_query", "attn_key"} <= _scans(con, "edges_into('attn_key', 1, 0)", ATTENTION_ONLY)
+        # and the MLP neurons' own (their pre-activations) likewise
+        assert not _scans(con, "edges_into('attn_value', 1, 0)", ("mlp_pre_act",))
+        assert _scans(con, "edges_into('mlp_post_act', 1, 0)", ("mlp_pre_act",))
     finally:
         con.close()

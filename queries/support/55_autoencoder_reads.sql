@@ -61,8 +61,10 @@ SELECT CASE
                      AND layer IS NOT DISTINCT FROM down_layer)
         THEN 'this warehouse holds no SAE encoders: ingest again with --input-weights all and the same --sae (no '
              || 'prompt is stored twice; the encoders are added)'
-    WHEN NOT EXISTS (SELECT 1 FROM facts WHERE dst = down_dst AND layer IS NOT DISTINCT FROM down_layer
-                     AND node_index = j AND forward > 0)
+    -- (the first case repeated inside the scan: a refusal's subqueries all run, so the edges into an MLP neuron
+    -- would scan its own activations here)
+    WHEN NOT EXISTS (SELECT 1 FROM facts WHERE down_dst = 'online_autoencoder_latent' AND dst = down_dst
+                     AND layer IS NOT DISTINCT FROM down_layer AND node_index = j AND forward > 0)
         THEN 'latent ' || coalesce(down_layer::VARCHAR, 'NULL') || ':' || j || ' of ' || down_dst
              || ' fires at no stored token: every edge into it is 0'
 END AS problem;

@@ -99,7 +99,9 @@ SELECT CASE
         THEN 'edges know the activations gelu_tanh, gelu, silu and relu, not this model''s'
     WHEN first_read >= (SELECT max(n_layers) FROM models)
         THEN 'MLP neuron ' || down_layer || ':' || j || ' is in the last layer: no MLP neuron reads its write'
-    WHEN NOT EXISTS (SELECT 1 FROM facts WHERE dst = 'mlp_pre_act' AND layer >= first_read AND forward IS NOT NULL)
+    -- (the first case repeated inside the scan: a refusal's subqueries all run, whatever the question)
+    WHEN NOT EXISTS (SELECT 1 FROM facts WHERE down_dst = 'mlp_post_act' AND dst = 'mlp_pre_act'
+                     AND layer >= first_read AND forward IS NOT NULL)
         THEN 'edges into MLP neurons need their pre-activations: ingest with --locations including '
              || 'mlp.pre_act:forward (and mlp.post_act:forward,backward)'
 END AS problem;
