@@ -2181,7 +2181,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "union_of_scans_materialized_before_streaming",
         "every UNION is streamed through a materialized CTE, the activations view too: `actwh sql` holds up to "
         "memory_limit before its first row",
-        replace("queries/streaming.py", 'if node["name"] == "UNION" and any(', 'if node["name"] == "UNION" or any('),
+        replace("queries/streaming.py", 'node["name"] == "UNION" and any(', 'node["name"] == "UNION" or any('),
         ("tests/test_sql_streaming.py",),
     ),
     Mutation(

@@ -61,13 +61,9 @@ def _stalls(plan: dict[str, Any]) -> bool:
         top = top["children"][0]
     if top["name"] in _FINISHING:
         return False
-    nodes = [plan]
-    while nodes:
-        node = nodes.pop()
-        if node["name"] == "UNION" and any(_breaks(n["name"]) for n in _below(node)):
-            return True
-        nodes.extend(node.get("children", []))
-    return False
+    return any(
+        node["name"] == "UNION" and any(_breaks(n["name"]) for n in _below(node)) for node in [plan, *_below(plan)]
+    )
 
 
 def _below(node: dict[str, Any]) -> Iterator[dict[str, Any]]:

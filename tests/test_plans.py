@@ -30,6 +30,11 @@ EDGE_CALLS = [
 ]
 
 
+def _plan(con: Any, call: str) -> list[dict[str, Any]]:
+    """The physical plan of `SELECT * FROM call`, as EXPLAIN (FORMAT JSON)'s list of roots."""
+    return json.loads(con.execute(f"EXPLAIN (FORMAT JSON) SELECT * FROM {call}").fetchall()[0][1])
+
+
 def _loops(node: dict[str, Any]) -> list[str]:
     found = []
     info = node.get("extra_info", {})
@@ -47,8 +52,7 @@ def test_no_edge_macro_loops_over_pairs_of_rows(tmp_path: Path) -> None:
         con.execute("PRAGMA explain_output = 'physical_only'")
         loops = {}
         for call in EDGE_CALLS:
-            plan = json.loads(con.execute(f"EXPLAIN (FORMAT JSON) SELECT * FROM {call}").fetchall()[0][1])
-            found = [loop for node in plan for loop in _loops(node)]
+            found = [loop for node in _plan(con, call) for loop in _loops(node)]
             if found:
                 loops[call] = found
         assert not loops, loops
@@ -66,8 +70,7 @@ def _scanned_dsts(node: dict[str, Any], dsts: tuple[str, ...]) -> set[str]:
 
 
 def _scans(con: Any, call: str, dsts: tuple[str, ...]) -> set[str]:
-    plan = json.loads(con.execute(f"EXPLAIN (FORMAT JSON) SELECT * FROM {call}").fetchall()[0][1])
-    return set().union(*(_scanned_dsts(node, dsts) for node in plan))
+    return set().union(*(_scanned_dsts(node, dsts) for node in _plan(con, call)))
 
 
 # What only the attention sides' refusals read: each such scan opened every facts file of the layer's range
