@@ -2198,6 +2198,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         replace(EDGES, "WHERE down_dst = 'mlp_post_act' AND dst = 'mlp_pre_act'", "WHERE dst = 'mlp_pre_act'"),
         ("tests/test_plans.py",),
     ),
+    Mutation(
+        "api_call_connection_not_cancellable",
+        "a Warehouse call's connection (a cursor of the attached instance) is not cancelled on Ctrl-C: DuckDB's "
+        "threads run the query on after the KeyboardInterrupt",
+        replace("queries/api.py", "            interrupts.cancel_on_interrupt(con)\n", ""),
+        ("tests/test_api.py",),
+    ),
 )
 
 

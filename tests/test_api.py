@@ -12,7 +12,7 @@ import pyarrow.parquet  # noqa: F401 - pa.parquet in the CLI test
 import pytest
 
 from queries import DstNotAvailable, UnknownDst, Warehouse, notes
-from warehouse import db
+from warehouse import db, interrupts
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -299,6 +299,25 @@ def test_session_reuses_one_connection(wh: Warehouse) -> None:
         first = wh.top_nodes(0, k=1)
         second = wh.token_attribution(0)
     assert first.num_rows == 2 and second.num_rows == 5
+
+
+def test_calls_see_commits_made_after_the_first_attach(tmp_path: Path) -> None:
+    """A Warehouse attaches once and hands each call its own connection: a commit another connection made
+    between two calls shows in the second, and a Ctrl-C-able connection is what each call gets."""
+    path = build_hand_warehouse(tmp_path / "hand")
+    wh = Warehouse(path)
+    count = "SELECT count(*) FROM meta WHERE key = 'added'"
+    assert wh.sql(count, output="rows") == [(0,)]
+    writer = db.connect(path)
+    try:
+        writer.execute("INSERT INTO meta VALUES ('added', '1')")
+    finally:
+        writer.close()
+    assert wh.sql(count, output="rows") == [(1,)]
+    with wh._connection() as con:
+        assert con in interrupts._cancellable
+    wh.close()
+    assert wh.sql(count, output="rows") == [(1,)]  # attached again
 
 
 def test_missing_file_and_prompt(tmp_path: Path) -> None:
