@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from cli import main
 from queries import QueryError
+from tests.edge_rows import assert_edges_close
 from tests.oracle_attention_edges import expected_qk_in_edges, expected_value_in_edges
 from tests.test_edge_writers import FULL
 from tests.test_edges import REL, Stored, stored  # noqa: F401 - the warehouses, one per checkpoint
@@ -40,14 +41,6 @@ def _rows(wh, sql: str) -> dict[tuple, tuple[float, float]]:  # noqa: ANN001
     return {tuple(r[:12]): (r[12], r[13]) for r in wh.sql(sql, output="rows")}
 
 
-def _close(got: dict, want: dict, label: object, rel: float) -> None:
-    assert set(got) == set(want), (label, (set(got) ^ set(want)).pop())
-    for column in (0, 1):
-        scale = max((abs(v[column]) for v in want.values()), default=0.0)
-        worst = max((abs(got[k][column] - want[k][column]) for k in want), default=0.0)
-        assert worst <= rel * scale, (label, column, worst, scale)
-
-
 @pytest.mark.parametrize("source", list(SOURCES))
 def test_edges_from_into_attention_sides_match_the_oracle(stored: Stored, source: str) -> None:  # noqa: F811
     node, key = SOURCES[source]
@@ -70,7 +63,7 @@ def test_edges_from_into_attention_sides_match_the_oracle(stored: Stored, source
                 every = expected_qk_in_edges(stored.checkpoint.model, ids, target, distractor, layer, head, side)
             want = {k: v for k, v in every.items() if k[2:6] == key}
             assert want
-            _close(got, want, (side, prompt_id), REL)
+            assert_edges_close(got, want, (side, prompt_id), REL)
 
 
 @pytest.mark.slow  # one edges_into per sampled reader: 10-50 s a source
@@ -102,7 +95,7 @@ def test_edges_from_are_the_edges_into_every_reader(stored: Stored, source: str)
         want = {tuple(r[:12]): (r[12], r[13]) for r in into}
         got = {k: v for k, v in out.items() if (k[3], k[4], k[6]) == down}
         assert bool(want) == (down in readers), down
-        _close(got, want, down, 1e-9)
+        assert_edges_close(got, want, down, 1e-9)
     readers_seen = {(k[3], k[4], k[6]) for k in out}
     attention = {r for r in readers_seen if r[0] != "mlp_post_act"}
     assert attention == {r for r in readers if r[0] != "mlp_post_act"}

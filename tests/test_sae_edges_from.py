@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from cli import main
 from queries import QueryError
+from tests.edge_rows import assert_edges_close
 from tests.hf_checkpoints import llama_checkpoint
 from tests.oracle_attention_edges import expected_qk_in_edges, expected_value_in_edges
 from tests.oracle_sae_edges import expected_latent_in_edges, expected_latent_out_edges, latent_writes, reach
@@ -54,12 +55,8 @@ def _first_mlp(sae: OracleSAE) -> int:
 
 
 def _close(got: dict, want: dict, label: object, rel: float) -> None:
-    assert set(got) == set(want), (label, (set(got) ^ set(want)).pop())
-    for column in (0, 1):
-        # a side whose edges are all below 1e-6 (a saturated softmax's) is rounding: compared at rel * 1e-6
-        scale = max(max((abs(v[column]) for v in want.values()), default=0.0), 1e-6)
-        worst = max((abs(got[k][column] - want[k][column]) for k in want), default=0.0)
-        assert worst <= rel * scale, (label, column, worst, scale)
+    # a side whose edges are all below 1e-6 (a saturated softmax's) is rounding: compared at rel * 1e-6
+    assert_edges_close(got, want, label, rel, floor=1e-6)
 
 
 def _rows(data: Stored, sql: str, params: list | None = None) -> dict[tuple, tuple[float, float]]:
