@@ -2205,6 +2205,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         replace("queries/api.py", "            interrupts.cancel_on_interrupt(con)\n", ""),
         ("tests/test_api.py",),
     ),
+    Mutation(
+        "replaced_catalog_read_from_the_old_file",
+        "a Warehouse keeps the SQLite catalog it attached first: a lake deleted and made anew at its path is "
+        "answered from the old catalog (its inlined prompts, runs and meta rows)",
+        replace("queries/api.py", "identity != self._attached", "False"),
+        ("tests/test_api.py",),
+    ),
 )
 
 

@@ -55,6 +55,7 @@ class Warehouse(
         self._session: duckdb.DuckDBPyConnection | None = None
         self._instance: duckdb.DuckDBPyConnection | None = None
         self._instance_lock = threading.Lock()
+        self._attached: tuple[int, int] | None = None
         if check:
             with self._connection():
                 pass
@@ -87,8 +88,13 @@ class Warehouse(
         of every call; a cursor shares the attached lake, and DuckLake reads the latest snapshot at each
         of its transactions, so a call still sees every commit made before it."""
         with self._instance_lock:
+            identity = self._catalog_identity()
+            if self._instance is not None and identity != self._attached:
+                self._instance.close()  # the folder's catalog was replaced (a new lake at this path)
+                self._instance = None
             if self._instance is None:
                 self._instance = self._connect()
+                self._attached = identity
             con = self._instance.cursor()
         try:
             con.execute(f"USE {lake.ALIAS}")
@@ -96,6 +102,18 @@ class Warehouse(
             yield con
         finally:
             con.close()
+
+    def _catalog_identity(self) -> tuple[int, int] | None:
+        """The catalog file's (device, inode) for a warehouse folder, None for a shared catalog or none there.
+        An attached SQLite catalog keeps reading the file it opened: a lake deleted and made anew at the same
+        path would otherwise answer from the old catalog (its prompts and runs are rows inlined there)."""
+        if lake.is_catalog_spec(self.path):
+            return None
+        try:
+            stat = (Path(self.path) / lake.CATALOG_FILE).stat()
+        except OSError:
+            return None
+        return stat.st_dev, stat.st_ino
 
     def close(self) -> None:
         """Detach the lake (the next call attaches it again)."""

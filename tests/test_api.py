@@ -320,6 +320,27 @@ def test_calls_see_commits_made_after_the_first_attach(tmp_path: Path) -> None:
     assert wh.sql(count, output="rows") == [(1,)]  # attached again
 
 
+def test_a_lake_made_anew_at_the_same_path_is_read_anew(tmp_path: Path) -> None:
+    """An attached SQLite catalog keeps reading the file it opened: after the folder is deleted and a new lake
+    made there, the Warehouse's next call reads the new one, and a deleted one gets the usual one line."""
+    import shutil
+
+    path = build_hand_warehouse(tmp_path / "hand")
+    wh = Warehouse(path)
+    count = "SELECT count(*) FROM meta WHERE key = 'added'"
+    assert wh.sql(count, output="rows") == [(0,)]
+    shutil.rmtree(path)
+    with pytest.raises(db.NotAWarehouse, match="holds no warehouse yet"):
+        wh.sql(count)
+    build_hand_warehouse(path)
+    writer = db.connect(path)
+    try:
+        writer.execute("INSERT INTO meta VALUES ('added', '1')")
+    finally:
+        writer.close()
+    assert wh.sql(count, output="rows") == [(1,)]
+
+
 def test_missing_file_and_prompt(tmp_path: Path) -> None:
     with pytest.raises(db.NotAWarehouse):
         Warehouse(tmp_path / "nope.duckdb")
