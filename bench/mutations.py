@@ -2202,14 +2202,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         "api_call_connection_not_cancellable",
         "a Warehouse call's connection (a cursor of the attached instance) is not cancelled on Ctrl-C: DuckDB's "
         "threads run the query on after the KeyboardInterrupt",
-        replace("queries/api.py", "            interrupts.cancel_on_interrupt(con)\n", ""),
+        replace("warehouse/attached.py", "        interrupts.cancel_on_interrupt(con)\n", ""),
         ("tests/test_api.py",),
     ),
     Mutation(
         "replaced_catalog_read_from_the_old_file",
         "a Warehouse keeps the SQLite catalog it attached first: a lake deleted and made anew at its path is "
         "answered from the old catalog (its inlined prompts, runs and meta rows)",
-        replace("queries/api.py", "identity != self._attached", "False"),
+        replace("warehouse/attached.py", "identity != self._attached", "False"),
         ("tests/test_api.py",),
     ),
 )

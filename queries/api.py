@@ -12,7 +12,6 @@ keeps one connection for a block of calls.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -32,6 +31,7 @@ from queries.stored_facts import require_facts
 from queries.streaming import QueryError
 from queries.summaries import SummaryQueries
 from warehouse import db, interrupts, lake
+from warehouse.attached import AttachedLake
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -53,9 +53,7 @@ class Warehouse(
         self.path: str | Path = path if lake.is_catalog_spec(path) else Path(path)
         self.read_only = read_only
         self._session: duckdb.DuckDBPyConnection | None = None
-        self._instance: duckdb.DuckDBPyConnection | None = None
-        self._instance_lock = threading.Lock()
-        self._attached: tuple[int, int] | None = None
+        self._lake = AttachedLake(self.path, read_only)
         if check:
             with self._connection():
                 pass
@@ -83,44 +81,17 @@ class Warehouse(
 
     @contextmanager
     def _open(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection for one call: a cursor of the instance this Warehouse attached on its first call.
-        Loading DuckDB's two extensions (each signature-checked) and attaching the lake took 0.25-0.3 s
-        of every call; a cursor shares the attached lake, and DuckLake reads the latest snapshot at each
-        of its transactions, so a call still sees every commit made before it."""
-        with self._instance_lock:
-            identity = self._catalog_identity()
-            if self._instance is not None and identity != self._attached:
-                self._instance.close()  # the folder's catalog was replaced (a new lake at this path)
-                self._instance = None
-            if self._instance is None:
-                self._instance = self._connect()
-                self._attached = identity
-            con = self._instance.cursor()
+        """A connection for one call: a cursor of the instance this Warehouse attached on its first call
+        (warehouse/attached.py), so each call sees every commit made before it without attaching again."""
+        con = self._lake.cursor()
         try:
-            con.execute(f"USE {lake.ALIAS}")
-            interrupts.cancel_on_interrupt(con)
             yield con
         finally:
             con.close()
 
-    def _catalog_identity(self) -> tuple[int, int] | None:
-        """The catalog file's (device, inode) for a warehouse folder, None for a shared catalog or none there.
-        An attached SQLite catalog keeps reading the file it opened: a lake deleted and made anew at the same
-        path would otherwise answer from the old catalog (its prompts and runs are rows inlined there)."""
-        if lake.is_catalog_spec(self.path):
-            return None
-        try:
-            stat = (Path(self.path) / lake.CATALOG_FILE).stat()
-        except OSError:
-            return None
-        return stat.st_dev, stat.st_ino
-
     def close(self) -> None:
         """Detach the lake (the next call attaches it again)."""
-        with self._instance_lock:
-            if self._instance is not None:
-                self._instance.close()
-                self._instance = None
+        self._lake.close()
 
     def engine(self) -> sa.Engine:
         """A read-only SQLAlchemy engine for Python dashboards and `pandas.read_sql`, whatever this
