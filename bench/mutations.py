@@ -2199,17 +2199,21 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_plans.py",),
     ),
     Mutation(
-        "api_call_connection_not_cancellable",
-        "a Warehouse call's connection (a cursor of the attached instance) is not cancelled on Ctrl-C: DuckDB's "
-        "threads run the query on after the KeyboardInterrupt",
-        replace("warehouse/attached.py", "        interrupts.cancel_on_interrupt(con)\n", ""),
+        "session_connection_shared_across_threads",
+        "a Warehouse's session connection is seen by every thread: another thread's call runs on it while the "
+        "session's own query streams, and a reader stops early without an error",
+        replace("queries/api.py", "self._sessions = threading.local()", "self._sessions = type('S', (), {})()"),
         ("tests/test_api.py",),
     ),
     Mutation(
-        "replaced_catalog_read_from_the_old_file",
-        "a Warehouse keeps the SQLite catalog it attached first: a lake deleted and made anew at its path is "
-        "answered from the old catalog (its inlined prompts, runs and meta rows)",
-        replace("warehouse/attached.py", "identity != self._attached", "False"),
+        "reader_on_the_session_connection",
+        "sql_reader streams on the session's connection: a call made in the session meanwhile ends the "
+        "reader's result, which stops early without an error",
+        replace(
+            "queries/api.py",
+            "self._connection(own=True) as con, streaming.reader",
+            "self._connection() as con, streaming.reader",
+        ),
         ("tests/test_api.py",),
     ),
 )

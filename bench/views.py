@@ -394,8 +394,8 @@ def timed(fn: Callable[[], list[tuple[float, Key]]], repeat: int, slow_s: float)
 
 def node_table_seconds(path: Path, prompt_id: int, repeat: int) -> tuple[float, float]:
     """One prompt's node table (top and bottom 10 by act_times_grad, four columns): the best of `repeat`
-    calls of one Warehouse's top_nodes after a warm-up (each a cursor of the instance it attached on its
-    first call, as the API does), and `actwh top --prompt-id` as a command, process start to exit."""
+    calls of Warehouse.top_nodes after a warm-up (each opens and closes its own read-only connection, as
+    the API does), and `actwh top --prompt-id` as a command, process start to exit."""
     warehouse = Warehouse(path)
     best, _, _ = timed(lambda: warehouse.top_nodes(prompt_id).to_pylist(), repeat, math.inf)
     cli = [sys.executable, str(Path(__file__).resolve().parent.parent / "cli.py"), "top", "--db", str(path)]

@@ -5,13 +5,13 @@ from `activations`, derived ones from the view of that name, which `scalars` uni
 User values always travel as bound parameters; the only names that reach SQL text are dst names checked
 against the registry and the file's catalog, and column or view names fixed in the query modules.
 
-A Warehouse attaches the lake once, on its first call, and gives each call a connection of its own to that
-DuckDB instance (a cursor); each call sees the latest committed snapshot while an ingest runs. `session()`
-keeps one connection for a block of calls.
+A Warehouse attaches the lake for each call, so each call sees the latest committed snapshot while an
+ingest runs. `session()` keeps one connection (one consistent snapshot) for a block of calls.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -31,7 +31,6 @@ from queries.stored_facts import require_facts
 from queries.streaming import QueryError
 from queries.summaries import SummaryQueries
 from warehouse import db, interrupts, lake
-from warehouse.attached import AttachedLake
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -44,19 +43,26 @@ Output = Literal["arrow", "pandas", "rows"]
 class Warehouse(
     SummaryQueries, contexts.ExampleWindows, OnePrompt, NodeScans, Comparisons, DirectEffects, Edges, DstSources
 ):
-    """A warehouse (read-only by default), attached on its first call: each call reads the last committed
-    snapshot. `close()` detaches it (also done when the Warehouse is garbage-collected)."""
+    """A warehouse, attached per call (read-only by default): each call reads the last committed snapshot."""
 
     def __init__(self, path: str | Path, read_only: bool = True, *, check: bool = True) -> None:
         """`check`: attach the warehouse now, to fail here with a clear message if `path` is not one (the
         CLI's one-call commands leave it to their call, which attaches it anyway: about 0.35 s saved)."""
         self.path: str | Path = path if lake.is_catalog_spec(path) else Path(path)
         self.read_only = read_only
-        self._session: duckdb.DuckDBPyConnection | None = None
-        self._lake = AttachedLake(self.path, read_only)
+        # a session's connection belongs to the thread that opened it: a DuckDB connection runs one query
+        # at a time, and another thread's query on it ended a reader's result early, silently
+        self._sessions = threading.local()
         if check:
             with self._connection():
                 pass
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A Warehouse pickles as its path and mode (for multiprocessing); a session stays with its thread."""
+        return {"path": self.path, "read_only": self.read_only}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], state["read_only"], check=False)  # type: ignore[misc]
 
     def __repr__(self) -> str:
         return f"Warehouse({str(self.path)!r}, read_only={self.read_only})"
@@ -65,33 +71,32 @@ class Warehouse(
 
     @contextmanager
     def session(self) -> Iterator[Warehouse]:
-        """Hold one connection for several calls; each call still reads the last committed snapshot."""
+        """Hold one connection for several calls of this thread, without the reattach cost; each call still
+        reads the last committed snapshot. Other threads' calls, and `sql_reader`, open their own."""
         if self._session is not None:
             yield self
             return
         with self._open() as cur:
-            self._session = cur
+            self._sessions.con = cur
             try:
                 yield self
             finally:
-                self._session = None
+                self._sessions.con = None
+
+    @property
+    def _session(self) -> duckdb.DuckDBPyConnection | None:
+        return getattr(self._sessions, "con", None)
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         return db.connect(self.path, read_only=self.read_only)
 
     @contextmanager
     def _open(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection for one call: a cursor of the instance this Warehouse attached on its first call
-        (warehouse/attached.py), so each call sees every commit made before it without attaching again."""
-        con = self._lake.cursor()
+        con = self._connect()
         try:
             yield con
         finally:
             con.close()
-
-    def close(self) -> None:
-        """Detach the lake (the next call attaches it again)."""
-        self._lake.close()
 
     def engine(self) -> sa.Engine:
         """A read-only SQLAlchemy engine for Python dashboards and `pandas.read_sql`, whatever this
@@ -112,9 +117,11 @@ class Warehouse(
             return files.parquet_files(con, table)
 
     @contextmanager
-    def _connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def _connection(self, own: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The session's connection, or with `own` (or outside a session) one opened for this call."""
+        session = None if own else self._session
         try:
-            with nullcontext(self._session) if self._session is not None else self._open() as con:
+            with nullcontext(session) if session is not None else self._open() as con:
                 try:
                     yield con
                 except BaseException as exc:
@@ -176,7 +183,9 @@ class Warehouse(
         query still holds its input). The connection (one snapshot) is held until the block ends; the
         reader is closed there. Raises QueryError (one line) at the start or mid-stream.
         """
-        with self._connection() as con, streaming.reader(con, query, params, batch_size) as reader:
+        # its own connection even in a session: another call on the reader's connection would end its result,
+        # and the reader would stop early without an error
+        with self._connection(own=True) as con, streaming.reader(con, query, params, batch_size) as reader:
             yield reader
 
     # -- TransformerLens ------------------------------------------------------------------------------

@@ -7,10 +7,9 @@
 A warehouse is a DuckLake, which every new DuckDB connection must ATTACH (after loading the DuckLake and
 SQLite extensions) before it sees a table; the plain `duckdb://` dialects have no setting for that, and
 Apache Superset opens a new connection for every query. This dialect subclasses the DuckDB dialect, so a
-BI tool keeps its DuckDB behaviour (types, reflection, Superset's DuckDB engine spec), and opens the lake
-once per engine with `warehouse.db.connect(path, read_only=True)`: extensions loaded by path, the lake
-attached READ_ONLY as catalog `actwh`; each connection is a cursor of that instance with the lake `USE`d
-(warehouse/attached.py). Hence, for reflection:
+BI tool keeps its DuckDB behaviour (types, reflection, Superset's DuckDB engine spec), and opens each
+connection with `warehouse.db.connect(path, read_only=True)`: extensions loaded by path, the lake
+attached READ_ONLY as catalog `actwh` and `USE`d. Hence, for reflection:
 
 - the default schema is `main` of catalog `actwh`: `MetaData.reflect(engine, views=True)` and
   `inspect(engine).get_table_names()` / `get_view_names()` list exactly the lake's tables and views;
@@ -19,7 +18,7 @@ attached READ_ONLY as catalog `actwh`; each connection is a cursor of that insta
 
 Every connection sees the last snapshot committed when its transaction began: an ingest running meanwhile
 is invisible until it commits a batch, and is never held up by a reader. The default pool is NullPool
-(each connection, a cursor, opened and closed per checkout, as Superset does anyway).
+(each connection opened and closed per checkout, as Superset does anyway).
 
 actwh registers the dialect through the `sqlalchemy.dialects` entry point `duckdb.actwh` (pyproject.toml),
 so any environment where actwh is installed resolves the URL. The base class is duckdb-sqlalchemy's
@@ -29,7 +28,6 @@ dialect of SQLAlchemy 1.4 environments such as Apache Superset 6.1). docs/BI.md 
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -40,7 +38,6 @@ from sqlalchemy.pool import NullPool
 
 from queries import streaming
 from warehouse import db
-from warehouse.attached import AttachedLake
 
 try:
     from duckdb_sqlalchemy import ConnectionWrapper
@@ -61,12 +58,6 @@ class ActwhDialect(DuckDBDialect):  # type: ignore[misc, valid-type]
 
     driver = DRIVER
     supports_statement_cache = True
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # one lake attached per engine; each checkout is a cursor of it (warehouse/attached.py)
-        self._lakes: dict[str, AttachedLake] = {}
-        self._lakes_lock = threading.Lock()
 
     def create_connect_args(self, url: URL) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The warehouse folder, from the URL's path; anything else in the URL is refused (ArgumentError)."""
@@ -96,9 +87,7 @@ class ActwhDialect(DuckDBDialect):  # type: ignore[misc, valid-type]
                 f"duckdb+actwh takes no connect arguments, got {', '.join(refused)}: remove them "
                 f"(actwh opens the warehouse read-only with its own settings)"
             )
-        with self._lakes_lock:
-            attached = self._lakes.setdefault(path, AttachedLake(path))
-        return ConnectionWrapper(attached.cursor())
+        return ConnectionWrapper(db.connect(path, read_only=True))
 
     def do_execute(self, cursor: Any, statement: str, parameters: Any, context: Any = None) -> None:
         """Run a statement; a query whose plan could stall DuckDB's streaming result (a UNION feeding it, as

@@ -301,9 +301,9 @@ def test_session_reuses_one_connection(wh: Warehouse) -> None:
     assert first.num_rows == 2 and second.num_rows == 5
 
 
-def test_calls_see_commits_made_after_the_first_attach(tmp_path: Path) -> None:
-    """A Warehouse attaches once and hands each call its own connection: a commit another connection made
-    between two calls shows in the second, and a Ctrl-C-able connection is what each call gets."""
+def test_calls_see_commits_made_between_them_on_cancellable_connections(tmp_path: Path) -> None:
+    """A commit another connection made between two calls of one Warehouse shows in the second; each call's
+    connection is one that Ctrl-C cancels."""
     path = build_hand_warehouse(tmp_path / "hand")
     wh = Warehouse(path)
     count = "SELECT count(*) FROM meta WHERE key = 'added'"
@@ -316,13 +316,40 @@ def test_calls_see_commits_made_after_the_first_attach(tmp_path: Path) -> None:
     assert wh.sql(count, output="rows") == [(1,)]
     with wh._connection() as con:
         assert con in interrupts._cancellable
-    wh.close()
-    assert wh.sql(count, output="rows") == [(1,)]  # attached again
+
+
+def test_a_session_belongs_to_its_thread_and_a_reader_reads_every_row_in_it(wh: Warehouse) -> None:
+    """Inside a session, a call made while a reader streams does not end the reader's result, and another
+    thread's calls do not run on the session's connection (a DuckDB connection runs one query at a time)."""
+    import threading
+
+    seen: list[object] = []
+    with wh.session():
+        with wh.sql_reader("SELECT i FROM range(100000) t(i)", batch_size=1000) as reader:
+            first = reader.read_next_batch()
+            assert wh.prompts().num_rows == 3
+            rest = reader.read_all()
+        assert first.num_rows + rest.num_rows == 100000
+        worker = threading.Thread(target=lambda: seen.append(wh._session))
+        worker.start()
+        worker.join()
+        assert wh._session is not None
+    assert seen == [None]
+
+
+def test_a_warehouse_pickles_as_its_path(wh: Warehouse) -> None:
+    """For multiprocessing: the copy opens its own connections."""
+    import pickle
+
+    with wh.session():
+        copy = pickle.loads(pickle.dumps(wh))
+    assert (copy.path, copy.read_only, copy._session) == (wh.path, wh.read_only, None)
+    assert copy.prompts().num_rows == 3
 
 
 def test_a_lake_made_anew_at_the_same_path_is_read_anew(tmp_path: Path) -> None:
-    """An attached SQLite catalog keeps reading the file it opened: after the folder is deleted and a new lake
-    made there, the Warehouse's next call reads the new one, and a deleted one gets the usual one line."""
+    """After the folder is deleted and a new lake made there, the Warehouse's next call reads the new one (never
+    the old catalog's rows), and a deleted one gets the usual one line."""
     import shutil
 
     path = build_hand_warehouse(tmp_path / "hand")
