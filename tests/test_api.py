@@ -301,6 +301,15 @@ def test_session_reuses_one_connection(wh: Warehouse) -> None:
     assert first.num_rows == 2 and second.num_rows == 5
 
 
+def _commit_meta_row(path: Path) -> None:
+    """Commit one `meta` row ('added') through a read-write connection of another Warehouse's lake."""
+    writer = db.connect(path)
+    try:
+        writer.execute("INSERT INTO meta VALUES ('added', '1')")
+    finally:
+        writer.close()
+
+
 def test_calls_see_commits_made_between_them_on_cancellable_connections(tmp_path: Path) -> None:
     """A commit another connection made between two calls of one Warehouse shows in the second; each call's
     connection is one that Ctrl-C cancels."""
@@ -308,11 +317,7 @@ def test_calls_see_commits_made_between_them_on_cancellable_connections(tmp_path
     wh = Warehouse(path)
     count = "SELECT count(*) FROM meta WHERE key = 'added'"
     assert wh.sql(count, output="rows") == [(0,)]
-    writer = db.connect(path)
-    try:
-        writer.execute("INSERT INTO meta VALUES ('added', '1')")
-    finally:
-        writer.close()
+    _commit_meta_row(path)
     assert wh.sql(count, output="rows") == [(1,)]
     with wh._connection() as con:
         assert con in interrupts._cancellable
@@ -360,11 +365,7 @@ def test_a_lake_made_anew_at_the_same_path_is_read_anew(tmp_path: Path) -> None:
     with pytest.raises(db.NotAWarehouse, match="holds no warehouse yet"):
         wh.sql(count)
     build_hand_warehouse(path)
-    writer = db.connect(path)
-    try:
-        writer.execute("INSERT INTO meta VALUES ('added', '1')")
-    finally:
-        writer.close()
+    _commit_meta_row(path)
     assert wh.sql(count, output="rows") == [(1,)]
 
 
